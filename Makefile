@@ -1,0 +1,48 @@
+# Two commands from a fresh clone: `make run` and `make test` (Python 3.11+).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CATALOG = server/translations
+
+.PHONY: install run test lint typecheck unit bench translations extract clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[server,agent,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP) translations
+
+# Compile the German/English catalogues (the .mo files are build output, not in git).
+translations: $(STAMP)
+	$(BIN)/pybabel compile -d $(CATALOG) -D messages 2>&1 | grep -v "^compiling" || true
+
+# Re-extract the message catalogue after changing UI text, then translate the new entries.
+extract: $(STAMP)
+	$(BIN)/pybabel extract -q -F babel.cfg -k _l -k lazy_gettext -o $(CATALOG)/messages.pot .
+	$(BIN)/pybabel update -q -i $(CATALOG)/messages.pot -d $(CATALOG) -D messages --no-fuzzy-matching
+
+run: install
+	$(BIN)/werkbank up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python bench/tap_latency.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

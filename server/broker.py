@@ -1,0 +1,141 @@
+"""The MQTT brokers Werkbank can start by itself.
+
+* :class:`EmbeddedBroker`: amqtt in a background thread, for ``make run`` when no
+  ``MQTT_URL`` is set, so a new user needs nothing else installed.
+* :class:`MosquittoProcess`: a private ``mosquitto`` on a port of our choosing, for the
+  tests and the benchmark (production runs the system's Mosquitto, see deploy/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
+            time.sleep(0.05)
+
+
+class EmbeddedBroker:
+    """amqtt running on its own event loop thread.
+
+    Clients must send a user name (any): amqtt drops QoS 1 messages for offline
+    sessions of anonymous clients (LIBRARY-FACTS.md), and every Werkbank client logs in.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="embedded-broker", daemon=True)
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        from amqtt.broker import Broker
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 1000}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}},
+        }
+
+        async def boot() -> Any:
+            broker = Broker(config)
+            await broker.start()
+            return broker
+
+        self._thread.start()
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(boot(), self._loop)
+        self._broker = fut.result(timeout=15)
+        wait_for_port(self.host, self.port)
+        log.info("embedded MQTT broker listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._broker is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+            with contextlib.suppress(Exception):
+                fut.result(timeout=10)
+            self._broker = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+MOSQUITTO_CONF = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_queued_messages 10000
+max_inflight_messages 0
+log_dest stderr
+log_type error
+log_type warning
+"""
+
+
+class MosquittoProcess:
+    """A private Mosquitto on a free loopback port (tests and benchmarks only)."""
+
+    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self._dir = tempfile.TemporaryDirectory(prefix="wb-mosquitto-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> MosquittoProcess:
+        conf = Path(self._dir.name) / "mosquitto.conf"
+        conf.write_text(MOSQUITTO_CONF.format(port=self.port))
+        log_file = (Path(self._dir.name) / "mosquitto.log").open("wb")
+        self._proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log_file, stderr=log_file)
+        wait_for_port(self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            self._proc = None
+        self._dir.cleanup()

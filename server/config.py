@@ -1,0 +1,63 @@
+"""Settings, read from the environment (every one is listed in the README)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("WERKBANK_VAR_DIR", ROOT / "var"))
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"Setting {name}={raw!r} must be a whole number") from None
+
+
+class Config:
+    """Production defaults; each attribute can be set by the environment variable of the same name."""
+
+    SECRET_KEY: str = os.environ.get("SECRET_KEY") or secrets.token_hex(32)
+    SECRET_KEY_FROM_ENV: bool = "SECRET_KEY" in os.environ
+    DATABASE_URL: str = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'werkbank.db'}"
+    # Unset: `werkbank up` starts an embedded broker; the bridge and CLI then need MQTT_URL.
+    MQTT_URL: str | None = os.environ.get("MQTT_URL") or None
+    MQTT_CLIENT_ID: str = os.environ.get("MQTT_CLIENT_ID", "werkbank-bridge")
+    MQTT_SHARED_SUBSCRIPTIONS: bool = _bool("MQTT_SHARED_SUBSCRIPTIONS", False)
+    MQTT_CA_FILE: str | None = os.environ.get("MQTT_CA_FILE") or None
+    # Offline allow-lists are valid this many days after they are issued.
+    ALLOWLIST_DAYS: int = _int("WERKBANK_ALLOWLIST_DAYS", 7)
+    # How many machines one person may have unlocked at once.
+    MAX_OPEN_SESSIONS: int = _int("WERKBANK_MAX_OPEN_SESSIONS", 2)
+    BABEL_DEFAULT_LOCALE: str = os.environ.get("WERKBANK_DEFAULT_LANGUAGE", "de")
+    BABEL_DEFAULT_TIMEZONE: str = os.environ.get("WERKBANK_TIMEZONE", "Europe/Berlin")
+    LANGUAGES: tuple[str, ...] = ("de", "en")
+    WEB_HOST: str = os.environ.get("WERKBANK_HOST", "127.0.0.1")
+    WEB_PORT: int = _int("WERKBANK_PORT", 5000)
+    SESSION_COOKIE_HTTPONLY: bool = True
+    SESSION_COOKIE_SAMESITE: str = "Lax"
+    SESSION_COOKIE_SECURE: bool = _bool("WERKBANK_SECURE_COOKIES", False)
+    REMEMBER_COOKIE_SECURE: bool = SESSION_COOKIE_SECURE
+    REMEMBER_COOKIE_HTTPONLY: bool = True
+    WTF_CSRF_ENABLED: bool = True
+    TESTING: bool = False
+
+
+class TestConfig(Config):
+    TESTING = True
+    SECRET_KEY = "test-secret-key"  # noqa: S105 - tests only
+    DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or "sqlite://"
+    WTF_CSRF_ENABLED = False

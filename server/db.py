@@ -1,0 +1,79 @@
+"""Engine and sessions. Services take the session they work in; callers open it.
+
+The web request, the MQTT bridge and a scheduler job each open their own short
+session (STYLE.md) through :meth:`Database.session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the web, the bridge and the scheduler read while one writes; NORMAL is
+    # durable across process crashes (not OS crashes), which is what the outbox relies on.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str, echo: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 10}}
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(url, echo=echo, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class Database:
+    """One engine and its session factory, bound late (Flask-style ``init``)."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._factory: sessionmaker[Session] | None = None
+
+    def init(self, url: str, echo: bool = False) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine = make_engine(url, echo)
+        self._factory = sessionmaker(self._engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("database not initialised: call Database.init(url) first")
+        return self._engine
+
+    def new_session(self) -> Session:
+        if self._factory is None:
+            raise RuntimeError("database not initialised: call Database.init(url) first")
+        return self._factory()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits at the end of the block and rolls back on an exception."""
+        session = self.new_session()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()

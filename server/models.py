@@ -1,0 +1,404 @@
+"""The domain of DESIGN.md as typed SQLAlchemy 2 models.
+
+Names follow the domain words. The one exception: a *Session* (one unlock of a
+machine) is ``MachineSession`` in code, so it never gets confused with a database
+session; its table is ``sessions``.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import uuid
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    Time,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite forgets time zones)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings (values, not names), so reports and SQL stay readable.
+    return Enum(cls, native_enum=False, values_callable=lambda e: [m.value for m in e], length=32)
+
+
+class BadgeStatus(enum.StrEnum):
+    ACTIVE = "active"
+    LOST = "lost"
+    BLOCKED = "blocked"
+
+
+class MachineStatus(enum.StrEnum):
+    AVAILABLE = "available"
+    MAINTENANCE = "maintenance"
+    DISABLED = "disabled"
+
+
+class Level(enum.StrEnum):
+    """Competency levels, in order."""
+
+    BRIEFED = "briefed"
+    SUPERVISED = "supervised"
+    INDEPENDENT = "independent"
+    TRAINER = "trainer"
+
+    @property
+    def rank(self) -> int:
+        return list(Level).index(self)
+
+
+class QualificationAction(enum.StrEnum):
+    GRANTED = "granted"
+    RENEWED = "renewed"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class Site(Base):
+    __tablename__ = "sites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Berlin")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    machines: Mapped[list[Machine]] = relationship(back_populates="site")
+
+
+class Person(Base):
+    __tablename__ = "people"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    is_participant: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_trainer: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    cohort: Mapped[str | None] = mapped_column(String(100))
+    programme: Mapped[str | None] = mapped_column(String(100))
+    language: Mapped[str] = mapped_column(String(8), default="de")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    site: Mapped[Site] = relationship()
+    badges: Mapped[list[Badge]] = relationship(back_populates="person")
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split(" ", 1)[0]
+
+
+class Badge(Base):
+    __tablename__ = "badges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(20), unique=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    status: Mapped[BadgeStatus] = mapped_column(_enum(BadgeStatus), default=BadgeStatus.ACTIVE)
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    person: Mapped[Person] = relationship(back_populates="badges")
+
+
+class MachineType(Base):
+    __tablename__ = "machine_types"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # What a monitored job is called on this kind of machine (print, cut, other).
+    job_kind: Mapped[str] = mapped_column(String(16), default="other")
+
+    requirements: Mapped[list[Requirement]] = relationship(back_populates="machine_type")
+
+
+class Competency(Base):
+    __tablename__ = "competencies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(60), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_de: Mapped[str | None] = mapped_column(String(200))
+    # A laser safety briefing lapses after 12 months; None = never.
+    validity_months: Mapped[int | None] = mapped_column(Integer)
+    prerequisite_id: Mapped[int | None] = mapped_column(ForeignKey("competencies.id"))
+
+    prerequisite: Mapped[Competency | None] = relationship(remote_side="Competency.id")
+    steps: Mapped[list[TrainingStep]] = relationship(back_populates="competency", order_by="TrainingStep.position")
+
+    def display_name(self, language: str) -> str:
+        return self.name_de if language == "de" and self.name_de else self.name
+
+
+class Requirement(Base):
+    """A machine type requires a competency at a minimum level."""
+
+    __tablename__ = "requirements"
+    __table_args__ = (UniqueConstraint("machine_type_id", "competency_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    machine_type_id: Mapped[int] = mapped_column(ForeignKey("machine_types.id"))
+    competency_id: Mapped[int] = mapped_column(ForeignKey("competencies.id"))
+    min_level: Mapped[Level] = mapped_column(_enum(Level), default=Level.INDEPENDENT)
+
+    machine_type: Mapped[MachineType] = relationship(back_populates="requirements")
+    competency: Mapped[Competency] = relationship()
+
+
+class TrainingStep(Base):
+    """A step toward a competency level: briefing, supervised hours, practical sign-off."""
+
+    __tablename__ = "training_steps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    competency_id: Mapped[int] = mapped_column(ForeignKey("competencies.id"))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(32))  # briefing | supervised_hours | signoff
+    name: Mapped[str] = mapped_column(String(200))
+    leads_to: Mapped[Level] = mapped_column(_enum(Level))
+    hours: Mapped[float | None] = mapped_column(Float)
+
+    competency: Mapped[Competency] = relationship(back_populates="steps")
+
+
+class Qualification(Base):
+    """One entry in a person's history for a competency. Never updated, only appended."""
+
+    __tablename__ = "qualifications"
+    __table_args__ = (Index("ix_qualifications_person_competency", "person_id", "competency_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    competency_id: Mapped[int] = mapped_column(ForeignKey("competencies.id"))
+    action: Mapped[QualificationAction] = mapped_column(_enum(QualificationAction))
+    level: Mapped[Level] = mapped_column(_enum(Level))
+    valid_until: Mapped[date | None] = mapped_column(Date)
+    granted_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    person: Mapped[Person] = relationship(foreign_keys=[person_id])
+    competency: Mapped[Competency] = relationship()
+
+
+class Machine(Base):
+    __tablename__ = "machines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    machine_type_id: Mapped[int] = mapped_column(ForeignKey("machine_types.id"))
+    status: Mapped[MachineStatus] = mapped_column(_enum(MachineStatus), default=MachineStatus.AVAILABLE)
+    max_session_min: Mapped[int] = mapped_column(Integer, default=240)
+    idle_timeout_min: Mapped[int] = mapped_column(Integer, default=15)
+    guard_min: Mapped[int] = mapped_column(Integer, default=15)
+    # Key of the HMAC that signs this machine's allow-list and hides badge UIDs in it.
+    allowlist_key: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(32))
+    allowlist_version: Mapped[int] = mapped_column(Integer, default=0)
+    allowlist_dirty: Mapped[bool] = mapped_column(Boolean, default=True)
+    allowlist_published_at: Mapped[datetime | None] = mapped_column()
+    # Live state as last reported by the agent.
+    live_state: Mapped[str | None] = mapped_column(String(16))
+    live_running: Mapped[bool] = mapped_column(Boolean, default=False)
+    live_session_id: Mapped[str | None] = mapped_column(String(36))
+    live_power_w: Mapped[float | None] = mapped_column(Float)
+    live_progress: Mapped[float | None] = mapped_column(Float)
+    live_updated_at: Mapped[datetime | None] = mapped_column()
+
+    site: Mapped[Site] = relationship(back_populates="machines")
+    machine_type: Mapped[MachineType] = relationship()
+    device: Mapped[Device | None] = relationship(back_populates="machine", uselist=False)
+    opening_hours: Mapped[list[OpeningHours]] = relationship(
+        primaryjoin="Machine.id == OpeningHours.machine_id", viewonly=True
+    )
+
+
+class OpeningHours(Base):
+    """Opening hours of a site, or of one machine when machine_id is set (these then win)."""
+
+    __tablename__ = "opening_hours"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id"), index=True)
+    weekday: Mapped[int] = mapped_column(Integer)  # Monday = 0
+    opens: Mapped[time] = mapped_column(Time)
+    closes: Mapped[time] = mapped_column(Time)
+
+
+class Device(Base):
+    """A Pi agent serving one machine."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id"), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str | None] = mapped_column(String(16))
+    last_seen: Mapped[datetime | None] = mapped_column()
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    config_hash: Mapped[str | None] = mapped_column(String(128))
+    allowlist_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    machine: Mapped[Machine | None] = relationship(back_populates="device")
+
+
+class MachineSession(Base):
+    """A *Session*: one unlock of a machine, from relay closed to relay open."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_machine_started", "machine_id", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    device_id: Mapped[str] = mapped_column(String(40))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
+    trainer_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    badge_uid: Mapped[str | None] = mapped_column(String(20))
+    mode: Mapped[str] = mapped_column(String(16), default="use")
+    offline: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[datetime | None] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+    unlocked_s: Mapped[float | None] = mapped_column(Float)
+    run_s: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    machine: Mapped[Machine] = relationship()
+    person: Mapped[Person | None] = relationship(foreign_keys=[person_id])
+    trainer: Mapped[Person | None] = relationship(foreign_keys=[trainer_id])
+    jobs: Mapped[list[Job]] = relationship(back_populates="session", order_by="Job.started_at")
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+
+class Job(Base):
+    """A print or cut inside a session."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    kind: Mapped[str] = mapped_column(String(16), default="other")
+    file: Mapped[str | None] = mapped_column(String(500))
+    estimated_s: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    status: Mapped[str | None] = mapped_column(String(16))
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    filament_mm: Mapped[float | None] = mapped_column(Float)
+    filament_g: Mapped[float | None] = mapped_column(Float)
+
+    session: Mapped[MachineSession] = relationship(back_populates="jobs")
+
+
+class StoredEvent(Base):
+    """Every agent event, once, by its id: the ledger that makes ingestion idempotent."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_device_ts", "device_id", "ts"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(40))
+    type: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    ts: Mapped[datetime] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+
+
+class AccessDecision(Base):
+    """One answered tap (auth/req): who tried which machine, and what the server said."""
+
+    __tablename__ = "access_decisions"
+    __table_args__ = (Index("ix_access_decisions_machine_at", "machine_id", "decided_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the request's id
+    device_id: Mapped[str] = mapped_column(String(40))
+    machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id"))
+    badge_uid: Mapped[str] = mapped_column(String(20))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    mode: Mapped[str] = mapped_column(String(16), default="use")
+    decision: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+    response: Mapped[dict[str, Any]] = mapped_column()
+
+
+class AuditLog(Base):
+    """Every grant, revoke, override, remote unlock and data export: who, what, when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    actor_label: Mapped[str] = mapped_column(String(200), default="system")
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,259 @@
+"""Message types of protocol v1 with their validation.
+
+Every payload is decoded straight into a typed ``msgspec.Struct``; a payload that is
+not JSON, has the wrong ``v``, a field of the wrong type, a badge that is not
+upper-case hex or an unknown event type raises :class:`ProtocolError` with a
+sentence a person can act on. Unknown *extra* fields are ignored, so that
+documented additions (docs/protocol.md) stay compatible in both directions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from werkbank_protocol.errors import ProtocolError
+from werkbank_protocol.timefmt import TS_PATTERN
+
+V = Literal[1]
+Uuid = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
+Ts = Annotated[str, Meta(pattern=TS_PATTERN)]
+# 4-, 7- and 10-byte ISO 14443 UIDs, upper-case hex.
+BADGE_PATTERN = r"^(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$"
+Badge = Annotated[str, Meta(pattern=BADGE_PATTERN)]
+Seconds = Annotated[float, Meta(ge=0)]
+ShortText = Annotated[str, Meta(max_length=500)]
+
+Mode = Literal["use", "supervise", "certify"]
+MachineState = Literal["locked", "unlocked", "running", "draining", "fault", "maintenance"]
+Reason = Literal[
+    "ok",
+    "unknown_badge",
+    "badge_blocked",
+    "person_inactive",
+    "not_qualified",
+    "qualification_expired",
+    "machine_maintenance",
+    "booked_by_other",
+    "outside_opening_hours",
+    "session_limit",
+    "trainer_required",
+    "bad_request",
+]
+REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
+EndReason = Literal[
+    "tap_out", "idle_timeout", "booking_end", "max_duration", "remote_lock", "power_loss_recovered"
+]
+END_REASONS: tuple[str, ...] = EndReason.__args__  # type: ignore[attr-defined]
+
+# Largest payload accepted on any topic but `allowlist` (a list for hundreds of people).
+MAX_PAYLOAD = 16 * 1024
+MAX_ALLOWLIST_PAYLOAD = 4 * 1024 * 1024
+
+
+class Status(Struct, kw_only=True):
+    v: V
+    online: bool
+    state: MachineState | None = None
+    machine: str | None = None
+    fw: Annotated[str, Meta(max_length=64)] | None = None
+    config: Annotated[str, Meta(max_length=128)] | None = None
+    allowlist_version: Annotated[int, Meta(ge=0)] | None = None
+    ts: Ts | None = None
+
+
+class AuthReq(Struct, kw_only=True):
+    v: V
+    id: Uuid
+    ts: Ts
+    badge: Badge
+    mode: Mode = "use"
+    trainer_badge: Badge | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode != "use" and self.trainer_badge is None:
+            raise ValueError(f"mode {self.mode!r} needs the trainer's badge in `trainer_badge`")
+
+
+class AuthResp(Struct, kw_only=True):
+    v: V
+    req: Uuid
+    decision: Literal["allow", "deny"]
+    reason: Reason
+    message: dict[str, str]
+    session: Uuid | None = None
+    person: str | None = None
+    until: Ts | None = None
+
+
+class _Event(Struct, kw_only=True, tag_field="type"):
+    v: V
+    id: Uuid
+    ts: Ts
+    session: Uuid | None = None
+
+
+class SessionStarted(_Event, tag="session_started"):
+    session: Uuid
+    badge: Badge
+    offline: bool = False
+    mode: Mode = "use"
+    # Addition: the trainer's badge for supervise/certify sessions (docs/protocol.md).
+    trainer_badge: Badge | None = None
+
+
+class SessionEnded(_Event, tag="session_ended"):
+    session: Uuid
+    reason: EndReason
+    unlocked_s: Seconds
+    run_s: Seconds = 0.0
+
+
+class JobStarted(_Event, tag="job_started"):
+    session: Uuid
+    job: Uuid
+    kind: Literal["print", "cut", "other"] = "other"
+    file: ShortText | None = None
+    estimated_s: Seconds | None = None
+
+
+class JobFinished(_Event, tag="job_finished"):
+    session: Uuid
+    job: Uuid
+    status: Literal["completed", "cancelled", "failed"]
+    duration_s: Seconds
+    filament_mm: Seconds | None = None
+    filament_g: Seconds | None = None
+
+
+class Fault(_Event, tag="fault"):
+    code: Annotated[str, Meta(max_length=64)]
+    detail: ShortText = ""
+
+
+class LockDeferred(_Event, tag="lock_deferred"):
+    why: Annotated[str, Meta(max_length=64)] = "job_running"
+
+
+Event = SessionStarted | SessionEnded | JobStarted | JobFinished | Fault | LockDeferred
+EVENT_TYPES: tuple[str, ...] = ("session_started", "session_ended", "job_started", "job_finished",
+                                "fault", "lock_deferred")
+
+
+class Ack(Struct, kw_only=True):
+    v: V
+    ids: list[Uuid]
+
+
+class Telemetry(Struct, kw_only=True):
+    v: V
+    ts: Ts
+    running: bool
+    session: Uuid | None = None
+    power_w: Annotated[float, Meta(ge=0)] | None = None
+    progress: Annotated[float, Meta(ge=0, le=100)] | None = None
+    temps: dict[str, Any] | None = None
+
+
+class Cmd(Struct, kw_only=True):
+    v: V
+    id: Uuid
+    type: Literal["lock", "unlock", "refresh_allowlist", "reload_config", "identify"]
+    session: Uuid | None = None
+    reason: ShortText | None = None
+    force: bool = False
+
+
+class AllowlistEntry(Struct, kw_only=True):
+    badge_hash: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    until: Ts | None = None
+    trainer: bool = False
+
+
+class Allowlist(Struct, kw_only=True):
+    v: V
+    version: Annotated[int, Meta(ge=0)]
+    issued: Ts
+    expires: Ts
+    machine: str
+    entries: list[AllowlistEntry]
+    sig: str = ""
+
+
+class SimTap(Struct, kw_only=True):
+    """Addition (docs/protocol.md): a badge presented to a *simulated* reader."""
+
+    v: V
+    badge: Badge
+    id: Uuid | None = None
+
+
+T = TypeVar("T")
+
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+_encoder = msgspec.json.Encoder()
+
+
+def decode(kind: Any, payload: bytes, max_size: int = MAX_PAYLOAD) -> Any:
+    """Decode and validate ``payload`` as ``kind`` (a Struct or the Event union).
+
+    Raises ProtocolError with code ``too_large``, ``not_json``, ``wrong_version`` or ``invalid``.
+    """
+    if len(payload) > max_size:
+        raise ProtocolError("too_large", f"payload of {len(payload)} bytes is over the {max_size} byte limit")
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise _explain(payload, str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("not_json", f"payload is not UTF-8 JSON ({exc})") from exc
+
+
+_HINTS = {
+    "$.badge": "badge must be the card UID as upper-case hex, 8, 14 or 20 characters",
+    "$.trainer_badge": "trainer_badge must be the card UID as upper-case hex, 8, 14 or 20 characters",
+    "$.ts": "ts must be an RFC 3339 time such as 2026-11-22T08:15:03.120Z",
+    "$.id": "id must be a UUID",
+    "$.session": "session must be a UUID",
+}
+
+
+def _explain(payload: bytes, text: str) -> ProtocolError:
+    """Turn msgspec's validation message into a ProtocolError a person can act on."""
+    try:
+        raw = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        raw = None
+    if isinstance(raw, dict) and raw.get("v") != 1:
+        return ProtocolError("wrong_version", f"'v' is {raw.get('v')!r}; this side speaks protocol v1 only")
+    if text.startswith("Invalid value") and text.endswith("at `$.type`"):
+        return ProtocolError("unknown_type", f"{text}; known event types: {', '.join(EVENT_TYPES)}")
+    for path, hint in _HINTS.items():
+        if text.endswith(f"at `{path}`"):
+            return ProtocolError("invalid", f"{hint} ({text})")
+    return ProtocolError("invalid", text)
+
+
+def decode_as(kind: type[T], payload: bytes, max_size: int = MAX_PAYLOAD) -> T:
+    """Typed form of :func:`decode` for a single Struct type."""
+    result: T = decode(kind, payload, max_size)
+    return result
+
+
+def decode_event(payload: bytes) -> Event:
+    result: Event = decode(Event, payload)
+    return result
+
+
+def encode(message: Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def to_builtins(message: Struct) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(message)
+    return result
