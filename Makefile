@@ -23,7 +23,7 @@ translations: $(STAMP)
 
 # Re-extract the message catalogue after changing UI text, then translate the new entries.
 extract: $(STAMP)
-	$(BIN)/pybabel extract -q -F babel.cfg -k _l -k lazy_gettext -o $(CATALOG)/messages.pot .
+	$(BIN)/pybabel extract -q -F babel.cfg -k _l -k lazy_gettext -k N_ -o $(CATALOG)/messages.pot .
 	$(BIN)/pybabel update -q -i $(CATALOG)/messages.pot -d $(CATALOG) -D messages --no-fuzzy-matching
 
 run: install

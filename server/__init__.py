@@ -1,0 +1,56 @@
+"""Werkbank server: Flask app factory (web pages, JSON API) over the shared services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, current_app, g, request, session
+from sqlalchemy.orm import Session
+
+from server.config import Config
+from server.extensions import babel, csrf, db, login_manager
+
+
+def get_db() -> Session:
+    """The request's database session (opened on first use, closed at teardown)."""
+    if "db_session" not in g:
+        g.db_session = db.new_session()
+    session_: Session = g.db_session
+    return session_
+
+
+def select_locale() -> str:
+    """The language the visitor chose, else their profile's, else the browser's."""
+    from flask_login import current_user
+
+    languages: tuple[str, ...] = current_app.config["LANGUAGES"]
+    chosen = session.get("language")
+    if chosen in languages:
+        return str(chosen)
+    if getattr(current_user, "is_authenticated", False) and current_user.language in languages:
+        return str(current_user.language)
+    best = request.accept_languages.best_match(languages)
+    return best or str(current_app.config["BABEL_DEFAULT_LOCALE"])
+
+
+def create_app(config_class: type[Config] = Config, **overrides: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.from_object(config_class)
+    app.config.update(overrides)
+    db.init(app.config["DATABASE_URL"])
+    babel.init_app(app, locale_selector=select_locale)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+
+    @app.teardown_appcontext
+    def _close_db(exc: BaseException | None) -> None:
+        session_ = g.pop("db_session", None)
+        if session_ is not None:
+            if exc is not None:
+                session_.rollback()
+            session_.close()
+
+    from server.web import bp as web_bp
+
+    app.register_blueprint(web_bp)
+    return app

@@ -1,0 +1,1 @@
+"""Domain services: each takes the database session it works in; callers own the transaction."""

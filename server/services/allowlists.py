@@ -1,0 +1,108 @@
+"""Offline allow-lists: who may use a machine when the server cannot answer.
+
+Any change to badges, people, qualifications, requirements or a machine's status
+marks every machine's list dirty (a SQLAlchemy flush hook, so no caller can forget);
+the bridge publishes dirty lists, signed and retained, within a second.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import event, inspect, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from server.models import (
+    Badge,
+    BadgeStatus,
+    Competency,
+    Level,
+    Machine,
+    MachineStatus,
+    Person,
+    Qualification,
+    Requirement,
+)
+from server.services.decision import current_qualifications
+from werkbank_protocol import format_ts
+from werkbank_protocol.allowlist import badge_hash, key_bytes, sign
+
+_WATCHED = (Badge, Person, Qualification, Requirement, Competency)
+_MACHINE_FIELDS = ("status", "machine_type_id", "site_id", "allowlist_key")
+
+
+def _affects_allowlists(obj: object) -> bool:
+    if isinstance(obj, _WATCHED):
+        return True
+    if isinstance(obj, Machine):
+        state = inspect(obj)
+        return any(state.attrs[name].history.has_changes() for name in _MACHINE_FIELDS)
+    return False
+
+
+@event.listens_for(Session, "before_flush")
+def _note_changes(session: Session, _ctx: Any, _instances: Any) -> None:
+    if any(_affects_allowlists(o) for o in (*session.new, *session.dirty, *session.deleted)):
+        session.info["allowlists_dirty"] = True
+
+
+@event.listens_for(Session, "after_flush")
+def _mark_dirty(session: Session, _ctx: Any) -> None:
+    if session.info.pop("allowlists_dirty", False):
+        session.connection().execute(update(Machine.__table__).values(allowlist_dirty=True))
+
+
+def mark_all_dirty(db: Session) -> None:
+    db.execute(update(Machine).values(allowlist_dirty=True))
+
+
+def build(db: Session, machine: Machine, now: datetime, days: int) -> dict[str, Any]:
+    """The signed allow-list document for ``machine`` (not yet versioned: the caller sets it)."""
+    key = key_bytes(machine.allowlist_key)
+    tz = ZoneInfo(machine.site.timezone)
+    today = now.astimezone(tz).date()
+    entries: list[dict[str, Any]] = []
+    if machine.status == MachineStatus.AVAILABLE:
+        requirements = list(
+            db.scalars(select(Requirement).where(Requirement.machine_type_id == machine.machine_type_id))
+        )
+        badges = db.scalars(
+            select(Badge)
+            .join(Person)
+            .where(Badge.status == BadgeStatus.ACTIVE, Person.active.is_(True))
+            .options(selectinload(Badge.person))
+            .order_by(Badge.uid)
+        )
+        for badge in badges:
+            entry = _entry(db, badge, requirements, today, tz)
+            if entry is not None:
+                entries.append({"badge_hash": badge_hash(key, badge.uid), **entry})
+    document = {
+        "v": 1,
+        "version": machine.allowlist_version,
+        "issued": format_ts(now),
+        "expires": format_ts(now + timedelta(days=days)),
+        "machine": machine.slug,
+        "entries": entries,
+    }
+    return sign(key, document)
+
+
+def _entry(
+    db: Session, badge: Badge, requirements: list[Requirement], today: Any, tz: ZoneInfo
+) -> dict[str, Any] | None:
+    person = badge.person
+    states = current_qualifications(db, person.id, [r.competency_id for r in requirements], today)
+    until = None
+    for req in requirements:
+        state = states.get(req.competency_id)
+        if state is None or not state.usable or state.level is None:
+            return None
+        if state.level.rank < Level(req.min_level).rank:
+            return None  # needs a trainer present: the server decides that, not the offline list
+        if state.valid_until is not None:
+            end = datetime.combine(state.valid_until + timedelta(days=1), time(0), tz).astimezone(UTC)
+            until = end if until is None else min(until, end)
+    return {"until": format_ts(until) if until else None, "trainer": person.is_trainer}

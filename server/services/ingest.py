@@ -1,0 +1,149 @@
+"""Ingestion of agent events, exactly once by event id, in any order and however late.
+
+The agent is the source of truth for what the relay did. An event is first written
+to the ``events`` ledger (primary key = event id); only a new id changes sessions and
+jobs, so a repeated delivery (QoS 1 is at-least-once) changes nothing. A
+``session_ended`` may arrive before its ``session_started`` (an outbox replayed out of
+order): whichever comes first creates the session row and the other fills it in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server.models import Badge, Device, Job, Machine, MachineSession, StoredEvent
+from werkbank_protocol import ProtocolError, parse_ts
+from werkbank_protocol.messages import (
+    Event,
+    Fault,
+    JobFinished,
+    JobStarted,
+    LockDeferred,
+    SessionEnded,
+    SessionStarted,
+)
+
+
+@dataclass
+class IngestResult:
+    event_id: str
+    new: bool
+
+
+def ingest_event(db: Session, device: Device, event: Event) -> IngestResult:
+    """Store ``event`` once and apply it. ProtocolError when it contradicts what is stored."""
+    if device.machine is None:
+        raise ProtocolError("unassigned_device", f"device {device.id!r} serves no machine; assign it first")
+    if db.get(StoredEvent, event.id) is not None:
+        return IngestResult(event.id, new=False)
+    ts = parse_ts(event.ts)
+    machine = device.machine
+    if event.session is not None:
+        _check_session_owner(db, device, event.session)
+    # The ledger row goes in first, in a savepoint: a second bridge racing us on the same
+    # id hits the primary key and we report a duplicate instead of applying it twice.
+    try:
+        with db.begin_nested():
+            db.add(
+                StoredEvent(
+                    id=event.id,
+                    device_id=device.id,
+                    type=type(event).__struct_config__.tag,  # type: ignore[arg-type]
+                    session_id=event.session,
+                    ts=ts,
+                    payload=msgspec.to_builtins(event),
+                )
+            )
+    except IntegrityError:
+        return IngestResult(event.id, new=False)
+
+    match event:
+        case SessionStarted():
+            _session_started(db, device, machine, event, ts)
+        case SessionEnded():
+            _session_ended(db, device, machine, event, ts)
+        case JobStarted():
+            job = _job(db, device, machine, event.session, event.job)
+            job.kind = event.kind
+            job.file = event.file
+            job.estimated_s = event.estimated_s
+            job.started_at = ts
+        case JobFinished():
+            job = _job(db, device, machine, event.session, event.job)
+            job.status = event.status
+            job.duration_s = event.duration_s
+            job.finished_at = ts
+            job.filament_mm = event.filament_mm
+            job.filament_g = event.filament_g
+        case Fault() | LockDeferred():
+            pass  # kept in the ledger; shown on the machine page
+    return IngestResult(event.id, new=True)
+
+
+def _check_session_owner(db: Session, device: Device, session_id: str) -> None:
+    owner = db.scalar(select(MachineSession.device_id).where(MachineSession.id == session_id))
+    if owner is not None and owner != device.id:
+        raise ProtocolError(
+            "foreign_session", f"session {session_id} belongs to device {owner!r}, not {device.id!r}"
+        )
+
+
+def _session(db: Session, device: Device, machine: Machine, session_id: str) -> MachineSession:
+    row = db.get(MachineSession, session_id)
+    if row is None:
+        row = MachineSession(id=session_id, machine_id=machine.id, device_id=device.id)
+        db.add(row)
+    return row
+
+
+def _person_of(db: Session, uid: str | None) -> int | None:
+    if uid is None:
+        return None
+    return db.scalar(select(Badge.person_id).where(Badge.uid == uid.upper()))
+
+
+def _session_started(
+    db: Session, device: Device, machine: Machine, event: SessionStarted, ts: datetime
+) -> None:
+    row = _session(db, device, machine, event.session)
+    row.started_at = ts
+    row.badge_uid = event.badge
+    row.person_id = _person_of(db, event.badge)
+    row.trainer_id = _person_of(db, event.trainer_badge)
+    row.offline = event.offline
+    row.mode = event.mode
+    if row.ended_at is None and _is_newest(machine, ts):
+        machine.live_session_id = row.id
+        machine.live_updated_at = ts
+
+
+def _session_ended(db: Session, device: Device, machine: Machine, event: SessionEnded, ts: datetime) -> None:
+    row = _session(db, device, machine, event.session)
+    row.ended_at = ts
+    row.end_reason = event.reason
+    row.unlocked_s = event.unlocked_s
+    row.run_s = event.run_s
+    if machine.live_session_id == row.id:
+        machine.live_session_id = None
+        machine.live_running = False
+        machine.live_updated_at = max(ts, machine.live_updated_at or ts)
+
+
+def _job(db: Session, device: Device, machine: Machine, session_id: str, job_id: str) -> Job:
+    _session(db, device, machine, session_id)
+    job = db.get(Job, job_id)
+    if job is None:
+        job = Job(id=job_id, session_id=session_id, machine_id=machine.id)
+        db.add(job)
+    return job
+
+
+def _is_newest(machine: Machine, ts: datetime) -> bool:
+    """Late events (a replayed outbox) must not overwrite the machine's live state."""
+    return machine.live_updated_at is None or ts >= machine.live_updated_at

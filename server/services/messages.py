@@ -1,0 +1,51 @@
+"""What the participant reads at the machine, per decision reason, in German and English.
+
+Short, and always saying what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any
+
+from server.i18n import LANGUAGES, N_, gettext_in, local_date, local_time
+
+MESSAGES: dict[str, str] = {
+    "ok": N_("Hello {name}! Unlocked until {until}. Tap again when you are done."),
+    "unknown_badge": N_("Unknown badge. Please register it at the front desk."),
+    "badge_blocked": N_("This badge is blocked. Please ask at the front desk."),
+    "person_inactive": N_("Your account is not active. Please ask at the front desk."),
+    "not_qualified": N_("You are not trained on the {machine} yet. Ask a trainer for a briefing."),
+    "qualification_expired": N_("Your {competency} expired on {date}. Ask a trainer to renew it."),
+    "machine_maintenance": N_("This machine is in maintenance. Please use another one."),
+    "booked_by_other": N_("This machine is booked. It is free again at {free_at}."),
+    "outside_opening_hours": N_("The lab is closed now. It opens again at {opens}."),
+    "outside_opening_hours_unknown": N_("The lab is closed now."),
+    "session_limit": N_("You already use {count} machines. Finish one first."),
+    "trainer_required": N_("You may use this machine only with a trainer. Ask a trainer to tap first."),
+    "trainer_not_qualified": N_("The trainer's badge is not valid for this machine. Ask another trainer."),
+    "bad_request": N_("Reading failed. Please tap your badge again."),
+    "in_use": N_("Machine in use. Please wait until it is free."),
+}
+
+
+def render(key: str, tz: str, **params: Any) -> dict[str, str]:
+    """The message for ``key`` in every language, with dates and times in the site's time zone."""
+    out: dict[str, str] = {}
+    for language in LANGUAGES:
+        values = {name: _format(value, language, tz) for name, value in params.items()}
+        out[language] = gettext_in(language, MESSAGES[key]).format(**values)
+    return out
+
+
+def _format(value: Any, language: str, tz: str) -> str:
+    if isinstance(value, datetime):
+        return local_time(value, language, tz)
+    if isinstance(value, date):
+        return local_date(value, language)
+    if isinstance(value, dict):  # {"de": ..., "en": ...}: a name that has translations of its own
+        return str(value.get(language) or value.get("en") or next(iter(value.values()), ""))
+    if isinstance(value, Callable):  # type: ignore[arg-type]
+        return str(value(language))
+    return str(value)
