@@ -18,7 +18,7 @@ CATALOG_DIR = Path(__file__).resolve().parent / "translations"
 LANGUAGES = ("de", "en")
 
 
-def N_(text: str) -> str:  # noqa: N802 - the conventional name for "mark for translation, translate later"
+def N_(text: str) -> str:
     return text
 
 
@@ -41,4 +41,5 @@ def local_time(when: datetime, language: str, tz: str) -> str:
 
 
 def local_date(day: date, language: str) -> str:
-    return format_date(day, "d MMMM yyyy", locale=language)
+    """``3. März 2026`` / ``3 March 2026``."""
+    return format_date(day, "d. MMMM yyyy" if language == "de" else "d MMMM yyyy", locale=language)

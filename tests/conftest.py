@@ -31,3 +31,106 @@ def broker() -> Iterator[EmbeddedBroker | MosquittoProcess]:
 def mqtt_url(broker: EmbeddedBroker | MosquittoProcess) -> str:
     """The broker's URL (mqtt://host:port, no credentials)."""
     return broker.url
+
+
+# -- database ------------------------------------------------------------------------------
+# SQLite by default; PostgreSQL when TEST_DATABASE_URL is set (CI sets it). Either way the
+# schema comes from the Alembic migrations, so the migrations are tested on both.
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from server.db import Database  # noqa: E402
+from server.migrate import upgrade  # noqa: E402
+from server.models import Base  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def migrated_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A freshly migrated private database for this test run (dropped at the end)."""
+    server_url = os.environ.get("TEST_DATABASE_URL")
+    if not server_url:
+        path = tmp_path_factory.mktemp("db") / "template.sqlite"
+        url = f"sqlite:///{path}"
+        upgrade(url)
+        yield url
+        return
+    base = make_url(server_url)
+    if base.drivername in ("postgresql", "postgres"):
+        base = base.set(drivername="postgresql+psycopg")
+    name = f"werkbank_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def database_url(migrated_url: str, tmp_path: Path) -> Iterator[str]:
+    """An empty, migrated database of its own for one test."""
+    if migrated_url.startswith("sqlite:///"):
+        copy = tmp_path / "werkbank.sqlite"
+        shutil.copy(migrated_url.removeprefix("sqlite:///"), copy)
+        yield f"sqlite:///{copy}"
+        return
+    yield migrated_url
+    engine = create_engine(migrated_url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """The server's Database bound to this test's database."""
+    from server.extensions import db
+
+    db.init(database_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def lab(database: Database) -> Database:
+    """The test lab of tests/data/lab.yaml loaded (sites, people, badges, machines, devices)."""
+    from server.services.loader import load, parse
+
+    with database.session() as session:
+        load(session, parse((DATA / "lab.yaml").read_text()))
+    return database
+
+
+class Clock:
+    """A clock tests move by hand: no sleeping."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        from datetime import timedelta
+
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    # A Wednesday at 10:00 in Berlin: inside the test lab's opening hours.
+    return Clock(datetime(2026, 11, 18, 9, 0, tzinfo=UTC))

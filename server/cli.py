@@ -1,0 +1,220 @@
+"""The ``werkbank`` command (built on Flask's CLI): processes, database, data, demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup
+
+from server import create_app
+from server.config import VAR_DIR
+
+log = logging.getLogger("werkbank")
+DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo.yaml"
+BROKER_URL_FILE = VAR_DIR / "broker.url"
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+def _app() -> Flask:
+    _setup_logging(os.environ.get("WERKBANK_LOG_LEVEL", "INFO"))
+    return create_app()
+
+
+cli = FlaskGroup(create_app=_app, help="Werkbank: machine access and booking for maker spaces.")
+
+
+def _mqtt_url() -> str:
+    url = current_app.config["MQTT_URL"]
+    if url:
+        return str(url)
+    if BROKER_URL_FILE.exists():  # the broker of a running `werkbank up`
+        return BROKER_URL_FILE.read_text().strip()
+    raise click.ClickException("MQTT_URL is not set (e.g. mqtt://127.0.0.1:1883) and no `werkbank up` is running")
+
+
+# -- database ------------------------------------------------------------------------------
+@cli.group("db")
+def db_group() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Bring the database schema up to date."""
+    from server.migrate import upgrade
+
+    upgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo("database is up to date")
+
+
+@cli.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def load_cmd(file: Path) -> None:
+    """Load sites, people, badges, competencies, machines and devices from a YAML FILE."""
+    from server.extensions import db
+    from server.services.loader import LoadError, load, parse
+
+    try:
+        lab = parse(file.read_text(encoding="utf-8"))
+        with db.session() as session:
+            counts = load(session, lab)
+    except LoadError as exc:
+        raise click.ClickException(f"{file}: {exc}. Nothing was changed.") from exc
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing"
+    click.echo(f"loaded {summary} from {file}")
+
+
+# -- processes -----------------------------------------------------------------------------
+@cli.command("web")
+@click.option("--host", default=None, help="Address to listen on (WERKBANK_HOST).")
+@click.option("--port", type=int, default=None, help="Port (WERKBANK_PORT).")
+def web_cmd(host: str | None, port: int | None) -> None:
+    """Serve the web pages and API (threaded; put gunicorn + nginx in front in production)."""
+    from werkzeug.serving import run_simple
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    run_simple(
+        host or app.config["WEB_HOST"], port or app.config["WEB_PORT"], app, threaded=True, use_reloader=False
+    )
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@cli.command("bridge")
+def bridge_cmd() -> None:
+    """Run the MQTT bridge: decisions, event ingestion, device state, allow-lists."""
+    from server.bridge import Bridge
+    from server.extensions import db
+
+    cfg = current_app.config
+    bridge = Bridge(
+        db,
+        _mqtt_url(),
+        client_id=cfg["MQTT_CLIENT_ID"],
+        allowlist_days=cfg["ALLOWLIST_DAYS"],
+        max_open_sessions=cfg["MAX_OPEN_SESSIONS"],
+        shared=cfg["MQTT_SHARED_SUBSCRIPTIONS"],
+        ca_file=cfg["MQTT_CA_FILE"],
+    ).start()
+    try:
+        _wait_for_signal()
+    finally:
+        bridge.stop()
+        log.info("bridge stopped; rejected messages by reason: %s", dict(bridge.rejected) or "none")
+
+
+@cli.command("scheduler")
+def scheduler_cmd() -> None:
+    """Run the timed jobs (only one scheduler runs at a time; a second one waits)."""
+    from server.extensions import db
+    from server.scheduler import build_scheduler, singleton_lock
+
+    url = current_app.config["DATABASE_URL"]
+    while True:
+        with singleton_lock(db, url) as held:
+            if held:
+                scheduler: Any = build_scheduler(db)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, lambda *_: scheduler.shutdown(wait=False))
+                log.info("scheduler running")
+                scheduler.start()
+                return
+        log.info("another scheduler holds the lock; waiting")
+        time.sleep(30)
+
+
+# -- simulation ----------------------------------------------------------------------------
+@cli.command("tap")
+@click.argument("machine")
+@click.argument("uid")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the decision.")
+def tap_cmd(machine: str, uid: str, timeout: float) -> None:
+    """Present badge UID to the simulated reader of MACHINE and print what the machine says."""
+    from sqlalchemy import select
+
+    from server.extensions import db
+    from server.models import Device, Machine
+    from werkbank_protocol.messages import BADGE_PATTERN, AuthResp, SimTap, decode_as, encode
+    from werkbank_protocol.mqtt import BrokerAddress, make_client, parse_mqtt_url
+    from werkbank_protocol.topics import Suffix, topic
+
+    import re
+
+    uid = uid.upper()
+    if not re.match(BADGE_PATTERN, uid):
+        raise click.ClickException(f"{uid!r} is not a badge UID: use 8, 14 or 20 hex characters")
+    with db.session() as session:
+        device_id = session.scalar(select(Device.id).join(Machine).where(Machine.slug == machine))
+    if device_id is None:
+        raise click.ClickException(f"no device serves machine {machine!r}")
+    address = parse_mqtt_url(_mqtt_url())
+    client_id = f"werkbank-tap-{uuid.uuid4().hex[:8]}"
+    if address.username is None:
+        address = BrokerAddress(address.host, address.port, client_id, None, address.tls)
+    client = make_client(client_id, address, clean_session=True)
+    answer: dict[str, AuthResp] = {}
+    got = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        try:
+            answer["resp"] = decode_as(AuthResp, msg.payload)
+            got.set()
+        except ValueError:
+            pass
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_connect = lambda c, *_: c.subscribe(topic(device_id, Suffix.AUTH_RESP), qos=1)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        if not subscribed.wait(timeout):
+            raise click.ClickException(f"broker {address.url} did not answer")
+        client.publish(topic(device_id, Suffix.SIM_TAP), encode(SimTap(v=1, badge=uid)), qos=1).wait_for_publish(
+            timeout
+        )
+        if not got.wait(timeout):
+            raise click.ClickException("no decision from the server (is `werkbank bridge` running?)")
+        resp = answer["resp"]
+        click.echo(f"{resp.decision} ({resp.reason}): {resp.message.get('en', '')}")
+        click.echo(f"    {resp.message.get('de', '')}")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+@cli.command("up")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEMO_FILE,
+              show_default=True, help="YAML file to load before starting.")
+def up_cmd(data: Path) -> None:
+    """Start everything for a demo: broker (embedded unless MQTT_URL), web, bridge, scheduler, simulated agents."""
+    from server.demo_runner import run_demo
+
+    sys.exit(run_demo(current_app._get_current_object(), data))  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    cli.main(prog_name="werkbank")

@@ -1,0 +1,141 @@
+"""``werkbank up`` (what ``make run`` calls): the whole system on one machine, for a demo.
+
+Starts an embedded MQTT broker unless ``MQTT_URL`` is set, migrates and seeds the
+database, then runs web, bridge, scheduler and one simulated agent per device as
+child processes, prints where to look and how to log in, and stops them all on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from flask import Flask
+from sqlalchemy import select
+
+from server.broker import EmbeddedBroker, free_port, wait_for_port
+from server.config import VAR_DIR
+from server.extensions import db
+from server.migrate import upgrade
+from server.models import Device
+from server.services.loader import load, parse
+from server.services.provisioning import agent_config
+
+DEMO_BROKER_PORT = 1884
+DEMO_WEB_PORT = 5000
+
+
+def _port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def _secret_key() -> str:
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _banner(url: str, mqtt_url: str, data: Path) -> str:
+    raw = yaml.safe_load(data.read_text(encoding="utf-8")) or {}
+    lines = ["", "=" * 72, f"  Werkbank is running:  {url}", f"  MQTT broker:         {mqtt_url}", "", "  Logins:"]
+    for person in raw.get("people", []):
+        if person.get("email") and person.get("password"):
+            roles = ", ".join(person.get("roles", ["participant"]))
+            lines.append(f"    {person['email']:<32} {person['password']:<18} ({roles})")
+    lines += ["", "  Badges (tap one in another terminal):"]
+    for person in raw.get("people", []):
+        for badge in person.get("badges", []):
+            uid = badge if isinstance(badge, str) else badge.get("uid")
+            lines.append(f"    {uid:<22} {person['name']}")
+    machines = [m["slug"] for m in raw.get("machines", []) if m.get("device")]
+    if machines:
+        lines += ["", f"    .venv/bin/werkbank tap {machines[0]} <UID>    (machines: {', '.join(machines)})"]
+    lines += ["", "  Ctrl-C stops everything.", "=" * 72, ""]
+    return "\n".join(lines)
+
+
+def run_demo(app: Flask, data: Path) -> int:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    database_url = app.config["DATABASE_URL"]
+    upgrade(database_url)
+    with db.session() as session:
+        load(session, parse(data.read_text(encoding="utf-8")))
+
+    broker: EmbeddedBroker | None = None
+    mqtt_url = app.config["MQTT_URL"]
+    if not mqtt_url:
+        broker = EmbeddedBroker(port=_port(DEMO_BROKER_PORT)).start()
+        mqtt_url = broker.url
+    (VAR_DIR / "broker.url").write_text(mqtt_url)
+
+    web_port = _port(app.config["WEB_PORT"] or DEMO_WEB_PORT)
+    env = dict(os.environ, MQTT_URL=mqtt_url, DATABASE_URL=database_url, SECRET_KEY=_secret_key(),
+               WERKBANK_PORT=str(web_port), GPIOZERO_PIN_FACTORY="mock")
+    werkbank = [sys.executable, "-m", "server"]
+    commands: dict[str, list[str]] = {
+        "bridge": [*werkbank, "bridge"],
+        "scheduler": [*werkbank, "scheduler"],
+        "web": [*werkbank, "web", "--port", str(web_port)],
+    }
+    agents_dir = VAR_DIR / "agents"
+    agents_dir.mkdir(exist_ok=True)
+    with db.session() as session:
+        for device in session.scalars(select(Device).where(Device.machine_id.is_not(None))):
+            config = agents_dir / f"{device.id}.toml"
+            config.write_text(agent_config(device, mqtt_url, agents_dir / device.id, pin_factory="mock"))
+            commands[f"agent {device.id}"] = [sys.executable, "-m", "device_agent", "--config", str(config),
+                                              "--simulate"]
+
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for name, cmd in commands.items():
+            # Own process group: Ctrl-C reaches only us, and we stop the children in order.
+            children[name] = subprocess.Popen(cmd, env=env, start_new_session=True)
+        wait_for_port("127.0.0.1", web_port, timeout=30)
+        print(_banner(f"http://127.0.0.1:{web_port}/", mqtt_url, data), flush=True)
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    print(f"werkbank up: {name} exited with code {child.returncode}", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            if child.poll() is None:
+                child.kill()
+        if broker is not None:
+            broker.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (VAR_DIR / "broker.url").unlink()
+        print("werkbank up: stopped", flush=True)
+    return 0

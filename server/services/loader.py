@@ -1,0 +1,382 @@
+"""``werkbank load FILE``: bootstrap a lab from one YAML file (see docs/load-format.md).
+
+The whole file is validated against typed structures first, then applied in one
+transaction: a bad field or a dangling reference is refused with its location and
+nothing is changed. Loading is idempotent: records are matched by slug, e-mail,
+badge UID or device id and updated in place, so the same file can be loaded again
+(qualification history is appended only when an entry is not there yet).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from typing import Annotated, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+import yaml
+from msgspec import Meta, Struct
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.models import (
+    Badge,
+    BadgeStatus,
+    Competency,
+    Device,
+    Level,
+    Machine,
+    MachineStatus,
+    MachineType,
+    OpeningHours,
+    Person,
+    Qualification,
+    QualificationAction,
+    Requirement,
+    Site,
+    TrainingStep,
+)
+from werkbank_protocol.messages import BADGE_PATTERN
+from werkbank_protocol.topics import DEVICE_ID_RE
+
+Slug = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{1,39}$")]
+DeviceId = Annotated[str, Meta(pattern=DEVICE_ID_RE.pattern)]
+BadgeUid = Annotated[str, Meta(pattern=BADGE_PATTERN)]
+HHMM = Annotated[str, Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+LevelName = Literal["briefed", "supervised", "independent", "trainer"]
+
+
+class LoadError(ValueError):
+    """The file cannot be loaded; the message says where and why."""
+
+
+class _Strict(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class HoursSpec(_Strict, kw_only=True):
+    days: list[Weekday]
+    opens: HHMM
+    closes: HHMM
+
+
+class SiteSpec(_Strict, kw_only=True):
+    slug: Slug
+    name: str
+    timezone: str = "Europe/Berlin"
+    opening_hours: list[HoursSpec] = []
+
+
+class StepSpec(_Strict, kw_only=True):
+    kind: Literal["briefing", "supervised_hours", "signoff"]
+    name: str
+    leads_to: LevelName
+    hours: Annotated[float, Meta(ge=0)] | None = None
+
+
+class CompetencySpec(_Strict, kw_only=True):
+    slug: Slug
+    name: str
+    name_de: str | None = None
+    validity_months: Annotated[int, Meta(ge=1)] | None = None
+    prerequisite: Slug | None = None
+    steps: list[StepSpec] = []
+
+
+class RequirementSpec(_Strict, kw_only=True):
+    competency: Slug
+    level: LevelName = "independent"
+
+
+class MachineTypeSpec(_Strict, kw_only=True):
+    slug: Slug
+    name: str
+    job_kind: Literal["print", "cut", "other"] = "other"
+    requires: list[RequirementSpec | Slug] = []
+
+
+class BadgeSpec(_Strict, kw_only=True):
+    uid: BadgeUid
+    status: Literal["active", "lost", "blocked"] = "active"
+
+
+class QualificationSpec(_Strict, kw_only=True):
+    competency: Slug
+    level: LevelName = "independent"
+    granted: date
+    valid_until: date | None = None
+    by: str | None = None  # the granting trainer's e-mail
+    reason: str | None = None
+    action: Literal["granted", "renewed", "revoked", "expired"] = "granted"
+
+
+class PersonSpec(_Strict, kw_only=True):
+    name: str
+    site: Slug
+    email: str | None = None
+    password: str | None = None
+    roles: list[Literal["participant", "trainer", "admin"]] = msgspec.field(default_factory=lambda: ["participant"])
+    language: Literal["de", "en"] = "de"
+    cohort: str | None = None
+    programme: str | None = None
+    active: bool = True
+    badges: list[BadgeUid | BadgeSpec] = []
+    qualifications: list[QualificationSpec] = []
+
+
+class DeviceSpec(_Strict, kw_only=True):
+    id: DeviceId
+    password: str | None = None
+
+
+class MachineSpec(_Strict, kw_only=True):
+    slug: Slug
+    name: str
+    site: Slug
+    type: Slug
+    status: Literal["available", "maintenance", "disabled"] = "available"
+    max_session_min: Annotated[int, Meta(ge=1, le=24 * 60)] = 240
+    idle_timeout_min: Annotated[int, Meta(ge=0)] = 15
+    guard_min: Annotated[int, Meta(ge=0)] = 15
+    opening_hours: list[HoursSpec] = []
+    device: DeviceSpec | None = None
+
+
+class LabFile(_Strict, kw_only=True):
+    sites: list[SiteSpec] = []
+    competencies: list[CompetencySpec] = []
+    machine_types: list[MachineTypeSpec] = []
+    people: list[PersonSpec] = []
+    machines: list[MachineSpec] = []
+
+
+def parse(text: str) -> LabFile:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LoadError(f"not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    try:
+        return msgspec.convert(raw, LabFile)
+    except msgspec.ValidationError as exc:
+        raise LoadError(f"{exc} (see docs/load-format.md)") from exc
+
+
+def _hhmm(text: str) -> time:
+    hour, minute = text.split(":")
+    return time(int(hour), int(minute))
+
+
+M = TypeVar("M")
+
+
+class _Loader:
+    def __init__(self, db: Session) -> None:
+        self.db = db
+        self.sites: dict[str, Site] = {}
+        self.competencies: dict[str, Competency] = {}
+        self.types: dict[str, MachineType] = {}
+        self.counts: dict[str, int] = {}
+
+    def _one(self, model: type[M], **match: object) -> M | None:
+        return self.db.scalar(select(model).filter_by(**match))
+
+    def _bump(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def site(self, slug: str, where: str) -> Site:
+        found = self.sites.get(slug) or self._one(Site, slug=slug)
+        if found is None:
+            raise LoadError(f"{where}: unknown site {slug!r}; list it under sites:")
+        return found
+
+    def competency(self, slug: str, where: str) -> Competency:
+        found = self.competencies.get(slug) or self._one(Competency, slug=slug)
+        if found is None:
+            raise LoadError(f"{where}: unknown competency {slug!r}; list it under competencies:")
+        return found
+
+    def hours(self, site: Site, machine: Machine | None, specs: list[HoursSpec], where: str) -> None:
+        if not specs:
+            return
+        old = select(OpeningHours).where(OpeningHours.site_id == site.id)
+        old = old.where(
+            OpeningHours.machine_id == machine.id if machine else OpeningHours.machine_id.is_(None)
+        )
+        for row in self.db.scalars(old):
+            self.db.delete(row)
+        for i, spec in enumerate(specs):
+            opens, closes = _hhmm(spec.opens), _hhmm(spec.closes)
+            if closes <= opens:
+                raise LoadError(f"{where}.opening_hours[{i}]: closes ({spec.closes}) must be after opens")
+            for day in spec.days:
+                self.db.add(
+                    OpeningHours(
+                        site_id=site.id,
+                        machine_id=machine.id if machine else None,
+                        weekday=WEEKDAYS.index(day),
+                        opens=opens,
+                        closes=closes,
+                    )
+                )
+
+
+def load(db: Session, lab: LabFile) -> dict[str, int]:
+    """Apply ``lab`` in the caller's transaction; returns how many records of each kind were written."""
+    from server.security import hash_password  # argon2 is only needed when a file sets passwords
+
+    ld = _Loader(db)
+    for i, s in enumerate(lab.sites):
+        try:
+            ZoneInfo(s.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise LoadError(f"sites[{i}].timezone: unknown time zone {s.timezone!r}") from exc
+        site = ld._one(Site, slug=s.slug) or Site(slug=s.slug)
+        site.name, site.timezone = s.name, s.timezone
+        db.add(site)
+        db.flush()
+        ld.sites[s.slug] = site
+        ld.hours(site, None, s.opening_hours, f"sites[{i}]")
+        ld._bump("sites")
+
+    for c in lab.competencies:
+        comp = ld._one(Competency, slug=c.slug) or Competency(slug=c.slug)
+        comp.name, comp.name_de, comp.validity_months = c.name, c.name_de, c.validity_months
+        db.add(comp)
+        ld.competencies[c.slug] = comp
+        ld._bump("competencies")
+    db.flush()
+    for i, c in enumerate(lab.competencies):
+        comp = ld.competencies[c.slug]
+        if c.prerequisite:
+            comp.prerequisite = ld.competency(c.prerequisite, f"competencies[{i}].prerequisite")
+        if c.steps:
+            for step in list(comp.steps):
+                db.delete(step)
+            for pos, st in enumerate(c.steps):
+                db.add(
+                    TrainingStep(
+                        competency=comp,
+                        position=pos,
+                        kind=st.kind,
+                        name=st.name,
+                        leads_to=Level(st.leads_to),
+                        hours=st.hours,
+                    )
+                )
+
+    for i, t in enumerate(lab.machine_types):
+        mtype = ld._one(MachineType, slug=t.slug) or MachineType(slug=t.slug)
+        mtype.name, mtype.job_kind = t.name, t.job_kind
+        db.add(mtype)
+        db.flush()
+        ld.types[t.slug] = mtype
+        for req_spec in t.requires:
+            spec = req_spec if isinstance(req_spec, RequirementSpec) else RequirementSpec(competency=req_spec)
+            comp = ld.competency(spec.competency, f"machine_types[{i}].requires")
+            req = ld._one(Requirement, machine_type_id=mtype.id, competency_id=comp.id)
+            if req is None:
+                req = Requirement(machine_type_id=mtype.id, competency_id=comp.id)
+                db.add(req)
+            req.min_level = Level(spec.level)
+        ld._bump("machine_types")
+
+    people: list[tuple[int, PersonSpec, Person]] = []
+    for i, p in enumerate(lab.people):
+        where = f"people[{i}]"
+        person = (ld._one(Person, email=p.email) if p.email else None) or Person()
+        person.name, person.site = p.name, ld.site(p.site, where)
+        person.email = p.email
+        person.is_participant = "participant" in p.roles
+        person.is_trainer = "trainer" in p.roles
+        person.is_admin = "admin" in p.roles
+        person.language, person.cohort, person.programme, person.active = (
+            p.language,
+            p.cohort,
+            p.programme,
+            p.active,
+        )
+        if p.password:
+            person.password_hash = hash_password(p.password)
+        db.add(person)
+        db.flush()
+        for b in p.badges:
+            spec_b = b if isinstance(b, BadgeSpec) else BadgeSpec(uid=b)
+            badge = ld._one(Badge, uid=spec_b.uid) or Badge(uid=spec_b.uid)
+            if badge.person_id not in (None, person.id):
+                raise LoadError(f"{where}.badges: badge {spec_b.uid} belongs to someone else")
+            badge.person_id, badge.status = person.id, BadgeStatus(spec_b.status)
+            db.add(badge)
+            ld._bump("badges")
+        people.append((i, p, person))
+        ld._bump("people")
+    db.flush()
+
+    for i, p, person in people:
+        for j, q in enumerate(p.qualifications):
+            where = f"people[{i}].qualifications[{j}]"
+            comp = ld.competency(q.competency, where)
+            by = None
+            if q.by:
+                by = ld._one(Person, email=q.by)
+                if by is None:
+                    raise LoadError(f"{where}.by: no person with e-mail {q.by!r}")
+            exists = ld._one(
+                Qualification,
+                person_id=person.id,
+                competency_id=comp.id,
+                action=QualificationAction(q.action),
+                valid_until=q.valid_until,
+                level=Level(q.level),
+            )
+            if exists is None:
+                db.add(
+                    Qualification(
+                        person_id=person.id,
+                        competency_id=comp.id,
+                        action=QualificationAction(q.action),
+                        level=Level(q.level),
+                        valid_until=q.valid_until,
+                        granted_by_id=by.id if by else None,
+                        reason=q.reason or "loaded from file",
+                        created_at=datetime.combine(q.granted, time(12), UTC),
+                    )
+                )
+                ld._bump("qualifications")
+
+    for i, m in enumerate(lab.machines):
+        where = f"machines[{i}]"
+        mtype = ld.types.get(m.type) or ld._one(MachineType, slug=m.type)
+        if mtype is None:
+            raise LoadError(f"{where}.type: unknown machine type {m.type!r}; list it under machine_types:")
+        machine = ld._one(Machine, slug=m.slug) or Machine(slug=m.slug)
+        site = ld.site(m.site, where)
+        machine.name, machine.site, machine.machine_type = m.name, site, mtype
+        machine.status = MachineStatus(m.status)
+        machine.max_session_min, machine.idle_timeout_min, machine.guard_min = (
+            m.max_session_min,
+            m.idle_timeout_min,
+            m.guard_min,
+        )
+        db.add(machine)
+        db.flush()
+        ld.hours(site, machine, m.opening_hours, where)
+        if m.device:
+            device = db.get(Device, m.device.id) or Device(id=m.device.id)
+            if device.machine_id not in (None, machine.id):
+                raise LoadError(f"{where}.device: device {m.device.id!r} already serves another machine")
+            other = db.scalar(select(Device).where(Device.machine_id == machine.id, Device.id != m.device.id))
+            if other is not None:
+                other.machine_id = None
+                db.flush()
+            device.machine_id = machine.id
+            if m.device.password:
+                device.password_hash = hash_password(m.device.password)
+            db.add(device)
+            ld._bump("devices")
+        ld._bump("machines")
+    db.flush()
+    return ld.counts

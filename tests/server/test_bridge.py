@@ -1,0 +1,291 @@
+"""The bridge over a real broker: answers, ingestion exactly once, device state, allow-lists, garbage."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from server.bridge import Bridge, wait_until
+from server.db import Database
+from server.models import (
+    AccessDecision,
+    Base,
+    Device,
+    Level,
+    Machine,
+    MachineSession,
+    Person,
+    Qualification,
+    QualificationAction,
+    StoredEvent,
+)
+from tests.mqtt_peer import Peer, clear_retained
+from werkbank_protocol import format_ts
+from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
+from werkbank_protocol.messages import Ack, AuthResp, decode_as
+
+PRINTER = "werkbank/v1/dev/pi-printer-1"
+LASER = "werkbank/v1/dev/pi-laser-1"
+
+
+@pytest.fixture
+def bridge(lab: Database, mqtt_url: str, clock) -> Iterator[Bridge]:  # type: ignore[no-untyped-def]
+    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
+    running = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
+    assert running.connected.is_set()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def device(mqtt_url: str) -> Iterator[Peer]:
+    peer = Peer(mqtt_url)
+    for t in ("auth/resp", "ack", "allowlist"):
+        peer.subscribe(f"{PRINTER}/{t}")
+        peer.subscribe(f"{LASER}/{t}")
+    yield peer
+    peer.close()
+
+
+def _req(badge: str, **extra: object) -> tuple[str, bytes]:
+    rid = str(uuid.uuid4())
+    body = {"v": 1, "id": rid, "ts": "2026-11-18T09:00:00.000Z", "badge": badge, "mode": "use", **extra}
+    return rid, json.dumps(body).encode()
+
+
+def _event(etype: str, session: str, ts: str, **fields: object) -> tuple[str, bytes]:
+    eid = str(uuid.uuid4())
+    return eid, json.dumps({"v": 1, "id": eid, "ts": ts, "type": etype, "session": session, **fields}).encode()
+
+
+def _counts(db: Database) -> dict[str, int]:
+    with db.session() as s:
+        return {t.name: s.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables}
+
+
+def _snapshot(db: Database) -> dict[str, object]:
+    """Row counts plus the columns bad input might change."""
+    with db.session() as s:
+        machines = [(m.slug, m.live_state, m.live_session_id, m.status) for m in s.scalars(select(Machine))]
+        devices = [(d.id, d.online, d.state, d.agent_version) for d in s.scalars(select(Device))]
+    return {"counts": _counts(db), "machines": machines, "devices": devices}
+
+
+def test_bridge_answers_a_tap_with_decision_and_both_languages(bridge: Bridge, device: Peer, lab: Database) -> None:
+    rid, payload = _req("04A224B2C35E80")
+    device.publish(f"{PRINTER}/auth/req", payload)
+    resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+    assert (resp.req, resp.decision, resp.reason) == (rid, "allow", "ok")
+    assert resp.session and resp.until and resp.person == "Quinn"
+    assert resp.message["en"].startswith("Hello Quinn") and resp.message["de"].startswith("Hallo Quinn")
+
+    rid2, payload2 = _req("DEADBEEF")
+    device.publish(f"{LASER}/auth/req", payload2)
+    denied = decode_as(AuthResp, device.next(f"{LASER}/auth/resp"))
+    assert (denied.req, denied.decision, denied.reason, denied.session) == (rid2, "deny", "not_qualified", None)
+    with lab.session() as s:
+        assert s.scalar(select(func.count()).select_from(AccessDecision)) == 2
+
+
+def test_bridge_repeated_request_gets_the_same_answer_once_recorded(
+    bridge: Bridge, device: Peer, lab: Database
+) -> None:
+    rid, payload = _req("04A224B2C35E80")
+    device.publish(f"{PRINTER}/auth/req", payload)
+    first = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+    device.publish(f"{PRINTER}/auth/req", payload)
+    second = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+    assert first == second
+    with lab.session() as s:
+        assert s.scalar(select(func.count()).select_from(AccessDecision)) == 1
+
+
+def test_bridge_session_events_become_machine_hours_and_are_acked(
+    bridge: Bridge, device: Peer, lab: Database
+) -> None:
+    session = str(uuid.uuid4())
+    e1, p1 = _event("session_started", session, "2026-11-18T09:00:00.000Z", badge="04A224B2C35E80", offline=False)
+    e2, p2 = _event("session_ended", session, "2026-11-18T09:45:30.500Z", reason="tap_out", unlocked_s=2730.5,
+                    run_s=2000)
+    device.publish(f"{PRINTER}/event", p1)
+    assert decode_as(Ack, device.next(f"{PRINTER}/ack")).ids == [e1]
+    device.publish(f"{PRINTER}/event", p2)
+    assert decode_as(Ack, device.next(f"{PRINTER}/ack")).ids == [e2]
+    with lab.session() as s:
+        row = s.get(MachineSession, session)
+        assert row is not None and row.person is not None
+        assert row.person.name == "Quinn Qualified"
+        assert row.unlocked_s == 2730.5 and row.run_s == 2000 and row.end_reason == "tap_out"
+        assert row.ended_at - row.started_at == timedelta(seconds=2730.5)  # type: ignore[operator]
+
+
+def test_bridge_duplicate_event_ids_are_stored_once(bridge: Bridge, device: Peer, lab: Database) -> None:
+    session = str(uuid.uuid4())
+    eid, payload = _event("session_started", session, "2026-11-18T09:00:00.000Z", badge="04A224B2C35E80")
+    for _ in range(3):
+        device.publish(f"{PRINTER}/event", payload)
+    acks = [decode_as(Ack, device.next(f"{PRINTER}/ack")).ids for _ in range(3)]
+    assert acks == [[eid]] * 3  # every copy is acknowledged, so the agent can forget it
+    with lab.session() as s:
+        assert s.scalar(select(func.count()).select_from(StoredEvent)) == 1
+        assert s.scalar(select(func.count()).select_from(MachineSession)) == 1
+    assert bridge.handled["duplicate"] == 2
+
+
+def test_bridge_late_and_out_of_order_events_still_count(bridge: Bridge, device: Peer, lab: Database, clock) -> None:
+    # An offline session from hours ago, its end reported before its start.
+    session = str(uuid.uuid4())
+    earlier = clock() - timedelta(hours=6)
+    _, end = _event("session_ended", session, format_ts(earlier + timedelta(minutes=30)), reason="tap_out",
+                    unlocked_s=1800)
+    _, start = _event("session_started", session, format_ts(earlier), badge="04A224B2C35E80", offline=True)
+    device.publish(f"{LASER}/event", end)
+    device.next(f"{LASER}/ack")
+    device.publish(f"{LASER}/event", start)
+    device.next(f"{LASER}/ack")
+    with lab.session() as s:
+        row = s.get(MachineSession, session)
+        assert row is not None
+        assert row.offline and row.unlocked_s == 1800 and row.started_at == earlier
+        laser = s.scalar(select(Machine).where(Machine.slug == "laser-1"))
+        assert laser is not None and laser.live_session_id is None  # a finished old session is not "live"
+        total = s.scalar(select(func.sum(MachineSession.unlocked_s)).where(MachineSession.machine_id == laser.id))
+        assert total == 1800
+
+
+def test_bridge_jobs_are_stored_with_their_session(bridge: Bridge, device: Peer, lab: Database) -> None:
+    session, job = str(uuid.uuid4()), str(uuid.uuid4())
+    for kind, ts, fields in [
+        ("session_started", "2026-11-18T09:00:00.000Z", {"badge": "04A224B2C35E80"}),
+        ("job_started", "2026-11-18T09:01:00.000Z", {"job": job, "kind": "print", "file": "cube.gcode",
+                                                     "estimated_s": 600}),
+        ("job_finished", "2026-11-18T09:11:00.000Z", {"job": job, "status": "completed", "duration_s": 598,
+                                                      "filament_mm": 1234.5}),
+    ]:
+        device.publish(f"{PRINTER}/event", _event(kind, session, ts, **fields)[1])
+        device.next(f"{PRINTER}/ack")
+    with lab.session() as s:
+        row = s.get(MachineSession, session)
+        assert row is not None and len(row.jobs) == 1
+        assert (row.jobs[0].file, row.jobs[0].status, row.jobs[0].filament_mm) == ("cube.gcode", "completed", 1234.5)
+
+
+def test_bridge_status_and_last_will_track_devices(bridge: Bridge, device: Peer, lab: Database) -> None:
+    status = {"v": 1, "online": True, "state": "locked", "machine": "printer-1", "fw": "0.1.0", "config": "abc",
+              "allowlist_version": 3, "ts": "2026-11-18T09:00:00.000Z"}
+    device.publish(f"{PRINTER}/status", json.dumps(status), retain=True)
+
+    def online() -> bool:
+        with lab.session() as s:
+            d = s.get(Device, "pi-printer-1")
+            return bool(d and d.online and d.agent_version == "0.1.0")
+
+    assert wait_until(online)
+    device.publish(f"{PRINTER}/status", json.dumps({"v": 1, "online": False}), retain=True)
+    assert wait_until(lambda: not online())
+    device.publish(f"{PRINTER}/status", b"", retain=True)  # clear the retained message
+
+
+GARBAGE = [
+    ("pi-printer-1", "auth/req", b"not json"),
+    ("pi-printer-1", "auth/req", b'{"v":2,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a11","ts":"2026-11-18T09:00:00Z",'
+                                 b'"badge":"04A224B2C35E80"}'),
+    ("pi-printer-1", "auth/req", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a12","ts":"2026-11-18T09:00:00Z",'
+                                 b'"badge":"XYZ12345"}'),
+    ("pi-printer-1", "auth/req", b'{"v":1,"id":42,"ts":"2026-11-18T09:00:00Z","badge":"04A224B2C35E80"}'),
+    ("pi-printer-1", "auth/req", b'[1,2,3]'),
+    ("pi-printer-1", "event", b"\xff\xfe garbage"),
+    ("pi-printer-1", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a13","ts":"2026-11-18T09:00:00Z",'
+                              b'"type":"session_started","session":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a14",'
+                              b'"badge":"deadbeef"}'),
+    ("pi-printer-1", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a15","ts":"yesterday",'
+                              b'"type":"session_ended","session":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a16",'
+                              b'"reason":"tap_out","unlocked_s":10}'),
+    ("pi-printer-1", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a17","ts":"2026-11-18T09:00:00Z",'
+                              b'"type":"session_ended","session":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a18",'
+                              b'"reason":"tap_out","unlocked_s":"ten"}'),
+    ("pi-printer-1", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a19","ts":"2026-11-18T09:00:00Z",'
+                              b'"type":"self_destruct","session":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a20"}'),
+    ("pi-printer-1", "status", b'{"v":1,"online":"yes"}'),
+    ("pi-printer-1", "status", b'{"v":1,"online":true,"machine":"laser-1"}'),  # names another machine
+    ("pi-printer-1", "telemetry", b'{"v":1,"ts":"2026-11-18T09:00:00Z","running":true,"progress":250}'),
+    ("pi-unknown-9", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a21","ts":"2026-11-18T09:00:00Z",'
+                              b'"type":"fault","code":"x"}'),
+    ("pi-unknown-9", "auth/req", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a22","ts":"2026-11-18T09:00:00Z",'
+                                 b'"badge":"04A224B2C35E80"}'),
+    ("PI_BAD_ID", "event", b'{"v":1}'),
+]
+
+
+@pytest.mark.parametrize(("device_id", "suffix", "payload"), GARBAGE, ids=[f"{d}-{s}-{i}" for i, (d, s, _) in
+                                                                           enumerate(GARBAGE)])
+def test_bridge_refuses_garbage_without_changing_anything(
+    bridge: Bridge, device: Peer, lab: Database, device_id: str, suffix: str, payload: bytes
+) -> None:
+    before = _snapshot(lab)
+    rejected_before = sum(bridge.rejected.values())
+    device.publish(f"werkbank/v1/dev/{device_id}/{suffix}", payload)
+    assert wait_until(lambda: sum(bridge.rejected.values()) == rejected_before + 1), dict(bridge.rejected)
+    assert _snapshot(lab) == before
+    assert device.drain(f"{PRINTER}/ack") == []
+    # and the bridge still works
+    rid, ok = _req("04A224B2C35E80")
+    device.publish(f"{LASER}/auth/req", ok)
+    resp = None
+    while resp is None or resp.req != rid:
+        resp = decode_as(AuthResp, device.next(f"{LASER}/auth/resp"))
+    assert resp.decision == "allow"
+
+
+def test_bridge_garbled_tap_is_answered_bad_request(bridge: Bridge, device: Peer) -> None:
+    rid = str(uuid.uuid4())
+    device.publish(f"{PRINTER}/auth/req", json.dumps({"v": 1, "id": rid, "ts": "now", "badge": "04A224B2C35E80"}))
+    resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+    assert (resp.req, resp.decision, resp.reason) == (rid, "deny", "bad_request")
+    assert bridge.rejected["invalid"] == 1
+
+
+def test_bridge_event_of_another_devices_session_is_refused(bridge: Bridge, device: Peer, lab: Database) -> None:
+    session = str(uuid.uuid4())
+    device.publish(f"{PRINTER}/event", _event("session_started", session, "2026-11-18T09:00:00.000Z",
+                                              badge="04A224B2C35E80")[1])
+    device.next(f"{PRINTER}/ack")
+    before = _snapshot(lab)
+    device.publish(f"{LASER}/event", _event("session_ended", session, "2026-11-18T09:10:00.000Z",
+                                            reason="tap_out", unlocked_s=600)[1])
+    assert wait_until(lambda: bridge.rejected["foreign_session"] == 1)
+    assert _snapshot(lab) == before
+
+
+def test_bridge_publishes_signed_allowlists_and_republishes_on_change(
+    bridge: Bridge, device: Peer, lab: Database, clock
+) -> None:
+    first = device.next(f"{LASER}/allowlist")
+    with lab.session() as s:
+        laser = s.scalar(select(Machine).where(Machine.slug == "laser-1"))
+        assert laser is not None
+        key = key_bytes(laser.allowlist_key)
+    doc = verify(key, first, clock(), machine="laser-1")
+    hashes = {e.badge_hash for e in doc.entries}
+    assert badge_hash(key, "04A224B2C35E80") in hashes  # qualified
+    assert badge_hash(key, "A1B2C3D4") in hashes  # trainer
+    assert badge_hash(key, "DEADBEEF") not in hashes  # not trained
+    assert badge_hash(key, "0BADCAFE") not in hashes  # expired
+    assert badge_hash(key, "5A5A5A5A") not in hashes  # needs a trainer present
+    assert "04A224B2C35E80" not in first.decode()  # UIDs never travel in the clear
+
+    with lab.session() as s:
+        quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
+        assert quinn is not None
+        comp = next(q.competency_id for q in s.scalars(select(Qualification).where(
+            Qualification.person_id == quinn.id)) if q.competency.slug == "laser-safety")
+        s.add(Qualification(person_id=quinn.id, competency_id=comp, action=QualificationAction.REVOKED,
+                            level=Level.INDEPENDENT, reason="test"))
+    second = verify(key, device.next(f"{LASER}/allowlist", timeout=5), clock(), machine="laser-1")
+    assert second.version > doc.version
+    assert badge_hash(key, "04A224B2C35E80") not in {e.badge_hash for e in second.entries}
