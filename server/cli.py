@@ -49,7 +49,7 @@ def _mqtt_url() -> str:
 
 
 # -- database ------------------------------------------------------------------------------
-@cli.group("db")
+@click.group("db")
 def db_group() -> None:
     """Database schema (Alembic migrations)."""
 
@@ -64,7 +64,7 @@ def db_upgrade(revision: str) -> None:
     click.echo("database is up to date")
 
 
-@cli.command("load")
+@click.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def load_cmd(file: Path) -> None:
     """Load sites, people, badges, competencies, machines and devices from a YAML FILE."""
@@ -82,7 +82,7 @@ def load_cmd(file: Path) -> None:
 
 
 # -- processes -----------------------------------------------------------------------------
-@cli.command("web")
+@click.command("web")
 @click.option("--host", default=None, help="Address to listen on (WERKBANK_HOST).")
 @click.option("--port", type=int, default=None, help="Port (WERKBANK_PORT).")
 def web_cmd(host: str | None, port: int | None) -> None:
@@ -102,7 +102,7 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
-@cli.command("bridge")
+@click.command("bridge")
 def bridge_cmd() -> None:
     """Run the MQTT bridge: decisions, event ingestion, device state, allow-lists."""
     from server.bridge import Bridge
@@ -125,7 +125,7 @@ def bridge_cmd() -> None:
         log.info("bridge stopped; rejected messages by reason: %s", dict(bridge.rejected) or "none")
 
 
-@cli.command("scheduler")
+@click.command("scheduler")
 def scheduler_cmd() -> None:
     """Run the timed jobs (only one scheduler runs at a time; a second one waits)."""
     from server.extensions import db
@@ -146,7 +146,7 @@ def scheduler_cmd() -> None:
 
 
 # -- simulation ----------------------------------------------------------------------------
-@cli.command("tap")
+@click.command("tap")
 @click.argument("machine")
 @click.argument("uid")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the decision.")
@@ -206,7 +206,7 @@ def tap_cmd(machine: str, uid: str, timeout: float) -> None:
         client.disconnect()
 
 
-@cli.command("up")
+@click.command("up")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEMO_FILE,
               show_default=True, help="YAML file to load before starting.")
 def up_cmd(data: Path) -> None:
@@ -214,6 +214,15 @@ def up_cmd(data: Path) -> None:
     from server.demo_runner import run_demo
 
     sys.exit(run_demo(current_app._get_current_object(), data))  # type: ignore[attr-defined]
+
+
+COMMANDS = (db_group, load_cmd, web_cmd, bridge_cmd, scheduler_cmd, tap_cmd, up_cmd)
+
+
+def register(app: Flask) -> None:
+    """Put the commands on ``app.cli`` (so ``werkbank`` and Flask's test runner both see them)."""
+    for command in COMMANDS:
+        app.cli.add_command(command)
 
 
 def main() -> None:
