@@ -21,7 +21,7 @@ def get_db() -> Session:
 
 def select_locale() -> str:
     """The language the visitor chose, else their profile's, else the browser's."""
-    from flask_login import current_user
+    from flask_login import current_user  # type: ignore[import-untyped,unused-ignore]
 
     languages: tuple[str, ...] = current_app.config["LANGUAGES"]
     chosen = session.get("language")
@@ -33,12 +33,22 @@ def select_locale() -> str:
     return best or str(current_app.config["BABEL_DEFAULT_LOCALE"])
 
 
+def select_timezone() -> str | None:
+    """The logged-in person's site's time zone; None falls back to BABEL_DEFAULT_TIMEZONE."""
+    from flask_login import current_user  # type: ignore[import-untyped,unused-ignore]
+
+    if getattr(current_user, "is_authenticated", False):
+        timezone = getattr(current_user, "timezone", None)
+        return str(timezone) if timezone else None
+    return None
+
+
 def create_app(config_class: type[Config] = Config, **overrides: Any) -> Flask:
     app = Flask(__name__)
     app.config.from_object(config_class)
     app.config.update(overrides)
     db.init(app.config["DATABASE_URL"])
-    babel.init_app(app, locale_selector=select_locale)
+    babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
     csrf.init_app(app)
     login_manager.init_app(app)
 
@@ -50,7 +60,9 @@ def create_app(config_class: type[Config] = Config, **overrides: Any) -> Flask:
                 session_.rollback()
             session_.close()
 
-    from server.web import bp as web_bp
+    from server.cli import register as register_commands
+    from server.web import init_app as init_web
 
-    app.register_blueprint(web_bp)
+    init_web(app)
+    register_commands(app)
     return app
