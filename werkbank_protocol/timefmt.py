@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from werkbank_protocol.errors import ProtocolError
 
 # Accept any RFC 3339 time (seconds or fractions, Z or an offset); always write UTC with ms.
+_FRACTION = re.compile(r"T\d{2}:\d{2}:\d{2}\.(\d+)")
 TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 
 
@@ -24,14 +26,13 @@ def now_ts() -> str:
 
 def parse_ts(text: str) -> datetime:
     """An aware UTC datetime from a protocol timestamp; ProtocolError when it is not one."""
+    # fromisoformat in 3.11 takes "Z" but only 3 or 6 fraction digits: pad or cut to 6.
+    match = _FRACTION.search(text)
+    iso = text
+    if match:
+        iso = f"{text[: match.start(1)]}{match.group(1)[:6].ljust(6, '0')}{text[match.end(1) :]}"
     try:
-        # fromisoformat in 3.11 takes "Z" but at most 6 fraction digits.
-        head, _, frac_zone = text.partition(".")
-        if frac_zone:
-            digits = "".join(c for c in frac_zone if c.isdigit())
-            zone = frac_zone[len(digits):]
-            text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
-        value = datetime.fromisoformat(text)
+        value = datetime.fromisoformat(iso)
     except ValueError as exc:
         raise ProtocolError("bad_time", f"{text!r} is not an RFC 3339 time") from exc
     if value.tzinfo is None:

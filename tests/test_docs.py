@@ -1,0 +1,43 @@
+"""Docs as tests: a setting, topic, event type, reason code or command that is not documented fails."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from server.cli import COMMANDS
+from werkbank_protocol.messages import END_REASONS, EVENT_TYPES, REASONS
+from werkbank_protocol.topics import Suffix
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+# docs/protocol-v1.md is the contract (a verbatim copy of the project's shared PROTOCOL.md);
+# docs/protocol.md lists our documented additions.
+CONTRACT = ROOT / "docs" / "protocol-v1.md"
+PROTOCOL = CONTRACT.read_text() + (ROOT / "docs" / "protocol.md").read_text()
+
+
+def test_docs_contract_copy_is_current() -> None:
+    shared = ROOT.parent / "shared" / "PROTOCOL.md"
+    if shared.exists():  # beside a checkout in the workplace; a plain clone has only the copy
+        assert CONTRACT.read_text() == shared.read_text()
+
+
+def test_docs_every_setting_is_in_the_readme() -> None:
+    config = (ROOT / "server" / "config.py").read_text()
+    names = set(re.findall(r'(?:environ\.get|_bool|_int)\(\s*"([A-Z_]+)"', config))
+    assert names, "no settings found: did config.py change shape?"
+    missing = sorted(n for n in names if f"`{n}`" not in README)
+    assert missing == []
+
+
+def test_docs_every_topic_event_type_and_reason_is_documented() -> None:
+    for suffix in Suffix:
+        assert f"`{suffix.value}`" in PROTOCOL, suffix
+    for name in (*EVENT_TYPES, *REASONS, *END_REASONS):
+        assert name in PROTOCOL, name
+
+
+def test_docs_every_cli_command_is_in_the_readme() -> None:
+    for command in COMMANDS:
+        assert f"werkbank {command.name}" in README, command.name
