@@ -1,10 +1,28 @@
-"""Web pages (placeholder until the web blueprint lands)."""
+"""The web pages: login (``auth`` blueprint) and the overview and "my sessions" pages (``web``).
 
-from flask import Blueprint
+``init_app`` registers both blueprints and binds Flask-Login to our user adapter.
+"""
 
-bp = Blueprint("web", __name__)
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from server.web import auth
+from server.web.auth import current
+from server.web.l10n import current_language
+from server.web.views import bp
+
+__all__ = ["bp", "init_app"]
 
 
-@bp.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+def init_app(app: Flask) -> None:
+    auth.init_app(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(bp)
+    app.context_processor(_template_globals)
+
+
+def _template_globals() -> dict[str, Any]:
+    return {"language": current_language(), "user": current()}

@@ -1,0 +1,200 @@
+"""What the overview and "my sessions" pages show: live machine state, sessions, machine hours.
+
+Read-only queries, shared by the HTML pages and ``/live.json`` so both always agree.
+Machine hours are sessions' unlocked time (DESIGN.md): the sum of ``unlocked_s``,
+which a session gets when it ends; a session still open adds nothing yet.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from server.models import Device, Job, Machine, MachineSession, MachineStatus, Person
+
+
+class LiveState(enum.StrEnum):
+    """A machine's state as the overview shows it (one colour each)."""
+
+    AVAILABLE = "available"
+    IN_USE = "in_use"
+    OFFLINE = "offline"
+    MAINTENANCE = "maintenance"
+    DISABLED = "disabled"
+    FAULT = "fault"
+
+
+# What the agent reports while someone holds the machine (werkbank_protocol MachineState).
+_HELD = frozenset({"unlocked", "running", "draining"})
+
+
+def live_state(machine: Machine, device: Device | None) -> LiveState:
+    """The state to show, most important first: what staff decided, then what the device says."""
+    if machine.status == MachineStatus.DISABLED:
+        return LiveState.DISABLED
+    if machine.status == MachineStatus.MAINTENANCE or machine.live_state == "maintenance":
+        return LiveState.MAINTENANCE
+    if device is None or not device.online:
+        return LiveState.OFFLINE
+    if machine.live_session_id is not None or machine.live_state in _HELD:
+        return LiveState.IN_USE
+    if machine.live_state == "fault":
+        return LiveState.FAULT
+    return LiveState.AVAILABLE
+
+
+@dataclass(frozen=True)
+class MachineLive:
+    id: int
+    slug: str
+    name: str
+    type_name: str
+    state: LiveState
+    user_name: str | None  # who holds it now, when in use and known
+    running: bool
+    progress: float | None  # percent, as the agent reports it
+    device_id: str | None
+    device_online: bool
+    device_last_seen: datetime | None
+    hours_today_s: float
+    hours_total_s: float
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: str
+    machine_name: str
+    person_name: str | None
+    trainer_name: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    unlocked_s: float | None
+    offline: bool
+    jobs: int
+
+    def duration_s(self, now: datetime) -> float | None:
+        """Unlocked time: as reported when ended, else so far."""
+        if self.unlocked_s is not None:
+            return self.unlocked_s
+        if self.started_at is None:
+            return None
+        return ((self.ended_at or now) - self.started_at).total_seconds()
+
+
+def site_machines(db: Session, site_id: int, today_start: datetime) -> list[MachineLive]:
+    """Every machine of the site with its live state and machine hours (today, total)."""
+    machines = db.scalars(
+        select(Machine)
+        .where(Machine.site_id == site_id)
+        .options(selectinload(Machine.device), selectinload(Machine.machine_type))
+        .order_by(Machine.name, Machine.id)
+    ).all()
+    ids = [m.id for m in machines]
+    total = machine_hours(db, ids)
+    today = machine_hours(db, ids, since=today_start)
+    live_ids = [m.live_session_id for m in machines if m.live_session_id is not None]
+    holders = {
+        s.id: s
+        for s in db.scalars(
+            select(MachineSession)
+            .where(MachineSession.id.in_(live_ids))
+            .options(selectinload(MachineSession.person), selectinload(MachineSession.trainer))
+        )
+    }
+    out = []
+    for m in machines:
+        state = live_state(m, m.device)
+        holder = holders.get(m.live_session_id or "")
+        user = None
+        if state == LiveState.IN_USE and holder is not None:
+            user = _name(holder.person) or _name(holder.trainer)
+        out.append(
+            MachineLive(
+                id=m.id,
+                slug=m.slug,
+                name=m.name,
+                type_name=m.machine_type.name,
+                state=state,
+                user_name=user,
+                running=m.live_running and state != LiveState.OFFLINE,
+                progress=m.live_progress,
+                device_id=m.device.id if m.device else None,
+                device_online=bool(m.device and m.device.online),
+                device_last_seen=m.device.last_seen if m.device else None,
+                hours_today_s=today.get(m.id, 0.0),
+                hours_total_s=total.get(m.id, 0.0),
+            )
+        )
+    return out
+
+
+def machine_hours(db: Session, machine_ids: Iterable[int], since: datetime | None = None) -> dict[int, float]:
+    """Seconds of unlocked time per machine, of sessions started at or after ``since``."""
+    query = (
+        select(MachineSession.machine_id, func.coalesce(func.sum(MachineSession.unlocked_s), 0.0))
+        .where(MachineSession.machine_id.in_(list(machine_ids)))
+        .group_by(MachineSession.machine_id)
+    )
+    if since is not None:
+        query = query.where(MachineSession.started_at >= since)
+    return {machine_id: float(seconds or 0.0) for machine_id, seconds in db.execute(query)}
+
+
+def person_hours(db: Session, person_id: int) -> list[tuple[str, float]]:
+    """A person's machine hours per machine (name, seconds), most used first."""
+    seconds = func.coalesce(func.sum(MachineSession.unlocked_s), 0.0)
+    rows = db.execute(
+        select(Machine.name, seconds)
+        .join(Machine, Machine.id == MachineSession.machine_id)
+        .where(MachineSession.person_id == person_id)
+        .group_by(Machine.id, Machine.name)
+        .order_by(seconds.desc(), Machine.name)
+    )
+    return [(name, float(total or 0.0)) for name, total in rows]
+
+
+def recent_sessions(
+    db: Session, *, site_id: int | None = None, person_id: int | None = None, limit: int = 20
+) -> list[SessionRow]:
+    """The latest sessions of a site or of one person, newest first."""
+    query = select(MachineSession).options(
+        selectinload(MachineSession.machine),
+        selectinload(MachineSession.person),
+        selectinload(MachineSession.trainer),
+    )
+    if site_id is not None:
+        query = query.join(Machine, Machine.id == MachineSession.machine_id).where(Machine.site_id == site_id)
+    if person_id is not None:
+        query = query.where(MachineSession.person_id == person_id)
+    # A session whose "ended" event came before its "started" one has no start yet.
+    newest = func.coalesce(MachineSession.started_at, MachineSession.ended_at, MachineSession.created_at)
+    sessions = db.scalars(query.order_by(newest.desc(), MachineSession.id).limit(limit)).all()
+    job_counts = db.execute(
+        select(Job.session_id, func.count(Job.id))
+        .where(Job.session_id.in_([s.id for s in sessions]))
+        .group_by(Job.session_id)
+    )
+    jobs = {session_id: count for session_id, count in job_counts}
+    return [
+        SessionRow(
+            id=s.id,
+            machine_name=s.machine.name,
+            person_name=_name(s.person),
+            trainer_name=_name(s.trainer),
+            started_at=s.started_at,
+            ended_at=s.ended_at,
+            unlocked_s=s.unlocked_s,
+            offline=s.offline,
+            jobs=jobs.get(s.id, 0),
+        )
+        for s in sessions
+    ]
+
+
+def _name(person: Person | None) -> str | None:
+    return person.name if person is not None else None

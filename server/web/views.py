@@ -1,0 +1,185 @@
+"""The pages: the live overview for trainers and admins, "my sessions" for everyone.
+
+Each page's data is turned into plain dicts of display text once (``present_*``), and the
+same dicts feed the HTML templates and ``/live.json``, so a tile updated by the
+polling script reads exactly like a freshly loaded page.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import jsonify, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
+
+from server import get_db
+from server.i18n import N_
+from server.models import Site
+from server.web.auth import User, current, login_required, staff_required
+from server.web.common import web_blueprint
+from server.web.l10n import _, ago_label, clock_label, duration_label, start_of_today, when_label
+from server.web.live import (
+    LiveState,
+    MachineLive,
+    SessionRow,
+    person_hours,
+    recent_sessions,
+    site_machines,
+)
+
+bp = web_blueprint("web", __name__)
+
+# How often the overview asks for fresh state (the script reads it from the page).
+REFRESH_S = 3
+SESSIONS_ON_OVERVIEW = 20
+SESSIONS_ON_ME = 50
+NO_VALUE = "\u2013"  # an en dash, in cells that have no value yet
+
+STATE_LABELS: dict[LiveState, str] = {
+    LiveState.AVAILABLE: N_("Available"),
+    LiveState.IN_USE: N_("In use"),
+    LiveState.OFFLINE: N_("Offline"),
+    LiveState.MAINTENANCE: N_("Maintenance"),
+    LiveState.DISABLED: N_("Disabled"),
+    LiveState.FAULT: N_("Fault"),
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when is not None else None
+
+
+def present_machine(m: MachineLive, now: datetime) -> dict[str, Any]:
+    if m.state == LiveState.IN_USE:
+        detail = _("In use by %(name)s", name=m.user_name) if m.user_name else _("In use (badge not known)")
+    else:
+        detail = ""
+    if m.device_id is None:
+        device_label = _("No device assigned")
+    elif m.device_online:
+        device_label = _("Device online")
+    else:
+        device_label = _("Device offline")
+    if not m.device_online:
+        running_label = ""  # unknown: nobody reports it
+    elif m.running and m.progress is not None:
+        running_label = _("Running, %(percent)d %% done", percent=round(m.progress))
+    elif m.running:
+        running_label = _("Running")
+    else:
+        running_label = _("Not running")
+    if m.device_id is None:
+        last_seen_label = ""
+    elif m.device_last_seen is None:
+        last_seen_label = _("Never seen")
+    else:
+        last_seen_label = _("Last seen %(ago)s", ago=ago_label(m.device_last_seen, now))
+    return {
+        "id": m.id,
+        "slug": m.slug,
+        "name": m.name,
+        "type": m.type_name,
+        "state": m.state.value,
+        "state_label": _(STATE_LABELS[m.state]),
+        "detail": detail,
+        "user": m.user_name,
+        "running": m.running,
+        "progress": m.progress,
+        "running_label": running_label,
+        "device": {
+            "id": m.device_id,
+            "online": m.device_online,
+            "last_seen": _iso(m.device_last_seen),
+            "label": device_label,
+            "last_seen_label": last_seen_label,
+        },
+        "hours_today_s": m.hours_today_s,
+        "hours_total_s": m.hours_total_s,
+        "hours_today_label": duration_label(m.hours_today_s),
+        "hours_total_label": duration_label(m.hours_total_s),
+    }
+
+
+def present_session(s: SessionRow, now: datetime) -> dict[str, Any]:
+    duration = s.duration_s(now)
+    person = s.person_name or _("Unknown badge")
+    if s.trainer_name and s.trainer_name != s.person_name:
+        person = _("%(person)s with %(trainer)s", person=person, trainer=s.trainer_name)
+    return {
+        "id": s.id,
+        "machine": s.machine_name,
+        "person": person,
+        "started_at": _iso(s.started_at),
+        "ended_at": _iso(s.ended_at),
+        "started_label": when_label(s.started_at, now) if s.started_at else NO_VALUE,
+        "ended_label": when_label(s.ended_at, now) if s.ended_at else _("still open"),
+        "open": s.ended_at is None,
+        "duration_s": duration,
+        "duration_label": duration_label(duration) if duration is not None else NO_VALUE,
+        "offline": s.offline,
+        "offline_label": _("offline") if s.offline else "",
+        "jobs": s.jobs,
+    }
+
+
+def overview_data(user: User) -> dict[str, Any]:
+    db = get_db()
+    now = _now()
+    site = db.get(Site, user.site_id)
+    machines = site_machines(db, user.site_id, start_of_today(now))
+    sessions = recent_sessions(db, site_id=user.site_id, limit=SESSIONS_ON_OVERVIEW)
+    return {
+        "site": {"name": site.name if site else "", "timezone": user.timezone},
+        "updated_at": now.isoformat(),
+        "updated_label": _("Updated %(time)s", time=clock_label(now)),
+        "refresh_s": REFRESH_S,
+        "machines": [present_machine(m, now) for m in machines],
+        "sessions": [present_session(s, now) for s in sessions],
+    }
+
+
+@bp.get("/")
+@login_required
+def overview() -> ResponseReturnValue:
+    user = current()
+    assert user is not None  # login_required
+    if not user.is_staff:
+        # Participants have one page of their own; "/" is where links and logins land.
+        return redirect(url_for("web.me"))
+    return render_template("overview.html", data=overview_data(user))
+
+
+@bp.get("/live.json")
+@staff_required
+def live_json() -> ResponseReturnValue:
+    user = current()
+    assert user is not None  # staff_required
+    return jsonify(overview_data(user))
+
+
+@bp.get("/me")
+@login_required
+def me() -> ResponseReturnValue:
+    user = current()
+    assert user is not None  # login_required
+    db = get_db()
+    now = _now()
+    per_machine = person_hours(db, user.id)
+    total = sum(seconds for _name, seconds in per_machine)
+    sessions = recent_sessions(db, person_id=user.id, limit=SESSIONS_ON_ME)
+    return render_template(
+        "me.html",
+        total_label=duration_label(total),
+        per_machine=[(name, duration_label(seconds)) for name, seconds in per_machine],
+        sessions=[present_session(s, now) for s in sessions],
+    )
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
