@@ -1,0 +1,843 @@
+"""The device agent: a tapped badge → the server's decision (or the allow-list's) → the relay → events.
+
+Two threads do the work. paho's network thread receives messages; apart from an
+``auth/resp`` (which wakes the tap waiting for it) each one becomes a job for the main
+loop, so every decision, relay switch, indicator change and file write happens in the
+main loop, one at a time. The main loop polls the reader at ``poll_hz`` and checks
+timers (session end, heartbeat, telemetry, outbox re-send) between polls.
+
+Every event is written to the outbox before it is published and stays there until the
+server's ``ack`` names it. The open session is kept in ``state.json`` so that after a
+power loss the next start reports it ended at its last heartbeat: the agent never
+invents times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import msgspec
+import paho.mqtt.client as mqtt
+
+from device_agent import agent_version
+from device_agent.allowlist_store import AllowlistStore
+from device_agent.config import AgentConfig
+from device_agent.hardware import create_reader
+from device_agent.hardware.base import Indicators, MachineMonitor, Reader, Relay
+from device_agent.hardware.gpio import configure_pin_factory, create_indicators, create_relay
+from device_agent.hardware.monitors import create_monitor
+from device_agent.hardware.simulated import SimulatedReader
+from device_agent.outbox import Outbox
+from device_agent.storage import AgentState, OpenSession, StateFile
+from werkbank_protocol import ProtocolError, format_ts, parse_ts
+from werkbank_protocol.allowlist import key_bytes
+from werkbank_protocol.messages import (
+    BADGE_PATTERN,
+    Ack,
+    AuthReq,
+    AuthResp,
+    Cmd,
+    EndReason,
+    Fault,
+    SessionEnded,
+    SessionStarted,
+    SimTap,
+    Status,
+    Telemetry,
+    decode_as,
+    encode,
+)
+from werkbank_protocol.mqtt import make_client, parse_mqtt_url
+from werkbank_protocol.topics import QOS, RETAINED, SERVER_TO_AGENT, Suffix, topic
+
+log = logging.getLogger(__name__)
+
+# What the agent says by itself (the server's own messages come with its answers).
+# Short, and each says what to do next: many people at the machine are new to German.
+LOCAL_MESSAGES: dict[str, dict[str, str]] = {
+    "in_use": {
+        "de": "Maschine ist belegt. Bitte warten, bis sie frei ist.",
+        "en": "Machine in use. Please wait until it is free.",
+    },
+    "offline_ok": {
+        "de": "Freigegeben (offline). Zum Beenden Karte wieder auflegen.",
+        "en": "Unlocked (offline). Tap again to finish.",
+    },
+    "offline_denied": {
+        "de": "Server nicht erreichbar und Karte nicht freigegeben. Bitte Trainer fragen.",
+        "en": "Server unreachable and badge not cleared. Please ask a trainer.",
+    },
+    "unreadable": {
+        "de": "Karte nicht lesbar. Bitte noch einmal auflegen.",
+        "en": "Card not readable. Please tap again.",
+    },
+    "session_ended": {
+        "de": "Sitzung beendet. Danke!",
+        "en": "Session ended. Thank you!",
+    },
+}
+
+_BADGE_RE = re.compile(BADGE_PATTERN)
+Outcome = Literal["unlocked", "denied", "locked", "ignored"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a tap led to. ``reason`` is the server's reason code, or a local one
+    (``in_use``, ``offline_ok``, ``offline_denied``, ``unreadable``, ``tap_out``, ``grace``)."""
+
+    badge: str
+    outcome: Outcome
+    reason: str
+    message: dict[str, str]
+    offline: bool = False
+    session: str | None = None
+
+
+class Clock(Protocol):
+    """Wall time for timestamps and ``until``; monotonic time for durations."""
+
+    def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class _Session:
+    """The open session: its persisted record plus what only this process can measure."""
+
+    record: OpenSession
+    started_mono: float
+    until: datetime | None
+    # Last time the machine was seen running (or the start): the idle timeout counts from it.
+    active_mono: float
+    last_tick_mono: float
+    run_s: float = 0.0
+
+
+class _Waiter:
+    """A tap waiting for the ``auth/resp`` to its request."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.response: AuthResp | None = None
+
+
+def _compact(message: msgspec.Struct) -> bytes:
+    """JSON without the fields that are None: the will is exactly ``{"v":1,"online":false}``."""
+    fields = msgspec.structs.asdict(message)
+    return msgspec.json.encode({k: v for k, v in fields.items() if v is not None})
+
+
+class Agent:
+    """One machine's agent. ``start()`` connects and runs; ``stop()`` shuts down cleanly.
+
+    Hardware not passed in is made from the config (and released again by ``stop()``);
+    hardware passed in belongs to the caller.
+    """
+
+    HEARTBEAT_S = 30.0
+    TELEMETRY_S = 10.0
+    RESEND_MIN_S = 2.0
+    RESEND_MAX_S = 60.0
+    RESEND_BATCH = 500
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        reader: Reader | None = None,
+        relay: Relay | None = None,
+        indicators: Indicators | None = None,
+        monitor: MachineMonitor | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        if relay is None or indicators is None:
+            configure_pin_factory(config.gpio_pin_factory)
+        self.reader: Reader = reader or create_reader(config)
+        self.relay: Relay = relay or create_relay(config)
+        self.indicators: Indicators = indicators or create_indicators(config)
+        self.monitor: MachineMonitor = monitor or create_monitor(config)
+        # stop() releases what was made here; what the caller passed in is the caller's.
+        made = (
+            (reader, self.reader.release),
+            (relay, self.relay.release),
+            (indicators, self.indicators.release),
+            (monitor, self.monitor.close),
+        )
+        self._owned: list[Callable[[], None]] = [release for given, release in made if given is None]
+
+        storage = Path(config.storage_dir)
+        storage.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(storage / "outbox.sqlite")
+        self.allowlist = AllowlistStore(
+            storage / "allowlist.json", key_bytes(config.allowlist_key), config.device_machine
+        )
+        self._state_file = StateFile(storage / "state.json")
+        self._config_hash = config.hash
+        self._fw = agent_version()
+
+        self.last_decision: Decision | None = None
+        # The message last shown at the machine, {"de": …, "en": …} (an ignored tap shows none).
+        self.last_message: dict[str, str] | None = None
+        # Rejected incoming messages by topic suffix and error code, for logs and tests.
+        self.rejected: Counter[str] = Counter()
+        self._session: _Session | None = None
+        self._fault: str | None = None
+        self._server_answering = True
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._waiting: dict[str, _Waiter] = {}
+        self._waiting_lock = threading.Lock()
+        self._seen_ids: deque[str] = deque(maxlen=256)
+        self._taps_handled = 0
+        self._handled = threading.Condition()
+        self._ready = threading.Event()  # connected and subscribed
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resend_delay = self.RESEND_MIN_S
+        self._resend_at: float | None = None
+        self._next_heartbeat = 0.0
+        self._next_telemetry = 0.0
+        self._subscribe_mid: int | None = None
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def state(self) -> Literal["locked", "unlocked", "fault"]:
+        if self._fault:
+            return "fault"
+        return "unlocked" if self._session else "locked"
+
+    @property
+    def session_id(self) -> str | None:
+        session = self._session
+        return session.record.id if session else None
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker and subscribed to this device's topics."""
+        return self._ready.is_set()
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        return self._ready.wait(timeout)
+
+    def start(self) -> None:
+        self._recover()
+        self.indicators.locked()
+        self.indicators.offline(True)
+        address = parse_mqtt_url(self.config.mqtt_url)
+        self._client.connect_async(address.host, address.port, keepalive=self.config.mqtt_keepalive_s)
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="agent-main", daemon=True)
+        self._thread.start()
+        log.info(
+            "agent %s for machine %s started (config %s, fw %s)",
+            self.config.device_id,
+            self.config.device_machine,
+            self._config_hash,
+            self._fw,
+        )
+
+    def stop(self) -> None:
+        """Stop cleanly. An open session stays open in state.json (with a fresh heartbeat);
+        the next start reports it as ``power_loss_recovered``. Stopping twice is harmless."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._jobs.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._session is not None:
+            self._heartbeat(self.clock.monotonic())
+        if self._ready.is_set():
+            # A clean disconnect sends no will: say we are gone ourselves.
+            info = self._client.publish(
+                self._topic(Suffix.STATUS), _compact(Status(v=1, online=False)), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("could not publish the offline status: %s", exc)
+        self._ready.clear()
+        self._client.disconnect()
+        self._client.loop_stop()
+        for release in self._owned:
+            try:
+                release()
+            except Exception:
+                log.exception("releasing hardware failed")
+        self.outbox.close()
+        log.info("agent %s stopped", self.config.device_id)
+
+    def tap(self, uid: str, timeout: float = 5.0) -> Decision:
+        """Present a badge to the simulated reader and return what it led to."""
+        if not isinstance(self.reader, SimulatedReader):
+            raise TypeError('tap() needs the simulated reader ([reader] backend = "simulated")')
+        count = self.reader.present(uid)
+        with self._handled:
+            if not self._handled.wait_for(lambda: self._taps_handled >= count, timeout):
+                raise TimeoutError(f"tap of {uid} not handled within {timeout} s")
+        assert self.last_decision is not None
+        return self.last_decision
+
+    # ------------------------------------------------------------------ main loop
+
+    def _run(self) -> None:
+        # Paced by the real clock: an injected clock only says what time it is for sessions.
+        period = 1.0 / self.config.reader_poll_hz
+        next_poll = time.monotonic()
+        while not self._stopping.is_set():
+            delay = next_poll - time.monotonic()
+            if delay > 0:
+                try:
+                    job = self._jobs.get(timeout=delay)
+                except queue.Empty:
+                    pass
+                else:
+                    if job is not None:
+                        self._safely(job)
+                    continue
+            next_poll += period
+            now = time.monotonic()
+            if next_poll < now:  # fell behind (a tap waited for the server): don't catch up in a burst
+                next_poll = now + period
+            self._safely(self._poll_reader)
+            self._safely(self._tick)
+
+    def _safely(self, job: Callable[[], None]) -> None:
+        # Nothing that goes wrong in one job may stop the loop that keeps the machine safe.
+        try:
+            job()
+        except Exception:
+            log.exception("agent job failed")
+
+    def _poll_reader(self) -> None:
+        try:
+            uid = self.reader.poll()
+        except Exception as exc:
+            self._set_fault("reader_failed", f"the badge reader failed: {exc}")
+            return
+        if self._fault == "reader_failed":
+            self._clear_fault()
+        if uid is None:
+            return
+        try:
+            self._handle_tap(uid.upper())
+        finally:
+            with self._handled:
+                self._taps_handled += 1
+                self._handled.notify_all()
+
+    def _tick(self) -> None:
+        mono = self.clock.monotonic()
+        session = self._session
+        if session is not None:
+            if self.monitor.running():
+                session.run_s += mono - session.last_tick_mono
+                session.active_mono = mono
+            session.last_tick_mono = mono
+            idle = self.config.session_idle_timeout_s
+            if session.until is not None and self.clock.now() >= session.until:
+                self._lock_due("max_duration")
+            elif idle > 0 and mono - session.active_mono >= idle:
+                self._lock_due("idle_timeout")
+        if self._session is not None:
+            if mono >= self._next_heartbeat:
+                self._heartbeat(mono)
+            if mono >= self._next_telemetry:
+                self._next_telemetry = mono + self.TELEMETRY_S
+                self._send_telemetry()
+        self._resend_if_due(mono)
+
+    # ------------------------------------------------------------------ taps and sessions
+
+    def _decided(self, decision: Decision) -> None:
+        self.last_decision = decision
+        if decision.message:
+            self.last_message = decision.message
+        log.info(
+            "badge %s: %s (%s%s) %s",
+            decision.badge,
+            decision.outcome,
+            decision.reason,
+            ", offline" if decision.offline else "",
+            decision.message.get("en", ""),
+        )
+
+    def _handle_tap(self, uid: str) -> None:
+        mono = self.clock.monotonic()
+        session = self._session
+        if not _BADGE_RE.match(uid):
+            self.indicators.denied()
+            self._decided(Decision(uid, "denied", "unreadable", LOCAL_MESSAGES["unreadable"]))
+            return
+        if session is not None:
+            if uid != session.record.badge:
+                self.indicators.denied()
+                self._decided(Decision(uid, "denied", "in_use", LOCAL_MESSAGES["in_use"]))
+            elif mono - session.started_mono < self.config.session_tap_out_grace_s:
+                # The card was still near the reader after unlocking: not a tap-out.
+                self._decided(Decision(uid, "ignored", "grace", {}, session=session.record.id))
+            else:
+                session_id = session.record.id
+                self._end_session("tap_out")
+                self._decided(
+                    Decision(uid, "locked", "tap_out", LOCAL_MESSAGES["session_ended"], session=session_id)
+                )
+            return
+
+        response = self._ask_server(uid)
+        if response is not None:
+            if response.decision == "allow":
+                if response.session is None:
+                    log.warning("the server allowed %s without a session id; making one", uid)
+                server_session = response.session or str(uuid.uuid4())
+                self._start_session(uid, server_session, offline=False, until=response.until)
+                self._decided(
+                    Decision(uid, "unlocked", response.reason, response.message, session=server_session)
+                )
+            else:
+                self.indicators.denied()
+                self._decided(Decision(uid, "denied", response.reason, response.message))
+            return
+
+        allowed, _trainer = self.allowlist.check(uid, self.clock.now())
+        if allowed:
+            session_id = str(uuid.uuid4())
+            self._start_session(uid, session_id, offline=True, until=None)
+            self._decided(
+                Decision(uid, "unlocked", "offline_ok", LOCAL_MESSAGES["offline_ok"], True, session_id)
+            )
+        else:
+            self.indicators.denied()
+            self._decided(Decision(uid, "denied", "offline_denied", LOCAL_MESSAGES["offline_denied"], True))
+
+    def _ask_server(self, uid: str) -> AuthResp | None:
+        """The server's answer, or None when it cannot be asked or does not answer in time."""
+        if not self._ready.is_set():
+            return None
+        request = AuthReq(v=1, id=str(uuid.uuid4()), ts=format_ts(self.clock.now()), badge=uid, mode="use")
+        waiter = _Waiter()
+        with self._waiting_lock:
+            self._waiting[request.id] = waiter
+        try:
+            info = self._publish(Suffix.AUTH_REQ, encode(request))
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return None
+            if not waiter.event.wait(self.config.server_auth_timeout_s):
+                log.warning(
+                    "no answer from the server within %.1f s: deciding from the allow-list",
+                    self.config.server_auth_timeout_s,
+                )
+                self._set_server_answering(False)
+                return None
+            self._set_server_answering(True)
+            return waiter.response
+        finally:
+            with self._waiting_lock:
+                self._waiting.pop(request.id, None)
+
+    def _start_session(self, uid: str, session_id: str, offline: bool, until: str | None) -> None:
+        now = format_ts(self.clock.now())
+        mono = self.clock.monotonic()
+        record = OpenSession(
+            id=session_id,
+            badge=uid,
+            offline=offline,
+            started=now,
+            start_event=str(uuid.uuid4()),
+            until=until,
+            heartbeat=now,
+        )
+        # On record before the relay closes: after SIGKILL the pin keeps its level, and the next
+        # start must know a session may have been open. Crash windows are covered in _recover.
+        self._state_file.save(AgentState(session=record))
+        started = self._started_event(record)
+        payload = encode(started)
+        self.outbox.put(started.id, payload)
+        self.relay.close()
+        self._session = _Session(
+            record=record,
+            started_mono=mono,
+            until=parse_ts(until) if until else None,
+            active_mono=mono,
+            last_tick_mono=mono,
+        )
+        self.indicators.unlocked()
+        self._send_event(started.id, payload)
+        self._next_heartbeat = mono + self.HEARTBEAT_S
+        self._next_telemetry = mono + self.TELEMETRY_S
+        self._publish_status()
+
+    @staticmethod
+    def _started_event(record: OpenSession) -> SessionStarted:
+        return SessionStarted(
+            v=1,
+            id=record.start_event,
+            ts=record.started,
+            session=record.id,
+            badge=record.badge,
+            offline=record.offline,
+            mode=record.mode,
+        )
+
+    def _lock_due(self, reason: EndReason, force: bool = False) -> None:
+        """A lock is due for ``reason``.
+
+        Hook for issue 3: when the monitor says a job runs (and not ``force``), emit
+        ``lock_deferred`` and keep the relay closed until the job ends. For now: lock.
+        """
+        if self._session is not None:
+            self._end_session(reason)
+
+    def _end_session(self, reason: EndReason) -> None:
+        session = self._session
+        assert session is not None
+        # The relay first: safety does not wait for disk writes.
+        self.relay.open()
+        mono = self.clock.monotonic()
+        if self.monitor.running():
+            session.run_s += mono - session.last_tick_mono
+        ended = SessionEnded(
+            v=1,
+            id=str(uuid.uuid4()),
+            ts=format_ts(self.clock.now()),
+            session=session.record.id,
+            reason=reason,
+            unlocked_s=round(mono - session.started_mono, 3),
+            run_s=round(session.run_s, 3),
+        )
+        self._session = None
+        self._emit(ended)
+        # A crash between the line above and this one reports the session ended twice (the second
+        # as power_loss_recovered, with another id): the server must take a second end of an
+        # ended session as a duplicate.
+        self._state_file.save(AgentState())
+        self.indicators.locked()
+        self._publish_status()
+
+    def _heartbeat(self, mono: float) -> None:
+        """Note in state.json that the session is still open now (what a power loss report may use)."""
+        session = self._session
+        if session is None:
+            return
+        self._next_heartbeat = mono + self.HEARTBEAT_S
+        session.record = msgspec.structs.replace(
+            session.record,
+            heartbeat=format_ts(self.clock.now()),
+            unlocked_s=round(mono - session.started_mono, 3),
+            run_s=round(session.run_s, 3),
+        )
+        self._state_file.save(AgentState(session=session.record))
+
+    def _recover(self) -> None:
+        """End a session that was open when the agent last stopped, at its last heartbeat."""
+        record = self._state_file.load().session
+        if record is None:
+            return
+        log.warning(
+            "session %s of %s was open when the agent stopped; reporting it ended at %s",
+            record.id,
+            record.badge,
+            record.heartbeat,
+        )
+        # Put its start again (same id: a no-op while still queued, a duplicate the server drops
+        # if already acked): a crash right after state.json was written may have lost it.
+        started = self._started_event(record)
+        self.outbox.put(started.id, encode(started))
+        ended = SessionEnded(
+            v=1,
+            id=str(uuid.uuid4()),
+            ts=record.heartbeat,
+            session=record.id,
+            reason="power_loss_recovered",
+            unlocked_s=record.unlocked_s,
+            run_s=record.run_s,
+        )
+        self.outbox.put(ended.id, encode(ended))
+        self._state_file.save(AgentState())
+
+    # ------------------------------------------------------------------ faults
+
+    def _set_fault(self, code: str, detail: str) -> None:
+        if self._fault == code:
+            return
+        log.error("fault %s: %s", code, detail)
+        self._fault = code
+        self.indicators.fault()
+        self._emit(
+            Fault(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=format_ts(self.clock.now()),
+                session=self.session_id,
+                code=code,
+                detail=detail[:500],
+            )
+        )
+        self._publish_status()
+
+    def _clear_fault(self) -> None:
+        log.info("fault %s cleared", self._fault)
+        self._fault = None
+        if self._session is not None:
+            self.indicators.unlocked()
+        else:
+            self.indicators.locked()
+        self._publish_status()
+
+    # ------------------------------------------------------------------ outgoing messages
+
+    def _topic(self, suffix: Suffix) -> str:
+        return topic(self.config.device_id, suffix)
+
+    def _publish(self, suffix: Suffix, payload: bytes) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(self._topic(suffix), payload, qos=QOS[suffix], retain=suffix in RETAINED)
+
+    def _emit(self, event: SessionStarted | SessionEnded | Fault) -> None:
+        """Store an event in the outbox, then publish it."""
+        payload = encode(event)
+        self.outbox.put(event.id, payload)
+        self._send_event(event.id, payload)
+
+    def _send_event(self, event_id: str, payload: bytes) -> None:
+        # Offline, it waits in the outbox: on_connect re-sends it. Publishing now would
+        # only queue it in paho's memory and send it twice.
+        if self._ready.is_set():
+            self._publish(Suffix.EVENT, payload)
+        if self._resend_at is None:
+            self._resend_at = self.clock.monotonic() + self._resend_delay
+
+    def _resend(self) -> int:
+        pending = self.outbox.pending(self.RESEND_BATCH)
+        for _event_id, payload in pending:
+            self._publish(Suffix.EVENT, payload)
+        return len(pending)
+
+    def _resend_if_due(self, mono: float) -> None:
+        """Re-send unacknowledged events, backing off from 2 s to 60 s while no ack comes."""
+        if self._resend_at is None or mono < self._resend_at:
+            return
+        if not len(self.outbox):
+            self._resend_at = None
+            self._resend_delay = self.RESEND_MIN_S
+            return
+        if self._ready.is_set():
+            log.info("re-sending %d unacknowledged events", self._resend())
+            self._resend_delay = min(self._resend_delay * 2, self.RESEND_MAX_S)
+        self._resend_at = mono + self._resend_delay
+
+    def _publish_status(self) -> None:
+        if not self._ready.is_set():
+            return  # on_connect publishes it
+        status = Status(
+            v=1,
+            online=True,
+            state=self.state,
+            machine=self.config.device_machine,
+            fw=self._fw,
+            config=self._config_hash,
+            allowlist_version=self.allowlist.version,
+            ts=format_ts(self.clock.now()),
+        )
+        self._publish(Suffix.STATUS, _compact(status))
+
+    def _send_telemetry(self) -> None:
+        if self._ready.is_set():
+            telemetry = Telemetry(
+                v=1, ts=format_ts(self.clock.now()), running=self.monitor.running(), session=self.session_id
+            )
+            self._publish(Suffix.TELEMETRY, encode(telemetry))
+
+    def _set_server_answering(self, answering: bool) -> None:
+        if answering != self._server_answering:
+            self._server_answering = answering
+            self._show_offline()
+
+    def _show_offline(self) -> None:
+        self.indicators.offline(not (self._ready.is_set() and self._server_answering))
+
+    # ------------------------------------------------------------------ MQTT
+
+    def _make_client(self) -> mqtt.Client:
+        address = dataclasses.replace(
+            parse_mqtt_url(self.config.mqtt_url),
+            username=self.config.device_id,
+            password=self.config.password,
+        )
+        # A persistent session: acks and commands sent while the link was down still arrive.
+        client = make_client(
+            self.config.device_id, address, clean_session=False, ca_file=self.config.mqtt_ca_file
+        )
+        client.will_set(self._topic(Suffix.STATUS), _compact(Status(v=1, online=False)), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_unexpected
+        client.message_callback_add(self._topic(Suffix.AUTH_RESP), self._on_auth_resp)
+        handlers: dict[Suffix, Callable[[bytes], None]] = {
+            Suffix.ACK: self._handle_ack,
+            Suffix.CMD: self._handle_cmd,
+            Suffix.ALLOWLIST: self._handle_allowlist,
+            Suffix.SIM_TAP: self._handle_sim_tap,
+        }
+        for suffix, handler in handlers.items():
+            client.message_callback_add(self._topic(suffix), self._queued(suffix, handler))
+        return client
+
+    def _queued(self, suffix: Suffix, handler: Callable[[bytes], None]) -> mqtt.CallbackOnMessage:
+        """A paho callback that hands the message to the main loop."""
+
+        def callback(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+            payload = bytes(message.payload)
+            self._jobs.put(lambda: self._checked(suffix, handler, payload))
+
+        return callback
+
+    def _checked(self, suffix: Suffix, handler: Callable[[bytes], None], payload: bytes) -> None:
+        try:
+            handler(payload)
+        except ProtocolError as exc:
+            self.rejected[f"{suffix.value}:{exc.code}"] += 1
+            log.warning("rejected a message on %s: %s", suffix.value, exc)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("the broker refused the connection: %s (check [device] id and password)", reason_code)
+            return
+        log.info("connected to %s", self.config.mqtt_url)
+        _result, self._subscribe_mid = client.subscribe(
+            [(self._topic(suffix), QOS[suffix]) for suffix in SERVER_TO_AGENT]
+        )
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[Any], properties: Any
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            log.error("the broker refused some subscriptions (%s): check its ACL for this device", refused)
+        self._ready.set()
+        self._jobs.put(self._went_online)
+
+    def _went_online(self) -> None:
+        self._show_offline()
+        self._publish_status()
+        count = self._resend()
+        if count:
+            log.info("re-sent %d unacknowledged events after connecting", count)
+            self._resend_delay = self.RESEND_MIN_S
+            self._resend_at = self.clock.monotonic() + self._resend_delay
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        was_ready = self._ready.is_set()
+        self._ready.clear()
+        if was_ready and not self._stopping.is_set():
+            log.warning("lost the broker (%s): deciding from the allow-list until it is back", reason_code)
+            self._jobs.put(self._show_offline)
+
+    def _on_unexpected(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # amqtt re-sends retained messages of filters other clients subscribed to: not for us.
+        log.debug("ignored a message on %s", message.topic)
+
+    def _on_auth_resp(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Runs in paho's thread: the tap handler waits in the main loop for exactly this.
+        try:
+            response = decode_as(AuthResp, bytes(message.payload))
+        except ProtocolError as exc:
+            self.rejected[f"auth/resp:{exc.code}"] += 1
+            log.warning("rejected an auth response: %s", exc)
+            return
+        with self._waiting_lock:
+            waiter = self._waiting.get(response.req)
+        if waiter is None:
+            log.info("answer to request %s came too late or twice; ignored", response.req)
+            return
+        waiter.response = response
+        waiter.event.set()
+
+    def _handle_ack(self, payload: bytes) -> None:
+        ack = decode_as(Ack, payload)
+        removed = self.outbox.ack(ack.ids)
+        log.debug("server stored %d events (%d were waiting here)", len(ack.ids), removed)
+        self._set_server_answering(True)
+        self._resend_delay = self.RESEND_MIN_S
+        self._resend_at = self.clock.monotonic() + self._resend_delay if len(self.outbox) else None
+
+    def _first_time(self, message_id: str | None) -> bool:
+        """False for an id seen recently: QoS 1 may deliver a message twice."""
+        if message_id is None:
+            return True
+        if message_id in self._seen_ids:
+            return False
+        self._seen_ids.append(message_id)
+        return True
+
+    def _handle_cmd(self, payload: bytes) -> None:
+        cmd = decode_as(Cmd, payload)
+        if not self._first_time(cmd.id):
+            log.info("command %s seen before; ignored", cmd.id)
+            return
+        log.info("command %s (%s)", cmd.type, cmd.reason or "no reason given")
+        if cmd.type == "lock":
+            session = self._session
+            if session is None:
+                log.info("lock: no session is open")
+            elif cmd.session is not None and cmd.session != session.record.id:
+                # A command queued for an earlier session must not end this one.
+                log.warning("lock for session %s ignored: session %s is open", cmd.session, session.record.id)
+            else:
+                self._lock_due("remote_lock", force=cmd.force)
+        elif cmd.type == "unlock":
+            # A remote unlock needs a session the server made and a person to bill; the protocol
+            # has no event for it yet, so this agent does not do it.
+            log.warning("remote unlock is not supported by this agent: the person taps their badge")
+        elif cmd.type == "identify":
+            self.indicators.identify()
+        elif cmd.type == "refresh_allowlist":
+            log.info("refresh_allowlist: nothing to do, the retained allowlist topic brings the newest list")
+        else:
+            log.warning("reload_config is not supported yet: restart the agent to load a new config")
+
+    def _handle_allowlist(self, payload: bytes) -> None:
+        if not payload:
+            return  # the retained list was cleared: keep ours
+        before = self.allowlist.version
+        if not self.allowlist.offer(payload, self.clock.now()):
+            self.rejected["allowlist:refused"] += 1  # the store logged why
+        elif self.allowlist.version != before:
+            self._publish_status()
+
+    def _handle_sim_tap(self, payload: bytes) -> None:
+        tap = decode_as(SimTap, payload)
+        if not isinstance(self.reader, SimulatedReader):
+            log.warning("sim/tap ignored: this agent reads real badges")
+        elif self._first_time(tap.id):
+            self.reader.present(tap.badge)

@@ -1,0 +1,159 @@
+"""Relay, LEDs and buzzer on the Pi's GPIO header, through gpiozero.
+
+gpiozero is imported inside the constructors, so this module (and the agent) imports
+on a machine without it; tests run the same code on gpiozero's ``MockFactory`` pins.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from device_agent.hardware.base import Indicators, Relay
+
+if TYPE_CHECKING:
+    from device_agent.config import AgentConfig
+
+# What each indicator state looks like; also rendered into firmware_config/agent-config.md.
+INDICATOR_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("locked (idle)", "all LEDs off"),
+    ("unlocked", "green steady, one short beep"),
+    ("denied", "red blinks 3 times, one long beep; the relay stays open"),
+    ("offline mode", "amber steady while the server cannot be reached: taps are decided from the allow-list"),
+    ("fault", "red blinks fast until the fault clears (reader missing, …)"),
+    ("identify", "green blinks 5 times (the server's identify command), then shows the state again"),
+)
+
+
+def configure_pin_factory(name: str | None) -> None:
+    """Choose gpiozero's pin factory unless one is chosen already (tests set their own).
+
+    ``"mock"`` uses gpiozero's MockFactory (simulation); other names are gpiozero's
+    own factory names, picked up when the first device is made.
+    """
+    if name is None:
+        return
+    from gpiozero import Device
+
+    if Device.pin_factory is not None:
+        return
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory
+
+        Device.pin_factory = MockFactory()
+    else:
+        os.environ["GPIOZERO_PIN_FACTORY"] = name
+
+
+class GpioRelay(Relay):
+    """A relay board on one GPIO.
+
+    Wiring: board VCC to 5 V (header pin 2), GND to GND (pin 6), IN to the BCM pin set in
+    ``[relay] pin`` (default GPIO17, header pin 11). Most opto-isolated boards close on a low
+    input: keep ``active_high = false`` for them. The relay starts open.
+    """
+
+    def __init__(self, pin: int, active_high: bool = False, pin_factory: Any = None) -> None:
+        from gpiozero import OutputDevice
+
+        self._device = OutputDevice(
+            pin, active_high=active_high, initial_value=False, pin_factory=pin_factory
+        )
+
+    def close(self) -> None:
+        self._device.on()
+
+    def open(self) -> None:
+        self._device.off()
+
+    @property
+    def is_closed(self) -> bool:
+        return bool(self._device.is_active)
+
+    def release(self) -> None:
+        self._device.close()
+
+
+class GpioIndicators(Indicators):
+    """Green, red and amber LEDs and an active buzzer, each optional.
+
+    Wiring: each LED's anode through a 330 Ω resistor to its BCM pin, cathode to GND; an
+    active 3.3 V buzzer (or a transistor driving a 5 V one) from its pin to GND.
+    The patterns are listed in :data:`INDICATOR_PATTERNS`.
+    """
+
+    def __init__(
+        self,
+        green: int | None = None,
+        red: int | None = None,
+        amber: int | None = None,
+        buzzer: int | None = None,
+        pin_factory: Any = None,
+    ) -> None:
+        from gpiozero import LED, Buzzer
+
+        self._green = LED(green, pin_factory=pin_factory) if green is not None else None
+        self._red = LED(red, pin_factory=pin_factory) if red is not None else None
+        self._amber = LED(amber, pin_factory=pin_factory) if amber is not None else None
+        self._buzzer = Buzzer(buzzer, pin_factory=pin_factory) if buzzer is not None else None
+        # Steady state of the green LED, restored after identify's blinking.
+        self._green_steady = False
+
+    def unlocked(self) -> None:
+        self._green_steady = True
+        if self._green:
+            self._green.on()
+        if self._red:
+            self._red.off()
+        if self._buzzer:
+            self._buzzer.beep(on_time=0.1, off_time=0.1, n=1)
+
+    def locked(self) -> None:
+        self._green_steady = False
+        if self._green:
+            self._green.off()
+        if self._red:
+            self._red.off()
+
+    def denied(self) -> None:
+        if self._red:
+            self._red.blink(on_time=0.2, off_time=0.2, n=3)
+        if self._buzzer:
+            self._buzzer.beep(on_time=0.6, off_time=0.1, n=1)
+
+    def offline(self, active: bool = True) -> None:
+        if self._amber:
+            self._amber.value = active
+
+    def fault(self) -> None:
+        if self._red:
+            self._red.blink(on_time=0.1, off_time=0.1)
+
+    def identify(self) -> None:
+        if self._green:
+            threading.Thread(target=self._identify, name="identify", daemon=True).start()
+
+    def _identify(self) -> None:
+        assert self._green is not None
+        # Blocks this helper thread only; a tap meanwhile (on()/off()) ends the blinking early.
+        self._green.blink(on_time=0.2, off_time=0.2, n=5, background=False)
+        self._green.value = self._green_steady
+
+    def release(self) -> None:
+        for device in (self._green, self._red, self._amber, self._buzzer):
+            if device is not None:
+                device.close()
+
+
+def create_relay(config: AgentConfig) -> Relay:
+    return GpioRelay(config.relay_pin, config.relay_active_high)
+
+
+def create_indicators(config: AgentConfig) -> Indicators:
+    return GpioIndicators(
+        green=config.indicators_green_pin,
+        red=config.indicators_red_pin,
+        amber=config.indicators_amber_pin,
+        buzzer=config.indicators_buzzer_pin,
+    )

@@ -1,0 +1,82 @@
+"""Small files the agent keeps on disk: atomic writes, and ``state.json`` (the open session).
+
+``state.json`` is what lets the agent tell the truth after a power loss: it names the
+open session and the last time (heartbeat) it was known to be open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from werkbank_protocol.messages import Mode
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file, whole."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename itself must reach the disk too.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class OpenSession(msgspec.Struct, kw_only=True):
+    """An unlocked session as persisted; enough to rebuild its ``session_started`` event."""
+
+    id: str
+    badge: str
+    mode: Mode = "use"
+    offline: bool
+    started: str  # protocol timestamp of session_started
+    start_event: str  # id of the session_started event
+    until: str | None = None
+    # Last time the session was known to be open, and its times up to then.
+    heartbeat: str
+    unlocked_s: float = 0.0
+    run_s: float = 0.0
+
+
+class AgentState(msgspec.Struct, kw_only=True):
+    session: OpenSession | None = None
+
+
+class StateFile:
+    """``state.json``: read once at start, rewritten (atomically) on every session change and heartbeat."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> AgentState:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return AgentState()
+        try:
+            return msgspec.json.decode(data, type=AgentState)
+        except msgspec.DecodeError as exc:
+            # Atomic writes make this unlikely; a broken file must not keep the machine from starting.
+            log.error("ignoring unreadable %s: %s", self.path, exc)
+            return AgentState()
+
+    def save(self, state: AgentState) -> None:
+        atomic_write(self.path, msgspec.json.encode(state))
