@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test lint typecheck unit bench translations extract clean
+.PHONY: install run test lint typecheck unit bench translations extract browser clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -23,8 +23,8 @@ translations: $(STAMP)
 
 # Re-extract the message catalogue after changing UI text, then translate the new entries.
 extract: $(STAMP)
-	$(BIN)/pybabel extract -q -F babel.cfg -k _l -k lazy_gettext -k N_ -o $(CATALOG)/messages.pot .
-	$(BIN)/pybabel update -q -i $(CATALOG)/messages.pot -d $(CATALOG) -D messages --no-fuzzy-matching
+	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k lazy_gettext -k N_ -o $(CATALOG)/messages.pot .
+	$(BIN)/pybabel -q update -i $(CATALOG)/messages.pot -d $(CATALOG) -D messages --no-fuzzy-matching --ignore-obsolete
 
 run: install
 	$(BIN)/werkbank up
@@ -36,7 +36,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: install
+# The browser tests drive Debian's Chromium (never a downloaded one); install it when missing.
+browser:
+	@[ -x /usr/bin/chromium ] || { echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)) \
+	  || { echo "could not install chromium: run 'apt-get install -y chromium' as root"; exit 1; }; }
+
+unit: install browser
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -54,7 +54,7 @@ def ingest_event(db: Session, device: Device, event: Event) -> IngestResult:
                 StoredEvent(
                     id=event.id,
                     device_id=device.id,
-                    type=type(event).__struct_config__.tag,  # type: ignore[arg-type]
+                    type=str(type(event).__struct_config__.tag),
                     session_id=event.session,
                     ts=ts,
                     payload=msgspec.to_builtins(event),

@@ -349,9 +349,10 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
 
     for i, m in enumerate(lab.machines):
         where = f"machines[{i}]"
-        mtype = ld.types.get(m.type) or ld._one(MachineType, slug=m.type)
-        if mtype is None:
+        found_type = ld.types.get(m.type) or ld._one(MachineType, slug=m.type)
+        if found_type is None:
             raise LoadError(f"{where}.type: unknown machine type {m.type!r}; list it under machine_types:")
+        mtype = found_type
         machine = ld._one(Machine, slug=m.slug) or Machine(slug=m.slug)
         site = ld.site(m.site, where)
         machine.name, machine.site, machine.machine_type = m.name, site, mtype

@@ -191,46 +191,43 @@ def test_bridge_status_and_last_will_track_devices(bridge: Bridge, device: Peer,
     device.publish(f"{PRINTER}/status", b"", retain=True)  # clear the retained message
 
 
+_ID = "6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a"
+_TS = '"ts":"2026-11-18T09:00:00Z"'
 GARBAGE = [
-    ("pi-printer-1", "auth/req", b"not json"),
-    ("pi-printer-1", "auth/req", b'{"v":2,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a11","ts":"2026-11-18T09:00:00Z",'
-                                 b'"badge":"04A224B2C35E80"}'),
-    ("pi-printer-1", "auth/req", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a12","ts":"2026-11-18T09:00:00Z",'
-                                 b'"badge":"XYZ12345"}'),
-    ("pi-printer-1", "auth/req", b'{"v":1,"id":42,"ts":"2026-11-18T09:00:00Z","badge":"04A224B2C35E80"}'),
-    ("pi-printer-1", "auth/req", b'[1,2,3]'),
-    ("pi-printer-1", "event", b"\xff\xfe garbage"),
-    ("pi-printer-1", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a13","ts":"2026-11-18T09:00:00Z",'
-                              b'"type":"session_started","session":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a14",'
-                              b'"badge":"deadbeef"}'),
-    ("pi-printer-1", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a15","ts":"yesterday",'
-                              b'"type":"session_ended","session":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a16",'
-                              b'"reason":"tap_out","unlocked_s":10}'),
-    ("pi-printer-1", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a17","ts":"2026-11-18T09:00:00Z",'
-                              b'"type":"session_ended","session":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a18",'
-                              b'"reason":"tap_out","unlocked_s":"ten"}'),
-    ("pi-printer-1", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a19","ts":"2026-11-18T09:00:00Z",'
-                              b'"type":"self_destruct","session":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a20"}'),
-    ("pi-printer-1", "status", b'{"v":1,"online":"yes"}'),
-    ("pi-printer-1", "status", b'{"v":1,"online":true,"machine":"laser-1"}'),  # names another machine
-    ("pi-printer-1", "telemetry", b'{"v":1,"ts":"2026-11-18T09:00:00Z","running":true,"progress":250}'),
-    ("pi-unknown-9", "event", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a21","ts":"2026-11-18T09:00:00Z",'
-                              b'"type":"fault","code":"x"}'),
-    ("pi-unknown-9", "auth/req", b'{"v":1,"id":"6f1c4bde-35d4-4b7e-9f0b-3c6f2f0d1a22","ts":"2026-11-18T09:00:00Z",'
-                                 b'"badge":"04A224B2C35E80"}'),
-    ("PI_BAD_ID", "event", b'{"v":1}'),
+    ("pi-printer-1", "auth/req", b"not json", "not_json"),
+    ("pi-printer-1", "auth/req", f'{{"v":2,"id":"{_ID}11",{_TS},"badge":"04A224B2C35E80"}}', "wrong_version"),
+    ("pi-printer-1", "auth/req", f'{{"v":1,"id":"{_ID}12",{_TS},"badge":"XYZ12345"}}', "invalid"),
+    ("pi-printer-1", "auth/req", f'{{"v":1,"id":42,{_TS},"badge":"04A224B2C35E80"}}', "invalid"),
+    ("pi-printer-1", "auth/req", b"[1,2,3]", "invalid"),
+    ("pi-printer-1", "event", b"\xff\xfe garbage", "not_json"),
+    ("pi-printer-1", "event", f'{{"v":1,"id":"{_ID}13",{_TS},"type":"session_started","session":"{_ID}14",'
+                              f'"badge":"deadbeef"}}', "invalid"),
+    ("pi-printer-1", "event", f'{{"v":1,"id":"{_ID}15","ts":"yesterday","type":"session_ended",'
+                              f'"session":"{_ID}16","reason":"tap_out","unlocked_s":10}}', "invalid"),
+    ("pi-printer-1", "event", f'{{"v":1,"id":"{_ID}17",{_TS},"type":"session_ended","session":"{_ID}18",'
+                              f'"reason":"tap_out","unlocked_s":"ten"}}', "invalid"),
+    ("pi-printer-1", "event", f'{{"v":1,"id":"{_ID}19",{_TS},"type":"self_destruct","session":"{_ID}20"}}',
+     "unknown_type"),
+    ("pi-printer-1", "status", b'{"v":1,"online":"yes"}', "invalid"),
+    ("pi-printer-1", "status", b'{"v":1,"online":true,"machine":"laser-1"}', "wrong_machine"),
+    ("pi-printer-1", "telemetry", f'{{"v":1,{_TS},"running":true,"progress":250}}', "invalid"),
+    ("pi-unknown-9", "event", f'{{"v":1,"id":"{_ID}21",{_TS},"type":"fault","code":"x"}}', "unknown_device"),
+    ("pi-unknown-9", "auth/req", f'{{"v":1,"id":"{_ID}22",{_TS},"badge":"04A224B2C35E80"}}', "unknown_device"),
+    ("PI_BAD_ID", "event", b'{"v":1}', "bad_device_id"),
 ]
 
 
-@pytest.mark.parametrize(("device_id", "suffix", "payload"), GARBAGE, ids=[f"{d}-{s}-{i}" for i, (d, s, _) in
-                                                                           enumerate(GARBAGE)])
+@pytest.mark.parametrize(
+    ("device_id", "suffix", "payload", "code"), GARBAGE, ids=[f"{i}-{d}-{s}-{c}" for i, (d, s, _, c) in
+                                                              enumerate(GARBAGE)]
+)
 def test_bridge_refuses_garbage_without_changing_anything(
-    bridge: Bridge, device: Peer, lab: Database, device_id: str, suffix: str, payload: bytes
+    bridge: Bridge, device: Peer, lab: Database, device_id: str, suffix: str, payload: bytes | str, code: str
 ) -> None:
     before = _snapshot(lab)
-    rejected_before = sum(bridge.rejected.values())
+    count_before = bridge.rejected[code]
     device.publish(f"werkbank/v1/dev/{device_id}/{suffix}", payload)
-    assert wait_until(lambda: sum(bridge.rejected.values()) == rejected_before + 1), dict(bridge.rejected)
+    assert wait_until(lambda: bridge.rejected[code] == count_before + 1), dict(bridge.rejected)
     assert _snapshot(lab) == before
     assert device.drain(f"{PRINTER}/ack") == []
     # and the bridge still works

@@ -1,14 +1,11 @@
 """Fixtures for the web pages: a private database, the app on it, a seeded lab, logins.
 
-The database is SQLite in memory, or, when TEST_DATABASE_URL names a PostgreSQL server,
-a private ``werkbank_test_<random>`` database created on it for this test run and
-dropped at the end. The schema comes from the models (``create_all``), fresh per test.
+The database is the root conftest's ``database_url``: a migrated SQLite file per test, or a
+private PostgreSQL database (emptied after each test) when TEST_DATABASE_URL is set.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,14 +18,12 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
 from server import create_app
 from server.config import TestConfig
 from server.extensions import db
 from server.models import (
-    Base,
     Device,
     Job,
     Machine,
@@ -65,58 +60,19 @@ def compiled_catalogues() -> None:
 # -- database ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def web_database_url() -> Iterator[str]:
-    """SQLite in memory, or a private PostgreSQL database when TEST_DATABASE_URL is set."""
-    server_url = os.environ.get("TEST_DATABASE_URL")
-    if not server_url:
-        yield TestConfig.DATABASE_URL if not TestConfig.DATABASE_URL.startswith("postgres") else "sqlite://"
-        return
-    import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-
-    base = make_url(server_url)
-    if base.drivername in ("postgresql", "postgres"):
-        base = base.set(drivername="postgresql+psycopg")
-    conninfo = make_conninfo(
-        "",
-        host=base.host,
-        port=base.port,
-        user=base.username,
-        password=base.password,
-        dbname=base.database or "postgres",
-        **{key: str(value) for key, value in base.query.items()},
-    )
-    name = f"werkbank_test_{secrets.token_hex(4)}"
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        db.dispose()
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture
-def make_app(web_database_url: str) -> Iterator[Callable[..., Flask]]:
-    """Build an app on an empty schema; keyword arguments override TestConfig."""
+def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
+    """Build an app on this test's own migrated database; keyword arguments override TestConfig."""
     made: list[Flask] = []
 
     def make(**overrides: Any) -> Flask:
-        overrides.setdefault("DATABASE_URL", web_database_url)
+        overrides.setdefault("DATABASE_URL", database_url)
         app = create_app(TestConfig, **overrides)
-        # Every create_app re-binds the one `db`; an in-memory SQLite starts empty then,
-        # a server database may still hold the previous test's tables.
-        Base.metadata.drop_all(db.engine)
-        Base.metadata.create_all(db.engine)
         made.append(app)
         return app
 
     yield make
     if made:
-        Base.metadata.drop_all(db.engine)
         db.dispose()
 
 

@@ -42,15 +42,9 @@ PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @pytest.fixture
-def live_server(
-    make_app: Callable[..., Flask], password_hash: str, web_database_url: str, tmp_path: Path
-) -> Iterator[tuple[str, Lab]]:
+def live_server(make_app: Callable[..., Flask], password_hash: str) -> Iterator[tuple[str, Lab]]:
     """The app served by werkzeug on a free port, in a thread, on a seeded lab."""
-    overrides = {}
-    if web_database_url.startswith("sqlite"):
-        # A file, not memory: the server's threads and this test each get a connection.
-        overrides["DATABASE_URL"] = f"sqlite:///{tmp_path / 'browser.sqlite'}"
-    app = make_app(**overrides)
+    app = make_app()
     lab = seed_lab(password_hash)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="werkbank-test-server", daemon=True)
