@@ -125,6 +125,8 @@ def _session_started(
 
 def _session_ended(db: Session, device: Device, machine: Machine, event: SessionEnded, ts: datetime) -> None:
     row = _session(db, device, machine, event.session)
+    if row.ended_at is not None and not _better_end(row.end_reason, event.reason):
+        return  # the end we have is the real one; a recovery guess must not replace it
     row.ended_at = ts
     row.end_reason = event.reason
     row.unlocked_s = event.unlocked_s
@@ -133,6 +135,13 @@ def _session_ended(db: Session, device: Device, machine: Machine, event: Session
         machine.live_session_id = None
         machine.live_running = False
         machine.live_updated_at = max(ts, machine.live_updated_at or ts)
+
+
+def _better_end(stored: str | None, incoming: str) -> bool:
+    """A real end (tap out, timeout, lock) beats ``power_loss_recovered``, which the agent sends
+    when it restarts with the session still in its state file; it may have sent the real end just
+    before it died."""
+    return stored == "power_loss_recovered" and incoming != "power_loss_recovered"
 
 
 def _job(db: Session, device: Device, machine: Machine, session_id: str, job_id: str) -> Job:

@@ -286,3 +286,19 @@ def test_bridge_publishes_signed_allowlists_and_republishes_on_change(
     second = verify(key, device.next(f"{LASER}/allowlist", timeout=5), clock(), machine="laser-1")
     assert second.version > doc.version
     assert badge_hash(key, "04A224B2C35E80") not in {e.badge_hash for e in second.entries}
+
+
+@pytest.mark.parametrize("real_first", [True, False])
+def test_bridge_recovery_end_never_replaces_the_real_end(
+    bridge: Bridge, device: Peer, lab: Database, real_first: bool
+) -> None:
+    session = str(uuid.uuid4())
+    real = _event("session_ended", session, "2026-11-18T09:30:00.000Z", reason="tap_out", unlocked_s=1800)[1]
+    guess = _event("session_ended", session, "2026-11-18T09:29:40.000Z", reason="power_loss_recovered",
+                   unlocked_s=1780)[1]
+    for payload in (real, guess) if real_first else (guess, real):
+        device.publish(f"{PRINTER}/event", payload)
+        device.next(f"{PRINTER}/ack")
+    with lab.session() as s:
+        row = s.get(MachineSession, session)
+        assert row is not None and (row.end_reason, row.unlocked_s) == ("tap_out", 1800)
