@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
+import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from flask.cli import FlaskGroup
 
 from server import create_app
 from server.config import VAR_DIR
+from werkbank_protocol import ProtocolError
 
 log = logging.getLogger("werkbank")
 DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo.yaml"
@@ -45,7 +48,9 @@ def _mqtt_url() -> str:
         return str(url)
     if BROKER_URL_FILE.exists():  # the broker of a running `werkbank up`
         return BROKER_URL_FILE.read_text().strip()
-    raise click.ClickException("MQTT_URL is not set (e.g. mqtt://127.0.0.1:1883) and no `werkbank up` is running")
+    raise click.ClickException(
+        "MQTT_URL is not set (e.g. mqtt://127.0.0.1:1883) and no `werkbank up` is running"
+    )
 
 
 # -- database ------------------------------------------------------------------------------
@@ -136,8 +141,12 @@ def scheduler_cmd() -> None:
         with singleton_lock(db, url) as held:
             if held:
                 scheduler: Any = build_scheduler(db)
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, lambda *_: scheduler.shutdown(wait=False))
+
+                def shutdown(*_: object, running: Any = scheduler) -> None:
+                    running.shutdown(wait=False)
+
+                signal.signal(signal.SIGINT, shutdown)
+                signal.signal(signal.SIGTERM, shutdown)
                 log.info("scheduler running")
                 scheduler.start()
                 return
@@ -156,11 +165,17 @@ def tap_cmd(machine: str, uid: str, timeout: float) -> None:
 
     from server.extensions import db
     from server.models import Device, Machine
-    from werkbank_protocol.messages import BADGE_PATTERN, AuthResp, SimTap, decode_as, encode
+    from werkbank_protocol.messages import (
+        BADGE_PATTERN,
+        AuthResp,
+        SessionEnded,
+        SimTap,
+        decode_as,
+        decode_event,
+        encode,
+    )
     from werkbank_protocol.mqtt import BrokerAddress, make_client, parse_mqtt_url
     from werkbank_protocol.topics import Suffix, topic
-
-    import re
 
     uid = uid.upper()
     if not re.match(BADGE_PATTERN, uid):
@@ -174,43 +189,59 @@ def tap_cmd(machine: str, uid: str, timeout: float) -> None:
     if address.username is None:
         address = BrokerAddress(address.host, address.port, client_id, None, address.tls)
     client = make_client(client_id, address, clean_session=True)
-    answer: dict[str, AuthResp] = {}
-    got = threading.Event()
+    answers: queue.Queue[str] = queue.Queue()
+
+    def on_resp(_c: Any, _u: Any, msg: Any) -> None:
+        with contextlib.suppress(ProtocolError):
+            resp = decode_as(AuthResp, msg.payload)
+            answers.put(
+                f"{resp.decision} ({resp.reason}): {resp.message.get('en', '')}\n"
+                f"    {resp.message.get('de', '')}"
+            )
+
+    def on_event(_c: Any, _u: Any, msg: Any) -> None:
+        # A tap out is decided by the agent alone: its session_ended event is the answer.
+        with contextlib.suppress(ProtocolError):
+            event = decode_event(msg.payload)
+            if isinstance(event, SessionEnded):
+                answers.put(f"session ended ({event.reason}) after {event.unlocked_s:.0f} s")
+
     subscribed = threading.Event()
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        try:
-            answer["resp"] = decode_as(AuthResp, msg.payload)
-            got.set()
-        except ValueError:
-            pass
-
-    client.on_message = on_message
+    client.message_callback_add(topic(device_id, Suffix.AUTH_RESP), on_resp)
+    client.message_callback_add(topic(device_id, Suffix.EVENT), on_event)
     client.on_subscribe = lambda *_: subscribed.set()
-    client.on_connect = lambda c, *_: c.subscribe(topic(device_id, Suffix.AUTH_RESP), qos=1)
+    client.on_connect = lambda c, *_: c.subscribe(
+        [(topic(device_id, Suffix.AUTH_RESP), 1), (topic(device_id, Suffix.EVENT), 1)]
+    )
     client.connect(address.host, address.port)
     client.loop_start()
     try:
         if not subscribed.wait(timeout):
             raise click.ClickException(f"broker {address.url} did not answer")
-        client.publish(topic(device_id, Suffix.SIM_TAP), encode(SimTap(v=1, badge=uid)), qos=1).wait_for_publish(
-            timeout
-        )
-        if not got.wait(timeout):
-            raise click.ClickException("no decision from the server (is `werkbank bridge` running?)")
-        resp = answer["resp"]
-        click.echo(f"{resp.decision} ({resp.reason}): {resp.message.get('en', '')}")
-        click.echo(f"    {resp.message.get('de', '')}")
+        tap = encode(SimTap(v=1, badge=uid))
+        client.publish(topic(device_id, Suffix.SIM_TAP), tap, qos=1).wait_for_publish(timeout)
+        try:
+            click.echo(answers.get(timeout=timeout))
+        except queue.Empty:
+            raise click.ClickException(
+                "no answer: is the machine's simulated agent running, and `werkbank bridge`? "
+                "(a machine in use by someone else refuses other badges by itself)"
+            ) from None
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
 
 
 @click.command("up")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEMO_FILE,
-              show_default=True, help="YAML file to load before starting.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEMO_FILE,
+    show_default=True,
+    help="YAML file to load before starting.",
+)
 def up_cmd(data: Path) -> None:
-    """Start everything for a demo: broker (embedded unless MQTT_URL), web, bridge, scheduler, simulated agents."""
+    """Start everything for a demo: broker, web, bridge, scheduler, simulated agents."""
     from server.demo_runner import run_demo
 
     sys.exit(run_demo(current_app._get_current_object(), data))  # type: ignore[attr-defined]

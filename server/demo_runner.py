@@ -53,7 +53,14 @@ def _secret_key() -> str:
 
 def _banner(url: str, mqtt_url: str, data: Path) -> str:
     raw = yaml.safe_load(data.read_text(encoding="utf-8")) or {}
-    lines = ["", "=" * 72, f"  Werkbank is running:  {url}", f"  MQTT broker:         {mqtt_url}", "", "  Logins:"]
+    lines = [
+        "",
+        "=" * 72,
+        f"  Werkbank is running:  {url}",
+        f"  MQTT broker:         {mqtt_url}",
+        "",
+        "  Logins:",
+    ]
     for person in raw.get("people", []):
         if person.get("email") and person.get("password"):
             roles = ", ".join(person.get("roles", ["participant"]))
@@ -85,8 +92,14 @@ def run_demo(app: Flask, data: Path) -> int:
     (VAR_DIR / "broker.url").write_text(mqtt_url)
 
     web_port = _port(app.config["WEB_PORT"] or DEMO_WEB_PORT)
-    env = dict(os.environ, MQTT_URL=mqtt_url, DATABASE_URL=database_url, SECRET_KEY=_secret_key(),
-               WERKBANK_PORT=str(web_port), GPIOZERO_PIN_FACTORY="mock")
+    env = dict(
+        os.environ,
+        MQTT_URL=mqtt_url,
+        DATABASE_URL=database_url,
+        SECRET_KEY=_secret_key(),
+        WERKBANK_PORT=str(web_port),
+        GPIOZERO_PIN_FACTORY="mock",
+    )
     werkbank = [sys.executable, "-m", "server"]
     commands: dict[str, list[str]] = {
         "bridge": [*werkbank, "bridge"],
@@ -99,8 +112,14 @@ def run_demo(app: Flask, data: Path) -> int:
         for device in session.scalars(select(Device).where(Device.machine_id.is_not(None))):
             config = agents_dir / f"{device.id}.toml"
             config.write_text(agent_config(device, mqtt_url, agents_dir / device.id, pin_factory="mock"))
-            commands[f"agent {device.id}"] = [sys.executable, "-m", "device_agent", "--config", str(config),
-                                              "--simulate"]
+            commands[f"agent {device.id}"] = [
+                sys.executable,
+                "-m",
+                "device_agent",
+                "--config",
+                str(config),
+                "--simulate",
+            ]
 
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False

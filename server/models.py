@@ -164,10 +164,14 @@ class MachineType(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(40), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    name_de: Mapped[str | None] = mapped_column(String(200))
     # What a monitored job is called on this kind of machine (print, cut, other).
     job_kind: Mapped[str] = mapped_column(String(16), default="other")
 
     requirements: Mapped[list[Requirement]] = relationship(back_populates="machine_type")
+
+    def display_name(self, language: str) -> str:
+        return self.name_de if language == "de" and self.name_de else self.name
 
 
 class Competency(Base):
@@ -182,7 +186,9 @@ class Competency(Base):
     prerequisite_id: Mapped[int | None] = mapped_column(ForeignKey("competencies.id"))
 
     prerequisite: Mapped[Competency | None] = relationship(remote_side="Competency.id")
-    steps: Mapped[list[TrainingStep]] = relationship(back_populates="competency", order_by="TrainingStep.position")
+    steps: Mapped[list[TrainingStep]] = relationship(
+        back_populates="competency", order_by="TrainingStep.position"
+    )
 
     def display_name(self, language: str) -> str:
         return self.name_de if language == "de" and self.name_de else self.name

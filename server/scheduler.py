@@ -66,7 +66,9 @@ def mark_silent_devices_offline(database: Database, now: datetime | None = None)
     now = now or datetime.now(UTC)
     with database.session() as db:
         result = db.execute(
-            update(Device).where(Device.online.is_(True), Device.last_seen < now - OFFLINE_AFTER).values(online=False)
+            update(Device)
+            .where(Device.online.is_(True), Device.last_seen < now - OFFLINE_AFTER)
+            .values(online=False)
         )
         count = int(getattr(result, "rowcount", 0) or 0)
         if count:
@@ -82,6 +84,10 @@ def build_scheduler(database: Database) -> object:
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     scheduler = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
-    scheduler.add_job(refresh_allowlists, "cron", hour="*/6", minute=5, args=[database], id="refresh_allowlists")
-    scheduler.add_job(mark_silent_devices_offline, "interval", minutes=1, args=[database], id="silent_devices")
+    scheduler.add_job(
+        refresh_allowlists, "cron", hour="*/6", minute=5, args=[database], id="refresh_allowlists"
+    )
+    scheduler.add_job(
+        mark_silent_devices_offline, "interval", minutes=1, args=[database], id="silent_devices"
+    )
     return scheduler

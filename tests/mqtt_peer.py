@@ -60,8 +60,9 @@ class Peer:
         return out
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # disconnect first: it wakes the network thread, so loop_stop need not wait out select()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def clear_retained(url: str, device_ids: list[str]) -> None:

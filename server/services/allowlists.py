@@ -52,7 +52,9 @@ def _note_changes(session: Session, _ctx: Any, _instances: Any) -> None:
 def _mark_dirty(session: Session, _ctx: Any) -> None:
     if session.info.pop("allowlists_dirty", False):
         # Core UPDATE on the flush's connection: an ORM bulk update here would re-enter the flush.
-        session.connection().execute(update(Machine).values(allowlist_dirty=True).execution_options(synchronize_session=False))
+        session.connection().execute(
+            update(Machine).values(allowlist_dirty=True).execution_options(synchronize_session=False)
+        )
 
 
 def mark_all_dirty(db: Session) -> None:

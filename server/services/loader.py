@@ -93,6 +93,7 @@ class RequirementSpec(_Strict, kw_only=True):
 class MachineTypeSpec(_Strict, kw_only=True):
     slug: Slug
     name: str
+    name_de: str | None = None
     job_kind: Literal["print", "cut", "other"] = "other"
     requires: list[RequirementSpec | Slug] = []
 
@@ -117,7 +118,9 @@ class PersonSpec(_Strict, kw_only=True):
     site: Slug
     email: str | None = None
     password: str | None = None
-    roles: list[Literal["participant", "trainer", "admin"]] = msgspec.field(default_factory=lambda: ["participant"])
+    roles: list[Literal["participant", "trainer", "admin"]] = msgspec.field(
+        default_factory=lambda: ["participant"]
+    )
     language: Literal["de", "en"] = "de"
     cohort: str | None = None
     programme: str | None = None
@@ -270,7 +273,7 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
 
     for i, t in enumerate(lab.machine_types):
         mtype = ld._one(MachineType, slug=t.slug) or MachineType(slug=t.slug)
-        mtype.name, mtype.job_kind = t.name, t.job_kind
+        mtype.name, mtype.name_de, mtype.job_kind = t.name, t.name_de, t.job_kind
         db.add(mtype)
         db.flush()
         ld.types[t.slug] = mtype

@@ -72,7 +72,9 @@ class System:
             text = agent_config(row, self.mqtt_url, self.tmp / device_id)
         path = self.tmp / f"{device_id}.toml"
         # No tap-out grace: the tests tap out right after unlocking.
-        path.write_text(text + f"\n[relay]\npin = {RELAY_PINS[device_id]}\n\n[session]\ntap_out_grace_s = 0\n")
+        path.write_text(
+            text + f"\n[relay]\npin = {RELAY_PINS[device_id]}\n\n[session]\ntap_out_grace_s = 0\n"
+        )
         return path
 
     def start_agent(self, device_id: str) -> Agent:
@@ -108,5 +110,3 @@ def system(e2e_lab: Database, mqtt_url: str, tmp_path: Path, pins: MockFactory) 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     return wait_until(predicate, timeout)
-
-

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -43,8 +44,12 @@ def test_e2e_agent_killed_mid_session_replays_its_outbox(system: System, tmp_pat
     agent = _agent_process(config)
     try:
         # online, and holding the allow-list the bridge published for it
-        assert eventually(lambda: any(json.loads(p or b"{}").get("allowlist_version") for p in
-                                      peer.drain(f"{base}/status")), timeout=10)
+        assert eventually(
+            lambda: any(
+                json.loads(p or b"{}").get("allowlist_version") for p in peer.drain(f"{base}/status")
+            ),
+            timeout=10,
+        )
         system.stop_bridge()  # the server goes away: the tap is decided offline and not acknowledged
 
         peer.publish(f"{base}/sim/tap", json.dumps({"v": 1, "badge": QUINN}))
@@ -82,12 +87,14 @@ def test_e2e_demo_answers_http_and_a_simulated_tap_becomes_a_session(tmp_path: P
     env = {k: v for k, v in os.environ.items() if k not in ("MQTT_URL", "DATABASE_URL", "SECRET_KEY")}
     env |= {"WERKBANK_VAR_DIR": str(tmp_path), "WERKBANK_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     werkbank = [sys.executable, "-m", "server"]
-    up = subprocess.Popen([*werkbank, "up"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    up = subprocess.Popen(
+        [*werkbank, "up"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         wait_for_port("127.0.0.1", port, timeout=60)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
             assert resp.status == 200
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
             assert resp.status == 200  # the login page
         engine = create_engine(f"sqlite:///{tmp_path / 'werkbank.db'}")
 
@@ -96,14 +103,22 @@ def test_e2e_demo_answers_http_and_a_simulated_tap_becomes_a_session(tmp_path: P
                 return conn.execute(text("SELECT count(*) FROM devices WHERE online")).scalar() == 2
 
         assert eventually(agents_online, timeout=30)
-        tap = subprocess.run([*werkbank, "tap", "printer-1", "04A224B2C35E80"], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
-        assert tap.returncode == 0, tap.stdout + tap.stderr
-        assert tap.stdout.startswith("allow (ok): Hello Kemal")
+        def tap(machine: str, uid: str) -> str:
+            done = subprocess.run(  # noqa: PLW1510 - the return code is asserted below
+                [*werkbank, "tap", machine, uid], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        assert tap("printer-1", "04A224B2C35E80").startswith("allow (ok): Hello Kemal")
+        assert tap("laser-1", "DEADBEEF").startswith("deny (not_qualified)")
+        time.sleep(2.1)  # the agent ignores the same badge for 2 s after unlocking (a badge left on the reader)
+        assert tap("printer-1", "04A224B2C35E80").startswith("session ended (tap_out)")
 
         def session_stored() -> bool:
             with Session(engine) as s:
-                return (s.scalar(select(func.count()).select_from(MachineSession)) or 0) == 1
+                row = s.scalar(select(MachineSession))
+                return row is not None and row.end_reason == "tap_out" and (row.unlocked_s or 0) > 2
 
         assert eventually(session_stored, timeout=10)
         engine.dispose()

@@ -49,14 +49,25 @@ def test_topics_round_trip_and_refuse_bad_ids() -> None:
     assert topic("pi-laser-1", Suffix.AUTH_REQ) == "werkbank/v1/dev/pi-laser-1/auth/req"
     assert parse_topic("werkbank/v1/dev/pi-laser-1/auth/req") == ("pi-laser-1", Suffix.AUTH_REQ)
     assert subscription(Suffix.EVENT, shared=True) == "$share/werkbank/werkbank/v1/dev/+/event"
-    for bad in ["werkbank/v1/dev/PI_1/event", "werkbank/v1/dev/pi-1/nope", "other/topic", "werkbank/v1/dev/ab/event"]:
+    for bad in [
+        "werkbank/v1/dev/PI_1/event",
+        "werkbank/v1/dev/pi-1/nope",
+        "other/topic",
+        "werkbank/v1/dev/ab/event",
+    ]:
         with pytest.raises(ProtocolError):
             parse_topic(bad)
 
 
 def test_messages_encode_and_decode_round_trip() -> None:
-    event = SessionStarted(v=1, id=str(uuid.uuid4()), ts=format_ts(NOW), session=str(uuid.uuid4()),
-                           badge="04A224B2C35E80", offline=True)
+    event = SessionStarted(
+        v=1,
+        id=str(uuid.uuid4()),
+        ts=format_ts(NOW),
+        session=str(uuid.uuid4()),
+        badge="04A224B2C35E80",
+        offline=True,
+    )
     assert decode_event(encode(event)) == event
     assert json.loads(encode(event))["type"] == "session_started"
 
@@ -104,13 +115,18 @@ def test_messages_unknown_event_type_and_negative_duration_are_refused() -> None
         decode_event(json.dumps({**base, "type": "explode"}).encode())
     assert err.value.code == "unknown_type"
     with pytest.raises(ProtocolError):
-        decode_as(SessionEnded, json.dumps({**base, "type": "session_ended", "reason": "tap_out",
-                                            "unlocked_s": -5}).encode())
+        decode_as(
+            SessionEnded,
+            json.dumps({**base, "type": "session_ended", "reason": "tap_out", "unlocked_s": -5}).encode(),
+        )
 
 
 def _doc(**over: object) -> dict[str, object]:
     doc: dict[str, object] = {
-        "v": 1, "version": 3, "issued": format_ts(NOW), "expires": format_ts(NOW + timedelta(days=7)),
+        "v": 1,
+        "version": 3,
+        "issued": format_ts(NOW),
+        "expires": format_ts(NOW + timedelta(days=7)),
         "machine": "laser-1",
         "entries": [{"badge_hash": badge_hash(KEY, "DEADBEEF"), "until": None, "trainer": False}],
     }
@@ -135,7 +151,10 @@ def test_allowlist_signature_covers_fields_added_later() -> None:
 @pytest.mark.parametrize(
     ("tamper", "code"),
     [
-        (lambda d: d["entries"].append({"badge_hash": "0" * 64, "until": None, "trainer": True}), "bad_signature"),
+        (
+            lambda d: d["entries"].append({"badge_hash": "0" * 64, "until": None, "trainer": True}),
+            "bad_signature",
+        ),
         (lambda d: d.update(version=99), "bad_signature"),
         (lambda d: d.update(sig="00" * 32), "bad_signature"),
     ],

@@ -60,12 +60,16 @@ def _req(badge: str, **extra: object) -> tuple[str, bytes]:
 
 def _event(etype: str, session: str, ts: str, **fields: object) -> tuple[str, bytes]:
     eid = str(uuid.uuid4())
-    return eid, json.dumps({"v": 1, "id": eid, "ts": ts, "type": etype, "session": session, **fields}).encode()
+    return eid, json.dumps(
+        {"v": 1, "id": eid, "ts": ts, "type": etype, "session": session, **fields}
+    ).encode()
 
 
 def _counts(db: Database) -> dict[str, int]:
     with db.session() as s:
-        return {t.name: s.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables}
+        return {
+            t.name: s.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables
+        }
 
 
 def _snapshot(db: Database) -> dict[str, object]:
@@ -76,7 +80,9 @@ def _snapshot(db: Database) -> dict[str, object]:
     return {"counts": _counts(db), "machines": machines, "devices": devices}
 
 
-def test_bridge_answers_a_tap_with_decision_and_both_languages(bridge: Bridge, device: Peer, lab: Database) -> None:
+def test_bridge_answers_a_tap_with_decision_and_both_languages(
+    bridge: Bridge, device: Peer, lab: Database
+) -> None:
     rid, payload = _req("04A224B2C35E80")
     device.publish(f"{PRINTER}/auth/req", payload)
     resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
@@ -87,7 +93,12 @@ def test_bridge_answers_a_tap_with_decision_and_both_languages(bridge: Bridge, d
     rid2, payload2 = _req("DEADBEEF")
     device.publish(f"{LASER}/auth/req", payload2)
     denied = decode_as(AuthResp, device.next(f"{LASER}/auth/resp"))
-    assert (denied.req, denied.decision, denied.reason, denied.session) == (rid2, "deny", "not_qualified", None)
+    assert (denied.req, denied.decision, denied.reason, denied.session) == (
+        rid2,
+        "deny",
+        "not_qualified",
+        None,
+    )
     with lab.session() as s:
         assert s.scalar(select(func.count()).select_from(AccessDecision)) == 2
 
@@ -95,7 +106,7 @@ def test_bridge_answers_a_tap_with_decision_and_both_languages(bridge: Bridge, d
 def test_bridge_repeated_request_gets_the_same_answer_once_recorded(
     bridge: Bridge, device: Peer, lab: Database
 ) -> None:
-    rid, payload = _req("04A224B2C35E80")
+    _, payload = _req("04A224B2C35E80")
     device.publish(f"{PRINTER}/auth/req", payload)
     first = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
     device.publish(f"{PRINTER}/auth/req", payload)
@@ -109,9 +120,12 @@ def test_bridge_session_events_become_machine_hours_and_are_acked(
     bridge: Bridge, device: Peer, lab: Database
 ) -> None:
     session = str(uuid.uuid4())
-    e1, p1 = _event("session_started", session, "2026-11-18T09:00:00.000Z", badge="04A224B2C35E80", offline=False)
-    e2, p2 = _event("session_ended", session, "2026-11-18T09:45:30.500Z", reason="tap_out", unlocked_s=2730.5,
-                    run_s=2000)
+    e1, p1 = _event(
+        "session_started", session, "2026-11-18T09:00:00.000Z", badge="04A224B2C35E80", offline=False
+    )
+    e2, p2 = _event(
+        "session_ended", session, "2026-11-18T09:45:30.500Z", reason="tap_out", unlocked_s=2730.5, run_s=2000
+    )
     device.publish(f"{PRINTER}/event", p1)
     assert decode_as(Ack, device.next(f"{PRINTER}/ack")).ids == [e1]
     device.publish(f"{PRINTER}/event", p2)
@@ -137,12 +151,19 @@ def test_bridge_duplicate_event_ids_are_stored_once(bridge: Bridge, device: Peer
     assert bridge.handled["duplicate"] == 2
 
 
-def test_bridge_late_and_out_of_order_events_still_count(bridge: Bridge, device: Peer, lab: Database, clock) -> None:
+def test_bridge_late_and_out_of_order_events_still_count(
+    bridge: Bridge, device: Peer, lab: Database, clock
+) -> None:
     # An offline session from hours ago, its end reported before its start.
     session = str(uuid.uuid4())
     earlier = clock() - timedelta(hours=6)
-    _, end = _event("session_ended", session, format_ts(earlier + timedelta(minutes=30)), reason="tap_out",
-                    unlocked_s=1800)
+    _, end = _event(
+        "session_ended",
+        session,
+        format_ts(earlier + timedelta(minutes=30)),
+        reason="tap_out",
+        unlocked_s=1800,
+    )
     _, start = _event("session_started", session, format_ts(earlier), badge="04A224B2C35E80", offline=True)
     device.publish(f"{LASER}/event", end)
     device.next(f"{LASER}/ack")
@@ -154,7 +175,9 @@ def test_bridge_late_and_out_of_order_events_still_count(bridge: Bridge, device:
         assert row.offline and row.unlocked_s == 1800 and row.started_at == earlier
         laser = s.scalar(select(Machine).where(Machine.slug == "laser-1"))
         assert laser is not None and laser.live_session_id is None  # a finished old session is not "live"
-        total = s.scalar(select(func.sum(MachineSession.unlocked_s)).where(MachineSession.machine_id == laser.id))
+        total = s.scalar(
+            select(func.sum(MachineSession.unlocked_s)).where(MachineSession.machine_id == laser.id)
+        )
         assert total == 1800
 
 
@@ -162,22 +185,40 @@ def test_bridge_jobs_are_stored_with_their_session(bridge: Bridge, device: Peer,
     session, job = str(uuid.uuid4()), str(uuid.uuid4())
     for kind, ts, fields in [
         ("session_started", "2026-11-18T09:00:00.000Z", {"badge": "04A224B2C35E80"}),
-        ("job_started", "2026-11-18T09:01:00.000Z", {"job": job, "kind": "print", "file": "cube.gcode",
-                                                     "estimated_s": 600}),
-        ("job_finished", "2026-11-18T09:11:00.000Z", {"job": job, "status": "completed", "duration_s": 598,
-                                                      "filament_mm": 1234.5}),
+        (
+            "job_started",
+            "2026-11-18T09:01:00.000Z",
+            {"job": job, "kind": "print", "file": "cube.gcode", "estimated_s": 600},
+        ),
+        (
+            "job_finished",
+            "2026-11-18T09:11:00.000Z",
+            {"job": job, "status": "completed", "duration_s": 598, "filament_mm": 1234.5},
+        ),
     ]:
         device.publish(f"{PRINTER}/event", _event(kind, session, ts, **fields)[1])
         device.next(f"{PRINTER}/ack")
     with lab.session() as s:
         row = s.get(MachineSession, session)
         assert row is not None and len(row.jobs) == 1
-        assert (row.jobs[0].file, row.jobs[0].status, row.jobs[0].filament_mm) == ("cube.gcode", "completed", 1234.5)
+        assert (row.jobs[0].file, row.jobs[0].status, row.jobs[0].filament_mm) == (
+            "cube.gcode",
+            "completed",
+            1234.5,
+        )
 
 
 def test_bridge_status_and_last_will_track_devices(bridge: Bridge, device: Peer, lab: Database) -> None:
-    status = {"v": 1, "online": True, "state": "locked", "machine": "printer-1", "fw": "0.1.0", "config": "abc",
-              "allowlist_version": 3, "ts": "2026-11-18T09:00:00.000Z"}
+    status = {
+        "v": 1,
+        "online": True,
+        "state": "locked",
+        "machine": "printer-1",
+        "fw": "0.1.0",
+        "config": "abc",
+        "allowlist_version": 3,
+        "ts": "2026-11-18T09:00:00.000Z",
+    }
     device.publish(f"{PRINTER}/status", json.dumps(status), retain=True)
 
     def online() -> bool:
@@ -200,26 +241,50 @@ GARBAGE = [
     ("pi-printer-1", "auth/req", f'{{"v":1,"id":42,{_TS},"badge":"04A224B2C35E80"}}', "invalid"),
     ("pi-printer-1", "auth/req", b"[1,2,3]", "invalid"),
     ("pi-printer-1", "event", b"\xff\xfe garbage", "not_json"),
-    ("pi-printer-1", "event", f'{{"v":1,"id":"{_ID}13",{_TS},"type":"session_started","session":"{_ID}14",'
-                              f'"badge":"deadbeef"}}', "invalid"),
-    ("pi-printer-1", "event", f'{{"v":1,"id":"{_ID}15","ts":"yesterday","type":"session_ended",'
-                              f'"session":"{_ID}16","reason":"tap_out","unlocked_s":10}}', "invalid"),
-    ("pi-printer-1", "event", f'{{"v":1,"id":"{_ID}17",{_TS},"type":"session_ended","session":"{_ID}18",'
-                              f'"reason":"tap_out","unlocked_s":"ten"}}', "invalid"),
-    ("pi-printer-1", "event", f'{{"v":1,"id":"{_ID}19",{_TS},"type":"self_destruct","session":"{_ID}20"}}',
-     "unknown_type"),
+    (
+        "pi-printer-1",
+        "event",
+        f'{{"v":1,"id":"{_ID}13",{_TS},"type":"session_started","session":"{_ID}14","badge":"deadbeef"}}',
+        "invalid",
+    ),
+    (
+        "pi-printer-1",
+        "event",
+        f'{{"v":1,"id":"{_ID}15","ts":"yesterday","type":"session_ended",'
+        f'"session":"{_ID}16","reason":"tap_out","unlocked_s":10}}',
+        "invalid",
+    ),
+    (
+        "pi-printer-1",
+        "event",
+        f'{{"v":1,"id":"{_ID}17",{_TS},"type":"session_ended","session":"{_ID}18",'
+        f'"reason":"tap_out","unlocked_s":"ten"}}',
+        "invalid",
+    ),
+    (
+        "pi-printer-1",
+        "event",
+        f'{{"v":1,"id":"{_ID}19",{_TS},"type":"self_destruct","session":"{_ID}20"}}',
+        "unknown_type",
+    ),
     ("pi-printer-1", "status", b'{"v":1,"online":"yes"}', "invalid"),
     ("pi-printer-1", "status", b'{"v":1,"online":true,"machine":"laser-1"}', "wrong_machine"),
     ("pi-printer-1", "telemetry", f'{{"v":1,{_TS},"running":true,"progress":250}}', "invalid"),
     ("pi-unknown-9", "event", f'{{"v":1,"id":"{_ID}21",{_TS},"type":"fault","code":"x"}}', "unknown_device"),
-    ("pi-unknown-9", "auth/req", f'{{"v":1,"id":"{_ID}22",{_TS},"badge":"04A224B2C35E80"}}', "unknown_device"),
+    (
+        "pi-unknown-9",
+        "auth/req",
+        f'{{"v":1,"id":"{_ID}22",{_TS},"badge":"04A224B2C35E80"}}',
+        "unknown_device",
+    ),
     ("PI_BAD_ID", "event", b'{"v":1}', "bad_device_id"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("device_id", "suffix", "payload", "code"), GARBAGE, ids=[f"{i}-{d}-{s}-{c}" for i, (d, s, _, c) in
-                                                              enumerate(GARBAGE)]
+    ("device_id", "suffix", "payload", "code"),
+    GARBAGE,
+    ids=[f"{i}-{d}-{s}-{c}" for i, (d, s, _, c) in enumerate(GARBAGE)],
 )
 def test_bridge_refuses_garbage_without_changing_anything(
     bridge: Bridge, device: Peer, lab: Database, device_id: str, suffix: str, payload: bytes | str, code: str
@@ -241,20 +306,28 @@ def test_bridge_refuses_garbage_without_changing_anything(
 
 def test_bridge_garbled_tap_is_answered_bad_request(bridge: Bridge, device: Peer) -> None:
     rid = str(uuid.uuid4())
-    device.publish(f"{PRINTER}/auth/req", json.dumps({"v": 1, "id": rid, "ts": "now", "badge": "04A224B2C35E80"}))
+    device.publish(
+        f"{PRINTER}/auth/req", json.dumps({"v": 1, "id": rid, "ts": "now", "badge": "04A224B2C35E80"})
+    )
     resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
     assert (resp.req, resp.decision, resp.reason) == (rid, "deny", "bad_request")
     assert bridge.rejected["invalid"] == 1
 
 
-def test_bridge_event_of_another_devices_session_is_refused(bridge: Bridge, device: Peer, lab: Database) -> None:
+def test_bridge_event_of_another_devices_session_is_refused(
+    bridge: Bridge, device: Peer, lab: Database
+) -> None:
     session = str(uuid.uuid4())
-    device.publish(f"{PRINTER}/event", _event("session_started", session, "2026-11-18T09:00:00.000Z",
-                                              badge="04A224B2C35E80")[1])
+    device.publish(
+        f"{PRINTER}/event",
+        _event("session_started", session, "2026-11-18T09:00:00.000Z", badge="04A224B2C35E80")[1],
+    )
     device.next(f"{PRINTER}/ack")
     before = _snapshot(lab)
-    device.publish(f"{LASER}/event", _event("session_ended", session, "2026-11-18T09:10:00.000Z",
-                                            reason="tap_out", unlocked_s=600)[1])
+    device.publish(
+        f"{LASER}/event",
+        _event("session_ended", session, "2026-11-18T09:10:00.000Z", reason="tap_out", unlocked_s=600)[1],
+    )
     assert wait_until(lambda: bridge.rejected["foreign_session"] == 1)
     assert _snapshot(lab) == before
 
@@ -279,10 +352,20 @@ def test_bridge_publishes_signed_allowlists_and_republishes_on_change(
     with lab.session() as s:
         quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
         assert quinn is not None
-        comp = next(q.competency_id for q in s.scalars(select(Qualification).where(
-            Qualification.person_id == quinn.id)) if q.competency.slug == "laser-safety")
-        s.add(Qualification(person_id=quinn.id, competency_id=comp, action=QualificationAction.REVOKED,
-                            level=Level.INDEPENDENT, reason="test"))
+        comp = next(
+            q.competency_id
+            for q in s.scalars(select(Qualification).where(Qualification.person_id == quinn.id))
+            if q.competency.slug == "laser-safety"
+        )
+        s.add(
+            Qualification(
+                person_id=quinn.id,
+                competency_id=comp,
+                action=QualificationAction.REVOKED,
+                level=Level.INDEPENDENT,
+                reason="test",
+            )
+        )
     second = verify(key, device.next(f"{LASER}/allowlist", timeout=5), clock(), machine="laser-1")
     assert second.version > doc.version
     assert badge_hash(key, "04A224B2C35E80") not in {e.badge_hash for e in second.entries}
@@ -294,8 +377,9 @@ def test_bridge_recovery_end_never_replaces_the_real_end(
 ) -> None:
     session = str(uuid.uuid4())
     real = _event("session_ended", session, "2026-11-18T09:30:00.000Z", reason="tap_out", unlocked_s=1800)[1]
-    guess = _event("session_ended", session, "2026-11-18T09:29:40.000Z", reason="power_loss_recovered",
-                   unlocked_s=1780)[1]
+    guess = _event(
+        "session_ended", session, "2026-11-18T09:29:40.000Z", reason="power_loss_recovered", unlocked_s=1780
+    )[1]
     for payload in (real, guess) if real_first else (guess, real):
         device.publish(f"{PRINTER}/event", payload)
         device.next(f"{PRINTER}/ack")

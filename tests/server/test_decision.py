@@ -124,7 +124,9 @@ def test_decision_supervise_lets_a_trainer_take_responsibility(lab: Database, cl
     assert _decide(lab, "laser-1", "DEADBEEF", clock()).reason == "not_qualified"
     supervised = _decide(lab, "laser-1", "DEADBEEF", clock(), mode="supervise", trainer_badge="A1B2C3D4")
     assert supervised.allowed and supervised.trainer is not None
-    not_a_trainer = _decide(lab, "laser-1", "DEADBEEF", clock(), mode="supervise", trainer_badge="04A224B2C35E80")
+    not_a_trainer = _decide(
+        lab, "laser-1", "DEADBEEF", clock(), mode="supervise", trainer_badge="04A224B2C35E80"
+    )
     assert not_a_trainer.reason == "trainer_required"
 
 
@@ -135,5 +137,3 @@ def test_decision_lowercase_uid_is_the_same_badge(lab: Database, clock) -> None:
 def test_decision_message_uses_first_name(lab: Database, clock) -> None:
     decision = _decide(lab, "printer-1", "04A224B2C35E80", clock())
     assert decision.message["en"].startswith("Hello Quinn")
-
-

@@ -15,7 +15,9 @@ from tests.conftest import DATA
 
 def _counts(db: Database) -> dict[str, int]:
     with db.session() as s:
-        return {t.name: s.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables}
+        return {
+            t.name: s.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables
+        }
 
 
 def test_loader_loading_twice_changes_nothing_more(lab: Database) -> None:
@@ -29,10 +31,13 @@ def test_loader_loading_twice_changes_nothing_more(lab: Database) -> None:
 
 def test_loader_updates_in_place(lab: Database) -> None:
     with lab.session() as s:
-        load(s, parse("""
+        load(
+            s,
+            parse("""
 machines:
   - {slug: printer-1, name: Printer One, site: test-lab, type: fdm-printer, status: maintenance}
-"""))
+"""),
+        )
     with lab.session() as s:
         m = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
         assert m is not None and m.name == "Printer One" and m.status == "maintenance"
@@ -47,14 +52,18 @@ machines:
         ("people: [{name: X, site: test-lab, rolez: [admin]}]", "unknown field `rolez`"),
         ("machines: [{slug: m-1, name: M, site: test-lab, type: toaster}]", "unknown machine type 'toaster'"),
         ("sites: [{slug: s-1, name: S, timezone: Mars/Olympus}]", "unknown time zone"),
-        ("sites: [{slug: s-1, name: S, opening_hours: [{days: [mon], opens: '18:00', closes: '08:00'}]}]",
-         "closes (08:00) must be after opens"),
+        (
+            "sites: [{slug: s-1, name: S, opening_hours: [{days: [mon], opens: '18:00', closes: '08:00'}]}]",
+            "closes (08:00) must be after opens",
+        ),
         ("people: [{name: X, site: test-lab, badges: [A1B2C3D4]}]", "belongs to someone else"),
         ("sites: [unclosed", "not valid YAML"),
         ("machine_types: [{slug: t-1, name: T, requires: [no-such-competency]}]", "unknown competency"),
     ],
 )
-def test_loader_bad_file_is_refused_with_its_place_and_changes_nothing(lab: Database, text: str, where: str) -> None:
+def test_loader_bad_file_is_refused_with_its_place_and_changes_nothing(
+    lab: Database, text: str, where: str
+) -> None:
     before = _counts(lab)
     with pytest.raises(LoadError) as err, lab.session() as s:
         load(s, parse(text))
