@@ -18,7 +18,9 @@ from werkbank_protocol.errors import ProtocolError
 from werkbank_protocol.timefmt import TS_PATTERN
 
 V = Literal[1]
-Uuid = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
+Uuid = Annotated[
+    str, Meta(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+]
 Ts = Annotated[str, Meta(pattern=TS_PATTERN)]
 # 4-, 7- and 10-byte ISO 14443 UIDs, upper-case hex.
 BADGE_PATTERN = r"^(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$"
@@ -138,8 +140,14 @@ class LockDeferred(_Event, tag="lock_deferred"):
 
 
 Event = SessionStarted | SessionEnded | JobStarted | JobFinished | Fault | LockDeferred
-EVENT_TYPES: tuple[str, ...] = ("session_started", "session_ended", "job_started", "job_finished",
-                                "fault", "lock_deferred")
+EVENT_TYPES: tuple[str, ...] = (
+    "session_started",
+    "session_ended",
+    "job_started",
+    "job_finished",
+    "fault",
+    "lock_deferred",
+)
 
 
 class Ack(Struct, kw_only=True):

@@ -7,6 +7,7 @@ LIBRARY-FACTS.md).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -53,10 +54,9 @@ def parse_mqtt_url(url: str) -> BrokerAddress:
 
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    try:
+    # A websocket or TLS wrapper may not offer the option; the connection still works.
+    with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # a websocket or TLS wrapper without the option
-        pass
 
 
 def make_client(

@@ -10,7 +10,9 @@ from server.db import make_engine
 from server.models import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL") or "sqlite:///var/werkbank.db"
+url = (
+    config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL") or "sqlite:///var/werkbank.db"
+)
 
 
 def run() -> None:
