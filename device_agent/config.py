@@ -232,6 +232,38 @@ SCHEMA: tuple[Key, ...] = (
         default=10.0,
         check=_between(1, 100, " Hz"),
     ),
+    Key(
+        "reader",
+        "spi_bus",
+        int,
+        "mfrc522: SPI bus of the RC522; 0 is SPI0 (header pins 19, 21, 23), as /dev/spidev0.*.",
+        default=0,
+        check=_between(0, 6),
+    ),
+    Key(
+        "reader",
+        "spi_device",
+        int,
+        "mfrc522: chip select of the RC522 on that bus: 0 = CE0 (header pin 24), 1 = CE1 (pin 26).",
+        default=0,
+        check=_between(0, 2),
+    ),
+    Key(
+        "reader",
+        "reset_pin",
+        int,
+        "mfrc522: pin wired to the RC522's RST, numbered as pin_mode says (header pin 22 = GPIO25).",
+        default=22,
+        check=_between(0, 40),
+    ),
+    Key(
+        "reader",
+        "pin_mode",
+        str,
+        'mfrc522: how reset_pin is numbered: "BOARD" (header pin) or "BCM" (GPIO number).',
+        default="BOARD",
+        check=_one_of(("BOARD", "BCM")),
+    ),
     Key("relay", "pin", int, "BCM GPIO number driving the relay board's IN.", default=17, check=_pin),
     Key(
         "relay",
@@ -314,6 +346,10 @@ class AgentConfig:
     storage_dir: str
     reader_backend: str
     reader_poll_hz: float
+    reader_spi_bus: int
+    reader_spi_device: int
+    reader_reset_pin: int
+    reader_pin_mode: str
     relay_pin: int
     relay_active_high: bool
     indicators_green_pin: int | None
@@ -416,6 +452,8 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     url = values["mqtt_url"]
     if values["mqtt_ca_file"] is not None and isinstance(url, str) and url.startswith("mqtt://"):
         errors.append("[mqtt] ca_file: only used with TLS; use an mqtts:// URL or remove ca_file")
+    errors.extend(_reader_pin_problems(values))
+    bcm_values = _pins_in_bcm(values)
     pins: dict[int, str] = {}
     for attr in (
         "relay_pin",
@@ -423,8 +461,9 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         "indicators_red_pin",
         "indicators_amber_pin",
         "indicators_buzzer_pin",
+        "reader_reset_pin",
     ):
-        pin = values[attr]
+        pin = bcm_values.get(attr)
         if not isinstance(pin, int):
             continue
         label = "[{}] {}".format(*attr.split("_", 1))
@@ -433,6 +472,43 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         else:
             pins[pin] = label
     return errors
+
+
+def _reset_pin_bcm(values: Mapping[str, Any]) -> int | None:
+    """``[reader] reset_pin`` as a BCM number (it is numbered as ``pin_mode`` says); None if no GPIO."""
+    from device_agent.hardware.mfrc522 import BOARD_TO_BCM, board_pin
+
+    pin, mode = values["reader_reset_pin"], values["reader_pin_mode"]
+    if not isinstance(pin, int) or mode not in ("BOARD", "BCM"):
+        return None
+    try:
+        return BOARD_TO_BCM[board_pin(pin, mode)]
+    except ValueError:
+        return None
+
+
+def _reader_pin_problems(values: Mapping[str, Any]) -> list[str]:
+    if values["reader_backend"] != "mfrc522" or values["reader_pin_mode"] not in ("BOARD", "BCM"):
+        return []
+    pin = values["reader_reset_pin"]
+    if isinstance(pin, int) and _reset_pin_bcm(values) is None:
+        mode = values["reader_pin_mode"]
+        hint = "a header pin that is a GPIO, e.g. 22" if mode == "BOARD" else "a GPIO number from 0 to 27"
+        return [f"[reader] reset_pin: {mode} pin {pin} is not a GPIO; use {hint}"]
+    return []
+
+
+def _pins_in_bcm(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as the pin rules compare them: every ``*_pin`` a BCM GPIO number.
+
+    The reader's reset pin may be BOARD-numbered (header pin 22 = GPIO25), so it is converted;
+    it is left out without an RC522 (nothing is wired to it).
+    """
+    bcm = _reset_pin_bcm(values)
+    converted = {attr: value for attr, value in values.items() if attr != "reader_reset_pin"}
+    if values["reader_backend"] == "mfrc522" and bcm is not None:
+        converted["reader_reset_pin"] = bcm
+    return converted
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from device_agent import AgentError
+
 
 class Reader(ABC):
     """A badge reader."""
@@ -22,6 +24,10 @@ class Reader(ABC):
 
     def release(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Free the reader's bus and pins (the agent is stopping)."""
+
+
+class ReaderFault(AgentError, OSError):
+    """The reader stopped answering. ``poll()`` raises it on every poll until the reader is back."""
 
 
 class Relay(ABC):
