@@ -4,7 +4,11 @@ Two threads do the work. paho's network thread receives messages; apart from an
 ``auth/resp`` (which wakes the tap waiting for it) each one becomes a job for the main
 loop, so every decision, relay switch, indicator change and file write happens in the
 main loop, one at a time. The main loop polls the reader at ``poll_hz`` and checks
-timers (session end, heartbeat, telemetry, outbox re-send) between polls.
+timers (session end, heartbeat, telemetry, outbox re-send) and the machine monitor's
+news (jobs, faults, readings; the monitor reads the machine in its own thread) between polls.
+
+The safety rules live in :meth:`Agent._lock_due`: a lock never cuts power mid-job unless
+forced; it waits (``lock_deferred``) until the job ends.
 
 Every event is written to the outbox before it is published and stays there until the
 server's ``ack`` names it. The open session is kept in ``state.json`` so that after a
@@ -35,12 +39,24 @@ from device_agent import agent_version
 from device_agent.allowlist_store import AllowlistStore
 from device_agent.config import AgentConfig
 from device_agent.hardware import create_reader
-from device_agent.hardware.base import Indicators, MachineMonitor, Reader, Relay
+from device_agent.hardware.base import (
+    Indicators,
+    JobStatus,
+    MachineMonitor,
+    MonitorEvent,
+    MonitorFault,
+    MonitorFaultCleared,
+    MonitorJobFinished,
+    MonitorJobStarted,
+    MonitorReadings,
+    Reader,
+    Relay,
+)
 from device_agent.hardware.gpio import configure_pin_factory, create_indicators, create_relay
 from device_agent.hardware.monitors import create_monitor
 from device_agent.hardware.simulated import SimulatedReader
 from device_agent.outbox import Outbox
-from device_agent.storage import AgentState, OpenSession, StateFile
+from device_agent.storage import AgentState, OpenJob, OpenSession, StateFile
 from werkbank_protocol import ProtocolError, format_ts, parse_ts
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.messages import (
@@ -51,6 +67,10 @@ from werkbank_protocol.messages import (
     Cmd,
     EndReason,
     Fault,
+    JobFinished,
+    JobStarted,
+    LockDeferred,
+    MachineState,
     SessionEnded,
     SessionStarted,
     SimTap,
@@ -87,16 +107,22 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
         "de": "Sitzung beendet. Danke!",
         "en": "Session ended. Thank you!",
     },
+    "job_running": {
+        "de": "Auftrag läuft: Die Maschine sperrt, sobald er fertig ist.",
+        "en": "Job running: the machine locks when it ends.",
+    },
 }
 
 _BADGE_RE = re.compile(BADGE_PATTERN)
-Outcome = Literal["unlocked", "denied", "locked", "ignored"]
+# "deferred": a tap-out during a job; the lock waits for the job's end.
+Outcome = Literal["unlocked", "denied", "locked", "ignored", "deferred"]
 
 
 @dataclass(frozen=True)
 class Decision:
     """What a tap led to. ``reason`` is the server's reason code, or a local one
-    (``in_use``, ``offline_ok``, ``offline_denied``, ``unreadable``, ``tap_out``, ``grace``)."""
+    (``in_use``, ``offline_ok``, ``offline_denied``, ``unreadable``, ``tap_out``, ``grace``,
+    ``job_running``)."""
 
     badge: str
     outcome: Outcome
@@ -123,16 +149,31 @@ class SystemClock:
 
 
 @dataclass
+class _Job:
+    """The job running in the open session."""
+
+    record: OpenJob
+    started_mono: float
+    # Restored from state.json at a restart and not yet seen again by the monitor.
+    adopting: bool = False
+    # Run time the monitor did not see (the job ran before this process started).
+    unseen_s: float = 0.0
+
+
+@dataclass
 class _Session:
     """The open session: its persisted record plus what only this process can measure."""
 
     record: OpenSession
     started_mono: float
     until: datetime | None
-    # Last time the machine was seen running (or the start): the idle timeout counts from it.
+    # Last time the machine was seen busy (or the start): the idle timeout counts from it.
     active_mono: float
     last_tick_mono: float
     run_s: float = 0.0
+    job: _Job | None = None
+    # The reason of a lock that is due but waits for the job to end.
+    lock_pending: EndReason | None = None
 
 
 class _Waiter:
@@ -158,6 +199,9 @@ class Agent:
 
     HEARTBEAT_S = 30.0
     TELEMETRY_S = 10.0
+    # At start, how long to wait for the monitor's first reading before deciding about a
+    # session the last run left open (OctoPrint answers within its request timeout).
+    RESUME_WAIT_S = 10.0
     RESEND_MIN_S = 2.0
     RESEND_MAX_S = 60.0
     RESEND_BATCH = 500
@@ -173,28 +217,31 @@ class Agent:
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
+        storage = Path(config.storage_dir)
+        storage.mkdir(parents=True, exist_ok=True)
+        self._state_file = StateFile(storage / "state.json")
+        # Read before the relay is made: a session left open means the relay is closed now, and
+        # it must be made closed so that the pin never toggles (see _recover).
+        self._left_open = self._state_file.load().session
         if relay is None or indicators is None:
             configure_pin_factory(config.gpio_pin_factory)
         self.reader: Reader = reader or create_reader(config)
-        self.relay: Relay = relay or create_relay(config)
+        self.relay: Relay = relay or create_relay(config, closed=self._left_open is not None)
         self.indicators: Indicators = indicators or create_indicators(config)
         self.monitor: MachineMonitor = monitor or create_monitor(config)
         # stop() releases what was made here; what the caller passed in is the caller's.
         made = (
             (reader, self.reader.release),
-            (relay, self.relay.release),
+            (relay, self._release_relay),
             (indicators, self.indicators.release),
             (monitor, self.monitor.close),
         )
         self._owned: list[Callable[[], None]] = [release for given, release in made if given is None]
 
-        storage = Path(config.storage_dir)
-        storage.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(storage / "outbox.sqlite")
         self.allowlist = AllowlistStore(
             storage / "allowlist.json", key_bytes(config.allowlist_key), config.device_machine
         )
-        self._state_file = StateFile(storage / "state.json")
         self._config_hash = config.hash
         self._fw = agent_version()
 
@@ -205,6 +252,9 @@ class Agent:
         self.rejected: Counter[str] = Counter()
         self._session: _Session | None = None
         self._fault: str | None = None
+        # The monitor's latest readings, for telemetry.
+        self._readings = MonitorReadings()
+        self._published_state: str | None = None
         self._server_answering = True
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._waiting: dict[str, _Waiter] = {}
@@ -225,10 +275,21 @@ class Agent:
     # ------------------------------------------------------------------ public API
 
     @property
-    def state(self) -> Literal["locked", "unlocked", "fault"]:
+    def state(self) -> MachineState:
+        """``draining``: a lock waits for the job to end; ``running``: a session's machine works."""
         if self._fault:
             return "fault"
-        return "unlocked" if self._session else "locked"
+        session = self._session
+        if session is None:
+            return "locked"
+        if session.lock_pending is not None:
+            return "draining"
+        return "running" if self._busy() else "unlocked"
+
+    @property
+    def job_id(self) -> str | None:
+        session = self._session
+        return session.job.record.id if session is not None and session.job is not None else None
 
     @property
     def session_id(self) -> str | None:
@@ -245,7 +306,7 @@ class Agent:
 
     def start(self) -> None:
         self._recover()
-        self.indicators.locked()
+        self._show_state()
         self.indicators.offline(True)
         address = parse_mqtt_url(self.config.mqtt_url)
         self._client.connect_async(address.host, address.port, keepalive=self.config.mqtt_keepalive_s)
@@ -261,8 +322,9 @@ class Agent:
         )
 
     def stop(self) -> None:
-        """Stop cleanly. An open session stays open in state.json (with a fresh heartbeat);
-        the next start reports it as ``power_loss_recovered``. Stopping twice is harmless."""
+        """Stop cleanly. An open session stays open in state.json (with a fresh heartbeat) and
+        its relay stays closed; the next start resumes it if the machine is mid-job, else reports
+        it as ``power_loss_recovered``. Stopping twice is harmless."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -351,25 +413,158 @@ class Agent:
                 self._handled.notify_all()
 
     def _tick(self) -> None:
+        self._poll_monitor()
         mono = self.clock.monotonic()
         session = self._session
         if session is not None:
             if self.monitor.running():
                 session.run_s += mono - session.last_tick_mono
+            busy = self._busy()
+            if busy:
                 session.active_mono = mono
             session.last_tick_mono = mono
             idle = self.config.session_idle_timeout_s
-            if session.until is not None and self.clock.now() >= session.until:
+            if session.lock_pending is not None:
+                if not busy:
+                    log.info("the job ended: the deferred lock (%s) happens now", session.lock_pending)
+                    self._end_session(session.lock_pending)
+            elif session.until is not None and self.clock.now() >= session.until:
                 self._lock_due("max_duration")
             elif idle > 0 and mono - session.active_mono >= idle:
                 self._lock_due("idle_timeout")
-        if self._session is not None:
-            if mono >= self._next_heartbeat:
-                self._heartbeat(mono)
-            if mono >= self._next_telemetry:
-                self._next_telemetry = mono + self.TELEMETRY_S
-                self._send_telemetry()
+        if self._session is not None and mono >= self._next_heartbeat:
+            self._heartbeat(mono)
+        # Telemetry while unlocked, and while the machine runs without a session (a fault).
+        if (self._session is not None or self.monitor.running()) and mono >= self._next_telemetry:
+            self._next_telemetry = mono + self.TELEMETRY_S
+            self._send_telemetry()
+        if self._ready.is_set() and self.state != self._published_state:
+            self._publish_status()  # running ⇄ unlocked changes with the machine, not with a tap
         self._resend_if_due(mono)
+
+    def _busy(self) -> bool:
+        """The machine is mid-job: cutting its power now would spoil work.
+
+        A job counts until the monitor reports its end, also while the machine pauses
+        (a paused print, the gap between two passes of a cut).
+        """
+        session = self._session
+        return self.monitor.running() or (session is not None and session.job is not None)
+
+    # ------------------------------------------------------------------ the machine monitor
+
+    def _poll_monitor(self) -> None:
+        try:
+            events = self.monitor.poll()
+        except Exception:
+            log.exception("the machine monitor failed")
+            return
+        for event in events:
+            self._on_monitor_event(event)
+
+    def _on_monitor_event(self, event: MonitorEvent) -> None:
+        if isinstance(event, MonitorReadings):
+            self._readings = event
+        elif isinstance(event, MonitorJobStarted):
+            self._job_started(event)
+        elif isinstance(event, MonitorJobFinished):
+            self._job_finished(event)
+        elif isinstance(event, MonitorFault):
+            self._set_fault(event.code, event.detail)
+        elif isinstance(event, MonitorFaultCleared) and self._fault == event.code:
+            self._clear_fault()
+
+    def _job_started(self, event: MonitorJobStarted) -> None:
+        session = self._session
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        if session is None:
+            # The relay is open, so the machine should have no power: stuck relay, bypass, or a
+            # machine that runs on by itself. A job_started needs a session: report a fault.
+            what = f"{event.kind} {event.file}" if event.file else f"a {event.kind} job"
+            self._set_fault(
+                "job_without_session",
+                f"{what} started while no session is open: is the relay stuck or bypassed?",
+            )
+            return
+        job = session.job
+        if job is not None and job.adopting:
+            # The job that ran when the agent restarted: same job id, nothing new to report.
+            job.adopting = False
+            before = (now - parse_ts(job.record.started)).total_seconds()
+            job.unseen_s = max(0.0, before - event.elapsed_s)
+            log.info("job %s carries on after the restart", job.record.id)
+            return
+        if job is not None:
+            log.warning(
+                "a new job began before the end of job %s was reported; ending that one", job.record.id
+            )
+            self._close_job(session, "failed", mono - job.started_mono)
+        record = OpenJob(
+            id=str(uuid.uuid4()),
+            kind=event.kind,
+            file=event.file,
+            estimated_s=event.estimated_s,
+            started=format_ts(now),
+            start_event=str(uuid.uuid4()),
+        )
+        session.job = _Job(record=record, started_mono=mono - event.elapsed_s)
+        # On record first, as a session start is: a restart must carry on with this job id.
+        self._persist(session)
+        self._emit(self._job_started_event(session.record.id, record))
+
+    @staticmethod
+    def _job_started_event(session_id: str, record: OpenJob) -> JobStarted:
+        return JobStarted(
+            v=1,
+            id=record.start_event,
+            ts=record.started,
+            session=session_id,
+            job=record.id,
+            kind=record.kind,
+            file=record.file[:500] if record.file else None,
+            estimated_s=None if record.estimated_s is None else max(record.estimated_s, 0.0),
+        )
+
+    def _job_finished(self, event: MonitorJobFinished) -> None:
+        session = self._session
+        job = session.job if session is not None else None
+        if session is None or job is None or job.adopting:
+            # Started outside a session, or already reported (ended by a forced lock).
+            log.info("the machine finished a job that belongs to no session (%s)", event.status)
+            if self._fault == "job_without_session":
+                self._clear_fault()
+            return
+        self._close_job(
+            session, event.status, event.duration_s + job.unseen_s, event.filament_mm, event.filament_g
+        )
+
+    def _close_job(
+        self,
+        session: _Session,
+        status: JobStatus,
+        duration_s: float,
+        filament_mm: float | None = None,
+        filament_g: float | None = None,
+    ) -> None:
+        job = session.job
+        assert job is not None
+        session.job = None
+        self._emit(
+            JobFinished(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=format_ts(self.clock.now()),
+                session=session.record.id,
+                job=job.record.id,
+                status=status,
+                duration_s=round(max(duration_s, 0.0), 3),
+                filament_mm=None if filament_mm is None else max(filament_mm, 0.0),
+                filament_g=None if filament_g is None else max(filament_g, 0.0),
+            )
+        )
+        if self._session is session:
+            self._persist(session)
 
     # ------------------------------------------------------------------ taps and sessions
 
@@ -402,10 +597,18 @@ class Agent:
                 self._decided(Decision(uid, "ignored", "grace", {}, session=session.record.id))
             else:
                 session_id = session.record.id
-                self._end_session("tap_out")
-                self._decided(
-                    Decision(uid, "locked", "tap_out", LOCAL_MESSAGES["session_ended"], session=session_id)
-                )
+                if self._lock_due("tap_out"):
+                    self._decided(
+                        Decision(
+                            uid, "locked", "tap_out", LOCAL_MESSAGES["session_ended"], session=session_id
+                        )
+                    )
+                else:
+                    self._decided(
+                        Decision(
+                            uid, "deferred", "job_running", LOCAL_MESSAGES["job_running"], session=session_id
+                        )
+                    )
             return
 
         response = self._ask_server(uid)
@@ -503,14 +706,38 @@ class Agent:
             mode=record.mode,
         )
 
-    def _lock_due(self, reason: EndReason, force: bool = False) -> None:
-        """A lock is due for ``reason``.
+    def _lock_due(self, reason: EndReason, force: bool = False) -> bool:
+        """A lock is due for ``reason``; True if the relay opened now.
 
-        Hook for issue 3: when the monitor says a job runs (and not ``force``), emit
-        ``lock_deferred`` and keep the relay closed until the job ends. For now: lock.
+        Never mid-job: while the machine is busy the lock waits. ``lock_deferred`` goes out
+        once, the relay stays closed, the lights show "lock pending", and ``_tick`` locks with
+        this (the first) reason when the job ends. Only ``force`` (an admin's emergency stop
+        through a ``lock`` command) cuts power mid-job; the job is then reported cancelled.
         """
-        if self._session is not None:
+        session = self._session
+        if session is None:
+            return False
+        if force or not self._busy():
+            if force and self._busy():
+                log.warning("forced lock (%s): cutting the power mid-job", reason)
             self._end_session(reason)
+            return True
+        if session.lock_pending is None:
+            log.info("lock due (%s) while a job runs: the relay stays closed until it ends", reason)
+            session.lock_pending = reason
+            self._persist(session)
+            self._emit(
+                LockDeferred(
+                    v=1,
+                    id=str(uuid.uuid4()),
+                    ts=format_ts(self.clock.now()),
+                    session=session.record.id,
+                    why="job_running",
+                )
+            )
+            self._show_state()
+            self._publish_status()
+        return False
 
     def _end_session(self, reason: EndReason) -> None:
         session = self._session
@@ -520,6 +747,9 @@ class Agent:
         mono = self.clock.monotonic()
         if self.monitor.running():
             session.run_s += mono - session.last_tick_mono
+        if session.job is not None:
+            # Only a forced lock gets here mid-job: the power is gone, the job did not complete.
+            self._close_job(session, "cancelled", mono - session.job.started_mono)
         ended = SessionEnded(
             v=1,
             id=str(uuid.uuid4()),
@@ -535,8 +765,37 @@ class Agent:
         # as power_loss_recovered, with another id): the server must take a second end of an
         # ended session as a duplicate.
         self._state_file.save(AgentState())
-        self.indicators.locked()
+        self._show_state()
         self._publish_status()
+
+    def _persist(self, session: _Session) -> None:
+        """Write the session's job and pending lock to state.json (a restart carries on with them)."""
+        session.record = msgspec.structs.replace(
+            session.record,
+            job=session.job.record if session.job is not None else None,
+            lock_pending=session.lock_pending,
+        )
+        self._state_file.save(AgentState(session=session.record))
+
+    def _show_state(self) -> None:
+        """Set the lights for the current state (after a fault cleared, a lock, a resume)."""
+        session = self._session
+        if self._fault:
+            self.indicators.fault()
+        elif session is None:
+            self.indicators.locked()
+        elif session.lock_pending is not None:
+            self.indicators.lock_pending()
+        else:
+            self.indicators.unlocked()
+
+    def _release_relay(self) -> None:
+        if self._session is None:
+            self.relay.release()
+        else:
+            # A restart or upgrade must not cut a job's power: the next start takes over.
+            log.info("leaving the relay closed: session %s stays open across the restart", self.session_id)
+            self.relay.detach()
 
     def _heartbeat(self, mono: float) -> None:
         """Note in state.json that the session is still open now (what a power loss report may use)."""
@@ -553,20 +812,83 @@ class Agent:
         self._state_file.save(AgentState(session=session.record))
 
     def _recover(self) -> None:
-        """End a session that was open when the agent last stopped, at its last heartbeat."""
-        record = self._state_file.load().session
+        """Deal with a session that was open when the agent last stopped.
+
+        If the machine is mid-job now (an agent restart or upgrade during a print), the session
+        carries on: same ids, the relay never opened. Otherwise (a power loss, or the machine is
+        idle) it is reported ended at its last heartbeat, and the relay opens.
+        """
+        record = self._left_open
+        self._left_open = None
         if record is None:
             return
+        # Put its start again (same id: a no-op while still queued, a duplicate the server drops
+        # if already acked): a crash right after state.json was written may have lost it.
+        started = self._started_event(record)
+        self.outbox.put(started.id, encode(started))
+        if record.job is not None:
+            job_started = self._job_started_event(record.id, record.job)
+            self.outbox.put(job_started.id, encode(job_started))
+        if not self.monitor.wait_ready(self.RESUME_WAIT_S):
+            log.warning("the machine monitor gave no reading within %g s", self.RESUME_WAIT_S)
+        events = self.monitor.poll()
+        mid_job = self.monitor.running() or any(isinstance(e, MonitorJobStarted) for e in events)
+        if mid_job:
+            self._resume(record)
+        else:
+            self._report_lost(record)
+        for event in events:
+            self._on_monitor_event(event)
+
+    def _resume(self, record: OpenSession) -> None:
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        log.warning(
+            "session %s of %s was open and the machine is mid-job: carrying on", record.id, record.badge
+        )
+        # Wall-clock ages: the relay stayed closed while no agent ran, so that time is unlocked
+        # time; run_s goes on from the last heartbeat (the gap is not counted: not measured).
+        session = _Session(
+            record=record,
+            started_mono=mono - max(0.0, (now - parse_ts(record.started)).total_seconds()),
+            until=parse_ts(record.until) if record.until else None,
+            active_mono=mono,
+            last_tick_mono=mono,
+            run_s=record.run_s,
+            lock_pending=record.lock_pending,
+        )
+        if record.job is not None:
+            age = max(0.0, (now - parse_ts(record.job.started)).total_seconds())
+            session.job = _Job(record=record.job, started_mono=mono - age, adopting=True)
+        self._session = session
+        if not self.relay.is_closed:
+            self.relay.close()  # a relay passed in by the caller; ours was made closed
+        self._heartbeat(mono)
+        self._next_telemetry = mono
+
+    def _report_lost(self, record: OpenSession) -> None:
         log.warning(
             "session %s of %s was open when the agent stopped; reporting it ended at %s",
             record.id,
             record.badge,
             record.heartbeat,
         )
-        # Put its start again (same id: a no-op while still queued, a duplicate the server drops
-        # if already acked): a crash right after state.json was written may have lost it.
-        started = self._started_event(record)
-        self.outbox.put(started.id, encode(started))
+        # The relay was made closed in case the session carried on; it does not.
+        self.relay.open()
+        if record.job is not None:
+            # A power loss mid-job spoils the job; the agent knows no more than the heartbeat.
+            lost_job = JobFinished(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=record.heartbeat,
+                session=record.id,
+                job=record.job.id,
+                status="failed",
+                duration_s=max(
+                    0.0, (parse_ts(record.heartbeat) - parse_ts(record.job.started)).total_seconds()
+                ),
+            )
+            self.outbox.put(lost_job.id, encode(lost_job))
         ended = SessionEnded(
             v=1,
             id=str(uuid.uuid4()),
@@ -602,10 +924,7 @@ class Agent:
     def _clear_fault(self) -> None:
         log.info("fault %s cleared", self._fault)
         self._fault = None
-        if self._session is not None:
-            self.indicators.unlocked()
-        else:
-            self.indicators.locked()
+        self._show_state()
         self._publish_status()
 
     # ------------------------------------------------------------------ outgoing messages
@@ -616,7 +935,9 @@ class Agent:
     def _publish(self, suffix: Suffix, payload: bytes) -> mqtt.MQTTMessageInfo:
         return self._client.publish(self._topic(suffix), payload, qos=QOS[suffix], retain=suffix in RETAINED)
 
-    def _emit(self, event: SessionStarted | SessionEnded | Fault) -> None:
+    def _emit(
+        self, event: SessionStarted | SessionEnded | JobStarted | JobFinished | LockDeferred | Fault
+    ) -> None:
         """Store an event in the outbox, then publish it."""
         payload = encode(event)
         self.outbox.put(event.id, payload)
@@ -652,6 +973,7 @@ class Agent:
     def _publish_status(self) -> None:
         if not self._ready.is_set():
             return  # on_connect publishes it
+        self._published_state = self.state
         status = Status(
             v=1,
             online=True,
@@ -666,8 +988,15 @@ class Agent:
 
     def _send_telemetry(self) -> None:
         if self._ready.is_set():
+            readings = self._readings
             telemetry = Telemetry(
-                v=1, ts=format_ts(self.clock.now()), running=self.monitor.running(), session=self.session_id
+                v=1,
+                ts=format_ts(self.clock.now()),
+                running=self.monitor.running(),
+                session=self.session_id,
+                power_w=None if readings.power_w is None else max(readings.power_w, 0.0),
+                progress=None if readings.progress is None else min(max(readings.progress, 0.0), 100.0),
+                temps=readings.temps,
             )
             self._publish(Suffix.TELEMETRY, encode(telemetry))
 
@@ -814,7 +1143,9 @@ class Agent:
                 # A command queued for an earlier session must not end this one.
                 log.warning("lock for session %s ignored: session %s is open", cmd.session, session.record.id)
             else:
-                self._lock_due("remote_lock", force=cmd.force)
+                # The server's scheduler ends a booking with reason "booking_end" (docs/protocol.md).
+                reason: EndReason = "booking_end" if cmd.reason == "booking_end" else "remote_lock"
+                self._lock_due(reason, force=cmd.force)
         elif cmd.type == "unlock":
             # A remote unlock needs a session the server made and a person to bill; the protocol
             # has no event for it yet, so this agent does not do it.

@@ -136,6 +136,207 @@ def _reader_backends() -> list[str]:
     return reader_backends()
 
 
+def _http_url(value: str) -> str | None:
+    if re.match(r"^https?://[^/\s]+", value):
+        return None
+    return "must be OctoPrint's address, e.g. http://127.0.0.1:5000"
+
+
+# [monitor]: how the agent learns that the machine works (device_agent/hardware/monitors.py).
+# Keys of one backend say so at the start of their doc.
+MONITOR_KEYS: tuple[Key, ...] = (
+    Key(
+        "monitor",
+        "backend",
+        str,
+        'What tells the agent the machine works: "none", "octoprint" (3D printer) or "current" (clamp).',
+        default="none",
+        check=_one_of(("none", "octoprint", "current")),
+    ),
+    Key(
+        "monitor",
+        "poll_s",
+        float,
+        "Seconds between two readings of the machine (each in the monitor's own thread).",
+        default=2.0,
+        check=_between(0.05, 60, " s"),
+    ),
+    Key(
+        "monitor",
+        "retry_max_s",
+        float,
+        "While the machine cannot be read, retries back off from poll_s, doubling up to this.",
+        default=60.0,
+        check=_between(0.1, 3600, " s"),
+    ),
+    Key(
+        "monitor",
+        "lost_hold_s",
+        float,
+        "How long a running job still counts as running while the machine cannot be read.",
+        default=300.0,
+        check=_between(0, 86400, " s"),
+    ),
+    Key(
+        "monitor",
+        "octoprint_url",
+        str,
+        "octoprint: OctoPrint's address.",
+        default="http://127.0.0.1:5000",
+        check=_http_url,
+    ),
+    Key(
+        "monitor",
+        "octoprint_api_key",
+        str,
+        "octoprint: an application key of OctoPrint (or use octoprint_api_key_file).",
+        secret=True,
+    ),
+    Key(
+        "monitor",
+        "octoprint_api_key_file",
+        str,
+        "octoprint: file holding the application key (read at start, spaces dropped).",
+        path=True,
+        check=_existing_file,
+    ),
+    Key(
+        "monitor",
+        "octoprint_timeout_s",
+        float,
+        "octoprint: how long one request may take before OctoPrint counts as unreachable.",
+        default=5.0,
+        check=_between(0.1, 60, " s"),
+    ),
+    Key(
+        "monitor",
+        "filament_diameter_mm",
+        float,
+        "octoprint: filament diameter, for the grams of a job.",
+        default=1.75,
+        check=_between(0.5, 5, " mm"),
+    ),
+    Key(
+        "monitor",
+        "filament_density_g_cm3",
+        float,
+        "octoprint: filament density (PLA 1.24, PETG 1.27, ABS 1.04); 0 = report no grams.",
+        default=1.24,
+        check=_between(0, 5, " g/cm³"),
+    ),
+    Key(
+        "monitor",
+        "adc_channel",
+        int,
+        "current: MCP3008 input the clamp is wired to (CH0-CH7).",
+        default=0,
+        check=_between(0, 7),
+    ),
+    Key(
+        "monitor",
+        "adc_device",
+        int,
+        "current: SPI0 chip select of the MCP3008: 1 = CE1 (pin 26; the RC522 has CE0), 0 = CE0 (pin 24).",
+        default=1,
+        check=_between(0, 1),
+    ),
+    Key(
+        "monitor",
+        "vref",
+        float,
+        "current: the MCP3008's VREF in volts (wired to 3.3 V).",
+        default=3.3,
+        check=_between(1, 5.5, " V"),
+    ),
+    Key(
+        "monitor",
+        "amps_per_volt",
+        float,
+        "current: the clamp's scale (SCT-013-030: 30 A per volt; SCT-013-005: 5).",
+        default=30.0,
+        check=_between(0.01, 10000, " A/V"),
+    ),
+    Key(
+        "monitor",
+        "threshold_a",
+        float,
+        "current: the machine runs once the current stays at or above this (amps, RMS).",
+        default=0.5,
+        check=_between(0.001, 1000, " A"),
+    ),
+    Key(
+        "monitor",
+        "release_a",
+        float,
+        "current: it stops once the current stays below this; below threshold_a (hysteresis).",
+        default=0.3,
+        check=_between(0, 1000, " A"),
+    ),
+    Key(
+        "monitor",
+        "min_on_s",
+        float,
+        "current: how long the current must stay above threshold_a to count as running.",
+        default=1.0,
+        check=_between(0, 600, " s"),
+    ),
+    Key(
+        "monitor",
+        "min_off_s",
+        float,
+        "current: how long it must stay below release_a to count as stopped.",
+        default=3.0,
+        check=_between(0, 600, " s"),
+    ),
+    Key(
+        "monitor",
+        "job_gap_s",
+        float,
+        "current: idle time that ends a cut job; runs closer together are one job.",
+        default=60.0,
+        check=_between(0, 86400, " s"),
+    ),
+    Key(
+        "monitor",
+        "mains_v",
+        float,
+        "current: mains voltage, for power_w in telemetry.",
+        default=230.0,
+        check=_between(1, 1000, " V"),
+    ),
+    Key(
+        "monitor",
+        "window_s",
+        float,
+        "current: how long each reading samples (a few mains cycles: 0.1 s is five at 50 Hz).",
+        default=0.1,
+        check=_between(0.02, 2, " s"),
+    ),
+)
+
+
+def _monitor_checks(values: Mapping[str, Any]) -> list[str]:
+    errors: list[str] = []
+    key, key_file = values["monitor_octoprint_api_key"], values["monitor_octoprint_api_key_file"]
+    if key is not None and key_file is not None:
+        errors.append(
+            "[monitor] octoprint_api_key_file: set either octoprint_api_key or octoprint_api_key_file, "
+            "not both"
+        )
+    if values["monitor_backend"] == "octoprint" and key is None and key_file is None:
+        errors.append(
+            "[monitor] octoprint_api_key: missing; the octoprint backend needs an application key "
+            "(OctoPrint: Settings → Application Keys), or octoprint_api_key_file"
+        )
+    threshold, release = values["monitor_threshold_a"], values["monitor_release_a"]
+    if isinstance(threshold, float) and isinstance(release, float) and release >= threshold:
+        errors.append(
+            f"[monitor] release_a: is {release:g} A; it must be below threshold_a ({threshold:g} A), "
+            "or the machine would flap between running and stopped"
+        )
+    return errors
+
+
 SCHEMA: tuple[Key, ...] = (
     Key(
         "device",
@@ -319,6 +520,7 @@ SCHEMA: tuple[Key, ...] = (
         'gpiozero pin factory; "mock" simulates the pins. Default: gpiozero\'s choice.',
         check=_one_of(PIN_FACTORIES),
     ),
+    *MONITOR_KEYS,
 )
 
 _TYPE_NAMES: dict[type, str] = {str: "text", int: "whole number", float: "number", bool: "true/false"}
@@ -359,6 +561,34 @@ class AgentConfig:
     session_idle_timeout_s: float
     session_tap_out_grace_s: float
     gpio_pin_factory: str | None
+    monitor_backend: str
+    monitor_poll_s: float
+    monitor_retry_max_s: float
+    monitor_lost_hold_s: float
+    monitor_octoprint_url: str
+    monitor_octoprint_api_key: str | None
+    monitor_octoprint_api_key_file: str | None
+    monitor_octoprint_timeout_s: float
+    monitor_filament_diameter_mm: float
+    monitor_filament_density_g_cm3: float
+    monitor_adc_channel: int
+    monitor_adc_device: int
+    monitor_vref: float
+    monitor_amps_per_volt: float
+    monitor_threshold_a: float
+    monitor_release_a: float
+    monitor_min_on_s: float
+    monitor_min_off_s: float
+    monitor_job_gap_s: float
+    monitor_mains_v: float
+    monitor_window_s: float
+
+    @property
+    def octoprint_api_key(self) -> str | None:
+        """OctoPrint's API key, from ``octoprint_api_key`` or read from ``octoprint_api_key_file``."""
+        if self.monitor_octoprint_api_key_file:
+            return Path(self.monitor_octoprint_api_key_file).read_text(encoding="utf-8").strip()
+        return self.monitor_octoprint_api_key
 
     @property
     def password(self) -> str | None:
@@ -452,6 +682,7 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     url = values["mqtt_url"]
     if values["mqtt_ca_file"] is not None and isinstance(url, str) and url.startswith("mqtt://"):
         errors.append("[mqtt] ca_file: only used with TLS; use an mqtts:// URL or remove ca_file")
+    errors.extend(_monitor_checks(values))
     errors.extend(_reader_pin_problems(values))
     bcm_values = _pins_in_bcm(values)
     pins: dict[int, str] = {}
@@ -537,6 +768,45 @@ def _default_text(key: Key) -> str:
     return f"`{key.default:g}`" if isinstance(key.default, float) else f"`{key.default}`"
 
 
+# The prose part of the reference about [monitor]; render_docs() puts it after the reader backends.
+MONITOR_DOCS: tuple[str, ...] = (
+    "## Machine monitors and the safety rules",
+    "",
+    "`[monitor] backend` says how the agent learns that the machine works:",
+    "",
+    "- `none`: it cannot tell. `run_s` stays 0 and every lock happens at once.",
+    "- `octoprint`: a 3D printer through OctoPrint's REST API (`octorest`, installed with the `pi` extra).",
+    "  Reports `job_started`/`job_finished` (file, estimated and actual time, filament, completed, cancelled",
+    "  or failed) and progress and temperatures in telemetry. OctoPrint not answering is a `fault`",
+    "  (`octoprint_unreachable`, or `octoprint_api_key_rejected`), retried with back-off.",
+    "- `current`: a current clamp (SCT-013) through an MCP3008 ADC on SPI0 (CE1, pin 26, by default,",
+    "  since the RC522 reader takes CE0). A run of current above `threshold_a` is a `cut` job; `power_w`",
+    "  in telemetry.",
+    "  A reading stuck at a rail is a `fault` (`current_sensor_failed`).",
+    "",
+    "The rules, whichever monitor: a lock that falls due while a job runs (tap-out, idle timeout, the",
+    "session's `until`, a booking's end or any other remote `lock` without `force`) waits: the agent sends",
+    '`lock_deferred` once, keeps the relay closed, shows "lock pending" on the lights, and locks with the',
+    "original reason as soon as the job ends. Only a `lock` command with `force: true` cuts power mid-job",
+    "(the job is then reported `cancelled`). The idle timeout counts from the end of the last job.",
+    "A job while no session is open (the relay should have cut the machine's power) is a `fault`",
+    "(`job_without_session`): it cannot be a `job_started`, which always belongs to a session.",
+    "",
+    "## Restarts, upgrades and the relay",
+    "",
+    "Stopping the agent (SIGTERM) with a session open leaves the relay closed: the pin stays an output at",
+    "its level and is hidden from gpiozero, which would otherwise make it a floating input on exit (and",
+    "a floating input opens the relay). At the next start the agent makes the relay already closed and",
+    "asks the monitor: is the machine mid-job, the session carries on (same session and job ids); if not,",
+    "it is reported ended at its last heartbeat (`power_loss_recovered`) and the relay opens.",
+    "Between the two processes the pin keeps its level only if the kernel keeps it: Raspberry Pi OS",
+    "kernels do on Pi 1-4 (`pinctrl_bcm2835.persist_gpio_outputs`, on by default; not checked on a Pi 5).",
+    "Do not set `dtparam=strict_gpiod` in config.txt or `pinctrl_bcm2835.persist_gpio_outputs=n` on the",
+    "kernel command line: with either, every restart of the agent switches the machine off for a moment.",
+    "",
+)
+
+
 def render_docs() -> str:
     """The Markdown reference of every key (firmware_config/agent-config.md)."""
     from device_agent.hardware import reader_backends
@@ -570,6 +840,7 @@ def render_docs() -> str:
         "",
         "A backend is one module in `device_agent/hardware/` with a `create_reader(config)` function.",
         "",
+        *MONITOR_DOCS,
         "## What the lights and the buzzer mean",
         "",
         "| state | pattern |",

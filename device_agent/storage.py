@@ -11,10 +11,11 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
-from werkbank_protocol.messages import Mode
+from werkbank_protocol.messages import EndReason, Mode
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+class OpenJob(msgspec.Struct, kw_only=True):
+    """The job running in the open session: a restart during it carries on with the same job id."""
+
+    id: str
+    kind: Literal["print", "cut", "other"] = "other"
+    file: str | None = None
+    estimated_s: float | None = None
+    started: str  # protocol timestamp of job_started
+    start_event: str  # id of the job_started event
+
+
 class OpenSession(msgspec.Struct, kw_only=True):
     """An unlocked session as persisted; enough to rebuild its ``session_started`` event."""
 
@@ -54,6 +66,9 @@ class OpenSession(msgspec.Struct, kw_only=True):
     heartbeat: str
     unlocked_s: float = 0.0
     run_s: float = 0.0
+    job: OpenJob | None = None
+    # The end reason of a lock that waits for the job to end (lock_deferred was sent).
+    lock_pending: EndReason | None = None
 
 
 class AgentState(msgspec.Struct, kw_only=True):

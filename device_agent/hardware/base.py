@@ -8,6 +8,8 @@ the agent imports on a machine without that hardware.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from device_agent import AgentError
 
@@ -52,6 +54,13 @@ class Relay(ABC):
     def release(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Free the pin (the agent is stopping)."""
 
+    def detach(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Stop driving the relay but leave its contact as it is, also past this process's exit.
+
+        The agent stops (restart, upgrade) while a session is open: the machine must not lose
+        power; the next start takes the relay over in the same position.
+        """
+
 
 class Indicators(ABC):
     """What the person at the machine sees and hears."""
@@ -76,6 +85,10 @@ class Indicators(ABC):
     def fault(self) -> None:
         """Something is broken (reader missing, …); a person should look."""
 
+    def lock_pending(self) -> None:
+        """A lock is due but waits for the running job to end (the relay stays closed)."""
+        self.unlocked()
+
     def identify(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Show which machine this device is (the server's ``identify`` command)."""
 
@@ -83,11 +96,83 @@ class Indicators(ABC):
         """Free the pins (the agent is stopping)."""
 
 
+JobKind = Literal["print", "cut", "other"]
+JobStatus = Literal["completed", "cancelled", "failed"]
+
+
+@dataclass(frozen=True)
+class MonitorJobStarted:
+    """A job began (or was first seen: ``elapsed_s`` is how long it had run by then)."""
+
+    kind: JobKind = "other"
+    file: str | None = None
+    estimated_s: float | None = None
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class MonitorJobFinished:
+    """The job last reported started has ended; ``duration_s`` is its run time as the monitor measured it."""
+
+    status: JobStatus
+    duration_s: float
+    filament_mm: float | None = None
+    filament_g: float | None = None
+
+
+@dataclass(frozen=True)
+class MonitorFault:
+    """The monitor cannot read the machine (``code`` as in the protocol's ``fault`` event)."""
+
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class MonitorFaultCleared:
+    """The fault ``code`` is over: the monitor reads the machine again."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class MonitorReadings:
+    """The latest readings, for telemetry; None where the monitor has no such reading."""
+
+    progress: float | None = None
+    temps: dict[str, Any] | None = None
+    power_w: float | None = None
+
+
+MonitorEvent = MonitorJobStarted | MonitorJobFinished | MonitorFault | MonitorFaultCleared | MonitorReadings
+
+
 class MachineMonitor(ABC):
-    """Tells whether the machine is working right now (printing, cutting, drawing current)."""
+    """Tells whether the machine is working right now (printing, cutting, drawing current),
+    and reports job facts and readings.
+
+    Contract: ``poll()`` returns what happened since the last call, in order, and never
+    blocks (monitors that talk to slow things do it in their own thread). Job events come
+    in pairs: a ``MonitorJobStarted``, then exactly one ``MonitorJobFinished``. ``running()``
+    may turn false a moment before the ``MonitorJobFinished`` is polled (a paused print is
+    mid-job but not running): the agent counts a job as open until that event.
+    """
 
     @abstractmethod
-    def running(self) -> bool: ...
+    def running(self) -> bool:
+        """The machine works right now (counts into ``run_s``)."""
+
+    def poll(self) -> list[MonitorEvent]:
+        """Events since the last call, oldest first."""
+        return []
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the monitor has read the machine once; False if it has not.
+
+        At start the agent waits for this before it decides whether a session left open
+        by the previous run resumes (the machine is mid-job) or is reported as lost.
+        """
+        return True
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Stop watching (the agent is stopping)."""

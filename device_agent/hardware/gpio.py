@@ -22,6 +22,10 @@ INDICATOR_PATTERNS: tuple[tuple[str, str], ...] = (
     ("denied", "red blinks 3 times, one long beep; the relay stays open"),
     ("offline mode", "amber steady while the server cannot be reached: taps are decided from the allow-list"),
     ("fault", "red blinks fast until the fault clears (reader missing, …)"),
+    (
+        "lock pending",
+        "green blinks slowly (1 s on, 1 s off): a lock is due but a job runs; the relay opens when it ends",
+    ),
     ("identify", "green blinks 5 times (the server's identify command), then shows the state again"),
 )
 
@@ -51,14 +55,19 @@ class GpioRelay(Relay):
 
     Wiring: board VCC to 5 V (header pin 2), GND to GND (pin 6), IN to the BCM pin set in
     ``[relay] pin`` (default GPIO17, header pin 11). Most opto-isolated boards close on a low
-    input: keep ``active_high = false`` for them. The relay starts open.
+    input: keep ``active_high = false`` for them.
+
+    The relay starts open, or closed with ``closed=True`` (the agent restarts during a session):
+    gpiozero then claims the pin as an output at that level in one step, so it never toggles.
     """
 
-    def __init__(self, pin: int, active_high: bool = False, pin_factory: Any = None) -> None:
+    def __init__(
+        self, pin: int, active_high: bool = False, closed: bool = False, pin_factory: Any = None
+    ) -> None:
         from gpiozero import OutputDevice
 
         self._device = OutputDevice(
-            pin, active_high=active_high, initial_value=False, pin_factory=pin_factory
+            pin, active_high=active_high, initial_value=closed, pin_factory=pin_factory
         )
 
     def close(self) -> None:
@@ -74,6 +83,27 @@ class GpioRelay(Relay):
     def release(self) -> None:
         self._device.close()
 
+    def detach(self) -> None:
+        """Leave the pin driven as it is and hide it from gpiozero's clean-up.
+
+        gpiozero resets a pin to an input when its device closes (lgpio: ``gpio_claim_input``;
+        RPi.GPIO: ``cleanup``), and its exit handler closes every device it still knows and
+        every pin of the factory. A floating relay input opens the relay: the machine would
+        lose power mid-job. So the pin is taken out of gpiozero's books without closing it;
+        what the pin does after the process exits is the kernel's call (agent-config.md, "Restarts").
+        """
+        device = self._device
+        if device.closed:
+            return
+        pin = device.pin
+        factory = device.pin_factory
+        factory.release_pins(device, pin.info.name)
+        for info, known in list(factory.pins.items()):
+            if known is pin:
+                del factory.pins[info]
+        # Marks the device closed without pin.close(), the call that would float the pin.
+        device._pin = None
+
 
 class GpioIndicators(Indicators):
     """Green, red and amber LEDs and an active buzzer, each optional.
@@ -82,6 +112,8 @@ class GpioIndicators(Indicators):
     active 3.3 V buzzer (or a transistor driving a 5 V one) from its pin to GND.
     The patterns are listed in :data:`INDICATOR_PATTERNS`.
     """
+
+    PENDING_BLINK_S = 1.0  # "lock pending": slow, unlike the fast fault blink
 
     def __init__(
         self,
@@ -130,6 +162,14 @@ class GpioIndicators(Indicators):
         if self._red:
             self._red.blink(on_time=0.1, off_time=0.1)
 
+    def lock_pending(self) -> None:
+        # Green still means "the machine has power"; blinking says it will not for long.
+        self._green_steady = True
+        if self._green:
+            self._green.blink(on_time=self.PENDING_BLINK_S, off_time=self.PENDING_BLINK_S)
+        if self._red:
+            self._red.off()
+
     def identify(self) -> None:
         if self._green:
             threading.Thread(target=self._identify, name="identify", daemon=True).start()
@@ -146,8 +186,8 @@ class GpioIndicators(Indicators):
                 device.close()
 
 
-def create_relay(config: AgentConfig) -> Relay:
-    return GpioRelay(config.relay_pin, config.relay_active_high)
+def create_relay(config: AgentConfig, closed: bool = False) -> Relay:
+    return GpioRelay(config.relay_pin, config.relay_active_high, closed=closed)
 
 
 def create_indicators(config: AgentConfig) -> Indicators:

@@ -12,7 +12,9 @@ from gpiozero.pins.mock import MockFactory
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
+from server.broker import free_port
 from tests.agent.helpers import Responder, make_config
+from tests.agent.octoprint_server import OctoPrintServer, missing_octoprint
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +51,22 @@ def start_agent(tmp_path: Path, mqtt_url: str) -> Iterator[Callable[..., Agent]]
     yield start
     for agent in agents:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def octoprint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OctoPrintServer]:
+    """A real OctoPrint on a free port with its Virtual Printer connected; stopped after the run."""
+    problem = missing_octoprint()
+    if problem:
+        # Fail, never skip: a CI without OctoPrint must not pass the printer tests silently.
+        pytest.fail(problem, pytrace=False)
+    server = OctoPrintServer(tmp_path_factory.mktemp("octoprint"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def octoprint(octoprint_server: OctoPrintServer) -> OctoPrintServer:
+    """The session's OctoPrint, idle (no print running) at the start of the test."""
+    octoprint_server.idle()
+    return octoprint_server

@@ -1,0 +1,172 @@
+"""The ``current`` machine monitor: a current clamp on the machine's supply, read through an MCP3008 ADC.
+
+For machines that cannot say what they do (laser cutters, CNC routers): the machine works
+while it draws current. A run of current is a ``cut`` job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from device_agent.hardware.base import JobStatus, MonitorJobFinished, MonitorJobStarted, MonitorReadings
+from device_agent.hardware.monitors import MonitorReadError, ThreadedMonitor
+
+log = logging.getLogger(__name__)
+
+
+class CurrentMonitor(ThreadedMonitor):
+    """An SCT-013 current clamp (voltage-output type, e.g. SCT-013-030: 30 A → 1 V) on an MCP3008.
+
+    Wiring (MCP3008 on SPI0, all at 3.3 V, never 5 V: the Pi's pins are not 5 V tolerant):
+    VDD (16) and VREF (15) to 3.3 V (header pin 1 or 17); AGND (14) and DGND (9) to GND;
+    CLK (13) to SCLK, header pin 23; DOUT (12) to MISO, pin 21; DIN (11) to MOSI, pin 19;
+    CS/SHDN (10) to CE1, pin 26 (``adc_device = 1``). The RC522 reader shares SPI0 and takes
+    CE0 (pin 24): each chip needs its own chip select, so if no RC522 is fitted the MCP3008 may
+    use CE0 instead (``adc_device = 0``). The clamp goes around ONE conductor of the machine's
+    supply (live or neutral, not the whole cable: the two currents cancel). Its 3.5 mm plug:
+    one lead to the ADC input (CH0 = ``adc_channel = 0``), the other to a mid-rail bias of
+    1.65 V (two 10 kΩ resistors from 3.3 V to GND, 10 µF from the midpoint to GND), because the
+    clamp's output swings around zero and the ADC reads only 0…3.3 V.
+
+    Every ``poll_s`` its thread samples the channel for ``window_s`` (several mains cycles),
+    takes the RMS of the samples around their mean (the bias drops out), and converts volts to
+    amps with ``amps_per_volt``. Hysteresis: running once the current stays at or above
+    ``threshold_a`` for ``min_on_s``; idle once it stays below ``release_a`` for ``min_off_s``.
+    A run that starts after ``job_gap_s`` or more of idle starts a ``cut`` job; the job ends
+    (``completed``) when the machine has been idle for ``job_gap_s``, so the passes of one job
+    stay one job. ``power_w`` in telemetry is ``mains_v`` times the current.
+    """
+
+    def __init__(
+        self,
+        channel: int = 0,
+        device: int = 1,
+        vref: float = 3.3,
+        amps_per_volt: float = 30.0,
+        threshold_a: float = 0.5,
+        release_a: float = 0.3,
+        min_on_s: float = 1.0,
+        min_off_s: float = 3.0,
+        job_gap_s: float = 60.0,
+        mains_v: float = 230.0,
+        window_s: float = 0.1,
+        poll_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        lost_hold_s: float = 300.0,
+        pin_factory: Any = None,
+    ) -> None:
+        from gpiozero import MCP3008
+
+        self._adc: Any = MCP3008(channel=channel, device=device, max_voltage=vref, pin_factory=pin_factory)
+        self.channel = channel
+        self.vref = vref
+        self.amps_per_volt = amps_per_volt
+        self.threshold_a = threshold_a
+        self.release_a = release_a
+        self.min_on_s = min_on_s
+        self.min_off_s = min_off_s
+        self.job_gap_s = job_gap_s
+        self.mains_v = mains_v
+        self.window_s = window_s
+        self.amps = 0.0
+        self._first = True
+        self._above_since: float | None = None
+        self._below_since: float | None = None
+        self._run_ended: float | None = None
+        self._job_started: float | None = None  # monotonic start of the open job
+        super().__init__("current-monitor", "current_sensor_failed", poll_s, retry_max_s, lost_hold_s)
+        self._start()
+
+    def close(self) -> None:
+        super().close()  # the thread first: it must not read a closed ADC
+        self._adc.close()
+
+    def _sample(self) -> float:
+        """RMS amps over one window of samples."""
+        values: list[float] = []
+        end = time.monotonic() + self.window_s
+        try:
+            while time.monotonic() < end or len(values) < 2:
+                values.append(float(self._adc.value))
+        except Exception as exc:
+            raise MonitorReadError(
+                "current_sensor_failed", f"reading the MCP3008 (channel {self.channel}) failed: {exc}"
+            ) from exc
+        mean = sum(values) / len(values)
+        if mean < 0.02 or mean > 0.98:
+            # A clamp with its bias reads mid-scale even with no current: at a rail the divider
+            # or the clamp is missing, and "no current" would be a guess.
+            raise MonitorReadError(
+                "current_sensor_failed",
+                f"ADC channel {self.channel} sits at {mean * self.vref:.2f} V, not near "
+                f"{self.vref / 2:.2f} V: check the clamp and its bias divider",
+            )
+        rms = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        return rms * self.vref * self.amps_per_volt
+
+    def read(self) -> None:
+        amps = self._sample()
+        now = time.monotonic()
+        self.amps = amps
+        running = self._running
+        if self._first:
+            # Nothing to debounce against yet: after a restart mid-cut the machine runs now.
+            self._first = False
+            running = amps >= self.threshold_a
+            if running:
+                self._run_started(now)
+        elif not running:
+            if amps >= self.threshold_a:
+                self._above_since = self._above_since if self._above_since is not None else now
+                if now - self._above_since >= self.min_on_s:
+                    running = True
+                    self._run_started(self._above_since)
+            else:
+                self._above_since = None
+        elif amps < self.release_a:
+            self._below_since = self._below_since if self._below_since is not None else now
+            if now - self._below_since >= self.min_off_s:
+                running = False
+                self._run_ended = self._below_since
+                self._below_since = None
+        else:
+            self._below_since = None
+
+        if (
+            not running
+            and self._job_started is not None
+            and self._run_ended is not None
+            and self._above_since is None  # not while current rises again (the next pass, maybe)
+            and now - self._run_ended >= self.job_gap_s
+        ):
+            self._end_job("completed", self._run_ended - self._job_started)
+        self._set_running(running)
+        self._emit(MonitorReadings(power_w=round(self.mains_v * amps, 1)))
+
+    def _run_started(self, since: float) -> None:
+        ended = self._run_ended
+        if self._job_started is not None and ended is not None and since - ended >= self.job_gap_s:
+            self._end_job("completed", ended - self._job_started)  # the gap was long enough after all
+        self._above_since = None
+        self._below_since = None
+        self._run_ended = None
+        if self._job_started is None:
+            self._job_started = since
+            log.info("current above %.2f A: a cut job starts", self.threshold_a)
+            self._emit(MonitorJobStarted(kind="cut"))
+
+    def _end_job(self, status: JobStatus, duration_s: float) -> None:
+        self._job_started = None
+        self._run_ended = None
+        log.info("cut job %s after %.1f s", status, duration_s)
+        self._emit(MonitorJobFinished(status=status, duration_s=round(max(duration_s, 0.0), 3)))
+
+    def give_up_job(self) -> None:
+        if self._job_started is not None:
+            end = self._run_ended if self._run_ended is not None else time.monotonic()
+            self._end_job("failed", end - self._job_started)
+        self._set_running(False)
+        self._first = True  # when the sensor is back, take its first reading as it is

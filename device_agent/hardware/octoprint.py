@@ -1,0 +1,261 @@
+"""The ``octoprint`` machine monitor: a 3D printer's jobs, progress and temperatures from OctoPrint."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from device_agent.hardware.base import (
+    JobStatus,
+    MonitorJobFinished,
+    MonitorJobStarted,
+    MonitorReadings,
+)
+from device_agent.hardware.monitors import MonitorReadError, ThreadedMonitor
+
+log = logging.getLogger(__name__)
+
+# OctoPrint's printer flags that mean "a job is under way" (cutting power now would spoil it),
+# and those of them in which the printer is not actually working.
+_JOB_FLAGS = ("printing", "paused", "pausing", "resuming", "cancelling", "finishing")
+_IDLE_JOB_FLAGS = ("paused", "pausing", "cancelling")
+# The same from the state text of /api/job, for when /api/printer is refused (printer offline).
+_JOB_TEXTS = ("Printing", "Starting", "Paused", "Pausing", "Resuming", "Cancelling", "Finishing")
+_FAILED_TEXTS = ("Error", "Offline after error", "Offline")
+_STATUS_RE = re.compile(r"\((\d{3})\)\s*$")
+
+
+@dataclass
+class _Print:
+    """The print under way, as first seen and since."""
+
+    first_seen: float  # monotonic
+    elapsed_s: float  # OctoPrint's print time when first seen
+    file: str | None
+    filament_mm: float | None  # the whole file's, from OctoPrint's analysis
+    completion: float | None = None
+    cancelling: bool = False
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _http_status(exc: RuntimeError) -> int | None:
+    """octorest raises RuntimeError('Reply for URL was not OK: BODY (STATUS)') for a non-2xx reply."""
+    match = _STATUS_RE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+class OctoPrintMonitor(ThreadedMonitor):
+    """Watches a printer through OctoPrint (https://octoprint.org), with ``octorest``.
+
+    Wiring: none besides the printer's USB cable to the computer running OctoPrint (often the
+    same Pi: ``octoprint_url = "http://127.0.0.1:5000"``). The relay switches the printer's
+    power, not OctoPrint's. Make an application key in OctoPrint (Settings → Application Keys)
+    for a user that may read the printer state and put it into ``octoprint_api_key_file``.
+
+    Every ``poll_s`` its thread asks ``/api/job`` and, while the printer is connected,
+    ``/api/printer``. A job runs while any of OctoPrint's printing, paused, pausing, resuming,
+    cancelling or finishing flags is set; the printer counts as running only while it prints.
+    How a job ended is read from the states it went through: into an error or offline →
+    ``failed``; through "Cancelling", or left before 100 % → ``cancelled``; else ``completed``.
+    Filament is the file's length from OctoPrint's analysis (for an unfinished print: times the
+    completion reached); grams from that length, ``filament_diameter_mm`` and
+    ``filament_density_g_cm3`` (0 leaves grams out).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        poll_s: float = 2.0,
+        timeout_s: float = 5.0,
+        retry_max_s: float = 60.0,
+        lost_hold_s: float = 300.0,
+        filament_diameter_mm: float = 1.75,
+        filament_density_g_cm3: float = 1.24,
+    ) -> None:
+        # Imported here, so the agent runs without octorest where no printer is watched.
+        import octorest
+        import requests
+
+        self._octorest: Any = octorest
+        self._requests: Any = requests
+        self.url = url.rstrip("/")
+        self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.filament_diameter_mm = filament_diameter_mm
+        self.filament_density_g_cm3 = filament_density_g_cm3
+        self._client: Any = None
+        self._print: _Print | None = None
+        super().__init__("octoprint-monitor", "octoprint_unreachable", poll_s, retry_max_s, lost_hold_s)
+        self._start()
+
+    # ------------------------------------------------------------------ talking to OctoPrint
+
+    def _connect(self) -> Any:
+        session = self._requests.Session()
+        request = session.request
+
+        # octorest sets no timeout: a hung OctoPrint would block this thread for good and
+        # never show up as a fault.
+        def with_timeout(method: str, url: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", self.timeout_s)
+            return request(method, url, **kwargs)
+
+        session.request = with_timeout
+        # OctoRest asks for /api/version right here: this is the first request.
+        return self._octorest.OctoRest(url=self.url, apikey=self._api_key, session=session)
+
+    def _fetch(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``/api/job``, and ``/api/printer`` (None while OctoPrint has no printer connected)."""
+        try:
+            if self._client is None:
+                self._client = self._connect()
+            job = self._client.job_info()
+            try:
+                printer = self._client.printer(exclude=["sd"])
+            except RuntimeError as exc:
+                if _http_status(exc) != 409:  # 409: "Printer is not operational"
+                    raise
+                printer = None
+        except self._requests.RequestException as exc:
+            raise MonitorReadError(
+                "octoprint_unreachable", f"OctoPrint at {self.url} does not answer: {exc}"
+            ) from exc
+        except RuntimeError as exc:
+            status = _http_status(exc)
+            if status in (401, 403):
+                raise MonitorReadError(
+                    "octoprint_api_key_rejected",
+                    f"OctoPrint at {self.url} refused the API key ({status}): check octoprint_api_key",
+                ) from exc
+            raise MonitorReadError(
+                "octoprint_unreachable", f"OctoPrint at {self.url} answered {status}: {exc}"
+            ) from exc
+        return job, printer
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self) -> None:
+        job, printer = self._fetch()
+        now = time.monotonic()
+        text = str(job.get("state") or "")
+        state = (printer or {}).get("state") or {}
+        flags: dict[str, Any] = state.get("flags") or {}
+        if flags:
+            active = any(flags.get(flag) for flag in _JOB_FLAGS)
+            working = active and not any(flags.get(flag) for flag in _IDLE_JOB_FLAGS)
+            failed = bool(flags.get("error") or flags.get("closedOrError"))
+            cancelling = bool(flags.get("cancelling"))
+        else:
+            active = text.startswith(_JOB_TEXTS)
+            working = active and not text.startswith(("Paused", "Pausing", "Cancelling"))
+            failed = text.startswith(_FAILED_TEXTS)
+            cancelling = text.startswith("Cancelling")
+        progress = job.get("progress") or {}
+        completion = _number(progress.get("completion"))
+        details = job.get("job") or {}
+
+        current = self._print
+        if current is None and active:
+            current = self._print = _Print(
+                first_seen=now,
+                elapsed_s=_number(progress.get("printTime")) or 0.0,
+                file=(details.get("file") or {}).get("name"),
+                filament_mm=self._filament_length(details.get("filament")),
+                completion=completion,
+                cancelling=cancelling,
+            )
+            log.info("print of %s started", current.file)
+            self._emit(
+                MonitorJobStarted(
+                    kind="print",
+                    file=current.file,
+                    estimated_s=_number(details.get("estimatedPrintTime")),
+                    elapsed_s=current.elapsed_s,
+                )
+            )
+        elif current is not None and active:
+            if completion is not None:
+                current.completion = completion
+            current.cancelling = current.cancelling or cancelling
+        elif current is not None:
+            if failed:
+                status: JobStatus = "failed"
+            elif current.cancelling or completion is None or completion < 100:
+                # A cancel resets OctoPrint's progress at once; a finished print keeps 100 %.
+                status = "cancelled"
+            else:
+                status = "completed"
+            duration = current.elapsed_s + (now - current.first_seen)
+            last_print = _number(details.get("lastPrintTime"))
+            if status == "completed" and last_print is not None:
+                duration = last_print  # OctoPrint's own measure, not rounded to our poll interval
+            self._finish(status, duration)
+
+        self._set_running(working)
+        if active:
+            self._emit(
+                MonitorReadings(
+                    progress=None if completion is None else round(min(max(completion, 0.0), 100.0), 1),
+                    temps=self._temps((printer or {}).get("temperature")),
+                )
+            )
+
+    def give_up_job(self) -> None:
+        current = self._print
+        if current is None:
+            return
+        log.warning(
+            "OctoPrint unreadable for %g s: taking the print of %s as failed", self.lost_hold_s, current.file
+        )
+        self._finish("failed", current.elapsed_s + (time.monotonic() - current.first_seen))
+        self._set_running(False)
+
+    def _finish(self, status: JobStatus, duration_s: float) -> None:
+        current = self._print
+        assert current is not None
+        self._print = None
+        length = current.filament_mm
+        if length is not None and status != "completed":
+            length = length * current.completion / 100 if current.completion is not None else None
+        grams = None
+        if length is not None and self.filament_density_g_cm3 > 0:
+            area_mm2 = math.pi * (self.filament_diameter_mm / 2) ** 2
+            grams = round(length * area_mm2 / 1000 * self.filament_density_g_cm3, 2)
+        log.info("print of %s %s after %.0f s", current.file, status, duration_s)
+        self._emit(
+            MonitorJobFinished(
+                status=status,
+                duration_s=round(max(duration_s, 0.0), 3),
+                filament_mm=None if length is None else round(length, 1),
+                filament_g=grams,
+            )
+        )
+        self._emit(MonitorReadings())  # no progress or temperatures once the job is over
+
+    @staticmethod
+    def _filament_length(filament: Any) -> float | None:
+        """Total length over all tools: ``{"tool0": {"length": mm, "volume": cm3}, …}``."""
+        if not isinstance(filament, dict):
+            return None
+        lengths = [_number(tool.get("length")) for tool in filament.values() if isinstance(tool, dict)]
+        known = [length for length in lengths if length is not None]
+        return sum(known) if known else None
+
+    @staticmethod
+    def _temps(temperature: Any) -> dict[str, Any] | None:
+        """``{"tool0": {"actual": 210.0, "target": 210.0}, "bed": {…}}`` from /api/printer."""
+        if not isinstance(temperature, dict):
+            return None
+        temps = {}
+        for name, reading in temperature.items():
+            if isinstance(reading, dict) and _number(reading.get("actual")) is not None:
+                temps[str(name)] = {"actual": reading["actual"], "target": _number(reading.get("target"))}
+        return temps or None
