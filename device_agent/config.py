@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent import AgentError
+from device_agent.pinmap import check_config_pins
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.mqtt import parse_mqtt_url
@@ -683,25 +684,9 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     if values["mqtt_ca_file"] is not None and isinstance(url, str) and url.startswith("mqtt://"):
         errors.append("[mqtt] ca_file: only used with TLS; use an mqtts:// URL or remove ca_file")
     errors.extend(_monitor_checks(values))
+    # No GPIO twice, none on the SPI or reader-reset pins (device_agent/pinmap.toml).
     errors.extend(_reader_pin_problems(values))
-    bcm_values = _pins_in_bcm(values)
-    pins: dict[int, str] = {}
-    for attr in (
-        "relay_pin",
-        "indicators_green_pin",
-        "indicators_red_pin",
-        "indicators_amber_pin",
-        "indicators_buzzer_pin",
-        "reader_reset_pin",
-    ):
-        pin = bcm_values.get(attr)
-        if not isinstance(pin, int):
-            continue
-        label = "[{}] {}".format(*attr.split("_", 1))
-        if pin in pins:
-            errors.append(f"{label}: GPIO {pin} is already used by {pins[pin]}; give each part its own pin")
-        else:
-            pins[pin] = label
+    errors.extend(check_config_pins(_pins_in_bcm(values)))
     return errors
 
 
@@ -732,12 +717,14 @@ def _reader_pin_problems(values: Mapping[str, Any]) -> list[str]:
 def _pins_in_bcm(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` as the pin rules compare them: every ``*_pin`` a BCM GPIO number.
 
-    The reader's reset pin may be BOARD-numbered (header pin 22 = GPIO25), so it is converted;
-    it is left out without an RC522 (nothing is wired to it).
+    The reader's reset pin may be BOARD-numbered (header pin 22 = GPIO25), so it is converted.
+    It is left out without an RC522 (nothing is wired to it), and when it is the line the pin
+    map keeps for it (header pin 22): there the pin map itself refuses a relay or LED.
     """
     bcm = _reset_pin_bcm(values)
+    reserved = _reset_pin_bcm({"reader_reset_pin": 22, "reader_pin_mode": "BOARD"})
     converted = {attr: value for attr, value in values.items() if attr != "reader_reset_pin"}
-    if values["reader_backend"] == "mfrc522" and bcm is not None:
+    if values["reader_backend"] == "mfrc522" and bcm is not None and bcm != reserved:
         converted["reader_reset_pin"] = bcm
     return converted
 
