@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup
+from flask.cli import FlaskGroup, with_appcontext
 
 from server import create_app
 from server.config import VAR_DIR
@@ -247,7 +247,70 @@ def up_cmd(data: Path) -> None:
     sys.exit(run_demo(current_app._get_current_object(), data))  # type: ignore[attr-defined]
 
 
-COMMANDS = (db_group, load_cmd, web_cmd, bridge_cmd, scheduler_cmd, tap_cmd, up_cmd)
+# -- devices -------------------------------------------------------------------------------
+@click.group("device")
+def device_group() -> None:
+    """Devices: the Raspberry Pis at the machines."""
+
+
+@device_group.command("provision")
+@click.argument("machine")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the bundle (default: ./bundle-<device id>).",
+)
+@click.option(
+    "--mqtt-url", default=None, help="Broker address the Pi uses (default: MQTT_URL, without its user)."
+)
+@click.option("--reader", type=click.Choice(["mfrc522", "simulated"]), default="mfrc522", show_default=True)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA of the broker's TLS certificate, copied into the bundle (default: MQTT_CA_FILE for mqtts).",
+)
+@with_appcontext
+def device_provision_cmd(
+    machine: str, out: Path | None, mqtt_url: str | None, reader: str, ca_file: Path | None
+) -> None:
+    """Give MACHINE's device a new MQTT password and write its install bundle for the Pi."""
+    from server.extensions import db
+    from server.services.provisioning import ProvisioningError, provision_device
+
+    cfg = current_app.config
+    url = mqtt_url or cfg["MQTT_URL"]
+    if not url:
+        raise click.ClickException(
+            "say which broker the Pi uses: --mqtt-url mqtts://HOST:8883 (or set MQTT_URL)"
+        )
+    if ca_file is None and cfg["MQTT_CA_FILE"] and url.startswith(("mqtts://", "ssl://")):
+        ca_file = Path(cfg["MQTT_CA_FILE"])
+    try:
+        with db.session() as session:
+            bundle = provision_device(
+                session,
+                machine,
+                out,
+                url,
+                reader=reader,
+                ca_file=ca_file,
+                actor="cli",
+            )
+    except ProvisioningError as exc:
+        raise click.ClickException(f"{exc}. Nothing was changed.") from exc
+    what = (
+        "new device"
+        if bundle.created_device
+        else ("password rotated" if bundle.rotated else "first password")
+    )
+    click.echo(f"{bundle.device_id} ({what}) for machine {bundle.machine}, broker {bundle.mqtt_url}")
+    click.echo(f"bundle in {bundle.directory}: {', '.join(bundle.files)}")
+    click.echo(f"next: follow {bundle.directory / 'INSTALL.md'} (it holds secrets: copy it over SSH only)")
+
+
+COMMANDS = (db_group, load_cmd, web_cmd, bridge_cmd, scheduler_cmd, tap_cmd, up_cmd, device_group)
 
 
 def register(app: Flask) -> None:

@@ -1,15 +1,63 @@
-"""What a Pi needs to serve a machine: its agent config (TOML), generated from the database."""
+"""What a Pi needs to serve a machine: its agent config (TOML) and the install bundle, made from the database.
+
+:func:`agent_config` writes an agent's TOML; :func:`provision_device` gives a machine's device a
+new MQTT password (only its hash is stored) and writes the folder an admin copies onto the Pi.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ipaddress
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from server.models import Device
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.config import ROOT
+from server.models import AuditLog, Device, Machine
+from server.security import hash_password
+from werkbank_protocol.mqtt import parse_mqtt_url
+from werkbank_protocol.topics import DEVICE_ID_RE
+
+TomlValue = str | int | float | bool
+
+# Where the agent keeps its outbox, allow-list and state on the Pi (the unit's StateDirectory).
+AGENT_STORAGE_DIR = "/var/lib/werkbank-agent"
+# The reader backends a bundle can name: the real RC522, or none (to try an install without one).
+READERS = ("mfrc522", "simulated")
+PASSWORD_FILE = "mqtt-password"  # noqa: S105 - a file name, not a password
+CA_FILE = "ca.crt"
+# Read from the checkout, so the bundle carries exactly what deploy/ and firmware_config/ hold.
+AGENT_UNIT = ROOT / "deploy" / "systemd" / "werkbank-agent.service"
+INSTALL_TEMPLATE = ROOT / "firmware_config" / "bundle" / "INSTALL.md.j2"
+# Mosquitto 2.0's own PBKDF2-SHA512 cost ($7$ lines). The password is 256 random bits, so no
+# guessing attack gets anywhere whatever the cost; more rounds would only slow every CONNECT.
+MOSQUITTO_ITERATIONS = 101
+
+
+class ProvisioningError(ValueError):
+    """A device cannot be provisioned as asked; the message says why and what to do."""
 
 
 def _q(value: str) -> str:
     """A TOML basic string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml(value: TomlValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return _q(value)
 
 
 def agent_config(
@@ -19,7 +67,12 @@ def agent_config(
     password: str | None = None,
     reader: str = "simulated",
     pin_factory: str | None = None,
+    *,
+    password_file: str | None = None,
+    ca_file: str | None = None,
+    sections: Mapping[str, Mapping[str, TomlValue]] | None = None,
 ) -> str:
+    """The agent TOML for ``device``. ``sections`` adds tables such as ``relay`` or ``indicators``."""
     machine = device.machine
     if machine is None:
         raise ValueError(f"device {device.id} serves no machine")
@@ -31,10 +84,12 @@ def agent_config(
     ]
     if password:
         lines.append(f"password = {_q(password)}")
+    if password_file:
+        lines.append(f"password_file = {_q(password_file)}")
+    lines += ["", "[mqtt]", f"url = {_q(mqtt_url)}"]
+    if ca_file:
+        lines.append(f"ca_file = {_q(ca_file)}")
     lines += [
-        "",
-        "[mqtt]",
-        f"url = {_q(mqtt_url)}",
         "",
         "[allowlist]",
         f"key = {_q(machine.allowlist_key)}",
@@ -45,6 +100,257 @@ def agent_config(
         "[reader]",
         f"backend = {_q(reader)}",
     ]
+    written = {"device", "mqtt", "allowlist", "storage", "reader", "gpio"}
+    for name, keys in (sections or {}).items():
+        if name in written:  # a second [table] of the same name is invalid TOML
+            raise ValueError(f"section [{name}] is written by agent_config itself")
+        lines += ["", f"[{name}]", *(f"{key} = {_toml(value)}" for key, value in keys.items())]
     if pin_factory:
         lines += ["", "[gpio]", f"pin_factory = {_q(pin_factory)}"]
     return "\n".join(lines) + "\n"
+
+
+# -- provisioning ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A written install bundle. ``files`` are the names inside ``directory``."""
+
+    device_id: str
+    machine: str
+    directory: Path
+    files: tuple[str, ...]
+    mqtt_url: str
+    created_device: bool
+    # The device had a password before: the old one stops working once the broker has the new line.
+    rotated: bool
+
+
+def device_id_for(machine_slug: str) -> str:
+    """The id a new device of ``machine_slug`` gets: ``pi-<slug>`` in the characters a device id allows."""
+    device_id = ("pi-" + machine_slug.replace("_", "-"))[:40].rstrip("-")
+    if not DEVICE_ID_RE.match(device_id):
+        raise ProvisioningError(f"cannot make a device id from machine slug {machine_slug!r}")
+    return device_id
+
+
+def new_password() -> str:
+    """A fresh MQTT password: 256 random bits, URL-safe text (no quoting trouble in files or shells)."""
+    return secrets.token_urlsafe(32)
+
+
+def mosquitto_passwd_line(username: str, password: str, salt: bytes | None = None) -> str:
+    """A line for Mosquitto's password file, as ``mosquitto_passwd`` 2.0 writes it ($7$: PBKDF2-SHA512)."""
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, MOSQUITTO_ITERATIONS)
+    b64 = base64.b64encode
+    return f"{username}:$7${MOSQUITTO_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def device_broker_url(url: str, reader: str) -> str:
+    """The broker address for a device's config: scheme, host and port only.
+
+    ``MQTT_URL`` is the bridge's own address and may carry the bridge's user and password;
+    a device logs in as itself, so those are dropped.
+    """
+    try:
+        address = parse_mqtt_url(url)
+    except ValueError as exc:
+        raise ProvisioningError(str(exc)) from exc
+    if reader != "simulated" and _is_loopback(address.host):
+        raise ProvisioningError(
+            f"the broker address {address.url} is this computer's loopback, which a Pi cannot reach; "
+            "pass the address the Pis use, e.g. --mqtt-url mqtts://werkbank.example.org:8883"
+        )
+    return address.url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def boot_config(relay_pin: int, relay_active_high: bool) -> str:
+    """The lines for ``/boot/firmware/config.txt``."""
+    # Before the agent runs, the relay pin is an input with its default pull; driving it to the
+    # relay's "open" level from the firmware shortens the time an active-low board could click in.
+    level = "dl" if relay_active_high else "dh"
+    return "\n".join(
+        [
+            "# Werkbank agent (added by INSTALL.md step 3). Bookworm: /boot/firmware/config.txt.",
+            "# SPI0 with both chip selects: CE0 (header pin 24) = RC522 reader -> /dev/spidev0.0,",
+            "# CE1 (header pin 26) = MCP3008 current sensor -> /dev/spidev0.1. No dtoverlay=spi0-2cs",
+            "# needed: that overlay only moves the chip selects to other pins.",
+            "dtparam=spi=on",
+            f"# Relay IN (GPIO{relay_pin}) at its 'open' level from early boot until the agent takes it over",
+            f"# ({'active-high board: low' if relay_active_high else 'active-low board: high'}).",
+            f"gpio={relay_pin}=op,{level}",
+            "",
+        ]
+    )
+
+
+def _render_install(**values: object) -> str:
+    import jinja2
+
+    # Markdown with shell commands, not HTML: escaping would garble `&&`, `<` and quotes.
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - Markdown for a terminal, never served as HTML
+    )
+    return env.from_string(INSTALL_TEMPLATE.read_text(encoding="utf-8")).render(**values)
+
+
+def provision_device(
+    session: Session,
+    machine_slug: str,
+    out_dir: Path | None,
+    mqtt_url: str,
+    *,
+    reader: str = "mfrc522",
+    ca_file: Path | None = None,
+    storage_dir: str = AGENT_STORAGE_DIR,
+    actor: str = "cli",
+    now: datetime | None = None,
+) -> Bundle:
+    """Give the machine's device (made if missing) a new MQTT password and write its install bundle.
+
+    ``out_dir`` defaults to ``./bundle-<device id>``. Only the password's argon2 hash is stored;
+    the password itself exists only in the bundle.
+    Nothing is changed when the machine is unknown or the bundle cannot be written; the
+    caller commits ``session``.
+    """
+    if reader not in READERS:
+        raise ProvisioningError(f"unknown reader {reader!r}; use one of: {', '.join(READERS)}")
+    machine = session.scalar(select(Machine).where(Machine.slug == machine_slug))
+    if machine is None:
+        known = ", ".join(session.scalars(select(Machine.slug).order_by(Machine.slug))) or "none yet"
+        raise ProvisioningError(f"no machine {machine_slug!r}; machines: {known}")
+    url = device_broker_url(mqtt_url, reader)
+    tls = url.startswith("mqtts://")
+    if ca_file is not None and not tls:
+        raise ProvisioningError(f"a CA file is only used with TLS; {url} is plain MQTT (use mqtts://)")
+    if ca_file is not None and not ca_file.is_file():
+        raise ProvisioningError(f"CA file {ca_file} does not exist")
+    for source in (AGENT_UNIT, INSTALL_TEMPLATE):
+        if not source.is_file():
+            raise ProvisioningError(f"{source} is missing: run provisioning from a Werkbank checkout")
+
+    device = machine.device
+    created = device is None
+    if device is None:
+        device_id = device_id_for(machine.slug)
+        if session.get(Device, device_id) is not None:
+            raise ProvisioningError(
+                f"device {device_id!r} exists but serves another machine (or none); "
+                f"give {machine.slug} a device in the lab file, then provision again"
+            )
+        device = Device(id=device_id, machine=machine)
+        session.add(device)
+    out_dir = out_dir or Path(f"bundle-{device.id}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ProvisioningError(f"{out_dir} exists and is not a folder")
+    rotated = device.password_hash is not None
+    password = new_password()
+    device.password_hash = hash_password(password)
+    session.add(
+        AuditLog(
+            actor_label=actor,
+            action="device.provision",
+            subject=device.id,
+            detail={
+                "machine": machine.slug,
+                "reader": reader,
+                "mqtt_url": url,
+                "created_device": created,
+                "rotated": rotated,
+            },
+        )
+    )
+    # Database problems surface here, before any file is written.
+    session.flush()
+
+    from device_agent.pinmap import load_pinmap
+
+    pins = load_pinmap().defaults()
+    relay_pin = pins["relay"]["pin"]
+    sections: dict[str, dict[str, TomlValue]] = {
+        "relay": {"pin": relay_pin, "active_high": False},
+        "indicators": dict(pins["indicators"]),
+    }
+    files: dict[str, tuple[str, int]] = {
+        "agent.toml": (
+            agent_config(
+                device,
+                url,
+                storage_dir,
+                reader=reader,
+                # lgpio drives the header through the kernel's gpiochip interface on every Pi model.
+                pin_factory="lgpio" if reader == "mfrc522" else "mock",
+                password_file=PASSWORD_FILE,
+                ca_file=CA_FILE if ca_file is not None else None,
+                sections=sections,
+            ),
+            0o600,
+        ),
+        PASSWORD_FILE: (password + "\n", 0o600),
+        "mosquitto-passwd-line.txt": (mosquitto_passwd_line(device.id, password) + "\n", 0o600),
+        "werkbank-agent.service": (AGENT_UNIT.read_text(encoding="utf-8"), 0o644),
+        "config.txt.snippet": (boot_config(relay_pin, relay_active_high=False), 0o644),
+        "INSTALL.md": (
+            _render_install(
+                device_id=device.id,
+                machine=machine.slug,
+                machine_name=machine.name,
+                mqtt_url=url,
+                reader=reader,
+                has_ca=ca_file is not None,
+                generated=(now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC"),
+            ),
+            0o644,
+        ),
+    }
+    if ca_file is not None:
+        files[CA_FILE] = (ca_file.read_text(encoding="utf-8"), 0o644)
+    try:
+        _write_bundle(out_dir, files)
+    except OSError as exc:
+        raise ProvisioningError(f"cannot write the bundle to {out_dir}: {exc.strerror or exc}") from exc
+    return Bundle(
+        device_id=device.id,
+        machine=machine.slug,
+        directory=out_dir,
+        files=tuple(files),
+        mqtt_url=url,
+        created_device=created,
+        rotated=rotated,
+    )
+
+
+def _write_bundle(out_dir: Path, files: Mapping[str, tuple[str, int]]) -> None:
+    """Write every file into a private staging folder first, then move them into ``out_dir``.
+
+    A full disk or a permission problem then leaves no half-written bundle whose password
+    matches nothing.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for name, (text, mode) in files.items():
+            path = staging / name
+            # Created with its final mode: a password file is never readable by others, not even briefly.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        out_dir.mkdir(mode=0o700, exist_ok=True)
+        out_dir.chmod(0o700)  # the bundle holds secrets
+        for name in files:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
