@@ -790,6 +790,8 @@ MONITOR_DOCS: tuple[str, ...] = (
     "kernels do on Pi 1-4 (`pinctrl_bcm2835.persist_gpio_outputs`, on by default; not checked on a Pi 5).",
     "Do not set `dtparam=strict_gpiod` in config.txt or `pinctrl_bcm2835.persist_gpio_outputs=n` on the",
     "kernel command line: with either, every restart of the agent switches the machine off for a moment.",
+    "Keep gpiozero's default pin factory (lgpio): with `[gpio] pin_factory = \"rpigpio\"`, RPi.GPIO's",
+    "`cleanup()` at exit resets every pin it set up, the relay's too.",
     "",
 )
 

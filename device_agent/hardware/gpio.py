@@ -6,6 +6,7 @@ on a machine without it; tests run the same code on gpiozero's ``MockFactory`` p
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from device_agent.hardware.base import Indicators, Relay
 
 if TYPE_CHECKING:
     from device_agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
 
 # What each indicator state looks like; also rendered into firmware_config/agent-config.md.
 INDICATOR_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -97,6 +100,9 @@ class GpioRelay(Relay):
             return
         pin = device.pin
         factory = device.pin_factory
+        if type(factory).__name__ == "RPiGPIOFactory":
+            # Its close() calls RPi.GPIO's cleanup(), which resets every pin RPi.GPIO set up.
+            log.warning("pin factory rpigpio resets all pins at exit: the relay will open; use lgpio")
         factory.release_pins(device, pin.info.name)
         for info, known in list(factory.pins.items()):
             if known is pin:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from device_agent.hardware import HardwareError
 from device_agent.hardware.base import (
     JobStatus,
     MonitorJobFinished,
@@ -81,8 +82,13 @@ class OctoPrintMonitor(ThreadedMonitor):
         filament_density_g_cm3: float = 1.24,
     ) -> None:
         # Imported here, so the agent runs without octorest where no printer is watched.
-        import octorest
-        import requests
+        try:
+            import octorest
+            import requests
+        except ImportError as exc:
+            raise HardwareError(
+                f"the octoprint monitor needs octorest ({exc}): pip install 'werkbank[pi]'"
+            ) from exc
 
         self._octorest: Any = octorest
         self._requests: Any = requests

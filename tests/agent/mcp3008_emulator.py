@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 
 from gpiozero.pins.mock import MockSPIDevice
 
 SELECT_PINS = {0: 8, 1: 7}  # SPI0 CE0, CE1
+# Phase step between two conversions, in cycles: the golden ratio's fraction spreads any run of
+# conversions evenly over the wave (see MockMCP3008).
+PHASE_STEP = (math.sqrt(5) - 1) / 2
 
 
 class MockMCP3008(MockSPIDevice):
     """Answers the MCP3008 protocol: start bit, single-ended bit, 3 channel bits, then 10 bits of data.
 
-    Each channel carries a mid-rail bias (``bias``, raw counts) plus a 50 Hz sine of
-    ``amplitude`` counts, which is what an SCT-013 clamp behind a bias divider produces.
+    Each channel carries a mid-rail bias (``bias``, raw counts) plus a sine of ``amplitude``
+    counts, which is what an SCT-013 clamp behind a bias divider produces. Each conversion
+    samples the wave at a fresh phase (as an ADC not synchronised to the 50 Hz mains does over
+    a window of several cycles), stepped per conversion rather than taken from the clock: the
+    software SPI of the mock pins is slow and, on a busy test machine, bursty, and the RMS of a
+    window must not depend on that.
     """
 
     def __init__(self, device: int = 1, vref: float = 3.3, amps_per_volt: float = 30.0) -> None:
@@ -30,6 +36,7 @@ class MockMCP3008(MockSPIDevice):
         self.bias = [512.0] * 8
         self.amplitude = [0.0] * 8
         self.reads = 0
+        self._phase = 0.0
         self._lock = threading.Lock()
 
     def set_current(self, amps: float, channel: int = 0) -> None:
@@ -46,9 +53,8 @@ class MockMCP3008(MockSPIDevice):
 
     def _raw(self, channel: int) -> int:
         with self._lock:
-            value = self.bias[channel] + self.amplitude[channel] * math.sin(
-                2 * math.pi * 50 * time.monotonic()
-            )
+            self._phase = (self._phase + PHASE_STEP) % 1.0
+            value = self.bias[channel] + self.amplitude[channel] * math.sin(2 * math.pi * self._phase)
         return max(0, min(1023, round(value)))
 
     def on_bit(self) -> None:

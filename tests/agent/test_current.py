@@ -25,15 +25,15 @@ from tests.agent.helpers import ADA, Responder, make_config, relay_closed, wait_
 from tests.agent.mcp3008_emulator import MockMCP3008
 from tests.agent.monitor_helpers import EventLog
 
-# Fast but faithful: every reading samples 20 ms (one 50 Hz cycle), every 50 ms.
+# Fast but faithful: every reading samples 40 ms (two 50 Hz cycles), every 50 ms.
 FAST: dict[str, Any] = {
     "poll_s": 0.05,
-    "window_s": 0.02,
+    "window_s": 0.04,
     "min_on_s": 0.1,
     "min_off_s": 0.2,
     "job_gap_s": 0.6,
     "threshold_a": 0.5,
-    "release_a": 0.3,
+    "release_a": 0.25,
     "retry_max_s": 0.2,
 }
 
@@ -69,9 +69,9 @@ def test_current_a_cut_is_one_job_over_several_passes(chip: MockMCP3008, monitor
     (job,) = log.wait(MonitorJobStarted)
     assert job.kind == "cut" and job.file is None
     power = log.of(MonitorReadings)[-1].power_w
-    assert power is not None and 400 < power < 520, f"230 V x 2 A = 460 W, read {power} W"
+    assert power is not None and 420 < power < 500, f"230 V x 2 A = 460 W, read {power} W"
 
-    chip.set_current(0.4)  # below threshold_a but above release_a: hysteresis keeps it running
+    chip.set_current(0.38)  # below threshold_a but above release_a: hysteresis keeps it running
     time.sleep(0.4)
     assert monitor.running()
     chip.set_current(0.0)
