@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test lint typecheck unit bench translations extract browser clean
+.PHONY: install run test lint typecheck unit bench translations extract browser octoprint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -45,7 +45,12 @@ browser:
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)) \
 	  || { echo "could not install chromium: run 'apt-get install -y chromium' as root"; exit 1; }; }
 
-unit: install browser
+# The OctoPrint monitor is tested against a real OctoPrint (its bundled virtual printer), in a
+# virtualenv of its own so its pinned dependencies never decide ours.
+octoprint:
+	sh tests/agent/install_octoprint.sh
+
+unit: install browser octoprint
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit
