@@ -103,16 +103,19 @@ def test_e2e_demo_answers_http_and_a_simulated_tap_becomes_a_session(tmp_path: P
                 return conn.execute(text("SELECT count(*) FROM devices WHERE online")).scalar() == 2
 
         assert eventually(agents_online, timeout=30)
+
         def tap(machine: str, uid: str) -> str:
+            command = [*werkbank, "tap", machine, uid]
             done = subprocess.run(  # noqa: PLW1510 - the return code is asserted below
-                [*werkbank, "tap", machine, uid], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+                command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
             )
             assert done.returncode == 0, done.stdout + done.stderr
             return done.stdout
 
         assert tap("printer-1", "04A224B2C35E80").startswith("allow (ok): Hello Kemal")
         assert tap("laser-1", "DEADBEEF").startswith("deny (not_qualified)")
-        time.sleep(2.1)  # the agent ignores the same badge for 2 s after unlocking (a badge left on the reader)
+        # The agent ignores the same badge for 2 s after unlocking (a badge left on the reader).
+        time.sleep(2.1)
         assert tap("printer-1", "04A224B2C35E80").startswith("session ended (tap_out)")
 
         def session_stored() -> bool:
