@@ -4,32 +4,62 @@ A tap is allowed when the badge is active, the person is active, the machine is
 available and open, the person holds every competency the machine type requires
 (valid, not expired, not revoked) or a trainer supervises, and the person's limits
 hold. Bookings join the rules in a later issue.
+
+The rules (:func:`_rules`) work on plain facts read with a few Core queries, not on
+ORM objects: a tap is answered while a person waits at the machine, and the ORM's
+per-query overhead was most of that wait (bench/tap_latency.py). Two ways in:
+
+* :func:`decide` takes an ORM session and machine and reads everything afresh;
+* :class:`Decider` (the bridge's) decides a batch of taps by device id with a few
+  queries for the whole batch, and keeps badges, people, qualification histories and
+  requirements in memory between taps. That cache is exact, not time-based: every
+  change to those tables through a Session marks every machine's allow-list dirty in
+  the same transaction (``allowlists._mark_dirty``), and the flag is cleared only
+  together with a version bump. Each tap reads its machine's ``allowlist_dirty`` and
+  ``allowlist_version`` anyway: a dirty machine means "read afresh", a version not
+  seen before means "forget everything". (A change written with raw SQL, past the ORM,
+  reaches the cache when the allow-lists are next reissued, as it reaches them.) The
+  machine's state, its opening hours and the person's open sessions are read on every
+  tap.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, and_, bindparam, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from server.models import (
     Badge,
     BadgeStatus,
+    Competency,
+    Device,
     Level,
     Machine,
     MachineSession,
     MachineStatus,
+    MachineType,
     OpeningHours,
     Person,
     Qualification,
     QualificationAction,
     Requirement,
+    Site,
 )
 from server.services import messages
+from werkbank_protocol import ProtocolError
+
+# What the loaders read through: an ORM session (decide) or a Core connection (the bridge).
+Reader = Session | Connection
 
 # Sessions older than this no longer count toward a person's limit even if their end was never
 # reported (a Pi that died for good must not lock its last user out forever).
@@ -62,6 +92,14 @@ class QualificationState:
         return self.level is not None and not self.revoked and not self.expired
 
 
+def _state(
+    level: Level | None, action: QualificationAction, valid_until: date | None, today: date
+) -> QualificationState:
+    revoked = action == QualificationAction.REVOKED
+    expired = action == QualificationAction.EXPIRED or (valid_until is not None and valid_until < today)
+    return QualificationState(level, valid_until, revoked, expired)
+
+
 def current_qualifications(
     db: Session, person_id: int, competency_ids: list[int], today: date
 ) -> dict[int, QualificationState]:
@@ -77,31 +115,365 @@ def current_qualifications(
     for row in rows:
         if row.competency_id in states:
             continue
-        revoked = row.action == QualificationAction.REVOKED
-        expired = row.action == QualificationAction.EXPIRED or (
-            row.valid_until is not None and row.valid_until < today
-        )
-        states[row.competency_id] = QualificationState(row.level, row.valid_until, revoked, expired)
+        states[row.competency_id] = _state(row.level, row.action, row.valid_until, today)
     return states
 
 
-def opening_window(db: Session, machine: Machine, now: datetime) -> tuple[bool, datetime | None, datetime | None]:
-    """(open now, closes at, next opening) in UTC. No hours configured means always open."""
-    rows = list(
-        db.scalars(select(OpeningHours).where(OpeningHours.machine_id == machine.id))
-    ) or list(
-        db.scalars(
-            select(OpeningHours).where(OpeningHours.site_id == machine.site_id, OpeningHours.machine_id.is_(None))
+# -- facts -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Hours:
+    weekday: int  # Monday = 0
+    opens: time
+    closes: time
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    id: int
+    status: MachineStatus
+    timezone: str
+    machine_type_id: int
+    type_name: str
+    max_session_min: int
+    hours: tuple[Hours, ...]  # the machine's own hours if it has any, else its site's
+    allowlist_version: int = 0
+    allowlist_dirty: bool = True
+
+
+@dataclass(frozen=True)
+class PersonFacts:
+    id: int
+    name: str
+    active: bool
+    is_trainer: bool
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split(" ", 1)[0]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The newest qualification history entry of one competency."""
+
+    level: Level
+    action: QualificationAction
+    valid_until: date | None
+
+
+@dataclass(frozen=True)
+class BadgeFacts:
+    uid: str
+    status: BadgeStatus
+    person: PersonFacts
+    newest: Mapping[int, Entry]  # competency id -> newest entry, every competency the person has
+
+    def states(self, competency_ids: Sequence[int], today: date) -> dict[int, QualificationState]:
+        out: dict[int, QualificationState] = {}
+        for cid in competency_ids:
+            entry = self.newest.get(cid)
+            if entry is not None:
+                out[cid] = _state(entry.level, entry.action, entry.valid_until, today)
+        return out
+
+
+@dataclass(frozen=True)
+class RequirementFacts:
+    competency_id: int
+    min_level: Level
+    competency_name: str
+    competency_name_de: str | None
+
+    def display_name(self, language: str) -> str:
+        return (
+            self.competency_name_de if language == "de" and self.competency_name_de else self.competency_name
+        )
+
+
+@dataclass
+class Verdict:
+    """A decision in facts (what :class:`Decider` returns; :func:`decide` turns it into a Decision)."""
+
+    allowed: bool
+    reason: str
+    message: dict[str, str]
+    person: PersonFacts | None = None
+    trainer: PersonFacts | None = None
+    session_id: str | None = None
+    until: datetime | None = None
+
+
+# -- queries (Core, built once; the bridge runs them for every batch of taps) -------------------
+_devices = Device.__table__
+_machines = Machine.__table__
+_sites = Site.__table__
+_types = MachineType.__table__
+_hours = OpeningHours.__table__
+_badges = Badge.__table__
+_people = Person.__table__
+_quals = Qualification.__table__
+_reqs = Requirement.__table__
+_comps = Competency.__table__
+_sessions = MachineSession.__table__
+
+_MACHINE_COLUMNS = (
+    _devices.c.id.label("device_id"),
+    _machines.c.id,
+    _machines.c.status,
+    _machines.c.allowlist_version,
+    _machines.c.allowlist_dirty,
+    _machines.c.machine_type_id,
+    _machines.c.site_id,
+    _machines.c.max_session_min,
+    _sites.c.timezone,
+    _types.c.name,
+)
+_MACHINE_JOINS = (
+    _devices.outerjoin(_machines, _machines.c.id == _devices.c.machine_id)
+    .outerjoin(_sites, _sites.c.id == _machines.c.site_id)
+    .outerjoin(_types, _types.c.id == _machines.c.machine_type_id)
+)
+_HOURS_COLUMNS = (
+    _hours.c.machine_id.label("hours_machine_id"),
+    _hours.c.weekday,
+    _hours.c.opens,
+    _hours.c.closes,
+)
+# Each query comes in two forms: `= :x` for one value (a single tap: no IN list to expand
+# on every execution) and `IN (...)` for a batch.
+#
+# Devices with their machine, site and type. A device without a machine gives a row of
+# NULLs; an unknown device gives none. For one device, its opening hours come along (the
+# machine's own and its site's, one row each).
+_MACHINE_AND_HOURS = (
+    select(
+        *_MACHINE_COLUMNS,
+        # The open sessions of the tapping person, when the caller knows who it is already.
+        select(func.count())
+        .where(
+            _sessions.c.person_id == bindparam("person_id"),
+            _sessions.c.ended_at.is_(None),
+            _sessions.c.started_at > bindparam("since", type_=_sessions.c.started_at.type),
+        )
+        .scalar_subquery()
+        .label("open_sessions"),
+        *_HOURS_COLUMNS,
+    )
+    .select_from(
+        _MACHINE_JOINS.outerjoin(
+            _hours,
+            or_(
+                _hours.c.machine_id == _machines.c.id,
+                and_(_hours.c.site_id == _machines.c.site_id, _hours.c.machine_id.is_(None)),
+            ),
         )
     )
+    .where(_devices.c.id == bindparam("device_id"))
+)
+_MACHINES = (
+    select(*_MACHINE_COLUMNS)
+    .select_from(_MACHINE_JOINS)
+    .where(_devices.c.id.in_(bindparam("device_ids", expanding=True)))
+)
+# Opening hours of these machines and of these sites (a machine's own hours win).
+_HOURS = select(_hours.c.site_id, *_HOURS_COLUMNS).where(
+    or_(
+        _hours.c.machine_id.in_(bindparam("machine_ids", expanding=True)),
+        and_(_hours.c.site_id.in_(bindparam("site_ids", expanding=True)), _hours.c.machine_id.is_(None)),
+    )
+)
+# Badges with their person and the person's whole qualification history, newest first.
+_BADGE_BASE = (
+    select(
+        _badges.c.uid,
+        _badges.c.status,
+        _people.c.id,
+        _people.c.name,
+        _people.c.active,
+        _people.c.is_trainer,
+        _quals.c.competency_id,
+        _quals.c.level,
+        _quals.c.action,
+        _quals.c.valid_until,
+    )
+    .select_from(
+        _badges.join(_people, _people.c.id == _badges.c.person_id).outerjoin(
+            _quals, _quals.c.person_id == _people.c.id
+        )
+    )
+    .order_by(_quals.c.id.desc())
+)
+_BADGE = _BADGE_BASE.where(_badges.c.uid == bindparam("uid"))
+_BADGES = _BADGE_BASE.where(_badges.c.uid.in_(bindparam("uids", expanding=True)))
+_REQUIREMENTS = (
+    select(_reqs.c.competency_id, _reqs.c.min_level, _comps.c.name, _comps.c.name_de)
+    .join_from(_reqs, _comps, _comps.c.id == _reqs.c.competency_id)
+    .where(_reqs.c.machine_type_id == bindparam("machine_type_id"))
+    .order_by(_reqs.c.id)
+)
+_OPEN_SESSIONS_BASE = (
+    select(_sessions.c.person_id, func.count())
+    .where(
+        _sessions.c.ended_at.is_(None),
+        _sessions.c.started_at > bindparam("since", type_=_sessions.c.started_at.type),
+    )
+    .group_by(_sessions.c.person_id)
+)
+_OPEN_SESSIONS = _OPEN_SESSIONS_BASE.where(_sessions.c.person_id == bindparam("person_id"))
+_OPEN_SESSIONS_MANY = _OPEN_SESSIONS_BASE.where(
+    _sessions.c.person_id.in_(bindparam("person_ids", expanding=True))
+)
+
+
+def _hours_by_owner(rows: Iterable[Any]) -> tuple[dict[int, list[Hours]], dict[int, list[Hours]]]:
+    """(own hours per machine id, hours per site id) from rows of _HOURS_COLUMNS and site_id."""
+    own: dict[int, list[Hours]] = {}
+    site: dict[int, list[Hours]] = {}
+    for row in rows:
+        if row.weekday is None:  # a machine without hours (outer join)
+            continue
+        hours = Hours(row.weekday, row.opens, row.closes)
+        if row.hours_machine_id is not None:
+            own.setdefault(row.hours_machine_id, []).append(hours)
+        else:
+            site.setdefault(row.site_id, []).append(hours)
+    return own, site
+
+
+def _machine_of(device_id: str, row: Any | None, hours: tuple[Hours, ...]) -> MachineFacts | ProtocolError:
+    if row is None:
+        return ProtocolError("unknown_device", f"device {device_id!r} is not registered; provision it first")
+    if row.id is None:
+        return ProtocolError("unassigned_device", f"device {device_id!r} serves no machine")
+    return MachineFacts(
+        id=row.id,
+        status=row.status,
+        timezone=row.timezone,
+        machine_type_id=row.machine_type_id,
+        type_name=row.name,
+        max_session_min=row.max_session_min,
+        hours=hours,
+        allowlist_version=row.allowlist_version,
+        allowlist_dirty=row.allowlist_dirty,
+    )
+
+
+def load_machine(
+    db: Reader, device_id: str, now: datetime, person_id: int | None = None
+) -> tuple[MachineFacts | ProtocolError, int]:
+    """One device's machine with its opening hours, and the open sessions of ``person_id``
+    (0 without one), in one round trip."""
+    params = {"device_id": device_id, "person_id": person_id, "since": now - STALE_SESSION}
+    rows = db.execute(_MACHINE_AND_HOURS, params).all()
     if not rows:
+        return _machine_of(device_id, None, ()), 0
+    own, site = _hours_by_owner(rows)
+    first = rows[0]
+    hours = tuple(own.get(first.id) or site.get(first.site_id) or ())
+    return _machine_of(device_id, first, hours), int(first.open_sessions or 0)
+
+
+def load_machines(
+    db: Reader, device_ids: Iterable[str], now: datetime
+) -> dict[str, MachineFacts | ProtocolError]:
+    """The facts of the machine each device serves, or why there is none."""
+    wanted = sorted(set(device_ids))
+    if len(wanted) == 1:
+        return {wanted[0]: load_machine(db, wanted[0], now)[0]}
+    rows = {row.device_id: row for row in db.execute(_MACHINES, {"device_ids": wanted})}
+    assigned = [row for row in rows.values() if row.id is not None]
+    own: dict[int, list[Hours]] = {}
+    site: dict[int, list[Hours]] = {}
+    if assigned:
+        params = {
+            "machine_ids": sorted({r.id for r in assigned}),
+            "site_ids": sorted({r.site_id for r in assigned}),
+        }
+        own, site = _hours_by_owner(db.execute(_HOURS, params))
+    out: dict[str, MachineFacts | ProtocolError] = {}
+    for device_id in wanted:
+        row = rows.get(device_id)
+        hours: tuple[Hours, ...] = ()
+        if row is not None and row.id is not None:
+            hours = tuple(own.get(row.id) or site.get(row.site_id) or ())
+        out[device_id] = _machine_of(device_id, row, hours)
+    return out
+
+
+def _machine_facts(db: Session, machine: Machine) -> MachineFacts:
+    params = {"machine_ids": [machine.id], "site_ids": [machine.site_id]}
+    own, site = _hours_by_owner(db.execute(_HOURS, params))
+    return MachineFacts(
+        id=machine.id,
+        status=machine.status,
+        timezone=machine.site.timezone,
+        machine_type_id=machine.machine_type_id,
+        type_name=machine.machine_type.name,
+        max_session_min=machine.max_session_min,
+        hours=tuple(own.get(machine.id) or site.get(machine.site_id) or ()),
+        allowlist_version=machine.allowlist_version,
+        allowlist_dirty=machine.allowlist_dirty,
+    )
+
+
+def load_badges(db: Reader, uids: Iterable[str]) -> dict[str, BadgeFacts | None]:
+    """Badges by upper-case UID (None: nobody has it) with person and qualification history."""
+    wanted = sorted({uid.upper() for uid in uids})
+    rows: dict[str, list[Any]] = {}
+    result = (
+        db.execute(_BADGE, {"uid": wanted[0]}) if len(wanted) == 1 else db.execute(_BADGES, {"uids": wanted})
+    )
+    for row in result:
+        rows.setdefault(row.uid, []).append(row)
+    out: dict[str, BadgeFacts | None] = {}
+    for uid in wanted:
+        history = rows.get(uid)
+        if not history:
+            out[uid] = None
+            continue
+        newest: dict[int, Entry] = {}
+        for row in history:  # newest first: the first entry per competency decides
+            if row.competency_id is not None and row.competency_id not in newest:
+                newest[row.competency_id] = Entry(row.level, row.action, row.valid_until)
+        first = history[0]
+        person = PersonFacts(first.id, first.name, first.active, first.is_trainer)
+        out[uid] = BadgeFacts(first.uid, first.status, person, newest)
+    return out
+
+
+def load_requirements(db: Reader, machine_type_id: int) -> tuple[RequirementFacts, ...]:
+    rows = db.execute(_REQUIREMENTS, {"machine_type_id": machine_type_id})
+    return tuple(RequirementFacts(r.competency_id, r.min_level, r.name, r.name_de) for r in rows)
+
+
+def count_open_sessions(db: Reader, person_ids: Iterable[int], now: datetime) -> dict[int, int]:
+    """Open (not stale) sessions per person; every asked person is in the answer."""
+    wanted = sorted(set(person_ids))
+    counts = dict.fromkeys(wanted, 0)
+    since = now - STALE_SESSION
+    found = (
+        db.execute(_OPEN_SESSIONS, {"person_id": wanted[0], "since": since})
+        if len(wanted) == 1
+        else db.execute(_OPEN_SESSIONS_MANY, {"person_ids": wanted, "since": since})
+    )
+    for person_id, count in found:
+        counts[person_id] = int(count)
+    return counts
+
+
+# -- the rules -----------------------------------------------------------------------------------
+def _window(
+    hours: Sequence[Hours], timezone: str, now: datetime
+) -> tuple[bool, datetime | None, datetime | None]:
+    """(open now, closes at, next opening) in UTC. No hours configured means always open."""
+    if not hours:
         return True, None, None
-    tz = ZoneInfo(machine.site.timezone)
+    tz = ZoneInfo(timezone)
     local = now.astimezone(tz)
     next_open: datetime | None = None
     for offset in range(8):
         day = local.date() + timedelta(days=offset)
-        for row in sorted((r for r in rows if r.weekday == day.weekday()), key=lambda r: r.opens):
+        for row in sorted((r for r in hours if r.weekday == day.weekday()), key=lambda r: r.opens):
             opens = datetime.combine(day, row.opens, tz)
             closes = datetime.combine(day, row.closes, tz)
             if offset == 0 and opens <= local < closes:
@@ -113,22 +485,32 @@ def opening_window(db: Session, machine: Machine, now: datetime) -> tuple[bool, 
     return False, None, next_open
 
 
-def _deny(reason: str, tz: str, key: str | None = None, person: Person | None = None, **params: object) -> Decision:
-    return Decision(False, reason, messages.render(key or reason, tz, **params), person=person)
+def opening_window(
+    db: Session, machine: Machine, now: datetime
+) -> tuple[bool, datetime | None, datetime | None]:
+    """(open now, closes at, next opening) in UTC. No hours configured means always open."""
+    facts = _machine_facts(db, machine)
+    return _window(facts.hours, facts.timezone, now)
 
 
-def decide(
-    db: Session,
-    machine: Machine,
-    badge_uid: str,
+def _deny(
+    reason: str, tz: str, key: str | None = None, person: PersonFacts | None = None, **params: object
+) -> Verdict:
+    return Verdict(False, reason, messages.render(key or reason, tz, **params), person=person)
+
+
+def _rules(
+    machine: MachineFacts,
+    badge: BadgeFacts | None,
+    requirements: Callable[[], Sequence[RequirementFacts]],
     now: datetime,
-    mode: str = "use",
-    trainer_badge: str | None = None,
-    max_open_sessions: int = 2,
-) -> Decision:
-    """Decide one tap. Reads only; the caller records the decision."""
-    tz = machine.site.timezone
-    badge = db.scalar(select(Badge).where(Badge.uid == badge_uid.upper()))
+    mode: str,
+    trainer_badge: Callable[[], BadgeFacts | None],
+    open_sessions: Callable[[int], int],
+    max_open_sessions: int,
+) -> Verdict:
+    """Every rule, in order; the callables read only what a rule reached needs."""
+    tz = machine.timezone
     if badge is None:
         return _deny("unknown_badge", tz)
     person = badge.person
@@ -139,40 +521,32 @@ def decide(
     if machine.status != MachineStatus.AVAILABLE:
         return _deny("machine_maintenance", tz, person=person)
 
-    is_open, closes_at, next_open = opening_window(db, machine, now)
+    is_open, closes_at, next_open = _window(machine.hours, tz, now)
     if not is_open:
         if next_open is None:
             return _deny("outside_opening_hours", tz, "outside_opening_hours_unknown", person=person)
         return _deny("outside_opening_hours", tz, person=person, opens=next_open)
 
     today = now.astimezone(ZoneInfo(tz)).date()
-    requirements = list(db.scalars(select(Requirement).where(Requirement.machine_type_id == machine.machine_type_id)))
-    trainer: Person | None = None
+    reqs = requirements()
+    trainer: PersonFacts | None = None
     if mode in ("supervise", "certify"):
-        trainer = _check_trainer(db, machine, requirements, trainer_badge, today)
+        trainer = _check_trainer(reqs, trainer_badge(), today)
         if trainer is None:
             return _deny("trainer_required", tz, "trainer_not_qualified", person=person)
     else:
-        refusal = _check_qualified(db, machine, person, requirements, today)
+        refusal = _check_qualified(machine, badge, reqs, today)
         if refusal is not None:
             return refusal
 
-    open_sessions = db.scalar(
-        select(func.count())
-        .select_from(MachineSession)
-        .where(
-            MachineSession.person_id == person.id,
-            MachineSession.ended_at.is_(None),
-            MachineSession.started_at > now - STALE_SESSION,
-        )
-    ) or 0
-    if open_sessions >= max_open_sessions:
-        return _deny("session_limit", tz, person=person, count=open_sessions)
+    count = open_sessions(person.id)
+    if count >= max_open_sessions:
+        return _deny("session_limit", tz, person=person, count=count)
 
     until = now + timedelta(minutes=machine.max_session_min)
     if closes_at is not None:
         until = min(until, closes_at)
-    return Decision(
+    return Verdict(
         True,
         "ok",
         messages.render("ok", tz, name=person.first_name, until=until),
@@ -184,21 +558,22 @@ def decide(
 
 
 def _check_qualified(
-    db: Session, machine: Machine, person: Person, requirements: list[Requirement], today: date
-) -> Decision | None:
-    tz = machine.site.timezone
-    states = current_qualifications(db, person.id, [r.competency_id for r in requirements], today)
+    machine: MachineFacts, badge: BadgeFacts, requirements: Sequence[RequirementFacts], today: date
+) -> Verdict | None:
+    tz = machine.timezone
+    person = badge.person
+    states = badge.states([r.competency_id for r in requirements], today)
     needs_trainer = False
     for req in requirements:
         state = states.get(req.competency_id)
         if state is None or state.level is None or state.revoked:
-            return _deny("not_qualified", tz, person=person, machine=machine.machine_type.name)
+            return _deny("not_qualified", tz, person=person, machine=machine.type_name)
         if state.expired:
             return _deny(
                 "qualification_expired",
                 tz,
                 person=person,
-                competency=lambda lang, c=req.competency: c.display_name(lang),
+                competency=req.display_name,
                 date=state.valid_until or today,
             )
         if state.level.rank < Level(req.min_level).rank:
@@ -209,18 +584,15 @@ def _check_qualified(
 
 
 def _check_trainer(
-    db: Session, machine: Machine, requirements: list[Requirement], trainer_badge: str | None, today: date
-) -> Person | None:
+    requirements: Sequence[RequirementFacts], badge: BadgeFacts | None, today: date
+) -> PersonFacts | None:
     """The supervising trainer, if their badge is valid and they are qualified on this machine type."""
-    if trainer_badge is None:
-        return None
-    badge = db.scalar(select(Badge).where(Badge.uid == trainer_badge.upper()))
     if badge is None or badge.status != BadgeStatus.ACTIVE:
         return None
     trainer = badge.person
     if not (trainer.active and trainer.is_trainer):
         return None
-    states = current_qualifications(db, trainer.id, [r.competency_id for r in requirements], today)
+    states = badge.states([r.competency_id for r in requirements], today)
     for req in requirements:
         state = states.get(req.competency_id)
         if state is None or not state.usable or state.level is None:
@@ -228,3 +600,204 @@ def _check_trainer(
         if state.level.rank < Level(req.min_level).rank:
             return None
     return trainer
+
+
+# -- the two ways in -------------------------------------------------------------------------------
+def decide(
+    db: Session,
+    machine: Machine,
+    badge_uid: str,
+    now: datetime,
+    mode: str = "use",
+    trainer_badge: str | None = None,
+    max_open_sessions: int = 2,
+) -> Decision:
+    """Decide one tap. Reads only; the caller records the decision."""
+    verdict = _rules(
+        _machine_facts(db, machine),
+        load_badges(db, [badge_uid])[badge_uid.upper()],
+        lambda: load_requirements(db, machine.machine_type_id),
+        now,
+        mode,
+        lambda: (
+            load_badges(db, [trainer_badge])[trainer_badge.upper()] if trainer_badge is not None else None
+        ),
+        lambda person_id: count_open_sessions(db, [person_id], now)[person_id],
+        max_open_sessions,
+    )
+    return Decision(
+        verdict.allowed,
+        verdict.reason,
+        verdict.message,
+        person=db.get(Person, verdict.person.id) if verdict.person else None,
+        trainer=db.get(Person, verdict.trainer.id) if verdict.trainer else None,
+        session_id=verdict.session_id,
+        until=verdict.until,
+    )
+
+
+def _lookup(badges: Mapping[str, BadgeFacts | None], uid: str | None) -> BadgeFacts | None:
+    return badges[uid.upper()] if uid is not None else None
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One auth/req as the Decider needs it."""
+
+    device_id: str
+    badge: str
+    mode: str = "use"
+    trainer_badge: str | None = None
+
+
+class Decider:
+    """The rules of :func:`decide` for a long-running caller (the bridge), with an exact cache.
+
+    Thread-safe. One tap costs one query (machine, opening hours and, for a badge in
+    memory, the person's open sessions); a batch costs one query for the machines, one for
+    their opening hours and one for the open sessions of everyone tapping, whatever its
+    size. Badges not in memory cost one more. Badges (with person and qualification
+    history) and requirements per machine type stay in memory while the allow-list flags
+    say nothing they depend on changed (see the module docstring).
+    """
+
+    def __init__(self, max_badges: int = 100_000) -> None:
+        self.max_badges = max_badges
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._seen: dict[int, int] = {}  # machine id -> allow-list version seen clean
+        self._badges: dict[str, BadgeFacts | None] = {}
+        self._requirements: dict[int, tuple[RequirementFacts, ...]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._generation += 1
+        self._badges.clear()
+        self._requirements.clear()
+
+    def _check(self, machines: Iterable[MachineFacts]) -> int | None:
+        """The cache generation valid for taps at these machines, or None: read afresh."""
+        with self._lock:
+            usable = True
+            for machine in machines:
+                if machine.allowlist_dirty:
+                    # Changed since the last allow-list: read afresh until it is reissued.
+                    self._flush()
+                    self._seen.pop(machine.id, None)
+                    usable = False
+                elif self._seen.get(machine.id) != machine.allowlist_version:
+                    # First look at this machine, or its allow-list was reissued: something
+                    # may have changed since any entry was read.
+                    self._flush()
+                    self._seen[machine.id] = machine.allowlist_version
+            return self._generation if usable else None
+
+    def _load_badges(
+        self, db: Reader, uids: set[str], generation: int | None
+    ) -> dict[str, BadgeFacts | None]:
+        found: dict[str, BadgeFacts | None] = {}
+        if generation is not None:
+            with self._lock:
+                if generation == self._generation:
+                    for uid in uids:
+                        if uid in self._badges:
+                            found[uid] = self._badges[uid]
+                self.hits += len(found)
+        missing = uids - found.keys()
+        if missing:
+            loaded = load_badges(db, missing)
+            found.update(loaded)
+            if generation is not None:
+                with self._lock:
+                    self.misses += len(missing)
+                    if generation == self._generation:
+                        if len(self._badges) + len(loaded) > self.max_badges:
+                            self._badges.clear()
+                        self._badges.update(loaded)
+        return found
+
+    def _cached_person(self, uid: str) -> int | None:
+        """The person id a cached badge names, unchecked (a wrong guess only costs a query)."""
+        with self._lock:
+            facts = self._badges.get(uid)
+        return facts.person.id if facts is not None else None
+
+    def _load_requirements(
+        self, db: Reader, machine_type_id: int, generation: int | None
+    ) -> tuple[RequirementFacts, ...]:
+        if generation is not None:
+            with self._lock:
+                found = self._requirements.get(machine_type_id)
+                if found is not None and generation == self._generation:
+                    return found
+        reqs = load_requirements(db, machine_type_id)
+        if generation is not None:
+            with self._lock:
+                if generation == self._generation:
+                    self._requirements[machine_type_id] = reqs
+        return reqs
+
+    def decide(
+        self, db: Reader, taps: Sequence[Tap], now: datetime, max_open_sessions: int = 2
+    ) -> list[tuple[MachineFacts, Verdict] | Exception]:
+        """(machine, verdict) per tap, in order; a ProtocolError for a tap at an unknown or
+        unassigned device, any other exception for a tap the rules failed on."""
+        counts: dict[int, int] = {}
+        if len(taps) == 1:
+            # A single tap (a quiet lab): the person's open sessions come with the machine,
+            # for whoever the cache says the badge belongs to (checked below like any entry).
+            tap = taps[0]
+            person_id = self._cached_person(tap.badge.upper())
+            machine, count = load_machine(db, tap.device_id, now, person_id)
+            machines = {tap.device_id: machine}
+            if person_id is not None:
+                counts[person_id] = count
+        else:
+            machines = load_machines(db, (t.device_id for t in taps), now)
+        generation = self._check(m for m in machines.values() if isinstance(m, MachineFacts))
+        uids = {t.badge.upper() for t in taps} | {t.trainer_badge.upper() for t in taps if t.trainer_badge}
+        badges = self._load_badges(db, uids, generation)
+        if len(taps) > 1:
+            # One query for everyone who might get as far as the session limit.
+            candidates = {
+                b.person.id
+                for b in badges.values()
+                if b is not None and b.status == BadgeStatus.ACTIVE and b.person.active
+            }
+            if candidates:
+                counts = count_open_sessions(db, candidates, now)
+
+        def open_sessions(person_id: int) -> int:
+            if person_id not in counts:
+                counts.update(count_open_sessions(db, [person_id], now))
+            return counts[person_id]
+
+        results: list[tuple[MachineFacts, Verdict] | Exception] = []
+        for tap in taps:
+            machine = machines[tap.device_id]
+            if isinstance(machine, ProtocolError):
+                results.append(machine)
+                continue
+            try:
+                verdict = _rules(
+                    machine,
+                    badges[tap.badge.upper()],
+                    partial(self._load_requirements, db, machine.machine_type_id, generation),
+                    now,
+                    tap.mode,
+                    partial(_lookup, badges, tap.trainer_badge),
+                    open_sessions,
+                    max_open_sessions,
+                )
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:  # a bug in one tap must not cost the others their answer
+                results.append(exc)
+                continue
+            results.append((machine, verdict))
+        return results

@@ -1,0 +1,195 @@
+"""The bridge's fast tap path: the same decisions as decide(), an exact cache, batches.
+
+bench/tap_latency.py measures it; these tests make sure the speed did not change an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+from sqlalchemy import func, select, update
+
+from server.bridge import Bridge
+from server.db import Database
+from server.models import AccessDecision, Machine, Person, Qualification, QualificationAction
+from server.services.decision import Decider, Tap, decide
+from werkbank_protocol.messages import AuthReq, AuthResp, decode_as
+
+DEVICES = {"pi-printer-1": "printer-1", "pi-laser-1": "laser-1", "pi-printer-2": "printer-2"}
+BADGES = [
+    "04A224B2C35E80",
+    "04a224b2c35e80",
+    "DEADBEEF",
+    "0BADCAFE",
+    "CAFEF00D",
+    "B10CB10C",
+    "1AC71AC7",
+    "5A5A5A5A",
+    "A1B2C3D4",
+]
+
+
+def _publish_allowlists(db: Database) -> None:
+    """What the bridge's publisher does to the flags: clean, and a new version."""
+    with db.session() as s:
+        s.execute(
+            update(Machine).values(allowlist_dirty=False, allowlist_version=Machine.allowlist_version + 1)
+        )
+
+
+def _tap(db: Database, decider: Decider, device: str, badge: str, now: datetime, **kw: str) -> str:
+    with db.engine.begin() as conn:
+        [result] = decider.decide(conn, [Tap(device, badge, **kw)], now)
+    assert not isinstance(result, Exception), result
+    return result[1].reason
+
+
+def test_batch_decisions_match_decide_for_every_rule(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    taps = [Tap(d, b) for d in DEVICES for b in BADGES]
+    taps += [
+        Tap(d, "DEADBEEF", "supervise", t)
+        for d in DEVICES
+        for t in ("A1B2C3D4", "04A224B2C35E80", "CAFEF00D")
+    ]
+    _publish_allowlists(lab)
+    decider = Decider()
+    for _ in range(2):  # cold, then from the cache
+        with lab.engine.begin() as conn:
+            results = decider.decide(conn, taps, clock())
+        for tap, result in zip(taps, results, strict=True):
+            assert not isinstance(result, Exception), result
+            machine_facts, verdict = result
+            with lab.session() as s:
+                machine = s.scalar(select(Machine).where(Machine.slug == DEVICES[tap.device_id]))
+                assert machine is not None and machine.id == machine_facts.id
+                expected = decide(s, machine, tap.badge, clock(), tap.mode, tap.trainer_badge)
+                assert (verdict.allowed, verdict.reason, verdict.until) == (
+                    expected.allowed,
+                    expected.reason,
+                    expected.until,
+                ), tap
+                assert verdict.message == expected.message
+                assert (verdict.person and verdict.person.id) == (expected.person and expected.person.id)
+                assert (verdict.trainer and verdict.trainer.id) == (expected.trainer and expected.trainer.id)
+    assert decider.hits > 0
+    # The single-tap path (one query for machine, hours and sessions) agrees too.
+    for tap in taps[:9]:
+        with lab.engine.begin() as conn:
+            [single] = decider.decide(conn, [tap], clock())
+        assert not isinstance(single, Exception)
+        assert single[1].reason == results[taps.index(tap)][1].reason  # type: ignore[index]
+
+
+def test_cache_follows_a_revocation_at_once_and_after_the_allowlist_is_reissued(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    _publish_allowlists(lab)
+    decider = Decider()
+    assert _tap(lab, decider, "pi-laser-1", "04A224B2C35E80", clock()) == "ok"
+    assert _tap(lab, decider, "pi-laser-1", "04A224B2C35E80", clock()) == "ok"
+    assert decider.hits >= 1
+    with lab.session() as s:  # an ORM change marks every allow-list dirty in the same transaction
+        quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
+        assert quinn is not None
+        laser = next(
+            q
+            for q in s.scalars(select(Qualification).where(Qualification.person_id == quinn.id))
+            if q.competency.slug == "laser-safety"
+        )
+        s.add(
+            Qualification(
+                person_id=quinn.id,
+                competency_id=laser.competency_id,
+                action=QualificationAction.REVOKED,
+                level=laser.level,
+                reason="test",
+            )
+        )
+    assert _tap(lab, decider, "pi-laser-1", "04A224B2C35E80", clock()) == "not_qualified"
+    _publish_allowlists(lab)
+    assert _tap(lab, decider, "pi-laser-1", "04A224B2C35E80", clock()) == "not_qualified"
+    assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "ok"
+
+
+def test_machine_state_is_read_on_every_tap(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    _publish_allowlists(lab)
+    decider = Decider()
+    assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "ok"
+    with lab.engine.begin() as conn:  # even a change that bypasses the ORM hooks
+        conn.execute(update(Machine).where(Machine.slug == "printer-1").values(status="maintenance"))
+    assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "machine_maintenance"
+
+
+@pytest.fixture
+def offline_bridge(lab: Database, clock) -> Iterator[tuple[Bridge, list[tuple[str, bytes]]]]:  # type: ignore[no-untyped-def]
+    """A bridge that is never connected: its answers are collected instead of published."""
+    bridge = Bridge(lab, "mqtt://127.0.0.1:1", client_id="offline-bridge", clock=clock)
+    sent: list[tuple[str, bytes]] = []
+    bridge.publish = lambda device_id, _suffix, payload: sent.append((device_id, payload))  # type: ignore[method-assign]
+    yield bridge, sent
+
+
+def _req(badge: str, rid: str | None = None) -> AuthReq:
+    body = {"v": 1, "id": rid or str(uuid.uuid4()), "ts": "2026-11-18T09:00:00.000Z", "badge": badge}
+    return decode_as(AuthReq, json.dumps(body).encode())
+
+
+def _count(lab: Database) -> int:
+    with lab.session() as s:
+        return s.scalar(select(func.count()).select_from(AccessDecision)) or 0
+
+
+def test_a_batch_answers_duplicates_alike_and_a_bad_device_spoils_nothing(
+    offline_bridge: tuple[Bridge, list[tuple[str, bytes]]], lab: Database
+) -> None:
+    bridge, sent = offline_bridge
+    first, stranger, other = _req("04A224B2C35E80"), _req("04A224B2C35E80"), _req("DEADBEEF")
+    bridge._answer_taps(
+        [("pi-printer-1", first), ("pi-unknown-9", stranger), ("pi-printer-1", first), ("pi-laser-1", other)]
+    )
+    answers = [(d, decode_as(AuthResp, p)) for d, p in sent]
+    assert [(d, a.req, a.reason) for d, a in answers] == [
+        ("pi-printer-1", first.id, "ok"),
+        ("pi-printer-1", first.id, "ok"),
+        ("pi-laser-1", other.id, "not_qualified"),
+    ]
+    assert answers[0][1] == answers[1][1]
+    assert bridge.rejected["unknown_device"] == 1
+    assert _count(lab) == 2
+    sent.clear()
+    bridge._answer_taps([("pi-printer-1", first)])  # later: from the recent answers, not decided again
+    assert decode_as(AuthResp, sent[0][1]) == answers[0][1]
+    assert _count(lab) == 2
+
+
+def test_a_request_recorded_elsewhere_gets_the_stored_answer(
+    offline_bridge: tuple[Bridge, list[tuple[str, bytes]]], lab: Database, clock
+) -> None:  # type: ignore[no-untyped-def]
+    bridge, sent = offline_bridge
+    rid = str(uuid.uuid4())
+    stored = {
+        "req": rid,
+        "decision": "deny",
+        "reason": "not_qualified",
+        "message": {"de": "nein", "en": "no"},
+    }
+    with lab.session() as s:  # another bridge (or this one before a restart) answered it
+        s.add(
+            AccessDecision(
+                id=rid,
+                device_id="pi-printer-1",
+                badge_uid="04A224B2C35E80",
+                decision="deny",
+                reason="not_qualified",
+                decided_at=clock(),
+                response=stored,
+            )
+        )
+    fresh = _req("DEADBEEF")
+    bridge._answer_taps([("pi-printer-1", _req("04A224B2C35E80", rid)), ("pi-laser-1", fresh)])
+    answers = {decode_as(AuthResp, p).req: decode_as(AuthResp, p) for _d, p in sent}
+    assert (answers[rid].reason, answers[rid].message) == ("not_qualified", {"de": "nein", "en": "no"})
+    assert answers[fresh.id].reason == "not_qualified"
+    assert _count(lab) == 2
