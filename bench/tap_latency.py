@@ -569,7 +569,10 @@ class DeviceFarm:
         last_misc = time.monotonic()
         while not self._stop.is_set() and clients:
             writing = [sock for sock, d in clients.items() if d.client.want_write()]
-            readable, writable, _ = io_select.select([*clients, self._wake_r], writing, [], 0.5)
+            try:
+                readable, writable, _ = io_select.select([*clients, self._wake_r], writing, [], 0.5)
+            except (OSError, ValueError):  # a socket closed under us: only when stopping
+                break
             for sock in readable:
                 if sock is self._wake_r:
                     with contextlib.suppress(BlockingIOError):
@@ -597,11 +600,13 @@ class DeviceFarm:
                     d.client.loop_misc()
 
     def stop(self) -> None:
-        for device in self.devices:
-            self.call(device.client.disconnect)
-        time.sleep(0.2)
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
         self._thread.join(timeout=5)
+        for device in self.devices:  # the farm's thread has ended: this one may use the clients
+            with contextlib.suppress(Exception):
+                device.client.disconnect()
         self._wake_r.close()
         self._wake_w.close()
 
