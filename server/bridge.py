@@ -24,8 +24,9 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -412,9 +413,13 @@ class Bridge:
             query = select(Machine).where(Machine.device.has())
             if not force:
                 query = query.where(Machine.allowlist_dirty.is_(True))
+            holders: dict[date, allowlists.Holders] = {}  # one read of badges and histories per site day
             for machine in db.scalars(query.with_for_update(skip_locked=True)):
                 machine.allowlist_version += 1
-                document = allowlists.build(db, machine, now, self.allowlist_days)
+                today = now.astimezone(ZoneInfo(machine.site.timezone)).date()
+                if today not in holders:
+                    holders[today] = allowlists.load_holders(db, today)
+                document = allowlists.build(db, machine, now, self.allowlist_days, holders[today])
                 machine.allowlist_dirty = False
                 machine.allowlist_published_at = now
                 device = machine.device

@@ -7,12 +7,13 @@ the bridge publishes dirty lists, signed and retained, within a second.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import event, inspect, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from server.models import (
     Badge,
@@ -25,7 +26,7 @@ from server.models import (
     Qualification,
     Requirement,
 )
-from server.services.decision import current_qualifications
+from server.services.decision import QualificationState, qualification_state
 from werkbank_protocol import format_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, sign
 
@@ -61,7 +62,45 @@ def mark_all_dirty(db: Session) -> None:
     db.execute(update(Machine).values(allowlist_dirty=True))
 
 
-def build(db: Session, machine: Machine, now: datetime, days: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Holders:
+    """Everyone who could be on a list: active badges of active people, and the newest
+    qualification history entry per person and competency. Read once per publishing round
+    (two queries) instead of once per badge and machine."""
+
+    badges: list[tuple[str, int, bool]]  # uid, person id, is trainer
+    newest: dict[tuple[int, int], QualificationState]
+
+
+def load_holders(db: Session, today: date) -> Holders:
+    badges = [
+        (uid, person_id, bool(is_trainer))
+        for uid, person_id, is_trainer in db.execute(
+            select(Badge.uid, Person.id, Person.is_trainer)
+            .join(Person, Badge.person_id == Person.id)
+            .where(Badge.status == BadgeStatus.ACTIVE, Person.active.is_(True))
+            .order_by(Badge.uid)
+        )
+    ]
+    newest: dict[tuple[int, int], QualificationState] = {}
+    rows = db.execute(
+        select(
+            Qualification.person_id,
+            Qualification.competency_id,
+            Qualification.level,
+            Qualification.action,
+            Qualification.valid_until,
+        ).order_by(Qualification.id.desc())
+    )
+    for person_id, competency_id, level, action, valid_until in rows:
+        if (person_id, competency_id) not in newest:  # history is append-only: the newest entry decides
+            newest[(person_id, competency_id)] = qualification_state(level, action, valid_until, today)
+    return Holders(badges, newest)
+
+
+def build(
+    db: Session, machine: Machine, now: datetime, days: int, holders: Holders | None = None
+) -> dict[str, Any]:
     """The signed allow-list document for ``machine`` (not yet versioned: the caller sets it)."""
     key = key_bytes(machine.allowlist_key)
     tz = ZoneInfo(machine.site.timezone)
@@ -71,17 +110,11 @@ def build(db: Session, machine: Machine, now: datetime, days: int) -> dict[str, 
         requirements = list(
             db.scalars(select(Requirement).where(Requirement.machine_type_id == machine.machine_type_id))
         )
-        badges = db.scalars(
-            select(Badge)
-            .join(Person)
-            .where(Badge.status == BadgeStatus.ACTIVE, Person.active.is_(True))
-            .options(selectinload(Badge.person))
-            .order_by(Badge.uid)
-        )
-        for badge in badges:
-            entry = _entry(db, badge, requirements, today, tz)
+        holders = holders or load_holders(db, today)
+        for uid, person_id, is_trainer in holders.badges:
+            entry = _entry(person_id, is_trainer, holders, requirements, tz)
             if entry is not None:
-                entries.append({"badge_hash": badge_hash(key, badge.uid), **entry})
+                entries.append({"badge_hash": badge_hash(key, uid), **entry})
     document = {
         "v": 1,
         "version": machine.allowlist_version,
@@ -94,13 +127,11 @@ def build(db: Session, machine: Machine, now: datetime, days: int) -> dict[str, 
 
 
 def _entry(
-    db: Session, badge: Badge, requirements: list[Requirement], today: Any, tz: ZoneInfo
+    person_id: int, is_trainer: bool, holders: Holders, requirements: list[Requirement], tz: ZoneInfo
 ) -> dict[str, Any] | None:
-    person = badge.person
-    states = current_qualifications(db, person.id, [r.competency_id for r in requirements], today)
     until = None
     for req in requirements:
-        state = states.get(req.competency_id)
+        state = holders.newest.get((person_id, req.competency_id))
         if state is None or not state.usable or state.level is None:
             return None
         if state.level.rank < Level(req.min_level).rank:
@@ -108,4 +139,4 @@ def _entry(
         if state.valid_until is not None:
             end = datetime.combine(state.valid_until + timedelta(days=1), time(0), tz).astimezone(UTC)
             until = end if until is None else min(until, end)
-    return {"until": format_ts(until) if until else None, "trainer": person.is_trainer}
+    return {"until": format_ts(until) if until else None, "trainer": is_trainer}

@@ -92,7 +92,7 @@ class QualificationState:
         return self.level is not None and not self.revoked and not self.expired
 
 
-def _state(
+def qualification_state(
     level: Level | None, action: QualificationAction, valid_until: date | None, today: date
 ) -> QualificationState:
     revoked = action == QualificationAction.REVOKED
@@ -115,7 +115,7 @@ def current_qualifications(
     for row in rows:
         if row.competency_id in states:
             continue
-        states[row.competency_id] = _state(row.level, row.action, row.valid_until, today)
+        states[row.competency_id] = qualification_state(row.level, row.action, row.valid_until, today)
     return states
 
 
@@ -173,7 +173,7 @@ class BadgeFacts:
         for cid in competency_ids:
             entry = self.newest.get(cid)
             if entry is not None:
-                out[cid] = _state(entry.level, entry.action, entry.valid_until, today)
+                out[cid] = qualification_state(entry.level, entry.action, entry.valid_until, today)
         return out
 
 
