@@ -28,7 +28,6 @@ from datetime import UTC, date, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-import msgspec
 import paho.mqtt.client as mqtt
 from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -50,6 +49,7 @@ from werkbank_protocol.messages import (
     decode_as,
     decode_event,
     encode,
+    to_builtins,
 )
 from werkbank_protocol.mqtt import BrokerAddress, make_client, parse_mqtt_url
 from werkbank_protocol.topics import QOS, RETAINED, Suffix, parse_topic, subscription, topic
@@ -353,7 +353,7 @@ class Bridge:
             "reason": verdict.reason,
             "session_id": verdict.session_id,
             "decided_at": now,
-            "response": {k: v for k, v in _builtins(response).items() if k != "v"},
+            "response": {k: v for k, v in to_builtins(response).items() if k != "v"},
         }
         return row, encode(response)
 
@@ -432,11 +432,6 @@ class Bridge:
         if outgoing:
             log.info("published %d allow-list(s) at %s", len(outgoing), now_ts())
         return len(outgoing)
-
-
-def _builtins(message: Any) -> dict[str, Any]:
-    result: dict[str, Any] = msgspec.to_builtins(message)
-    return result
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:

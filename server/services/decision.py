@@ -100,25 +100,6 @@ def qualification_state(
     return QualificationState(level, valid_until, revoked, expired)
 
 
-def current_qualifications(
-    db: Session, person_id: int, competency_ids: list[int], today: date
-) -> dict[int, QualificationState]:
-    """The newest history entry per competency decides (history is append-only)."""
-    if not competency_ids:
-        return {}
-    rows = db.scalars(
-        select(Qualification)
-        .where(Qualification.person_id == person_id, Qualification.competency_id.in_(competency_ids))
-        .order_by(Qualification.id.desc())
-    )
-    states: dict[int, QualificationState] = {}
-    for row in rows:
-        if row.competency_id in states:
-            continue
-        states[row.competency_id] = qualification_state(row.level, row.action, row.valid_until, today)
-    return states
-
-
 # -- facts -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Hours:
