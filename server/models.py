@@ -136,6 +136,8 @@ class Person(Base):
     programme: Mapped[str | None] = mapped_column(String(100))
     language: Mapped[str] = mapped_column(String(8), default="de")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The programme's own participant number (CSV imports match on it, reports carry it).
+    external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     site: Mapped[Site] = relationship()
@@ -154,6 +156,8 @@ class Badge(Base):
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
     status: Mapped[BadgeStatus] = mapped_column(_enum(BadgeStatus), default=BadgeStatus.ACTIVE)
     issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_changed_at: Mapped[datetime | None] = mapped_column()
+    note: Mapped[str | None] = mapped_column(Text)
 
     person: Mapped[Person] = relationship(back_populates="badges")
 
@@ -209,8 +213,18 @@ class Requirement(Base):
     competency: Mapped[Competency] = relationship()
 
 
+class StepKind(enum.StrEnum):
+    BRIEFING = "briefing"
+    SUPERVISED_HOURS = "supervised_hours"
+    SIGNOFF = "signoff"
+
+
 class TrainingStep(Base):
-    """A step toward a competency level: briefing, supervised hours, practical sign-off."""
+    """A step toward a competency level: briefing, supervised hours, practical sign-off.
+
+    ``kind`` is a :class:`StepKind` value. Briefings and sign-offs are recorded by a trainer
+    (:class:`StepRecord`); supervised hours are counted from supervised sessions.
+    """
 
     __tablename__ = "training_steps"
 
@@ -243,6 +257,28 @@ class Qualification(Base):
 
     person: Mapped[Person] = relationship(foreign_keys=[person_id])
     competency: Mapped[Competency] = relationship()
+
+
+class StepRecord(Base):
+    """A trainer recorded that a person completed a training step (on the web or at the machine)."""
+
+    __tablename__ = "step_records"
+    __table_args__ = (Index("ix_step_records_person_competency", "person_id", "competency_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    competency_id: Mapped[int] = mapped_column(ForeignKey("competencies.id"))
+    step_id: Mapped[int] = mapped_column(ForeignKey("training_steps.id"))
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    # web | machine | api
+    source: Mapped[str] = mapped_column(String(16), default="web")
+    # The supervised session a sign-off at the machine happened in, when it did.
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    note: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    step: Mapped[TrainingStep] = relationship()
+    recorded_by: Mapped[Person | None] = relationship(foreign_keys=[recorded_by_id])
 
 
 class Machine(Base):
@@ -408,3 +444,44 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApiToken(Base):
+    """A token for the JSON API. Only its SHA-256 is stored; the token is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    person: Mapped[Person] = relationship()
+
+
+class Notification(Base):
+    """Something the app tells a person (e.g. "your laser briefing expires on 3 March").
+
+    Stored as a kind plus parameters, rendered in the reader's language when shown or
+    e-mailed. ``key`` makes a reminder idempotent: the scheduler may run twice, the
+    person hears it once.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("person_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    read_at: Mapped[datetime | None] = mapped_column()
+    emailed_at: Mapped[datetime | None] = mapped_column()
+
+    person: Mapped[Person] = relationship()

@@ -123,6 +123,22 @@ def home_url(user: User) -> str:
     return url_for("web.overview") if user.is_staff else url_for("web.me")
 
 
+# Who may open a page. Every view carries one of these in ``view.access`` (set by the
+# decorators below), and tests/web/test_web_roles.py checks every route against every role.
+PUBLIC, LOGIN, STAFF, TRAINER, ADMIN = "public", "login", "staff", "trainer", "admin"
+
+
+def _mark(view: Any, access: str) -> Any:
+    view.access = access
+    return view
+
+
+def public(view: View[P]) -> View[P]:
+    """Open to everyone, logged in or not (login page, language switch, health check)."""
+    marked: View[P] = _mark(view, PUBLIC)
+    return marked
+
+
 def login_required(view: View[P]) -> View[P]:
     """Only for logged-in people. JSON endpoints answer 401 instead of a login redirect:
     the page's polling script cannot follow a redirect to an HTML form."""
@@ -136,20 +152,38 @@ def login_required(view: View[P]) -> View[P]:
             return response
         return view(*args, **kwargs)
 
-    return wrapped
+    marked: View[P] = _mark(wrapped, getattr(view, "access", LOGIN))
+    return marked
+
+
+def _role_required(access: str, allowed: Callable[[User], bool]) -> Callable[[View[P]], View[P]]:
+    def decorator(view: View[P]) -> View[P]:
+        @wraps(view)
+        def wrapped(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+            user = current()
+            if user is not None and not allowed(user):
+                abort(403)
+            return view(*args, **kwargs)
+
+        _mark(wrapped, access)
+        return login_required(wrapped)
+
+    return decorator
 
 
 def staff_required(view: View[P]) -> View[P]:
     """Only for trainers and admins (403 for everyone else who is logged in)."""
+    return _role_required(STAFF, lambda user: user.is_staff)(view)
 
-    @wraps(view)
-    def wrapped(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
-        user = current()
-        if user is not None and not user.is_staff:
-            abort(403)
-        return view(*args, **kwargs)
 
-    return login_required(wrapped)
+def trainer_required(view: View[P]) -> View[P]:
+    """Only for trainers (and admins, who may train every competency)."""
+    return _role_required(TRAINER, lambda user: user.is_trainer or user.is_admin)(view)
+
+
+def admin_required(view: View[P]) -> View[P]:
+    """Only for admins."""
+    return _role_required(ADMIN, lambda user: user.is_admin)(view)
 
 
 # -- failed-login limit --------------------------------------------------------------------------
@@ -244,6 +278,7 @@ def safe_next(target: str | None) -> str | None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@public
 def login() -> ResponseReturnValue:
     user = current()
     if user is not None:
@@ -286,6 +321,7 @@ def _start_session(user: User) -> None:
 
 
 @bp.post("/logout")
+@public
 def logout() -> ResponseReturnValue:
     flask_login.logout_user()
     flash(_("You are logged out."), "info")
@@ -293,6 +329,7 @@ def logout() -> ResponseReturnValue:
 
 
 @bp.get("/language/<code>")
+@public
 def set_language(code: str) -> ResponseReturnValue:
     """Switch the page language for this browser session.
 

@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from server import get_db
 from server.i18n import N_
 from server.models import Site
-from server.web.auth import User, current, login_required, staff_required
+from server.web.auth import User, current, login_required, public, staff_required
 from server.web.common import web_blueprint
 from server.web.l10n import _, ago_label, clock_label, duration_label, start_of_today, when_label
 from server.web.live import (
@@ -181,5 +181,6 @@ def me() -> ResponseReturnValue:
 
 
 @bp.get("/healthz")
+@public
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
