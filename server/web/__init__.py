@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask
 
-from server.web import auth
+from server.web import auth, training
 from server.web.auth import current
 from server.web.l10n import current_language
 from server.web.views import bp
@@ -21,6 +21,7 @@ def init_app(app: Flask) -> None:
     auth.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(bp)
+    app.register_blueprint(training.bp, url_prefix="/training")
     app.context_processor(_template_globals)
 
 

@@ -7,7 +7,7 @@ Flask-Babel ships no type information; wrapping the few functions we use keeps
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -66,3 +66,8 @@ def start_of_today(now: datetime) -> datetime:
     # the offset of ``now``, which is an hour off on the days the clocks change.
     tz = ZoneInfo(str(flask_babel.get_timezone()))
     return datetime.combine(now.astimezone(tz).date(), time(0), tzinfo=tz)
+
+
+def date_label(day: date) -> str:
+    """A calendar day the way the reader writes it: ``18.11.2026`` / ``Nov 18, 2026``."""
+    return str(flask_babel.format_date(day, "medium"))

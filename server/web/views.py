@@ -12,10 +12,13 @@ from typing import Any
 
 from flask import jsonify, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from server import get_db
 from server.i18n import N_
-from server.models import Site
+from server.models import Job, Site
+from server.services import training
 from server.web.auth import User, current, login_required, public, staff_required
 from server.web.common import web_blueprint
 from server.web.l10n import _, ago_label, clock_label, duration_label, start_of_today, when_label
@@ -27,6 +30,7 @@ from server.web.live import (
     recent_sessions,
     site_machines,
 )
+from server.web.training import present_progress, today_for
 
 bp = web_blueprint("web", __name__)
 
@@ -165,19 +169,61 @@ def live_json() -> ResponseReturnValue:
 @bp.get("/me")
 @login_required
 def me() -> ResponseReturnValue:
+    """The participant's own page, phone first: competencies and what is next, what expires
+    soon, machine hours, sessions with their jobs."""
     user = current()
     assert user is not None  # login_required
     db = get_db()
     now = _now()
+    today = today_for(user)
+    cards = [present_progress(p, today) for p in training.all_progress(db, user.id, today)]
+    mine = [c for c in cards if c["started"]]
+    # Competencies not started yet, but open to this person (prerequisites met): what to ask for.
+    open_to_start = [c for c in cards if not c["started"] and c["next_level"] and c["steps"]]
+    soon = [c for c in mine if c["status"] in ("soon", "expired")]
     per_machine = person_hours(db, user.id)
     total = sum(seconds for _name, seconds in per_machine)
     sessions = recent_sessions(db, person_id=user.id, limit=SESSIONS_ON_ME)
     return render_template(
         "me.html",
+        cards=mine,
+        open_to_start=open_to_start,
+        soon=soon,
         total_label=duration_label(total),
         per_machine=[(name, duration_label(seconds)) for name, seconds in per_machine],
         sessions=[present_session(s, now) for s in sessions],
+        jobs=session_jobs(db, [s.id for s in sessions]),
     )
+
+
+def session_jobs(db: Session, session_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    """Each session's jobs as display text: file, status, duration, material."""
+    out: dict[str, list[dict[str, str]]] = {}
+    if not session_ids:
+        return out
+    rows = db.scalars(select(Job).where(Job.session_id.in_(session_ids)).order_by(Job.started_at))
+    for job in rows:
+        material = ""
+        if job.filament_g is not None:
+            material = _("%(grams)s g filament", grams=f"{job.filament_g:.0f}")
+        elif job.filament_mm is not None:
+            material = _("%(metres)s m filament", metres=f"{job.filament_mm / 1000:.1f}")
+        out.setdefault(job.session_id, []).append(
+            {
+                "file": job.file or _("(no file name)"),
+                "status": _(JOB_STATUS_LABELS.get(job.status or "", N_("running"))),
+                "duration": duration_label(job.duration_s) if job.duration_s is not None else NO_VALUE,
+                "material": material,
+            }
+        )
+    return out
+
+
+JOB_STATUS_LABELS = {
+    "completed": N_("completed"),
+    "cancelled": N_("cancelled"),
+    "failed": N_("failed"),
+}
 
 
 @bp.get("/healthz")

@@ -113,7 +113,7 @@ def test_training_new_participant_to_independent_through_steps_and_supervised_ho
     assert start.next_step is not None and start.next_step.step.name == "Machine briefing"
     assert start.percent == 0
 
-    record, granted = training.record_step(s, quinn, _step(s, StepKind.BRIEFING), tina, NOW, TODAY)
+    _record, granted = training.record_step(s, quinn, _step(s, StepKind.BRIEFING), tina, NOW, TODAY)
     assert granted is not None and granted.level == Level.BRIEFED
     assert granted.valid_until == date(2027, 11, 18) and granted.granted_by_id == tina.id
 

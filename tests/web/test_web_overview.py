@@ -136,7 +136,7 @@ def test_overview_empty_site(client: FlaskClient, auth: AuthActions, lab: Lab) -
 def test_me_shows_own_sessions_and_hours(client: FlaskClient, auth: AuthActions, lab: Lab) -> None:
     auth.login(lab.participant)
     html = client.get("/me").get_data(as_text=True)
-    assert "My sessions" in html
+    assert "My training" in html
     # Ada: 30 min on the laser two days ago + 15 min on Prusa A today (+ an open session).
     assert "0 h 45 min" in html
     assert "Laser 1" in html and "Prusa A" in html
