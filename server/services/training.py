@@ -72,6 +72,16 @@ STEP_KIND_LABELS: dict[str, str] = {
 }
 
 
+# Reasons the system writes into the history itself; shown translated (a trainer's own
+# reasons are shown as typed).
+STEPS_COMPLETE = "training steps complete"
+VALIDITY_ENDED = "validity ended"
+SYSTEM_REASONS: dict[str, str] = {
+    STEPS_COMPLETE: N_("training steps complete"),
+    VALIDITY_ENDED: N_("validity ended"),
+}
+
+
 class TrainingError(ValueError):
     """A change to someone's training that the rules refuse.
 
@@ -551,7 +561,7 @@ def advance(
         current.next_level,
         valid_until(competency, today),
         actor,
-        "training steps complete",
+        STEPS_COMPLETE,
         now,
     )
 
@@ -602,7 +612,7 @@ def expire_due(db: Session, now: datetime, today: date) -> list[Qualification]:
                 entry.level,
                 entry.valid_until,
                 None,
-                "validity ended",
+                VALIDITY_ENDED,
                 now,
             )
         )

@@ -33,7 +33,13 @@ from server.models import (
     TrainingStep,
 )
 from server.services import training
-from server.services.training import LEVEL_LABELS, STEP_KIND_LABELS, Progress, TrainingError
+from server.services.training import (
+    LEVEL_LABELS,
+    STEP_KIND_LABELS,
+    SYSTEM_REASONS,
+    Progress,
+    TrainingError,
+)
 from server.web.auth import User, current, trainer_required
 from server.web.common import web_blueprint
 from server.web.l10n import _, _l, current_language, date_label, when_label
@@ -96,7 +102,7 @@ def present_progress(p: Progress, today: date, *, may_train: bool = False) -> di
     for sp in p.steps:
         if sp.step.kind == StepKind.SUPERVISED_HOURS:
             detail = _(
-                "%(done)s of %(needed)s hours done",
+                "%(done)s of %(needed)s h done",
                 done=_hours(sp.hours_done or 0.0),
                 needed=_hours(sp.hours_needed or 0.0),
             )
@@ -131,7 +137,7 @@ def present_progress(p: Progress, today: date, *, may_train: bool = False) -> di
         next_label = _("All steps done.")
     elif next_step.step.kind == StepKind.SUPERVISED_HOURS:
         next_label = _(
-            "Next: %(step)s. Use the machine with a trainer: %(left)s hours to go.",
+            "Next: %(step)s. Work at the machine with a trainer: %(left)s h left.",
             step=next_step.step.name,
             left=_hours(max((next_step.hours_needed or 0.0) - (next_step.hours_done or 0.0), 0.0)),
         )
@@ -176,7 +182,7 @@ def present_history(entries: list[Qualification]) -> list[dict[str, Any]]:
             "action_label": str(ACTION_LABELS[e.action]),
             "level_label": level_label(e.level),
             "valid_until": date_label(e.valid_until) if e.valid_until else "",
-            "reason": e.reason or "",
+            "reason": _(SYSTEM_REASONS[e.reason]) if e.reason in SYSTEM_REASONS else (e.reason or ""),
             "by": _granted_by(e),
         }
         for e in entries

@@ -31,6 +31,10 @@ from tests.web.conftest import AuthActions, Lab
 
 @pytest.fixture
 def trained_lab(lab: Lab) -> Lab:
+    return add_training(lab)
+
+
+def add_training(lab: Lab) -> Lab:
     """The seeded lab plus laser and printing competencies with steps; Tina trains lasers only."""
     with db.session() as s:
         laser = Competency(slug="laser", name="Laser cutting", name_de="Laserschneiden", validity_months=12)
@@ -169,7 +173,7 @@ def test_training_trainer_takes_a_participant_from_briefing_to_independent(
     # The hours were counted at the machine; the next level came with the session's end
     # (in the bridge). Here the page computes progress from the session: 100 % of hours.
     page = client.get(f"/training/people/{ada_id}").get_data(as_text=True)
-    assert "1 of 1 hours done" in page
+    assert "1 of 1 h done" in page
 
     with db.session() as s:
         from server.services import training
@@ -296,7 +300,7 @@ def test_training_participant_page_shows_next_step_and_expiring_soon(
     auth.login(trained_lab.participant)
     me = client.get("/me").get_data(as_text=True)
     assert "Expires soon" in me
-    assert "Next: Supervised cutting. Use the machine with a trainer: 1 hours to go." in me
+    assert "Next: Supervised cutting. Work at the machine with a trainer: 1 h left." in me
     # Printing has not started: listed as something she can start, with its first step.
     assert re.search(r"3D printing</strong>: Next: Printer briefing\. Ask a trainer\.", me)
     # Her sessions come with their jobs.
