@@ -82,13 +82,13 @@ def compose(notification: Notification, person: Person, sender: str) -> EmailMes
         )
     )
     message = EmailMessage()
+    message.set_content(body + "\n")  # first: set_content drops Content-* headers set before it
     message["From"] = sender
     message["To"] = formataddr((person.name, person.email or ""))
     message["Subject"] = notifications.render_subject(notification, language)
     message["Content-Language"] = language
     message["Message-ID"] = make_msgid(idstring=f"werkbank-{notification.id}")
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies, please
-    message.set_content(body + "\n")
     return message
 
 
