@@ -115,10 +115,13 @@ def expire_qualifications(database: Database, now: datetime | None = None) -> in
 
 
 def remind_expiring(database: Database, now: datetime | None = None) -> int:
-    """Remind holders and trainers of qualifications that end within 30 days (once each)."""
+    """Remind holders and trainers of qualifications that end within 30 days (once each), and
+    settle the reminders of qualifications renewed meanwhile."""
     now = now or datetime.now(UTC)
     with database.session() as db:
-        made = notifications.remind_expiring(db, site_today(db, now))
+        today = site_today(db, now)
+        notifications.settle_renewed(db, today, now)
+        made = notifications.remind_expiring(db, today)
     if made:
         log.info("%d expiry reminders made", made)
     return made

@@ -245,6 +245,41 @@ def remind_expiring(db: Session, today: date, within_days: int = REMIND_DAYS) ->
     return made
 
 
+def settle_renewed(db: Session, today: date, now: datetime | None = None) -> int:
+    """Mark read the expiry notifications whose qualification was renewed (or granted anew) since.
+
+    Nobody needs to be told "expires on 3 March" after a trainer renewed it; read ones are
+    not e-mailed either. Returns how many were settled.
+    """
+    open_ones = db.scalars(
+        select(Notification).where(Notification.read_at.is_(None), Notification.kind.in_(tuple(TEXTS)))
+    ).all()
+    settled = 0
+    for notification in open_ones:
+        params = notification.params or {}
+        try:
+            person_id, competency_id = int(params["person_id"]), int(params["competency_id"])
+            about = int(params["qualification_id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        newest = db.scalar(
+            select(Qualification)
+            .where(Qualification.person_id == person_id, Qualification.competency_id == competency_id)
+            .order_by(Qualification.id.desc())
+            .limit(1)
+        )
+        if (
+            newest is not None
+            and newest.id > about
+            and newest.action in (QualificationAction.GRANTED, QualificationAction.RENEWED)
+            and qualification_state(newest.level, newest.action, newest.valid_until, today).usable
+        ):
+            notification.read_at = now or utcnow()
+            settled += 1
+    db.flush()
+    return settled
+
+
 def notify_expired(db: Session, entries: Iterable[Qualification], today: date) -> int:
     """Tell holders and their trainers about ``expired`` history entries (``training.expire_due``'s)."""
     made = 0

@@ -96,6 +96,16 @@ def test_notifications_renewal_is_reminded_again_next_year(lab: Database) -> Non
     )
 
 
+def test_notifications_renewal_settles_the_old_reminders(lab: Database, clock: Clock) -> None:
+    remind_expiring(lab, IN_WINDOW)
+    expire_qualifications(lab, clock.now)
+    assert len(_texts(lab, "Eddie Expired", "en")) == 2
+    _renew_laser(lab, "Eddie Expired", clock.now.date())
+    remind_expiring(lab, clock.now)
+    assert _texts(lab, "Eddie Expired", "en") == []
+    assert _texts(lab, "Tina Trainer", "en") == []
+
+
 def test_notifications_go_to_the_sites_trainers_else_its_admins(lab: Database) -> None:
     with lab.session() as s:
         north = Site(slug="north", name="North", timezone="Europe/Berlin")
