@@ -190,9 +190,9 @@ def trainers_for(db: Session, holder: Person, competency: Competency, today: dat
 
 
 def _notify(db: Session, about: _About, kind: str, trainer_kind: str, key: str, today: date) -> int:
-    recipients: list[tuple[Person, str]] = []
-    if about.holder.active:
-        recipients.append((about.holder, kind))
+    if not about.holder.active:
+        return 0  # someone who left: neither they nor their trainers need to hear it
+    recipients: list[tuple[Person, str]] = [(about.holder, kind)]
     recipients += [(t, trainer_kind) for t in trainers_for(db, about.holder, about.competency, today)]
     known = set(
         db.scalars(

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 
 from server.db import Database
-from server.models import AuditLog, Machine, Notification, Person, QualificationAction, Site
+from server.models import AuditLog, Competency, Machine, Notification, Person, QualificationAction, Site
 from server.scheduler import build_scheduler, expire_qualifications, singleton_lock, site_today
 from server.services import allowlists, notifications, training
 from tests.conftest import Clock
@@ -29,7 +29,7 @@ def _person(db: Database, name: str) -> int:
 def _laser_history(db: Database, name: str) -> list[QualificationAction]:
     with db.session() as s:
         person = s.scalars(select(Person).where(Person.name == name)).one()
-        laser = next(c for c in s.scalars(select(training.Competency)) if c.slug == "laser-safety")
+        laser = next(c for c in s.scalars(select(Competency)) if c.slug == "laser-safety")
         return [q.action for q in training.history(s, person.id, laser.id)]
 
 
@@ -89,11 +89,19 @@ def test_expiry_job_tells_the_holder_and_the_trainer(lab: Database, clock: Clock
         assert s.scalar(select(func.count()).select_from(Notification)) == 2
 
 
+def test_expiry_of_someone_who_left_tells_nobody(lab: Database, clock: Clock) -> None:
+    with lab.session() as s:
+        s.execute(update(Person).where(Person.name == "Eddie Expired").values(active=False))
+    assert expire_qualifications(lab, clock.now) == 1  # the history is still kept right
+    with lab.session() as s:
+        assert s.scalar(select(func.count()).select_from(Notification)) == 0
+
+
 def test_expiry_renewed_qualification_does_not_expire(lab: Database, clock: Clock) -> None:
     with lab.session() as s:
         eddie = s.scalars(select(Person).where(Person.name == "Eddie Expired")).one()
         tina = s.scalars(select(Person).where(Person.name == "Tina Trainer")).one()
-        laser = s.scalars(select(training.Competency).where(training.Competency.slug == "laser-safety")).one()
+        laser = s.scalars(select(Competency).where(Competency.slug == "laser-safety")).one()
         training.renew(
             s, eddie, laser, tina, "briefed again", datetime(2026, 3, 1, tzinfo=UTC), date(2026, 3, 1)
         )
