@@ -162,25 +162,34 @@ def send_pending(database: Database, settings: SmtpSettings, now: datetime | Non
     except OSError as exc:  # refused, timed out, TLS or login failed
         report.failed = len(ids)
         log.warning(
-            "e-mail: cannot reach %s:%s (%s); %d to retry", settings.host, settings.port, exc, len(ids)
+            "e-mail: cannot connect or log in to %s:%s (%s); %d to retry",
+            settings.host,
+            settings.port,
+            exc,
+            len(ids),
         )
         return report
     try:
         for notification_id in ids:
-            with database.session() as db:
-                if not _claim(db, notification_id, now):
-                    continue  # sent meanwhile
-                notification = db.get(Notification, notification_id)
-                assert notification is not None
-                message = compose(notification, notification.person, settings.sender)
+            try:
+                with database.session() as db:
+                    if not _claim(db, notification_id, now):
+                        continue  # sent meanwhile
+                    notification = db.get(Notification, notification_id)
+                    assert notification is not None
+                    message = compose(notification, notification.person, settings.sender)
+            except Exception:  # one we cannot write (odd data): the claim rolled back; go on
+                report.failed += 1
+                log.exception("e-mail: notification %d could not be composed", notification_id)
+                continue
             try:
                 smtp.send_message(message)
-            except OSError as exc:  # smtplib's errors are OSErrors too
+            except (OSError, ValueError) as exc:  # smtplib's errors are OSErrors; bad addresses ValueErrors
                 _release(database, notification_id)
                 report.failed += 1
                 log.warning("e-mail: notification %d not sent (%s); retried next run", notification_id, exc)
-                connection_lost = not isinstance(exc, smtplib.SMTPException) or isinstance(
-                    exc, smtplib.SMTPServerDisconnected
+                connection_lost = isinstance(exc, smtplib.SMTPServerDisconnected) or (
+                    isinstance(exc, OSError) and not isinstance(exc, smtplib.SMTPException)
                 )
                 if connection_lost:  # the rest waits for the next run
                     report.failed += len(ids) - ids.index(notification_id) - 1

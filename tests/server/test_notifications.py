@@ -309,6 +309,17 @@ def test_notifications_email_failure_is_retried_next_run(
     assert len(inbox.to("eddie@test.local")) == 1 and len(inbox.to("tina@test.local")) == 1
 
 
+def test_notifications_email_an_unsendable_address_does_not_stop_the_others(
+    lab: Database, smtp_server: tuple[Inbox, SmtpSettings]
+) -> None:
+    inbox, settings = smtp_server
+    _give_email(lab, "Eddie Expired", "eddie@bäckerei.test", "de")  # the server has no SMTPUTF8
+    remind_expiring(lab, IN_WINDOW)
+    report = email_notifications(lab, settings)
+    assert (report.sent, report.failed) == (1, 1)
+    assert [rcpt for rcpt, _m in inbox.messages] == [["tina@test.local"]]
+
+
 def test_notifications_read_in_the_app_are_not_emailed(
     lab: Database, smtp_server: tuple[Inbox, SmtpSettings]
 ) -> None:
