@@ -140,7 +140,7 @@ def scheduler_cmd() -> None:
     while True:
         with singleton_lock(db, url) as held:
             if held:
-                scheduler: Any = build_scheduler(db)
+                scheduler: Any = build_scheduler(db, current_app.config)
 
                 def shutdown(*_: object, running: Any = scheduler) -> None:
                     running.shutdown(wait=False)

@@ -45,6 +45,13 @@ class Config:
     BABEL_DEFAULT_LOCALE: str = os.environ.get("WERKBANK_DEFAULT_LANGUAGE", "de")
     BABEL_DEFAULT_TIMEZONE: str = os.environ.get("WERKBANK_TIMEZONE", "Europe/Berlin")
     LANGUAGES: tuple[str, ...] = ("de", "en")
+    # E-mail for notifications; unset host: notifications stay in the app only.
+    SMTP_HOST: str | None = os.environ.get("WERKBANK_SMTP_HOST") or None
+    SMTP_PORT: int = _int("WERKBANK_SMTP_PORT", 587)
+    SMTP_USER: str | None = os.environ.get("WERKBANK_SMTP_USER") or None
+    SMTP_PASSWORD: str | None = os.environ.get("WERKBANK_SMTP_PASSWORD") or None
+    SMTP_FROM: str = os.environ.get("WERKBANK_SMTP_FROM") or "werkbank@localhost"
+    SMTP_STARTTLS: bool = _bool("WERKBANK_SMTP_STARTTLS", True)
     WEB_HOST: str = os.environ.get("WERKBANK_HOST", "127.0.0.1")
     WEB_PORT: int = _int("WERKBANK_PORT", 5000)
     SESSION_COOKIE_HTTPONLY: bool = True
@@ -61,3 +68,4 @@ class TestConfig(Config):
     SECRET_KEY = "test-secret-key"  # noqa: S105 - tests only
     DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or "sqlite://"
     WTF_CSRF_ENABLED = False
+    SMTP_HOST = None  # tests that e-mail start their own SMTP server

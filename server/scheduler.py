@@ -2,6 +2,11 @@
 
 A database-level lock (PostgreSQL advisory lock, or an exclusive lock file next to a
 SQLite database) makes a second scheduler wait instead of running every job twice.
+
+Qualifications expire and reminders are made by jobs that run every hour and once at
+start (so a restart catches up); each is idempotent, so running more often than daily only
+means "shortly after midnight" wherever a site is. Notifications are e-mailed every few
+minutes when ``WERKBANK_SMTP_HOST`` is set.
 """
 
 from __future__ import annotations
@@ -10,16 +15,18 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator, Mapping
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
 
 from server.db import Database
-from server.models import Device, Machine
-from server.services import allowlists
+from server.models import Device, Machine, Site
+from server.services import allowlists, mail, notifications, training
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x5765726B  # "Werk"
@@ -80,14 +87,89 @@ def mark_silent_devices_offline(database: Database, now: datetime | None = None)
     return count
 
 
-def build_scheduler(database: Database) -> object:
+def site_today(db: Session, now: datetime) -> date:
+    """The calendar day at the site whose midnight comes last (UTC's day when there is no site).
+
+    ``training.expire_due`` takes one day for all sites: the earliest one never expires a
+    qualification before its holder's own midnight. At a site further east the history entry
+    and the notification come a few hours after its midnight; its machines refuse the
+    qualification at midnight all the same (the decision and the offline allow-list check
+    ``valid_until`` themselves).
+    """
+    zones = set(db.scalars(select(Site.timezone).distinct())) or {"UTC"}
+    return min(now.astimezone(ZoneInfo(zone)).date() for zone in zones)
+
+
+def expire_qualifications(database: Database, now: datetime | None = None) -> int:
+    """Append ``expired`` to every qualification whose last valid day has passed, and tell
+    the holders and their trainers. The new history entries mark every allow-list dirty, so
+    the bridge reissues them. Returns how many expired (0 when run again)."""
+    now = now or datetime.now(UTC)
+    with database.session() as db:
+        today = site_today(db, now)
+        expired = training.expire_due(db, now, today)
+        notifications.notify_expired(db, expired, today)
+    if expired:
+        log.info("%d qualifications expired", len(expired))
+    return len(expired)
+
+
+def remind_expiring(database: Database, now: datetime | None = None) -> int:
+    """Remind holders and trainers of qualifications that end within 30 days (once each), and
+    settle the reminders of qualifications renewed meanwhile."""
+    now = now or datetime.now(UTC)
+    with database.session() as db:
+        today = site_today(db, now)
+        notifications.settle_renewed(db, today, now)
+        made = notifications.remind_expiring(db, today)
+    if made:
+        log.info("%d expiry reminders made", made)
+    return made
+
+
+def email_notifications(
+    database: Database, settings: mail.SmtpSettings, now: datetime | None = None
+) -> mail.MailReport:
+    """E-mail what is still unsent; SMTP trouble is logged and retried on the next run."""
+    return mail.send_pending(database, settings, now)
+
+
+def build_scheduler(database: Database, config: Mapping[str, Any] | None = None) -> Any:
+    """The jobs, on a blocking scheduler; ``config`` (the app's) says whether to e-mail."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     scheduler = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+    start = datetime.now(UTC)
     scheduler.add_job(
         refresh_allowlists, "cron", hour="*/6", minute=5, args=[database], id="refresh_allowlists"
     )
     scheduler.add_job(
         mark_silent_devices_offline, "interval", minutes=1, args=[database], id="silent_devices"
     )
+    scheduler.add_job(
+        expire_qualifications,
+        "cron",
+        minute=1,
+        args=[database],
+        id="expire_qualifications",
+        next_run_time=start,
+    )
+    scheduler.add_job(
+        remind_expiring,
+        "cron",
+        minute=2,
+        args=[database],
+        id="remind_expiring",
+        next_run_time=start + timedelta(seconds=10),
+    )
+    settings = mail.SmtpSettings.from_config(config or {})
+    if settings is not None:
+        scheduler.add_job(
+            email_notifications,
+            "interval",
+            minutes=5,
+            args=[database, settings],
+            id="email_notifications",
+            next_run_time=start + timedelta(seconds=30),
+        )
     return scheduler

@@ -1,6 +1,7 @@
-"""The web pages: login (``auth`` blueprint) and the overview and "my sessions" pages (``web``).
+"""The web pages: login (``auth`` blueprint), the overview and "my sessions" pages (``web``)
+and "mark read" for notifications (``notifications``).
 
-``init_app`` registers both blueprints and binds Flask-Login to our user adapter.
+``init_app`` registers the blueprints and binds Flask-Login to our user adapter.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from server.web import auth, training
+from server.web import auth, notifications, training
 from server.web.auth import current
 from server.web.l10n import current_language
 from server.web.views import bp
@@ -22,6 +23,9 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(bp)
     app.register_blueprint(training.bp, url_prefix="/training")
+    app.register_blueprint(notifications.bp)
+    # Pages include _notifications.html with notifications=notifications_for(user.id, language).
+    app.add_template_global(notifications.notifications_for)
     app.context_processor(_template_globals)
 
 
