@@ -1,6 +1,7 @@
-"""The web pages: login (``auth`` blueprint) and the overview and "my sessions" pages (``web``).
+"""The web pages: login (``auth`` blueprint), the overview and "my sessions" pages (``web``),
+and the admin pages (``admin``, under /admin).
 
-``init_app`` registers both blueprints and binds Flask-Login to our user adapter.
+``init_app`` registers the blueprints and binds Flask-Login to our user adapter.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from server.web import auth
+from server.web import admin, auth
 from server.web.auth import current
 from server.web.l10n import current_language
 from server.web.views import bp
@@ -21,6 +22,7 @@ def init_app(app: Flask) -> None:
     auth.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(bp)
+    app.register_blueprint(admin.bp, url_prefix="/admin")
     app.context_processor(_template_globals)
 
 
