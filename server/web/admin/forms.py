@@ -127,7 +127,10 @@ class PersonForm(Form):
     active = BooleanField(_l("Active"), default=True)
     password = PasswordField(
         _l("New password"),
-        validators=[Optional(), Length(min=10, max=1024)],
+        validators=[
+            Optional(),
+            Length(min=10, max=1024, message=_l("The password needs 10 to 1024 characters.")),
+        ],
         description=_l("Optional. At least 10 characters. Leave empty to keep the current one."),
         render_kw={"autocomplete": "new-password"},
     )

@@ -304,7 +304,7 @@ def badge_unblock(badge_id: int) -> ResponseReturnValue:
 FORMAT_DOC = Path(__file__).resolve().parents[3] / "docs" / "csv-import.md"
 EXAMPLE = (
     "name;email;language;cohort;programme;external_id;badge\r\n"
-    "Jürgen Müller;juergen@example.org;de;2026-A;Digitale Werkstatt;TN-0001;04A224B2C35E80\r\n"
+    "Jürgen Müller;juergen@example.org;de;2026-A;Digitale Werkstatt;TN-0001;04B1C2D3E4F501\r\n"
     "Jonas Weber;;en;2026-A;Digitale Werkstatt;TN-0002;\r\n"
 )
 
