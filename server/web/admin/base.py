@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import render_template, request
 from flask.typing import ResponseReturnValue
@@ -21,7 +21,6 @@ from server.web.l10n import _
 bp = web_blueprint("admin", __name__)
 
 PER_PAGE = 50
-T = TypeVar("T")
 
 
 def acting_admin() -> Person:
@@ -87,7 +86,7 @@ class Page:
         return self.number < self.pages
 
 
-def paginate(db: Session, query: Select[tuple[T]], per_page: int = PER_PAGE) -> Page:
+def paginate(db: Session, query: Select[Any], per_page: int = PER_PAGE) -> Page:
     """The page of ``query`` named by ``?page=`` (1 when missing or wrong)."""
     number = request.args.get("page", 1, type=int) or 1
     total = db.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0

@@ -95,14 +95,15 @@ def _machine_type_form(machine_type: MachineType | None) -> ResponseReturnValue:
             changes = apply_changes(machine_type, values)
             action = "machine_type.update"
         for competency in competencies:
-            wanted = getattr(form, f"req_{competency.id}").data or None
+            wanted: str | None = getattr(form, f"req_{competency.id}").data or None
             requirement = current.get(competency.id)
             before = requirement.min_level.value if requirement else None
             if wanted == before:
                 continue
             changes[f"requires:{competency.slug}"] = [before, wanted]
-            if wanted is None and requirement is not None:
-                db.delete(requirement)
+            if wanted is None:
+                if requirement is not None:
+                    db.delete(requirement)
             elif requirement is not None:
                 requirement.min_level = Level(wanted)
             else:
