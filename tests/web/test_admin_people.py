@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
@@ -13,7 +16,7 @@ from server.models import AuditLog, Badge, BadgeStatus, Machine, Person
 from server.security import verify_password
 from server.services.decision import decide
 from tests.web.admin_support import ADA_BADGE, BOB_BADGE, audit_actions, count, seed_training
-from tests.web.conftest import AuthActions, Lab
+from tests.web.conftest import PASSWORD, AuthActions, Lab, english, seed_lab
 
 
 @pytest.fixture
@@ -301,3 +304,36 @@ def test_admin_badge_unblock(admin: FlaskClient, ids: dict[str, int]) -> None:
     admin.post(f"/admin/badges/{badge.id}/replace", data={f"replace-{badge.id}-uid": "CAFEBABE"})
     admin.post(f"/admin/badges/{badge.id}/unblock")
     assert _badge(ADA_BADGE).status == BadgeStatus.LOST
+
+
+def test_admin_badge_block_with_csrf_on(make_app: Callable[..., Flask], password_hash: str) -> None:
+    """With CSRF protection on (as in production), the person page's forms carry their token."""
+    app = make_app(WTF_CSRF_ENABLED=True)
+    lab = seed_lab(password_hash)
+    seed_training(lab.site_id)
+    client = english(app.test_client())
+    token = re.search(
+        r'name="csrf_token" type="hidden" value="([^"]+)"', client.get("/login").get_data(as_text=True)
+    )
+    assert token is not None
+    client.post("/login", data={"email": lab.admin, "password": PASSWORD, "csrf_token": token.group(1)})
+    badge = _badge(ADA_BADGE)
+    html = client.get(f"/admin/people/{badge.person_id}").get_data(as_text=True)
+    assert (
+        client.post(f"/admin/badges/{badge.id}/block", data={f"block-{badge.id}-note": "x"}).status_code
+        == 400
+    )
+    found = re.search(rf'name="block-{badge.id}-csrf_token" type="hidden" value="([^"]+)"', html)
+    assert found is not None
+    data = {f"block-{badge.id}-note": "lost", f"block-{badge.id}-csrf_token": found.group(1)}
+    assert client.post(f"/admin/badges/{badge.id}/block", data=data).status_code == 302
+    assert _badge(ADA_BADGE).status == BadgeStatus.BLOCKED
+
+
+def test_admin_pages_in_german(admin: FlaskClient, ids: dict[str, int]) -> None:
+    admin.get("/language/de")
+    html = admin.get(f"/admin/people/{ids['ada']}").get_data(as_text=True)
+    assert "Diesen Ausweis sperren" in html and "Neuen Ausweis zuordnen" in html
+    badge = _badge(ADA_BADGE)
+    response = admin.post(f"/admin/badges/{badge.id}/block", data={f"block-{badge.id}-note": ""})
+    assert "Bitte die markierten Felder korrigieren." in response.get_data(as_text=True)
