@@ -1,5 +1,6 @@
-"""The web pages: login (``auth`` blueprint), the overview and "my sessions" pages (``web``)
-and "mark read" for notifications (``notifications``).
+"""The web pages: login (``auth``), the overview and "my training" pages (``web``), the
+trainer pages (``training``, under /training), "mark read" for notifications
+(``notifications``) and the admin pages (``admin``, under /admin).
 
 ``init_app`` registers the blueprints and binds Flask-Login to our user adapter.
 """
@@ -10,7 +11,7 @@ from typing import Any
 
 from flask import Flask
 
-from server.web import auth, notifications, training
+from server.web import admin, auth, notifications, training
 from server.web.auth import current
 from server.web.l10n import current_language
 from server.web.views import bp
@@ -26,6 +27,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(notifications.bp)
     # Pages include _notifications.html with notifications=notifications_for(user.id, language).
     app.add_template_global(notifications.notifications_for)
+    app.register_blueprint(admin.bp, url_prefix="/admin")
     app.context_processor(_template_globals)
 
 

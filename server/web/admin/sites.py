@@ -1,0 +1,76 @@
+"""The admin start page and the sites."""
+
+from __future__ import annotations
+
+from flask import abort, flash, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
+
+from server import get_db
+from server.models import Device, Machine, Person, Site
+from server.services import audit
+from server.web.admin.base import acting_admin, apply_changes, bp, form_page
+from server.web.admin.forms import SiteForm
+from server.web.auth import admin_required
+from server.web.l10n import _
+
+
+@bp.get("/")
+@admin_required
+def index() -> ResponseReturnValue:
+    db = get_db()
+    counts = {
+        "sites": db.scalar(select(func.count(Site.id))) or 0,
+        "people": db.scalar(select(func.count(Person.id)).where(Person.active.is_(True))) or 0,
+        "machines": db.scalar(select(func.count(Machine.id))) or 0,
+        "offline": db.scalar(select(func.count(Device.id)).where(Device.online.is_(False))) or 0,
+    }
+    return render_template("admin/index.html", counts=counts)
+
+
+@bp.get("/sites")
+@admin_required
+def sites() -> ResponseReturnValue:
+    rows = get_db().scalars(select(Site).order_by(Site.name)).all()
+    return render_template("admin/sites.html", sites=rows)
+
+
+@bp.route("/sites/new", methods=["GET", "POST"])
+@admin_required
+def site_new() -> ResponseReturnValue:
+    return _site_form(None)
+
+
+@bp.route("/sites/<int:site_id>", methods=["GET", "POST"])
+@admin_required
+def site_edit(site_id: int) -> ResponseReturnValue:
+    site = get_db().get(Site, site_id)
+    if site is None:
+        abort(404)
+    return _site_form(site)
+
+
+def _site_form(site: Site | None) -> ResponseReturnValue:
+    db = get_db()
+    form = SiteForm(obj=site)
+    if form.validate_on_submit():
+        slug = form.slug.data.strip()
+        taken = db.scalar(select(Site.id).where(Site.slug == slug))
+        if taken is not None and (site is None or taken != site.id):
+            form.add_error("slug", _("Another site already has this short name."))
+        else:
+            values = {"slug": slug, "name": form.name.data.strip(), "timezone": form.timezone.data.strip()}
+            if site is None:
+                site = Site(**values)
+                db.add(site)
+                db.flush()
+                audit.record(db, acting_admin(), "site.create", f"site:{site.id}", values)
+            else:
+                changes = apply_changes(site, values)
+                if changes:
+                    audit.record(db, acting_admin(), "site.update", f"site:{site.id}", changes)
+            db.commit()
+            flash(_("Site %(name)s saved.", name=site.name), "info")
+            return redirect(url_for("admin.sites"))
+    title = _("New site") if site is None else _("Edit site %(name)s", name=site.name)
+    return form_page("admin/form.html", form, title=title, back=url_for("admin.sites"))
