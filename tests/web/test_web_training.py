@@ -331,3 +331,32 @@ def test_training_pages_refuse_participants(
         == 403
     )
     assert _history(ada_id) == []
+
+
+def test_training_reminder_shows_on_the_participant_page_until_read(
+    client: FlaskClient, auth: AuthActions, trained_lab: Lab
+) -> None:
+    from server.services import notifications
+
+    ada_id, tina_id, _steps = _ids(trained_lab)
+    with db.session() as s:
+        s.add(
+            Qualification(
+                person_id=ada_id,
+                competency_id=_competency_id("laser"),
+                action=QualificationAction.GRANTED,
+                level=Level.BRIEFED,
+                valid_until=date.today() + timedelta(days=10),
+                granted_by_id=tina_id,
+            )
+        )
+        s.flush()
+        notifications.remind_expiring(s, date.today())
+        s.commit()
+    auth.login(trained_lab.participant)
+    me = client.get("/me").get_data(as_text=True)
+    assert "News for you" in me and "Laser cutting" in me
+    ids = re.findall(r'name="id" value="(\d+)"', me)
+    assert ids
+    client.post("/notifications/read", data={"id": ids[0], "next": "/me"})
+    assert "News for you" not in client.get("/me").get_data(as_text=True)
