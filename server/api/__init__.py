@@ -19,5 +19,5 @@ __all__ = ["bp", "init_app"]
 
 def init_app(app: Flask) -> None:
     csrf.exempt(bp)
-    errors.register(bp, app, URL_PREFIX)
+    errors.register_routing(app, URL_PREFIX)
     app.register_blueprint(bp)

@@ -73,8 +73,11 @@ def sees_everyone(person: Person, resource: Resource) -> bool:
 
 
 def require_sight(person: Person, resource: Resource, person_id: int | None) -> None:
-    """403 unless ``person`` may read ``resource`` of ``person_id`` (None: of everyone)."""
-    if person_id == person.id or sees_everyone(person, resource):
+    """403 unless ``person`` may read ``resource`` of ``person_id``.
+
+    ``None`` (no filter) is always allowed: the list is then cut down to what they may see.
+    """
+    if person_id is None or person_id == person.id or sees_everyone(person, resource):
         return
     raise ApiError(403, "forbidden", f"This token may read only its own person's {resource}.")
 

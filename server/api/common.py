@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from server.api import schemas as s
 from server.api.errors import ApiError, validation_error
+from server.api.errors import register as register_error_handlers
 from server.models import (
     Badge,
     Job,
@@ -27,6 +28,7 @@ from server.models import (
 
 URL_PREFIX = "/api/v1"
 bp = Blueprint("api", __name__, url_prefix=URL_PREFIX)
+register_error_handlers(bp)
 
 T = TypeVar("T")
 Row = TypeVar("Row")

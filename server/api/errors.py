@@ -91,14 +91,8 @@ def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError, where: 
     return ApiError(400, f"invalid_{where}", message, {path: what} if path else {})
 
 
-def register(bp: Blueprint, app: Flask, prefix: str) -> None:
-    """Errors inside the API's views answer JSON; so do 404 and 405 under ``prefix``.
-
-    Routing errors (an unknown path, a wrong method) happen before Flask knows the
-    blueprint, so blueprint handlers never see them; an app-wide handler answers them for
-    paths under ``prefix`` and hands every other path to the handler that was there before
-    (or Flask's default page).
-    """
+def register(bp: Blueprint) -> None:
+    """Errors inside the API's views answer in the error shape (once, at import)."""
     bp.register_error_handler(ApiError, _api_error)
     bp.register_error_handler(TrainingError, _training_error)
     bp.register_error_handler(msgspec.ValidationError, _validation_error)
@@ -107,6 +101,15 @@ def register(bp: Blueprint, app: Flask, prefix: str) -> None:
     bp.register_error_handler(HTTPException, _http_error)
     bp.register_error_handler(Exception, _unexpected_error)
 
+
+def register_routing(app: Flask, prefix: str) -> None:
+    """404 and 405 under ``prefix`` answer in the error shape too.
+
+    Routing errors (an unknown path, a wrong method) happen before Flask knows the
+    blueprint, so blueprint handlers never see them; an app-wide handler answers them for
+    paths under ``prefix`` and hands every other path to the handler that was there before
+    (or Flask's default page).
+    """
     for exc_class in (NotFound, MethodNotAllowed):
         previous = app.error_handler_spec.get(None, {}).get(exc_class.code, {}).get(exc_class)
 
