@@ -14,6 +14,10 @@ from server.api import errors, machines, people, spec, training  # noqa: F401
 from server.api.common import URL_PREFIX, bp
 from server.extensions import csrf
 
+# The flush hook that marks allow-lists dirty lives in this module and works only once it is
+# imported: a badge blocked or a qualification revoked over the API must reach the machines.
+from server.services import allowlists  # noqa: F401
+
 __all__ = ["bp", "init_app"]
 
 

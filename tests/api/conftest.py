@@ -93,9 +93,7 @@ def seed(now: datetime) -> ApiLab:
                 filament_g=12.5,
             )
         )
-        steps = {
-            f"{st.competency.slug}/{st.kind}": st.id for st in s.scalars(select(TrainingStep)).all()
-        }
+        steps = {f"{st.competency.slug}/{st.kind}": st.id for st in s.scalars(select(TrainingStep)).all()}
         made = {}
         for role, email in ROLE_EMAILS.items():
             _, secret = tokens.create(s, email, f"{role} tests", now - timedelta(minutes=10))
@@ -154,7 +152,9 @@ class Api:
         self.contract.check(method, path, response.status_code, response.get_json())
         return response
 
-    def get(self, path: str, as_: str | None = "admin", token: str | None = None, **params: Any) -> TestResponse:
+    def get(
+        self, path: str, as_: str | None = "admin", token: str | None = None, **params: Any
+    ) -> TestResponse:
         return self.call("GET", path, as_, token=token, **params)
 
     def post(self, path: str, json: Any, as_: str | None = "admin", **kw: Any) -> TestResponse:

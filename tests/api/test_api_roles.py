@@ -80,7 +80,13 @@ def _fill(value: Any, lab: ApiLab) -> Any:
     ("method", "path", "body", "expected"), MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX]
 )
 def test_api_roles_every_route_refuses_the_wrong_role(
-    api: Api, lab: ApiLab, role: str | None, method: str, path: str, body: Any, expected: dict[str | None, int]
+    api: Api,
+    lab: ApiLab,
+    role: str | None,
+    method: str,
+    path: str,
+    body: Any,
+    expected: dict[str | None, int],
 ) -> None:
     path = _fill(path, lab)
     response = api.call(method, path, role, json=_fill(body, lab) if body is not None else None)

@@ -61,7 +61,9 @@ def test_token_cli_refuses_unknown_person_and_bad_expiry(app: Flask, lab: ApiLab
     assert unknown.exit_code != 0 and "no person" in unknown.stderr
     inactive = runner.invoke(args=["token", "create", "--email", "ina@lab.test", "--name", "x"])
     assert inactive.exit_code != 0 and "not active" in inactive.stderr
-    zero = runner.invoke(args=["token", "create", "--email", "ada@lab.test", "--name", "x", "--expires-days", "0"])
+    zero = runner.invoke(
+        args=["token", "create", "--email", "ada@lab.test", "--name", "x", "--expires-days", "0"]
+    )
     assert zero.exit_code != 0
     short = runner.invoke(args=["token", "revoke", "wb_"])
     assert short.exit_code != 0
