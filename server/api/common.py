@@ -3,6 +3,7 @@ pages of lists, and turning models into answers."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -46,11 +47,17 @@ def answer(body: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(body), status=status, mimetype="application/json")
 
 
+# PostgreSQL text cannot hold NUL characters; refuse them up front rather than as a driver error.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def read_body(kind: type[T]) -> T:
     """The request's JSON body as ``kind``: strict types, no unknown fields, else 400."""
     raw = request.get_data(cache=False)
     if not raw.strip():
         raise ApiError(400, "invalid_body", "The request needs a JSON body.")
+    if _NUL_ESCAPE.search(raw):
+        raise ApiError(400, "invalid_body", "Invalid body: text may not contain NUL characters.")
     try:
         return msgspec.json.decode(raw, type=kind, strict=True)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -68,6 +75,9 @@ def read_query(kind: type[T]) -> T:
             f"Give the parameter `{repeated[0]}` once.",
             {repeated[0]: "given more than once"},
         )
+    bad = next((name for name, value in args.items() if "\x00" in name + value), None)
+    if bad is not None:
+        raise ApiError(400, "invalid_query", "Query parameters may not contain NUL characters.", {bad: "NUL"})
     try:
         return msgspec.convert(args.to_dict(), type=kind, strict=False)
     except msgspec.ValidationError as exc:

@@ -54,7 +54,11 @@ def list_machines() -> ResponseReturnValue:
 @bp.get("/machines/<slug>")
 @api_access("read")
 def get_machine(slug: str) -> ResponseReturnValue:
-    machine = get_db().scalar(select(Machine).options(*_machine_loads()).where(Machine.slug == slug))
+    machine = (
+        get_db().scalar(select(Machine).options(*_machine_loads()).where(Machine.slug == slug))
+        if len(slug) <= 40 and "\x00" not in slug
+        else None
+    )
     if machine is None:
         raise ApiError(404, "not_found", f"No machine {slug!r}.")
     return answer(machine_out(machine))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from server.api.common import (
 from server.api.errors import ApiError
 from server.models import Badge, BadgeStatus, Person, Site, utcnow
 from server.services import audit
+from werkbank_protocol.messages import BADGE_PATTERN
 
 # -- people ----------------------------------------------------------------------------------------
 
@@ -60,7 +62,7 @@ def list_people() -> ResponseReturnValue:
 
 
 def _person(db: Session, person_id: int) -> Person:
-    person = db.get(Person, person_id)
+    person = db.get(Person, person_id) if person_id <= s.MAX_ID else None
     if person is None:
         raise ApiError(404, "not_found", f"No person with id {person_id}.")
     return person
@@ -251,7 +253,8 @@ def create_badge() -> ResponseReturnValue:
 def update_badge(uid: str) -> ResponseReturnValue:
     body = read_body(s.BadgePatch)
     db = get_db()
-    badge = db.scalar(select(Badge).where(Badge.uid == uid.upper()))
+    valid = re.fullmatch(BADGE_PATTERN, uid.upper()) is not None
+    badge = db.scalar(select(Badge).where(Badge.uid == uid.upper())) if valid else None
     if badge is None:
         raise ApiError(404, "not_found", f"No badge {uid}.")
     now = utcnow()

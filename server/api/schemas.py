@@ -35,7 +35,9 @@ Slug = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,59}$")]
 BadgeUid = Annotated[str, Meta(pattern=BADGE_PATTERN.replace("0-9A-F", "0-9A-Fa-f"))]
 Reason = Annotated[str, Meta(max_length=2000)]
 Note = Annotated[str, Meta(max_length=2000)]
-Id = Annotated[int, Meta(ge=1)]
+# Ids fit the database's 32-bit integer columns: a larger one is refused here, not by the driver.
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
 UtcTime = Annotated[datetime, Meta(tz=True)]
 
 
@@ -48,7 +50,7 @@ class _In(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class Paging(_In):
     limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
-    offset: Annotated[int, Meta(ge=0)] = 0
+    offset: Annotated[int, Meta(ge=0, le=MAX_ID)] = 0
 
 
 class PeopleQuery(Paging):
