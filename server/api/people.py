@@ -145,7 +145,7 @@ def create_person() -> ResponseReturnValue:
         current_person(),
         "person.created",
         f"person:{person.id}",
-        {"name": name, "email": email, "site": site.slug, "roles": sorted(set(body.roles))},
+        {"name": name, "email": email, "site": site.slug, "roles": roles_of(person)},
     )
     db.commit()
     return answer(person_out(person), 201)
@@ -157,6 +157,11 @@ def update_person(person_id: int) -> ResponseReturnValue:
     body = read_body(s.PersonPatch)
     db = get_db()
     person = _person(db, person_id)
+    if person.id == current_person().id and (
+        body.active is False or (isinstance(body.roles, list) and "admin" not in body.roles)
+    ):
+        # Someone must be left who can undo it: another admin changes an admin's own rights.
+        raise ApiError(422, "own_admin", "You cannot take away your own admin role or deactivate yourself.")
     email = body.email.strip().lower() if isinstance(body.email, str) else body.email
     _check_unique(
         db,

@@ -227,3 +227,11 @@ def test_api_errors_are_json_for_unknown_paths_and_methods(api: Api) -> None:
     assert "GET" in wrong.headers["Allow"]
     # Outside the API, a 404 is still a page.
     assert api.client.get("/nothing-here").mimetype == "text/html"
+
+
+def test_people_admin_cannot_lock_themselves_out(api: Api, lab: ApiLab) -> None:
+    me = lab.people["admin"]
+    for body in ({"active": False}, {"roles": ["participant"]}):
+        refused = api.patch(f"/people/{me}", body)
+        assert refused.status_code == 422 and error_code(refused) == "own_admin"
+    assert api.patch(f"/people/{me}", {"roles": ["admin", "trainer"]}).status_code == 200
