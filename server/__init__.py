@@ -60,9 +60,11 @@ def create_app(config_class: type[Config] = Config, **overrides: Any) -> Flask:
                 session_.rollback()
             session_.close()
 
+    from server.api import init_app as init_api
     from server.cli import register as register_commands
     from server.web import init_app as init_web
 
     init_web(app)
+    init_api(app)
     register_commands(app)
     return app

@@ -310,7 +310,86 @@ def device_provision_cmd(
     click.echo(f"next: follow {bundle.directory / 'INSTALL.md'} (it holds secrets: copy it over SSH only)")
 
 
-COMMANDS = (db_group, load_cmd, web_cmd, bridge_cmd, scheduler_cmd, tap_cmd, up_cmd, device_group)
+# -- API tokens ----------------------------------------------------------------------------
+@click.group("token")
+def token_group() -> None:
+    """Tokens for the JSON API (/api/v1): each acts as its person, with that person's rights."""
+
+
+@token_group.command("create")
+@click.option("--email", required=True, help="The person the token acts as.")
+@click.option("--name", required=True, help='What the token is for, e.g. "reporting".')
+@click.option("--expires-days", type=click.IntRange(min=1), default=None, help="Expire after N days.")
+@with_appcontext
+def token_create_cmd(email: str, name: str, expires_days: int | None) -> None:
+    """Create a token and print it once (only its SHA-256 is stored)."""
+    from server.extensions import db
+    from server.models import utcnow
+    from server.services import tokens
+
+    try:
+        with db.session() as session:
+            token, secret = tokens.create(session, email, name, utcnow(), expires_days=expires_days)
+            owner = token.person.name
+            expires = token.expires_at.isoformat() if token.expires_at else "never"
+    except tokens.TokenError as exc:
+        raise click.ClickException(f"{exc}. No token was created.") from exc
+    click.echo(secret)
+    click.echo(f"token {secret[: tokens.PREFIX_LENGTH]} for {owner} ({name}), expires {expires}", err=True)
+    click.echo("store it now: it is shown only this once", err=True)
+
+
+@token_group.command("revoke")
+@click.argument("prefix")
+@with_appcontext
+def token_revoke_cmd(prefix: str) -> None:
+    """Revoke the token whose prefix (as `werkbank token list` shows it) is PREFIX."""
+    from server.extensions import db
+    from server.models import utcnow
+    from server.services import tokens
+
+    try:
+        with db.session() as session:
+            token = tokens.revoke(session, prefix, utcnow())
+            click.echo(f"revoked {token.prefix} ({token.name}) of {token.person.name}")
+    except tokens.TokenError as exc:
+        raise click.ClickException(f"{exc}. Nothing was changed.") from exc
+
+
+@token_group.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked tokens.")
+@with_appcontext
+def token_list_cmd(include_revoked: bool) -> None:
+    """List tokens: prefix, person, name, created, last used, expiry."""
+    from server.extensions import db
+    from server.services import tokens
+
+    def day(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+    with db.session() as session:
+        rows = tokens.listing(session, include_revoked=include_revoked)
+        if not rows:
+            click.echo("no tokens")
+        for t in rows:
+            state = f"revoked {day(t.revoked_at)}" if t.revoked_at else f"expires {day(t.expires_at)}"
+            click.echo(
+                f"{t.prefix}  {t.person.email or t.person.name}  {t.name!r}  created {day(t.created_at)}"
+                f"  last used {day(t.last_used_at)}  {state}"
+            )
+
+
+COMMANDS = (
+    db_group,
+    load_cmd,
+    web_cmd,
+    bridge_cmd,
+    scheduler_cmd,
+    tap_cmd,
+    up_cmd,
+    device_group,
+    token_group,
+)
 
 
 def register(app: Flask) -> None:
