@@ -58,6 +58,8 @@ def _banner(url: str, mqtt_url: str, data: Path) -> str:
         "=" * 72,
         f"  Werkbank is running:  {url}",
         f"  MQTT broker:         {mqtt_url}",
+        f"  Trainer pages:       {url}training/people    Admin: {url}admin",
+        f"  JSON API:            {url}api/v1/openapi.json (tokens: werkbank token create)",
         "",
         "  Logins:",
     ]
