@@ -439,21 +439,11 @@ def revoke(
     )
 
 
-def record_step(
-    db: Session,
-    person: Person,
-    step: TrainingStep,
-    actor: Person,
-    now: datetime,
-    today: date,
-    *,
-    source: str = "web",
-    session_id: str | None = None,
-    note: str | None = None,
-) -> tuple[StepRecord, Qualification | None]:
-    """Record that ``person`` did ``step``; grant the level when it was the level's last step.
+def check_step(db: Session, person: Person, step: TrainingStep, actor: Person, today: date) -> None:
+    """Raise the TrainingError :func:`record_step` would raise for this step; change nothing.
 
-    Returns the record and the new qualification entry, if the step completed a level.
+    Lets a caller that records several steps at once (a sign-off at a machine whose type
+    requires several competencies) check them all before it writes any.
     """
     competency = step.competency
     _require_trainer(db, actor, competency, today)
@@ -506,6 +496,26 @@ def record_step(
                 N_("First record: {step}."),
                 step=other.step.name,
             )
+
+
+def record_step(
+    db: Session,
+    person: Person,
+    step: TrainingStep,
+    actor: Person,
+    now: datetime,
+    today: date,
+    *,
+    source: str = "web",
+    session_id: str | None = None,
+    note: str | None = None,
+) -> tuple[StepRecord, Qualification | None]:
+    """Record that ``person`` did ``step``; grant the level when it was the level's last step.
+
+    Returns the record and the new qualification entry, if the step completed a level.
+    """
+    competency = step.competency
+    check_step(db, person, step, actor, today)
     record = StepRecord(
         person_id=person.id,
         competency_id=competency.id,
@@ -534,6 +544,12 @@ def record_step(
     )
     db.flush()
     return record, advance(db, person, competency, actor, now, today)
+
+
+def pending_signoff(db: Session, person_id: int, competency: Competency, today: date) -> TrainingStep | None:
+    """The practical sign-off toward the person's next level in ``competency``, if not recorded yet."""
+    current = progress(db, person_id, competency, today)
+    return next((s.step for s in current.steps if s.step.kind == StepKind.SIGNOFF and not s.done), None)
 
 
 def advance(
