@@ -44,6 +44,7 @@ from server.models import (
     Person,
     Qualification,
     Requirement,
+    StepKind,
 )
 from server.services import allowlists, training
 from server.services.decision import Decider, MachineFacts, Tap, Verdict
@@ -367,11 +368,18 @@ class Bridge:
                 .order_by(Requirement.id)
             ).all()
             due = [
-                (competency, step)
+                (competency, signoff)
                 for competency in competencies
-                if (step := training.pending_signoff(orm, person.id, competency, today)) is not None
+                if (signoff := training.pending_signoff(orm, person.id, competency, today)) is not None
             ]
             if not due:
+                # Nothing to sign off yet: say what is missing when it is supervised hours.
+                for competency in competencies:
+                    upcoming = training.progress(orm, person.id, competency, today).next_step
+                    if upcoming is not None and upcoming.step.kind == StepKind.SUPERVISED_HOURS:
+                        done = round(upcoming.hours_done or 0.0, 1)
+                        needed = upcoming.step.hours or 0.0
+                        return refused(render_text(training.HOURS_MISSING, tz, done=done, needed=needed))
                 return refused(render("nothing_to_sign_off", tz, name=name))
             try:
                 # Check all before writing any: no savepoint needed (SQLite's driver would

@@ -72,6 +72,9 @@ STEP_KIND_LABELS: dict[str, str] = {
 }
 
 
+HOURS_MISSING = N_("{done} of {needed} supervised hours done. Sign off when all are done.")
+
+
 class TrainingError(ValueError):
     """A change to someone's training that the rules refuse.
 
@@ -487,7 +490,7 @@ def check_step(db: Session, person: Person, step: TrainingStep, actor: Person, t
             if other.step.kind == StepKind.SUPERVISED_HOURS:
                 raise TrainingError(
                     "hours_missing",
-                    N_("{done} of {needed} supervised hours done. Sign off when all are done."),
+                    HOURS_MISSING,
                     done=round(other.hours_done or 0.0, 1),
                     needed=other.step.hours or 0.0,
                 )
