@@ -63,6 +63,11 @@ def _level(system: System, name: str, competency: str) -> Qualification | None:
         )
 
 
+def _holds(system: System, name: str, competency: str, level: Level) -> bool:
+    entry = _level(system, name, competency)
+    return entry is not None and entry.level == level
+
+
 def _person_id(system: System, name: str) -> int:
     with system.db.session() as s:
         found = s.scalar(select(Person.id).where(Person.name == name))
@@ -125,11 +130,9 @@ def test_e2e_supervise_handover_keeps_the_relay_closed_and_hours_grant_supervise
     assert agent.tap(BEA).reason == "tap_out"
     assert not system.relay_closed("pi-printer-1")
 
-    def supervised_granted() -> bool:
-        entry = _level(system, "Bea Briefed", "fdm-printing")
-        return entry is not None and entry.level == Level.SUPERVISED
-
-    assert eventually(supervised_granted), "the supervised hours granted the level by themselves"
+    assert eventually(lambda: _holds(system, "Bea Briefed", "fdm-printing", Level.SUPERVISED)), (
+        "the supervised hours granted the level by themselves"
+    )
     granted = _level(system, "Bea Briefed", "fdm-printing")
     assert granted is not None and granted.granted_by_id == tina
     with system.db.session() as s:
@@ -162,9 +165,7 @@ def test_e2e_signoff_at_the_machine_grants_independent_and_bea_may_work_alone(
     assert agent.tap(TINA).reason == "tap_out"
 
     _supervised_session(system, agent, clock, seconds=5)
-    assert eventually(
-        lambda: getattr(_level(system, "Bea Briefed", "fdm-printing"), "level", None) == "supervised"
-    )
+    assert eventually(lambda: _holds(system, "Bea Briefed", "fdm-printing", Level.SUPERVISED))
     assert agent.tap(BEA).reason == "trainer_required", "supervised is not yet independent"
 
     # Tina unlocks, taps again to arm the sign-off, then Bea's badge: the sign-off is recorded.
