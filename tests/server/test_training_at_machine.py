@@ -177,3 +177,21 @@ def test_training_supervised_hours_count_in_any_event_order(trainer_lab: Databas
             tina.id,
             clock(),
         )
+
+
+def test_training_allowlist_marks_trainers_of_this_machine_type_only(trainer_lab: Database, clock) -> None:
+    from server.models import Machine
+    from server.services import allowlists
+    from tests.conftest import PETE
+    from werkbank_protocol.allowlist import badge_hash, key_bytes
+
+    with trainer_lab.session() as s:
+        flags = {}
+        for slug in ("printer-1", "laser-1"):
+            machine = s.scalar(select(Machine).where(Machine.slug == slug))
+            assert machine is not None
+            document = allowlists.build(s, machine, clock(), 7)
+            by_hash = {e["badge_hash"]: e["trainer"] for e in document["entries"]}
+            key = key_bytes(machine.allowlist_key)
+            flags[slug] = (by_hash[badge_hash(key, PETE)], by_hash[badge_hash(key, TINA)])
+    assert flags == {"printer-1": (True, True), "laser-1": (False, True)}
