@@ -19,6 +19,7 @@ from server.models import (
     Competency,
     Device,
     Level,
+    Machine,
     MachineType,
     Person,
     Qualification,
@@ -28,9 +29,11 @@ from server.models import (
     StepRecord,
     TrainingStep,
 )
+from server.services import allowlists
 from server.services.ingest import ingest_event
-from tests.conftest import BEA, TINA
+from tests.conftest import BEA, PETE, TINA
 from werkbank_protocol import format_ts
+from werkbank_protocol.allowlist import badge_hash, key_bytes
 from werkbank_protocol.messages import AuthReq, SessionEnded, SessionStarted
 
 QUINN = "04A224B2C35E80"
@@ -180,11 +183,6 @@ def test_training_supervised_hours_count_in_any_event_order(trainer_lab: Databas
 
 
 def test_training_allowlist_marks_trainers_of_this_machine_type_only(trainer_lab: Database, clock) -> None:
-    from server.models import Machine
-    from server.services import allowlists
-    from tests.conftest import PETE
-    from werkbank_protocol.allowlist import badge_hash, key_bytes
-
     with trainer_lab.session() as s:
         flags = {}
         for slug in ("printer-1", "laser-1"):
