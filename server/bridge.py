@@ -356,7 +356,8 @@ class Bridge:
         def refused(message: dict[str, str]) -> Verdict:
             return Verdict(False, "not_qualified", message, person=verdict.person, trainer=verdict.trainer)
 
-        # The ORM session joins the tap's transaction and leaves its commit to it.
+        # The ORM session joins the tap's transaction and leaves its commit to it. Its grants mark
+        # every allow-list dirty in this transaction, like any ORM change: the Decider's cache stays exact.
         with Session(bind=db, join_transaction_mode="rollback_only") as orm:
             person = orm.get(Person, verdict.person.id)
             trainer = orm.get(Person, verdict.trainer.id)
