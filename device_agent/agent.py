@@ -459,10 +459,7 @@ class Agent:
     def _tick(self) -> None:
         self._poll_monitor()
         mono = self.clock.monotonic()
-        if self._window is not None and mono >= self._window.ends_mono:
-            log.info("the trainer window closed")
-            self._window = None
-            self._show_state()
+        self._close_window_if_over(mono)
         session = self._session
         if session is not None:
             if self.monitor.running():
@@ -637,6 +634,7 @@ class Agent:
             self._decided(Decision(uid, "denied", "unreadable", LOCAL_MESSAGES["unreadable"]))
             return
         if session is not None:
+            self._close_window_if_over(mono)  # a tap may come before the timer's tick
             window = self._window
             if window is not None and window.trainer == session.record.badge:
                 self._window_tap(uid, session, window, mono)
@@ -706,6 +704,12 @@ class Agent:
             language: f"{greeting.get(language, '')} {text.format(s=f'{seconds:g}')}".strip()
             for language, text in hint.items()
         }
+
+    def _close_window_if_over(self, mono: float) -> None:
+        if self._window is not None and mono >= self._window.ends_mono:
+            log.info("the trainer window closed")
+            self._window = None
+            self._show_state()
 
     def _window_tap(self, uid: str, session: _Session, window: _TrainerWindow, mono: float) -> None:
         """A tap while the trainer window is open (the trainer's own session is the open one)."""
