@@ -10,6 +10,13 @@ news (jobs, faults, readings; the monitor reads the machine in its own thread) b
 The safety rules live in :meth:`Agent._lock_due`: a lock never cuts power mid-job unless
 forced; it waits (``lock_deferred``) until the job ends.
 
+A trainer at the machine (:meth:`Agent._window_tap`): when the server says the person it
+allowed is a trainer here, a trainer window opens for ``[session] trainer_window_s``. A
+participant's badge in it asks for mode ``supervise``; if allowed, the trainer's session
+ends and the participant's supervised one starts with the relay closed throughout. The
+trainer's own badge in it arms a sign-off instead of tapping out; a participant's badge
+then asks for mode ``certify`` (the server records the sign-off; no session starts).
+
 Every event is written to the outbox before it is published and stays there until the
 server's ``ack`` names it. The open session is kept in ``state.json`` so that after a
 power loss the next start reports it ended at its last heartbeat: the agent never
@@ -71,6 +78,7 @@ from werkbank_protocol.messages import (
     JobStarted,
     LockDeferred,
     MachineState,
+    Mode,
     SessionEnded,
     SessionStarted,
     SimTap,
@@ -111,18 +119,37 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
         "de": "Auftrag läuft: Die Maschine sperrt, sobald er fertig ist.",
         "en": "Job running: the machine locks when it ends.",
     },
+    # Appended to the server's greeting when a trainer unlocks ({s}: the window's seconds).
+    "trainer_window": {
+        "de": "Trainer: In {s} s Karte der Person auflegen = betreuen, eigene Karte = Abnahme.",
+        "en": "Trainer: within {s} s, tap a participant's badge to supervise, or yours to sign off.",
+    },
+    "signoff_armed": {
+        "de": "Abnahme: Jetzt die Karte der Person auflegen.",
+        "en": "Sign-off: now tap the participant's badge.",
+    },
+    "server_needed": {
+        "de": "Server nicht erreichbar: Betreuen und Abnahme gehen nur mit Server. Bitte später noch einmal.",
+        "en": "Server unreachable: supervising and sign-off need the server. Please try again later.",
+    },
+    "job_running_handover": {
+        "de": "Ein Auftrag läuft. Betreuung erst starten, wenn er fertig ist.",
+        "en": "A job is running. Start supervising when it has ended.",
+    },
 }
 
 _BADGE_RE = re.compile(BADGE_PATTERN)
-# "deferred": a tap-out during a job; the lock waits for the job's end.
-Outcome = Literal["unlocked", "denied", "locked", "ignored", "deferred"]
+# "deferred": a tap-out during a job; the lock waits for the job's end. "armed": a trainer
+# armed a sign-off; "recorded": the server recorded a sign-off (no session started).
+Outcome = Literal["unlocked", "denied", "locked", "ignored", "deferred", "armed", "recorded"]
+WindowMode = Literal["supervise", "certify"]
 
 
 @dataclass(frozen=True)
 class Decision:
     """What a tap led to. ``reason`` is the server's reason code, or a local one
     (``in_use``, ``offline_ok``, ``offline_denied``, ``unreadable``, ``tap_out``, ``grace``,
-    ``job_running``)."""
+    ``job_running``, ``signoff_armed``, ``server_needed``, ``job_running_handover``)."""
 
     badge: str
     outcome: Outcome
@@ -174,6 +201,16 @@ class _Session:
     job: _Job | None = None
     # The reason of a lock that is due but waits for the job to end.
     lock_pending: EndReason | None = None
+
+
+@dataclass
+class _TrainerWindow:
+    """A trainer's session is open and their next move is awaited (see the module docstring)."""
+
+    trainer: str  # the trainer's badge (the open session's)
+    mode: WindowMode  # what a participant's badge asks for now
+    ends_mono: float
+    changed_mono: float  # opened or armed: the tap-out grace counts from here
 
 
 class _Waiter:
@@ -251,6 +288,7 @@ class Agent:
         # Rejected incoming messages by topic suffix and error code, for logs and tests.
         self.rejected: Counter[str] = Counter()
         self._session: _Session | None = None
+        self._window: _TrainerWindow | None = None
         self._fault: str | None = None
         # The monitor's latest readings, for telemetry.
         self._readings = MonitorReadings()
@@ -285,6 +323,12 @@ class Agent:
         if session.lock_pending is not None:
             return "draining"
         return "running" if self._busy() else "unlocked"
+
+    @property
+    def trainer_window(self) -> WindowMode | None:
+        """What a participant's badge would ask for now (``supervise``/``certify``), or None."""
+        window = self._window
+        return window.mode if window is not None else None
 
     @property
     def job_id(self) -> str | None:
@@ -415,6 +459,7 @@ class Agent:
     def _tick(self) -> None:
         self._poll_monitor()
         mono = self.clock.monotonic()
+        self._close_window_if_over(mono)
         session = self._session
         if session is not None:
             if self.monitor.running():
@@ -589,26 +634,19 @@ class Agent:
             self._decided(Decision(uid, "denied", "unreadable", LOCAL_MESSAGES["unreadable"]))
             return
         if session is not None:
-            if uid != session.record.badge:
+            self._close_window_if_over(mono)  # a tap may come before the timer's tick
+            window = self._window
+            if window is not None and window.trainer == session.record.badge:
+                self._window_tap(uid, session, window, mono)
+            elif uid not in (session.record.badge, session.record.trainer_badge):
+                # (The supervising trainer may end a supervised session too.)
                 self.indicators.denied()
                 self._decided(Decision(uid, "denied", "in_use", LOCAL_MESSAGES["in_use"]))
             elif mono - session.started_mono < self.config.session_tap_out_grace_s:
                 # The card was still near the reader after unlocking: not a tap-out.
                 self._decided(Decision(uid, "ignored", "grace", {}, session=session.record.id))
             else:
-                session_id = session.record.id
-                if self._lock_due("tap_out"):
-                    self._decided(
-                        Decision(
-                            uid, "locked", "tap_out", LOCAL_MESSAGES["session_ended"], session=session_id
-                        )
-                    )
-                else:
-                    self._decided(
-                        Decision(
-                            uid, "deferred", "job_running", LOCAL_MESSAGES["job_running"], session=session_id
-                        )
-                    )
+                self._tap_out(uid, session)
             return
 
         response = self._ask_server(uid)
@@ -618,30 +656,142 @@ class Agent:
                     log.warning("the server allowed %s without a session id; making one", uid)
                 server_session = response.session or str(uuid.uuid4())
                 self._start_session(uid, server_session, offline=False, until=response.until)
-                self._decided(
-                    Decision(uid, "unlocked", response.reason, response.message, session=server_session)
-                )
+                message = response.message
+                if response.trainer:
+                    message = self._open_window(uid, mono, message)
+                self._decided(Decision(uid, "unlocked", response.reason, message, session=server_session))
             else:
                 self.indicators.denied()
                 self._decided(Decision(uid, "denied", response.reason, response.message))
             return
 
-        allowed, _trainer = self.allowlist.check(uid, self.clock.now())
+        allowed, trainer = self.allowlist.check(uid, self.clock.now())
         if allowed:
             session_id = str(uuid.uuid4())
             self._start_session(uid, session_id, offline=True, until=None)
-            self._decided(
-                Decision(uid, "unlocked", "offline_ok", LOCAL_MESSAGES["offline_ok"], True, session_id)
-            )
+            message = LOCAL_MESSAGES["offline_ok"]
+            if trainer:
+                # Supervising needs the server; the window is there so that a participant's badge
+                # gets told so (server_needed) rather than "machine in use".
+                message = self._open_window(uid, mono, message)
+            self._decided(Decision(uid, "unlocked", "offline_ok", message, True, session_id))
         else:
             self.indicators.denied()
             self._decided(Decision(uid, "denied", "offline_denied", LOCAL_MESSAGES["offline_denied"], True))
 
-    def _ask_server(self, uid: str) -> AuthResp | None:
+    def _tap_out(self, uid: str, session: _Session) -> None:
+        session_id = session.record.id
+        if self._lock_due("tap_out"):
+            self._decided(
+                Decision(uid, "locked", "tap_out", LOCAL_MESSAGES["session_ended"], session=session_id)
+            )
+        else:
+            self._decided(
+                Decision(uid, "deferred", "job_running", LOCAL_MESSAGES["job_running"], session=session_id)
+            )
+
+    # ------------------------------------------------------------------ a trainer at the machine
+
+    def _open_window(self, uid: str, mono: float, greeting: dict[str, str]) -> dict[str, str]:
+        """Open the trainer window for ``uid``'s new session; the greeting with the trainer's hint."""
+        seconds = self.config.session_trainer_window_s
+        if seconds <= 0:
+            return greeting
+        self._window = _TrainerWindow(uid, "supervise", mono + seconds, mono)
+        self.indicators.trainer_window()
+        hint = LOCAL_MESSAGES["trainer_window"]
+        return {
+            language: f"{greeting.get(language, '')} {text.format(s=f'{seconds:g}')}".strip()
+            for language, text in hint.items()
+        }
+
+    def _close_window_if_over(self, mono: float) -> None:
+        if self._window is not None and mono >= self._window.ends_mono:
+            log.info("the trainer window closed")
+            self._window = None
+            self._show_state()
+
+    def _window_tap(self, uid: str, session: _Session, window: _TrainerWindow, mono: float) -> None:
+        """A tap while the trainer window is open (the trainer's own session is the open one)."""
+        if uid == window.trainer:
+            if mono - window.changed_mono < self.config.session_tap_out_grace_s:
+                self._decided(Decision(uid, "ignored", "grace", {}, session=session.record.id))
+            elif window.mode == "supervise":
+                # Instead of tapping out: the next participant's badge records a sign-off.
+                window.mode = "certify"
+                window.changed_mono = mono
+                window.ends_mono = mono + self.config.session_trainer_window_s
+                self.indicators.signoff_armed()
+                self._decided(
+                    Decision(
+                        uid,
+                        "armed",
+                        "signoff_armed",
+                        LOCAL_MESSAGES["signoff_armed"],
+                        session=session.record.id,
+                    )
+                )
+            else:
+                # Armed already: a third tap of the trainer's own badge taps out as usual.
+                self._window = None
+                self._tap_out(uid, session)
+            return
+        if window.mode == "supervise" and self._busy():
+            # A job of the trainer's session would end with it; handing over mid-job is not done.
+            self.indicators.denied()
+            self._decided(
+                Decision(uid, "denied", "job_running_handover", LOCAL_MESSAGES["job_running_handover"])
+            )
+            return
+        response = self._ask_server(uid, window.mode, window.trainer)
+        if response is None:
+            # The allow-list cannot show that this person had the briefing: no supervising offline.
+            self.indicators.denied()
+            self._decided(Decision(uid, "denied", "server_needed", LOCAL_MESSAGES["server_needed"], True))
+            return
+        if response.decision != "allow":
+            # The trainer's session carries on, and so does the window.
+            self.indicators.denied()
+            self._decided(Decision(uid, "denied", response.reason, response.message))
+            return
+        self._window = None
+        if window.mode == "certify":
+            # The server recorded the sign-off; the trainer's session carries on.
+            self.indicators.unlocked()
+            self._decided(
+                Decision(uid, "recorded", response.reason, response.message, session=session.record.id)
+            )
+            return
+        if response.session is None:
+            log.warning("the server allowed supervising %s without a session id; making one", uid)
+        new_session = response.session or str(uuid.uuid4())
+        self._hand_over(uid, new_session, response.until, window.trainer)
+        self._decided(Decision(uid, "unlocked", response.reason, response.message, session=new_session))
+
+    def _hand_over(self, uid: str, session_id: str, until: str | None, trainer: str) -> None:
+        """End the trainer's session and start ``uid``'s supervised one; the relay stays closed.
+
+        The order keeps the power-loss rules: the trainer's ``session_ended`` is in the outbox
+        before ``state.json`` names the new session, so a crash in between reports the trainer's
+        session as lost (the server keeps the real end) and opens the relay.
+        """
+        self._end_session("tap_out", keep_relay_closed=True)
+        self._start_session(
+            uid, session_id, offline=False, until=until, mode="supervise", trainer_badge=trainer
+        )
+
+    def _ask_server(self, uid: str, mode: Mode = "use", trainer_badge: str | None = None) -> AuthResp | None:
         """The server's answer, or None when it cannot be asked or does not answer in time."""
         if not self._ready.is_set():
             return None
-        request = AuthReq(v=1, id=str(uuid.uuid4()), ts=format_ts(self.clock.now()), badge=uid, mode="use")
+        request = AuthReq(
+            v=1,
+            id=str(uuid.uuid4()),
+            ts=format_ts(self.clock.now()),
+            badge=uid,
+            mode=mode,
+            trainer_badge=trainer_badge,
+        )
         waiter = _Waiter()
         with self._waiting_lock:
             self._waiting[request.id] = waiter
@@ -662,12 +812,22 @@ class Agent:
             with self._waiting_lock:
                 self._waiting.pop(request.id, None)
 
-    def _start_session(self, uid: str, session_id: str, offline: bool, until: str | None) -> None:
+    def _start_session(
+        self,
+        uid: str,
+        session_id: str,
+        offline: bool,
+        until: str | None,
+        mode: Mode = "use",
+        trainer_badge: str | None = None,
+    ) -> None:
         now = format_ts(self.clock.now())
         mono = self.clock.monotonic()
         record = OpenSession(
             id=session_id,
             badge=uid,
+            mode=mode,
+            trainer_badge=trainer_badge,
             offline=offline,
             started=now,
             start_event=str(uuid.uuid4()),
@@ -704,6 +864,7 @@ class Agent:
             badge=record.badge,
             offline=record.offline,
             mode=record.mode,
+            trainer_badge=record.trainer_badge,
         )
 
     def _lock_due(self, reason: EndReason, force: bool = False) -> bool:
@@ -739,11 +900,14 @@ class Agent:
             self._publish_status()
         return False
 
-    def _end_session(self, reason: EndReason) -> None:
+    def _end_session(self, reason: EndReason, keep_relay_closed: bool = False) -> None:
+        """End the open session; ``keep_relay_closed``: a handover, the next session starts now."""
         session = self._session
         assert session is not None
+        self._window = None
         # The relay first: safety does not wait for disk writes.
-        self.relay.open()
+        if not keep_relay_closed:
+            self.relay.open()
         mono = self.clock.monotonic()
         if self.monitor.running():
             session.run_s += mono - session.last_tick_mono
@@ -761,6 +925,8 @@ class Agent:
         )
         self._session = None
         self._emit(ended)
+        if keep_relay_closed:
+            return  # the caller starts the next session, which rewrites state.json
         # A crash between the line above and this one reports the session ended twice (the second
         # as power_loss_recovered, with another id): the server must take a second end of an
         # ended session as a duplicate.
@@ -786,6 +952,8 @@ class Agent:
             self.indicators.locked()
         elif session.lock_pending is not None:
             self.indicators.lock_pending()
+        elif self._window is not None and self._window.mode == "certify":
+            self.indicators.signoff_armed()
         else:
             self.indicators.unlocked()
 

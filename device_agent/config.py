@@ -515,6 +515,15 @@ SCHEMA: tuple[Key, ...] = (
         check=_between(0, 60, " s"),
     ),
     Key(
+        "session",
+        "trainer_window_s",
+        float,
+        "After a trainer unlocks: a participant's badge within this time starts a supervised session,"
+        " the trainer's own badge arms a practical sign-off for as long again (0 = off).",
+        default=30.0,
+        check=_between(0, 300, " s"),
+    ),
+    Key(
         "gpio",
         "pin_factory",
         str,
@@ -561,6 +570,7 @@ class AgentConfig:
     indicators_buzzer_pin: int | None
     session_idle_timeout_s: float
     session_tap_out_grace_s: float
+    session_trainer_window_s: float
     gpio_pin_factory: str | None
     monitor_backend: str
     monitor_poll_s: float

@@ -58,6 +58,8 @@ class OpenSession(msgspec.Struct, kw_only=True):
     id: str
     badge: str
     mode: Mode = "use"
+    # The supervising trainer's badge (mode supervise), for the session_started event.
+    trainer_badge: str | None = None
     offline: bool
     started: str  # protocol timestamp of session_started
     start_event: str  # id of the session_started event

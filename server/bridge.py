@@ -29,16 +29,28 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Connection, Table, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from server.db import Database
-from server.models import AccessDecision, Device, Machine
-from server.services import allowlists
+from server.i18n import gettext_in
+from server.models import (
+    AccessDecision,
+    Competency,
+    Device,
+    Machine,
+    MachineSession,
+    Person,
+    Qualification,
+    Requirement,
+    StepKind,
+)
+from server.services import allowlists, training
 from server.services.decision import Decider, MachineFacts, Tap, Verdict
 from server.services.devices import apply_status, apply_telemetry
 from server.services.ingest import ingest_event
-from server.services.messages import render
+from server.services.messages import render, render_text
 from werkbank_protocol import ProtocolError, format_ts, now_ts
 from werkbank_protocol.messages import (
     Ack,
@@ -205,7 +217,7 @@ class Bridge:
         event = decode_event(payload)
         with self.db.session() as db:
             device = self._device(db, device_id)
-            result = ingest_event(db, device, event)
+            result = ingest_event(db, device, event, self.clock())
         # Committed: now, and only now, the agent may forget the event.
         self.publish(device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
         if not result.new:
@@ -294,7 +306,10 @@ class Bridge:
                         self._count(self.rejected, "internal")
                         log.error("bridge: unexpected error on a tap at %s", device_id, exc_info=result)
                     else:
-                        row, answer = self._record(device_id, req, now, *result)
+                        machine, verdict = result
+                        if req.mode == "certify" and verdict.allowed:
+                            verdict = self._certify(db, machine, verdict, now)
+                        row, answer = self._record(device_id, req, now, machine, verdict)
                         rows.append(row)
                         fresh[req.id] = answer
                 if rows:
@@ -328,6 +343,86 @@ class Bridge:
             if known is not None:
                 self.publish(device_id, Suffix.AUTH_RESP, known)
 
+    def _certify(self, db: Connection, machine: MachineFacts, verdict: Verdict, now: datetime) -> Verdict:
+        """Record the practical sign-off an allowed ``certify`` tap stands for, in the tap's
+        transaction: for every competency the machine type requires whose next step is a
+        sign-off. A refusal of the training rules (e.g. supervised hours missing) becomes the
+        answer, ``not_qualified`` with the rule's own message."""
+        assert verdict.person is not None and verdict.trainer is not None
+        tz = machine.timezone
+        today = now.astimezone(ZoneInfo(tz)).date()
+        name = verdict.person.first_name
+
+        def refused(message: dict[str, str]) -> Verdict:
+            return Verdict(False, "not_qualified", message, person=verdict.person, trainer=verdict.trainer)
+
+        # The ORM session joins the tap's transaction and leaves its commit to it. Its grants mark
+        # every allow-list dirty in this transaction, like any ORM change: the Decider's cache stays exact.
+        with Session(bind=db, join_transaction_mode="rollback_only") as orm:
+            person = orm.get(Person, verdict.person.id)
+            trainer = orm.get(Person, verdict.trainer.id)
+            assert person is not None and trainer is not None
+            competencies = orm.scalars(
+                select(Competency)
+                .join(Requirement, Requirement.competency_id == Competency.id)
+                .where(Requirement.machine_type_id == machine.machine_type_id)
+                .order_by(Requirement.id)
+            ).all()
+            due = [
+                (competency, signoff)
+                for competency in competencies
+                if (signoff := training.pending_signoff(orm, person.id, competency, today)) is not None
+            ]
+            if not due:
+                # Nothing to sign off yet: say what is missing when it is supervised hours.
+                for competency in competencies:
+                    upcoming = training.progress(orm, person.id, competency, today).next_step
+                    if upcoming is not None and upcoming.step.kind == StepKind.SUPERVISED_HOURS:
+                        done = round(upcoming.hours_done or 0.0, 1)
+                        needed = upcoming.step.hours or 0.0
+                        return refused(render_text(training.HOURS_MISSING, tz, done=done, needed=needed))
+                return refused(render("nothing_to_sign_off", tz, name=name))
+            try:
+                # Check all before writing any: no savepoint needed (SQLite's driver would
+                # commit the outer transaction when one is released).
+                for _competency, step in due:
+                    training.check_step(orm, person, step, trainer, today)
+            except training.TrainingError as exc:
+                return refused(render_text(exc.message, tz, **exc.params))
+            # The session the trainer has open here, to file the sign-off under.
+            session_id = orm.scalar(
+                select(MachineSession.id)
+                .where(
+                    MachineSession.machine_id == machine.id,
+                    MachineSession.person_id == trainer.id,
+                    MachineSession.ended_at.is_(None),
+                )
+                .order_by(MachineSession.started_at.desc())
+                .limit(1)
+            )
+            granted: list[Qualification] = []
+            for _competency, step in due:
+                _record, entry = training.record_step(
+                    orm, person, step, trainer, now, today, source="machine", session_id=session_id
+                )
+                if entry is not None:
+                    granted.append(entry)
+            orm.flush()
+            if len(granted) == 1:
+                entry = granted[0]
+                level_label = training.LEVEL_LABELS[entry.level]
+                message = render(
+                    "signoff_recorded_level",
+                    tz,
+                    name=name,
+                    level=lambda language: gettext_in(language, level_label),
+                    competency=entry.competency.display_name,
+                )
+            else:
+                message = render("signoff_recorded", tz, name=name)
+        log.info("sign-off recorded at machine %s for person %s", machine.id, verdict.person.id)
+        return Verdict(True, "ok", message, person=verdict.person, trainer=verdict.trainer)
+
     def _record(
         self, device_id: str, req: AuthReq, now: datetime, machine: MachineFacts, verdict: Verdict
     ) -> tuple[dict[str, Any], bytes]:
@@ -341,6 +436,7 @@ class Bridge:
             session=verdict.session_id,
             person=verdict.person.first_name if verdict.person and verdict.allowed else None,
             until=format_ts(verdict.until) if verdict.until else None,
+            trainer=verdict.trainer_here,
         )
         row = {
             "id": req.id,

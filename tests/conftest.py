@@ -134,3 +134,54 @@ class Clock:
 def clock() -> Clock:
     # A Wednesday at 10:00 in Berlin: inside the test lab's opening hours.
     return Clock(datetime(2026, 11, 18, 9, 0, tzinfo=UTC))
+
+
+# Badges of the people :func:`trainer_lab` adds (the trainer flows at the machine).
+TINA = "A1B2C3D4"  # trainer on printers and the laser (lab.yaml)
+BEA = "BEA0BEA0"  # briefed on printers and the laser, nothing more
+PETE = "9E7E9E7E"  # trainer on printers; on the laser a user, not a trainer
+
+
+@pytest.fixture
+def trainer_lab(lab: Database) -> Database:
+    """The lab plus Bea Briefed and Pete Printtrainer (added here, not in lab.yaml, so that the
+    lab's counts other tests rely on stay as they are)."""
+    from datetime import date
+
+    from sqlalchemy import select
+
+    from server.models import Badge, Competency, Level, Person, Qualification, QualificationAction, Site
+
+    with lab.session() as s:
+        site = s.scalar(select(Site))
+        tina = s.scalar(select(Person).where(Person.email == "tina@test.local"))
+        assert site is not None and tina is not None
+        competencies = {c.slug: c for c in s.scalars(select(Competency))}
+        people = (
+            ("Bea Briefed", None, False, BEA, {"fdm-printing": Level.BRIEFED, "laser-safety": Level.BRIEFED}),
+            (
+                "Pete Printtrainer",
+                "pete@test.local",
+                True,
+                PETE,
+                {"fdm-printing": Level.TRAINER, "laser-safety": Level.INDEPENDENT},
+            ),
+        )
+        for name, email, is_trainer, uid, levels in people:
+            person = Person(site_id=site.id, name=name, email=email, is_trainer=is_trainer, language="en")
+            s.add(person)
+            s.flush()
+            s.add(Badge(uid=uid, person_id=person.id))
+            for slug, level in levels.items():
+                s.add(
+                    Qualification(
+                        person_id=person.id,
+                        competency_id=competencies[slug].id,
+                        action=QualificationAction.GRANTED,
+                        level=level,
+                        valid_until=date(2099, 1, 1) if slug == "laser-safety" else None,
+                        granted_by_id=tina.id,
+                        reason="test lab",
+                    )
+                )
+    return lab

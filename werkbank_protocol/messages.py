@@ -88,6 +88,9 @@ class AuthResp(Struct, kw_only=True):
     session: Uuid | None = None
     person: str | None = None
     until: Ts | None = None
+    # Addition (docs/protocol.md): the person allowed in mode `use` is a trainer for this
+    # machine type, so the agent opens the trainer window.
+    trainer: bool = False
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):

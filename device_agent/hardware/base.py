@@ -89,6 +89,14 @@ class Indicators(ABC):
         """A lock is due but waits for the running job to end (the relay stays closed)."""
         self.unlocked()
 
+    def trainer_window(self) -> None:
+        """A trainer unlocked: a participant's badge now starts a supervised session."""
+        self.unlocked()
+
+    def signoff_armed(self) -> None:
+        """The trainer tapped again in the trainer window: a participant's badge now records a sign-off."""
+        self.unlocked()
+
     def identify(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Show which machine this device is (the server's ``identify`` command)."""
 

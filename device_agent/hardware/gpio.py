@@ -30,6 +30,16 @@ INDICATOR_PATTERNS: tuple[tuple[str, str], ...] = (
         "green blinks slowly (1 s on, 1 s off): a lock is due but a job runs; the relay opens when it ends",
     ),
     ("identify", "green blinks 5 times (the server's identify command), then shows the state again"),
+    (
+        "trainer window",
+        "green steady, two short beeps: a trainer unlocked; a participant's badge now starts a supervised"
+        " session, the trainer's own badge arms a sign-off",
+    ),
+    (
+        "sign-off armed",
+        "green blinks fast (0.25 s on, 0.25 s off), three short beeps: the next participant's badge records"
+        " a practical sign-off; green steady again when it is done or the window ends",
+    ),
 )
 
 
@@ -120,6 +130,7 @@ class GpioIndicators(Indicators):
     """
 
     PENDING_BLINK_S = 1.0  # "lock pending": slow, unlike the fast fault blink
+    ARMED_BLINK_S = 0.25  # "sign-off armed": fast, unlike "lock pending"; green, unlike a fault
 
     def __init__(
         self,
@@ -175,6 +186,24 @@ class GpioIndicators(Indicators):
             self._green.blink(on_time=self.PENDING_BLINK_S, off_time=self.PENDING_BLINK_S)
         if self._red:
             self._red.off()
+
+    def trainer_window(self) -> None:
+        self._green_steady = True
+        if self._green:
+            self._green.on()
+        if self._red:
+            self._red.off()
+        if self._buzzer:
+            self._buzzer.beep(on_time=0.1, off_time=0.1, n=2)
+
+    def signoff_armed(self) -> None:
+        self._green_steady = True
+        if self._green:
+            self._green.blink(on_time=self.ARMED_BLINK_S, off_time=self.ARMED_BLINK_S)
+        if self._red:
+            self._red.off()
+        if self._buzzer:
+            self._buzzer.beep(on_time=0.1, off_time=0.1, n=3)
 
     def identify(self) -> None:
         if self._green:

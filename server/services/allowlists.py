@@ -130,13 +130,16 @@ def _entry(
     person_id: int, is_trainer: bool, holders: Holders, requirements: list[Requirement], tz: ZoneInfo
 ) -> dict[str, Any] | None:
     until = None
+    # A trainer *for this machine type*, as the decision has it: trainer level in every requirement.
+    trainer_here = is_trainer
     for req in requirements:
         state = holders.newest.get((person_id, req.competency_id))
         if state is None or not state.usable or state.level is None:
             return None
         if state.level.rank < Level(req.min_level).rank:
             return None  # needs a trainer present: the server decides that, not the offline list
+        trainer_here = trainer_here and state.level == Level.TRAINER
         if state.valid_until is not None:
             end = datetime.combine(state.valid_until + timedelta(days=1), time(0), tz).astimezone(UTC)
             until = end if until is None else min(until, end)
-    return {"until": format_ts(until) if until else None, "trainer": is_trainer}
+    return {"until": format_ts(until) if until else None, "trainer": trainer_here}

@@ -5,6 +5,14 @@ available and open, the person holds every competency the machine type requires
 (valid, not expired, not revoked) or a trainer supervises, and the person's limits
 hold. Bookings join the rules in a later issue.
 
+A trainer at the machine (modes ``supervise`` and ``certify``, a trainer's badge then a
+participant's): the trainer must be active, have the trainer role and hold every
+competency the machine type requires at level ``trainer``, valid (a laser trainer cannot
+supervise on printers); the participant must be someone else and hold every required
+competency at least at level ``briefed``, usable. ``certify`` opens no session: an allowed
+certify means "a practical sign-off may be recorded", which the caller (the bridge) does
+with the training service in the transaction that records the decision.
+
 The rules (:func:`_rules`) work on plain facts read with a few Core queries, not on
 ORM objects: a tap is answered while a person waits at the machine, and the ORM's
 per-query overhead was most of that wait (bench/tap_latency.py). Two ways in:
@@ -76,6 +84,8 @@ class Decision:
     session_id: str | None = None
     until: datetime | None = None
     detail: dict[str, str] = field(default_factory=dict)
+    # Mode use, allowed: the person is a trainer for this machine type (AuthResp ``trainer``).
+    trainer_here: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,8 @@ class Verdict:
     trainer: PersonFacts | None = None
     session_id: str | None = None
     until: datetime | None = None
+    # Mode use, allowed: the person is a trainer for this machine type (AuthResp ``trainer``).
+    trainer_here: bool = False
 
 
 # -- queries (Core, built once; the bridge runs them for every batch of taps) -------------------
@@ -511,14 +523,30 @@ def _rules(
     today = now.astimezone(ZoneInfo(tz)).date()
     reqs = requirements()
     trainer: PersonFacts | None = None
+    trainer_here = False
     if mode in ("supervise", "certify"):
         trainer = _check_trainer(reqs, trainer_badge(), today)
         if trainer is None:
             return _deny("trainer_required", tz, "trainer_not_qualified", person=person)
+        if trainer.id == person.id:
+            return _deny("trainer_required", tz, "trainer_is_participant", person=person)
+        refusal = _check_briefed(machine, badge, reqs, today)
+        if refusal is not None:
+            return refusal
+        if mode == "certify":
+            # No session: the caller records the sign-off and words the final message.
+            return Verdict(
+                True,
+                "ok",
+                messages.render("signoff_recorded", tz, name=person.first_name),
+                person=person,
+                trainer=trainer,
+            )
     else:
         refusal = _check_qualified(machine, badge, reqs, today)
         if refusal is not None:
             return refusal
+        trainer_here = _check_trainer(reqs, badge, today) is not None
 
     count = open_sessions(person.id)
     if count >= max_open_sessions:
@@ -527,14 +555,21 @@ def _rules(
     until = now + timedelta(minutes=machine.max_session_min)
     if closes_at is not None:
         until = min(until, closes_at)
+    if trainer is not None:
+        message = messages.render(
+            "supervised_ok", tz, name=person.first_name, trainer=trainer.first_name, until=until
+        )
+    else:
+        message = messages.render("ok", tz, name=person.first_name, until=until)
     return Verdict(
         True,
         "ok",
-        messages.render("ok", tz, name=person.first_name, until=until),
+        message,
         person=person,
         trainer=trainer,
         session_id=str(uuid.uuid4()),
         until=until,
+        trainer_here=trainer_here,
     )
 
 
@@ -564,10 +599,34 @@ def _check_qualified(
     return None
 
 
+def _check_briefed(
+    machine: MachineFacts, badge: BadgeFacts, requirements: Sequence[RequirementFacts], today: date
+) -> Verdict | None:
+    """A supervised or certified participant needs every required competency at least at
+    level briefed, usable: the briefing is the step no trainer at the machine replaces."""
+    tz = machine.timezone
+    person = badge.person
+    states = badge.states([r.competency_id for r in requirements], today)
+    for req in requirements:
+        state = states.get(req.competency_id)
+        if state is None or state.level is None or state.revoked:
+            return _deny("not_qualified", tz, "briefing_required", person=person, machine=machine.type_name)
+        if state.expired:
+            return _deny(
+                "qualification_expired",
+                tz,
+                person=person,
+                competency=req.display_name,
+                date=state.valid_until or today,
+            )
+    return None
+
+
 def _check_trainer(
     requirements: Sequence[RequirementFacts], badge: BadgeFacts | None, today: date
 ) -> PersonFacts | None:
-    """The supervising trainer, if their badge is valid and they are qualified on this machine type."""
+    """The trainer, if their badge is valid and they hold every competency this machine type
+    requires at level trainer, valid (the minimum level a user needs is not enough)."""
     if badge is None or badge.status != BadgeStatus.ACTIVE:
         return None
     trainer = badge.person
@@ -576,9 +635,7 @@ def _check_trainer(
     states = badge.states([r.competency_id for r in requirements], today)
     for req in requirements:
         state = states.get(req.competency_id)
-        if state is None or not state.usable or state.level is None:
-            return None
-        if state.level.rank < Level(req.min_level).rank:
+        if state is None or not state.usable or state.level != Level.TRAINER:
             return None
     return trainer
 
@@ -614,6 +671,7 @@ def decide(
         trainer=db.get(Person, verdict.trainer.id) if verdict.trainer else None,
         session_id=verdict.session_id,
         until=verdict.until,
+        trainer_here=verdict.trainer_here,
     )
 
 

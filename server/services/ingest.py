@@ -5,12 +5,15 @@ to the ``events`` ledger (primary key = event id); only a new id changes session
 jobs, so a repeated delivery (QoS 1 is at-least-once) changes nothing. A
 ``session_ended`` may arrive before its ``session_started`` (an outbox replayed out of
 order): whichever comes first creates the session row and the other fills it in.
+When a supervised session is complete (both ends known), the training service grants
+what its hours completed (``training.advance_after_session``), in the trainer's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy import select
@@ -18,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.models import Badge, Device, Job, Machine, MachineSession, StoredEvent
+from server.services import training
 from werkbank_protocol import ProtocolError, parse_ts
 from werkbank_protocol.messages import (
     Event,
@@ -36,8 +40,11 @@ class IngestResult:
     new: bool
 
 
-def ingest_event(db: Session, device: Device, event: Event) -> IngestResult:
-    """Store ``event`` once and apply it. ProtocolError when it contradicts what is stored."""
+def ingest_event(db: Session, device: Device, event: Event, now: datetime | None = None) -> IngestResult:
+    """Store ``event`` once and apply it. ProtocolError when it contradicts what is stored.
+
+    ``now`` is when the server learns it (the time of a level a supervised session completes).
+    """
     if device.machine is None:
         raise ProtocolError("unassigned_device", f"device {device.id!r} serves no machine; assign it first")
     if db.get(StoredEvent, event.id) is not None:
@@ -65,9 +72,9 @@ def ingest_event(db: Session, device: Device, event: Event) -> IngestResult:
 
     match event:
         case SessionStarted():
-            _session_started(db, device, machine, event, ts)
+            _after_supervised(db, _session_started(db, device, machine, event, ts), now)
         case SessionEnded():
-            _session_ended(db, device, machine, event, ts)
+            _after_supervised(db, _session_ended(db, device, machine, event, ts), now)
         case JobStarted():
             job = _job(db, device, machine, event.session, event.job)
             job.kind = event.kind
@@ -110,7 +117,7 @@ def _person_of(db: Session, uid: str | None) -> int | None:
 
 def _session_started(
     db: Session, device: Device, machine: Machine, event: SessionStarted, ts: datetime
-) -> None:
+) -> MachineSession:
     row = _session(db, device, machine, event.session)
     row.started_at = ts
     row.badge_uid = event.badge
@@ -121,12 +128,15 @@ def _session_started(
     if row.ended_at is None and _is_newest(machine, ts):
         machine.live_session_id = row.id
         machine.live_updated_at = ts
+    return row
 
 
-def _session_ended(db: Session, device: Device, machine: Machine, event: SessionEnded, ts: datetime) -> None:
+def _session_ended(
+    db: Session, device: Device, machine: Machine, event: SessionEnded, ts: datetime
+) -> MachineSession | None:
     row = _session(db, device, machine, event.session)
     if row.ended_at is not None and not _better_end(row.end_reason, event.reason):
-        return  # the end we have is the real one; a recovery guess must not replace it
+        return None  # the end we have is the real one; a recovery guess must not replace it
     row.ended_at = ts
     row.end_reason = event.reason
     row.unlocked_s = event.unlocked_s
@@ -135,6 +145,17 @@ def _session_ended(db: Session, device: Device, machine: Machine, event: Session
         machine.live_session_id = None
         machine.live_running = False
         machine.live_updated_at = max(ts, machine.live_updated_at or ts)
+    return row
+
+
+def _after_supervised(db: Session, row: MachineSession | None, now: datetime | None) -> None:
+    """A supervised session just became complete: its hours may finish a level."""
+    if row is None or row.mode != "supervise" or row.started_at is None or row.ended_at is None:
+        return
+    now = now or datetime.now(UTC)
+    db.flush()  # the hours query must see this session's times
+    today = now.astimezone(ZoneInfo(row.machine.site.timezone)).date()
+    training.advance_after_session(db, row, now, today)
 
 
 def _better_end(stored: str | None, incoming: str) -> bool:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
+from babel.numbers import format_decimal
+
 from server.i18n import LANGUAGES, N_, gettext_in, local_date, local_time
 
 MESSAGES: dict[str, str] = {
@@ -27,15 +29,27 @@ MESSAGES: dict[str, str] = {
     "trainer_not_qualified": N_("The trainer's badge is not valid for this machine. Ask another trainer."),
     "bad_request": N_("Reading failed. Please tap your badge again."),
     "in_use": N_("Machine in use. Please wait until it is free."),
+    # A trainer at the machine (modes supervise and certify).
+    "supervised_ok": N_("Hello {name}! {trainer} supervises you until {until}. Tap again when you are done."),
+    "briefing_required": N_("You need the safety briefing for the {machine} first. Ask a trainer."),
+    "trainer_is_participant": N_("Trainers cannot supervise or sign off themselves. Ask another trainer."),
+    "signoff_recorded": N_("Sign-off recorded for {name}."),
+    "signoff_recorded_level": N_("Sign-off recorded for {name}: now {level} in {competency}."),
+    "nothing_to_sign_off": N_("{name} has no practical sign-off due on this machine."),
 }
 
 
 def render(key: str, tz: str, **params: Any) -> dict[str, str]:
     """The message for ``key`` in every language, with dates and times in the site's time zone."""
+    return render_text(MESSAGES[key], tz, **params)
+
+
+def render_text(template: str, tz: str, **params: Any) -> dict[str, str]:
+    """A catalogue template (``N_``, e.g. a TrainingError's message) in every language."""
     out: dict[str, str] = {}
     for language in LANGUAGES:
         values = {name: _format(value, language, tz) for name, value in params.items()}
-        out[language] = gettext_in(language, MESSAGES[key]).format(**values)
+        out[language] = gettext_in(language, template).format(**values)
     return out
 
 
@@ -44,6 +58,8 @@ def _format(value: Any, language: str, tz: str) -> str:
         return local_time(value, language, tz)
     if isinstance(value, date):
         return local_date(value, language)
+    if isinstance(value, float):  # "3,5" / "3.5" (supervised hours in a training rule's message)
+        return format_decimal(value, locale=language)
     if isinstance(value, dict):  # {"de": ..., "en": ...}: a name that has translations of its own
         return str(value.get(language) or value.get("en") or next(iter(value.values()), ""))
     if isinstance(value, Callable):  # type: ignore[arg-type]

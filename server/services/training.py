@@ -80,6 +80,7 @@ SYSTEM_REASONS: dict[str, str] = {
     STEPS_COMPLETE: N_("training steps complete"),
     VALIDITY_ENDED: N_("validity ended"),
 }
+HOURS_MISSING = N_("{done} of {needed} supervised hours done. Sign off when all are done.")
 
 
 class TrainingError(ValueError):
@@ -449,21 +450,11 @@ def revoke(
     )
 
 
-def record_step(
-    db: Session,
-    person: Person,
-    step: TrainingStep,
-    actor: Person,
-    now: datetime,
-    today: date,
-    *,
-    source: str = "web",
-    session_id: str | None = None,
-    note: str | None = None,
-) -> tuple[StepRecord, Qualification | None]:
-    """Record that ``person`` did ``step``; grant the level when it was the level's last step.
+def check_step(db: Session, person: Person, step: TrainingStep, actor: Person, today: date) -> None:
+    """Raise the TrainingError :func:`record_step` would raise for this step; change nothing.
 
-    Returns the record and the new qualification entry, if the step completed a level.
+    Lets a caller that records several steps at once (a sign-off at a machine whose type
+    requires several competencies) check them all before it writes any.
     """
     competency = step.competency
     _require_trainer(db, actor, competency, today)
@@ -507,7 +498,7 @@ def record_step(
             if other.step.kind == StepKind.SUPERVISED_HOURS:
                 raise TrainingError(
                     "hours_missing",
-                    N_("{done} of {needed} supervised hours done. Sign off when all are done."),
+                    HOURS_MISSING,
                     done=round(other.hours_done or 0.0, 1),
                     needed=other.step.hours or 0.0,
                 )
@@ -516,6 +507,26 @@ def record_step(
                 N_("First record: {step}."),
                 step=other.step.name,
             )
+
+
+def record_step(
+    db: Session,
+    person: Person,
+    step: TrainingStep,
+    actor: Person,
+    now: datetime,
+    today: date,
+    *,
+    source: str = "web",
+    session_id: str | None = None,
+    note: str | None = None,
+) -> tuple[StepRecord, Qualification | None]:
+    """Record that ``person`` did ``step``; grant the level when it was the level's last step.
+
+    Returns the record and the new qualification entry, if the step completed a level.
+    """
+    competency = step.competency
+    check_step(db, person, step, actor, today)
     record = StepRecord(
         person_id=person.id,
         competency_id=competency.id,
@@ -544,6 +555,12 @@ def record_step(
     )
     db.flush()
     return record, advance(db, person, competency, actor, now, today)
+
+
+def pending_signoff(db: Session, person_id: int, competency: Competency, today: date) -> TrainingStep | None:
+    """The practical sign-off toward the person's next level in ``competency``, if not recorded yet."""
+    current = progress(db, person_id, competency, today)
+    return next((s.step for s in current.steps if s.step.kind == StepKind.SIGNOFF and not s.done), None)
 
 
 def advance(

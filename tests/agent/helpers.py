@@ -96,6 +96,10 @@ class Responder:
             ADA: ("allow", "ok", None),
             BOB: ("allow", "ok", None),
         }
+        # Badges the answer to a use tap calls a trainer here (AuthResp `trainer`).
+        self.trainers: set[str] = set()
+        # Answers to supervise/certify taps by (badge, mode); anything else is denied.
+        self.mode_answers: dict[tuple[str, str], tuple[str, str]] = {}
         self.silent = False
         self.auto_ack = True
         self.requests: list[AuthReq] = []
@@ -148,6 +152,23 @@ class Responder:
             self._changed.notify_all()
 
     def _answer(self, device_id: str, request: AuthReq) -> None:
+        if request.mode != "use":
+            decision, reason = self.mode_answers.get((request.badge, request.mode), ("deny", "not_qualified"))
+            allowed = decision == "allow"
+            response = AuthResp(
+                v=1,
+                req=request.id,
+                decision="allow" if allowed else "deny",
+                reason=reason,  # type: ignore[arg-type]
+                message={"de": f"{request.mode} ja", "en": f"{request.mode} yes"}
+                if allowed
+                else {"de": f"{request.mode} nein", "en": f"{request.mode} no"},
+                # A sign-off opens no session.
+                session=str(uuid.uuid4()) if allowed and request.mode == "supervise" else None,
+                person="Ada" if allowed else None,
+            )
+            self.client.publish(topic(device_id, Suffix.AUTH_RESP), encode(response), qos=1)
+            return
         decision, reason, until = self.answers.get(request.badge, ("deny", "not_qualified", None))
         allowed = decision == "allow"
         response = AuthResp(
@@ -161,6 +182,7 @@ class Responder:
             session=str(uuid.uuid4()) if allowed else None,
             person="Ada" if allowed else None,
             until=until,
+            trainer=allowed and request.badge in self.trainers,
         )
         self.client.publish(topic(device_id, Suffix.AUTH_RESP), encode(response), qos=1)
 
@@ -205,6 +227,22 @@ class Responder:
             f"expected {count} {kind} event(s), got {self.events_of(kind, copies)}"
         )
         return self.events_of(kind, copies)
+
+
+class ManualClock:
+    """The agent's clock, moved forward by hand on top of the real one (no waiting for timers)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -14,7 +14,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 from sqlalchemy import delete
 
-from device_agent.agent import Agent
+from device_agent.agent import Agent, Clock
 from device_agent.config import load_config
 from server.bridge import Bridge, wait_until
 from server.db import Database
@@ -77,8 +77,9 @@ class System:
         )
         return path
 
-    def start_agent(self, device_id: str) -> Agent:
-        agent = Agent(load_config(self.config_file(device_id)))
+    def start_agent(self, device_id: str, clock: Clock | None = None) -> Agent:
+        """Start the agent of ``device_id``; ``clock``: its own clock (a hand-moved one)."""
+        agent = Agent(load_config(self.config_file(device_id)), clock=clock)
         agent.start()
         assert agent.wait_connected(5)
         self.agents[device_id] = agent
@@ -98,6 +99,25 @@ class System:
         for device_id in list(self.agents):
             self.stop_agent(device_id)
         self.stop_bridge()
+
+
+@pytest.fixture
+def e2e_trainer_lab(trainer_lab: Database) -> Database:
+    """The trainer lab (tests/conftest.py) without opening hours, like ``e2e_lab``."""
+    with trainer_lab.session() as s:
+        s.execute(delete(OpeningHours))
+    return trainer_lab
+
+
+@pytest.fixture
+def trainer_system(
+    e2e_trainer_lab: Database, mqtt_url: str, tmp_path: Path, pins: MockFactory
+) -> Iterator[System]:
+    """:func:`system` on the trainer lab (with Bea Briefed and Pete Printtrainer)."""
+    clear_retained(mqtt_url, list(RELAY_PINS))
+    running = System(e2e_trainer_lab, mqtt_url, tmp_path, pins)
+    yield running
+    running.close()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from werkbank_protocol import ProtocolError, format_ts, parse_ts
 from werkbank_protocol.allowlist import badge_hash, canonical, key_bytes, sign, verify
 from werkbank_protocol.messages import (
     AuthReq,
+    AuthResp,
     SessionEnded,
     SessionStarted,
     Status,
@@ -107,6 +108,14 @@ def test_messages_supervise_needs_the_trainer_badge() -> None:
     body = {"v": 1, "id": str(uuid.uuid4()), "ts": format_ts(NOW), "badge": "DEADBEEF", "mode": "supervise"}
     with pytest.raises(ProtocolError, match="trainer_badge"):
         decode_as(AuthReq, json.dumps(body).encode())
+
+
+def test_messages_auth_resp_trainer_is_an_optional_flag() -> None:
+    body = {"v": 1, "req": str(uuid.uuid4()), "decision": "allow", "reason": "ok", "message": {"en": "Hi"}}
+    assert decode_as(AuthResp, json.dumps(body).encode()).trainer is False, "absent: not a trainer"
+    assert decode_as(AuthResp, json.dumps({**body, "trainer": True}).encode()).trainer is True
+    with pytest.raises(ProtocolError, match="trainer"):
+        decode_as(AuthResp, json.dumps({**body, "trainer": "yes"}).encode())
 
 
 def test_messages_unknown_event_type_and_negative_duration_are_refused() -> None:

@@ -10,6 +10,9 @@ from sqlalchemy import select
 from server.db import Database
 from server.models import Machine, MachineSession, Person, Qualification, QualificationAction
 from server.services.decision import decide
+from tests.conftest import BEA, PETE, TINA
+
+QUINN = "04A224B2C35E80"
 
 
 def _decide(db: Database, machine: str, uid: str, now: datetime, **kw: object):  # type: ignore[no-untyped-def]
@@ -120,14 +123,96 @@ def test_decision_session_limit(lab: Database, clock) -> None:
     assert _decide(lab, "laser-1", "04A224B2C35E80", clock() + timedelta(days=2)).reason == "ok"
 
 
-def test_decision_supervise_lets_a_trainer_take_responsibility(lab: Database, clock) -> None:
-    assert _decide(lab, "laser-1", "DEADBEEF", clock()).reason == "not_qualified"
-    supervised = _decide(lab, "laser-1", "DEADBEEF", clock(), mode="supervise", trainer_badge="A1B2C3D4")
-    assert supervised.allowed and supervised.trainer is not None
-    not_a_trainer = _decide(
-        lab, "laser-1", "DEADBEEF", clock(), mode="supervise", trainer_badge="04A224B2C35E80"
-    )
-    assert not_a_trainer.reason == "trainer_required"
+def test_decision_supervise_lets_a_trainer_take_responsibility(trainer_lab: Database, clock) -> None:
+    assert _decide(trainer_lab, "laser-1", BEA, clock()).reason == "trainer_required"
+    supervised = _decide(trainer_lab, "laser-1", BEA, clock(), mode="supervise", trainer_badge=TINA)
+    assert supervised.allowed and supervised.reason == "ok"
+    assert supervised.trainer is not None and supervised.trainer.name == "Tina Trainer"
+    assert supervised.session_id and supervised.until
+    assert supervised.message["en"].startswith("Hello Bea! Tina supervises you until")
+    assert supervised.message["de"].startswith("Hallo Bea! Tina betreut Sie bis")
+    not_a_trainer = _decide(trainer_lab, "laser-1", BEA, clock(), mode="supervise", trainer_badge=QUINN)
+    assert not_a_trainer.reason == "trainer_required" and not not_a_trainer.allowed
+    assert "trainer's badge is not valid" in not_a_trainer.message["en"]
+
+
+@pytest.mark.parametrize("mode", ["supervise", "certify"])
+def test_decision_trainer_needs_trainer_level_on_every_required_competency(
+    trainer_lab: Database, clock, mode: str
+) -> None:
+    # Pete trains printing; on the laser he is a user at the level it requires, not a trainer.
+    assert _decide(trainer_lab, "laser-1", PETE, clock()).reason == "ok"
+    on_laser = _decide(trainer_lab, "laser-1", BEA, clock(), mode=mode, trainer_badge=PETE)
+    assert (on_laser.allowed, on_laser.reason) == (False, "trainer_required")
+    assert "Ask another trainer" in on_laser.message["en"]
+    on_printer = _decide(trainer_lab, "printer-1", BEA, clock(), mode=mode, trainer_badge=PETE)
+    assert on_printer.allowed and on_printer.trainer is not None
+    assert on_printer.trainer.name == "Pete Printtrainer"
+
+
+def test_decision_trainer_with_a_revoked_trainer_level_cannot_supervise(trainer_lab: Database, clock) -> None:
+    with trainer_lab.session() as s:
+        tina = s.scalar(select(Person).where(Person.email == "tina@test.local"))
+        assert tina is not None
+        for entry in s.scalars(select(Qualification).where(Qualification.person_id == tina.id)):
+            if entry.competency.slug == "fdm-printing":
+                s.add(
+                    Qualification(
+                        person_id=tina.id,
+                        competency_id=entry.competency_id,
+                        action=QualificationAction.REVOKED,
+                        level=entry.level,
+                        reason="test",
+                    )
+                )
+    decision = _decide(trainer_lab, "printer-1", BEA, clock(), mode="supervise", trainer_badge=TINA)
+    assert decision.reason == "trainer_required"
+
+
+@pytest.mark.parametrize("mode", ["supervise", "certify"])
+def test_decision_participant_needs_the_briefing(trainer_lab: Database, clock, mode: str) -> None:
+    decision = _decide(trainer_lab, "laser-1", "DEADBEEF", clock(), mode=mode, trainer_badge=TINA)
+    assert (decision.allowed, decision.reason) == (False, "not_qualified")
+    expected = "You need the safety briefing for the CO2 laser cutter first. Ask a trainer."
+    assert decision.message["en"] == expected
+    assert "Einweisung" in decision.message["de"]
+
+
+def test_decision_participant_with_expired_briefing_is_refused(trainer_lab: Database, clock) -> None:
+    decision = _decide(trainer_lab, "laser-1", "0BADCAFE", clock(), mode="supervise", trainer_badge=TINA)
+    assert decision.reason == "qualification_expired" and "renew" in decision.message["en"]
+
+
+@pytest.mark.parametrize("mode", ["supervise", "certify"])
+def test_decision_trainer_cannot_supervise_themselves(trainer_lab: Database, clock, mode: str) -> None:
+    decision = _decide(trainer_lab, "printer-1", TINA, clock(), mode=mode, trainer_badge=TINA)
+    assert (decision.allowed, decision.reason) == (False, "trainer_required")
+    assert "cannot supervise or sign off themselves" in decision.message["en"]
+
+
+def test_decision_certify_is_allowed_without_a_session(trainer_lab: Database, clock) -> None:
+    decision = _decide(trainer_lab, "printer-1", BEA, clock(), mode="certify", trainer_badge=TINA)
+    assert decision.allowed and decision.reason == "ok"
+    assert decision.session_id is None and decision.until is None
+    assert decision.trainer is not None and decision.person is not None
+    assert decision.person.name == "Bea Briefed"
+
+
+@pytest.mark.parametrize(
+    ("machine", "uid", "trainer_here"),
+    [
+        ("printer-1", TINA, True),
+        ("laser-1", TINA, True),
+        ("printer-1", PETE, True),
+        ("laser-1", PETE, False),  # allowed to use it, not to train on it
+        ("printer-1", QUINN, False),
+    ],
+)
+def test_decision_use_tap_says_whether_a_trainer_tapped(
+    trainer_lab: Database, clock, machine: str, uid: str, trainer_here: bool
+) -> None:
+    decision = _decide(trainer_lab, machine, uid, clock())
+    assert decision.allowed and decision.trainer_here is trainer_here
 
 
 def test_decision_lowercase_uid_is_the_same_badge(lab: Database, clock) -> None:

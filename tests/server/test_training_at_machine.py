@@ -1,0 +1,191 @@
+"""The server's half of the trainer flows: sign-offs the bridge records, hours that ingestion counts.
+
+The bridge is driven without a broker here (its answers are read back from the access log);
+tests/e2e/test_trainer_flow.py runs the same flows on the real broker with agents.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from server.bridge import Bridge
+from server.db import Database
+from server.models import (
+    AccessDecision,
+    Competency,
+    Device,
+    Level,
+    Machine,
+    MachineType,
+    Person,
+    Qualification,
+    QualificationAction,
+    Requirement,
+    StepKind,
+    StepRecord,
+    TrainingStep,
+)
+from server.services import allowlists
+from server.services.ingest import ingest_event
+from tests.conftest import BEA, PETE, TINA
+from werkbank_protocol import format_ts
+from werkbank_protocol.allowlist import badge_hash, key_bytes
+from werkbank_protocol.messages import AuthReq, SessionEnded, SessionStarted
+
+QUINN = "04A224B2C35E80"
+
+
+def _certify(db: Database, device_id: str, badge: str, now: datetime) -> dict[str, Any]:
+    """An auth/req in mode certify answered by the bridge; the answer as recorded."""
+    bridge = Bridge(db, "mqtt://127.0.0.1:9", clock=lambda: now)  # never connected: answers go nowhere
+    request = AuthReq(
+        v=1, id=str(uuid.uuid4()), ts=format_ts(now), badge=badge, mode="certify", trainer_badge=TINA
+    )
+    bridge._answer_taps([(device_id, request)])
+    with db.session() as s:
+        row = s.get(AccessDecision, request.id)
+        assert row is not None
+        return row.response
+
+
+def _grant(db: Database, name: str, slug: str, level: Level) -> None:
+    with db.session() as s:
+        person = s.scalar(select(Person).where(Person.name == name))
+        competency = s.scalar(select(Competency).where(Competency.slug == slug))
+        assert person and competency
+        s.add(
+            Qualification(
+                person_id=person.id,
+                competency_id=competency.id,
+                action=QualificationAction.GRANTED,
+                level=level,
+                valid_until=None,
+                reason="test",
+            )
+        )
+
+
+def _counts(db: Database) -> tuple[int, int]:
+    with db.session() as s:
+        return (
+            s.scalar(select(func.count()).select_from(StepRecord)) or 0,
+            s.scalar(select(func.count()).select_from(Qualification)) or 0,
+        )
+
+
+def test_training_certify_with_nothing_due_says_so(trainer_lab: Database, clock) -> None:
+    answer = _certify(trainer_lab, "pi-printer-1", QUINN, clock())
+    assert (answer["decision"], answer["reason"], answer["session"]) == ("deny", "not_qualified", None)
+    assert answer["message"]["en"] == "Quinn has no practical sign-off due on this machine."
+
+
+def test_training_certify_records_every_required_signoff(trainer_lab: Database, clock) -> None:
+    # The laser now also requires printing: Bea, supervised in both, is signed off in both at once.
+    with trainer_lab.session() as s:
+        laser = s.scalar(select(MachineType).where(MachineType.slug == "co2-laser"))
+        printing = s.scalar(select(Competency).where(Competency.slug == "fdm-printing"))
+        assert laser and printing
+        s.add(Requirement(machine_type_id=laser.id, competency_id=printing.id, min_level=Level.INDEPENDENT))
+    _grant(trainer_lab, "Bea Briefed", "fdm-printing", Level.SUPERVISED)
+    _grant(trainer_lab, "Bea Briefed", "laser-safety", Level.SUPERVISED)
+    steps, quals = _counts(trainer_lab)
+
+    answer = _certify(trainer_lab, "pi-laser-1", BEA, clock())
+    assert (answer["decision"], answer["reason"], answer["session"]) == ("allow", "ok", None)
+    assert answer["message"]["en"] == "Sign-off recorded for Bea."
+    assert _counts(trainer_lab) == (steps + 2, quals + 2)
+    with trainer_lab.session() as s:
+        levels = s.scalars(select(Qualification.level).order_by(Qualification.id.desc()).limit(2)).all()
+        assert list(levels) == [Level.INDEPENDENT, Level.INDEPENDENT]
+        sources = set(s.scalars(select(StepRecord.source)))
+        assert sources == {"machine"}
+
+
+def test_training_certify_refused_in_one_competency_records_none(trainer_lab: Database, clock) -> None:
+    with trainer_lab.session() as s:
+        laser = s.scalar(select(MachineType).where(MachineType.slug == "co2-laser"))
+        printing = s.scalar(select(Competency).where(Competency.slug == "fdm-printing"))
+        safety = s.scalar(select(Competency).where(Competency.slug == "laser-safety"))
+        assert laser and printing and safety
+        s.add(Requirement(machine_type_id=laser.id, competency_id=printing.id, min_level=Level.INDEPENDENT))
+        # On the laser, the sign-off also waits for two more supervised hours.
+        s.add(
+            TrainingStep(
+                competency_id=safety.id,
+                position=9,
+                kind=StepKind.SUPERVISED_HOURS,
+                name="More supervised cutting",
+                leads_to=Level.INDEPENDENT,
+                hours=2.0,
+            )
+        )
+    _grant(trainer_lab, "Bea Briefed", "fdm-printing", Level.SUPERVISED)
+    _grant(trainer_lab, "Bea Briefed", "laser-safety", Level.SUPERVISED)
+    before = _counts(trainer_lab)
+
+    answer = _certify(trainer_lab, "pi-laser-1", BEA, clock())
+    assert (answer["decision"], answer["reason"]) == ("deny", "not_qualified")
+    assert answer["message"]["en"] == "0 of 2 supervised hours done. Sign off when all are done."
+    assert _counts(trainer_lab) == before, "the printing sign-off was not recorded either"
+
+
+def test_training_supervised_hours_count_in_any_event_order(trainer_lab: Database, clock) -> None:
+    """session_ended may arrive before session_started (a replayed outbox): the level follows
+    whichever completes the session."""
+    session = str(uuid.uuid4())
+    start = clock() - timedelta(minutes=10)
+    ended = SessionEnded(
+        v=1,
+        id=str(uuid.uuid4()),
+        ts=format_ts(start + timedelta(seconds=10)),
+        session=session,
+        reason="tap_out",
+        unlocked_s=10.0,
+    )
+    started = SessionStarted(
+        v=1,
+        id=str(uuid.uuid4()),
+        ts=format_ts(start),
+        session=session,
+        badge=BEA,
+        mode="supervise",
+        trainer_badge=TINA,
+    )
+    with trainer_lab.session() as s:
+        device = s.get(Device, "pi-printer-1")
+        assert device is not None
+        ingest_event(s, device, ended, clock())
+    with trainer_lab.session() as s:
+        device = s.get(Device, "pi-printer-1")
+        assert device is not None
+        ingest_event(s, device, started, clock())
+    with trainer_lab.session() as s:
+        bea = s.scalar(select(Person).where(Person.name == "Bea Briefed"))
+        tina = s.scalar(select(Person).where(Person.name == "Tina Trainer"))
+        assert bea and tina
+        newest = s.scalar(
+            select(Qualification)
+            .join(Competency, Competency.id == Qualification.competency_id)
+            .where(Qualification.person_id == bea.id, Competency.slug == "fdm-printing")
+            .order_by(Qualification.id.desc())
+            .limit(1)
+        )
+        assert newest is not None
+        assert (newest.level, newest.granted_by_id) == (Level.SUPERVISED, tina.id)
+
+
+def test_training_allowlist_marks_trainers_of_this_machine_type_only(trainer_lab: Database, clock) -> None:
+    with trainer_lab.session() as s:
+        flags = {}
+        for slug in ("printer-1", "laser-1"):
+            machine = s.scalar(select(Machine).where(Machine.slug == slug))
+            assert machine is not None
+            document = allowlists.build(s, machine, clock(), 7)
+            by_hash = {e["badge_hash"]: e["trainer"] for e in document["entries"]}
+            key = key_bytes(machine.allowlist_key)
+            flags[slug] = (by_hash[badge_hash(key, PETE)], by_hash[badge_hash(key, TINA)])
+    assert flags == {"printer-1": (True, True), "laser-1": (False, True)}
