@@ -157,6 +157,15 @@ class Decision:
     message: dict[str, str]
     offline: bool = False
     session: str | None = None
+    language: str | None = None  # the person's language, from the server's answer
+
+    @property
+    def text(self) -> str:
+        """The message in the person's language, else English, else any."""
+        for code in (self.language, "en"):
+            if code and self.message.get(code):
+                return self.message[code]
+        return next(iter(self.message.values()), "")
 
 
 class Clock(Protocol):
@@ -623,7 +632,7 @@ class Agent:
             decision.outcome,
             decision.reason,
             ", offline" if decision.offline else "",
-            decision.message.get("en", ""),
+            decision.text,
         )
 
     def _handle_tap(self, uid: str) -> None:
@@ -659,10 +668,21 @@ class Agent:
                 message = response.message
                 if response.trainer:
                     message = self._open_window(uid, mono, message)
-                self._decided(Decision(uid, "unlocked", response.reason, message, session=server_session))
+                self._decided(
+                    Decision(
+                        uid,
+                        "unlocked",
+                        response.reason,
+                        message,
+                        session=server_session,
+                        language=response.lang,
+                    )
+                )
             else:
                 self.indicators.denied()
-                self._decided(Decision(uid, "denied", response.reason, response.message))
+                self._decided(
+                    Decision(uid, "denied", response.reason, response.message, language=response.lang)
+                )
             return
 
         allowed, trainer = self.allowlist.check(uid, self.clock.now())
@@ -752,21 +772,37 @@ class Agent:
         if response.decision != "allow":
             # The trainer's session carries on, and so does the window.
             self.indicators.denied()
-            self._decided(Decision(uid, "denied", response.reason, response.message))
+            self._decided(Decision(uid, "denied", response.reason, response.message, language=response.lang))
             return
         self._window = None
         if window.mode == "certify":
             # The server recorded the sign-off; the trainer's session carries on.
             self.indicators.unlocked()
             self._decided(
-                Decision(uid, "recorded", response.reason, response.message, session=session.record.id)
+                Decision(
+                    uid,
+                    "recorded",
+                    response.reason,
+                    response.message,
+                    session=session.record.id,
+                    language=response.lang,
+                )
             )
             return
         if response.session is None:
             log.warning("the server allowed supervising %s without a session id; making one", uid)
         new_session = response.session or str(uuid.uuid4())
         self._hand_over(uid, new_session, response.until, window.trainer)
-        self._decided(Decision(uid, "unlocked", response.reason, response.message, session=new_session))
+        self._decided(
+            Decision(
+                uid,
+                "unlocked",
+                response.reason,
+                response.message,
+                session=new_session,
+                language=response.lang,
+            )
+        )
 
     def _hand_over(self, uid: str, session_id: str, until: str | None, trainer: str) -> None:
         """End the trainer's session and start ``uid``'s supervised one; the relay stays closed.

@@ -47,7 +47,7 @@ from server.models import (
     StepKind,
 )
 from server.services import allowlists, training
-from server.services.decision import Decider, MachineFacts, Tap, Verdict
+from server.services.decision import Decider, MachineFacts, PersonFacts, Tap, Verdict
 from server.services.devices import apply_status, apply_telemetry
 from server.services.ingest import ingest_event
 from server.services.messages import render, render_text
@@ -437,6 +437,7 @@ class Bridge:
             person=verdict.person.first_name if verdict.person and verdict.allowed else None,
             until=format_ts(verdict.until) if verdict.until else None,
             trainer=verdict.trainer_here,
+            lang=_language_of(verdict.person, verdict.message),
         )
         row = {
             "id": req.id,
@@ -538,3 +539,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: fl
             return True
         time.sleep(interval)
     return predicate()
+
+
+def _language_of(person: PersonFacts | None, message: dict[str, str]) -> str | None:
+    """The person's language when the message has it (the machine shows that one first)."""
+    if person is None or person.language not in message:
+        return None
+    return person.language

@@ -194,9 +194,12 @@ def tap_cmd(machine: str, uid: str, timeout: float) -> None:
     def on_resp(_c: Any, _u: Any, msg: Any) -> None:
         with contextlib.suppress(ProtocolError):
             resp = decode_as(AuthResp, msg.payload)
+            # The person's own language first, as a display at the machine would show it.
+            first = resp.lang if resp.lang in resp.message else "en"
+            others = [text for code, text in resp.message.items() if code != first]
             answers.put(
-                f"{resp.decision} ({resp.reason}): {resp.message.get('en', '')}\n"
-                f"    {resp.message.get('de', '')}"
+                f"{resp.decision} ({resp.reason}): {resp.message.get(first, '')}"
+                + "".join(f"\n    {text}" for text in others)
             )
 
     def on_event(_c: Any, _u: Any, msg: Any) -> None:

@@ -79,6 +79,9 @@ class AuthReq(Struct, kw_only=True):
             raise ValueError(f"mode {self.mode!r} needs the trainer's badge in `trainer_badge`")
 
 
+Language = Annotated[str, Meta(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")]
+
+
 class AuthResp(Struct, kw_only=True):
     v: V
     req: Uuid
@@ -91,6 +94,9 @@ class AuthResp(Struct, kw_only=True):
     # Addition (docs/protocol.md): the person allowed in mode `use` is a trainer for this
     # machine type, so the agent opens the trainer window.
     trainer: bool = False
+    # Addition (docs/protocol.md): the language of the person who tapped, a key of `message`,
+    # so a display or log at the machine shows that one first.
+    lang: Language | None = None
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):

@@ -137,6 +137,7 @@ class PersonFacts:
     name: str
     active: bool
     is_trainer: bool
+    language: str = "de"
 
     @property
     def first_name(self) -> str:
@@ -284,6 +285,7 @@ _BADGE_BASE = (
         _people.c.name,
         _people.c.active,
         _people.c.is_trainer,
+        _people.c.language,
         _quals.c.competency_id,
         _quals.c.level,
         _quals.c.action,
@@ -429,7 +431,7 @@ def load_badges(db: Reader, uids: Iterable[str]) -> dict[str, BadgeFacts | None]
             if row.competency_id is not None and row.competency_id not in newest:
                 newest[row.competency_id] = Entry(row.level, row.action, row.valid_until)
         first = history[0]
-        person = PersonFacts(first.id, first.name, first.active, first.is_trainer)
+        person = PersonFacts(first.id, first.name, first.active, first.is_trainer, first.language)
         out[uid] = BadgeFacts(first.uid, first.status, person, newest)
     return out
 

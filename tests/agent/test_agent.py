@@ -402,3 +402,16 @@ def test_agent_heartbeat_keeps_state_current(
     time.sleep(0.25)
     agent.tap(ADA)
     assert state_file.load().session is None, "a closed session leaves no state behind"
+
+
+@pytest.mark.parametrize(
+    ("language", "expected"),
+    [("de", "Hallo Bea!"), ("en", "Hello Bea!"), (None, "Hello Bea!"), ("tr", "Hello Bea!")],
+)
+def test_agent_decision_text_in_the_persons_language(language: str | None, expected: str) -> None:
+    from device_agent.agent import Decision
+
+    decision = Decision(
+        "04A224B2C35E80", "unlocked", "ok", {"de": "Hallo Bea!", "en": "Hello Bea!"}, language=language
+    )
+    assert decision.text == expected

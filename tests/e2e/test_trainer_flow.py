@@ -158,7 +158,7 @@ def test_e2e_signoff_at_the_machine_grants_independent_and_bea_may_work_alone(
     assert refused.message["en"] == "0 of 0.001 supervised hours done. Sign off when all are done."
     assert (
         refused.message["de"]
-        == "0 von 0,001 betreuten Stunden geschafft. Abnahme erst, wenn alle geschafft sind."
+        == "0 von 0,001 Stunden unter Aufsicht geschafft. Abnahme erst, wenn alle geschafft sind."
     )
     assert agent.session_id == trainer.session and system.relay_closed("pi-printer-1")
     clock.advance(1)

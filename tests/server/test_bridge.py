@@ -89,6 +89,7 @@ def test_bridge_answers_a_tap_with_decision_and_both_languages(
     assert (resp.req, resp.decision, resp.reason) == (rid, "allow", "ok")
     assert resp.session and resp.until and resp.person == "Quinn"
     assert resp.message["en"].startswith("Hello Quinn") and resp.message["de"].startswith("Hallo Quinn")
+    assert resp.lang == "en"  # Quinn reads English: a display at the machine shows that first
 
     rid2, payload2 = _req("DEADBEEF")
     device.publish(f"{LASER}/auth/req", payload2)
