@@ -53,22 +53,28 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
     machine = device.machine
     if event.session is not None:
         _check_session_owner(db, device, event.session)
-    # The ledger row goes in first, in a savepoint: a second bridge racing us on the same
-    # id hits the primary key and we report a duplicate instead of applying it twice.
-    try:
-        with db.begin_nested():
-            db.add(
-                StoredEvent(
-                    id=event.id,
-                    device_id=device.id,
-                    type=str(type(event).__struct_config__.tag),
-                    session_id=event.session,
-                    ts=ts,
-                    payload=msgspec.to_builtins(event),
-                )
-            )
-    except IntegrityError:
-        return IngestResult(event.id, new=False)
+    ledger = StoredEvent(
+        id=event.id,
+        device_id=device.id,
+        type=str(type(event).__struct_config__.tag),
+        session_id=event.session,
+        ts=ts,
+        payload=msgspec.to_builtins(event),
+    )
+    if db.get_bind().dialect.name == "sqlite":
+        # No savepoint on SQLite: pysqlite opens no transaction before a SAVEPOINT, so its
+        # RELEASE would commit the ledger row on its own, apart from what the event changes,
+        # and a crash in between would lose the event. One bridge per SQLite file, so no race.
+        db.add(ledger)
+        db.flush()
+    else:
+        # The ledger row goes in first, in a savepoint: a second bridge racing us on the same
+        # id hits the primary key and we report a duplicate instead of applying it twice.
+        try:
+            with db.begin_nested():
+                db.add(ledger)
+        except IntegrityError:
+            return IngestResult(event.id, new=False)
 
     match event:
         case SessionStarted():
