@@ -438,6 +438,7 @@ class Bridge:
             until=format_ts(verdict.until) if verdict.until else None,
             trainer=verdict.trainer_here,
             lang=_language_of(verdict.person, verdict.message),
+            until_reason="booking" if verdict.allowed and verdict.until_booking else None,
         )
         row = {
             "id": req.id,

@@ -138,6 +138,8 @@ class Person(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     # The programme's own participant number (CSV imports match on it, reports carry it).
     external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Secret in the URL of the person's calendar feed (.ics): calendar apps cannot log in.
+    calendar_token: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     site: Mapped[Site] = relationship()
@@ -298,6 +300,9 @@ class Machine(Base):
     allowlist_version: Mapped[int] = mapped_column(Integer, default=0)
     allowlist_dirty: Mapped[bool] = mapped_column(Boolean, default=True)
     allowlist_published_at: Mapped[datetime | None] = mapped_column()
+    # Bumped by every booking change of this machine, first thing in its transaction: the row
+    # lock serialises booking writes per machine, so two people booking one slot cannot both win.
+    booking_seq: Mapped[int] = mapped_column(Integer, default=0)
     # Live state as last reported by the agent.
     live_state: Mapped[str | None] = mapped_column(String(16))
     live_running: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -485,3 +490,96 @@ class Notification(Base):
     emailed_at: Mapped[datetime | None] = mapped_column()
 
     person: Mapped[Person] = relationship()
+
+
+class BookingStatus(enum.StrEnum):
+    BOOKED = "booked"
+    CANCELLED = "cancelled"
+    RELEASED = "released"  # a no-show, released by the scheduler
+
+
+class Booking(Base):
+    """A machine reserved for a person for a time (with a trainer: a supervised booking)."""
+
+    __tablename__ = "bookings"
+    __table_args__ = (
+        Index("ix_bookings_machine_starts", "machine_id", "starts_at"),
+        Index("ix_bookings_person_starts", "person_id", "starts_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    trainer_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    starts_at: Mapped[datetime] = mapped_column()
+    ends_at: Mapped[datetime] = mapped_column()
+    status: Mapped[BookingStatus] = mapped_column(_enum(BookingStatus), default=BookingStatus.BOOKED)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    cancelled_at: Mapped[datetime | None] = mapped_column()
+    cancelled_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    # The holder's first session on the machine in the booking's window (ingestion sets it).
+    checked_in_at: Mapped[datetime | None] = mapped_column()
+    released_at: Mapped[datetime | None] = mapped_column()
+    no_show: Mapped[bool] = mapped_column(Boolean, default=False)
+    reminded_at: Mapped[datetime | None] = mapped_column()
+
+    machine: Mapped[Machine] = relationship()
+    person: Mapped[Person] = relationship(foreign_keys=[person_id])
+    trainer: Mapped[Person | None] = relationship(foreign_keys=[trainer_id])
+
+    @property
+    def hours(self) -> float:
+        return (self.ends_at - self.starts_at).total_seconds() / 3600
+
+
+class BookingPolicy(Base):
+    """A site's booking rules (defaults in server.services.bookings when a site has none)."""
+
+    __tablename__ = "booking_policies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), unique=True)
+    min_slot_min: Mapped[int] = mapped_column(Integer, default=30)
+    max_slot_min: Mapped[int] = mapped_column(Integer, default=240)
+    # Bookings start and end on this grid (the week view's rows).
+    slot_step_min: Mapped[int] = mapped_column(Integer, default=30)
+    # How long before its start a booking must be made at the latest, and how far ahead at most.
+    min_lead_min: Mapped[int] = mapped_column(Integer, default=0)
+    max_ahead_days: Mapped[int] = mapped_column(Integer, default=14)
+    # A participant may cancel or move a booking until this long before its start.
+    cancel_deadline_min: Mapped[int] = mapped_column(Integer, default=60)
+    weekly_quota_h: Mapped[float] = mapped_column(Float, default=8.0)
+    # A booking whose holder has not tapped in this long after its start is released.
+    no_show_after_min: Mapped[int] = mapped_column(Integer, default=15)
+    # This many no-shows within the window block new bookings for the block days.
+    no_show_limit: Mapped[int] = mapped_column(Integer, default=3)
+    no_show_window_days: Mapped[int] = mapped_column(Integer, default=30)
+    no_show_block_days: Mapped[int] = mapped_column(Integer, default=14)
+    reminder_before_min: Mapped[int] = mapped_column(Integer, default=60)
+
+
+class CohortQuota(Base):
+    """Weekly booking hours for one cohort of a site (overrides the site's quota)."""
+
+    __tablename__ = "cohort_quotas"
+    __table_args__ = (UniqueConstraint("site_id", "cohort"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    cohort: Mapped[str] = mapped_column(String(100))
+    weekly_hours: Mapped[float] = mapped_column(Float)
+
+
+class ClosedDay(Base):
+    """A day a site (or one machine, when machine_id is set) is closed: holidays, maintenance days."""
+
+    __tablename__ = "closed_days"
+    __table_args__ = (Index("ix_closed_days_site_day", "site_id", "day"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id"))
+    day: Mapped[date] = mapped_column(Date)
+    reason: Mapped[str | None] = mapped_column(String(200))

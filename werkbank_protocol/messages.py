@@ -97,6 +97,9 @@ class AuthResp(Struct, kw_only=True):
     # Addition (docs/protocol.md): the language of the person who tapped, a key of `message`,
     # so a display or log at the machine shows that one first.
     lang: Language | None = None
+    # Addition (docs/protocol.md): why the session ends at `until`. "booking": a booking begins
+    # or ends then, so the agent ends the session with reason `booking_end` (and warns before).
+    until_reason: Literal["booking"] | None = None
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):

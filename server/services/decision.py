@@ -49,6 +49,8 @@ from sqlalchemy.orm import Session
 from server.models import (
     Badge,
     BadgeStatus,
+    Booking,
+    BookingStatus,
     Competency,
     Device,
     Level,
@@ -86,6 +88,9 @@ class Decision:
     detail: dict[str, str] = field(default_factory=dict)
     # Mode use, allowed: the person is a trainer for this machine type (AuthResp ``trainer``).
     trainer_here: bool = False
+    # Allowed, and ``until`` is where a booking begins or ends (the agent ends the session
+    # with reason ``booking_end``; AuthResp ``until_reason``).
+    until_booking: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,17 @@ class MachineFacts:
     hours: tuple[Hours, ...]  # the machine's own hours if it has any, else its site's
     allowlist_version: int = 0
     allowlist_dirty: bool = True
+    guard_min: int = 15
+    booking_seq: int = 0  # bumped by every booking change of the machine: the bookings cache key
+
+
+@dataclass(frozen=True)
+class BookingFacts:
+    """A booked (not cancelled, not released) slot of one machine."""
+
+    person_id: int
+    starts_at: datetime
+    ends_at: datetime
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,7 @@ class Verdict:
     until: datetime | None = None
     # Mode use, allowed: the person is a trainer for this machine type (AuthResp ``trainer``).
     trainer_here: bool = False
+    until_booking: bool = False  # as Decision.until_booking
 
 
 # -- queries (Core, built once; the bridge runs them for every batch of taps) -------------------
@@ -209,6 +226,7 @@ _quals = Qualification.__table__
 _reqs = Requirement.__table__
 _comps = Competency.__table__
 _sessions = MachineSession.__table__
+_bookings = Booking.__table__
 
 _MACHINE_COLUMNS = (
     _devices.c.id.label("device_id"),
@@ -219,6 +237,8 @@ _MACHINE_COLUMNS = (
     _machines.c.machine_type_id,
     _machines.c.site_id,
     _machines.c.max_session_min,
+    _machines.c.guard_min,
+    _machines.c.booking_seq,
     _sites.c.timezone,
     _types.c.name,
 )
@@ -350,6 +370,8 @@ def _machine_of(device_id: str, row: Any | None, hours: tuple[Hours, ...]) -> Ma
         hours=hours,
         allowlist_version=row.allowlist_version,
         allowlist_dirty=row.allowlist_dirty,
+        guard_min=row.guard_min,
+        booking_seq=row.booking_seq,
     )
 
 
@@ -408,6 +430,8 @@ def _machine_facts(db: Session, machine: Machine) -> MachineFacts:
         hours=tuple(own.get(machine.id) or site.get(machine.site_id) or ()),
         allowlist_version=machine.allowlist_version,
         allowlist_dirty=machine.allowlist_dirty,
+        guard_min=machine.guard_min,
+        booking_seq=machine.booking_seq,
     )
 
 
@@ -434,6 +458,23 @@ def load_badges(db: Reader, uids: Iterable[str]) -> dict[str, BadgeFacts | None]
         person = PersonFacts(first.id, first.name, first.active, first.is_trainer, first.language)
         out[uid] = BadgeFacts(first.uid, first.status, person, newest)
     return out
+
+
+_BOOKINGS = (
+    select(_bookings.c.person_id, _bookings.c.starts_at, _bookings.c.ends_at)
+    .where(
+        _bookings.c.machine_id == bindparam("machine_id"),
+        _bookings.c.status == BookingStatus.BOOKED.value,
+        _bookings.c.ends_at > bindparam("now", type_=_bookings.c.ends_at.type),
+    )
+    .order_by(_bookings.c.starts_at)
+)
+
+
+def load_bookings(db: Reader, machine_id: int, now: datetime) -> tuple[BookingFacts, ...]:
+    """The machine's booked slots that have not ended yet, by start."""
+    rows = db.execute(_BOOKINGS, {"machine_id": machine_id, "now": now})
+    return tuple(BookingFacts(r.person_id, r.starts_at, r.ends_at) for r in rows)
 
 
 def load_requirements(db: Reader, machine_type_id: int) -> tuple[RequirementFacts, ...]:
@@ -503,6 +544,7 @@ def _rules(
     trainer_badge: Callable[[], BadgeFacts | None],
     open_sessions: Callable[[int], int],
     max_open_sessions: int,
+    bookings: Callable[[], Sequence[BookingFacts]] = tuple,
 ) -> Verdict:
     """Every rule, in order; the callables read only what a rule reached needs."""
     tz = machine.timezone
@@ -550,13 +592,28 @@ def _rules(
             return refusal
         trainer_here = _check_trainer(reqs, badge, today) is not None
 
-    count = open_sessions(person.id)
-    if count >= max_open_sessions:
-        return _deny("session_limit", tz, person=person, count=count)
-
     until = now + timedelta(minutes=machine.max_session_min)
     if closes_at is not None:
         until = min(until, closes_at)
+    until_booking = False
+    if not trainer_here:  # a trainer of this machine type may always come in (a fix, a check)
+        booked = [b for b in bookings() if b.ends_at > now]
+        current = next((b for b in booked if b.starts_at <= now), None)
+        if current is not None and current.person_id != person.id:
+            return _deny("booked_by_other", tz, person=person, free_at=_free_at(booked, current))
+        guard = timedelta(minutes=machine.guard_min)
+        for b in booked:
+            if b.person_id == person.id and b.starts_at <= now + guard:
+                # Their own booking (now, or about to start): it ends the session.
+                if b.ends_at < until:
+                    until, until_booking = b.ends_at, True
+            elif b.person_id != person.id and b.starts_at < until:
+                # Someone else's booking comes: a walk-in lasts until it starts.
+                until, until_booking = b.starts_at, True
+
+    count = open_sessions(person.id)
+    if count >= max_open_sessions:
+        return _deny("session_limit", tz, person=person, count=count)
     if trainer is not None:
         message = messages.render(
             "supervised_ok", tz, name=person.first_name, trainer=trainer.first_name, until=until
@@ -572,7 +629,17 @@ def _rules(
         session_id=str(uuid.uuid4()),
         until=until,
         trainer_here=trainer_here,
+        until_booking=until_booking,
     )
+
+
+def _free_at(booked: Sequence[BookingFacts], current: BookingFacts) -> datetime:
+    """When the machine is free again: the end of the run of back-to-back bookings from ``current``."""
+    free = current.ends_at
+    for b in booked:
+        if b.starts_at <= free and b.ends_at > free:
+            free = b.ends_at
+    return free
 
 
 def _check_qualified(
@@ -664,6 +731,7 @@ def decide(
         ),
         lambda person_id: count_open_sessions(db, [person_id], now)[person_id],
         max_open_sessions,
+        lambda: load_bookings(db, machine.id, now),
     )
     return Decision(
         verdict.allowed,
@@ -674,6 +742,7 @@ def decide(
         session_id=verdict.session_id,
         until=verdict.until,
         trainer_here=verdict.trainer_here,
+        until_booking=verdict.until_booking,
     )
 
 
@@ -709,6 +778,7 @@ class Decider:
         self._seen: dict[int, int] = {}  # machine id -> allow-list version seen clean
         self._badges: dict[str, BadgeFacts | None] = {}
         self._requirements: dict[int, tuple[RequirementFacts, ...]] = {}
+        self._bookings: dict[int, tuple[int, tuple[BookingFacts, ...]]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -783,6 +853,18 @@ class Decider:
                     self._requirements[machine_type_id] = reqs
         return reqs
 
+    def _load_bookings(self, db: Reader, machine: MachineFacts, now: datetime) -> tuple[BookingFacts, ...]:
+        """The machine's coming bookings, from memory while its ``booking_seq`` is unchanged
+        (every booking change bumps it in the same transaction: an exact cache)."""
+        with self._lock:
+            cached = self._bookings.get(machine.id)
+        if cached is not None and cached[0] == machine.booking_seq:
+            return tuple(b for b in cached[1] if b.ends_at > now)
+        loaded = load_bookings(db, machine.id, now)
+        with self._lock:
+            self._bookings[machine.id] = (machine.booking_seq, loaded)
+        return loaded
+
     def decide(
         self, db: Reader, taps: Sequence[Tap], now: datetime, max_open_sessions: int = 2
     ) -> list[tuple[MachineFacts, Verdict] | Exception]:
@@ -834,6 +916,7 @@ class Decider:
                     partial(_lookup, badges, tap.trainer_badge),
                     open_sessions,
                     max_open_sessions,
+                    partial(self._load_bookings, db, machine, now),
                 )
             except SQLAlchemyError:
                 raise

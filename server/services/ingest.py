@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.models import Badge, Device, Job, Machine, MachineSession, StoredEvent
-from server.services import training
+from server.services import bookings, training
 from werkbank_protocol import ProtocolError, parse_ts
 from werkbank_protocol.messages import (
     Event,
@@ -131,6 +131,8 @@ def _session_started(
     row.trainer_id = _person_of(db, event.trainer_badge)
     row.offline = event.offline
     row.mode = event.mode
+    # The holder tapped in: their booking is not a no-show (late offline sessions count too).
+    bookings.check_in(db, machine.id, row.person_id, ts)
     if row.ended_at is None and _is_newest(machine, ts):
         machine.live_session_id = row.id
         machine.live_updated_at = ts

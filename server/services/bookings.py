@@ -1,0 +1,518 @@
+"""Bookings: reserve a machine for a time, cancel, move, release no-shows.
+
+The one place that writes bookings; the web pages, the JSON API and the scheduler call it
+with the database session they opened, and commit themselves. The decision reads bookings
+on its own (``decision.py``): during a booking only its holder (or a trainer of the machine
+type) is let in; a walk-in before a booking is let in only until the booking starts.
+
+Rules (our choices where the issue left room are marked *):
+
+* A person may book a machine only if the decision would let them use it then (qualified,
+  valid on the booking's day), or, for a *supervised booking*, with a trainer of the machine
+  type named on the booking and the person at least briefed.
+* No overlaps per machine. Two people booking one slot at once: each booking transaction
+  first bumps the machine's ``booking_seq`` (a row write, so SQLite's write lock or
+  PostgreSQL's row lock serialises them); the second sees the first's booking and is refused.
+* Inside the opening hours of the machine (or its site) on a day that is not closed.
+* Slot length between the policy's minimum and maximum, on its grid (``slot_step_min``)*.
+* A weekly quota of booked hours per person (ISO week of the booking, in the site's time
+  zone), from the person's cohort quota or else the site's.
+* Lead time: at least ``min_lead_min`` before the start*, at most ``max_ahead_days`` ahead*.
+* Cancel or move until ``cancel_deadline_min`` before the start (staff at any time)*.
+* ``no_show_limit`` no-shows within ``no_show_window_days`` block new bookings for
+  ``no_show_block_days`` after the last one*.
+
+Every change is in the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from server.i18n import N_
+from server.models import (
+    Booking,
+    BookingPolicy,
+    BookingStatus,
+    ClosedDay,
+    CohortQuota,
+    Level,
+    Machine,
+    OpeningHours,
+    Person,
+)
+from server.services import audit, training
+from server.services.decision import load_requirements
+
+
+class BookingError(ValueError):
+    """A booking the rules refuse. ``message`` is a translatable template (``N_``) with
+    ``{name}`` placeholders filled from ``params`` in the reader's language."""
+
+    def __init__(self, code: str, message: str, **params: Any) -> None:
+        self.code = code
+        self.message = message
+        self.params = params
+        super().__init__(f"{code}: {message.format(**{k: str(v) for k, v in params.items()})}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_slot_min: int = 30
+    max_slot_min: int = 240
+    slot_step_min: int = 30
+    min_lead_min: int = 0
+    max_ahead_days: int = 14
+    cancel_deadline_min: int = 60
+    weekly_quota_h: float = 8.0
+    no_show_after_min: int = 15
+    no_show_limit: int = 3
+    no_show_window_days: int = 30
+    no_show_block_days: int = 14
+    reminder_before_min: int = 60
+
+
+POLICY_FIELDS = tuple(Policy.__dataclass_fields__)
+
+
+def policy_for(db: Session, site_id: int) -> Policy:
+    row = db.scalar(select(BookingPolicy).where(BookingPolicy.site_id == site_id))
+    if row is None:
+        return Policy()
+    return Policy(**{name: getattr(row, name) for name in POLICY_FIELDS})
+
+
+def weekly_quota(db: Session, person: Person, policy: Policy) -> float:
+    if person.cohort:
+        found = db.scalar(
+            select(CohortQuota.weekly_hours).where(
+                CohortQuota.site_id == person.site_id, CohortQuota.cohort == person.cohort
+            )
+        )
+        if found is not None:
+            return float(found)
+    return policy.weekly_quota_h
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def active(db: Session, machine_ids: Sequence[int], start: datetime, end: datetime) -> list[Booking]:
+    """Booked (not cancelled or released) bookings of these machines overlapping [start, end)."""
+    if not machine_ids:
+        return []
+    return list(
+        db.scalars(
+            select(Booking)
+            .where(
+                Booking.machine_id.in_(machine_ids),
+                Booking.status == BookingStatus.BOOKED,
+                Booking.starts_at < end,
+                Booking.ends_at > start,
+            )
+            .order_by(Booking.starts_at)
+        )
+    )
+
+
+def of_person(db: Session, person_id: int, since: datetime, limit: int = 100) -> list[Booking]:
+    return list(
+        db.scalars(
+            select(Booking)
+            .where(Booking.person_id == person_id, Booking.ends_at > since)
+            .order_by(Booking.starts_at)
+            .limit(limit)
+        )
+    )
+
+
+def booked_hours_in_week(
+    db: Session, person_id: int, day: date, tz: ZoneInfo, exclude: str | None = None
+) -> float:
+    monday = day - timedelta(days=day.weekday())
+    start = datetime.combine(monday, time(0), tzinfo=tz)
+    end = start + timedelta(days=7)
+    query = select(Booking).where(
+        Booking.person_id == person_id,
+        Booking.status == BookingStatus.BOOKED,
+        Booking.starts_at < end,
+        Booking.ends_at > start,
+    )
+    if exclude is not None:
+        query = query.where(Booking.id != exclude)
+    return sum(b.hours for b in db.scalars(query))
+
+
+def no_show_block(db: Session, person_id: int, policy: Policy, now: datetime) -> datetime | None:
+    """Until when the person may not book because of repeated no-shows (None: may book)."""
+    since = now - timedelta(days=policy.no_show_window_days)
+    released = list(
+        db.scalars(
+            select(Booking.released_at)
+            .where(Booking.person_id == person_id, Booking.no_show.is_(True), Booking.released_at >= since)
+            .order_by(Booking.released_at)
+        )
+    )
+    if len(released) < policy.no_show_limit or policy.no_show_limit <= 0:
+        return None
+    last = released[-1]
+    assert last is not None
+    until = last + timedelta(days=policy.no_show_block_days)
+    return until if until > now else None
+
+
+def is_open(db: Session, machine: Machine, start: datetime, end: datetime) -> bool:
+    """Is [start, end) inside the opening hours of one day that is not closed?
+
+    No opening hours at all (neither the machine's nor its site's) means always open.
+    """
+    tz = ZoneInfo(machine.site.timezone)
+    local_start, local_end = start.astimezone(tz), end.astimezone(tz)
+    day = local_start.date()
+    closed = db.scalar(
+        select(func.count(ClosedDay.id)).where(
+            ClosedDay.site_id == machine.site_id,
+            ClosedDay.day == day,
+            (ClosedDay.machine_id.is_(None)) | (ClosedDay.machine_id == machine.id),
+        )
+    )
+    if closed:
+        return False
+    own = list(db.scalars(select(OpeningHours).where(OpeningHours.machine_id == machine.id)))
+    hours = own or list(
+        db.scalars(
+            select(OpeningHours).where(
+                OpeningHours.site_id == machine.site_id, OpeningHours.machine_id.is_(None)
+            )
+        )
+    )
+    if not hours:
+        return True
+    for h in hours:
+        if h.weekday != day.weekday():
+            continue
+        opens = datetime.combine(day, h.opens, tzinfo=tz)
+        closes = datetime.combine(day, h.closes, tzinfo=tz)
+        if opens <= local_start and local_end <= closes:
+            return True
+    return False
+
+
+def booking_eligibility(
+    db: Session, machine: Machine, person: Person, trainer: Person | None, day: date
+) -> BookingError | None:
+    """Would the decision let ``person`` use ``machine`` on ``day``? (None: yes.)
+
+    Alone: every competency the machine type requires, valid on that day, at its level.
+    With a trainer (a supervised booking): the trainer holds each at trainer level and the
+    person is at least briefed, as at the machine.
+    """
+    reqs = load_requirements(db, machine.machine_type_id)
+    machine_name = machine.machine_type.name
+    if trainer is not None:
+        if trainer.id == person.id or not (trainer.active and trainer.is_trainer):
+            return BookingError(
+                "trainer_invalid", N_("{trainer} cannot supervise this booking."), trainer=trainer.name
+            )
+        for req in reqs:
+            state = training.state_of(training.newest(db, trainer.id, req.competency_id), day)
+            if state is None or not state.usable or state.level != Level.TRAINER:
+                return BookingError(
+                    "trainer_invalid",
+                    N_("{trainer} is not a trainer for the {machine}."),
+                    trainer=trainer.name,
+                    machine=machine_name,
+                )
+    for req in reqs:
+        state = training.state_of(training.newest(db, person.id, req.competency_id), day)
+        if state is None or state.level is None or state.revoked:
+            if trainer is not None:
+                return BookingError(
+                    "briefing_required",
+                    N_("{person} needs the safety briefing for the {machine} first."),
+                    person=person.name,
+                    machine=machine_name,
+                )
+            return BookingError(
+                "not_qualified",
+                N_("{person} is not trained on the {machine} yet. Ask a trainer for a briefing."),
+                person=person.name,
+                machine=machine_name,
+            )
+        if state.expired:
+            return BookingError(
+                "qualification_expired",
+                N_("{competency} is no longer valid on that day. Ask a trainer to renew it."),
+                competency=req.competency_name,
+            )
+        if trainer is None and state.level.rank < Level(req.min_level).rank:
+            return BookingError(
+                "trainer_required",
+                N_("{person} may use the {machine} only with a trainer. Book together with a trainer."),
+                person=person.name,
+                machine=machine_name,
+            )
+    return None
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def _lock_machine(db: Session, machine_id: int) -> None:
+    """First write of every booking transaction: serialises booking changes per machine."""
+    db.execute(update(Machine).where(Machine.id == machine_id).values(booking_seq=Machine.booking_seq + 1))
+
+
+def _check(
+    db: Session,
+    person: Person,
+    machine: Machine,
+    starts_at: datetime,
+    ends_at: datetime,
+    actor: Person,
+    now: datetime,
+    trainer: Person | None,
+    exclude: str | None = None,
+) -> None:
+    if starts_at.tzinfo is None or ends_at.tzinfo is None:
+        raise ValueError("booking times must be aware")
+    policy = policy_for(db, machine.site_id)
+    staff = actor.is_admin or actor.is_trainer
+    tz = ZoneInfo(machine.site.timezone)
+    length_min = (ends_at - starts_at).total_seconds() / 60
+    if ends_at <= starts_at:
+        raise BookingError("bad_times", N_("The end must be after the start."))
+    if not person.active:
+        raise BookingError("person_inactive", N_("{person} is not active."), person=person.name)
+    if length_min < policy.min_slot_min:
+        raise BookingError(
+            "too_short", N_("A booking lasts at least {minutes} minutes."), minutes=policy.min_slot_min
+        )
+    if length_min > policy.max_slot_min:
+        raise BookingError(
+            "too_long", N_("A booking lasts at most {minutes} minutes."), minutes=policy.max_slot_min
+        )
+    step = policy.slot_step_min
+    local = starts_at.astimezone(tz)
+    if step > 0 and ((local.hour * 60 + local.minute) % step or local.second or length_min % step):
+        raise BookingError(
+            "off_grid", N_("Bookings start and end on the {minutes}-minute grid."), minutes=step
+        )
+    if starts_at < now + timedelta(minutes=policy.min_lead_min) and not staff:
+        if starts_at < now:
+            raise BookingError("in_the_past", N_("This time has passed. Please choose a later one."))
+        raise BookingError(
+            "lead_time", N_("Book at least {minutes} minutes ahead."), minutes=policy.min_lead_min
+        )
+    if starts_at < now - timedelta(minutes=step or 1):
+        raise BookingError("in_the_past", N_("This time has passed. Please choose a later one."))
+    if starts_at > now + timedelta(days=policy.max_ahead_days) and not staff:
+        raise BookingError(
+            "too_far_ahead", N_("You can book at most {days} days ahead."), days=policy.max_ahead_days
+        )
+    if machine.status.value != "available":
+        raise BookingError("machine_unavailable", N_("This machine cannot be booked now."))
+    if not is_open(db, machine, starts_at, ends_at):
+        raise BookingError(
+            "closed", N_("The lab is closed at that time. Please choose a time in the opening hours.")
+        )
+    refusal = booking_eligibility(db, machine, person, trainer, starts_at.astimezone(tz).date())
+    if refusal is not None:
+        raise refusal
+    if not staff:
+        blocked = no_show_block(db, person.id, policy, now)
+        if blocked is not None:
+            raise BookingError(
+                "no_show_block",
+                N_("You missed {count} bookings. You can book again from {date}."),
+                count=policy.no_show_limit,
+                date=blocked.astimezone(tz).date(),
+            )
+        quota = weekly_quota(db, person, policy)
+        used = booked_hours_in_week(db, person.id, local.date(), tz, exclude=exclude)
+        if used + length_min / 60 > quota + 1e-9:
+            raise BookingError(
+                "quota",
+                N_("This week you have {used} of {quota} hours booked. This booking does not fit."),
+                used=f"{used:g}",
+                quota=f"{quota:g}",
+            )
+    clash = [b for b in active(db, [machine.id], starts_at, ends_at) if b.id != exclude]
+    if clash:
+        first = clash[0]
+        raise BookingError(
+            "taken",
+            N_("This time is already booked ({start} to {end}). Please choose another."),
+            start=first.starts_at.astimezone(tz),
+            end=first.ends_at.astimezone(tz),
+        )
+
+
+def create(
+    db: Session,
+    person: Person,
+    machine: Machine,
+    starts_at: datetime,
+    ends_at: datetime,
+    actor: Person,
+    now: datetime,
+    *,
+    trainer: Person | None = None,
+    note: str | None = None,
+) -> Booking:
+    """Book ``machine`` for ``person``. Participants book for themselves; staff for anyone."""
+    if actor.id != person.id and not (actor.is_admin or actor.is_trainer):
+        raise BookingError("not_yours", N_("You can only book for yourself."))
+    _lock_machine(db, machine.id)
+    _check(db, person, machine, starts_at, ends_at, actor, now, trainer)
+    booking = Booking(
+        machine_id=machine.id,
+        person_id=person.id,
+        trainer_id=trainer.id if trainer else None,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        note=(note or "").strip() or None,
+        created_at=now,
+        created_by_id=actor.id,
+    )
+    db.add(booking)
+    db.flush()
+    audit.record(
+        db, actor, "booking.create", f"booking:{booking.id}", _detail(booking, machine, person), at=now
+    )
+    return booking
+
+
+def _may_change(booking: Booking, actor: Person, now: datetime) -> None:
+    if actor.id != booking.person_id and not (actor.is_admin or actor.is_trainer):
+        raise BookingError("not_yours", N_("This is not your booking."))
+    if booking.status != BookingStatus.BOOKED:
+        raise BookingError("not_active", N_("This booking was cancelled or released already."))
+    if booking.ends_at <= now:
+        raise BookingError("over", N_("This booking is over."))
+
+
+def _deadline_check(db: Session, booking: Booking, actor: Person, now: datetime) -> None:
+    if actor.is_admin or actor.is_trainer:
+        return
+    policy = policy_for(db, booking.machine.site_id)
+    deadline = booking.starts_at - timedelta(minutes=policy.cancel_deadline_min)
+    if now > deadline:
+        raise BookingError(
+            "too_late",
+            N_("Too late to change: bookings can be changed until {minutes} minutes before they start."),
+            minutes=policy.cancel_deadline_min,
+        )
+
+
+def cancel(db: Session, booking: Booking, actor: Person, now: datetime) -> Booking:
+    """Cancel a booking. A session its holder already runs goes on (never cut power)."""
+    _may_change(booking, actor, now)
+    _deadline_check(db, booking, actor, now)
+    _lock_machine(db, booking.machine_id)
+    booking.status = BookingStatus.CANCELLED
+    booking.cancelled_at = now
+    booking.cancelled_by_id = actor.id
+    audit.record(db, actor, "booking.cancel", f"booking:{booking.id}", _detail(booking), at=now)
+    db.flush()
+    return booking
+
+
+def move(
+    db: Session, booking: Booking, starts_at: datetime, ends_at: datetime, actor: Person, now: datetime
+) -> Booking:
+    """Move a booking to another time on the same machine, by the same rules as a new one."""
+    _may_change(booking, actor, now)
+    _deadline_check(db, booking, actor, now)
+    _lock_machine(db, booking.machine_id)
+    _check(
+        db,
+        booking.person,
+        booking.machine,
+        starts_at,
+        ends_at,
+        actor,
+        now,
+        booking.trainer,
+        exclude=booking.id,
+    )
+    old = (booking.starts_at.isoformat(), booking.ends_at.isoformat())
+    booking.starts_at, booking.ends_at = starts_at, ends_at
+    booking.reminded_at = None
+    audit.record(
+        db, actor, "booking.move", f"booking:{booking.id}", {**_detail(booking), "from": list(old)}, at=now
+    )
+    db.flush()
+    return booking
+
+
+def check_in(db: Session, machine_id: int, person_id: int | None, at: datetime) -> Booking | None:
+    """A session of ``person_id`` started at ``at``: the booking it belongs to is checked in.
+
+    Counts from the guard time before the booking (an early tap) to its end.
+    """
+    if person_id is None:
+        return None
+    machine = db.get(Machine, machine_id)
+    guard = timedelta(minutes=machine.guard_min if machine else 15)
+    booking = db.scalar(
+        select(Booking)
+        .where(
+            Booking.machine_id == machine_id,
+            Booking.person_id == person_id,
+            Booking.status == BookingStatus.BOOKED,
+            Booking.starts_at <= at + guard,
+            Booking.ends_at > at,
+            Booking.checked_in_at.is_(None),
+        )
+        .order_by(Booking.starts_at)
+        .limit(1)
+    )
+    if booking is not None:
+        booking.checked_in_at = at
+    return booking
+
+
+def release_no_shows(db: Session, now: datetime) -> list[Booking]:
+    """Release every booking whose holder has not tapped in within the policy's minutes of its start."""
+    candidates = db.scalars(
+        select(Booking).where(
+            Booking.status == BookingStatus.BOOKED,
+            Booking.checked_in_at.is_(None),
+            Booking.starts_at <= now,
+        )
+    ).all()
+    released = []
+    policies: dict[int, Policy] = {}
+    for booking in candidates:
+        site_id = booking.machine.site_id
+        policy = policies.setdefault(site_id, policy_for(db, site_id))
+        if now < booking.starts_at + timedelta(minutes=policy.no_show_after_min):
+            continue
+        _lock_machine(db, booking.machine_id)
+        booking.status = BookingStatus.RELEASED
+        booking.released_at = now
+        booking.no_show = True
+        audit.record(db, None, "booking.release", f"booking:{booking.id}", _detail(booking), at=now)
+        released.append(booking)
+    db.flush()
+    return released
+
+
+def _detail(booking: Booking, machine: Machine | None = None, person: Person | None = None) -> dict[str, Any]:
+    machine = machine or booking.machine
+    person = person or booking.person
+    return {
+        "machine": machine.slug,
+        "person": person.name,
+        "starts_at": booking.starts_at.astimezone(UTC).isoformat(),
+        "ends_at": booking.ends_at.astimezone(UTC).isoformat(),
+        "trainer_id": booking.trainer_id,
+    }
