@@ -381,6 +381,14 @@ def grant(
     )
 
 
+def _held(db: Session, person: Person, competency: Competency, code: str, message: str) -> Qualification:
+    """The person's newest entry in ``competency`` unless there is none or it is a revocation."""
+    entry = newest(db, person.id, competency.id)
+    if entry is None or entry.action == QualificationAction.REVOKED:
+        raise TrainingError(code, message, person=person.name, competency=competency.name)
+    return entry
+
+
 def renew(
     db: Session,
     person: Person,
@@ -396,14 +404,13 @@ def renew(
         raise TrainingError(
             "does_not_expire", N_("{competency} does not expire."), competency=competency.name
         )
-    entry = newest(db, person.id, competency.id)
-    if entry is None or entry.action == QualificationAction.REVOKED:
-        raise TrainingError(
-            "nothing_to_renew",
-            N_("{person} does not hold {competency}. Train and grant it first."),
-            person=person.name,
-            competency=competency.name,
-        )
+    entry = _held(
+        db,
+        person,
+        competency,
+        "nothing_to_renew",
+        N_("{person} does not hold {competency}. Train and grant it first."),
+    )
     return _append(
         db,
         person,
@@ -429,14 +436,7 @@ def revoke(
     """Take a qualification away at once (allow-lists follow within seconds), with a reason."""
     reason = _require_reason(reason)
     _require_trainer(db, actor, competency, today)
-    entry = newest(db, person.id, competency.id)
-    if entry is None or entry.action == QualificationAction.REVOKED:
-        raise TrainingError(
-            "nothing_to_revoke",
-            N_("{person} does not hold {competency}."),
-            person=person.name,
-            competency=competency.name,
-        )
+    entry = _held(db, person, competency, "nothing_to_revoke", N_("{person} does not hold {competency}."))
     return _append(
         db,
         person,
