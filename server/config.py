@@ -46,6 +46,8 @@ class Config:
     BABEL_DEFAULT_TIMEZONE: str = os.environ.get("WERKBANK_TIMEZONE", "Europe/Berlin")
     LANGUAGES: tuple[str, ...] = ("de", "en")
     # E-mail for notifications; unset host: notifications stay in the app only.
+    # Erase ended participants' personal data this many months after their last trace (0: never).
+    RETENTION_MONTHS: int = _int("WERKBANK_RETENTION_MONTHS", 0)
     SMTP_HOST: str | None = os.environ.get("WERKBANK_SMTP_HOST") or None
     SMTP_PORT: int = _int("WERKBANK_SMTP_PORT", 587)
     SMTP_USER: str | None = os.environ.get("WERKBANK_SMTP_USER") or None

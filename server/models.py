@@ -140,6 +140,9 @@ class Person(Base):
     external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     # Secret in the URL of the person's calendar feed (.ics): calendar apps cannot log in.
     calendar_token: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Set when the person's personal data was erased (server.services.privacy): the row stays,
+    # under a pseudonym, so machine hours and qualification counts still add up.
+    erased_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     site: Mapped[Site] = relationship()

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from server.db import Database
 from server.models import Device, Machine, Site
-from server.services import allowlists, mail, notifications, training
+from server.services import allowlists, mail, notifications, privacy, training
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x5765726B  # "Werk"
@@ -127,6 +127,17 @@ def remind_expiring(database: Database, now: datetime | None = None) -> int:
     return made
 
 
+def purge_personal_data(database: Database, months: int, now: datetime | None = None) -> int:
+    """Erase the personal data of participants who ended ``months`` ago (0: never)."""
+    now = now or datetime.now(UTC)
+    with database.session() as db:
+        erased = privacy.purge_ended(db, now, months)
+        db.commit()
+    if erased:
+        log.info("retention: personal data of %d ended participants erased", len(erased))
+    return len(erased)
+
+
 def email_notifications(
     database: Database, settings: mail.SmtpSettings, now: datetime | None = None
 ) -> mail.MailReport:
@@ -162,6 +173,16 @@ def build_scheduler(database: Database, config: Mapping[str, Any] | None = None)
         id="remind_expiring",
         next_run_time=start + timedelta(seconds=10),
     )
+    retention = int((config or {}).get("RETENTION_MONTHS") or 0)
+    if retention > 0:
+        scheduler.add_job(
+            purge_personal_data,
+            "cron",
+            hour=3,
+            minute=17,
+            args=[database, retention],
+            id="purge_personal_data",
+        )
     settings = mail.SmtpSettings.from_config(config or {})
     if settings is not None:
         scheduler.add_job(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from sqlalchemy.orm import selectinload
 from server import get_db
 from server.models import Badge, BadgeStatus, Person
 from server.security import hash_password
-from server.services import audit, badges, people_import
+from server.services import audit, badges, people_import, privacy
 from server.web.admin.base import (
     acting_admin,
     apply_changes,
@@ -208,6 +210,52 @@ def person_active(person_id: int) -> ResponseReturnValue:
         flash(
             _("%(name)s is deactivated: no login, no machine. The history stays.", name=person.name), "info"
         )
+    return redirect(url_for("admin.person", person_id=person.id))
+
+
+# -- personal data (GDPR) ------------------------------------------------------------------------
+
+
+@bp.post("/people/<int:person_id>/export")
+@admin_required
+def person_export(person_id: int) -> ResponseReturnValue:
+    """Everything stored about the person, as a JSON download (audited)."""
+    db = get_db()
+    person = _person_or_404(person_id)
+    if not ButtonForm().validate_on_submit():
+        abort(400)
+    data = privacy.export(db, person, acting_admin(), datetime.now(UTC))
+    db.commit()
+    body = json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True)
+    return Response(
+        body,
+        mimetype="application/json",
+        headers={"Content-Disposition": f'attachment; filename="werkbank-person-{person.id}.json"'},
+    )
+
+
+@bp.post("/people/<int:person_id>/erase")
+@admin_required
+def person_erase(person_id: int) -> ResponseReturnValue:
+    """Erase the person's personal data; the admin confirms by typing the person's name."""
+    db = get_db()
+    person = _person_or_404(person_id)
+    if not ButtonForm().validate_on_submit():
+        abort(400)
+    if person.erased_at is not None:
+        flash(_("This person's personal data was erased already."), "info")
+        return redirect(url_for("admin.person", person_id=person.id))
+    if request.form.get("confirm", "").strip() != person.name:
+        flash(_("Nothing was erased: type the person's name exactly to confirm."), "error")
+        return redirect(url_for("admin.person", person_id=person.id)), 303
+    try:
+        label = privacy.erase(db, person, acting_admin(), datetime.now(UTC))
+    except privacy.PrivacyError:
+        db.rollback()
+        flash(_("You cannot erase yourself. Ask another admin."), "error")
+        return redirect(url_for("admin.person", person_id=person.id)), 303
+    db.commit()
+    flash(_("Personal data erased. The hours stay under the name %(label)s.", label=label), "info")
     return redirect(url_for("admin.person", person_id=person.id))
 
 

@@ -1,0 +1,306 @@
+"""Personal data (GDPR): export everything stored about a person, erase a person, purge by retention.
+
+Erasing keeps what the lab must report (machine hours, sessions, jobs, bookings and the
+qualification history, counted per person) under a pseudonym and removes what identifies
+the person: name, email, password, programme number, calendar and API tokens, badges and
+every copy of their badge UIDs (sessions, tap decisions, stored events), free-text notes and
+reasons about them, their notifications, and their name in other people's notifications and
+in the audit log. The person row stays (so totals still add up) as "Person 1a2b3c4d",
+inactive, with ``erased_at`` set; cohort and programme stay for group statistics.
+
+Every export and erase is in the audit log (the erase entry names only the pseudonym).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import String, cast, delete, func, or_, select
+from sqlalchemy.orm import Session
+
+from server.models import (
+    AccessDecision,
+    ApiToken,
+    AuditLog,
+    Booking,
+    Job,
+    MachineSession,
+    Notification,
+    Person,
+    Qualification,
+    StepRecord,
+    StoredEvent,
+)
+from server.services import audit
+
+FORMAT_VERSION = 1
+
+
+class PrivacyError(ValueError):
+    """A request the rules refuse (e.g. erasing yourself), with a message a person can act on."""
+
+
+def pseudonym(person_id: int) -> str:
+    """A stable label for a person without their name: the same id gives the same label."""
+    digest = hashlib.blake2b(f"werkbank-person-{person_id}".encode(), digest_size=4).hexdigest()
+    return f"Person {digest}"
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _row(obj: Any, fields: Iterable[str]) -> dict[str, Any]:
+    return {name: _iso(getattr(obj, name)) for name in fields}
+
+
+def export(db: Session, person: Person, actor: Person | None, now: datetime) -> dict[str, Any]:
+    """Everything stored about ``person``, as plain JSON-ready data; the export is audited."""
+    uids = [b.uid for b in person.badges]
+    sessions = list(db.scalars(select(MachineSession).where(MachineSession.person_id == person.id)))
+    session_ids = [s.id for s in sessions]
+    jobs = list(db.scalars(select(Job).where(Job.session_id.in_(session_ids)))) if session_ids else []
+    decisions = list(
+        db.scalars(
+            select(AccessDecision).where(
+                or_(AccessDecision.person_id == person.id, AccessDecision.badge_uid.in_(uids or [""]))
+            )
+        )
+    )
+    entries = list(
+        db.scalars(
+            select(AuditLog).where(
+                or_(AuditLog.actor_id == person.id, AuditLog.subject == f"person:{person.id}")
+            )
+        )
+    )
+    data: dict[str, Any] = {
+        "format": "werkbank-person-export",
+        "version": FORMAT_VERSION,
+        "exported_at": now.isoformat(),
+        "person": _row(
+            person,
+            (
+                "id",
+                "name",
+                "email",
+                "language",
+                "cohort",
+                "programme",
+                "external_id",
+                "active",
+                "is_participant",
+                "is_trainer",
+                "is_admin",
+                "created_at",
+            ),
+        )
+        | {"site": person.site.slug},
+        "badges": [
+            _row(b, ("uid", "status", "issued_at", "status_changed_at", "note")) for b in person.badges
+        ],
+        "qualifications": [
+            _row(q, ("action", "level", "valid_until", "reason", "created_at", "granted_by_id"))
+            | {"competency": q.competency.slug}
+            for q in db.scalars(select(Qualification).where(Qualification.person_id == person.id))
+        ],
+        "training_steps": [
+            _row(r, ("step_id", "source", "session_id", "note", "recorded_at", "recorded_by_id"))
+            | {"step": r.step.name}
+            for r in db.scalars(select(StepRecord).where(StepRecord.person_id == person.id))
+        ],
+        "sessions": [
+            _row(
+                s,
+                (
+                    "id",
+                    "device_id",
+                    "badge_uid",
+                    "mode",
+                    "offline",
+                    "started_at",
+                    "ended_at",
+                    "end_reason",
+                    "unlocked_s",
+                    "run_s",
+                    "trainer_id",
+                ),
+            )
+            | {"machine": s.machine.slug}
+            for s in sessions
+        ],
+        "jobs": [
+            _row(
+                j,
+                (
+                    "id",
+                    "session_id",
+                    "kind",
+                    "file",
+                    "started_at",
+                    "finished_at",
+                    "status",
+                    "duration_s",
+                    "filament_mm",
+                    "filament_g",
+                ),
+            )
+            for j in jobs
+        ],
+        "bookings": [
+            _row(
+                b,
+                (
+                    "id",
+                    "starts_at",
+                    "ends_at",
+                    "status",
+                    "note",
+                    "created_at",
+                    "checked_in_at",
+                    "no_show",
+                    "trainer_id",
+                ),
+            )
+            | {"machine": b.machine.slug}
+            for b in db.scalars(select(Booking).where(Booking.person_id == person.id))
+        ],
+        "tap_decisions": [
+            _row(d, ("id", "device_id", "badge_uid", "mode", "decision", "reason", "decided_at"))
+            for d in decisions
+        ],
+        "notifications": [
+            _row(n, ("kind", "params", "created_at", "read_at", "emailed_at"))
+            for n in db.scalars(select(Notification).where(Notification.person_id == person.id))
+        ],
+        "api_tokens": [
+            _row(t, ("name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"))
+            for t in db.scalars(select(ApiToken).where(ApiToken.person_id == person.id))
+        ],
+        "audit_log": [_row(e, ("at", "actor_label", "action", "subject", "detail")) for e in entries],
+    }
+    audit.record(db, actor, "person.export", f"person:{person.id}", {"sections": sorted(data)}, at=now)
+    return data
+
+
+def _scrub(value: Any, terms: dict[str, str | None]) -> Any:
+    """``value`` with every string that contains one of ``terms`` replaced (recursively)."""
+    if isinstance(value, str):
+        for term, replacement in terms.items():
+            if term and term in value:
+                value = value.replace(term, replacement) if replacement is not None else None
+                if value is None:
+                    return None
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v, terms) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, terms) for v in value]
+    return value
+
+
+def erase(db: Session, person: Person, actor: Person | None, now: datetime) -> str:
+    """Remove the person's personal data; keep their hours and history under a pseudonym.
+
+    Returns the pseudonym. Idempotent: erasing an erased person changes nothing more.
+    """
+    if actor is not None and actor.id == person.id:
+        raise PrivacyError("You cannot erase yourself. Ask another admin.")
+    label = pseudonym(person.id)
+    uids = [b.uid for b in person.badges]
+    # What identifies the person wherever it was copied: replaced by the pseudonym (names) or
+    # removed (email, badge UIDs, programme number).
+    terms: dict[str, str | None] = {}
+    if person.name and person.erased_at is None:
+        terms[person.name] = label
+    for secret in (person.email, person.external_id, *uids):
+        if secret:
+            terms[secret] = None
+
+    session_ids = list(db.scalars(select(MachineSession.id).where(MachineSession.person_id == person.id)))
+    for session in db.scalars(select(MachineSession).where(MachineSession.person_id == person.id)):
+        session.badge_uid = None
+    if session_ids:
+        for stored in db.scalars(select(StoredEvent).where(StoredEvent.session_id.in_(session_ids))):
+            payload = dict(stored.payload)
+            for key in ("badge", "trainer_badge"):
+                if payload.get(key) in uids:
+                    payload[key] = None
+            stored.payload = payload
+    for decision in db.scalars(
+        select(AccessDecision).where(
+            or_(AccessDecision.person_id == person.id, AccessDecision.badge_uid.in_(uids or [""]))
+        )
+    ):
+        decision.badge_uid = ""
+        decision.response = {}
+    for record in db.scalars(select(StepRecord).where(StepRecord.person_id == person.id)):
+        record.note = None
+    for entry in db.scalars(select(Qualification).where(Qualification.person_id == person.id)):
+        entry.reason = None
+    for booking in db.scalars(select(Booking).where(Booking.person_id == person.id)):
+        booking.note = None
+    db.execute(delete(Notification).where(Notification.person_id == person.id))
+    db.execute(delete(ApiToken).where(ApiToken.person_id == person.id))
+    if terms:
+        matches = [cast(Notification.params, String).contains(term) for term in terms if term]
+        for note in db.scalars(select(Notification).where(or_(*matches))):
+            note.params = _scrub(note.params, terms)
+        audit_matches = [AuditLog.actor_id == person.id, AuditLog.subject == f"person:{person.id}"]
+        audit_matches += [cast(AuditLog.detail, String).contains(term) for term in terms if term]
+        audit_matches += [AuditLog.actor_label.contains(term) for term in terms if term]
+        audit_matches += [AuditLog.subject.contains(term) for term in terms if term]
+        for logged in db.scalars(select(AuditLog).where(or_(*audit_matches))):
+            logged.detail = _scrub(logged.detail, terms) or {}
+            logged.actor_label = _scrub(logged.actor_label, terms) or label
+            logged.subject = _scrub(logged.subject, terms) or f"person:{person.id}"
+            if logged.actor_id == person.id:
+                logged.actor_label = label
+    for badge in list(person.badges):
+        db.delete(badge)
+    person.name = label
+    person.email = None
+    person.password_hash = None
+    person.external_id = None
+    person.calendar_token = None
+    person.active = False
+    person.is_trainer = False
+    person.is_admin = False
+    if person.erased_at is None:
+        person.erased_at = now
+    db.flush()
+    audit.record(db, actor, "person.erase", f"person:{person.id}", {"pseudonym": label}, at=now)
+    return label
+
+
+def last_activity(db: Session, person: Person) -> datetime:
+    """The newest trace of the person: a session, a booking, a qualification entry, or their creation."""
+    candidates = [
+        person.created_at,
+        db.scalar(select(func.max(MachineSession.started_at)).where(MachineSession.person_id == person.id)),
+        db.scalar(select(func.max(Booking.ends_at)).where(Booking.person_id == person.id)),
+        db.scalar(select(func.max(Qualification.created_at)).where(Qualification.person_id == person.id)),
+    ]
+    return max(c for c in candidates if c is not None)
+
+
+def purge_ended(db: Session, now: datetime, months: int) -> list[str]:
+    """Erase participants who ended (inactive, not staff) and left no trace for ``months``.
+
+    ``months`` <= 0 turns retention off. Returns the pseudonyms of those erased.
+    """
+    if months <= 0:
+        return []
+    cutoff = now - timedelta(days=round(months * 30.44))
+    candidates = db.scalars(
+        select(Person).where(
+            Person.active.is_(False),
+            Person.erased_at.is_(None),
+            Person.is_admin.is_(False),
+            Person.is_trainer.is_(False),
+        )
+    ).all()
+    return [erase(db, p, None, now) for p in candidates if last_activity(db, p) < cutoff]
