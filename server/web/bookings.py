@@ -394,6 +394,8 @@ def site_day() -> ResponseReturnValue:
     grids = [MachineDays.load(db, m, day, day) for m in _site_machines(db, site.id)]
     rows = _union(g.slot_minutes(day) for g in grids)
     table = [(_row_label(m), [g.cell(day, m, actor, now, None) for g in grids]) for m in rows]
+    # Today's rows that are over everywhere only push the free times down on a phone.
+    table = [row for row in table if not all(c.state == "past" for c in row[1])]
     return render_template(
         "bookings/site.html",
         site=site,
