@@ -108,14 +108,14 @@ def parse_week(raw: str | None) -> date | None:
         return None
     try:
         year, week = raw.upper().split("-W")
-        return date.fromisocalendar(int(year), int(week), 1)
+        return _sane(date.fromisocalendar(int(year), int(week), 1))
     except ValueError:
         return None
 
 
 def parse_day(raw: str | None) -> date | None:
     try:
-        return date.fromisoformat(raw) if raw else None
+        return _sane(date.fromisoformat(raw)) if raw else None
     except ValueError:
         return None
 
@@ -128,7 +128,14 @@ def parse_start(raw: str | None, tz: ZoneInfo) -> datetime | None:
         parsed = datetime.fromisoformat(raw)
     except ValueError:
         return None
+    if _sane(parsed.date()) is None:
+        return None
     return parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed.astimezone(tz)
+
+
+def _sane(day: date) -> date | None:
+    """Days a lab can mean: far-off years only overflow the prev/next links."""
+    return day if 2000 <= day.year <= 2999 else None
 
 
 def local_iso(when: datetime, tz: ZoneInfo) -> str:
@@ -483,9 +490,11 @@ def _trainer_choices(db: Session, site_id: int, selected: int | None) -> list[Ch
 
 def _int_or_none(raw: str | None) -> int | None:
     try:
-        return int(raw) if raw else None
+        value = int(raw) if raw else None
     except ValueError:
         return None
+    # Database integers are 32 or 64 bits; anything larger is no id and no length.
+    return value if value is None or abs(value) < 2**31 else None
 
 
 def _confirm_page(

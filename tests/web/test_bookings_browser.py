@@ -80,6 +80,14 @@ def test_browser_participant_books_in_two_taps_on_a_phone(booking_server: tuple[
             page.goto(f"{base}/bookings/machines/prusa-a?week={week_of(start.date())}")
             mine = page.locator(f'td[data-start="{start:%Y-%m-%dT%H:%M}"]')
             expect(mine).to_have_attribute("data-state", "mine")
+
+            # The same pages in German: longer words, still no sideways scrolling.
+            page.get_by_role("link", name="DE").click()
+            expect(page.get_by_text("Tippen Sie auf eine freie Zeit, um sie zu buchen.")).to_be_visible()
+            fits(page, "bookings-week-de")
+            page.get_by_role("link", name="Buchungen", exact=True).click()
+            expect(page.get_by_role("heading", name="Meine Buchungen")).to_be_visible()
+            fits(page, "bookings-mine-de")
         finally:
             browser.close()
     assert problems == []

@@ -549,3 +549,29 @@ def test_bookings_pages_in_german(booking_lab: Lab, client: FlaskClient, auth: A
     assert "frei" in cell(week, tomorrow_at(14))
     page = _post_book(client, tomorrow_at(10), 60)
     assert "Diese Zeit ist schon gebucht" in page
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/bookings/machines/prusa-a?week=9999-W52",
+        "/bookings/machines/prusa-a?week=nonsense",
+        "/bookings/machines/prusa-a?move=nope",
+        "/bookings/site?day=9999-12-31",
+        "/bookings/site?week=2026-W99",
+        "/bookings/machines/prusa-a/book?start=9999-12-31T23:30",
+        "/bookings/machines/prusa-a/book?start=yesterday",
+        "/bookings/machines/bambu/book?start=2030-01-07T10:00",
+        "/bookings/all?page=99999999999999999999&from=9999-12-31",
+    ],
+)
+def test_bookings_nonsense_in_the_url_is_never_a_server_error(
+    url: str, booking_lab: Lab, client: FlaskClient, auth: AuthActions
+) -> None:
+    auth.login(booking_lab.admin)
+    assert client.get(url).status_code in (200, 302, 404)
+    response = client.post(
+        "/bookings/machines/prusa-a/book",
+        data={"start": "2030-01-07T10:00", "duration_min": "1" + "0" * 30, "person_id": "9" * 30},
+    )
+    assert response.status_code == 400
