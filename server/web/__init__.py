@@ -1,6 +1,7 @@
 """The web pages: login (``auth``), the overview and "my training" pages (``web``), the
 trainer pages (``training``, under /training), "mark read" for notifications
-(``notifications``) and the admin pages (``admin``, under /admin).
+(``notifications``), the admin pages (``admin``, under /admin) and the booking pages with
+the calendar feeds (``bookings``, under /bookings).
 
 ``init_app`` registers the blueprints and binds Flask-Login to our user adapter.
 """
@@ -11,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from server.web import admin, auth, notifications, training
+from server.web import admin, auth, bookings, notifications, training
 from server.web.auth import current
 from server.web.l10n import current_language
 from server.web.views import bp
@@ -28,6 +29,7 @@ def init_app(app: Flask) -> None:
     # Pages include _notifications.html with notifications=notifications_for(user.id, language).
     app.add_template_global(notifications.notifications_for)
     app.register_blueprint(admin.bp, url_prefix="/admin")
+    app.register_blueprint(bookings.bp, url_prefix="/bookings")
     app.context_processor(_template_globals)
 
 

@@ -1,0 +1,895 @@
+"""Booking pages, phone first: a machine's week, a site's day, book in two taps, my bookings
+(cancel, move), all bookings for staff, and the calendar feeds (.ics).
+
+Thin views over :mod:`server.services.bookings`, which holds every rule: a refusal comes back
+as a :class:`BookingError` and is shown in the reader's language (HTTP 400, nothing changed).
+The grids only *show* what is free; whether a booking may be made is the service's answer.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import flask_babel  # type: ignore[import-untyped,unused-ignore]
+from babel.dates import format_skeleton, format_time
+from flask import Response, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_wtf import FlaskForm
+from icalendar import Calendar, Event
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from server import get_db
+from server.i18n import N_
+from server.models import (
+    Booking,
+    BookingStatus,
+    ClosedDay,
+    Machine,
+    MachineStatus,
+    OpeningHours,
+    Person,
+    Site,
+)
+from server.services import audit
+from server.services import bookings as service
+from server.services.bookings import BookingError, Policy
+from server.web.admin.base import paginate
+from server.web.auth import User, current, login_required, public, safe_next, staff_required
+from server.web.common import web_blueprint
+from server.web.l10n import _, current_language, date_label, duration_label
+
+bp = web_blueprint("bookings", __name__)
+
+# Days without opening hours are open all day (the service's rule); the grid then shows these.
+DEFAULT_DAY = (time(8, 0), time(20, 0))
+RECENT_DAYS = 30
+FEED_PAST_DAYS = 60
+FEED_LIMIT = 500
+
+STATUS_LABELS: dict[BookingStatus, str] = {
+    BookingStatus.BOOKED: N_("Booked"),
+    BookingStatus.CANCELLED: N_("Cancelled"),
+    BookingStatus.RELEASED: N_("Released (not used)"),
+}
+
+
+class ButtonForm(FlaskForm):  # type: ignore[misc]  # Flask-WTF is untyped: only the CSRF token
+    pass
+
+
+# -- the reader's words ------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def time_label(when: datetime, tz: ZoneInfo) -> str:
+    return str(format_time(when.astimezone(tz), "short", locale=current_language()))
+
+
+def day_label(day: date, *, long: bool = True) -> str:
+    """``Mon, Nov 23`` / ``Mo., 23. Nov.`` (short: ``23 Mon`` / ``Mo., 23.``)."""
+    return str(format_skeleton("MMMEd" if long else "Ed", day, locale=current_language()))
+
+
+def span_label(start: datetime, end: datetime, tz: ZoneInfo) -> str:
+    """``Mon, Nov 23, 10:00 AM-11:30 AM``: one booking's time, in the site's time zone."""
+    return f"{day_label(start.astimezone(tz).date())}, {time_label(start, tz)}\u2013{time_label(end, tz)}"
+
+
+def error_text(error: BookingError, tz: ZoneInfo) -> str:
+    """The refusal in the reader's language."""
+    params: dict[str, Any] = {}
+    for key, value in error.params.items():
+        if isinstance(value, datetime):
+            params[key] = f"{day_label(value.astimezone(tz).date())} {time_label(value, tz)}"
+        elif isinstance(value, date):
+            params[key] = date_label(value)
+        else:
+            params[key] = value
+    return _(error.message).format(**params)
+
+
+def week_code(day: date) -> str:
+    year, week, _weekday = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def parse_week(raw: str | None) -> date | None:
+    """The Monday of ``2026-W48`` (None when missing or wrong)."""
+    if not raw:
+        return None
+    try:
+        year, week = raw.upper().split("-W")
+        return _sane(date.fromisocalendar(int(year), int(week), 1))
+    except ValueError:
+        return None
+
+
+def parse_day(raw: str | None) -> date | None:
+    try:
+        return _sane(date.fromisoformat(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+def parse_start(raw: str | None, tz: ZoneInfo) -> datetime | None:
+    """A slot's start as the grid links it (``2026-11-23T10:00``, local time of the site)."""
+    if not raw:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if _sane(parsed.date()) is None:
+        return None
+    return parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed.astimezone(tz)
+
+
+def _sane(day: date) -> date | None:
+    """Days a lab can mean: far-off years only overflow the prev/next links."""
+    return day if 2000 <= day.year <= 2999 else None
+
+
+def local_iso(when: datetime, tz: ZoneInfo) -> str:
+    return when.astimezone(tz).strftime("%Y-%m-%dT%H:%M")
+
+
+# -- who is asking -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Actor:
+    user: User
+    person: Person
+
+
+def _actor() -> Actor:
+    user = current()
+    assert user is not None  # login_required
+    person = get_db().get(Person, user.id)
+    assert person is not None  # login loads only existing, active people
+    return Actor(user, person)
+
+
+def _machine_or_404(slug: str, user: User) -> Machine:
+    machine = get_db().scalar(select(Machine).where(Machine.slug == slug))
+    if machine is None or machine.site_id != user.site_id or machine.status == MachineStatus.DISABLED:
+        abort(404)
+    return machine
+
+
+def _booking_or_404(booking_id: str, user: User) -> Booking:
+    """The holder's own booking, or any booking of the site for staff; else 404 (not 403: a
+    participant learns nothing about other people's booking ids)."""
+    booking = get_db().get(Booking, booking_id)
+    if booking is None:
+        abort(404)
+    if booking.person_id != user.id and not (user.is_staff and booking.machine.site_id == user.site_id):
+        abort(404)
+    return booking
+
+
+# -- the grid ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One slot of one machine: what the reader sees and where a tap leads."""
+
+    state: str  # free | mine | booked | past | closed | later
+    label: str = ""
+    title: str = ""
+    href: str | None = None
+    start: str = ""  # local ISO, for tests and scripts
+    first: bool = True  # the first slot of a booking carries its label
+
+
+@dataclass
+class MachineDays:
+    """What one machine's grid needs for some days: hours, closed days, bookings, policy."""
+
+    machine: Machine
+    tz: ZoneInfo
+    policy: Policy
+    step: int
+    hours: list[OpeningHours]
+    closed: set[date]
+    bookings: list[Booking] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, db: Session, machine: Machine, first: date, last: date) -> MachineDays:
+        tz = ZoneInfo(machine.site.timezone)
+        policy = service.policy_for(db, machine.site_id)
+        own = list(db.scalars(select(OpeningHours).where(OpeningHours.machine_id == machine.id)))
+        hours = own or list(
+            db.scalars(
+                select(OpeningHours).where(
+                    OpeningHours.site_id == machine.site_id, OpeningHours.machine_id.is_(None)
+                )
+            )
+        )
+        closed = set(
+            db.scalars(
+                select(ClosedDay.day).where(
+                    ClosedDay.site_id == machine.site_id,
+                    ClosedDay.day >= first,
+                    ClosedDay.day <= last,
+                    or_(ClosedDay.machine_id.is_(None), ClosedDay.machine_id == machine.id),
+                )
+            )
+        )
+        start = datetime.combine(first, time(0), tzinfo=tz)
+        end = datetime.combine(last + timedelta(days=1), time(0), tzinfo=tz)
+        found = service.active(db, [machine.id], start, end)
+        step = policy.slot_step_min if policy.slot_step_min > 0 else policy.min_slot_min or 30
+        return cls(machine, tz, policy, step, hours, closed, found)
+
+    def intervals(self, day: date) -> list[tuple[int, int]]:
+        """The day's opening hours as minutes after midnight (none: closed)."""
+        if day in self.closed:
+            return []
+        if not self.hours:
+            return [(_minutes(DEFAULT_DAY[0]), _minutes(DEFAULT_DAY[1]))]
+        return sorted(
+            (_minutes(h.opens), _minutes(h.closes) or 24 * 60)
+            for h in self.hours
+            if h.weekday == day.weekday()
+        )
+
+    def slot_minutes(self, day: date) -> list[int]:
+        return [m for a, b in self.intervals(day) for m in range(a, b - self.step + 1, self.step)]
+
+    def closes_after(self, start: datetime) -> datetime | None:
+        """When the opening interval holding ``start`` ends (None: not inside one)."""
+        local = start.astimezone(self.tz)
+        minute = local.hour * 60 + local.minute
+        for a, b in self.intervals(local.date()):
+            if a <= minute < b:
+                return datetime.combine(local.date(), time(0), tzinfo=self.tz) + timedelta(minutes=b)
+        return None
+
+    def cell(self, day: date, minute: int, actor: Actor, now: datetime, moving: Booking | None) -> Cell:
+        start = datetime.combine(day, time(0), tzinfo=self.tz) + timedelta(minutes=minute)
+        end = start + timedelta(minutes=self.step)
+        iso = local_iso(start, self.tz)
+        when = f"{day_label(day)} {time_label(start, self.tz)}"
+        if not any(a <= minute and minute + self.step <= b for a, b in self.intervals(day)):
+            return Cell("closed", _("closed"), _("%(when)s: closed", when=when), start=iso)
+        for b in self.bookings:
+            if b.starts_at < end and b.ends_at > start and (moving is None or b.id != moving.id):
+                first = b.starts_at >= start
+                if b.person_id == actor.user.id:
+                    return Cell(
+                        "mine",
+                        _("Mine") if first else "",
+                        _("%(when)s: your booking", when=when),
+                        url_for("bookings.mine"),
+                        iso,
+                        first,
+                    )
+                if actor.user.is_staff:
+                    return Cell(
+                        "booked",
+                        b.person.first_name if first else "",
+                        _("%(when)s: booked by %(name)s", when=when, name=b.person.name),
+                        start=iso,
+                        first=first,
+                    )
+                return Cell(
+                    "booked",
+                    _("booked") if first else "",
+                    _("%(when)s: booked", when=when),
+                    start=iso,
+                    first=first,
+                )
+        staff = actor.user.is_staff
+        if start < now + timedelta(minutes=0 if staff else self.policy.min_lead_min):
+            return Cell("past", "", _("%(when)s: past", when=when), start=iso)
+        if self.machine.status != MachineStatus.AVAILABLE:
+            return Cell("closed", _("closed"), _("%(when)s: closed", when=when), start=iso)
+        if not staff and start > now + timedelta(days=self.policy.max_ahead_days):
+            return Cell("later", "", _("%(when)s: not bookable yet", when=when), start=iso)
+        if moving is not None:
+            href = url_for("bookings.move", booking_id=moving.id, start=iso)
+            title = _("%(when)s: move here", when=when)
+        else:
+            href = url_for("bookings.book", slug=self.machine.slug, start=iso)
+            title = _("%(when)s: free, book now", when=when)
+        return Cell("free", _("free"), title, href, iso)
+
+
+def _minutes(t: time) -> int:
+    return t.hour * 60 + t.minute
+
+
+def _row_label(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def _union(minute_lists: Iterable[list[int]]) -> list[int]:
+    return sorted({m for minutes in minute_lists for m in minutes})
+
+
+def _today(tz: ZoneInfo, now: datetime) -> date:
+    return now.astimezone(tz).date()
+
+
+# -- week per machine, day per site --------------------------------------------------------------------
+
+
+@bp.get("/machines/<slug>")
+@login_required
+def machine_week(slug: str) -> ResponseReturnValue:
+    actor = _actor()
+    db = get_db()
+    machine = _machine_or_404(slug, actor.user)
+    tz = ZoneInfo(machine.site.timezone)
+    now = _now()
+    moving = None
+    if request.args.get("move"):
+        moving = _booking_or_404(request.args["move"], actor.user)
+        if moving.machine_id != machine.id:
+            abort(404)
+    monday = parse_week(request.args.get("week"))
+    if monday is None:
+        today = _today(tz, now)
+        monday = today - timedelta(days=today.weekday())
+    days = [monday + timedelta(days=i) for i in range(7)]
+    grid = MachineDays.load(db, machine, days[0], days[-1])
+    rows = _union(grid.slot_minutes(d) for d in days)
+    table = [(_row_label(m), [grid.cell(d, m, actor, now, moving) for d in days]) for m in rows]
+    move_id = moving.id if moving is not None else None  # None: left out of the URL
+    return render_template(
+        "bookings/week.html",
+        machine=machine,
+        type_name=machine.machine_type.display_name(current_language()),
+        heads=[
+            {"label": day_label(d, long=False), "current": d == _today(tz, now), "href": None} for d in days
+        ],
+        table=table,
+        week_label=_(
+            "Week %(week)d: %(first)s to %(last)s",
+            week=monday.isocalendar()[1],
+            first=date_label(days[0]),
+            last=date_label(days[-1]),
+        ),
+        prev_url=url_for(
+            "bookings.machine_week", slug=slug, week=week_code(monday - timedelta(days=7)), move=move_id
+        ),
+        next_url=url_for(
+            "bookings.machine_week", slug=slug, week=week_code(monday + timedelta(days=7)), move=move_id
+        ),
+        available=machine.status == MachineStatus.AVAILABLE,
+        moving=_present(moving, actor, now) if moving is not None else None,
+    )
+
+
+def _site_machines(db: Session, site_id: int) -> list[Machine]:
+    return list(
+        db.scalars(
+            select(Machine)
+            .where(Machine.site_id == site_id, Machine.status != MachineStatus.DISABLED)
+            .order_by(Machine.name)
+        )
+    )
+
+
+@bp.get("/site")
+@login_required
+def site_day() -> ResponseReturnValue:
+    """One day of every machine of the site (a week of all machines is too wide for a phone)."""
+    actor = _actor()
+    db = get_db()
+    site = db.get(Site, actor.user.site_id)
+    assert site is not None
+    tz = ZoneInfo(site.timezone)
+    now = _now()
+    day = parse_day(request.args.get("day"))
+    if day is None:
+        monday = parse_week(request.args.get("week"))
+        today = _today(tz, now)
+        in_week = monday is not None and monday <= today < monday + timedelta(days=7)
+        day = monday if monday is not None and not in_week else today
+    grids = [MachineDays.load(db, m, day, day) for m in _site_machines(db, site.id)]
+    rows = _union(g.slot_minutes(day) for g in grids)
+    table = [(_row_label(m), [g.cell(day, m, actor, now, None) for g in grids]) for m in rows]
+    # Today's rows that are over everywhere only push the free times down on a phone.
+    table = [row for row in table if not all(c.state == "past" for c in row[1])]
+    return render_template(
+        "bookings/site.html",
+        site=site,
+        day_title=day_label(day),
+        is_today=day == _today(tz, now),
+        heads=[
+            {
+                "label": g.machine.name,
+                "current": False,
+                "href": url_for("bookings.machine_week", slug=g.machine.slug, week=week_code(day)),
+            }
+            for g in grids
+        ],
+        table=table,
+        prev_url=url_for("bookings.site_day", day=(day - timedelta(days=1)).isoformat()),
+        next_url=url_for("bookings.site_day", day=(day + timedelta(days=1)).isoformat()),
+        today_url=url_for("bookings.site_day"),
+    )
+
+
+# -- book in two taps ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Choice:
+    value: str
+    label: str
+    selected: bool = False
+
+
+def _durations(
+    grid: MachineDays, start: datetime, exclude: Booking | None, wanted: int | None
+) -> list[Choice]:
+    """Lengths the policy allows, up to the next booking and the closing time."""
+    policy = grid.policy
+    limit = start + timedelta(minutes=policy.max_slot_min)
+    closes = grid.closes_after(start)
+    if closes is not None:
+        limit = min(limit, closes)
+    for b in grid.bookings:
+        if exclude is not None and b.id == exclude.id:
+            continue
+        if b.ends_at > start:
+            limit = min(limit, max(b.starts_at, start))
+    out = []
+    minutes = max(policy.min_slot_min, grid.step)
+    while start + timedelta(minutes=minutes) <= limit:
+        end = start + timedelta(minutes=minutes)
+        out.append(
+            Choice(
+                str(minutes),
+                _(
+                    "until %(end)s (%(duration)s)",
+                    end=time_label(end, grid.tz),
+                    duration=duration_label(minutes * 60),
+                ),
+            )
+        )
+        minutes += grid.step
+    if out:
+        pick = next((c for c in out if c.value == str(wanted)), out[0])
+        pick.selected = True
+    return out
+
+
+def _people_choices(db: Session, site_id: int, selected: int) -> list[Choice]:
+    people = db.scalars(
+        select(Person)
+        .where(Person.site_id == site_id, Person.active.is_(True))
+        .order_by(Person.is_participant.desc(), Person.name)
+    )
+    return [Choice(str(p.id), p.name, p.id == selected) for p in people]
+
+
+def _trainer_choices(db: Session, site_id: int, selected: int | None) -> list[Choice]:
+    trainers = db.scalars(
+        select(Person)
+        .where(Person.site_id == site_id, Person.active.is_(True), Person.is_trainer.is_(True))
+        .order_by(Person.name)
+    )
+    return [Choice("", _("No trainer"), selected is None)] + [
+        Choice(str(t.id), t.name, t.id == selected) for t in trainers
+    ]
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    try:
+        value = int(raw) if raw else None
+    except ValueError:
+        return None
+    # Database integers are 32 or 64 bits; anything larger is no id and no length.
+    return value if value is None or abs(value) < 2**31 else None
+
+
+def _confirm_page(
+    actor: Actor,
+    machine: Machine,
+    start: datetime,
+    *,
+    moving: Booking | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> ResponseReturnValue:
+    db = get_db()
+    grid = MachineDays.load(
+        db, machine, start.astimezone(ZoneInfo(machine.site.timezone)).date(), start.date()
+    )
+    wanted = _int_or_none(request.form.get("duration_min"))
+    if wanted is None and moving is not None:
+        wanted = round((moving.ends_at - moving.starts_at).total_seconds() / 60)
+    durations = _durations(grid, start, moving, wanted)
+    staff = actor.user.is_staff and moving is None
+    person_id = _int_or_none(request.form.get("person_id")) or actor.user.id
+    trainer_id = _int_or_none(request.form.get("trainer_id"))
+    week = week_code(start.astimezone(grid.tz).date())
+    back = url_for("bookings.machine_week", slug=machine.slug, week=week, move=moving.id if moving else None)
+    return (
+        render_template(
+            "bookings/confirm.html",
+            machine=machine,
+            type_name=machine.machine_type.display_name(current_language()),
+            start=local_iso(start, grid.tz),
+            when=f"{day_label(start.astimezone(grid.tz).date())}, {time_label(start, grid.tz)}",
+            durations=durations,
+            people=_people_choices(db, machine.site_id, person_id) if staff else [],
+            trainers=_trainer_choices(db, machine.site_id, trainer_id) if staff else [],
+            moving=_present(moving, actor, _now()) if moving is not None else None,
+            action=url_for("bookings.move", booking_id=moving.id)
+            if moving is not None
+            else url_for("bookings.book", slug=machine.slug),
+            back=back,
+            error=error,
+            form=ButtonForm(formdata=None),
+        ),
+        status,
+    )
+
+
+@bp.route("/machines/<slug>/book", methods=["GET", "POST"])
+@login_required
+def book(slug: str) -> ResponseReturnValue:
+    """Tap one: a free slot opens this page (start chosen, length to pick); tap two: "Book"."""
+    actor = _actor()
+    db = get_db()
+    machine = _machine_or_404(slug, actor.user)
+    tz = ZoneInfo(machine.site.timezone)
+    start = parse_start(request.values.get("start"), tz)
+    if start is None:
+        if request.method == "POST":
+            abort(400)
+        return redirect(url_for("bookings.machine_week", slug=slug))
+    if request.method == "GET":
+        return _confirm_page(actor, machine, start)
+    form = ButtonForm()
+    minutes = _int_or_none(request.form.get("duration_min"))
+    if not form.validate() or minutes is None or not 0 < minutes <= 24 * 60:
+        return _confirm_page(actor, machine, start, error=_("Please choose how long."), status=400)
+    person, trainer = actor.person, None
+    if actor.user.is_staff:
+        person_id = _int_or_none(request.form.get("person_id"))
+        trainer_id = _int_or_none(request.form.get("trainer_id"))
+        if person_id is not None:
+            person = _site_person_or_400(db, person_id, machine.site_id)
+        if trainer_id is not None:
+            trainer = _site_person_or_400(db, trainer_id, machine.site_id)
+    end = start + timedelta(minutes=minutes)
+    try:
+        booking = service.create(db, person, machine, start, end, actor.person, _now(), trainer=trainer)
+    except BookingError as refused:
+        db.rollback()
+        return _confirm_page(actor, machine, start, error=error_text(refused, tz), status=400)
+    db.commit()
+    flash(
+        _("Booked: %(machine)s, %(when)s.", machine=machine.name, when=span_label(start, end, tz)), "success"
+    )
+    if person.id != actor.user.id:
+        return redirect(
+            url_for("bookings.machine_week", slug=slug, week=week_code(start.astimezone(tz).date()))
+        )
+    return redirect(url_for("bookings.mine", _anchor=f"booking-{booking.id}"))
+
+
+def _site_person_or_400(db: Session, person_id: int, site_id: int) -> Person:
+    person = db.get(Person, person_id)
+    if person is None or person.site_id != site_id:
+        abort(400)
+    return person
+
+
+# -- my bookings: cancel, move ---------------------------------------------------------------------------
+
+
+def _present(b: Booking, actor: Actor, now: datetime) -> dict[str, Any]:
+    tz = ZoneInfo(b.machine.site.timezone)
+    upcoming = b.status == BookingStatus.BOOKED and b.ends_at > now
+    status = b.status.value
+    if b.status == BookingStatus.BOOKED and b.ends_at <= now:
+        status = "over"
+    return {
+        "id": b.id,
+        "machine": b.machine.name,
+        "machine_slug": b.machine.slug,
+        "person": b.person.name,
+        "trainer": b.trainer.name if b.trainer else "",
+        "when": span_label(b.starts_at, b.ends_at, tz),
+        "status": status,
+        "status_label": _("Over") if status == "over" else _(STATUS_LABELS[b.status]),
+        "upcoming": upcoming,
+        "changeable": upcoming and b.starts_at > now,
+        "mine": b.person_id == actor.user.id,
+    }
+
+
+@bp.get("/mine")
+@login_required
+def mine() -> ResponseReturnValue:
+    actor = _actor()
+    db = get_db()
+    now = _now()
+    found = service.of_person(db, actor.user.id, now - timedelta(days=RECENT_DAYS), limit=200)
+    rows = [_present(b, actor, now) for b in found]
+    token = actor.person.calendar_token
+    return render_template(
+        "bookings/mine.html",
+        upcoming=[r for r in rows if r["upcoming"]],
+        recent=list(reversed([r for r in rows if not r["upcoming"]])),
+        feed_url=url_for("bookings.person_feed", token=token, _external=True) if token else None,
+        form=ButtonForm(formdata=None),
+    )
+
+
+def _back(default: str) -> str:
+    return safe_next(request.values.get("next")) or default
+
+
+@bp.route("/<booking_id>/cancel", methods=["GET", "POST"])
+@login_required
+def cancel(booking_id: str) -> ResponseReturnValue:
+    actor = _actor()
+    db = get_db()
+    booking = _booking_or_404(booking_id, actor.user)
+    tz = ZoneInfo(booking.machine.site.timezone)
+    back = _back(url_for("bookings.mine"))
+    error = None
+    if request.method == "POST":
+        if not ButtonForm().validate():
+            abort(400)
+        try:
+            service.cancel(db, booking, actor.person, _now())
+        except BookingError as refused:
+            db.rollback()
+            error = error_text(refused, tz)
+        else:
+            db.commit()
+            flash(
+                _(
+                    "Booking cancelled: %(machine)s, %(when)s.",
+                    machine=booking.machine.name,
+                    when=span_label(booking.starts_at, booking.ends_at, tz),
+                ),
+                "success",
+            )
+            return redirect(back)
+    return (
+        render_template(
+            "bookings/cancel.html",
+            booking=_present(booking, actor, _now()),
+            back=back,
+            error=error,
+            form=ButtonForm(formdata=None),
+        ),
+        400 if error else 200,
+    )
+
+
+@bp.route("/<booking_id>/move", methods=["GET", "POST"])
+@login_required
+def move(booking_id: str) -> ResponseReturnValue:
+    """Pick a new start in the machine's week (free slots lead back here), then confirm."""
+    actor = _actor()
+    db = get_db()
+    booking = _booking_or_404(booking_id, actor.user)
+    machine = booking.machine
+    tz = ZoneInfo(machine.site.timezone)
+    start = parse_start(request.values.get("start"), tz)
+    if start is None:
+        if request.method == "POST":
+            abort(400)
+        week = week_code(booking.starts_at.astimezone(tz).date())
+        return redirect(url_for("bookings.machine_week", slug=machine.slug, week=week, move=booking.id))
+    if request.method == "GET":
+        return _confirm_page(actor, machine, start, moving=booking)
+    minutes = _int_or_none(request.form.get("duration_min"))
+    if not ButtonForm().validate() or minutes is None or not 0 < minutes <= 24 * 60:
+        return _confirm_page(
+            actor, machine, start, moving=booking, error=_("Please choose how long."), status=400
+        )
+    end = start + timedelta(minutes=minutes)
+    try:
+        service.move(db, booking, start, end, actor.person, _now())
+    except BookingError as refused:
+        db.rollback()
+        return _confirm_page(actor, machine, start, moving=booking, error=error_text(refused, tz), status=400)
+    db.commit()
+    flash(
+        _("Booking moved: %(machine)s, %(when)s.", machine=machine.name, when=span_label(start, end, tz)),
+        "success",
+    )
+    return redirect(url_for("bookings.mine", _anchor=f"booking-{booking.id}"))
+
+
+# -- all bookings (staff) ----------------------------------------------------------------------------------
+
+
+@bp.get("/all")
+@staff_required
+def all_bookings() -> ResponseReturnValue:
+    """Every booking of the site, filtered and paged. Staff, not only admins: trainers plan
+    supervised bookings and handle no-shows at the machine, and the service lets them cancel
+    at any time."""
+    actor = _actor()
+    db = get_db()
+    now = _now()
+    site = db.get(Site, actor.user.site_id)
+    assert site is not None
+    tz = ZoneInfo(site.timezone)
+    machines = _site_machines(db, site.id)
+    args = request.args
+    machine_slug = args.get("machine", "")
+    q = args.get("q", "").strip()[:100]
+    status = args.get("status", "")
+    first, last = parse_day(args.get("from")), parse_day(args.get("to"))
+    query = (
+        select(Booking)
+        .join(Machine, Booking.machine_id == Machine.id)
+        .join(Person, Booking.person_id == Person.id)
+        .where(Machine.site_id == site.id)
+        .options(selectinload(Booking.machine), selectinload(Booking.person), selectinload(Booking.trainer))
+        .order_by(Booking.starts_at.desc(), Booking.id)
+    )
+    if machine_slug:
+        query = query.where(Machine.slug == machine_slug)
+    if q:
+        like = f"%{q.lower()}%"
+        query = query.where(or_(func.lower(Person.name).like(like), func.lower(Person.email).like(like)))
+    if status in {s.value for s in BookingStatus}:
+        query = query.where(Booking.status == BookingStatus(status))
+    elif status == "upcoming":
+        query = query.where(Booking.status == BookingStatus.BOOKED, Booking.ends_at > now)
+    if first is not None:
+        query = query.where(Booking.ends_at > datetime.combine(first, time(0), tzinfo=tz))
+    if last is not None:
+        query = query.where(
+            Booking.starts_at < datetime.combine(last + timedelta(days=1), time(0), tzinfo=tz)
+        )
+    page = paginate(db, query)
+    here = request.full_path if request.query_string else request.path
+    return render_template(
+        "bookings/all.html",
+        page=page,
+        rows=[_present(b, actor, now) for b in page.items],
+        machines=machines,
+        filters={
+            "machine": machine_slug,
+            "q": q,
+            "status": status,
+            "from": first.isoformat() if first else "",
+            "to": last.isoformat() if last else "",
+        },
+        statuses=[
+            ("", _("All")),
+            ("upcoming", _("Upcoming")),
+            *((s.value, _(STATUS_LABELS[s])) for s in BookingStatus),
+        ],
+        here=here,
+    )
+
+
+# -- calendar feeds ------------------------------------------------------------------------------------
+
+
+@bp.post("/calendar-link")
+@login_required
+def calendar_link() -> ResponseReturnValue:
+    """Make (or, when one exists, replace) the secret link of the person's calendar feed."""
+    actor = _actor()
+    db = get_db()
+    if not ButtonForm().validate():
+        abort(400)
+    rotated = actor.person.calendar_token is not None
+    actor.person.calendar_token = secrets.token_urlsafe(32)
+    audit.record(
+        db,
+        actor.person,
+        "calendar.rotate" if rotated else "calendar.create",
+        f"person:{actor.person.id}",
+        {},
+    )
+    db.commit()
+    if rotated:
+        flash(_("New calendar link made. The old link no longer works."), "success")
+    else:
+        flash(_("Your calendar link is ready. Add it to your calendar app."), "success")
+    return redirect(url_for("bookings.mine", _anchor="calendar"))
+
+
+def _token_person_or_404(token: str) -> Person:
+    if not token or len(token) > 64:
+        abort(404)
+    person = get_db().scalar(select(Person).where(Person.calendar_token == token))
+    if person is None or not person.active:
+        abort(404)
+    return person
+
+
+def _ics(name: str, events: Sequence[Booking], summary: Any, now: datetime) -> Response:
+    cal = Calendar()
+    cal.add("prodid", "-//Werkbank//Bookings//EN")
+    cal.add("version", "2.0")
+    cal.add("calscale", "GREGORIAN")
+    cal.add("x-wr-calname", name)
+    for b in events:
+        event = Event()
+        event.add("uid", b.id)
+        event.add("dtstamp", now)
+        event.add("dtstart", b.starts_at.astimezone(UTC))
+        event.add("dtend", b.ends_at.astimezone(UTC))
+        event.add("summary", summary(b))
+        event.add("location", f"{b.machine.name}, {b.machine.site.name}")
+        event.add("status", "CONFIRMED" if b.status == BookingStatus.BOOKED else "CANCELLED")
+        cal.add_component(event)
+    response = Response(cal.to_ical(), mimetype="text/calendar")
+    response.headers["Content-Disposition"] = "inline; filename=werkbank.ics"
+    return response
+
+
+@bp.get("/feed/<token>.ics")
+@public
+def person_feed(token: str) -> ResponseReturnValue:
+    """A person's bookings as a calendar (public: calendar apps cannot log in; the token is the key)."""
+    person = _token_person_or_404(token)
+    db = get_db()
+    now = _now()
+    found = service.of_person(db, person.id, now - timedelta(days=FEED_PAST_DAYS), limit=FEED_LIMIT)
+    with flask_babel.force_locale(person.language):
+        name = _("Werkbank: my bookings")
+
+        def summary(b: Booking) -> str:
+            text = _("%(machine)s (Werkbank)", machine=b.machine.name)
+            if b.status != BookingStatus.BOOKED:
+                text += " \u2013 " + _(STATUS_LABELS[b.status])
+            return text
+
+        return _ics(name, found, summary, now)
+
+
+@bp.get("/machines/<slug>/feed/<token>.ics")
+@public
+def machine_feed(slug: str, token: str) -> ResponseReturnValue:
+    """A machine's bookings; holders' names only when the token's person is staff."""
+    person = _token_person_or_404(token)
+    db = get_db()
+    machine = db.scalar(select(Machine).where(Machine.slug == slug))
+    if machine is None or machine.site_id != person.site_id:
+        abort(404)
+    now = _now()
+    found = list(
+        db.scalars(
+            select(Booking)
+            .where(
+                Booking.machine_id == machine.id,
+                Booking.ends_at > now - timedelta(days=FEED_PAST_DAYS),
+            )
+            .options(selectinload(Booking.person))
+            .order_by(Booking.starts_at)
+            .limit(FEED_LIMIT)
+        )
+    )
+    staff = person.is_admin or person.is_trainer
+    with flask_babel.force_locale(person.language):
+        booked = _("booked")
+
+        def summary(b: Booking) -> str:
+            if staff:
+                return f"{machine.name}: {b.person.name}"
+            if b.person_id == person.id:
+                return _("%(machine)s (Werkbank)", machine=machine.name)
+            return f"{machine.name}: {booked}"
+
+        return _ics(_("Werkbank: %(machine)s", machine=machine.name), found, summary, now)
