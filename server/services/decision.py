@@ -596,6 +596,7 @@ def _rules(
     if closes_at is not None:
         until = min(until, closes_at)
     until_booking = False
+    booked_after = False  # a walk-in: someone else's booking begins at until
     if not trainer_here:  # a trainer of this machine type may always come in (a fix, a check)
         booked = [b for b in bookings() if b.ends_at > now]
         current = next((b for b in booked if b.starts_at <= now), None)
@@ -606,10 +607,10 @@ def _rules(
             if b.person_id == person.id and b.starts_at <= now + guard:
                 # Their own booking (now, or about to start): it ends the session.
                 if b.ends_at < until:
-                    until, until_booking = b.ends_at, True
+                    until, until_booking, booked_after = b.ends_at, True, False
             elif b.person_id != person.id and b.starts_at < until:
                 # Someone else's booking comes: a walk-in lasts until it starts.
-                until, until_booking = b.starts_at, True
+                until, until_booking, booked_after = b.starts_at, True, True
 
     count = open_sessions(person.id)
     if count >= max_open_sessions:
@@ -619,7 +620,8 @@ def _rules(
             "supervised_ok", tz, name=person.first_name, trainer=trainer.first_name, until=until
         )
     else:
-        message = messages.render("ok", tz, name=person.first_name, until=until)
+        key = "ok_until_booking" if booked_after and until_booking else "ok"
+        message = messages.render(key, tz, name=person.first_name, until=until)
     return Verdict(
         True,
         "ok",

@@ -97,6 +97,11 @@ def test_decision_bookings_walk_in_before_a_booking_lasts_until_it_starts(traine
     _book(trainer_lab, "Quinn Qualified", at(60), at(120))
     walk_in = _decide(trainer_lab, PETE, at(10))
     assert walk_in.allowed and walk_in.until == at(60) and walk_in.until_booking
+    assert walk_in.message["en"].startswith("Hello Pete! Unlocked until ")
+    assert walk_in.message["en"].endswith(": then the machine is booked. Tap again when you are done.")
+    assert "Dann ist die Maschine gebucht." in walk_in.message["de"]
+    holder = _decide(trainer_lab, QUINN, at(60))
+    assert "booked" not in holder.message["en"], "the holder's own booking: the usual greeting"
     # A booking after the machine's maximum session changes nothing.
     early = _decide(trainer_lab, PETE, at(-70))
     assert early.allowed and early.until == at(50) and not early.until_booking
