@@ -132,6 +132,11 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
         "de": "Server nicht erreichbar: Betreuen und Abnahme gehen nur mit Server. Bitte später noch einmal.",
         "en": "Server unreachable: supervising and sign-off need the server. Please try again later.",
     },
+    # Shown once, [session] warn_before_end_s before the session's until ({m}: whole minutes left).
+    "ending_soon": {
+        "de": "Ihre Zeit endet in {m} Min. Bitte zum Ende kommen: Danach sperrt die Maschine.",
+        "en": "Your time ends in {m} min. Please finish: then the machine locks.",
+    },
     "job_running_handover": {
         "de": "Ein Auftrag läuft. Betreuung erst starten, wenn er fertig ist.",
         "en": "A job is running. Start supervising when it has ended.",
@@ -207,9 +212,13 @@ class _Session:
     active_mono: float
     last_tick_mono: float
     run_s: float = 0.0
+    # "booking": the lock at ``until`` ends the session with reason booking_end, else max_duration.
+    until_reason: Literal["booking"] | None = None
     job: _Job | None = None
     # The reason of a lock that is due but waits for the job to end.
     lock_pending: EndReason | None = None
+    # The "ending soon" warning was given (once per session; a restarted agent warns again).
+    warned: bool = False
 
 
 @dataclass
@@ -483,9 +492,11 @@ class Agent:
                     log.info("the job ended: the deferred lock (%s) happens now", session.lock_pending)
                     self._end_session(session.lock_pending)
             elif session.until is not None and self.clock.now() >= session.until:
-                self._lock_due("max_duration")
+                # A booking begins (someone else's) or ends (the holder's): the lock says so.
+                self._lock_due("booking_end" if session.until_reason == "booking" else "max_duration")
             elif idle > 0 and mono - session.active_mono >= idle:
                 self._lock_due("idle_timeout")
+        self._warn_if_ending(self._session)
         if self._session is not None and mono >= self._next_heartbeat:
             self._heartbeat(mono)
         # Telemetry while unlocked, and while the machine runs without a session (a fault).
@@ -495,6 +506,27 @@ class Agent:
         if self._ready.is_set() and self.state != self._published_state:
             self._publish_status()  # running ⇄ unlocked changes with the machine, not with a tap
         self._resend_if_due(mono)
+
+    def _warn_if_ending(self, session: _Session | None) -> None:
+        """Once per session, ``warn_before_end_s`` before its ``until``: lights, buzzer, message.
+
+        A session that starts inside that time is warned at once (its greeting named ``until``
+        already, but a short session deserves the sound too). No warning while a lock waits
+        for a job already: the lights show "lock pending".
+        """
+        warn_s = self.config.session_warn_before_end_s
+        if session is None or session.warned or session.until is None or warn_s <= 0:
+            return
+        if session.lock_pending is not None:
+            return
+        left = (session.until - self.clock.now()).total_seconds()
+        if left > warn_s or left <= 0:
+            return
+        session.warned = True
+        log.info("session %s ends in %.0f s (%s)", session.record.id, left, session.until_reason or "until")
+        self.indicators.ending_soon()
+        minutes = max(1, round(left / 60))
+        self.last_message = {k: v.format(m=minutes) for k, v in LOCAL_MESSAGES["ending_soon"].items()}
 
     def _busy(self) -> bool:
         """The machine is mid-job: cutting its power now would spoil work.
@@ -664,7 +696,13 @@ class Agent:
                 if response.session is None:
                     log.warning("the server allowed %s without a session id; making one", uid)
                 server_session = response.session or str(uuid.uuid4())
-                self._start_session(uid, server_session, offline=False, until=response.until)
+                self._start_session(
+                    uid,
+                    server_session,
+                    offline=False,
+                    until=response.until,
+                    until_reason=response.until_reason,
+                )
                 message = response.message
                 if response.trainer:
                     message = self._open_window(uid, mono, message)
@@ -792,7 +830,7 @@ class Agent:
         if response.session is None:
             log.warning("the server allowed supervising %s without a session id; making one", uid)
         new_session = response.session or str(uuid.uuid4())
-        self._hand_over(uid, new_session, response.until, window.trainer)
+        self._hand_over(uid, new_session, response.until, window.trainer, response.until_reason)
         self._decided(
             Decision(
                 uid,
@@ -804,7 +842,14 @@ class Agent:
             )
         )
 
-    def _hand_over(self, uid: str, session_id: str, until: str | None, trainer: str) -> None:
+    def _hand_over(
+        self,
+        uid: str,
+        session_id: str,
+        until: str | None,
+        trainer: str,
+        until_reason: Literal["booking"] | None = None,
+    ) -> None:
         """End the trainer's session and start ``uid``'s supervised one; the relay stays closed.
 
         The order keeps the power-loss rules: the trainer's ``session_ended`` is in the outbox
@@ -813,7 +858,13 @@ class Agent:
         """
         self._end_session("tap_out", keep_relay_closed=True)
         self._start_session(
-            uid, session_id, offline=False, until=until, mode="supervise", trainer_badge=trainer
+            uid,
+            session_id,
+            offline=False,
+            until=until,
+            mode="supervise",
+            trainer_badge=trainer,
+            until_reason=until_reason,
         )
 
     def _ask_server(self, uid: str, mode: Mode = "use", trainer_badge: str | None = None) -> AuthResp | None:
@@ -856,6 +907,7 @@ class Agent:
         until: str | None,
         mode: Mode = "use",
         trainer_badge: str | None = None,
+        until_reason: Literal["booking"] | None = None,
     ) -> None:
         now = format_ts(self.clock.now())
         mono = self.clock.monotonic()
@@ -868,6 +920,7 @@ class Agent:
             started=now,
             start_event=str(uuid.uuid4()),
             until=until,
+            until_reason=until_reason if until else None,
             heartbeat=now,
         )
         # On record before the relay closes: after SIGKILL the pin keeps its level, and the next
@@ -881,6 +934,7 @@ class Agent:
             record=record,
             started_mono=mono,
             until=parse_ts(until) if until else None,
+            until_reason=record.until_reason,
             active_mono=mono,
             last_tick_mono=mono,
         )
@@ -1056,6 +1110,7 @@ class Agent:
             record=record,
             started_mono=mono - max(0.0, (now - parse_ts(record.started)).total_seconds()),
             until=parse_ts(record.until) if record.until else None,
+            until_reason=record.until_reason,
             active_mono=mono,
             last_tick_mono=mono,
             run_s=record.run_s,

@@ -524,6 +524,15 @@ SCHEMA: tuple[Key, ...] = (
         check=_between(0, 300, " s"),
     ),
     Key(
+        "session",
+        "warn_before_end_s",
+        float,
+        "Warn once on the lights and the buzzer this long before a session's `until` (a booking begins"
+        " or ends, the maximum session, closing time) (0 = no warning).",
+        default=300.0,
+        check=_between(0, 3600, " s"),
+    ),
+    Key(
         "gpio",
         "pin_factory",
         str,
@@ -571,6 +580,7 @@ class AgentConfig:
     session_idle_timeout_s: float
     session_tap_out_grace_s: float
     session_trainer_window_s: float
+    session_warn_before_end_s: float
     gpio_pin_factory: str | None
     monitor_backend: str
     monitor_poll_s: float

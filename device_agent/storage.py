@@ -64,6 +64,10 @@ class OpenSession(msgspec.Struct, kw_only=True):
     started: str  # protocol timestamp of session_started
     start_event: str  # id of the session_started event
     until: str | None = None
+    # "booking": ``until`` is where a booking begins or ends (the lock then has reason
+    # booking_end); None: the machine's maximum session or closing time (max_duration).
+    # Absent from state files of older agents, which load as None.
+    until_reason: Literal["booking"] | None = None
     # Last time the session was known to be open, and its times up to then.
     heartbeat: str
     unlocked_s: float = 0.0

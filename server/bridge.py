@@ -46,7 +46,7 @@ from server.models import (
     Requirement,
     StepKind,
 )
-from server.services import allowlists, training
+from server.services import allowlists, booking_starts, training
 from server.services.decision import Decider, MachineFacts, PersonFacts, Tap, Verdict
 from server.services.devices import apply_status, apply_telemetry
 from server.services.ingest import ingest_event
@@ -56,6 +56,7 @@ from werkbank_protocol.messages import (
     Ack,
     AuthReq,
     AuthResp,
+    Cmd,
     Status,
     Telemetry,
     decode_as,
@@ -90,6 +91,7 @@ class Bridge:
         ca_file: str | None = None,
         clock: Callable[[], datetime] | None = None,
         allowlist_interval: float = 0.5,
+        booking_interval: float = 1.0,
     ) -> None:
         self.db = database
         address = parse_mqtt_url(mqtt_url)
@@ -103,6 +105,11 @@ class Bridge:
         self.shared = shared
         self.clock = clock or (lambda: datetime.now(UTC))
         self.allowlist_interval = allowlist_interval
+        # How often to look for walk-ins still there when a booking begins (booking_starts.py).
+        self.booking_interval = booking_interval
+        self._next_booking_check = 0.0
+        # (booking id, session id) locks sent by this process; the audit log has them all.
+        self._booking_locks_sent: set[tuple[str, str]] = set()
         self.rejected: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self.decider = Decider()
@@ -497,10 +504,13 @@ class Bridge:
                 continue
             try:
                 self.publish_allowlists()
+                if time.monotonic() >= self._next_booking_check:
+                    self._next_booking_check = time.monotonic() + self.booking_interval
+                    self.lock_for_bookings()
                 failing = False
             except Exception:
                 if not failing:  # once per outage, not twice a second
-                    log.exception("bridge: publishing allow-lists failed; retrying until it works")
+                    log.exception("bridge: publishing allow-lists or booking locks failed; retrying")
                 failing = True
 
     def publish_allowlists(self, force: bool = False) -> int:
@@ -530,6 +540,31 @@ class Bridge:
         if outgoing:
             log.info("published %d allow-list(s) at %s", len(outgoing), now_ts())
         return len(outgoing)
+
+    # -- bookings --------------------------------------------------------------------------
+    def lock_for_bookings(self) -> int:
+        """A booking has begun and someone else's session still runs on its machine (a walk-in
+        let in before the booking was made, or an offline session): send that session a ``lock``
+        with reason ``booking_end``, once (see server/services/booking_starts.py). Not forced: the
+        agent waits for a running job. Returns how many locks went out."""
+        now = self.clock()
+        with self.db.session() as db:
+            due = booking_starts.due_locks(db, now, skip=self._booking_locks_sent)
+            # Sent before the commit: a crash in between sends it again, with the same command
+            # id, which the agent ignores; the other order could lose the lock.
+            for lock in due:
+                command = Cmd(v=1, id=lock.cmd_id, type="lock", session=lock.session_id, reason="booking_end")
+                self.publish(lock.device_id, Suffix.CMD, encode(command))
+                log.info(
+                    "booking %s began: locking session %s at %s",
+                    lock.booking_id,
+                    lock.session_id,
+                    lock.device_id,
+                )
+        self._booking_locks_sent.update((lock.booking_id, lock.session_id) for lock in due)
+        if len(self._booking_locks_sent) > RECENT_ANSWERS:
+            self._booking_locks_sent.clear()  # the audit log remembers; this only spares queries
+        return len(due)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -97,6 +97,10 @@ class Indicators(ABC):
         """The trainer tapped again in the trainer window: a participant's badge now records a sign-off."""
         self.unlocked()
 
+    def ending_soon(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """The session ends soon (``[session] warn_before_end_s`` before its ``until``): shown once,
+        the lights then show the state as before."""
+
     def identify(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Show which machine this device is (the server's ``identify`` command)."""
 

@@ -29,6 +29,13 @@ INDICATOR_PATTERNS: tuple[tuple[str, str], ...] = (
         "lock pending",
         "green blinks slowly (1 s on, 1 s off): a lock is due but a job runs; the relay opens when it ends",
     ),
+    (
+        "ending soon",
+        "once, `warn_before_end_s` before the session's `until` (a booking begins or ends, the maximum"
+        " session, closing time): red blinks 4 times slowly (0.5 s on, 0.5 s off) with four long beeps"
+        " while green stays on; finish or save your work: at `until` the machine locks (after a running"
+        " job)",
+    ),
     ("identify", "green blinks 5 times (the server's identify command), then shows the state again"),
     (
         "trainer window",
@@ -131,6 +138,10 @@ class GpioIndicators(Indicators):
 
     PENDING_BLINK_S = 1.0  # "lock pending": slow, unlike the fast fault blink
     ARMED_BLINK_S = 0.25  # "sign-off armed": fast, unlike "lock pending"; green, unlike a fault
+    # "ending soon": red and buzzer together, slower and more often than "denied" (3 times 0.2 s, one
+    # beep), and ending by itself, unlike a fault.
+    WARN_BLINK_S = 0.5
+    WARN_TIMES = 4
 
     def __init__(
         self,
@@ -204,6 +215,13 @@ class GpioIndicators(Indicators):
             self._red.off()
         if self._buzzer:
             self._buzzer.beep(on_time=0.1, off_time=0.1, n=3)
+
+    def ending_soon(self) -> None:
+        # Green stays as it is (the machine still has power); red and the buzzer draw attention.
+        if self._red:
+            self._red.blink(on_time=self.WARN_BLINK_S, off_time=self.WARN_BLINK_S, n=self.WARN_TIMES)
+        if self._buzzer:
+            self._buzzer.beep(on_time=self.WARN_BLINK_S, off_time=self.WARN_BLINK_S, n=self.WARN_TIMES)
 
     def identify(self) -> None:
         if self._green:

@@ -2,8 +2,12 @@
 
 A tap is allowed when the badge is active, the person is active, the machine is
 available and open, the person holds every competency the machine type requires
-(valid, not expired, not revoked) or a trainer supervises, and the person's limits
-hold. Bookings join the rules in a later issue.
+(valid, not expired, not revoked) or a trainer supervises, no one else holds a booking
+now, and the person's limits hold. During someone else's booking the answer is
+``booked_by_other`` with the time the machine is free again (trainers of the machine type
+are let in); a walk-in's ``until`` stops where the next booking of someone else begins, and
+the holder's where their booking ends (``until_booking``: the agent ends that session with
+reason ``booking_end``).
 
 A trainer at the machine (modes ``supervise`` and ``certify``, a trainer's badge then a
 participant's): the trainer must be active, have the trainer role and hold every
@@ -569,7 +573,7 @@ def _rules(
     trainer: PersonFacts | None = None
     trainer_here = False
     if mode in ("supervise", "certify"):
-        trainer = _check_trainer(reqs, trainer_badge(), today)
+        trainer = check_trainer(reqs, trainer_badge(), today)
         if trainer is None:
             return _deny("trainer_required", tz, "trainer_not_qualified", person=person)
         if trainer.id == person.id:
@@ -590,12 +594,13 @@ def _rules(
         refusal = _check_qualified(machine, badge, reqs, today)
         if refusal is not None:
             return refusal
-        trainer_here = _check_trainer(reqs, badge, today) is not None
+        trainer_here = check_trainer(reqs, badge, today) is not None
 
     until = now + timedelta(minutes=machine.max_session_min)
     if closes_at is not None:
         until = min(until, closes_at)
     until_booking = False
+    booked_after = False  # a walk-in: someone else's booking begins at until
     if not trainer_here:  # a trainer of this machine type may always come in (a fix, a check)
         booked = [b for b in bookings() if b.ends_at > now]
         current = next((b for b in booked if b.starts_at <= now), None)
@@ -606,10 +611,10 @@ def _rules(
             if b.person_id == person.id and b.starts_at <= now + guard:
                 # Their own booking (now, or about to start): it ends the session.
                 if b.ends_at < until:
-                    until, until_booking = b.ends_at, True
+                    until, until_booking, booked_after = b.ends_at, True, False
             elif b.person_id != person.id and b.starts_at < until:
                 # Someone else's booking comes: a walk-in lasts until it starts.
-                until, until_booking = b.starts_at, True
+                until, until_booking, booked_after = b.starts_at, True, True
 
     count = open_sessions(person.id)
     if count >= max_open_sessions:
@@ -619,7 +624,8 @@ def _rules(
             "supervised_ok", tz, name=person.first_name, trainer=trainer.first_name, until=until
         )
     else:
-        message = messages.render("ok", tz, name=person.first_name, until=until)
+        key = "ok_until_booking" if booked_after and until_booking else "ok"
+        message = messages.render(key, tz, name=person.first_name, until=until)
     return Verdict(
         True,
         "ok",
@@ -691,7 +697,7 @@ def _check_briefed(
     return None
 
 
-def _check_trainer(
+def check_trainer(
     requirements: Sequence[RequirementFacts], badge: BadgeFacts | None, today: date
 ) -> PersonFacts | None:
     """The trainer, if their badge is valid and they hold every competency this machine type

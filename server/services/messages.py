@@ -15,6 +15,10 @@ from server.i18n import LANGUAGES, N_, gettext_in, local_date, local_time
 
 MESSAGES: dict[str, str] = {
     "ok": N_("Hello {name}! Unlocked until {until}. Tap again when you are done."),
+    # A walk-in before someone else's booking: the session ends when the booking begins.
+    "ok_until_booking": N_(
+        "Hello {name}! Unlocked until {until}: then the machine is booked. Tap again when you are done."
+    ),
     "unknown_badge": N_("Unknown badge. Please register it at the front desk."),
     "badge_blocked": N_("This badge is blocked. Please ask at the front desk."),
     "person_inactive": N_("Your account is not active. Please ask at the front desk."),

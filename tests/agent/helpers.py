@@ -96,6 +96,8 @@ class Responder:
             ADA: ("allow", "ok", None),
             BOB: ("allow", "ok", None),
         }
+        # AuthResp `until_reason` per badge ("booking": `until` is a booking's start or end).
+        self.until_reasons: dict[str, str] = {}
         # Badges the answer to a use tap calls a trainer here (AuthResp `trainer`).
         self.trainers: set[str] = set()
         # Answers to supervise/certify taps by (badge, mode); anything else is denied.
@@ -183,6 +185,7 @@ class Responder:
             person="Ada" if allowed else None,
             until=until,
             trainer=allowed and request.badge in self.trainers,
+            until_reason=self.until_reasons.get(request.badge) if allowed else None,  # type: ignore[arg-type]
         )
         self.client.publish(topic(device_id, Suffix.AUTH_RESP), encode(response), qos=1)
 
