@@ -586,3 +586,111 @@ class ClosedDay(Base):
     machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id"))
     day: Mapped[date] = mapped_column(Date)
     reason: Mapped[str | None] = mapped_column(String(200))
+
+
+# --- Utilisation and reporting (issue 6) -------------------------------------------------
+# Aggregates kept up to date incrementally (server.services.usage): ingestion and the web
+# mark (machine, local day) pairs dirty, the scheduler recomputes just those from the raw
+# sessions, jobs, bookings and downtime. Dashboards and reports read only these tables.
+
+
+class DowntimeKind(enum.StrEnum):
+    MAINTENANCE = "maintenance"  # an admin took the machine out of service
+    OUT_OF_ORDER = "out_of_order"
+    OFFLINE = "offline"  # its device was offline (last will, silence)
+
+
+class MachineDowntime(Base):
+    """A period a machine could not be used; open while ``ended_at`` is null."""
+
+    __tablename__ = "machine_downtime"
+    __table_args__ = (Index("ix_machine_downtime_machine_started", "machine_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    kind: Mapped[DowntimeKind] = mapped_column(_enum(DowntimeKind))
+    started_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class UsageDirty(Base):
+    """A machine's local day whose aggregates must be recomputed (the scheduler's work queue)."""
+
+    __tablename__ = "usage_dirty"
+
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    marked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsageDaily(Base):
+    """One machine's use on one local day by one participant group (cohort; '' for none)."""
+
+    __tablename__ = "usage_daily"
+    __table_args__ = (Index("ix_usage_daily_site_day", "site_id", "day"),)
+
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(100), primary_key=True, default="")
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    machine_type_id: Mapped[int] = mapped_column(ForeignKey("machine_types.id"))
+    sessions: Mapped[int] = mapped_column(Integer, default=0)
+    unlocked_s: Mapped[float] = mapped_column(Float, default=0.0)
+    run_s: Mapped[float] = mapped_column(Float, default=0.0)
+    supervised_s: Mapped[float] = mapped_column(Float, default=0.0)
+    jobs: Mapped[int] = mapped_column(Integer, default=0)
+    jobs_failed: Mapped[int] = mapped_column(Integer, default=0)
+    filament_g: Mapped[float] = mapped_column(Float, default=0.0)
+    booked_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # Unlocked time of booking holders inside their own bookings.
+    booked_used_s: Mapped[float] = mapped_column(Float, default=0.0)
+    no_shows: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageHourly(Base):
+    """Unlocked seconds per machine, local day and hour: the weekday-by-hour heatmap."""
+
+    __tablename__ = "usage_hourly"
+    __table_args__ = (Index("ix_usage_hourly_site_day", "site_id", "day"),)
+
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    hour: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(100), primary_key=True, default="")
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    machine_type_id: Mapped[int] = mapped_column(ForeignKey("machine_types.id"))
+    unlocked_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class MachineDayStats(Base):
+    """Per machine and local day: opening and downtime seconds (no participant group)."""
+
+    __tablename__ = "machine_day_stats"
+    __table_args__ = (Index("ix_machine_day_stats_site_day", "site_id", "day"),)
+
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    machine_type_id: Mapped[int] = mapped_column(ForeignKey("machine_types.id"))
+    open_s: Mapped[float] = mapped_column(Float, default=0.0)
+    maintenance_s: Mapped[float] = mapped_column(Float, default=0.0)
+    offline_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class PersonUsageMonthly(Base):
+    """One person's use of one machine in one local month (first day): funder reports."""
+
+    __tablename__ = "person_usage_monthly"
+    __table_args__ = (Index("ix_person_usage_monthly_site_month", "site_id", "month"),)
+
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"), primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    machine_type_id: Mapped[int] = mapped_column(ForeignKey("machine_types.id"))
+    sessions: Mapped[int] = mapped_column(Integer, default=0)
+    unlocked_s: Mapped[float] = mapped_column(Float, default=0.0)
+    run_s: Mapped[float] = mapped_column(Float, default=0.0)
+    supervised_s: Mapped[float] = mapped_column(Float, default=0.0)
+    jobs: Mapped[int] = mapped_column(Integer, default=0)
