@@ -14,6 +14,7 @@ from wtforms import (
     PasswordField,
     SelectField,
     StringField,
+    TextAreaField,
 )
 from wtforms.validators import (
     DataRequired,
@@ -26,8 +27,9 @@ from wtforms.validators import (
 )
 
 from server.models import Level, MachineStatus, StepKind
+from server.services import opening_hours
 from server.services.people_import import EMAIL
-from server.web.l10n import _l
+from server.web.l10n import _, _l
 
 try:
     from wtforms.fields.choices import SelectChoice
@@ -41,6 +43,25 @@ def choice(value: Any, label: Any) -> Any:
 
 
 SLUG = r"^[a-z0-9][a-z0-9-]{1,39}$"
+
+
+def _hours_field(empty_means: Any) -> Any:
+    return TextAreaField(
+        _l("Opening hours"),
+        validators=[Optional(), Length(max=2000)],
+        description=empty_means,
+        render_kw={**NO_SPELLCHECK, "rows": 4, "placeholder": "mon-fri 09:00-18:00\nsat 10:00-14:00"},
+    )
+
+
+def _check_hours(field: Any) -> None:
+    """Parse the hours text; the parsed intervals are left in ``field.intervals`` for the view."""
+    try:
+        field.intervals = opening_hours.parse(str(field.data or ""))
+    except opening_hours.HoursError as exc:
+        raise ValidationError(exc.text(_)) from exc
+
+
 NO_SPELLCHECK = {"autocapitalize": "none", "spellcheck": "false", "autocomplete": "off"}
 
 
@@ -92,12 +113,21 @@ class SiteForm(Form):
         description=_l("As in the time zone database, e.g. Europe/Berlin."),
         render_kw=NO_SPELLCHECK,
     )
+    opening_hours = _hours_field(
+        _l(
+            "One line per days and times, e.g. mon-fri 09:00-18:00. Days without a line are closed. "
+            "Empty: open at all times."
+        )
+    )
 
     def validate_timezone(self, field: Any) -> None:
         try:
             ZoneInfo(str(field.data).strip())
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValidationError(_l("Unknown time zone. Use a name like Europe/Berlin.")) from exc
+
+    def validate_opening_hours(self, field: Any) -> None:
+        _check_hours(field)
 
 
 class PersonForm(Form):
@@ -213,6 +243,15 @@ class MachineForm(Form):
         default=15,
         validators=[InputRequired(), NumberRange(0, 240)],
     )
+    opening_hours = _hours_field(
+        _l(
+            "Only when this machine keeps other hours than its site, e.g. mon-thu 10:00-16:00. "
+            "Empty: the site's opening hours."
+        )
+    )
+
+    def validate_opening_hours(self, field: Any) -> None:
+        _check_hours(field)
 
 
 class CompetencyForm(Form):

@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import abort, flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from server import get_db
-from server.models import Competency, Level, Machine, MachineStatus, MachineType, Requirement
+from server.models import Competency, Level, Machine, MachineStatus, MachineType, OpeningHours, Requirement
 from server.services import audit
 from server.web.admin.base import (
     acting_admin,
@@ -23,6 +23,7 @@ from server.web.admin.base import (
     text_or_none,
 )
 from server.web.admin.forms import MachineForm, choice, machine_type_form
+from server.web.admin.sites import save_hours, site_hours_text
 from server.web.auth import admin_required
 from server.web.l10n import _, current_language
 
@@ -158,6 +159,9 @@ def _machine_form(machine: Machine | None) -> ResponseReturnValue:
     form.machine_type_id.choices = [
         choice(t.id, t.name) for t in db.scalars(select(MachineType).order_by(MachineType.name))
     ]
+    old_hours = "" if machine is None else site_hours_text(machine.site_id, machine.id)
+    if not form.is_submitted():
+        form.opening_hours.data = old_hours
     if machine is not None and not form.is_submitted():
         form.status.data = machine.status.value
     title = _("New machine") if machine is None else _("Edit machine %(name)s", name=machine.name)
@@ -178,6 +182,7 @@ def _machine_form(machine: Machine | None) -> ResponseReturnValue:
             "guard_min": form.guard_min.data,
         }
         actor = acting_admin()
+        site_before = machine.site_id if machine is not None else form.site_id.data
         if machine is None:
             machine = Machine(**values)
             db.add(machine)
@@ -193,6 +198,14 @@ def _machine_form(machine: Machine | None) -> ResponseReturnValue:
                 audit.record(db, actor, "machine.status", f"machine:{machine.id}", {"status": status})
             if changes:
                 audit.record(db, actor, "machine.update", f"machine:{machine.id}", changes)
+        if machine.site_id != site_before:
+            # Hours belong to a site and its machines: a machine that moves keeps its own hours.
+            db.execute(
+                update(OpeningHours)
+                .where(OpeningHours.machine_id == machine.id)
+                .values(site_id=machine.site_id)
+            )
+        save_hours(machine.site_id, machine.id, form.opening_hours, old_hours, f"machine:{machine.id}")
         db.commit()
         flash(_("Machine %(name)s saved.", name=machine.name), "info")
         return redirect(url_for("admin.machines"))

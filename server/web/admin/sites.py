@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, url_for
+from typing import Any
+
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from server import get_db
-from server.models import Device, Machine, Person, Site
-from server.services import audit
+from server.models import Device, Machine, OpeningHours, Person, Site
+from server.services import audit, opening_hours
 from server.web.admin.base import acting_admin, apply_changes, bp, form_page
 from server.web.admin.forms import SiteForm
 from server.web.auth import admin_required
@@ -32,7 +34,8 @@ def index() -> ResponseReturnValue:
 @admin_required
 def sites() -> ResponseReturnValue:
     rows = get_db().scalars(select(Site).order_by(Site.name)).all()
-    return render_template("admin/sites.html", sites=rows)
+    hours = {site.id: site_hours_text(site.id, None) for site in rows}
+    return render_template("admin/sites.html", sites=rows, hours=hours)
 
 
 @bp.route("/sites/new", methods=["GET", "POST"])
@@ -50,9 +53,32 @@ def site_edit(site_id: int) -> ResponseReturnValue:
     return _site_form(site)
 
 
+def site_hours_text(site_id: int, machine_id: int | None) -> str:
+    """The hours of a site (machine_id None) or of one machine, as the form shows them."""
+    owner = OpeningHours.machine_id == machine_id if machine_id else OpeningHours.machine_id.is_(None)
+    rows = get_db().scalars(select(OpeningHours).where(OpeningHours.site_id == site_id, owner))
+    return opening_hours.format_hours(rows)
+
+
+def save_hours(site_id: int, machine_id: int | None, field: Any, old_text: str, subject: str) -> None:
+    """Replace the hours when the form's differ from ``old_text``; audit-logged."""
+    if field.name not in request.form:
+        return  # a form without the field (a script's post) leaves the hours alone
+    intervals = getattr(field, "intervals", [])
+    new_text = opening_hours.format_hours(intervals)
+    if new_text == old_text:
+        return
+    db = get_db()
+    opening_hours.replace(db, site_id, machine_id, intervals)
+    audit.record(db, acting_admin(), "opening_hours.update", subject, {"opening_hours": [old_text, new_text]})
+
+
 def _site_form(site: Site | None) -> ResponseReturnValue:
     db = get_db()
     form = SiteForm(obj=site)
+    old_hours = "" if site is None else site_hours_text(site.id, None)
+    if not form.is_submitted():
+        form.opening_hours.data = old_hours
     if form.validate_on_submit():
         slug = form.slug.data.strip()
         taken = db.scalar(select(Site.id).where(Site.slug == slug))
@@ -69,6 +95,7 @@ def _site_form(site: Site | None) -> ResponseReturnValue:
                 changes = apply_changes(site, values)
                 if changes:
                     audit.record(db, acting_admin(), "site.update", f"site:{site.id}", changes)
+            save_hours(site.id, None, form.opening_hours, old_hours, f"site:{site.id}")
             db.commit()
             flash(_("Site %(name)s saved.", name=site.name), "info")
             return redirect(url_for("admin.sites"))
