@@ -55,6 +55,21 @@ def create(
     person = db.scalar(select(Person).where(func.lower(Person.email) == email.strip().lower()))
     if person is None:
         raise TokenError("unknown_person", f"no person with email {email}")
+    # The actor is whoever ran the command (the CLI has no login), not the token's person.
+    return create_for(db, person, name, now, expires_days=expires_days, actor_label=actor_label)
+
+
+def create_for(
+    db: Session,
+    person: Person,
+    name: str,
+    now: datetime,
+    *,
+    expires_days: int | None = None,
+    actor: Person | None = None,
+    actor_label: str | None = None,
+) -> tuple[ApiToken, str]:
+    """Make a token for ``person``; returns the row and the token (shown once, never stored)."""
     if not person.active:
         raise TokenError("person_inactive", f"{person.name} is not active")
     if expires_days is not None and expires_days < 1:
@@ -70,10 +85,9 @@ def create(
     )
     db.add(token)
     db.flush()
-    # The actor is whoever ran the command (the CLI has no login), not the token's person.
     audit.record(
         db,
-        None,
+        actor,
         "token.created",
         f"person:{person.id}",
         {"token": token.prefix, "name": name, "expires_at": _iso(token.expires_at)},
@@ -132,6 +146,22 @@ def revoke(db: Session, prefix: str, now: datetime, *, actor_label: str = "cli")
     )
     db.flush()
     return token
+
+
+def revoke_token(db: Session, token: ApiToken, now: datetime, actor: Person | None) -> bool:
+    """Revoke one token (the admin page's button); False when it was revoked already."""
+    if token.revoked_at is not None:
+        return False
+    token.revoked_at = now
+    audit.record(
+        db,
+        actor,
+        "token.revoked",
+        f"person:{token.person_id}",
+        {"token": token.prefix, "name": token.name},
+        at=now,
+    )
+    return True
 
 
 def listing(db: Session, *, include_revoked: bool = False) -> Sequence[ApiToken]:

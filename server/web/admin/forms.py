@@ -186,6 +186,19 @@ class BlockForm(Form):
     )
 
 
+class TokenForm(Form):
+    name = StringField(
+        _l("What is it for?"),
+        validators=[DataRequired(), Length(max=100)],
+        description=_l("For example: funder export script."),
+    )
+    expires_days = IntegerField(
+        _l("Valid for (days)"),
+        validators=[Optional(), NumberRange(1, 3650)],
+        description=_l("Empty: until revoked."),
+    )
+
+
 class ImportForm(Form):
     file = FileField(_l("CSV file"), validators=[FileRequired()], render_kw={"accept": ".csv,text/csv"})
     site_id = SelectField(_l("Site for new people"), coerce=int)

@@ -13,9 +13,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
 from server import get_db
-from server.models import Badge, BadgeStatus, Person
+from server.models import ApiToken, Badge, BadgeStatus, Person
 from server.security import hash_password
-from server.services import audit, badges, people_import, privacy
+from server.services import audit, badges, people_import, privacy, tokens
 from server.web.admin.base import (
     acting_admin,
     apply_changes,
@@ -25,9 +25,9 @@ from server.web.admin.base import (
     site_choices,
     text_or_none,
 )
-from server.web.admin.forms import BadgeForm, BlockForm, ButtonForm, ImportForm, PersonForm
+from server.web.admin.forms import BadgeForm, BlockForm, ButtonForm, ImportForm, PersonForm, TokenForm
 from server.web.auth import admin_required, current
-from server.web.l10n import _
+from server.web.l10n import _, when_label
 
 ROLES = ("participant", "trainer", "admin")
 
@@ -173,6 +173,8 @@ def _person_page(person: Person, form: PersonForm | None = None, **failed: Any) 
             badge_forms[f"block-{badge.id}"] = BlockForm(prefix=f"block-{badge.id}", formdata=None)
             badge_forms[f"replace-{badge.id}"] = BadgeForm(prefix=f"replace-{badge.id}", formdata=None)
     badge_forms["assign"] = BadgeForm(prefix="assign", formdata=None)
+    badge_forms["token"] = TokenForm(prefix="token", formdata=None)
+    new_token = failed.pop("new_token", None)
     badge_forms.update(failed)
     refused = form.is_submitted() or bool(failed)
     html = render_template(
@@ -182,7 +184,16 @@ def _person_page(person: Person, form: PersonForm | None = None, **failed: Any) 
         badges=sorted(person.badges, key=lambda b: (b.status != BadgeStatus.ACTIVE, -b.id)),
         badge_forms=badge_forms,
         button=ButtonForm(formdata=None),
+        api_tokens=db.scalars(
+            select(ApiToken).where(ApiToken.person_id == person.id).order_by(ApiToken.id.desc())
+        ).all(),
+        new_token=new_token,
+        when=when_label,
+        now=datetime.now(UTC),
     )
+    if new_token is not None:
+        # The token is on this page once and nowhere else: never cache it.
+        return html, 200, {"Cache-Control": "no-store"}
     return html, 400 if refused else 200
 
 
@@ -257,6 +268,48 @@ def person_erase(person_id: int) -> ResponseReturnValue:
     db.commit()
     flash(_("Personal data erased. The hours stay under the name %(label)s.", label=label), "info")
     return redirect(url_for("admin.person", person_id=person.id))
+
+
+# -- API tokens ----------------------------------------------------------------------------------
+
+
+@bp.post("/people/<int:person_id>/tokens")
+@admin_required
+def token_create(person_id: int) -> ResponseReturnValue:
+    """Make an API token that acts as this person; the token is shown on the answer, once."""
+    db = get_db()
+    person = _person_or_404(person_id)
+    form = TokenForm(prefix="token")
+    if not form.validate_on_submit():
+        return _person_page(person, **{"token": form})
+    if not person.active or person.erased_at is not None:
+        flash(_("Only an active person can have API tokens."), "error")
+        return redirect(url_for("admin.person", person_id=person.id)), 303
+    _token, secret = tokens.create_for(
+        db,
+        person,
+        form.name.data.strip(),
+        datetime.now(UTC),
+        expires_days=form.expires_days.data,
+        actor=acting_admin(),
+    )
+    db.commit()
+    return _person_page(person, new_token=secret)
+
+
+@bp.post("/people/<int:person_id>/tokens/<int:token_id>/revoke")
+@admin_required
+def token_revoke(person_id: int, token_id: int) -> ResponseReturnValue:
+    db = get_db()
+    token = db.get(ApiToken, token_id)
+    if token is None or token.person_id != person_id:
+        abort(404)
+    if not ButtonForm().validate_on_submit():
+        abort(400)
+    if tokens.revoke_token(db, token, datetime.now(UTC), acting_admin()):
+        db.commit()
+        flash(_("Token %(prefix)s revoked: it no longer works.", prefix=token.prefix), "info")
+    return redirect(url_for("admin.person", person_id=person_id))
 
 
 # -- badges --------------------------------------------------------------------------------------
