@@ -48,6 +48,15 @@ def create_app(config_class: type[Config] = Config, **overrides: Any) -> Flask:
     app.config.from_object(config_class)
     app.config.update(overrides)
     db.init(app.config["DATABASE_URL"])
+    proxies = int(app.config.get("PROXY_COUNT", 0))
+    if proxies < 0:
+        raise SystemExit(f"WERKBANK_PROXY_COUNT={proxies}: give the number of proxies in front, 0 or more")
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies
+        )
     babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
     csrf.init_app(app)
     login_manager.init_app(app)

@@ -56,6 +56,10 @@ class Config:
     SMTP_STARTTLS: bool = _bool("WERKBANK_SMTP_STARTTLS", True)
     WEB_HOST: str = os.environ.get("WERKBANK_HOST", "127.0.0.1")
     WEB_PORT: int = _int("WERKBANK_PORT", 5000)
+    # How many reverse proxies (nginx, Caddy) stand in front of the web app: their
+    # X-Forwarded-For/-Proto/-Host are trusted that many hops deep (werkzeug's ProxyFix), so the
+    # login rate limit sees the real client address and links use https. 0: none, trust nothing.
+    PROXY_COUNT: int = _int("WERKBANK_PROXY_COUNT", 0)
     SESSION_COOKIE_HTTPONLY: bool = True
     SESSION_COOKIE_SAMESITE: str = "Lax"
     SESSION_COOKIE_SECURE: bool = _bool("WERKBANK_SECURE_COOKIES", False)

@@ -196,7 +196,7 @@ class LoginLimiter:
     pair are refused without checking the password, until the oldest failure is older than
     the window. Per process: with N web workers an attacker gets N times the budget, which
     still turns millions of guesses into thousands. Behind a reverse proxy the client IP
-    is only right with ProxyFix (X-Forwarded-For) configured.
+    is only right with WERKBANK_PROXY_COUNT set (ProxyFix trusts X-Forwarded-For that deep).
     """
 
     def __init__(

@@ -312,3 +312,27 @@ def test_session_cookie_is_httponly_and_lax(client: FlaskClient, auth: AuthActio
     response = auth.login(lab.trainer)
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_behind_a_proxy_the_rate_limit_counts_the_forwarded_client(
+    make_app: Callable[..., Flask], lab: Lab
+) -> None:
+    client = english(make_app(PROXY_COUNT=1).test_client())
+    auth = AuthActions(client)
+    proxy = {"REMOTE_ADDR": "10.0.0.2"}  # every request comes through the one nginx
+    for _ in range(5):
+        auth.login(lab.participant, "wrong", environ_base=proxy, headers={"X-Forwarded-For": "198.51.100.4"})
+    blocked = auth.login(lab.participant, environ_base=proxy, headers={"X-Forwarded-For": "198.51.100.4"})
+    assert blocked.status_code == 429
+    # Another client behind the same proxy is not locked out by the first one's failures.
+    other = auth.login(lab.participant, environ_base=proxy, headers={"X-Forwarded-For": "198.51.100.9"})
+    assert other.status_code == 302
+
+
+def test_without_a_proxy_setting_a_forged_forwarded_header_changes_nothing(
+    client: FlaskClient, auth: AuthActions, lab: Lab
+) -> None:
+    for i in range(5):
+        auth.login(lab.participant, "wrong", headers={"X-Forwarded-For": f"203.0.113.{i}"})
+    response = auth.login(lab.participant, headers={"X-Forwarded-For": "203.0.113.99"})
+    assert response.status_code == 429
