@@ -56,7 +56,7 @@ def months_between(start: date, end: date) -> int:
     return (end.year - start.year) * 12 + end.month - start.month + 1
 
 
-@dataclass(frozen=True)
+@dataclass
 class Usage:
     """Sums of the monthly aggregates: sessions and seconds."""
 
@@ -66,14 +66,12 @@ class Usage:
     supervised_s: float = 0.0
     jobs: int = 0
 
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.sessions + other.sessions,
-            self.unlocked_s + other.unlocked_s,
-            self.run_s + other.run_s,
-            self.supervised_s + other.supervised_s,
-            self.jobs + other.jobs,
-        )
+    def add(self, other: Usage) -> None:
+        self.sessions += other.sessions
+        self.unlocked_s += other.unlocked_s
+        self.run_s += other.run_s
+        self.supervised_s += other.supervised_s
+        self.jobs += other.jobs
 
 
 @dataclass(frozen=True)
@@ -186,6 +184,15 @@ def _in_period(
     return or_(*branches) if branches else false()
 
 
+def _used(usage: Any, condition: ColumnElement[bool]) -> Any:
+    """Whether the person of the outer query has a month of machine use matching ``condition``."""
+    return (
+        select(usage.person_id)
+        .where(usage.person_id == Person.id, condition, or_(usage.sessions > 0, usage.unlocked_s > 0))
+        .exists()
+    )
+
+
 def funder_report(
     db: Session,
     site_id: int | None,
@@ -249,34 +256,9 @@ def funder_report(
         row = Usage(
             int(sessions or 0), float(unlocked or 0), float(run or 0), float(supervised or 0), int(jobs or 0)
         )
-        usage[person_id] = usage[person_id] + row
+        usage[person_id].add(row)
         by_type[person_id][type_id] = by_type[person_id].get(type_id, 0.0) + row.unlocked_s
     used = {pid for pid, u in usage.items() if u.sessions > 0 or u.unlocked_s > 0}
-
-    # 2. First and last month of machine use (anywhere, any time) of those who used a machine
-    # in the period or were made since its start: "new" and "finished" look at them.
-    first_last: dict[int, tuple[date, date]] = {}
-    if bounds:
-        earliest = min(lo for lo, _hi in bounds.values())
-        in_period = aliased(PersonUsageMonthly)
-        span = scoped(
-            select(
-                PersonUsageMonthly.person_id,
-                func.min(PersonUsageMonthly.month),
-                func.max(PersonUsageMonthly.month),
-            )
-        ).where(
-            or_(
-                PersonUsageMonthly.person_id.in_(
-                    select(in_period.person_id).where(in_period.month >= start, in_period.month <= end)
-                ),
-                # made at or after the period's start: their first use may come before
-                Person.created_at >= earliest,
-            ),
-            or_(PersonUsageMonthly.sessions > 0, PersonUsageMonthly.unlocked_s > 0),
-        )
-        for person_id, first, last in db.execute(span.group_by(PersonUsageMonthly.person_id)):
-            first_last[person_id] = (first, last)
 
     # 3. Qualifications granted or renewed in the period (with competency and trainer).
     trainer = aliased(Person)
@@ -311,7 +293,10 @@ def funder_report(
         )
     )
 
-    # 5. The people: everyone of the population who is new, active or finished.
+    # 2. The people of the population, and whether they used a machine (anywhere) before or
+    # after the period: one index probe each, never their whole history. "New" and
+    # "finished" look at these (see docs/reports.md).
+    earlier, later = aliased(PersonUsageMonthly), aliased(PersonUsageMonthly)
     people = db.execute(
         select(
             Person.id,
@@ -322,6 +307,8 @@ def funder_report(
             Person.active,
             Person.created_at,
             Person.erased_at,
+            _used(earlier, earlier.month < start),
+            _used(later, later.month > end),
         ).where(*who)
     ).all()
 
@@ -360,16 +347,21 @@ def funder_report(
     rows: list[ParticipantRow] = []
     for p in people:
         created = month_start(local_day(p.site_id, p.created_at))
-        first_use, last_use = first_last.get(p.id, (None, None))
-        began = min(created, first_use) if first_use is not None else created
-        is_new = start <= began <= end
+        used_before, used_after = p[8], p[9]
+        # The participant began with their record or their first machine use, whichever came
+        # first: new when that lies in the period.
+        if used_before:
+            is_new = False
+        elif p.id in used:  # the first use is in the period: new unless the record is older
+            is_new = created >= start
+        else:
+            is_new = start <= created <= end
         is_active = p.id in used or p.id in stepped or p.id in granted_to
         erased_in_period = (
             p.erased_at is not None and start <= month_start(local_day(p.site_id, p.erased_at)) <= end
         )
-        is_finished = not p.active and (
-            erased_in_period or (last_use is not None and start <= last_use <= end)
-        )
+        # Ended: deactivated or erased, and their last machine use (or the erasure) in the period.
+        is_finished = not p.active and (erased_in_period or (p.id in used and not used_after))
         if not (is_new or is_active or is_finished):
             continue
         rows.append(
@@ -395,12 +387,14 @@ def funder_report(
             continue
         g = groups.setdefault((r.cohort, r.programme), GroupRow(r.cohort, r.programme, 0, {}, Usage()))
         g.participants += 1
-        g.usage = g.usage + r.usage
+        g.usage.add(r.usage)
         for type_id, seconds in r.hours_by_type.items():
             g.unlocked_by_type[type_id] = g.unlocked_by_type.get(type_id, 0.0) + seconds
     group_rows = sorted(groups.values(), key=lambda g: (g.cohort.casefold(), g.programme.casefold()))
 
-    total_usage = sum((r.usage for r in rows), Usage())
+    total_usage = Usage()
+    for r in rows:
+        total_usage.add(r.usage)
     total_by_type: dict[int, float] = defaultdict(float)
     for r in rows:
         for type_id, seconds in r.hours_by_type.items():

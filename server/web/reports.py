@@ -16,18 +16,21 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import flask
 import flask_babel  # type: ignore[import-untyped,unused-ignore]
+from babel.numbers import get_decimal_symbol, get_group_symbol
 from flask import Response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from server import get_db
-from server.models import Person, QualificationAction, Site
+from server.models import Level, Person, QualificationAction, Site
 from server.services import audit
 from server.services.reports import (
     MAX_MONTHS,
     FunderReport,
     GrantedQualification,
+    ParticipantRow,
     ReportError,
     add_months,
     filter_choices,
@@ -182,8 +185,48 @@ def hours(seconds: float) -> float:
     return round(seconds / HOUR, 1)
 
 
+@dataclass(frozen=True)
+class Words:
+    """The report's repeated words and number symbols, translated once per request: a year's
+    report has thousands of cells, and each gettext or Babel call costs."""
+
+    levels: dict[Level, str]
+    granted: str
+    renewed: str
+    yes: str
+    no: str
+    none: str
+    flags: tuple[str, str, str]  # new, active, finished
+    decimal: str
+    group: str
+    days: dict[date, str]  # day labels already formatted
+
+    @classmethod
+    def current(cls) -> Words:
+        words: Words | None = flask.g.get("report_words")
+        if words is None:
+            locale = flask_babel.get_locale()
+            words = cls(
+                levels={level: _(label) for level, label in LEVEL_LABELS.items()},
+                granted=_("Granted"),
+                renewed=_("Renewed"),
+                yes=_("yes"),
+                no=_("no"),
+                none=_("(none)"),
+                flags=(_("new"), _("active"), _("finished")),
+                decimal=get_decimal_symbol(locale),
+                group=get_group_symbol(locale),
+                days={},
+            )
+            flask.g.report_words = words
+        return words
+
+
 def hours_label(seconds: float) -> str:
-    return str(flask_babel.format_decimal(hours(seconds), format="#,##0.0"))
+    """``1,234.5`` (``1.234,5`` in German)."""
+    w = Words.current()
+    text = f"{hours(seconds):,.1f}"
+    return text.replace(",", "\0").replace(".", w.decimal).replace("\0", w.group)
 
 
 def month_label(month: date) -> str:
@@ -191,23 +234,35 @@ def month_label(month: date) -> str:
 
 
 def day_label(day: date) -> str:
-    return str(flask_babel.format_date(day, "medium"))
+    days = Words.current().days
+    if day not in days:
+        days[day] = str(flask_babel.format_date(day, "medium"))
+    return days[day]
 
 
 def level_label(q: GrantedQualification) -> str:
-    return _(LEVEL_LABELS[q.level])
+    return Words.current().levels[q.level]
 
 
 def action_label(action: QualificationAction) -> str:
-    return _("Renewed") if action == QualificationAction.RENEWED else _("Granted")
+    w = Words.current()
+    return w.renewed if action == QualificationAction.RENEWED else w.granted
 
 
 def group_label(value: str) -> str:
-    return value or _("(none)")
+    return value or Words.current().none
 
 
 def yes_no(value: bool) -> str:
-    return _("yes") if value else _("no")
+    w = Words.current()
+    return w.yes if value else w.no
+
+
+def status_label(row: ParticipantRow) -> str:
+    flags = Words.current().flags
+    return ", ".join(
+        f for f, on in zip(flags, (row.is_new, row.is_active, row.is_finished), strict=True) if on
+    )
 
 
 def _quarters(query: ReportQuery | None, now: datetime) -> list[tuple[str, dict[str, str]]]:
@@ -291,6 +346,7 @@ def _helpers() -> dict[str, Callable[..., Any]]:
         "action_label": action_label,
         "group_label": group_label,
         "yes_no": yes_no,
+        "status_label": status_label,
         "made_label": lambda when: flask_babel.format_datetime(when, "medium"),
     }
 
