@@ -494,9 +494,16 @@ def _tz(query: ReportQuery) -> ZoneInfo:
 # -- exports -------------------------------------------------------------------------------------
 
 
+# A text cell starting with one of these is a formula to a spreadsheet: a participant called
+# "=HYPERLINK(...)" must stay a name (OWASP's CSV injection advice: prefix an apostrophe).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_cell(value: Cell, decimal_comma: bool) -> str:
     if value is None:
         return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     if isinstance(value, float):
         text = f"{value:.1f}"
         return text.replace(".", ",") if decimal_comma else text
@@ -598,7 +605,9 @@ def workbook(query: ReportQuery, report: FunderReport) -> bytes:
                 widths[i] = max(widths[i], len(shown))
         for col in ws.iter_cols(min_row=2):
             for cell in col:
-                if isinstance(cell.value, float):
+                if isinstance(cell.value, str) and cell.value.startswith("="):
+                    cell.data_type = "s"  # text, never a formula (see FORMULA_STARTS)
+                elif isinstance(cell.value, float):
                     cell.number_format = "0.0"
                 elif isinstance(cell.value, (date, datetime)):
                     cell.number_format = date_format

@@ -303,3 +303,18 @@ def test_reports_only_for_admins(app: Flask, setup: Setup) -> None:
     assert trainer.get(f"/reports/funder.csv?{Q1}").status_code == 403
     assert trainer.get(f"/reports/funder?{Q1}").status_code == 403
     assert _exports() == []
+
+
+def test_reports_exports_keep_formulas_as_text(app: Flask, admin: FlaskClient, setup: Setup) -> None:
+    with db.session() as s:
+        ada = s.get(Person, setup.world.ids["ada"])
+        assert ada is not None
+        ada.name = '=HYPERLINK("http://evil.test","x")'
+    rows = _csv(admin.get(f"/reports/funder.csv?{Q1}").data)
+    assert '\'=HYPERLINK("http://evil.test","x")' in [row[0] for row in rows]
+    book = load_workbook(io.BytesIO(admin.get(f"/reports/funder.xlsx?{Q1}").data))
+    cell = next(
+        row[0] for row in book["Participants"].iter_rows(min_row=2) if "HYPERLINK" in str(row[0].value)
+    )
+    assert cell.data_type == "s"
+    assert cell.value == '=HYPERLINK("http://evil.test","x")'
