@@ -44,7 +44,7 @@ from server.web.l10n import _, current_language
 
 bp = web_blueprint("reports", __name__)
 
-MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+MONTH = re.compile(r"(\d{4})-(\d{2})")
 HOUR = 3600.0
 CSV_DELIMITER = ";"  # what Excel expects in German locales; see docs/reports.md
 
@@ -95,7 +95,7 @@ class ReportQuery:
 
 
 def _month(text: str) -> date | None:
-    match = MONTH.match(text)
+    match = MONTH.fullmatch(text)
     if not match:
         return None
     year, month = int(match.group(1)), int(match.group(2))
@@ -120,7 +120,9 @@ def read_query(args: Any, now: datetime) -> tuple[ReportQuery | None, list[str]]
     if "site" not in args:
         site = db.get(Site, user.site_id)  # first visit: the admin's own site
     elif args["site"]:
-        site = db.scalar(select(Site).where(Site.slug == args["site"][:40]))
+        # Looked up among the (few) sites, never sent to the database as typed: PostgreSQL
+        # refuses some strings (a NUL byte) with an error instead of "no such site".
+        site = {s.slug: s for s in db.scalars(select(Site))}.get(args["site"])
         if site is None:
             errors.append(_("There is no site called “%(slug)s”.", slug=args["site"][:40]))
 
