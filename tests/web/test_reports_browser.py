@@ -128,6 +128,9 @@ def test_browser_funder_report_quarter_pseudonyms_xlsx_and_print(served: Served)
             expect(header).to_contain_text("Lernwerkstatt Nord")
             expect(header).to_contain_text("January 2026")
             expect(participants).to_be_visible()
+            page.set_viewport_size({"width": 794, "height": 1123})  # A4 at 96 dpi
+            expect(page.locator('[data-table="participants"] thead')).to_be_visible()  # a table on paper
+            page.screenshot(path=str(ARTIFACTS / "funder-report-print.png"), full_page=True)
             page.pdf(path=str(ARTIFACTS / "funder-report.pdf"))
             page.emulate_media(media="screen")
             expect(page.locator("header.bar")).to_be_visible()
