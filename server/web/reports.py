@@ -94,6 +94,11 @@ class ReportQuery:
         return f"{where}_{self.start:%Y-%m}_{self.end:%Y-%m}"
 
 
+def _now() -> datetime:
+    """The clock of the page's defaults (this month, the quick links, the date made)."""
+    return datetime.now(UTC)
+
+
 def _month(text: str) -> date | None:
     match = MONTH.fullmatch(text)
     if not match:
@@ -303,7 +308,7 @@ def index() -> ResponseReturnValue:
 def funder() -> ResponseReturnValue:
     """The report with its filters; bad filters give the form with a message (HTTP 400)."""
     db = get_db()
-    now = datetime.now(UTC)
+    now = _now()
     query, errors = read_query(request.args, now)
     report = None
     if query is not None:
@@ -330,7 +335,7 @@ def funder() -> ResponseReturnValue:
 @admin_required
 def funder_print() -> ResponseReturnValue:
     """The report alone, for paper: no navigation, no form (audited: it leaves the lab)."""
-    now = datetime.now(UTC)
+    now = _now()
     query, errors = read_query(request.args, now)
     if query is None:
         return _refused(errors)
@@ -572,7 +577,7 @@ def _download(body: str | bytes, mimetype: str, filename: str) -> Response:
 
 def _checked(kind: str) -> tuple[ReportQuery, FunderReport] | list[str]:
     """The report an export asks for (audited), or what is wrong with its filters."""
-    now = datetime.now(UTC)
+    now = _now()
     query, errors = read_query(request.args, now)
     if query is None:
         return errors

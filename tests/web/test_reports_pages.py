@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from flask import Flask
@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from server.extensions import db
 from server.models import AuditLog, Person
+from server.web import reports as reports_web
 from tests.server.report_factory import Scenario, build_scenario
 from tests.web.conftest import english
 
@@ -106,11 +107,25 @@ def test_reports_page_filters_by_cohort_and_defaults(admin: FlaskClient, setup: 
     page = admin.get(f"/reports/funder?{Q1}&cohort=Cohort+B").get_data(as_text=True)
     assert "Cem Carver" in page and "Eli Etcher" in page
     assert "Ada Lovelace" not in page
-    # First visit: the admin's own site is chosen, the year so far is shown.
-    first = admin.get("/reports/funder")
-    assert first.status_code == 200
-    assert '<option value="nord" selected>' in first.get_data(as_text=True)
     assert admin.get("/reports/").status_code == 302
+
+
+def test_reports_first_visit_shows_the_year_so_far_in_local_months(
+    admin: FlaskClient, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 23:30 UTC on 31 December 2026 is already January 2027 in Berlin.
+    monkeypatch.setattr(reports_web, "_now", lambda: datetime(2026, 12, 31, 23, 30, tzinfo=UTC))
+    page = admin.get("/reports/funder").get_data(as_text=True)
+    assert '<option value="nord" selected>' in page  # the admin's own site
+    assert 'name="from" type="month" value="2027-01"' in page
+    assert 'name="to" type="month" value="2027-01"' in page
+    monkeypatch.setattr(reports_web, "_now", lambda: datetime(2026, 5, 10, 9, 0, tzinfo=UTC))
+    page = admin.get("/reports/funder?cohort=Cohort+A").get_data(as_text=True)
+    assert 'value="2026-01"' in page and 'value="2026-05"' in page
+    assert 'data-figure="participants">3<' in page  # Ada, Ben, Gus from January to May
+    # Quick links: last year's quarters and this year's so far, the cohort kept.
+    assert ">Q2 2026<" in page and ">Q3 2026<" not in page and ">Q4 2025<" in page
+    assert "cohort=Cohort+A&amp;programme=&amp;from=2026-04&amp;to=2026-06" in page
 
 
 def test_reports_csv_one_row_per_participant(admin: FlaskClient, setup: Setup) -> None:
