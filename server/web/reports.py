@@ -99,6 +99,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _choices() -> tuple[list[str], list[str]]:
+    """The cohorts and programmes for the form and the checks, read once per request."""
+    choices: tuple[list[str], list[str]] | None = flask.g.get("report_choices")
+    if choices is None:
+        choices = filter_choices(get_db())
+        flask.g.report_choices = choices
+    return choices
+
+
 def _month(text: str) -> date | None:
     match = MONTH.fullmatch(text)
     if not match:
@@ -131,7 +140,7 @@ def read_query(args: Any, now: datetime) -> tuple[ReportQuery | None, list[str]]
         if site is None:
             errors.append(_("There is no site called “%(slug)s”.", slug=args["site"][:40]))
 
-    cohorts, programmes = filter_choices(db)
+    cohorts, programmes = _choices()
     cohort = args.get("cohort", "").strip() or None
     if cohort is not None and cohort not in cohorts:
         errors.append(_("There is no cohort called “%(name)s”.", name=cohort[:100]))
@@ -316,7 +325,7 @@ def funder() -> ResponseReturnValue:
             report = _report(query, now)
         except ReportError as error:  # a site removed between reading and reporting
             errors = [str(error)]
-    cohorts, programmes = filter_choices(db)
+    cohorts, programmes = _choices()
     context = {
         "query": query,
         "errors": errors,
