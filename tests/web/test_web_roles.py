@@ -117,3 +117,18 @@ def test_roles_every_route_for(role: str, app: Flask, lab: Lab) -> None:
             )
     assert checked > 10
     assert wrong == []
+
+
+def test_roles_reports_are_for_admins_only(app: Flask) -> None:
+    """The funder report names participants and their hours: admins only, every route of it."""
+    access = {
+        f"{method} {rule.rule}": a for rule, method, a in _routes(app) if rule.endpoint.startswith("reports.")
+    }
+    assert set(access) >= {
+        "GET /reports/funder",
+        "GET /reports/funder/print",
+        "GET /reports/funder.csv",
+        "GET /reports/funder-qualifications.csv",
+        "GET /reports/funder.xlsx",
+    }
+    assert set(access.values()) == {"admin"}
