@@ -47,10 +47,11 @@ from server.models import (
     Level,
     Machine,
     MachineSession,
+    Notification,
     OpeningHours,
     Person,
 )
-from server.services import audit, training
+from server.services import audit, notifications, training
 from server.services.decision import load_requirements
 
 
@@ -600,6 +601,91 @@ def release_no_shows(db: Session, now: datetime) -> list[Booking]:
         released.append(booking)
     db.flush()
     return released
+
+
+# -- telling the holder ----------------------------------------------------------------------------
+
+
+def _notify(db: Session, booking: Booking, kind: str, key: str, at: datetime, **extra: Any) -> bool:
+    """One notification about ``booking`` for its holder (once per ``key``); False when known."""
+    person = booking.person
+    if not person.active:
+        return False
+    known = db.scalar(
+        select(func.count(Notification.id)).where(
+            Notification.person_id == person.id, Notification.key == key
+        )
+    )
+    if known:
+        return False
+    tz = ZoneInfo(booking.machine.site.timezone)
+    start, end = booking.starts_at.astimezone(tz), booking.ends_at.astimezone(tz)
+    params: dict[str, Any] = {
+        "booking_id": booking.id,
+        "machine": booking.machine.name,
+        "date": start.date().isoformat(),
+        "start": start.strftime("%H:%M"),
+        "end": end.strftime("%H:%M"),
+        **extra,
+    }
+    db.add(Notification(person_id=person.id, kind=kind, key=key, params=params, created_at=at))
+    db.flush()
+    return True
+
+
+def notify_released(db: Session, released: Sequence[Booking], now: datetime) -> int:
+    """Tell each holder that their booking was released as a no-show. Returns how many were told."""
+    made = 0
+    for booking in released:
+        minutes = policy_for(db, booking.machine.site_id).no_show_after_min
+        made += _notify(
+            db,
+            booking,
+            notifications.BOOKING_RELEASED,
+            f"booking_released:{booking.id}",
+            now,
+            minutes=minutes,
+        )
+    return made
+
+
+def remind_due(db: Session, now: datetime) -> int:
+    """Remind holders of bookings that start within their site's ``reminder_before_min``, once
+    per booking (``reminded_at``; a moved booking is reminded again). A booking made inside
+    that window is not reminded: its holder just booked it. Returns how many were reminded."""
+    widest = max(
+        [Policy().reminder_before_min, *db.scalars(select(BookingPolicy.reminder_before_min))], default=0
+    )
+    due = db.scalars(
+        select(Booking)
+        .where(
+            Booking.status == BookingStatus.BOOKED,
+            Booking.reminded_at.is_(None),
+            Booking.starts_at > now,
+            Booking.starts_at <= now + timedelta(minutes=widest),
+        )
+        .order_by(Booking.starts_at)
+    ).all()
+    made = 0
+    policies: dict[int, Policy] = {}
+    for booking in due:
+        site_id = booking.machine.site_id
+        before = timedelta(minutes=policies.setdefault(site_id, policy_for(db, site_id)).reminder_before_min)
+        if before <= timedelta(0) or booking.starts_at > now + before:
+            continue
+        claimed = db.execute(
+            update(Booking)
+            .where(Booking.id == booking.id, Booking.reminded_at.is_(None))
+            .values(reminded_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(claimed, "rowcount", 0):
+            continue  # reminded meanwhile
+        if booking.created_at.astimezone(UTC) > booking.starts_at - before:
+            continue
+        key = f"booking_reminder:{booking.id}:{booking.starts_at.astimezone(UTC).isoformat()}"
+        made += _notify(db, booking, notifications.BOOKING_REMINDER, key, now)
+    return made
 
 
 def _detail(booking: Booking, machine: Machine | None = None, person: Person | None = None) -> dict[str, Any]:
