@@ -28,12 +28,12 @@ from server.services import tokens
 P = ParamSpec("P")
 View = Callable[P, ResponseReturnValue]
 Scope = Literal["public", "read", "trainer", "admin"]
-Resource = Literal["people", "badges", "qualifications", "sessions"]
+Resource = Literal["people", "badges", "qualifications", "sessions", "bookings"]
 
 # Whose records a trainer reads besides their own: the people they train, their
-# qualifications, and sessions (the web pages show staff everyone's sessions too). Badge
-# UIDs stay with admins: a UID is what a cloned card would need.
-TRAINER_READS: frozenset[Resource] = frozenset({"people", "qualifications", "sessions"})
+# qualifications, sessions and bookings (the web pages show staff everyone's sessions and
+# bookings too). Badge UIDs stay with admins: a UID is what a cloned card would need.
+TRAINER_READS: frozenset[Resource] = frozenset({"people", "qualifications", "sessions", "bookings"})
 
 
 def _unauthorized(code: str, message: str) -> ApiError:
