@@ -6,7 +6,8 @@ map can tell API routes from web pages and check each against every role:
 
 * ``api:public``  — no token needed (the OpenAPI document)
 * ``api:read``    — any valid token; what the view returns is cut down to what the person
-  may see (:func:`sees_everyone`)
+  may see (:func:`sees_everyone`). Booking, cancelling and moving are open to every token
+  too: the booking service decides per booking (participants only their own)
 * ``api:trainer`` — trainers and admins; the training service then decides per competency
 * ``api:admin``   — admins only
 """
