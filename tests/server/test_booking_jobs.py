@@ -170,3 +170,13 @@ def test_booking_jobs_reminder_emailed_in_the_holders_language(
     assert english["Subject"] == "Your booking of Laser 1 at 12:00"
     with lab.session() as s:
         assert s.scalars(select(Notification.emailed_at)).all() == [at(61), at(61)]
+
+
+def test_booking_jobs_run_every_minute_in_the_scheduler(lab: Database) -> None:
+    from server.scheduler import build_scheduler
+
+    jobs = {job.id: job for job in build_scheduler(lab, {}).get_jobs()}
+    for name, function in (("release_no_shows", release_no_shows), ("remind_bookings", remind_bookings)):
+        assert jobs[name].func is function
+        assert jobs[name].trigger.interval == timedelta(minutes=1)
+        assert jobs[name].args == (lab,)
