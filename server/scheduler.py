@@ -6,7 +6,8 @@ SQLite database) makes a second scheduler wait instead of running every job twic
 Qualifications expire and reminders are made by jobs that run every hour and once at
 start (so a restart catches up); each is idempotent, so running more often than daily only
 means "shortly after midnight" wherever a site is. Notifications are e-mailed every few
-minutes when ``WERKBANK_SMTP_HOST`` is set.
+minutes when ``WERKBANK_SMTP_HOST`` is set. Every minute, bookings whose holder did not tap
+in are released as no-shows, and holders are reminded of bookings that start soon.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from server.db import Database
 from server.models import Device, Machine, Site
-from server.services import allowlists, mail, notifications, privacy, training
+from server.services import allowlists, bookings, mail, notifications, privacy, training
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x5765726B  # "Werk"
@@ -138,6 +139,29 @@ def purge_personal_data(database: Database, months: int, now: datetime | None = 
     return len(erased)
 
 
+def release_no_shows(database: Database, now: datetime | None = None) -> int:
+    """Release bookings whose holder has not tapped in within the site's ``no_show_after_min``,
+    count them as no-shows and tell the holders (in the app; by e-mail with the next
+    ``email_notifications`` run). Returns how many were released (0 when run again)."""
+    now = now or datetime.now(UTC)
+    with database.session() as db:
+        released = bookings.release_no_shows(db, now)
+        bookings.notify_released(db, released, now)
+    if released:
+        log.info("%d bookings released as no-shows", len(released))
+    return len(released)
+
+
+def remind_bookings(database: Database, now: datetime | None = None) -> int:
+    """Remind holders ``reminder_before_min`` before their bookings, once per booking."""
+    now = now or datetime.now(UTC)
+    with database.session() as db:
+        made = bookings.remind_due(db, now)
+    if made:
+        log.info("%d booking reminders made", made)
+    return made
+
+
 def email_notifications(
     database: Database, settings: mail.SmtpSettings, now: datetime | None = None
 ) -> mail.MailReport:
@@ -173,6 +197,8 @@ def build_scheduler(database: Database, config: Mapping[str, Any] | None = None)
         id="remind_expiring",
         next_run_time=start + timedelta(seconds=10),
     )
+    scheduler.add_job(release_no_shows, "interval", minutes=1, args=[database], id="release_no_shows")
+    scheduler.add_job(remind_bookings, "interval", minutes=1, args=[database], id="remind_bookings")
     retention = int((config or {}).get("RETENTION_MONTHS") or 0)
     if retention > 0:
         scheduler.add_job(

@@ -1,5 +1,5 @@
 """The JSON API under /api/v1: token authentication, people, badges, machines, qualifications,
-training steps and sessions, described by ``openapi.yaml`` (served at /api/v1/openapi.json).
+training steps, sessions and bookings, described by ``openapi.yaml`` (served at /api/v1/openapi.json).
 
 See docs/api.md. ``init_app`` registers the blueprint, exempt from CSRF: the API is called
 with a bearer token, never with the browser's session cookie, so a forged form cannot use it.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Flask
 
 # Importing the view modules puts their routes on ``bp``.
-from server.api import errors, machines, people, spec, training  # noqa: F401
+from server.api import bookings, errors, machines, people, spec, training  # noqa: F401
 from server.api.common import URL_PREFIX, bp
 from server.extensions import csrf
 

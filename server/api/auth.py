@@ -6,7 +6,8 @@ map can tell API routes from web pages and check each against every role:
 
 * ``api:public``  — no token needed (the OpenAPI document)
 * ``api:read``    — any valid token; what the view returns is cut down to what the person
-  may see (:func:`sees_everyone`)
+  may see (:func:`sees_everyone`). Booking, cancelling and moving are open to every token
+  too: the booking service decides per booking (participants only their own)
 * ``api:trainer`` — trainers and admins; the training service then decides per competency
 * ``api:admin``   — admins only
 """
@@ -28,12 +29,12 @@ from server.services import tokens
 P = ParamSpec("P")
 View = Callable[P, ResponseReturnValue]
 Scope = Literal["public", "read", "trainer", "admin"]
-Resource = Literal["people", "badges", "qualifications", "sessions"]
+Resource = Literal["people", "badges", "qualifications", "sessions", "bookings"]
 
 # Whose records a trainer reads besides their own: the people they train, their
-# qualifications, and sessions (the web pages show staff everyone's sessions too). Badge
-# UIDs stay with admins: a UID is what a cloned card would need.
-TRAINER_READS: frozenset[Resource] = frozenset({"people", "qualifications", "sessions"})
+# qualifications, sessions and bookings (the web pages show staff everyone's sessions and
+# bookings too). Badge UIDs stay with admins: a UID is what a cloned card would need.
+TRAINER_READS: frozenset[Resource] = frozenset({"people", "qualifications", "sessions", "bookings"})
 
 
 def _unauthorized(code: str, message: str) -> ApiError:

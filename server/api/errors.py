@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from server import get_db
+from server.services.bookings import BookingError
 from server.services.training import TrainingError
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def register(bp: Blueprint) -> None:
     """Errors inside the API's views answer in the error shape (once, at import)."""
     bp.register_error_handler(ApiError, _api_error)
     bp.register_error_handler(TrainingError, _training_error)
+    bp.register_error_handler(BookingError, _booking_error)
     bp.register_error_handler(msgspec.ValidationError, _validation_error)
     bp.register_error_handler(msgspec.DecodeError, _validation_error)
     bp.register_error_handler(IntegrityError, _integrity_error)
@@ -132,6 +134,15 @@ def _training_error(error: TrainingError) -> Response:
         **{k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in error.params.items()}
     )
     status = 403 if error.code in FORBIDDEN_TRAINING_CODES else 422
+    return error_response(status, error.code, message)
+
+
+def _booking_error(error: BookingError) -> Response:
+    """A booking rule refused: 409 when the time is taken, 403 when it is someone else's
+    booking, else 422; the rule's code and its English message. Nothing changed."""
+    get_db().rollback()
+    message = error.message.format(**{k: str(v) for k, v in error.params.items()})
+    status = {"taken": 409, "not_yours": 403}.get(error.code, 422)
     return error_response(status, error.code, message)
 
 

@@ -24,6 +24,7 @@ BadgeStatusName = Literal["active", "lost", "blocked"]
 LevelName = Literal["briefed", "supervised", "independent", "trainer"]
 MachineStatusName = Literal["available", "maintenance", "disabled"]
 QualificationActionName = Literal["granted", "renewed", "expired", "revoked"]
+BookingStatusName = Literal["booked", "cancelled", "released"]
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
@@ -87,6 +88,15 @@ class SessionsQuery(Paging):
     open: bool | None = None
 
 
+class BookingsQuery(Paging):
+    machine: Slug | None = None
+    person_id: Id | None = None
+    # Bookings overlapping [from, to): "from" is a Python keyword, hence the rename.
+    from_: UtcTime | None = msgspec.field(default=None, name="from")
+    to: UtcTime | None = None
+    status: BookingStatusName | None = None
+
+
 # -- bodies ----------------------------------------------------------------------------------------
 
 
@@ -148,6 +158,26 @@ class StepBody(_In):
     person_id: Id
     step_id: Id
     note: Note | None = None
+
+
+class BookingCreate(_In):
+    machine: Slug
+    starts_at: UtcTime
+    ends_at: UtcTime
+    # Whose booking: the token's own person when absent (staff may book for anyone).
+    person_id: Id | None = None
+    # A supervised booking: the trainer who will be there.
+    trainer_id: Id | None = None
+    note: Note | None = None
+
+
+class BookingMove(_In):
+    starts_at: UtcTime
+    ends_at: UtcTime
+
+
+class BookingCancel(_In):
+    pass
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -275,3 +305,20 @@ class SessionOut(Struct, kw_only=True):
     unlocked_s: float | None
     run_s: float | None
     jobs: list[JobOut]
+
+
+class BookingOut(Struct, kw_only=True):
+    id: str
+    machine: str
+    person_id: int
+    trainer_id: int | None
+    starts_at: datetime
+    ends_at: datetime
+    status: str
+    note: str | None
+    created_at: datetime
+    created_by_id: int | None
+    cancelled_at: datetime | None
+    checked_in_at: datetime | None
+    released_at: datetime | None
+    no_show: bool

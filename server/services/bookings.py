@@ -33,7 +33,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server.i18n import N_
@@ -45,10 +46,12 @@ from server.models import (
     CohortQuota,
     Level,
     Machine,
+    MachineSession,
+    Notification,
     OpeningHours,
     Person,
 )
-from server.services import audit, training
+from server.services import audit, notifications, training
 from server.services.decision import load_requirements
 
 
@@ -265,9 +268,27 @@ def booking_eligibility(
 # -- writing ---------------------------------------------------------------------------------------
 
 
+# How long a booking waits for another one on the same machine to commit (PostgreSQL; SQLite
+# waits its busy timeout). Longer means the other transaction is stuck: refuse, never hang.
+LOCK_TIMEOUT_MS = 5000
+
+TAKEN = N_("This time was just booked by someone else. Please choose another.")
+
+
 def _lock_machine(db: Session, machine_id: int) -> None:
-    """First write of every booking transaction: serialises booking changes per machine."""
-    db.execute(update(Machine).where(Machine.id == machine_id).values(booking_seq=Machine.booking_seq + 1))
+    """First write of every booking transaction: serialises booking changes per machine.
+
+    A lock we cannot get in time (another booking of this machine holds it) is a
+    :class:`BookingError` ``taken``: the caller rolls back, nothing changed.
+    """
+    try:
+        if db.get_bind().dialect.name == "postgresql":
+            db.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
+        db.execute(
+            update(Machine).where(Machine.id == machine_id).values(booking_seq=Machine.booking_seq + 1)
+        )
+    except OperationalError as exc:  # SQLite "database is locked", PostgreSQL lock_not_available
+        raise BookingError("taken", TAKEN) from exc
 
 
 def _check(
@@ -414,9 +435,10 @@ def _deadline_check(db: Session, booking: Booking, actor: Person, now: datetime)
 
 def cancel(db: Session, booking: Booking, actor: Person, now: datetime) -> Booking:
     """Cancel a booking. A session its holder already runs goes on (never cut power)."""
+    _lock_machine(db, booking.machine_id)
+    db.refresh(booking)  # as it is now, under the lock: a release or another change may have come first
     _may_change(booking, actor, now)
     _deadline_check(db, booking, actor, now)
-    _lock_machine(db, booking.machine_id)
     booking.status = BookingStatus.CANCELLED
     booking.cancelled_at = now
     booking.cancelled_by_id = actor.id
@@ -429,9 +451,10 @@ def move(
     db: Session, booking: Booking, starts_at: datetime, ends_at: datetime, actor: Person, now: datetime
 ) -> Booking:
     """Move a booking to another time on the same machine, by the same rules as a new one."""
+    _lock_machine(db, booking.machine_id)
+    db.refresh(booking)
     _may_change(booking, actor, now)
     _deadline_check(db, booking, actor, now)
-    _lock_machine(db, booking.machine_id)
     _check(
         db,
         booking.person,
@@ -456,7 +479,13 @@ def move(
 def check_in(db: Session, machine_id: int, person_id: int | None, at: datetime) -> Booking | None:
     """A session of ``person_id`` started at ``at``: the booking it belongs to is checked in.
 
-    Counts from the guard time before the booking (an early tap) to its end.
+    Counts from the guard time before the booking (an early tap) to its end. A session that
+    arrives late (an offline session, ingested after the scheduler released the booking as a
+    no-show) withdraws the no-show: the holder was there. The booking is booked again unless
+    someone else booked the freed time meanwhile.
+
+    Written as one conditional UPDATE, so that a release running at the same moment cannot
+    overwrite it, nor it a cancellation.
     """
     if person_id is None:
         return None
@@ -467,7 +496,8 @@ def check_in(db: Session, machine_id: int, person_id: int | None, at: datetime) 
         .where(
             Booking.machine_id == machine_id,
             Booking.person_id == person_id,
-            Booking.status == BookingStatus.BOOKED,
+            (Booking.status == BookingStatus.BOOKED)
+            | ((Booking.status == BookingStatus.RELEASED) & Booking.no_show.is_(True)),
             Booking.starts_at <= at + guard,
             Booking.ends_at > at,
             Booking.checked_in_at.is_(None),
@@ -475,13 +505,59 @@ def check_in(db: Session, machine_id: int, person_id: int | None, at: datetime) 
         .order_by(Booking.starts_at)
         .limit(1)
     )
-    if booking is not None:
-        booking.checked_in_at = at
+    if booking is None:
+        return None
+    values: dict[str, Any] = {"checked_in_at": at, "no_show": False}
+    if booking.status == BookingStatus.RELEASED:
+        others = [
+            b for b in active(db, [machine_id], booking.starts_at, booking.ends_at) if b.id != booking.id
+        ]
+        if not others:
+            values.update(status=BookingStatus.BOOKED, released_at=None)
+    result = db.execute(
+        update(Booking)
+        .where(
+            Booking.id == booking.id,
+            Booking.checked_in_at.is_(None),
+            (Booking.status == BookingStatus.BOOKED)
+            | ((Booking.status == BookingStatus.RELEASED) & Booking.no_show.is_(True)),
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    db.refresh(booking)
+    if not getattr(result, "rowcount", 0):
+        return None
+    if values.get("status") == BookingStatus.BOOKED:
+        audit.record(db, None, "booking.no_show_withdrawn", f"booking:{booking.id}", _detail(booking), at=at)
     return booking
 
 
+def _holder_was_there(db: Session, booking: Booking, until: datetime) -> datetime | None:
+    """When the holder's session on the machine covering the booking's start began, if any: a
+    walk-in that began before the booking (and its guard time) and is still running counts."""
+    return db.scalar(
+        select(MachineSession.started_at)
+        .where(
+            MachineSession.machine_id == booking.machine_id,
+            MachineSession.person_id == booking.person_id,
+            MachineSession.started_at < until,
+            # A session never closed long ago (a lost end) is not this one.
+            MachineSession.started_at > booking.starts_at - timedelta(days=1),
+            (MachineSession.ended_at.is_(None)) | (MachineSession.ended_at > booking.starts_at),
+        )
+        .order_by(MachineSession.started_at)
+        .limit(1)
+    )
+
+
 def release_no_shows(db: Session, now: datetime) -> list[Booking]:
-    """Release every booking whose holder has not tapped in within the policy's minutes of its start."""
+    """Release every booking whose holder has not tapped in within the policy's minutes of its start.
+
+    A holder whose session runs into the booking (a walk-in that began before it) is checked
+    in instead. The release is a conditional UPDATE: a check-in committed at the same moment
+    wins, and the booking is not counted as a no-show.
+    """
     candidates = db.scalars(
         select(Booking).where(
             Booking.status == BookingStatus.BOOKED,
@@ -494,16 +570,122 @@ def release_no_shows(db: Session, now: datetime) -> list[Booking]:
     for booking in candidates:
         site_id = booking.machine.site_id
         policy = policies.setdefault(site_id, policy_for(db, site_id))
-        if now < booking.starts_at + timedelta(minutes=policy.no_show_after_min):
+        due = booking.starts_at + timedelta(minutes=policy.no_show_after_min)
+        if now < due:
             continue
         _lock_machine(db, booking.machine_id)
-        booking.status = BookingStatus.RELEASED
-        booking.released_at = now
-        booking.no_show = True
+        there = _holder_was_there(db, booking, min(due, booking.ends_at))
+        if there is not None:
+            db.execute(
+                update(Booking)
+                .where(Booking.id == booking.id, Booking.checked_in_at.is_(None))
+                .values(checked_in_at=there)
+                .execution_options(synchronize_session=False)
+            )
+            db.refresh(booking)
+            continue
+        result = db.execute(
+            update(Booking)
+            .where(
+                Booking.id == booking.id,
+                Booking.status == BookingStatus.BOOKED,
+                Booking.checked_in_at.is_(None),
+            )
+            .values(status=BookingStatus.RELEASED, released_at=now, no_show=True)
+            .execution_options(synchronize_session=False)
+        )
+        db.refresh(booking)
+        if not getattr(result, "rowcount", 0):
+            continue  # checked in or cancelled at this very moment
         audit.record(db, None, "booking.release", f"booking:{booking.id}", _detail(booking), at=now)
         released.append(booking)
     db.flush()
     return released
+
+
+# -- telling the holder ----------------------------------------------------------------------------
+
+
+def _notify(db: Session, booking: Booking, kind: str, key: str, at: datetime, **extra: Any) -> bool:
+    """One notification about ``booking`` for its holder (once per ``key``); False when known."""
+    person = booking.person
+    if not person.active:
+        return False
+    known = db.scalar(
+        select(func.count(Notification.id)).where(
+            Notification.person_id == person.id, Notification.key == key
+        )
+    )
+    if known:
+        return False
+    tz = ZoneInfo(booking.machine.site.timezone)
+    start, end = booking.starts_at.astimezone(tz), booking.ends_at.astimezone(tz)
+    params: dict[str, Any] = {
+        "booking_id": booking.id,
+        "machine": booking.machine.name,
+        "date": start.date().isoformat(),
+        "start": start.strftime("%H:%M"),
+        "end": end.strftime("%H:%M"),
+        **extra,
+    }
+    db.add(Notification(person_id=person.id, kind=kind, key=key, params=params, created_at=at))
+    db.flush()
+    return True
+
+
+def notify_released(db: Session, released: Sequence[Booking], now: datetime) -> int:
+    """Tell each holder that their booking was released as a no-show. Returns how many were told."""
+    made = 0
+    for booking in released:
+        minutes = policy_for(db, booking.machine.site_id).no_show_after_min
+        made += _notify(
+            db,
+            booking,
+            notifications.BOOKING_RELEASED,
+            f"booking_released:{booking.id}",
+            now,
+            minutes=minutes,
+        )
+    return made
+
+
+def remind_due(db: Session, now: datetime) -> int:
+    """Remind holders of bookings that start within their site's ``reminder_before_min``, once
+    per booking (``reminded_at``; a moved booking is reminded again). A booking made inside
+    that window is not reminded: its holder just booked it. Returns how many were reminded."""
+    widest = max(
+        [Policy().reminder_before_min, *db.scalars(select(BookingPolicy.reminder_before_min))], default=0
+    )
+    due = db.scalars(
+        select(Booking)
+        .where(
+            Booking.status == BookingStatus.BOOKED,
+            Booking.reminded_at.is_(None),
+            Booking.starts_at > now,
+            Booking.starts_at <= now + timedelta(minutes=widest),
+        )
+        .order_by(Booking.starts_at)
+    ).all()
+    made = 0
+    policies: dict[int, Policy] = {}
+    for booking in due:
+        site_id = booking.machine.site_id
+        before = timedelta(minutes=policies.setdefault(site_id, policy_for(db, site_id)).reminder_before_min)
+        if before <= timedelta(0) or booking.starts_at > now + before:
+            continue
+        claimed = db.execute(
+            update(Booking)
+            .where(Booking.id == booking.id, Booking.reminded_at.is_(None))
+            .values(reminded_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(claimed, "rowcount", 0):
+            continue  # reminded meanwhile
+        if booking.created_at.astimezone(UTC) > booking.starts_at - before:
+            continue
+        key = f"booking_reminder:{booking.id}:{booking.starts_at.astimezone(UTC).isoformat()}"
+        made += _notify(db, booking, notifications.BOOKING_REMINDER, key, now)
+    return made
 
 
 def _detail(booking: Booking, machine: Machine | None = None, person: Person | None = None) -> dict[str, Any]:

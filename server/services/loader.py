@@ -22,6 +22,9 @@ from sqlalchemy.orm import Session
 from server.models import (
     Badge,
     BadgeStatus,
+    BookingPolicy,
+    ClosedDay,
+    CohortQuota,
     Competency,
     Device,
     Level,
@@ -62,11 +65,41 @@ class HoursSpec(_Strict, kw_only=True):
     closes: HHMM
 
 
+class BookingSpec(_Strict, kw_only=True):
+    """A site's booking rules (``BookingPolicy``); a key left out takes its default."""
+
+    min_slot_min: Annotated[int, Meta(ge=5, le=24 * 60)] = 30
+    max_slot_min: Annotated[int, Meta(ge=5, le=24 * 60)] = 240
+    slot_step_min: Annotated[int, Meta(ge=0, le=24 * 60)] = 30
+    min_lead_min: Annotated[int, Meta(ge=0, le=30 * 24 * 60)] = 0
+    max_ahead_days: Annotated[int, Meta(ge=1, le=366)] = 14
+    cancel_deadline_min: Annotated[int, Meta(ge=0, le=30 * 24 * 60)] = 60
+    weekly_quota_h: Annotated[float, Meta(ge=0, le=168)] = 8.0
+    no_show_after_min: Annotated[int, Meta(ge=1, le=24 * 60)] = 15
+    no_show_limit: Annotated[int, Meta(ge=0, le=100)] = 3
+    no_show_window_days: Annotated[int, Meta(ge=1, le=366)] = 30
+    no_show_block_days: Annotated[int, Meta(ge=0, le=366)] = 14
+    reminder_before_min: Annotated[int, Meta(ge=0, le=7 * 24 * 60)] = 60
+
+
+class CohortQuotaSpec(_Strict, kw_only=True):
+    cohort: Annotated[str, Meta(min_length=1, max_length=100)]
+    weekly_hours: Annotated[float, Meta(ge=0, le=168)]
+
+
+class ClosedDaySpec(_Strict, kw_only=True):
+    day: date
+    reason: Annotated[str, Meta(max_length=200)] | None = None
+
+
 class SiteSpec(_Strict, kw_only=True):
     slug: Slug
     name: str
     timezone: str = "Europe/Berlin"
     opening_hours: list[HoursSpec] = []
+    booking: BookingSpec | None = None
+    cohort_quotas: list[CohortQuotaSpec] | None = None
+    closed_days: list[ClosedDaySpec] = []
 
 
 class StepSpec(_Strict, kw_only=True):
@@ -144,6 +177,7 @@ class MachineSpec(_Strict, kw_only=True):
     idle_timeout_min: Annotated[int, Meta(ge=0)] = 15
     guard_min: Annotated[int, Meta(ge=0)] = 15
     opening_hours: list[HoursSpec] = []
+    closed_days: list[ClosedDaySpec] = []
     device: DeviceSpec | None = None
 
 
@@ -160,12 +194,60 @@ def parse(text: str) -> LabFile:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise LoadError(f"not valid YAML: {exc}") from exc
+    except ValueError as exc:  # a date YAML reads as one but cannot be: 2026-02-30
+        raise LoadError(f"not a valid date: {exc}") from exc
     if raw is None:
         raw = {}
     try:
-        return msgspec.convert(raw, LabFile)
+        lab = msgspec.convert(raw, LabFile)
     except msgspec.ValidationError as exc:
         raise LoadError(f"{exc} (see docs/load-format.md)") from exc
+    validate(lab)
+    return lab
+
+
+def _check_booking(spec: BookingSpec, where: str) -> None:
+    """What the types cannot say: the limits must fit together, or no booking could be made."""
+    if spec.min_slot_min > spec.max_slot_min:
+        raise LoadError(
+            f"{where}: min_slot_min ({spec.min_slot_min}) is longer than max_slot_min ({spec.max_slot_min})"
+        )
+    step = spec.slot_step_min
+    if step:
+        if (24 * 60) % step:
+            raise LoadError(f"{where}.slot_step_min: {step} does not divide a day (e.g. 15, 30, 60)")
+        for name in ("min_slot_min", "max_slot_min"):
+            if getattr(spec, name) % step:
+                raise LoadError(
+                    f"{where}.{name}: {getattr(spec, name)} is not a multiple of slot_step_min ({step})"
+                )
+    if spec.no_show_after_min > spec.min_slot_min:
+        raise LoadError(
+            f"{where}.no_show_after_min: {spec.no_show_after_min} is longer than the shortest booking "
+            f"(min_slot_min {spec.min_slot_min})"
+        )
+
+
+def _check_days(specs: list[ClosedDaySpec], where: str) -> None:
+    seen: set[date] = set()
+    for i, spec in enumerate(specs):
+        if spec.day in seen:
+            raise LoadError(f"{where}.closed_days[{i}]: {spec.day.isoformat()} is listed twice")
+        seen.add(spec.day)
+
+
+def validate(lab: LabFile) -> None:
+    """The checks across fields and entries, before anything is written."""
+    for i, site in enumerate(lab.sites):
+        if site.booking is not None:
+            _check_booking(site.booking, f"sites[{i}].booking")
+        cohorts = [q.cohort for q in site.cohort_quotas or []]
+        twice = sorted({c for c in cohorts if cohorts.count(c) > 1})
+        if twice:
+            raise LoadError(f"sites[{i}].cohort_quotas: cohort {twice[0]!r} is listed twice")
+        _check_days(site.closed_days, f"sites[{i}]")
+    for i, machine in enumerate(lab.machines):
+        _check_days(machine.closed_days, f"machines[{i}]")
 
 
 def _hhmm(text: str) -> time:
@@ -202,6 +284,47 @@ class _Loader:
             raise LoadError(f"{where}: unknown competency {slug!r}; list it under competencies:")
         return found
 
+    def booking(self, site: Site, spec: SiteSpec) -> None:
+        """The site's booking policy (replaced whole when given), cohort quotas (the list
+        replaces the site's when given) and closed days (added or updated, never removed: a
+        file with this year's holidays keeps last year's)."""
+        if spec.booking is not None:
+            policy = self._one(BookingPolicy, site_id=site.id) or BookingPolicy(site_id=site.id)
+            for name in BookingSpec.__struct_fields__:
+                setattr(policy, name, getattr(spec.booking, name))
+            self.db.add(policy)
+            self._bump("booking_policies")
+        if spec.cohort_quotas is not None:
+            wanted = {q.cohort: q.weekly_hours for q in spec.cohort_quotas}
+            for row in self.db.scalars(select(CohortQuota).where(CohortQuota.site_id == site.id)):
+                if row.cohort not in wanted:
+                    self.db.delete(row)
+            self.db.flush()
+            for cohort, hours in wanted.items():
+                quota = self._one(CohortQuota, site_id=site.id, cohort=cohort) or CohortQuota(
+                    site_id=site.id, cohort=cohort
+                )
+                quota.weekly_hours = hours
+                self.db.add(quota)
+                self._bump("cohort_quotas")
+        self.closed_days(site, None, spec.closed_days)
+
+    def closed_days(self, site: Site, machine: Machine | None, specs: list[ClosedDaySpec]) -> None:
+        for spec in specs:
+            found = self.db.scalar(
+                select(ClosedDay).where(
+                    ClosedDay.site_id == site.id,
+                    ClosedDay.day == spec.day,
+                    ClosedDay.machine_id == machine.id if machine else ClosedDay.machine_id.is_(None),
+                )
+            )
+            row = found or ClosedDay(
+                site_id=site.id, machine_id=machine.id if machine else None, day=spec.day
+            )
+            row.reason = spec.reason
+            self.db.add(row)
+            self._bump("closed_days")
+
     def hours(self, site: Site, machine: Machine | None, specs: list[HoursSpec], where: str) -> None:
         if not specs:
             return
@@ -231,6 +354,7 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
     """Apply ``lab`` in the caller's transaction; returns how many records of each kind were written."""
     from server.security import hash_password  # argon2 is only needed when a file sets passwords
 
+    validate(lab)  # parse() did too; a LabFile built in code gets the same checks
     ld = _Loader(db)
     for i, s in enumerate(lab.sites):
         try:
@@ -243,6 +367,7 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
         db.flush()
         ld.sites[s.slug] = site
         ld.hours(site, None, s.opening_hours, f"sites[{i}]")
+        ld.booking(site, s)
         ld._bump("sites")
 
     for c in lab.competencies:
@@ -368,6 +493,7 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
         db.add(machine)
         db.flush()
         ld.hours(site, machine, m.opening_hours, where)
+        ld.closed_days(site, machine, m.closed_days)
         if m.device:
             device = db.get(Device, m.device.id) or Device(id=m.device.id)
             if device.machine_id not in (None, machine.id):

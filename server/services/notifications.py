@@ -47,12 +47,22 @@ TRAINEE_EXPIRING = "trainee_expiring"
 EXPIRED = "expired"
 TRAINEE_EXPIRED = "trainee_expired"
 
+# Bookings (server.services.bookings): a reminder before one, and notice that one was released.
+BOOKING_REMINDER = "booking_reminder"
+BOOKING_RELEASED = "booking_released"
+QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
+
 TEXTS: dict[str, str] = {
     EXPIRING: N_("Your {competency} expires on {date}. Ask a trainer to renew it."),
     TRAINEE_EXPIRING: N_("{person}'s {competency} expires on {date}."),
     # The same words the machine says when it refuses an expired qualification.
     EXPIRED: N_("Your {competency} expired on {date}. Ask a trainer to renew it."),
     TRAINEE_EXPIRED: N_("{person}'s {competency} expired on {date}."),
+    BOOKING_REMINDER: N_("Reminder: you booked {machine} on {date} from {start} to {end}."),
+    BOOKING_RELEASED: N_(
+        "Your booking of {machine} on {date} at {start} was released: you had not tapped in "
+        "{minutes} minutes after its start. Missed bookings can block new ones for a while."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -60,6 +70,8 @@ SUBJECTS: dict[str, str] = {
     TRAINEE_EXPIRING: N_("{person}'s {competency} expires soon"),
     EXPIRED: N_("Your {competency} has expired"),
     TRAINEE_EXPIRED: N_("{person}'s {competency} has expired"),
+    BOOKING_REMINDER: N_("Your booking of {machine} at {start}"),
+    BOOKING_RELEASED: N_("Your booking of {machine} was released"),
 }
 
 
@@ -80,6 +92,11 @@ def _values(notification: Notification, language: str) -> dict[str, str]:
         "competency": competency,
         "person": str(params.get("person", "")),
         "date": local_date(date.fromisoformat(day), language) if day else "",
+        # Bookings: the machine's name and local times ("14:30") as the booking service wrote them.
+        "machine": str(params.get("machine", "")),
+        "start": str(params.get("start", "")),
+        "end": str(params.get("end", "")),
+        "minutes": str(params.get("minutes", "")),
     }
 
 
@@ -252,7 +269,7 @@ def settle_renewed(db: Session, today: date, now: datetime | None = None) -> int
     not e-mailed either. Returns how many were settled.
     """
     open_ones = db.scalars(
-        select(Notification).where(Notification.read_at.is_(None), Notification.kind.in_(tuple(TEXTS)))
+        select(Notification).where(Notification.read_at.is_(None), Notification.kind.in_(QUALIFICATION_KINDS))
     ).all()
     settled = 0
     for notification in open_ones:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from flask import Flask
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from server.extensions import db
-from server.models import Device, Job, Machine, MachineSession, Person, TrainingStep
+from server.models import Booking, Device, Job, Machine, MachineSession, Person, TrainingStep
 from server.services import tokens
 from server.services.loader import load, parse
 from tests.api.contract import Contract
@@ -43,6 +44,14 @@ class ApiLab:
     tokens: dict[str, str]  # by role (ROLE_EMAILS)
     steps: dict[str, int]  # "fdm-printing/briefing" -> step id
     sessions: dict[str, str] = field(default_factory=dict)
+    bookings: dict[str, str] = field(default_factory=dict)  # "ada": Ada's booking tomorrow
+
+
+def slot(now: datetime, days: int, hour: int, minutes: int = 0) -> datetime:
+    """``hour:minutes`` in Berlin (the nord site), ``days`` after ``now``'s day there, in UTC."""
+    berlin = ZoneInfo("Europe/Berlin")
+    day = now.astimezone(berlin).date() + timedelta(days=days)
+    return datetime.combine(day, time(hour, minutes), tzinfo=berlin).astimezone(UTC)
 
 
 def seed(now: datetime) -> ApiLab:
@@ -93,12 +102,22 @@ def seed(now: datetime) -> ApiLab:
                 filament_g=12.5,
             )
         )
+        ada_booking = Booking(
+            machine_id=machines["printer-1"].id,
+            person_id=people["ada"],
+            starts_at=slot(now, 1, 10),
+            ends_at=slot(now, 1, 11),
+            created_at=now - timedelta(hours=1),
+            created_by_id=people["ada"],
+        )
+        s.add(ada_booking)
+        s.flush()
         steps = {f"{st.competency.slug}/{st.kind}": st.id for st in s.scalars(select(TrainingStep)).all()}
         made = {}
         for role, email in ROLE_EMAILS.items():
             _, secret = tokens.create(s, email, f"{role} tests", now - timedelta(minutes=10))
             made[role] = secret
-    return ApiLab(people=people, tokens=made, steps=steps)
+    return ApiLab(people=people, tokens=made, steps=steps, bookings={"ada": ada_booking.id})
 
 
 @pytest.fixture

@@ -35,6 +35,25 @@ ODD_BODIES: list[tuple[str, str, Any]] = [
     ("POST", "/qualifications/revoke", {"person_id": True, "competency": "fdm-printing", "reason": "x"}),
     ("POST", "/training/steps", {"person_id": "{ada}", "step_id": HUGE}),
     ("POST", "/training/steps", {"person_id": "{ada}", "step_id": 1, "note": 5}),
+    ("POST", "/bookings", {"machine": "laser-1", "starts_at": "2026-12-01T10:00:00Z"}),
+    ("POST", "/bookings", {"machine": "laser-1", "starts_at": 5, "ends_at": 6}),
+    (
+        "POST",
+        "/bookings",
+        {"machine": "laser-1", "starts_at": "2026-12-01T10:00:00Z", "ends_at": "2026-12-01T11:00Z", "x": 1},
+    ),
+    (
+        "POST",
+        "/bookings",
+        {
+            "machine": "laser-1",
+            "starts_at": "2026-12-01T10:00:00Z",
+            "ends_at": "2026-12-01T11:00:00Z",
+            "person_id": HUGE,
+        },
+    ),
+    ("POST", "/bookings/%00/cancel", {}),
+    ("POST", "/bookings/x/move", {"starts_at": "soon", "ends_at": "later"}),
 ]
 
 ODD_QUERIES: list[tuple[str, dict[str, Any]]] = [
@@ -46,6 +65,8 @@ ODD_QUERIES: list[tuple[str, dict[str, Any]]] = [
     ("/sessions", {"open": ""}),
     ("/qualifications", {"current_only": "sometimes"}),
     ("/machines", {"status": "on fire"}),
+    ("/bookings", {"to": "2026-02-30T10:00:00Z"}),
+    ("/bookings", {"person_id": "0"}),
 ]
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from tests.api.conftest import PREFIX, Api, ApiLab
+from tests.api.conftest import PREFIX, Api, ApiLab, slot
 
 ROLES = ("admin", "trainer", "participant", None)
 OK, CREATED, UNAUTHORIZED, FORBIDDEN = 200, 201, 401, 403
@@ -60,11 +61,30 @@ MATRIX: list[tuple[str, str, Any, dict[str | None, int]]] = [
     ("GET", "/sessions", None, _all(OK)),
     ("GET", "/sessions?person_id={ada}", None, _all(OK)),
     ("GET", "/sessions?person_id={bob}", None, _staff(OK)),
+    ("GET", "/bookings", None, _all(OK)),
+    ("GET", "/bookings?person_id={ada}", None, _all(OK)),
+    ("GET", "/bookings?person_id={bob}", None, _staff(OK)),
+    ("GET", "/bookings/{booking_id}", None, _all(OK)),
+    (
+        "POST",
+        "/bookings",
+        {"machine": "laser-1", "starts_at": "{t10}", "ends_at": "{t11}", "person_id": "{ada}"},
+        _all(CREATED),
+    ),
+    ("POST", "/bookings/{booking_id}/cancel", None, _all(OK)),
+    ("POST", "/bookings/{booking_id}/move", {"starts_at": "{t12}", "ends_at": "{t13}"}, _all(OK)),
 ]
 
 
 def _fill(value: Any, lab: ApiLab) -> Any:
-    names = {"ada": lab.people["ada"], "bob": lab.people["bob"], "step": lab.steps["fdm-printing/briefing"]}
+    names: dict[str, Any] = {
+        "ada": lab.people["ada"],
+        "bob": lab.people["bob"],
+        "step": lab.steps["fdm-printing/briefing"],
+        "booking_id": lab.bookings["ada"],
+    }
+    now = datetime.now(UTC)
+    names |= {f"t{h}": slot(now, 1, h).isoformat() for h in (10, 11, 12, 13)}
     if isinstance(value, str):
         whole = re.fullmatch(r"\{(\w+)\}", value)
         if whole:

@@ -82,7 +82,7 @@ def test_browser_participant_books_in_two_taps_on_a_phone(booking_server: tuple[
             expect(mine).to_have_attribute("data-state", "mine")
 
             # The same pages in German: longer words, still no sideways scrolling.
-            page.get_by_role("link", name="DE").click()
+            page.get_by_role("link", name="DE", exact=True).click()
             expect(page.get_by_text("Tippen Sie auf eine freie Zeit, um sie zu buchen.")).to_be_visible()
             fits(page, "bookings-week-de")
             page.get_by_role("link", name="Buchungen", exact=True).click()
