@@ -109,7 +109,7 @@ def test_browser_phone_overview_live_and_german(live_server: tuple[str, Lab]) ->
             assert page.evaluate("window.__notReloaded") is True
 
             # Switch to German: the same page, in German.
-            page.get_by_role("link", name="DE").click()
+            page.get_by_role("link", name="DE", exact=True).click()
             expect(page.locator("html")).to_have_attribute("lang", "de")
             expect(page.get_by_role("heading", name="Maschinen")).to_be_visible()
             expect(laser).to_contain_text("Frei")
@@ -135,7 +135,7 @@ def test_browser_phone_overview_live_and_german(live_server: tuple[str, Lab]) ->
             page = context.new_page()
             page.on("request", lambda request: requested.append(request.url))
             page.goto(f"{base}/login")
-            page.get_by_role("link", name="DE").click()
+            page.get_by_role("link", name="DE", exact=True).click()
             page.get_by_label("E-Mail").fill(lab.participant)
             page.get_by_label("Passwort").fill(PASSWORD)
             page.screenshot(path=str(ARTIFACTS / "login-de-390.png"), full_page=True)
