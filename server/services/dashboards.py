@@ -254,22 +254,38 @@ def utilisation(
         totals = totals.plus(figures)
 
     heatmap = [[0.0] * 24 for _ in range(7)]
-    weekday = _weekday(db, UsageHourly.day).label("weekday")
-    for day_of_week, hour, seconds in db.execute(
-        select(weekday, UsageHourly.hour, func.sum(UsageHourly.unlocked_s))
+    # Computed columns are grouped through a subquery: PostgreSQL does not see two copies of
+    # an expression with bound parameters (the ``- 1``) as the same GROUP BY expression.
+    cells = (
+        select(
+            _weekday(db, UsageHourly.day).label("weekday"),
+            UsageHourly.hour.label("hour"),
+            UsageHourly.unlocked_s.label("unlocked_s"),
+        )
         .where(*hourly)
-        .group_by(weekday, UsageHourly.hour)
+        .subquery()
+    )
+    for day_of_week, hour, seconds in db.execute(
+        select(cells.c.weekday, cells.c.hour, func.sum(cells.c.unlocked_s)).group_by(
+            cells.c.weekday, cells.c.hour
+        )
     ):
         if 0 <= int(day_of_week) < 7 and 0 <= int(hour) < 24:
             heatmap[int(day_of_week)][int(hour)] = float(seconds or 0) / HOUR
 
-    monday = _monday(db, UsageDaily.day).label("monday")
+    days = (
+        select(
+            _monday(db, UsageDaily.day).label("monday"),
+            UsageDaily.unlocked_s.label("unlocked_s"),
+            UsageDaily.run_s.label("run_s"),
+        )
+        .where(*daily)
+        .subquery()
+    )
     by_week = {
         _as_date(week): (float(unlocked or 0) / HOUR, float(run or 0) / HOUR)
         for week, unlocked, run in db.execute(
-            select(monday, func.sum(UsageDaily.unlocked_s), func.sum(UsageDaily.run_s))
-            .where(*daily)
-            .group_by(monday)
+            select(days.c.monday, func.sum(days.c.unlocked_s), func.sum(days.c.run_s)).group_by(days.c.monday)
         )
     }
     # Every week of the period, empty ones too: a gap in the line is a fact, not missing data.
@@ -616,22 +632,26 @@ def learning(
     # Grants per local month: month boundaries become UTC instants here, one CASE in SQL.
     months = month_starts(start, end)
     bounds = [_local_midnight(m, tz) for m in months[1:]]
-    month_index = case(
-        *((Qualification.created_at < bound, literal(i)) for i, bound in enumerate(bounds)),
-        else_=literal(len(months) - 1),
-    ).label("month")
-    grant_where = [
-        Qualification.action == QualificationAction.GRANTED,
-        Qualification.created_at >= start_at,
-        Qualification.created_at < end_at,
-        Qualification.competency_id.in_(competency_ids),
-        Qualification.person_id.in_(select(Person.id).where(*base)),
-    ]
+    month_index: ColumnElement[Any] = literal(0)
+    if bounds:
+        month_index = case(
+            *((Qualification.created_at < bound, literal(i)) for i, bound in enumerate(bounds)),
+            else_=literal(len(months) - 1),
+        )
+    grants = (
+        select(month_index.label("month"), Qualification.level.label("level"))
+        .where(
+            Qualification.action == QualificationAction.GRANTED,
+            Qualification.created_at >= start_at,
+            Qualification.created_at < end_at,
+            Qualification.competency_id.in_(competency_ids),
+            Qualification.person_id.in_(select(Person.id).where(*base)),
+        )
+        .subquery()
+    )
     per_month: dict[int, dict[Level, int]] = {}
     for index, level, count in db.execute(
-        select(month_index, Qualification.level, func.count())
-        .where(*grant_where)
-        .group_by(month_index, Qualification.level)
+        select(grants.c.month, grants.c.level, func.count()).group_by(grants.c.month, grants.c.level)
     ):
         per_month.setdefault(int(index), {})[Level(level)] = int(count)
     month_grants = [
