@@ -2,7 +2,7 @@
 
 The lab may be offline and the pages' Content-Security-Policy allows no outside URL, so
 pygal's default JavaScript (a CDN link) is switched off and the SVG is cleaned: no XML
-declaration, no comments (they carry pygal's home page URLs), no hover tooltips (they need
+declaration, no comments (they carry pygal's home page URLs), no inline config script, no hover tooltips (they need
 the script, and their inline ``style`` attribute would break the policy). The one
 ``<style>`` element pygal writes gets the request's CSP nonce, so the policy can stay
 strict. Every chart's numbers are also in a table beside it (the templates); the SVG is
@@ -44,6 +44,7 @@ WIDTH = 480
 
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _DECLARATION = re.compile(r"<\?xml[^>]*\?>\s*")
+_SCRIPT = re.compile(r"<script\b.*?</script>", re.S)
 _TOOLTIP = re.compile(r'<g transform="[^"]*" class="plot tooltip-overlay">.*?</g></g>', re.S)
 _STYLE_ATTRIBUTE = re.compile(r'\sstyle="[^"]*"')
 _URL = re.compile(r"https?://[^\s\"'<>)]+")
@@ -77,6 +78,7 @@ def clean_svg(svg: str, title: str, nonce: str | None) -> Markup:
     """pygal's SVG, made safe to inline under our Content-Security-Policy."""
     svg = _DECLARATION.sub("", svg)
     svg = _COMMENT.sub("", svg)
+    svg = _SCRIPT.sub("", svg)  # pygal writes its config as an inline script even with js=[]
     svg = _TOOLTIP.sub("", svg)
     svg = _STYLE_ATTRIBUTE.sub("", svg)
     if nonce:

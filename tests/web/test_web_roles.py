@@ -117,3 +117,15 @@ def test_roles_every_route_for(role: str, app: Flask, lab: Lab) -> None:
             )
     assert checked > 10
     assert wrong == []
+
+
+# Pages whose audience is part of their task: pinned here, so a changed decorator is noticed.
+EXPECTED_ACCESS = {
+    "/dashboards/usage": "staff",  # trainers and admins (issue 6)
+    "/dashboards/learning": "staff",
+}
+
+
+def test_roles_pinned_pages_keep_their_access(app: Flask) -> None:
+    found = {rule.rule: access for rule, _method, access in _routes(app) if rule.rule in EXPECTED_ACCESS}
+    assert found == EXPECTED_ACCESS
