@@ -2,8 +2,9 @@
 
 The lab may be offline and the pages' Content-Security-Policy allows no outside URL, so
 pygal's default JavaScript (a CDN link) is switched off and the SVG is cleaned: no XML
-declaration, no comments (they carry pygal's home page URLs), no inline config script, no hover tooltips (they need
-the script, and their inline ``style`` attribute would break the policy). The one
+declaration, no comments (they carry pygal's home page URLs), no inline config script, no
+hover tooltips (they need the script, and their inline ``style`` attribute would break the
+policy). The one
 ``<style>`` element pygal writes gets the request's CSP nonce, so the policy can stay
 strict. Every chart's numbers are also in a table beside it (the templates); the SVG is
 ``role="img"`` with the chart's title as its name.
@@ -12,7 +13,7 @@ strict. Every chart's numbers are also in a table beside it (the templates); the
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pygal
@@ -35,6 +36,7 @@ STYLE = Style(
     title_font_size=18,
     value_font_size=14,
     tooltip_font_size=14,
+    value_colors=("#ffffff",),  # numbers printed inside the dark bars
     opacity="1",
     opacity_hover="1",
 )
@@ -96,25 +98,40 @@ def _render(chart: Any, title: str, nonce: str | None) -> Markup:
     return clean_svg(chart.render(is_unicode=True), title, nonce)
 
 
+Number = Callable[[float], str]
+
+
+def _hours(value: float) -> str:
+    return f"{value:.1f} h"
+
+
 def machine_bars(
     title: str,
     names: Sequence[str],
     series: Sequence[tuple[str, Sequence[float]]],
     nonce: str | None,
-    unit: str = "h",
+    number: Number = _hours,
 ) -> Markup:
-    """Horizontal bars, one group per machine (e.g. unlocked vs run hours): names stay readable."""
+    """Horizontal bars, one group per machine (e.g. unlocked vs run hours): names stay readable.
+
+    ``number`` writes the axis values in the reader's notation (``1,5 h`` in German).
+    """
     chart = pygal.HorizontalBar(
-        **_config(height=max(220, 70 + 46 * len(names)), value_formatter=lambda v: f"{v:.1f} {unit}")
+        **_config(height=max(220, 70 + 46 * len(names)), value_formatter=number, max_scale=6)
     )
-    chart.x_labels = list(names)
+    # pygal draws the first label at the bottom: reversed, the chart reads like the table.
+    chart.x_labels = list(reversed(names))
     for label, values in series:
-        chart.add(label, [round(v, 2) for v in values])
+        chart.add(label, list(reversed([round(v, 2) for v in values])))
     return _render(chart, title, nonce)
 
 
 def trend_line(
-    title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], nonce: str | None
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float]]],
+    nonce: str | None,
+    number: Number = _hours,
 ) -> Markup:
     """Hours per ISO week; with many weeks only every few labels are written."""
     chart = pygal.Line(
@@ -122,7 +139,8 @@ def trend_line(
             x_label_rotation=-45,
             show_minor_x_labels=False,
             dots_size=3,
-            value_formatter=lambda v: f"{v:.1f} h",
+            max_scale=6,
+            value_formatter=number,
         )
     )
     chart.x_labels = list(labels)

@@ -173,6 +173,10 @@ def _number(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}".replace(",", "\u202f")
 
 
+def _axis_hours(value: float) -> str:
+    return f"{_number(value, 1)} h"
+
+
 def _percent(share: float | None) -> str:
     if share is None:
         return "\u2013"
@@ -282,6 +286,7 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
                 (_("Run"), [m.figures.run_h for m in data.machines]),
             ],
             nonce,
+            _axis_hours,
         )
         charts_out["booked"] = charts.machine_bars(
             _("Booked and used hours per machine"),
@@ -291,6 +296,7 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
                 (_("Used of booked"), [m.figures.booked_used_h for m in data.machines]),
             ],
             nonce,
+            _axis_hours,
         )
     if data.weeks:
         charts_out["trend"] = charts.trend_line(
@@ -301,6 +307,7 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
                 (_("Run"), [w.run_h for w in data.weeks]),
             ],
             nonce,
+            _axis_hours,
         )
     heat_max = data.heat_max
     heat = [

@@ -28,6 +28,11 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> datetime:
 
 @pytest.fixture
 def usage(lab: Lab) -> Lab:
+    fill_usage()
+    return lab
+
+
+def fill_usage() -> None:
     """Aggregates for the seeded lab: the laser in this quarter and the last, printers now."""
     with db.session() as s:
         daily(s, "laser-1", TODAY, "Cohort A", sessions=2, unlocked_h=3, run_h=2, jobs=2, jobs_failed=1)
@@ -54,7 +59,6 @@ def usage(lab: Lab) -> Lab:
         device = s.get(Device, "pi-laser-1")
         assert device is not None
         device.agent_version = "1.4.2"
-    return lab
 
 
 def _row(html: str, slug: str) -> dict[str, str]:
