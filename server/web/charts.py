@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import pygal
@@ -76,33 +77,99 @@ def _config(**options: Any) -> dict[str, Any]:
     return base
 
 
-def clean_svg(svg: str, title: str, nonce: str | None) -> Markup:
-    """pygal's SVG, made safe to inline under our Content-Security-Policy."""
+def clean_svg(svg: str, title: str) -> str:
+    """pygal's SVG, made safe to inline under our Content-Security-Policy (nonce added later)."""
     svg = _DECLARATION.sub("", svg)
     svg = _COMMENT.sub("", svg)
     svg = _SCRIPT.sub("", svg)  # pygal writes its config as an inline script even with js=[]
     svg = _TOOLTIP.sub("", svg)
     svg = _STYLE_ATTRIBUTE.sub("", svg)
-    if nonce:
-        svg = svg.replace("<style", f'<style nonce="{escape(nonce)}"', 1)
     svg = svg.replace(
         "<svg ", f'<svg role="img" aria-label="{escape(title)}" preserveAspectRatio="xMidYMid meet" ', 1
     )
     outside = [url for url in _URL.findall(svg) if url not in NAMESPACES]
     if outside:  # a pygal upgrade must not quietly start linking the internet
         raise ValueError(f"chart SVG names outside URLs: {outside}")
+    return svg
+
+
+def with_nonce(svg: str, nonce: str | None) -> Markup:
+    if nonce:
+        svg = svg.replace("<style", f'<style nonce="{escape(nonce)}"', 1)
     return Markup(svg)  # noqa: S704  # pygal escapes the labels and values it writes
 
 
-def _render(chart: Any, title: str, nonce: str | None) -> Markup:
-    return clean_svg(chart.render(is_unicode=True), title, nonce)
+Series = tuple[tuple[str, tuple[float, ...]], ...]
 
 
-Number = Callable[[float], str]
+def _number(digits: int, unit: str, comma: bool) -> Callable[[float], str]:
+    def write(value: float) -> str:
+        text = f"{value:.{digits}f}"
+        return (text.replace(".", ",") if comma else text) + unit
+
+    return write
 
 
-def _hours(value: float) -> str:
-    return f"{value:.1f} h"
+# Rendering is the slow part of a dashboard page (pygal builds the SVG through its config
+# objects: tens of milliseconds a chart); the figures change only when the aggregates are
+# recomputed, so the same chart is drawn once and served from here until then. Keys are the
+# chart's whole input (labels in the reader's language included); the nonce is added per response.
+@lru_cache(maxsize=256)
+def _svg(kind: str, title: str, labels: tuple[str, ...], series: Series, comma: bool) -> str:
+    if kind == "machine_bars":
+        # pygal draws the first label at the bottom: reversed, the chart reads like the table.
+        chart = pygal.HorizontalBar(
+            **_config(
+                height=max(220, 70 + 46 * len(labels)),
+                value_formatter=_number(1, " h", comma),
+                max_scale=6,
+            )
+        )
+        chart.x_labels = list(reversed(labels))
+        for label, values in series:
+            chart.add(label, list(reversed(values)))
+    elif kind == "trend":
+        chart = pygal.Line(
+            **_config(
+                x_label_rotation=-45,
+                show_minor_x_labels=False,
+                show_dots=len(labels) <= 16,
+                dots_size=3,
+                stroke_style={"width": 2.5},
+                max_scale=6,
+                value_formatter=_number(1, " h", comma),
+            )
+        )
+        chart.x_labels = list(labels)
+        chart.x_labels_major = list(labels)[:: max(1, len(labels) // 6)]
+        for label, values in series:
+            chart.add(label, list(values))
+    elif kind == "funnel":
+        chart = pygal.HorizontalBar(
+            **_config(
+                height=max(200, 80 + 50 * len(labels)),
+                show_legend=False,
+                print_values=True,
+                value_formatter=_number(0, "", comma),
+            )
+        )
+        chart.x_labels = list(reversed(labels))
+        for label, values in series:
+            chart.add(label, list(reversed(values)))
+    elif kind == "stacked":
+        chart = pygal.StackedBar(
+            **_config(x_label_rotation=-45 if len(labels) > 6 else 0, value_formatter=_number(0, "", comma))
+        )
+        chart.x_labels = list(labels)
+        for label, values in series:
+            chart.add(label, list(values))
+    else:  # pragma: no cover - the functions below name every kind
+        raise ValueError(kind)
+    return clean_svg(chart.render(is_unicode=True), title)
+
+
+def _series(series: Sequence[tuple[str, Sequence[float]]], digits: int = 2) -> Series:
+    return tuple((label, tuple(round(float(v), digits) for v in values)) for label, values in series)
 
 
 def machine_bars(
@@ -110,20 +177,13 @@ def machine_bars(
     names: Sequence[str],
     series: Sequence[tuple[str, Sequence[float]]],
     nonce: str | None,
-    number: Number = _hours,
+    comma: bool = False,
 ) -> Markup:
     """Horizontal bars, one group per machine (e.g. unlocked vs run hours): names stay readable.
 
-    ``number`` writes the axis values in the reader's notation (``1,5 h`` in German).
+    ``comma`` writes the axis numbers with a decimal comma (German).
     """
-    chart = pygal.HorizontalBar(
-        **_config(height=max(220, 70 + 46 * len(names)), value_formatter=number, max_scale=6)
-    )
-    # pygal draws the first label at the bottom: reversed, the chart reads like the table.
-    chart.x_labels = list(reversed(names))
-    for label, values in series:
-        chart.add(label, list(reversed([round(v, 2) for v in values])))
-    return _render(chart, title, nonce)
+    return with_nonce(_svg("machine_bars", title, tuple(names), _series(series), comma), nonce)
 
 
 def trend_line(
@@ -131,56 +191,23 @@ def trend_line(
     labels: Sequence[str],
     series: Sequence[tuple[str, Sequence[float]]],
     nonce: str | None,
-    number: Number = _hours,
+    comma: bool = False,
 ) -> Markup:
-    """Hours per ISO week; with many weeks only every few labels are written."""
-    chart = pygal.Line(
-        **_config(
-            x_label_rotation=-45,
-            show_minor_x_labels=False,
-            dots_size=3,
-            max_scale=6,
-            value_formatter=number,
-        )
-    )
-    chart.x_labels = list(labels)
-    step = max(1, len(labels) // 6)
-    chart.x_labels_major = list(labels)[::step]
-    for label, values in series:
-        chart.add(label, [round(v, 2) for v in values])
-    return _render(chart, title, nonce)
+    """Hours per ISO week; with many weeks only every few labels are written, and no dots."""
+    return with_nonce(_svg("trend", title, tuple(labels), _series(series), comma), nonce)
 
 
 def funnel_bars(title: str, labels: Sequence[str], values: Sequence[int], nonce: str | None) -> Markup:
     """The funnel briefed → supervised → independent as bars of people, widest first."""
-    chart = pygal.HorizontalBar(
-        **_config(
-            height=max(200, 80 + 50 * len(labels)),
-            show_legend=False,
-            print_values=True,
-            value_formatter=lambda v: f"{v:.0f}",
-        )
-    )
-    # pygal draws the first label at the bottom: reversed, the funnel reads top down.
-    chart.x_labels = list(reversed(labels))
-    chart.add(title, list(reversed([int(v) for v in values])))
-    return _render(chart, title, nonce)
+    return with_nonce(_svg("funnel", title, tuple(labels), _series([(title, values)], 0), False), nonce)
 
 
 def stacked_months(
     title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequence[int]]], nonce: str | None
 ) -> Markup:
-    """Qualifications granted per month, stacked by level."""
-    chart = pygal.StackedBar(
-        **_config(
-            x_label_rotation=-45 if len(labels) > 6 else 0,
-            value_formatter=lambda v: f"{v:.0f}",
-        )
-    )
-    chart.x_labels = list(labels)
-    for label, values in series:
-        chart.add(label, list(values))
-    return _render(chart, title, nonce)
+    """Qualifications granted per month, stacked by level (levels nobody got are left out)."""
+    shown = [(label, values) for label, values in series if any(values)] or list(series[:1])
+    return with_nonce(_svg("stacked", title, tuple(labels), _series(shown, 0), False), nonce)
 
 
 def heat_level(value: float, maximum: float, steps: int = 5) -> int:

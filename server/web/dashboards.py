@@ -173,10 +173,6 @@ def _number(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}".replace(",", "\u202f")
 
 
-def _axis_hours(value: float) -> str:
-    return f"{_number(value, 1)} h"
-
-
 def _percent(share: float | None) -> str:
     if share is None:
         return "\u2013"
@@ -286,7 +282,7 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
                 (_("Run"), [m.figures.run_h for m in data.machines]),
             ],
             nonce,
-            _axis_hours,
+            comma=current_language() == "de",
         )
         charts_out["booked"] = charts.machine_bars(
             _("Booked and used hours per machine"),
@@ -296,7 +292,7 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
                 (_("Used of booked"), [m.figures.booked_used_h for m in data.machines]),
             ],
             nonce,
-            _axis_hours,
+            comma=current_language() == "de",
         )
     if data.weeks:
         charts_out["trend"] = charts.trend_line(
@@ -307,7 +303,7 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
                 (_("Run"), [w.run_h for w in data.weeks]),
             ],
             nonce,
-            _axis_hours,
+            comma=current_language() == "de",
         )
     heat_max = data.heat_max
     heat = [
