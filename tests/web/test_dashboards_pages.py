@@ -233,3 +233,22 @@ def test_dashboards_pages_in_german(app: Flask, auth: AuthActions, client: Flask
     assert "Letztes Quartal" in html
     html = client.get("/dashboards/learning").get_data(as_text=True)
     assert "<h1>Lernen</h1>" in html
+
+
+def test_dashboards_chart_cleaner_refuses_outside_urls() -> None:
+    from server.web import charts
+
+    svg = '<svg xmlns="http://www.w3.org/2000/svg"><image href="https://cdn.example/x.png"/></svg>'
+    with pytest.raises(ValueError, match=r"cdn\.example"):
+        charts.clean_svg(svg, "t")
+    cleaned = charts.clean_svg(
+        '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><!--http://pygal.org--></svg>', "A & B"
+    )
+    assert cleaned.startswith('<svg role="img" aria-label="A &amp; B"') and "pygal.org" not in cleaned
+
+
+def test_dashboards_heat_steps() -> None:
+    from server.web.charts import heat_level
+
+    assert [heat_level(v, 10.0) for v in (0.0, 0.1, 2.0, 2.1, 5.0, 9.9, 10.0)] == [0, 1, 1, 2, 3, 5, 5]
+    assert heat_level(3.0, 0.0) == 0
