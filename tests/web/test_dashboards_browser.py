@@ -96,7 +96,7 @@ def test_browser_admin_reads_the_dashboards_on_a_phone(dashboard_server: tuple[s
             expect(page.locator("#expiring-table")).to_contain_text("Anna Arendt")
             fits(page, "dashboard-learning-en")
 
-            page.get_by_role("link", name="DE").click()
+            page.get_by_role("link", name="DE", exact=True).click()
             expect(page.get_by_role("heading", name="Lernen", exact=True)).to_be_visible()
             fits(page, "dashboard-learning-de")
             page.get_by_role("link", name="Auslastung", exact=True).click()
