@@ -136,6 +136,20 @@ def quick_periods(today: date) -> list[tuple[str, Period]]:
     ]
 
 
+def quick_links(
+    endpoint: str, args: dict[str, Any], today: date, period: Period | None
+) -> list[tuple[str, str, bool]]:
+    """(label, URL keeping the other filters, whether it is the period shown)."""
+    return [
+        (
+            label,
+            _url_with(endpoint, args, **{"from": p.start.isoformat(), "to": p.end.isoformat()}),
+            p == period,
+        )
+        for label, p in quick_periods(today)
+    ]
+
+
 def _site(user: User) -> Site:
     db = get_db()
     slug = request.args.get("site", "").strip()
@@ -239,9 +253,7 @@ def usage() -> ResponseReturnValue:
         period = _period(today)
     except FilterError as error:
         context["error"] = str(error)
-        context["quick"] = [
-            (label, _url_with("dashboards.usage", _filter_args(site, p))) for label, p in quick_periods(today)
-        ]
+        context["quick"] = quick_links("dashboards.usage", _filter_args(site, None), today, None)
         return render_template("dashboards/usage.html", **context), 400
 
     args = _filter_args(site, period, type=type_slug, cohort=cohort)
@@ -253,13 +265,7 @@ def usage() -> ResponseReturnValue:
         period=period,
         period_label=_period_label(period),
         args=args,
-        quick=[
-            (
-                label,
-                _url_with("dashboards.usage", args, **{"from": p.start.isoformat(), "to": p.end.isoformat()}),
-            )
-            for label, p in quick_periods(today)
-        ],
+        quick=quick_links("dashboards.usage", args, today, period),
         data=data,
         view=_present_usage(data),
         tiles=[_present_tile(t) for t in tiles],
@@ -305,6 +311,10 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
             nonce,
             comma=current_language() == "de",
         )
+    used_hours = [h for h in range(24) if any(data.heatmap[d][h] > 0 for d in range(7))]
+    # Only the hours of the day with any use (at least 8 to 18): 24 rows are long on a phone.
+    first = min([8, *used_hours])
+    last = max([18, *used_hours])
     heat_max = data.heat_max
     heat = [
         [(value, charts.heat_level(value, heat_max), _number(value, 1)) for value in row]
@@ -313,6 +323,7 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
     return {
         "charts": charts_out,
         "heat": heat,
+        "heat_hours": list(range(first, last + 1)),
         "rows": [_present_figures(m.figures) for m in data.machines],
         "totals": _present_figures(data.totals),
         "weeks": [(w.label, _hours(w.unlocked_h), _hours(w.run_h)) for w in data.weeks],
@@ -416,10 +427,7 @@ def learning() -> ResponseReturnValue:
         period = _period(today)
     except FilterError as error:
         context["error"] = str(error)
-        context["quick"] = [
-            (label, _url_with("dashboards.learning", _filter_args(site, p)))
-            for label, p in quick_periods(today)
-        ]
+        context["quick"] = quick_links("dashboards.learning", _filter_args(site, None), today, None)
         return render_template("dashboards/learning.html", **context), 400
 
     args = _filter_args(site, period, competency=slug, cohort=cohort)
@@ -431,15 +439,7 @@ def learning() -> ResponseReturnValue:
         period_label=_period_label(period),
         as_of_label=date_label(data.as_of),
         args=args,
-        quick=[
-            (
-                label,
-                _url_with(
-                    "dashboards.learning", args, **{"from": p.start.isoformat(), "to": p.end.isoformat()}
-                ),
-            )
-            for label, p in quick_periods(today)
-        ],
+        quick=quick_links("dashboards.learning", args, today, period),
         data=data,
         view=_present_learning(data),
     )

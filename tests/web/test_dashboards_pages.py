@@ -89,6 +89,9 @@ def test_dashboards_usage_shows_machines_totals_chart_and_tiles(
     assert html.count("<svg") >= 3 and "<figcaption>Use per machine</figcaption>" in html
     # Heatmap: Wednesday (day 2) at 14:00 holds 1.5 h, in the darkest step.
     assert re.search(r'<td class="heat-5" data-day="2" data-hour="14">1.5</td>', html)
+    # Hours 8 to 18 at least; the night without any use is left out.
+    assert 'data-day="0" data-hour="8"' in html and 'data-day="0" data-hour="18"' in html
+    assert 'data-hour="3"' not in html and 'data-hour="19"' not in html
     # Live tiles: state, device and agent version.
     assert 'data-machine="laser-1" data-state="in_use"' in html
     assert "Agent 1.4.2" in html and "Device offline" in html
@@ -125,6 +128,7 @@ def test_dashboards_usage_lasers_last_quarter_in_a_few_clicks(
     href = link.group(1).replace("&amp;", "&")
     assert "type=laser" in href and "from=2026-07-01" in href and "to=2026-09-30" in href
     html = client.get(href).get_data(as_text=True)
+    assert 'aria-current="true">Last quarter</a>' in html
     assert _row(html, "laser-1")["unlocked"] == "7.4"
     assert _row(html, "laser-1")["sessions"] == "4"
     assert 'data-machine="prusa-a"' not in html
