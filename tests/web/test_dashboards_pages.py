@@ -256,3 +256,14 @@ def test_dashboards_heat_steps() -> None:
 
     assert [heat_level(v, 10.0) for v in (0.0, 0.1, 2.0, 2.1, 5.0, 9.9, 10.0)] == [0, 1, 1, 2, 3, 5, 5]
     assert heat_level(3.0, 0.0) == 0
+
+
+def test_dashboards_empty_site_shows_empty_states(client: FlaskClient, auth: AuthActions, lab: Lab) -> None:
+    auth.login(lab.admin)
+    html = client.get("/dashboards/usage?site=sued&from=2026-01-01&to=2026-12-31").get_data(as_text=True)
+    assert _row(html, "sued-1")["unlocked"] == "0.0"
+    assert "No use in this period." in html
+    response = client.get("/dashboards/learning?site=sued")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "No participants in this period." in html and "Nothing expires within 30 days." in html
