@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Date, Integer, and_, case, cast, func, literal, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from server.models import (
@@ -679,12 +679,17 @@ def _expiring(
     db: Session, base: Sequence[ColumnElement[bool]], competency_ids: list[int], today: date
 ) -> list[Expiring]:
     """Valid qualifications (newest entry a grant or renewal) whose validity ends within 30 days."""
-    people = select(Person.id).where(*base)
-    newest = (
-        select(func.max(Qualification.id).label("id"))
-        .where(Qualification.person_id.in_(people), Qualification.competency_id.in_(competency_ids))
-        .group_by(Qualification.person_id, Qualification.competency_id)
-        .subquery()
+    # Candidates first (few: valid until within the window), then "no newer entry" through the
+    # (person, competency, id) index, instead of the newest entry of everyone at the site.
+    later = aliased(Qualification)
+    newer = (
+        select(later.id)
+        .where(
+            later.person_id == Qualification.person_id,
+            later.competency_id == Qualification.competency_id,
+            later.id > Qualification.id,
+        )
+        .exists()
     )
     rows = db.execute(
         select(
@@ -695,13 +700,15 @@ def _expiring(
             Qualification.level,
             Qualification.valid_until,
         )
-        .join(newest, newest.c.id == Qualification.id)
         .join(Person, Person.id == Qualification.person_id)
         .where(
+            *base,
+            Qualification.competency_id.in_(competency_ids),
             Qualification.action.in_((QualificationAction.GRANTED, QualificationAction.RENEWED)),
             Qualification.valid_until.is_not(None),
             Qualification.valid_until >= today,
             Qualification.valid_until <= today + timedelta(days=EXPIRY_WINDOW_DAYS),
+            ~newer,
         )
         .order_by(Qualification.valid_until, Person.name)
     ).all()
