@@ -290,6 +290,7 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
             nonce,
             comma=current_language() == "de",
         )
+    if data.machines and data.totals.booked_h > 0:  # no bookings: an empty chart says nothing
         charts_out["booked"] = charts.machine_bars(
             _("Booked and used hours per machine"),
             names,

@@ -129,6 +129,7 @@ def test_dashboards_usage_lasers_last_quarter_in_a_few_clicks(
     assert "type=laser" in href and "from=2026-07-01" in href and "to=2026-09-30" in href
     html = client.get(href).get_data(as_text=True)
     assert 'aria-current="true">Last quarter</a>' in html
+    assert 'id="booked"' not in html  # no bookings last quarter: no empty booking chart
     assert _row(html, "laser-1")["unlocked"] == "7.4"
     assert _row(html, "laser-1")["sessions"] == "4"
     assert 'data-machine="prusa-a"' not in html
