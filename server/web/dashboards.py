@@ -150,6 +150,20 @@ def quick_links(
     ]
 
 
+# The query-string value for "people without a group" (stored as "" in the aggregates).
+NO_GROUP = "-"
+
+
+def _cohort(cohorts: list[str]) -> str | None:
+    """The chosen group: None for all, ``""`` for people without one, else its name."""
+    cohort = _text("cohort")
+    if cohort == NO_GROUP:
+        return service.NO_COHORT
+    if cohort is not None and cohort not in cohorts:
+        raise FilterError(_("There is no group “%(value)s” at this site.", value=cohort))
+    return cohort
+
+
 def _site(user: User) -> Site:
     db = get_db()
     slug = request.args.get("site", "").strip()
@@ -247,16 +261,14 @@ def usage() -> ResponseReturnValue:
         machine_type = next((t for t in types if t.slug == type_slug), None)
         if type_slug is not None and machine_type is None:
             raise FilterError(_("There is no machine type “%(value)s”.", value=type_slug))
-        cohort = _text("cohort")
-        if cohort is not None and cohort not in cohorts:
-            raise FilterError(_("There is no group “%(value)s” at this site.", value=cohort))
+        cohort = _cohort(cohorts)
         period = _period(today)
     except FilterError as error:
         context["error"] = str(error)
         context["quick"] = quick_links("dashboards.usage", _filter_args(site, None), today, None)
         return render_template("dashboards/usage.html", **context), 400
 
-    args = _filter_args(site, period, type=type_slug, cohort=cohort)
+    args = _filter_args(site, period, type=type_slug, cohort=NO_GROUP if cohort == "" else cohort)
     data = service.utilisation(
         db, site.id, machine_type.id if machine_type else None, cohort, period.start, period.end
     )
@@ -422,16 +434,14 @@ def learning() -> ResponseReturnValue:
         competency = next((c for c in competencies if c.slug == slug), None)
         if slug is not None and competency is None:
             raise FilterError(_("There is no competency “%(value)s”.", value=slug))
-        cohort = _text("cohort")
-        if cohort is not None and cohort not in cohorts:
-            raise FilterError(_("There is no group “%(value)s” at this site.", value=cohort))
+        cohort = _cohort(cohorts)
         period = _period(today)
     except FilterError as error:
         context["error"] = str(error)
         context["quick"] = quick_links("dashboards.learning", _filter_args(site, None), today, None)
         return render_template("dashboards/learning.html", **context), 400
 
-    args = _filter_args(site, period, competency=slug, cohort=cohort)
+    args = _filter_args(site, period, competency=slug, cohort=NO_GROUP if cohort == "" else cohort)
     data = service.learning(
         db, site.id, cohort, competency.id if competency else None, period.start, period.end, today=today
     )

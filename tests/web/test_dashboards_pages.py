@@ -146,6 +146,11 @@ def test_dashboards_usage_cohort_filter(client: FlaskClient, auth: AuthActions, 
     assert '<option value="Cohort A" selected>' in html
     assert _row(html, "laser-1")["unlocked"] == "3.0"
     assert _row(html, "prusa-a")["unlocked"] == "0.0"
+    html = client.get("/dashboards/usage?cohort=-").get_data(as_text=True)  # people without a group
+    assert '<option value="-" selected>' in html
+    assert _row(html, "laser-1")["unlocked"] == "1.5" and _row(html, "prusa-a")["unlocked"] == "6.0"
+    link = re.search(r'<a href="([^"]+)">This year</a>', html)
+    assert link is not None and "cohort=-" in link.group(1)
 
 
 @pytest.mark.parametrize(
