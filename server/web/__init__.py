@@ -1,8 +1,8 @@
 """The web pages: login (``auth``), the overview and "my training" pages (``web``), the
 trainer pages (``training``, under /training), "mark read" for notifications
 (``notifications``), the admin pages (``admin``, under /admin) and the booking pages with
-the calendar feeds (``bookings``, under /bookings) and the funder report (``reports``, under
-/reports).
+the calendar feeds (``bookings``, under /bookings), the utilisation and learning dashboards
+(``dashboards``, under /dashboards) and the funder report (``reports``, under /reports).
 
 ``init_app`` registers the blueprints and binds Flask-Login to our user adapter.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask
 
-from server.web import admin, auth, bookings, notifications, reports, training
+from server.web import admin, auth, bookings, dashboards, notifications, reports, training
 from server.web.auth import current
 from server.web.l10n import current_language
 from server.web.views import bp
@@ -31,6 +31,7 @@ def init_app(app: Flask) -> None:
     app.add_template_global(notifications.notifications_for)
     app.register_blueprint(admin.bp, url_prefix="/admin")
     app.register_blueprint(bookings.bp, url_prefix="/bookings")
+    app.register_blueprint(dashboards.bp, url_prefix="/dashboards")
     app.register_blueprint(reports.bp, url_prefix="/reports")
     app.context_processor(_template_globals)
 

@@ -132,3 +132,15 @@ def test_roles_reports_are_for_admins_only(app: Flask) -> None:
         "GET /reports/funder.xlsx",
     }
     assert set(access.values()) == {"admin"}
+
+
+# Pages whose audience is part of their task: pinned here, so a changed decorator is noticed.
+EXPECTED_ACCESS = {
+    "/dashboards/usage": "staff",  # trainers and admins (issue 6)
+    "/dashboards/learning": "staff",
+}
+
+
+def test_roles_pinned_pages_keep_their_access(app: Flask) -> None:
+    found = {rule.rule: access for rule, _method, access in _routes(app) if rule.rule in EXPECTED_ACCESS}
+    assert found == EXPECTED_ACCESS
