@@ -67,6 +67,21 @@ class BookingError(ValueError):
 
 
 @dataclass(frozen=True)
+class LocalName:
+    """A name with its German form, for a refusal's placeholders: the reader's language on the
+    pages (``in_language``), English where no reader is known (``str``, the API)."""
+
+    en: str
+    de: str | None = None
+
+    def __str__(self) -> str:
+        return self.en
+
+    def in_language(self, language: str) -> str:
+        return self.de if language == "de" and self.de else self.en
+
+
+@dataclass(frozen=True)
 class Policy:
     min_slot_min: int = 30
     max_slot_min: int = 240
@@ -218,7 +233,7 @@ def booking_eligibility(
     person is at least briefed, as at the machine.
     """
     reqs = load_requirements(db, machine.machine_type_id)
-    machine_name = machine.machine_type.name
+    machine_name = LocalName(machine.machine_type.name, machine.machine_type.name_de)
     if trainer is not None:
         if trainer.id == person.id or not (trainer.active and trainer.is_trainer):
             return BookingError(
@@ -253,7 +268,7 @@ def booking_eligibility(
             return BookingError(
                 "qualification_expired",
                 N_("{competency} is no longer valid on that day. Ask a trainer to renew it."),
-                competency=req.competency_name,
+                competency=LocalName(req.competency_name, req.competency_name_de),
             )
         if trainer is None and state.level.rank < Level(req.min_level).rank:
             return BookingError(

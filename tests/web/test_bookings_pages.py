@@ -21,6 +21,7 @@ from server.models import (
     ClosedDay,
     Competency,
     Level,
+    MachineType,
     OpeningHours,
     Person,
     Qualification,
@@ -575,3 +576,18 @@ def test_bookings_nonsense_in_the_url_is_never_a_server_error(
         data={"start": "2030-01-07T10:00", "duration_min": "1" + "0" * 30, "person_id": "9" * 30},
     )
     assert response.status_code == 400
+
+
+def test_bookings_refusal_in_german_names_the_machine_type_in_german(
+    booking_lab: Lab, client: FlaskClient, auth: AuthActions
+) -> None:
+    with db.session() as s:
+        laser = s.scalar(select(MachineType).where(MachineType.slug == "laser"))
+        assert laser is not None
+        laser.name_de = "CO2-Laserschneider"
+        s.commit()
+    auth.login(booking_lab.participant)
+    client.get("/language/de")
+    page = _post_book(client, tomorrow_at(10), 60, "laser-1")
+    assert "Ada Lovelace ist für CO2-Laserschneider noch nicht eingewiesen." in page
+    assert "CO2 laser cutter" not in page
