@@ -42,7 +42,7 @@ from server.services import usage
 
 # Mean sessions per machine and open day (before weekday, season and growth factors):
 # with ~250 open days a year this makes about 2 M sessions for 100 machines over 5 years.
-SESSIONS_PER_DAY = 18.0
+SESSIONS_PER_DAY = 21.0
 WEEKDAY_FACTOR = (0.85, 1.0, 1.05, 1.0, 0.75, 0.5, 0.3)
 MONTH_FACTOR = (0.9, 1.0, 1.05, 1.0, 1.0, 0.9, 0.65, 0.6, 1.0, 1.1, 1.1, 0.75)
 
@@ -409,13 +409,15 @@ def machine_history(
     now: float,
     tables: Tables,
     rate: float = SESSIONS_PER_DAY,
+    use_hours: tuple[tuple[int, time, time], ...] = (),
 ) -> int:
     """Generate one machine's history over ``days`` (from ``first`` on), queue its rows and its
-    aggregates. Returns the number of sessions."""
+    aggregates. Returns the number of sessions. ``use_hours`` (default: the opening hours)
+    are when people come."""
     tz = ZoneInfo(facts.timezone)
     spec = plan.spec
     hours: dict[int, list[tuple[time, time]]] = defaultdict(list)
-    for weekday, opens, closes in facts.hours:
+    for weekday, opens, closes in use_hours or facts.hours:
         hours[weekday].append((opens, closes))
     cohorts: dict[int, str] = {}
     sessions: list[usage.SessionFact] = []
@@ -974,15 +976,8 @@ def add_recent_history(db: Session, weeks: int, seed: int, now: datetime) -> int
         month = first.replace(day=1)
         days = [month + timedelta(days=i) for i in range((now.astimezone(tz).date() - month).days + 1)]
         facts = usage.machine_facts(db, machine.id, days)
-        if not facts.hours:  # a lab without opening hours: pretend weekdays 9-18 for the history
-            facts = usage.MachineFacts(
-                facts.machine_id,
-                facts.site_id,
-                facts.machine_type_id,
-                facts.timezone,
-                tuple((d, time(9), time(18)) for d in range(5)),
-                facts.closed,
-            )
+        # A lab without opening hours is always open; people still come on weekdays 9-18.
+        use_hours = facts.hours or tuple((d, time(9), time(18)) for d in range(5))
         pool = [
             PersonPlan(p.id, p.cohort or "", first, last, badges.get(p.id, "00000000"))
             for p in participants
@@ -999,7 +994,17 @@ def add_recent_history(db: Session, weeks: int, seed: int, now: datetime) -> int
         device = db.scalar(select(Device.id).where(Device.machine_id == machine.id)) or f"pi-{machine.slug}"
         plan = MachinePlan(machine.id, machine.slug, machine.site_id, machine.machine_type_id, spec, device)
         total += machine_history(
-            rng, plan, facts, days, by_month, trainers, first, now.timestamp(), tables, rate=6.0
+            rng,
+            plan,
+            facts,
+            days,
+            by_month,
+            trainers,
+            first,
+            now.timestamp(),
+            tables,
+            rate=6.0,
+            use_hours=use_hours,
         )
     # The history replaces whatever aggregates these days had (none, on a fresh demo).
     conn = db.connection()
