@@ -312,13 +312,41 @@ TIME_COLUMNS = {
 }
 
 
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+_DAY_TEXT: dict[int, str] = {}
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
-def write(engine_or_conn: Any, tables: Tables) -> None:
+def _ts_text(value: float) -> str:
+    """A UTC epoch as the naive UTC text both databases store (SQLAlchemy's SQLite format,
+    which PostgreSQL's COPY reads too): strftime is the generator's slowest call otherwise."""
+    whole = int(value)
+    days, secs = divmod(whole, 86400)
+    day = _DAY_TEXT.get(days)
+    if day is None:
+        day = _DAY_TEXT[days] = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
+    hours, rest = divmod(secs, 3600)
+    minutes, seconds = divmod(rest, 60)
+    micro = round((value - whole) * 1_000_000)
+    if micro >= 1_000_000:  # rounding reached the next second
+        return _ts_text(float(whole + 1))
+    return f"{day} {hours:02d}:{minutes:02d}:{seconds:02d}.{micro:06d}"
+
+
+def _copy_text(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, date):
+        return value.isoformat()
+    # Our strings hold no tabs, newlines or backslashes (slugs, uuids, cohort names, file names).
+    return str(value)
+
+
+def write(conn: Any, tables: Tables) -> None:
     """Bulk-write every waiting row (COPY on PostgreSQL, executemany on SQLite), then clear."""
-    conn = engine_or_conn
     if not conn.in_transaction():
         # The rows go through the driver's connection: SQLAlchemy must know a transaction is
         # open, or its commit would do nothing and the rows would be rolled back on close.
@@ -330,34 +358,24 @@ def write(engine_or_conn: Any, tables: Tables) -> None:
             continue
         columns = COLUMNS[table]
         times = [i for i, c in enumerate(columns) if c in TIME_COLUMNS]
+        converted = []
+        for row in rows:
+            values = list(row)
+            for i in times:
+                if values[i] is not None:
+                    values[i] = _ts_text(values[i])
+            converted.append(values)
         if postgres:
             cur = raw.cursor()
             with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                for row in rows:
-                    if times:
-                        values = list(row)
-                        for i in times:
-                            values[i] = _ts(values[i])
-                        copy.write_row(values)
-                    else:
-                        copy.write_row(row)
+                for start in range(0, len(converted), 5000):
+                    chunk = converted[start : start + 5000]
+                    copy.write("".join("\t".join(map(_copy_text, values)) + "\n" for values in chunk))
         else:
-
-            def convert(
-                row: tuple[Any, ...], times: list[int] = times, fmt: str = "%Y-%m-%d %H:%M:%S.%f"
-            ) -> tuple[Any, ...]:
-                if not times:
-                    return tuple(v.isoformat() if isinstance(v, date) else v for v in row)
-                out = list(row)
-                for i in times:
-                    if out[i] is not None:
-                        out[i] = datetime.fromtimestamp(out[i], UTC).strftime(fmt)
-                return tuple(out)
-
             placeholders = ", ".join("?" for _ in columns)
-            raw.executemany(  # table and column names are ours (COLUMNS), not input
+            raw.executemany(
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
-                [convert(r) for r in rows],
+                [tuple(v.isoformat() if isinstance(v, date) else v for v in values) for values in converted],
             )
         rows.clear()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import calendar as _calendar
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -253,6 +254,12 @@ class _Calendar:
         return self.days[bisect.bisect_right(self.day_bounds, instant) - 1]
 
 
+@functools.lru_cache(maxsize=16)
+def _calendar_of(timezone: str, first: date, count: int) -> _Calendar:
+    # Machines of one site share their calendar: demo-data builds it once per site, not per machine.
+    return _Calendar(ZoneInfo(timezone), [first + timedelta(days=i) for i in range(count)])
+
+
 def month_of(day: date) -> date:
     return day.replace(day=1)
 
@@ -295,7 +302,7 @@ def compute(
     unlocked time. Person rows are per local month: pass whole months to get whole rows.
     """
     tz = ZoneInfo(machine.timezone)
-    cal = _Calendar(tz, days)
+    cal = _calendar_of(machine.timezone, days[0], len(days))
     out = Aggregates(machine, list(days))
     daily = out.daily
     person = out.person
