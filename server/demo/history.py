@@ -469,7 +469,7 @@ def machine_history(
                 length = rng.randint(*spec.minutes) * 60 + rng.randint(0, 59)
                 if t + 300 > end:
                     break
-                s_start, s_end = float(int(t)), float(int(min(t + length, end + 1800)))
+                s_start, s_end = float(int(t)), float(int(min(t + length, end + 1800, now)))
                 t = s_end
                 busy_until = s_end
                 person = rng.choice(pool)

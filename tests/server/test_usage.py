@@ -492,3 +492,24 @@ def test_usage_rebuild_since_a_day(lab: Database) -> None:
     assert daily(lab, m["printer-1"], date(2026, 10, 5)) == {}
     assert daily(lab, m["printer-1"], date(2026, 11, 5))["Cohort A"].unlocked_s == 3600
     assert stats(lab, m["laser-1"], date(2026, 11, 9)).open_s == 12 * 3600
+
+
+def test_usage_scheduler_runs_refresh_every_minute_and_the_cli_rebuilds(lab: Database) -> None:
+    from server import create_app
+    from server.config import TestConfig
+    from server.scheduler import build_scheduler
+
+    job = build_scheduler(lab).get_job("refresh_usage")
+    assert job is not None and job.trigger.interval == timedelta(minutes=1)
+
+    m = ids(lab)
+    add_session(lab, m["printer-1"], m["quinn"], local(2026, 11, 18, 9), local(2026, 11, 18, 10))
+    with lab.session() as s:
+        s.execute(UsageDirty.__table__.delete())
+    app = create_app(TestConfig, DATABASE_URL=lab.engine.url.render_as_string(hide_password=False))
+    result = app.test_cli_runner().invoke(args=["usage", "rebuild", "--since", "2026-11-18"])
+    assert result.exit_code == 0, result.output
+    assert "recomputed" in result.output
+    assert daily(lab, m["printer-1"], date(2026, 11, 18))["Cohort A"].unlocked_s == 3600
+    bad = app.test_cli_runner().invoke(args=["usage", "rebuild", "--since", "18.11.2026"])
+    assert bad.exit_code != 0 and "--since" in bad.output and "%Y-%m-%d" in bad.output
