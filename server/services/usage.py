@@ -774,7 +774,8 @@ def mark_current(db: Session, now: datetime) -> int:
     have = set(
         db.execute(
             select(MachineDayStats.machine_id, MachineDayStats.day).where(
-                MachineDayStats.day.in_(sorted(set(today.values())) or [date.min])
+                MachineDayStats.machine_id.in_(sorted(today) or [-1]),  # the primary key's index
+                MachineDayStats.day.in_(sorted(set(today.values())) or [date.min]),
             )
         ).all()
     )
