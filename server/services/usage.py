@@ -765,6 +765,7 @@ def mark_current(db: Session, now: datetime) -> int:
     running = set(
         db.scalars(
             select(MachineSession.machine_id).where(
+                MachineSession.machine_id.in_(sorted(today) or [-1]),  # (machine, started) index
                 MachineSession.ended_at.is_(None),
                 MachineSession.started_at.is_not(None),
                 MachineSession.started_at >= now - MAX_SPAN,
