@@ -44,7 +44,7 @@ from server.services import usage
 
 # Mean sessions per machine and open day (before weekday, season and growth factors):
 # with ~250 open days a year this makes about 2 M sessions for 100 machines over 5 years.
-SESSIONS_PER_DAY = 26.0
+SESSIONS_PER_DAY = 18.0
 WEEKDAY_FACTOR = (0.85, 1.0, 1.05, 1.0, 0.75, 0.5, 0.3)
 MONTH_FACTOR = (0.9, 1.0, 1.05, 1.0, 1.0, 0.9, 0.65, 0.6, 1.0, 1.1, 1.1, 0.75)
 
@@ -62,6 +62,8 @@ class TypeSpec:
     grams: tuple[float, float]  # filament per job (0: none)
 
 
+# Session lengths are unlock times: most are short (a cut, starting a print, a quick fix), so a
+# busy machine has many sessions and is unlocked about half of its opening hours.
 TYPES = (
     TypeSpec(
         "fdm-printer",
@@ -70,7 +72,7 @@ TYPES = (
         "print",
         "fdm-printing",
         0.4,
-        (10, 70),
+        (4, 30),
         (1, 2),
         (4, 60),
     ),
@@ -81,11 +83,11 @@ TYPES = (
         "cut",
         "laser-safety",
         0.2,
-        (10, 45),
+        (4, 25),
         (1, 3),
         (0, 0),
     ),
-    TypeSpec("cnc-router", "CNC router", "CNC-Fräse", "other", "cnc-milling", 0.15, (20, 75), (1, 1), (0, 0)),
+    TypeSpec("cnc-router", "CNC router", "CNC-Fräse", "other", "cnc-milling", 0.15, (8, 40), (1, 1), (0, 0)),
     TypeSpec(
         "vinyl-cutter",
         "Vinyl cutter",
@@ -93,12 +95,12 @@ TYPES = (
         "cut",
         "vinyl-cutting",
         0.15,
-        (5, 30),
+        (3, 15),
         (1, 2),
         (0, 0),
     ),
     TypeSpec(
-        "soldering", "Soldering station", "Lötstation", "other", "soldering", 0.1, (15, 60), (0, 0), (0, 0)
+        "soldering", "Soldering station", "Lötstation", "other", "soldering", 0.1, (5, 35), (0, 0), (0, 0)
     ),
 )
 COMPETENCIES = (
