@@ -44,7 +44,7 @@ from server.services import usage
 
 # Mean sessions per machine and open day (before weekday, season and growth factors):
 # with ~250 open days a year this makes about 2 M sessions for 100 machines over 5 years.
-SESSIONS_PER_DAY = 18.0
+SESSIONS_PER_DAY = 20.0
 WEEKDAY_FACTOR = (0.85, 1.0, 1.05, 1.0, 0.75, 0.5, 0.3)
 MONTH_FACTOR = (0.9, 1.0, 1.05, 1.0, 1.0, 0.9, 0.65, 0.6, 1.0, 1.1, 1.1, 0.75)
 
