@@ -639,7 +639,8 @@ def _note_usage_changes(session: Session, _ctx: Any, _instances: Any) -> None:
     """Collect what this flush changes about machine use (and open/close downtime periods)."""
     now = utcnow()
     spans: list[tuple[int, datetime, datetime]] = session.info.setdefault("usage_spans", [])
-    closed: list[tuple[int, int | None, date]] = session.info.setdefault("usage_closed", [])
+    # (site, machine or None for all the site's machines, local day or None for today)
+    closed: list[tuple[int, int | None, date | None]] = session.info.setdefault("usage_closed", [])
     with session.no_autoflush:
         for obj in (*session.new, *session.dirty, *session.deleted):
             if isinstance(obj, MachineSession) and _changed(obj, _SESSION_FIELDS):
@@ -656,6 +657,11 @@ def _note_usage_changes(session: Session, _ctx: Any, _instances: Any) -> None:
                 for day in _history(obj, "day"):
                     if day is not None:
                         closed.append((obj.site_id, obj.machine_id, day))
+            elif isinstance(obj, OpeningHours) and _changed(
+                obj, ("weekday", "opens", "closes", "machine_id")
+            ):
+                # New hours count from today on; past days keep the hours they had (rebuild to redo).
+                closed.append((obj.site_id, obj.machine_id, None))
             elif isinstance(obj, Machine) and obj not in session.new and obj not in session.deleted:
                 if inspect(obj).attrs["status"].history.has_changes():
                     spans.extend(_status_downtime(session, obj, now))
@@ -732,7 +738,7 @@ def _status_downtime(
 @event.listens_for(Session, "after_flush")
 def _mark_usage_dirty(session: Session, _ctx: Any) -> None:
     spans: list[tuple[int, datetime, datetime]] = session.info.pop("usage_spans", [])
-    closed: list[tuple[int, int | None, date]] = session.info.pop("usage_closed", [])
+    closed: list[tuple[int, int | None, date | None]] = session.info.pop("usage_closed", [])
     if not spans and not closed:
         return
     conn = session.connection()
@@ -749,10 +755,12 @@ def _mark_usage_dirty(session: Session, _ctx: Any) -> None:
     for machine_id, start, end in spans:
         if machine_id in zones:
             pairs.update((machine_id, d) for d in local_days(start, end, zones[machine_id]))
+    now = utcnow()
     for site_id, only, day in closed:
         for m in [only] if only is not None else by_site.get(site_id, []):
-            pairs.add((m, day))
-    _upsert_dirty(conn, pairs, utcnow())
+            if m in zones:
+                pairs.add((m, day or now.astimezone(ZoneInfo(zones[m])).date()))
+    _upsert_dirty(conn, pairs, now)
 
 
 # -- the scheduler job ------------------------------------------------------------------------

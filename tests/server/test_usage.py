@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -513,3 +513,18 @@ def test_usage_scheduler_runs_refresh_every_minute_and_the_cli_rebuilds(lab: Dat
     assert daily(lab, m["printer-1"], date(2026, 11, 18))["Cohort A"].unlocked_s == 3600
     bad = app.test_cli_runner().invoke(args=["usage", "rebuild", "--since", "18.11.2026"])
     assert bad.exit_code != 0 and "--since" in bad.output and "%Y-%m-%d" in bad.output
+
+
+def test_usage_opening_hours_change_marks_today(lab: Database) -> None:
+    from server.models import OpeningHours
+
+    m = ids(lab)
+    with lab.session() as s:
+        s.execute(UsageDirty.__table__.delete())
+        site_id = s.get(Machine, m["laser-1"]).site_id  # type: ignore[union-attr]
+        s.add(OpeningHours(site_id=site_id, weekday=5, opens=time(10), closes=time(14)))
+    today = datetime.now(UTC).astimezone(BERLIN).date()
+    assert dirty(lab) == {(m[slug], today) for slug in ("printer-1", "laser-1", "printer-2")}
+    usage.refresh(lab, datetime.now(UTC))
+    expected = {0: 12, 1: 12, 2: 12, 3: 12, 4: 12, 5: 4, 6: 0}[today.weekday()] * 3600
+    assert stats(lab, m["laser-1"], today).open_s == expected
