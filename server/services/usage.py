@@ -756,10 +756,24 @@ def _mark_usage_dirty(session: Session, _ctx: Any) -> None:
         if machine_id in zones:
             pairs.update((machine_id, d) for d in local_days(start, end, zones[machine_id]))
     now = utcnow()
+    todays: set[tuple[int, date]] = set()
     for site_id, only, day in closed:
         for m in [only] if only is not None else by_site.get(site_id, []):
             if m in zones:
-                pairs.add((m, day or now.astimezone(ZoneInfo(zones[m])).date()))
+                if day is None:
+                    todays.add((m, now.astimezone(ZoneInfo(zones[m])).date()))
+                else:
+                    pairs.add((m, day))
+    if todays:
+        # New opening hours matter only where today is computed already; elsewhere the refresh
+        # marks today anyway (and reloading an unchanged lab file then leaves no trace).
+        have = conn.execute(
+            select(MachineDayStats.machine_id, MachineDayStats.day).where(
+                MachineDayStats.machine_id.in_(sorted({m for m, _d in todays})),
+                MachineDayStats.day.in_(sorted({d for _m, d in todays})),
+            )
+        )
+        pairs.update(todays & {(m, d) for m, d in have})
     _upsert_dirty(conn, pairs, now)
 
 

@@ -519,8 +519,9 @@ def test_usage_opening_hours_change_marks_today(lab: Database) -> None:
     from server.models import OpeningHours
 
     m = ids(lab)
+    usage.refresh(lab, datetime.now(UTC))  # today is computed for every machine
+    assert dirty(lab) == set()
     with lab.session() as s:
-        s.execute(UsageDirty.__table__.delete())
         site_id = s.get(Machine, m["laser-1"]).site_id  # type: ignore[union-attr]
         s.add(OpeningHours(site_id=site_id, weekday=5, opens=time(10), closes=time(14)))
     today = datetime.now(UTC).astimezone(BERLIN).date()
