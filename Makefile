@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test lint typecheck unit bench translations extract browser octoprint clean
+.PHONY: install run test lint typecheck unit bench bench-dashboards translations extract browser octoprint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -57,6 +57,12 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python bench/tap_latency.py
+
+# Dashboards and reports on generated years of data (bench/dashboards.py; SCALE=small|full,
+# DATABASE_URL=... for PostgreSQL: an empty database the first time, it is filled).
+SCALE ?= small
+bench-dashboards: install
+	$(BIN)/python bench/dashboards.py --scale $(SCALE) $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

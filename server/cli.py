@@ -382,6 +382,96 @@ def token_list_cmd(include_revoked: bool) -> None:
             )
 
 
+# -- usage aggregates and demo data (docs/dashboards-data.md) ---------------------------------
+def _normalise_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 (the driver we install), as in the test fixtures."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+@click.group("usage")
+def usage_group() -> None:
+    """Usage aggregates behind the dashboards and reports."""
+
+
+@usage_group.command("rebuild")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="First local day to recompute (YYYY-MM-DD); default: each machine's first record.",
+)
+@with_appcontext
+def usage_rebuild_cmd(since: Any) -> None:
+    """Recompute every machine's daily, hourly and monthly aggregates from the raw data."""
+    from server.extensions import db
+    from server.services import usage
+
+    with click.progressbar(length=1, label="recomputing machine-months") as bar:
+
+        def step(n: int) -> None:
+            bar.update(n)
+
+        days = usage.rebuild(db, since=since.date() if since else None, progress=step)
+    click.echo(f"recomputed {days} machine-days")
+
+
+@click.command("demo-data")
+@click.option("--sites", type=click.IntRange(1, 50), default=5, show_default=True)
+@click.option(
+    "--machines", type=click.IntRange(1, 1000), default=100, show_default=True, help="In all sites."
+)
+@click.option(
+    "--years",
+    type=click.FloatRange(0.01, 20),
+    default=5.0,
+    show_default=True,
+    help="History up to yesterday.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="The same seed gives the same data.")
+@click.option("--database-url", default=None, help="Database to fill (default: the app's DATABASE_URL).")
+@with_appcontext
+def demo_data_cmd(sites: int, machines: int, years: float, seed: int, database_url: str | None) -> None:
+    """Fill an empty database with years of realistic history (sessions, jobs, bookings,
+    qualifications, downtime) and its usage aggregates. Refuses a database with people in it."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, select
+
+    from server.db import make_engine
+    from server.demo.history import ADMIN_EMAIL, ADMIN_PASSWORD, generate
+    from server.migrate import upgrade
+    from server.models import Person
+
+    if machines < sites:
+        raise click.BadParameter("at least one machine per site", param_hint="--machines")
+    url = _normalise_url(database_url or current_app.config["DATABASE_URL"])
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            people = conn.execute(select(func.count(Person.id))).scalar_one()
+        if people:
+            raise click.ClickException(
+                f"the database already has {people} people: demo-data fills only an empty database "
+                "(use a new SQLite file or an empty PostgreSQL database). Nothing was changed."
+            )
+        with click.progressbar(
+            length=machines, label=f"generating {years:g} years for {machines} machines"
+        ) as bar:
+            summary = generate(engine, sites, machines, years, seed, datetime.now(UTC), progress=bar.update)
+    finally:
+        engine.dispose()
+    counts = ", ".join(f"{n} {table}" for table, n in sorted(summary.rows.items()))
+    click.echo(
+        f"{summary.sites} sites, {summary.machines} machines, {summary.people} people, "
+        f"{summary.sessions} sessions in {summary.seconds:.1f} s ({counts})"
+    )
+    click.echo(f"log in as {ADMIN_EMAIL} / {ADMIN_PASSWORD}")
+
+
 COMMANDS = (
     db_group,
     load_cmd,
@@ -392,6 +482,8 @@ COMMANDS = (
     up_cmd,
     device_group,
     token_group,
+    usage_group,
+    demo_data_cmd,
 )
 
 

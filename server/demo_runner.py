@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,7 @@ from sqlalchemy import select
 
 from server.broker import EmbeddedBroker, free_port, wait_for_port
 from server.config import VAR_DIR
+from server.demo.history import add_recent_history
 from server.extensions import db
 from server.migrate import upgrade
 from server.models import Device
@@ -85,6 +87,11 @@ def run_demo(app: Flask, data: Path) -> int:
     upgrade(database_url)
     with db.session() as session:
         load(session, parse(data.read_text(encoding="utf-8")))
+    with db.session() as session:
+        # A few weeks of generated use, so the dashboards have something to show (first start only).
+        added = add_recent_history(session, weeks=4, seed=1, now=datetime.now(UTC))
+    if added:
+        print(f"werkbank up: added {added} demo sessions of the last four weeks", flush=True)
 
     broker: EmbeddedBroker | None = None
     mqtt_url = app.config["MQTT_URL"]

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from server.db import Database
 from server.models import Device, Machine, Site
-from server.services import allowlists, bookings, mail, notifications, privacy, training
+from server.services import allowlists, bookings, mail, notifications, privacy, training, usage
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x5765726B  # "Werk"
@@ -73,12 +73,22 @@ def mark_silent_devices_offline(database: Database, now: datetime | None = None)
     """A device that said nothing for 5 minutes is shown offline even if its last will got lost."""
     now = now or datetime.now(UTC)
     with database.session() as db:
+        silent = db.execute(
+            select(Device.machine_id, Device.last_seen).where(
+                Device.online.is_(True), Device.last_seen < now - OFFLINE_AFTER
+            )
+        ).all()
         result = db.execute(
             update(Device)
             .where(Device.online.is_(True), Device.last_seen < now - OFFLINE_AFTER)
             .values(online=False)
         )
         count = int(getattr(result, "rowcount", 0) or 0)
+        # A Core UPDATE passes no flush hook: open the machines' offline periods here, from
+        # when they were last heard of.
+        for machine_id, last_seen in silent:
+            if machine_id is not None:
+                usage.set_offline(db, machine_id, True, last_seen or now)
         if count:
             db.execute(
                 update(Machine)
@@ -86,6 +96,14 @@ def mark_silent_devices_offline(database: Database, now: datetime | None = None)
                 .values(live_state="offline")
             )
     return count
+
+
+def refresh_usage(database: Database, now: datetime | None = None) -> int:
+    """Recompute the usage aggregates of every dirty (machine, local day); see services.usage."""
+    done = usage.refresh(database, now)
+    if done:
+        log.info("usage aggregates of %d machine-days recomputed", done)
+    return done
 
 
 def site_today(db: Session, now: datetime) -> date:
@@ -180,6 +198,9 @@ def build_scheduler(database: Database, config: Mapping[str, Any] | None = None)
     )
     scheduler.add_job(
         mark_silent_devices_offline, "interval", minutes=1, args=[database], id="silent_devices"
+    )
+    scheduler.add_job(
+        refresh_usage, "interval", minutes=1, args=[database], id="refresh_usage", next_run_time=start
     )
     scheduler.add_job(
         expire_qualifications,

@@ -4,3 +4,4 @@
 # or machines change lives in allowlists; importing it here means any process that touches a
 # service (web, API, bridge, scheduler, CLI) has the hook, so no caller can forget it.
 from server.services import allowlists as allowlists
+from server.services import usage as usage

@@ -1,4 +1,9 @@
-"""Device presence and live machine state from ``status`` and ``telemetry``."""
+"""Device presence and live machine state from ``status`` and ``telemetry``.
+
+A change of ``Device.online`` (a last will, a status, telemetry after silence) opens or closes
+the machine's offline downtime period in the usage flush hook (server.services.usage), from
+the device's ``last_seen``: nothing here needs to remember it.
+"""
 
 from __future__ import annotations
 
