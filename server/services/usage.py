@@ -774,7 +774,29 @@ def _mark_usage_dirty(session: Session, _ctx: Any) -> None:
             )
         )
         pairs.update(todays & {(m, d) for m, d in have})
-    _upsert_dirty(conn, pairs, now)
+    # Written at commit, not now: the queue's rows are the last thing a transaction locks.
+    # A booking holds its machine's row (booking_seq) and then marks the day; an ingestion
+    # marking the same day before it updates that machine's live state would wait for the
+    # booking while the booking waits for its mark: a deadlock (seen on PostgreSQL).
+    session.info.setdefault("usage_pending", set()).update(pairs)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_usage_dirty(session: Session) -> None:
+    if session.info.get("usage_pending") is None and not (session.new or session.dirty or session.deleted):
+        return
+    session.flush()  # the changes still pending mark their days now, not after this hook
+    pairs: set[tuple[int, date]] = session.info.pop("usage_pending", set())
+    if pairs:
+        _upsert_dirty(session.connection(), pairs, utcnow())
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_usage_dirty(session: Session, transaction: Any) -> None:
+    # Only when the outermost transaction ends (a commit popped the marks already): a savepoint
+    # rolled back inside it (a duplicate event in ingestion) keeps the marks of the rest.
+    if transaction.parent is None:
+        session.info.pop("usage_pending", None)
 
 
 # -- the scheduler job ------------------------------------------------------------------------

@@ -529,3 +529,69 @@ def test_usage_opening_hours_change_marks_today(lab: Database) -> None:
     usage.refresh(lab, datetime.now(UTC))
     expected = {0: 12, 1: 12, 2: 12, 3: 12, 4: 12, 5: 4, 6: 0}[today.weekday()] * 3600
     assert stats(lab, m["laser-1"], today).open_s == expected
+
+
+def test_usage_days_are_queued_at_commit_only_so_the_queue_is_the_last_lock_taken(lab: Database) -> None:
+    """A booking locks its machine's row, then queues its day; an ingestion that queued the same
+    day before updating that machine's row deadlocked with it on PostgreSQL. So a flush only
+    notes the days; the queue rows are written when the transaction commits, and a rolled-back
+    transaction queues nothing."""
+    m = ids(lab)
+    printer = m["printer-1"]
+    start = local(2026, 11, 10, 10)
+    with lab.session() as s:
+        s.add(
+            MachineSession(
+                id=str(uuid.uuid4()),
+                machine_id=printer,
+                device_id="pi",
+                person_id=m["quinn"],
+                started_at=start,
+                ended_at=start + timedelta(hours=1),
+            )
+        )
+        s.flush()
+        assert s.scalars(select(UsageDirty)).all() == [], "queued at the flush already"
+        machine = s.get(Machine, printer)
+        assert machine is not None
+        machine.live_updated_at = start  # the ingestion's update of the machine row comes after
+        s.flush()
+    assert dirty(lab) == {(printer, date(2026, 11, 10))}
+    usage.refresh(lab, LATER)
+    s = lab.new_session()
+    try:
+        s.add(
+            MachineSession(
+                id=str(uuid.uuid4()),
+                machine_id=printer,
+                device_id="pi",
+                person_id=m["quinn"],
+                started_at=start,
+            )
+        )
+        s.flush()
+        s.rollback()
+    finally:
+        s.close()
+    assert dirty(lab) == set()
+    # A savepoint rolled back inside a transaction (a duplicate event) keeps the rest's days.
+    with lab.session() as s:
+        s.add(
+            Booking(
+                machine_id=printer, person_id=m["quinn"], starts_at=start, ends_at=start + timedelta(hours=1)
+            )
+        )
+        s.flush()
+        nested = s.begin_nested()
+        s.add(
+            MachineSession(
+                id=str(uuid.uuid4()),
+                machine_id=m["laser-1"],
+                device_id="pi",
+                started_at=start,
+                ended_at=start + timedelta(hours=1),
+            )
+        )
+        s.flush()
+        nested.rollback()
+    assert (printer, date(2026, 11, 10)) in dirty(lab)
