@@ -39,13 +39,6 @@ PAGE_TARGET_S = 0.200
 EXPORT_TARGET_S = 2.0
 
 
-def _url(url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
-
-
 def _fill(url: str, scale: str, seed: int) -> str:
     from sqlalchemy import func, select
 
@@ -232,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     tmp: Any = None
     if args.database_url:
-        url = _url(args.database_url)
+        from server.db import normalise_url
+
+        url = normalise_url(args.database_url)
     else:
         tmp = tempfile.TemporaryDirectory(prefix="werkbank-bench-")
         url = f"sqlite:///{Path(tmp.name) / 'bench.sqlite'}"

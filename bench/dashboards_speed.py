@@ -42,6 +42,7 @@ from sqlalchemy import create_engine, insert, make_url, select, text
 
 from server import create_app
 from server.config import TestConfig
+from server.db import normalise_url
 from server.extensions import db
 from server.migrate import upgrade
 from server.models import (
@@ -76,9 +77,7 @@ def database(url: str | None) -> Iterator[str]:
             upgrade(path)
             yield path
         return
-    base = make_url(url)
-    if base.drivername in ("postgresql", "postgres"):
-        base = base.set(drivername="postgresql+psycopg")
+    base = make_url(normalise_url(url))
     name = f"werkbank_dbench_{secrets.token_hex(3)}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
-from server.db import Database
+from server.db import Database, normalise_url
 from server.migrate import upgrade
 from server.models import (
     Competency,
@@ -182,9 +182,7 @@ def main() -> int:
 
     cleanup = None
     if args.database_url:
-        base = make_url(args.database_url)
-        if base.drivername in ("postgresql", "postgres"):
-            base = base.set(drivername="postgresql+psycopg")
+        base = make_url(normalise_url(args.database_url))
         name = f"werkbank_bench_{secrets.token_hex(3)}"
         admin = create_engine(base, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:

@@ -70,7 +70,7 @@ from sqlalchemy.engine import URL, make_url
 
 from server.bridge import Bridge
 from server.broker import EmbeddedBroker, MosquittoProcess
-from server.db import Database
+from server.db import Database, normalise_url
 from server.migrate import upgrade
 from server.models import AccessDecision, Machine
 from server.services.decision import decide
@@ -340,9 +340,7 @@ def private_database(url: str | None) -> Iterator[tuple[str, str]]:
         with tempfile.TemporaryDirectory(prefix="wb-bench-") as tmp:
             yield f"sqlite:///{tmp}/bench.sqlite", "SQLite (temp file)"
         return
-    base = make_url(url)
-    if base.drivername in ("postgresql", "postgres"):
-        base = base.set(drivername="postgresql+psycopg")
+    base = make_url(normalise_url(url))
     if not base.drivername.startswith("postgresql"):
         raise SystemExit("--database-url: give a PostgreSQL URL, or leave it out for a temp SQLite file")
     if (base.host or "localhost") not in LOOPBACK:

@@ -383,14 +383,6 @@ def token_list_cmd(include_revoked: bool) -> None:
 
 
 # -- usage aggregates and demo data (docs/dashboards-data.md) ---------------------------------
-def _normalise_url(url: str) -> str:
-    """``postgresql://`` means psycopg 3 (the driver we install), as in the test fixtures."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
-
-
 @click.group("usage")
 def usage_group() -> None:
     """Usage aggregates behind the dashboards and reports."""
@@ -440,14 +432,14 @@ def demo_data_cmd(sites: int, machines: int, years: float, seed: int, database_u
 
     from sqlalchemy import func, select
 
-    from server.db import make_engine
+    from server.db import make_engine, normalise_url
     from server.demo.history import ADMIN_EMAIL, ADMIN_PASSWORD, generate
     from server.migrate import upgrade
     from server.models import Person
 
     if machines < sites:
         raise click.BadParameter("at least one machine per site", param_hint="--machines")
-    url = _normalise_url(database_url or current_app.config["DATABASE_URL"])
+    url = normalise_url(database_url or current_app.config["DATABASE_URL"])
     upgrade(url)
     engine = make_engine(url)
     try:

@@ -26,7 +26,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def normalise_url(url: str) -> str:
+    """``postgresql://`` (and ``postgres://``) mean psycopg 3, the driver we install; SQLAlchemy
+    would otherwise look for psycopg2."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
 def make_engine(url: str, echo: bool = False) -> Engine:
+    url = normalise_url(url)
     if url.startswith("sqlite"):
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 10}}
         if url in ("sqlite://", "sqlite:///:memory:"):

@@ -7,10 +7,13 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config as AlembicConfig
 
+from server.db import normalise_url
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    url = normalise_url(url)
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

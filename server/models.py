@@ -50,6 +50,11 @@ def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+def in_language(name: str, name_de: str | None, language: str) -> str:
+    """A name for a reader: its German form for German readers when it has one, else English."""
+    return name_de if language == "de" and name_de else name
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every database (SQLite forgets time zones)."""
 
@@ -180,7 +185,7 @@ class MachineType(Base):
     requirements: Mapped[list[Requirement]] = relationship(back_populates="machine_type")
 
     def display_name(self, language: str) -> str:
-        return self.name_de if language == "de" and self.name_de else self.name
+        return in_language(self.name, self.name_de, language)
 
 
 class Competency(Base):
@@ -200,7 +205,7 @@ class Competency(Base):
     )
 
     def display_name(self, language: str) -> str:
-        return self.name_de if language == "de" and self.name_de else self.name
+        return in_language(self.name, self.name_de, language)
 
 
 class Requirement(Base):

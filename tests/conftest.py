@@ -44,7 +44,7 @@ from pathlib import Path  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from server.db import Database  # noqa: E402
+from server.db import Database, normalise_url  # noqa: E402
 from server.migrate import upgrade  # noqa: E402
 from server.models import Base  # noqa: E402
 
@@ -61,9 +61,7 @@ def migrated_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         upgrade(url)
         yield url
         return
-    base = make_url(server_url)
-    if base.drivername in ("postgresql", "postgres"):
-        base = base.set(drivername="postgresql+psycopg")
+    base = make_url(normalise_url(server_url))
     name = f"werkbank_test_{os.getpid()}_{secrets.token_hex(3)}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

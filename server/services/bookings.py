@@ -50,6 +50,7 @@ from server.models import (
     Notification,
     OpeningHours,
     Person,
+    in_language,
 )
 from server.services import audit, notifications, training
 from server.services.decision import load_requirements
@@ -78,7 +79,7 @@ class LocalName:
         return self.en
 
     def in_language(self, language: str) -> str:
-        return self.de if language == "de" and self.de else self.en
+        return in_language(self.en, self.de, language)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ from server.models import (
     QualificationAction,
     Requirement,
     Site,
+    in_language,
 )
 from server.services import messages
 from werkbank_protocol import ProtocolError
@@ -197,9 +198,7 @@ class RequirementFacts:
     competency_name_de: str | None
 
     def display_name(self, language: str) -> str:
-        return (
-            self.competency_name_de if language == "de" and self.competency_name_de else self.competency_name
-        )
+        return in_language(self.competency_name, self.competency_name_de, language)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from server.models import (
     QualificationAction,
     Site,
     StepRecord,
+    in_language,
 )
 from server.services.privacy import pseudonym
 
@@ -152,10 +153,6 @@ class FunderReport:
     @property
     def months(self) -> int:
         return months_between(self.start_month, self.end_month)
-
-
-def _name(name: str, name_de: str | None, lang: str) -> str:
-    return name_de if lang == "de" and name_de else name
 
 
 def _local_bounds(
@@ -332,7 +329,7 @@ def funder_report(
                 person=label(pid, p.name),
                 cohort=p.cohort or "",
                 programme=p.programme or "",
-                competency=_name(comp, comp_de, lang),
+                competency=in_language(comp, comp_de, lang),
                 level=Level(level),
                 action=QualificationAction(action),
                 day=local_day(site, created_at),
@@ -408,7 +405,7 @@ def funder_report(
         else []
     )
     machine_types = sorted(
-        ((t.id, _name(t.name, t.name_de, lang)) for t in types), key=lambda t: t[1].casefold()
+        ((t.id, in_language(t.name, t.name_de, lang)) for t in types), key=lambda t: t[1].casefold()
     )
 
     return FunderReport(

@@ -134,22 +134,15 @@ def revoke(db: Session, prefix: str, now: datetime, *, actor_label: str = "cli")
     if len(live) > 1:
         raise TokenError("ambiguous_prefix", f"{len(live)} tokens start with {prefix}: give more characters")
     token = live[0]
-    token.revoked_at = now
-    audit.record(
-        db,
-        None,
-        "token.revoked",
-        f"person:{token.person_id}",
-        {"token": token.prefix, "name": token.name},
-        at=now,
-        actor_label=actor_label,
-    )
+    revoke_token(db, token, now, None, actor_label=actor_label)
     db.flush()
     return token
 
 
-def revoke_token(db: Session, token: ApiToken, now: datetime, actor: Person | None) -> bool:
-    """Revoke one token (the admin page's button); False when it was revoked already."""
+def revoke_token(
+    db: Session, token: ApiToken, now: datetime, actor: Person | None, *, actor_label: str | None = None
+) -> bool:
+    """Revoke one token (the admin page's button, the CLI); False when it was revoked already."""
     if token.revoked_at is not None:
         return False
     token.revoked_at = now
@@ -160,6 +153,7 @@ def revoke_token(db: Session, token: ApiToken, now: datetime, actor: Person | No
         f"person:{token.person_id}",
         {"token": token.prefix, "name": token.name},
         at=now,
+        actor_label=actor_label,
     )
     return True
 

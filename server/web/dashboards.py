@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from server import get_db
 from server.i18n import N_
-from server.models import Competency, Level, MachineType, Site
+from server.models import Competency, Level, MachineType, Site, in_language
 from server.services import dashboards as service
 from server.services.training import LEVEL_LABELS
 from server.web import charts
@@ -182,10 +182,6 @@ def _today(site: Site) -> date:
     return _now().astimezone(ZoneInfo(site.timezone)).date()
 
 
-def _type_name(slug_name: str, name_de: str | None) -> str:
-    return name_de if current_language() == "de" and name_de else slug_name
-
-
 def _hours(value: float) -> str:
     return f"{value:,.1f}".replace(",", "\u202f") if current_language() != "de" else _de_number(value, 1)
 
@@ -250,7 +246,7 @@ def usage() -> ResponseReturnValue:
     context: dict[str, Any] = {
         "site": site,
         "sites": sites,
-        "types": [(t.slug, _type_name(t.name, t.name_de)) for t in types],
+        "types": [(t.slug, t.display_name(current_language())) for t in types],
         "cohorts": cohorts,
         "raw": raw,
         "error": None,
@@ -341,7 +337,12 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
         "totals": _present_figures(data.totals),
         "weeks": [(w.label, _hours(w.unlocked_h), _hours(w.run_h)) for w in data.weeks],
         "types": [
-            (_type_name(t.name, t.name_de), _hours(t.unlocked_h), _hours(t.run_h), t.machines)
+            (
+                in_language(t.name, t.name_de, current_language()),
+                _hours(t.unlocked_h),
+                _hours(t.run_h),
+                t.machines,
+            )
             for t in data.types
         ],
     }
@@ -423,7 +424,7 @@ def learning() -> ResponseReturnValue:
     context: dict[str, Any] = {
         "site": site,
         "sites": sites,
-        "competencies": [(c.slug, _type_name(c.name, c.name_de)) for c in competencies],
+        "competencies": [(c.slug, c.display_name(current_language())) for c in competencies],
         "cohorts": cohorts,
         "raw": raw,
         "error": None,
@@ -477,7 +478,7 @@ def _month_label(month: date) -> str:
 
 def _present_learning(data: service.Learning) -> dict[str, Any]:
     nonce = _csp_nonce()
-    names = {c.id: _type_name(c.name, c.name_de) for c in data.competencies}
+    names = {c.id: in_language(c.name, c.name_de, current_language()) for c in data.competencies}
     funnel_labels = [_(LEVEL_CHART[step.level]) for step in data.funnel]
     month_labels = [_month_label(m.month) for m in data.months]
     levels = [lv for lv in Level]
