@@ -31,7 +31,6 @@ from server.models import (
     Machine,
     MachineStatus,
     MachineType,
-    OpeningHours,
     Person,
     Qualification,
     QualificationAction,
@@ -39,6 +38,7 @@ from server.models import (
     Site,
     TrainingStep,
 )
+from server.services import opening_hours
 from werkbank_protocol.messages import BADGE_PATTERN
 from werkbank_protocol.topics import DEVICE_ID_RE
 
@@ -328,26 +328,13 @@ class _Loader:
     def hours(self, site: Site, machine: Machine | None, specs: list[HoursSpec], where: str) -> None:
         if not specs:
             return
-        old = select(OpeningHours).where(OpeningHours.site_id == site.id)
-        old = old.where(
-            OpeningHours.machine_id == machine.id if machine else OpeningHours.machine_id.is_(None)
-        )
-        for row in self.db.scalars(old):
-            self.db.delete(row)
+        intervals: list[opening_hours.Interval] = []
         for i, spec in enumerate(specs):
             opens, closes = _hhmm(spec.opens), _hhmm(spec.closes)
             if closes <= opens:
                 raise LoadError(f"{where}.opening_hours[{i}]: closes ({spec.closes}) must be after opens")
-            for day in spec.days:
-                self.db.add(
-                    OpeningHours(
-                        site_id=site.id,
-                        machine_id=machine.id if machine else None,
-                        weekday=WEEKDAYS.index(day),
-                        opens=opens,
-                        closes=closes,
-                    )
-                )
+            intervals.extend(opening_hours.Interval(WEEKDAYS.index(day), opens, closes) for day in spec.days)
+        opening_hours.replace(self.db, site.id, machine.id if machine else None, intervals)
 
 
 def load(db: Session, lab: LabFile) -> dict[str, int]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.i18n import N_
@@ -144,7 +144,10 @@ def _ranges(days: Sequence[int]) -> str:
 def replace(db: Session, site_id: int, machine_id: int | None, intervals: Iterable[Interval]) -> None:
     """Make ``intervals`` the site's own (machine_id None) or the machine's opening hours."""
     owner = OpeningHours.machine_id == machine_id if machine_id else OpeningHours.machine_id.is_(None)
-    db.execute(delete(OpeningHours).where(OpeningHours.site_id == site_id, owner))
+    # Row by row through the session, not one DELETE statement: the flush hooks (the usage
+    # figures' open hours) see hours that were removed, too.
+    for row in db.scalars(select(OpeningHours).where(OpeningHours.site_id == site_id, owner)):
+        db.delete(row)
     for iv in intervals:
         db.add(
             OpeningHours(
