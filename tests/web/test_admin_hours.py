@@ -48,6 +48,8 @@ def test_site_hours_saved_shown_audited_and_followed_at_the_machine(
     assert _reason(printer, MONDAY_HALF_FIVE) == "outside_opening_hours"
     page = client.get(f"/admin/sites/{lab.site_id}").get_data(as_text=True)
     assert "mon-fri 09:00-17:00\nsat 10:00-14:00" in page
+    listing = client.get("/admin/sites").get_data(as_text=True)
+    assert "mon-fri 09:00-17:00\nsat 10:00-14:00" in listing and "Always open" in listing  # the other site
     with db.session() as s:
         entry = s.scalar(select(AuditLog).where(AuditLog.action == "opening_hours.update"))
         assert entry is not None and entry.subject == f"site:{lab.site_id}"

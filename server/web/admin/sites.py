@@ -33,8 +33,12 @@ def index() -> ResponseReturnValue:
 @bp.get("/sites")
 @admin_required
 def sites() -> ResponseReturnValue:
-    rows = get_db().scalars(select(Site).order_by(Site.name)).all()
-    hours = {site.id: site_hours_text(site.id, None) for site in rows}
+    db = get_db()
+    rows = db.scalars(select(Site).order_by(Site.name)).all()
+    by_site: dict[int, list[OpeningHours]] = {site.id: [] for site in rows}
+    for row in db.scalars(select(OpeningHours).where(OpeningHours.machine_id.is_(None))):
+        by_site.setdefault(row.site_id, []).append(row)
+    hours = {site_id: opening_hours.format_hours(found) for site_id, found in by_site.items()}
     return render_template("admin/sites.html", sites=rows, hours=hours)
 
 
