@@ -22,7 +22,7 @@ from device_agent.clock import SystemClock
 from device_agent.config import AgentConfig, parse_config
 from device_agent.outbox import Outbox
 from device_agent.storage import OpenSession
-from werkbank_protocol import format_ts
+from werkbank_protocol import format_ts, parse_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, sign
 from werkbank_protocol.messages import Ack, AuthReq, AuthResp, Cmd, decode_as, decode_event, encode
 from werkbank_protocol.mqtt import make_client, parse_mqtt_url
@@ -115,6 +115,8 @@ class Responder:
         # Answers to supervise/certify taps by (badge, mode); anything else is denied.
         self.mode_answers: dict[tuple[str, str], tuple[str, str]] = {}
         self.silent = False
+        # Send `until_s` (the time left) as the server does; False: an older server, `until` alone.
+        self.send_until_s = True
         self.auto_ack = True
         self.requests: list[AuthReq] = []
         self.events: list[Any] = []
@@ -196,6 +198,9 @@ class Responder:
             session=str(uuid.uuid4()) if allowed else None,
             person="Ada" if allowed else None,
             until=until,
+            until_s=max(0.0, (parse_ts(until) - datetime.now(UTC)).total_seconds())
+            if until and self.send_until_s
+            else None,
             trainer=allowed and request.badge in self.trainers,
             until_reason=self.until_reasons.get(request.badge) if allowed else None,  # type: ignore[arg-type]
         )

@@ -24,9 +24,9 @@ from tests.agent.helpers import (
     EVE,
     KEY,
     MACHINE,
+    ManualClock,
     Responder,
     allowlist_document,
-    ManualClock,
     make_config,
     payload_of,
     relay_closed,
@@ -291,9 +291,11 @@ def test_agent_reboot_reports_the_session_ended_at_its_last_alive_mark(
     assert second.outbox.open_session() is None
 
 
+@pytest.mark.parametrize("send_until_s", [True, False], ids=["until_s", "older-server"])
 def test_agent_ends_session_at_until(
-    start_agent: StartAgent, responder: Responder, pins: MockFactory
+    start_agent: StartAgent, responder: Responder, pins: MockFactory, send_until_s: bool
 ) -> None:
+    responder.send_until_s = send_until_s
     until = datetime.now(UTC) + timedelta(seconds=0.4)
     responder.answers[ADA] = ("allow", "ok", format_ts(until))
     agent = start_agent()

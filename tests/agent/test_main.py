@@ -107,9 +107,7 @@ def test_main_sigkill_mid_session_then_restart_carries_on_and_replays_the_outbox
         replayed = responder.wait_event("session_started", count=2, copies=True, timeout=15)
         assert {e.id for e in replayed} == {started.id}, "the same event again, not a new one"
         # Same boot: the session carries on, and the next tap ends it (test_crash.py times it).
-        assert responder.wait_for(
-            lambda: responder.statuses_of(device)[-1].get("state") == "unlocked", 15
-        )
+        assert responder.wait_for(lambda: responder.statuses_of(device)[-1].get("state") == "unlocked", 15)
         responder.publish(device, Suffix.SIM_TAP, encode(SimTap(v=1, badge=ADA)))
         (ended,) = responder.wait_event("session_ended", timeout=15)
         assert ended.reason == "tap_out" and ended.session == started.session
