@@ -1179,7 +1179,8 @@ class Agent:
                 # loss, and it ran at most until the last alive mark.
                 job = session.job
                 log.warning("job %s ended while the agent was down: reporting it failed", job.record.id)
-                ran = (record.alive_mono or job.started_mono) - job.started_mono
+                last_seen = record.alive_mono if record.alive_mono is not None else job.started_mono
+                ran = last_seen - job.started_mono
                 self._persist(session, [self._job_finished_event(session, "failed", ran)])
         elif mid_job:
             self._resume(record, same_boot=False)
