@@ -4,7 +4,7 @@ Two threads do the work. paho's network thread receives messages; apart from an
 ``auth/resp`` (which wakes the tap waiting for it) each one becomes a job for the main
 loop, so every decision, relay switch, indicator change and file write happens in the
 main loop, one at a time. The main loop polls the reader at ``poll_hz`` and checks
-timers (session end, heartbeat, telemetry, outbox re-send) and the machine monitor's
+timers (session end, alive mark, telemetry, outbox re-send) and the machine monitor's
 news (jobs, faults, readings; the monitor reads the machine in its own thread) between polls.
 
 The safety rules live in :meth:`Agent._lock_due`: a lock never cuts power mid-job unless
@@ -18,9 +18,16 @@ trainer's own badge in it arms a sign-off instead of tapping out; a participant'
 then asks for mode ``certify`` (the server records the sign-off; no session starts).
 
 Every event is written to the outbox before it is published and stays there until the
-server's ``ack`` names it. The open session is kept in ``state.json`` so that after a
-power loss the next start reports it ended at its last heartbeat: the agent never
-invents times.
+server's ``ack`` names it. The open session is kept in the outbox's file too, written in one
+transaction with its start and end events, and marked alive every ``ALIVE_S`` while open.
+At start (:meth:`Agent._recover`) a session left open by a crashed or restarted agent carries
+on when the machine has not rebooted since (same boot id): the relay is made closed again at
+once and the person's next tap ends that same session, timed on the boot clock across both
+processes. After a reboot (a power loss) it is reported ended at its last alive mark, unless
+the machine is mid-job: the agent never invents times.
+
+Durations and deadlines come from the boot clock (:mod:`device_agent.clock`), never from the
+wall clock: the server's ``until`` is counted down from the moment its answer arrived.
 """
 
 from __future__ import annotations
@@ -33,17 +40,17 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import msgspec
 import paho.mqtt.client as mqtt
 
 from device_agent import agent_version
 from device_agent.allowlist_store import AllowlistStore
+from device_agent.clock import Clock, SystemClock
 from device_agent.config import AgentConfig
 from device_agent.hardware import create_reader
 from device_agent.hardware.base import (
@@ -63,7 +70,7 @@ from device_agent.hardware.gpio import configure_pin_factory, create_indicators,
 from device_agent.hardware.monitors import create_monitor
 from device_agent.hardware.simulated import SimulatedReader
 from device_agent.outbox import Outbox
-from device_agent.storage import AgentState, OpenJob, OpenSession, StateFile
+from device_agent.storage import OpenJob, OpenSession, StateFile
 from werkbank_protocol import ProtocolError, format_ts, parse_ts
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.messages import (
@@ -73,6 +80,7 @@ from werkbank_protocol.messages import (
     AuthResp,
     Cmd,
     EndReason,
+    Event,
     Fault,
     JobFinished,
     JobStarted,
@@ -137,6 +145,12 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
         "de": "Ihre Zeit endet in {m} Min. Bitte zum Ende kommen: Danach sperrt die Maschine.",
         "en": "Your time ends in {m} min. Please finish: then the machine locks.",
     },
+    # An offline session whose badge a newer allow-list no longer lists.
+    "access_withdrawn": {
+        "de": "Freigabe entzogen: Die Maschine sperrt (ein laufender Auftrag wird noch fertig). "
+        "Bitte Trainer fragen.",
+        "en": "Access withdrawn: the machine locks (a running job finishes first). Please ask a trainer.",
+    },
     "job_running_handover": {
         "de": "Ein Auftrag läuft. Betreuung erst starten, wenn er fertig ist.",
         "en": "A job is running. Start supervising when it has ended.",
@@ -173,22 +187,6 @@ class Decision:
         return next(iter(self.message.values()), "")
 
 
-class Clock(Protocol):
-    """Wall time for timestamps and ``until``; monotonic time for durations."""
-
-    def now(self) -> datetime: ...
-
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-
 @dataclass
 class _Job:
     """The job running in the open session."""
@@ -207,7 +205,8 @@ class _Session:
 
     record: OpenSession
     started_mono: float
-    until: datetime | None
+    # When the unlock ends at the latest, on the boot clock (the server's until_s from its answer).
+    until_mono: float | None
     # Last time the machine was seen busy (or the start): the idle timeout counts from it.
     active_mono: float
     last_tick_mono: float
@@ -237,6 +236,12 @@ class _Waiter:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.response: AuthResp | None = None
+        self.arrived_mono = 0.0  # the boot clock when the answer arrived: `until_s` counts from here
+
+
+def _seconds(mono: float | None) -> float | None:
+    """A boot-clock reading as sent in ``mono_s`` (ms precision; None when not known)."""
+    return None if mono is None else round(max(mono, 0.0), 3)
 
 
 def _compact(message: msgspec.Struct) -> bytes:
@@ -252,7 +257,10 @@ class Agent:
     hardware passed in belongs to the caller.
     """
 
-    HEARTBEAT_S = 30.0
+    # While a session is open, how often its record is marked alive: after a power loss the
+    # session is reported ended at the last mark, so this bounds the hours lost. One small
+    # SQLite transaction each (the SD-card budget is in firmware_config/agent-config.md).
+    ALIVE_S = 10.0
     TELEMETRY_S = 10.0
     # At start, how long to wait for the monitor's first reading before deciding about a
     # session the last run left open (OctoPrint answers within its request timeout).
@@ -274,10 +282,12 @@ class Agent:
         self.clock: Clock = clock or SystemClock()
         storage = Path(config.storage_dir)
         storage.mkdir(parents=True, exist_ok=True)
-        self._state_file = StateFile(storage / "state.json")
-        # Read before the relay is made: a session left open means the relay is closed now, and
-        # it must be made closed so that the pin never toggles (see _recover).
-        self._left_open = self._state_file.load().session
+        self.outbox = Outbox(storage / "outbox.sqlite")
+        self._boot = self.clock.boot_id()
+        # Read before the relay is made: a session left open means the relay is (or was, until
+        # this process started) closed, and it must be made closed at once, so that the pin
+        # never toggles (see _recover).
+        self._left_open = self._take_legacy_state(StateFile(storage / "state.json"))
         if relay is None or indicators is None:
             configure_pin_factory(config.gpio_pin_factory)
         self.reader: Reader = reader or create_reader(config)
@@ -293,7 +303,6 @@ class Agent:
         )
         self._owned: list[Callable[[], None]] = [release for given, release in made if given is None]
 
-        self.outbox = Outbox(storage / "outbox.sqlite")
         self.allowlist = AllowlistStore(
             storage / "allowlist.json", key_bytes(config.allowlist_key), config.device_machine
         )
@@ -323,7 +332,7 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._resend_delay = self.RESEND_MIN_S
         self._resend_at: float | None = None
-        self._next_heartbeat = 0.0
+        self._next_alive = 0.0
         self._next_telemetry = 0.0
         self._subscribe_mid: int | None = None
         self._client = self._make_client()
@@ -384,9 +393,9 @@ class Agent:
         )
 
     def stop(self) -> None:
-        """Stop cleanly. An open session stays open in state.json (with a fresh heartbeat) and
-        its relay stays closed; the next start resumes it if the machine is mid-job, else reports
-        it as ``power_loss_recovered``. Stopping twice is harmless."""
+        """Stop cleanly. An open session stays open on disk (marked alive now) and its relay
+        stays closed; the next start in this boot carries it on (see :meth:`_recover`).
+        Stopping twice is harmless."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -394,7 +403,7 @@ class Agent:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._session is not None:
-            self._heartbeat(self.clock.monotonic())
+            self._mark_alive(self.clock.monotonic())
         if self._ready.is_set():
             # A clean disconnect sends no will: say we are gone ourselves.
             info = self._client.publish(
@@ -491,14 +500,14 @@ class Agent:
                 if not busy:
                     log.info("the job ended: the deferred lock (%s) happens now", session.lock_pending)
                     self._end_session(session.lock_pending)
-            elif session.until is not None and self.clock.now() >= session.until:
+            elif session.until_mono is not None and mono >= session.until_mono:
                 # A booking begins (someone else's) or ends (the holder's): the lock says so.
                 self._lock_due("booking_end" if session.until_reason == "booking" else "max_duration")
             elif idle > 0 and mono - session.active_mono >= idle:
                 self._lock_due("idle_timeout")
         self._warn_if_ending(self._session)
-        if self._session is not None and mono >= self._next_heartbeat:
-            self._heartbeat(mono)
+        if self._session is not None and mono >= self._next_alive:
+            self._mark_alive(mono)
         # Telemetry while unlocked, and while the machine runs without a session (a fault).
         if (self._session is not None or self.monitor.running()) and mono >= self._next_telemetry:
             self._next_telemetry = mono + self.TELEMETRY_S
@@ -515,11 +524,11 @@ class Agent:
         for a job already: the lights show "lock pending".
         """
         warn_s = self.config.session_warn_before_end_s
-        if session is None or session.warned or session.until is None or warn_s <= 0:
+        if session is None or session.warned or session.until_mono is None or warn_s <= 0:
             return
         if session.lock_pending is not None:
             return
-        left = (session.until - self.clock.now()).total_seconds()
+        left = session.until_mono - self.clock.monotonic()
         if left > warn_s or left <= 0:
             return
         session.warned = True
@@ -577,15 +586,15 @@ class Agent:
         if job is not None and job.adopting:
             # The job that ran when the agent restarted: same job id, nothing new to report.
             job.adopting = False
-            before = (now - parse_ts(job.record.started)).total_seconds()
-            job.unseen_s = max(0.0, before - event.elapsed_s)
+            job.unseen_s = max(0.0, mono - job.started_mono - event.elapsed_s)
             log.info("job %s carries on after the restart", job.record.id)
             return
+        events: list[Event] = []
         if job is not None:
             log.warning(
                 "a new job began before the end of job %s was reported; ending that one", job.record.id
             )
-            self._close_job(session, "failed", mono - job.started_mono)
+            events.append(self._job_finished_event(session, "failed", mono - job.started_mono))
         record = OpenJob(
             id=str(uuid.uuid4()),
             kind=event.kind,
@@ -593,14 +602,17 @@ class Agent:
             estimated_s=event.estimated_s,
             started=format_ts(now),
             start_event=str(uuid.uuid4()),
+            started_mono=mono - event.elapsed_s,
         )
         session.job = _Job(record=record, started_mono=mono - event.elapsed_s)
-        # On record first, as a session start is: a restart must carry on with this job id.
-        self._persist(session)
-        self._emit(self._job_started_event(session.record.id, record))
+        # On record with its event, as a session start is: a restart carries on with this job id.
+        events.append(self._job_started_event(session.record.id, record, self._boot, mono))
+        self._persist(session, events)
 
     @staticmethod
-    def _job_started_event(session_id: str, record: OpenJob) -> JobStarted:
+    def _job_started_event(
+        session_id: str, record: OpenJob, boot: str | None, mono: float | None
+    ) -> JobStarted:
         return JobStarted(
             v=1,
             id=record.start_event,
@@ -610,6 +622,8 @@ class Agent:
             kind=record.kind,
             file=record.file[:500] if record.file else None,
             estimated_s=None if record.estimated_s is None else max(record.estimated_s, 0.0),
+            boot=boot,
+            mono_s=_seconds(mono),
         )
 
     def _job_finished(self, event: MonitorJobFinished) -> None:
@@ -621,36 +635,36 @@ class Agent:
             if self._fault == "job_without_session":
                 self._clear_fault()
             return
-        self._close_job(
+        finished = self._job_finished_event(
             session, event.status, event.duration_s + job.unseen_s, event.filament_mm, event.filament_g
         )
+        self._persist(session, [finished])
 
-    def _close_job(
+    def _job_finished_event(
         self,
         session: _Session,
         status: JobStatus,
         duration_s: float,
         filament_mm: float | None = None,
         filament_g: float | None = None,
-    ) -> None:
+    ) -> JobFinished:
+        """The end of the session's job (which it no longer has); the caller stores the event."""
         job = session.job
         assert job is not None
         session.job = None
-        self._emit(
-            JobFinished(
-                v=1,
-                id=str(uuid.uuid4()),
-                ts=format_ts(self.clock.now()),
-                session=session.record.id,
-                job=job.record.id,
-                status=status,
-                duration_s=round(max(duration_s, 0.0), 3),
-                filament_mm=None if filament_mm is None else max(filament_mm, 0.0),
-                filament_g=None if filament_g is None else max(filament_g, 0.0),
-            )
+        return JobFinished(
+            v=1,
+            id=str(uuid.uuid4()),
+            ts=format_ts(self.clock.now()),
+            session=session.record.id,
+            job=job.record.id,
+            status=status,
+            duration_s=round(max(duration_s, 0.0), 3),
+            filament_mm=None if filament_mm is None else max(filament_mm, 0.0),
+            filament_g=None if filament_g is None else max(filament_g, 0.0),
+            boot=self._boot,
+            mono_s=_seconds(self.clock.monotonic()),
         )
-        if self._session is session:
-            self._persist(session)
 
     # ------------------------------------------------------------------ taps and sessions
 
@@ -690,8 +704,9 @@ class Agent:
                 self._tap_out(uid, session)
             return
 
-        response = self._ask_server(uid)
-        if response is not None:
+        answer = self._ask_server(uid)
+        if answer is not None:
+            response, arrived = answer
             if response.decision == "allow":
                 if response.session is None:
                     log.warning("the server allowed %s without a session id; making one", uid)
@@ -701,6 +716,7 @@ class Agent:
                     server_session,
                     offline=False,
                     until=response.until,
+                    until_mono=self._until_mono(response, arrived),
                     until_reason=response.until_reason,
                 )
                 message = response.message
@@ -726,7 +742,7 @@ class Agent:
         allowed, trainer = self.allowlist.check(uid, self.clock.now())
         if allowed:
             session_id = str(uuid.uuid4())
-            self._start_session(uid, session_id, offline=True, until=None)
+            self._start_session(uid, session_id, offline=True, until=None, until_mono=None)
             message = LOCAL_MESSAGES["offline_ok"]
             if trainer:
                 # Supervising needs the server; the window is there so that a participant's badge
@@ -801,12 +817,13 @@ class Agent:
                 Decision(uid, "denied", "job_running_handover", LOCAL_MESSAGES["job_running_handover"])
             )
             return
-        response = self._ask_server(uid, window.mode, window.trainer)
-        if response is None:
+        answer = self._ask_server(uid, window.mode, window.trainer)
+        if answer is None:
             # The allow-list cannot show that this person had the briefing: no supervising offline.
             self.indicators.denied()
             self._decided(Decision(uid, "denied", "server_needed", LOCAL_MESSAGES["server_needed"], True))
             return
+        response, arrived = answer
         if response.decision != "allow":
             # The trainer's session carries on, and so does the window.
             self.indicators.denied()
@@ -830,7 +847,19 @@ class Agent:
         if response.session is None:
             log.warning("the server allowed supervising %s without a session id; making one", uid)
         new_session = response.session or str(uuid.uuid4())
-        self._hand_over(uid, new_session, response.until, window.trainer, response.until_reason)
+        self._start_session(
+            uid,
+            new_session,
+            offline=False,
+            until=response.until,
+            until_mono=self._until_mono(response, arrived),
+            mode="supervise",
+            trainer_badge=window.trainer,
+            until_reason=response.until_reason,
+            # The trainer's session ends as the supervised one starts: one step on disk, the
+            # relay closed throughout.
+            ending=session,
+        )
         self._decided(
             Decision(
                 uid,
@@ -842,33 +871,11 @@ class Agent:
             )
         )
 
-    def _hand_over(
-        self,
-        uid: str,
-        session_id: str,
-        until: str | None,
-        trainer: str,
-        until_reason: Literal["booking"] | None = None,
-    ) -> None:
-        """End the trainer's session and start ``uid``'s supervised one; the relay stays closed.
-
-        The order keeps the power-loss rules: the trainer's ``session_ended`` is in the outbox
-        before ``state.json`` names the new session, so a crash in between reports the trainer's
-        session as lost (the server keeps the real end) and opens the relay.
-        """
-        self._end_session("tap_out", keep_relay_closed=True)
-        self._start_session(
-            uid,
-            session_id,
-            offline=False,
-            until=until,
-            mode="supervise",
-            trainer_badge=trainer,
-            until_reason=until_reason,
-        )
-
-    def _ask_server(self, uid: str, mode: Mode = "use", trainer_badge: str | None = None) -> AuthResp | None:
-        """The server's answer, or None when it cannot be asked or does not answer in time."""
+    def _ask_server(
+        self, uid: str, mode: Mode = "use", trainer_badge: str | None = None
+    ) -> tuple[AuthResp, float] | None:
+        """The server's answer and the boot clock when it arrived, or None when the server cannot
+        be asked or does not answer in time."""
         if not self._ready.is_set():
             return None
         request = AuthReq(
@@ -878,6 +885,8 @@ class Agent:
             badge=uid,
             mode=mode,
             trainer_badge=trainer_badge,
+            boot=self._boot,
+            mono_s=_seconds(self.clock.monotonic()),
         )
         waiter = _Waiter()
         with self._waiting_lock:
@@ -886,7 +895,7 @@ class Agent:
             info = self._publish(Suffix.AUTH_REQ, encode(request))
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return None
-            if not waiter.event.wait(self.config.server_auth_timeout_s):
+            if not waiter.event.wait(self.config.server_auth_timeout_s) or waiter.response is None:
                 log.warning(
                     "no answer from the server within %.1f s: deciding from the allow-list",
                     self.config.server_auth_timeout_s,
@@ -894,10 +903,19 @@ class Agent:
                 self._set_server_answering(False)
                 return None
             self._set_server_answering(True)
-            return waiter.response
+            return waiter.response, waiter.arrived_mono
         finally:
             with self._waiting_lock:
                 self._waiting.pop(request.id, None)
+
+    def _until_mono(self, response: AuthResp, arrived: float) -> float | None:
+        """When the unlock ends, on the boot clock: the server's ``until_s`` from the answer's
+        arrival; from an older server without it, ``until`` against this clock, taken once."""
+        if response.until_s is not None:
+            return arrived + response.until_s
+        if response.until is None:
+            return None
+        return arrived + (parse_ts(response.until) - self.clock.now()).total_seconds()
 
     def _start_session(
         self,
@@ -905,10 +923,15 @@ class Agent:
         session_id: str,
         offline: bool,
         until: str | None,
+        until_mono: float | None,
         mode: Mode = "use",
         trainer_badge: str | None = None,
         until_reason: Literal["booking"] | None = None,
+        ending: _Session | None = None,
     ) -> None:
+        """Open a session and close the relay. ``ending``: the open session this one takes over
+        from (a trainer's, at a handover); it ends with reason ``tap_out`` in the same step."""
+        prior = self._end_events(ending, "tap_out") if ending is not None else []
         now = format_ts(self.clock.now())
         mono = self.clock.monotonic()
         record = OpenSession(
@@ -922,25 +945,27 @@ class Agent:
             until=until,
             until_reason=until_reason if until else None,
             heartbeat=now,
+            boot=self._boot,
+            started_mono=mono,
+            alive_mono=mono,
+            active_mono=mono,
+            until_mono=until_mono if until else None,
         )
-        # On record before the relay closes: after SIGKILL the pin keeps its level, and the next
-        # start must know a session may have been open. Crash windows are covered in _recover.
-        self._state_file.save(AgentState(session=record))
-        started = self._started_event(record)
-        payload = encode(started)
-        self.outbox.put(started.id, payload)
+        # On record, with its start event, before the relay closes: after SIGKILL the pin keeps
+        # its level, and the next start must know that the session is open (see _recover).
+        stored = self._store([*prior, self._started_event(record)], session=record)
         self.relay.close()
         self._session = _Session(
             record=record,
             started_mono=mono,
-            until=parse_ts(until) if until else None,
+            until_mono=record.until_mono,
             until_reason=record.until_reason,
             active_mono=mono,
             last_tick_mono=mono,
         )
         self.indicators.unlocked()
-        self._send_event(started.id, payload)
-        self._next_heartbeat = mono + self.HEARTBEAT_S
+        self._send_stored(stored)
+        self._next_alive = mono + self.ALIVE_S
         self._next_telemetry = mono + self.TELEMETRY_S
         self._publish_status()
 
@@ -955,6 +980,8 @@ class Agent:
             offline=record.offline,
             mode=record.mode,
             trainer_badge=record.trainer_badge,
+            boot=record.boot,
+            mono_s=_seconds(record.started_mono),
         )
 
     def _lock_due(self, reason: EndReason, force: bool = False) -> bool:
@@ -976,62 +1003,98 @@ class Agent:
         if session.lock_pending is None:
             log.info("lock due (%s) while a job runs: the relay stays closed until it ends", reason)
             session.lock_pending = reason
-            self._persist(session)
-            self._emit(
-                LockDeferred(
-                    v=1,
-                    id=str(uuid.uuid4()),
-                    ts=format_ts(self.clock.now()),
-                    session=session.record.id,
-                    why="job_running",
-                )
+            deferred = LockDeferred(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=format_ts(self.clock.now()),
+                session=session.record.id,
+                why="job_running",
+                boot=self._boot,
+                mono_s=_seconds(self.clock.monotonic()),
             )
+            self._persist(session, [deferred])
             self._show_state()
             self._publish_status()
         return False
 
-    def _end_session(self, reason: EndReason, keep_relay_closed: bool = False) -> None:
-        """End the open session; ``keep_relay_closed``: a handover, the next session starts now."""
-        session = self._session
-        assert session is not None
+    def _end_events(self, session: _Session, reason: EndReason) -> list[Event]:
+        """End ``session`` in memory; its ``session_ended`` (after a ``job_finished`` when a
+        forced lock cuts a job) for the caller to store."""
         self._window = None
-        # The relay first: safety does not wait for disk writes.
-        if not keep_relay_closed:
-            self.relay.open()
+        self._session = None
         mono = self.clock.monotonic()
         if self.monitor.running():
             session.run_s += mono - session.last_tick_mono
+        events: list[Event] = []
         if session.job is not None:
             # Only a forced lock gets here mid-job: the power is gone, the job did not complete.
-            self._close_job(session, "cancelled", mono - session.job.started_mono)
-        ended = SessionEnded(
-            v=1,
-            id=str(uuid.uuid4()),
-            ts=format_ts(self.clock.now()),
-            session=session.record.id,
-            reason=reason,
-            unlocked_s=round(mono - session.started_mono, 3),
-            run_s=round(session.run_s, 3),
+            events.append(self._job_finished_event(session, "cancelled", mono - session.job.started_mono))
+        events.append(
+            SessionEnded(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=format_ts(self.clock.now()),
+                session=session.record.id,
+                reason=reason,
+                unlocked_s=round(max(mono - session.started_mono, 0.0), 3),
+                run_s=round(session.run_s, 3),
+                boot=self._boot,
+                mono_s=_seconds(mono),
+            )
         )
-        self._session = None
-        self._emit(ended)
-        if keep_relay_closed:
-            return  # the caller starts the next session, which rewrites state.json
-        # A crash between the line above and this one reports the session ended twice (the second
-        # as power_loss_recovered, with another id): the server must take a second end of an
-        # ended session as a duplicate.
-        self._state_file.save(AgentState())
+        return events
+
+    def _end_session(self, reason: EndReason) -> None:
+        """End the open session and open the relay."""
+        session = self._session
+        assert session is not None
+        events = self._end_events(session, reason)
+        try:
+            # The end and its events are on record in one step before the relay opens: a crash
+            # between the two leaves no open session, so the next start makes the relay open.
+            # The other order would find the session open after such a crash and close the relay
+            # again on a machine its user had just left. (A disk write is milliseconds; the
+            # relay is never the only safety stop.)
+            stored = self._store(events, close=True)
+        finally:
+            self.relay.open()
+        self._send_stored(stored)
         self._show_state()
         self._publish_status()
 
-    def _persist(self, session: _Session) -> None:
-        """Write the session's job and pending lock to state.json (a restart carries on with them)."""
+    def _persist(self, session: _Session, events: Sequence[Event] = ()) -> None:
+        """Write the session as it is now (times, job, pending lock), with ``events``, in one step:
+        a restart carries on from here, and a power loss is reported ended here."""
+        mono = self.clock.monotonic()
+        job = session.job
+        if job is not None:
+            job.record = msgspec.structs.replace(job.record, started_mono=job.started_mono)
         session.record = msgspec.structs.replace(
             session.record,
-            job=session.job.record if session.job is not None else None,
+            job=None if job is None else job.record,
             lock_pending=session.lock_pending,
+            heartbeat=format_ts(self.clock.now()),
+            unlocked_s=round(max(mono - session.started_mono, 0.0), 3),
+            run_s=round(session.run_s, 3),
+            boot=self._boot,
+            started_mono=session.started_mono,
+            alive_mono=mono,
+            active_mono=session.active_mono,
+            until_mono=session.until_mono,
         )
-        self._state_file.save(AgentState(session=session.record))
+        self._send_stored(self._store(events, session=session.record))
+
+    def _store(
+        self, events: Sequence[Event], session: OpenSession | None = None, close: bool = False
+    ) -> list[tuple[str, bytes]]:
+        """Put ``events`` in the outbox and store or close the open session, in one transaction."""
+        stored = [(event.id, encode(event)) for event in events]
+        self.outbox.record(stored, session, close=close)
+        return stored
+
+    def _send_stored(self, stored: Sequence[tuple[str, bytes]]) -> None:
+        for event_id, payload in stored:
+            self._send_event(event_id, payload)
 
     def _show_state(self) -> None:
         """Set the lights for the current state (after a fault cleared, a lock, a resume)."""
@@ -1055,110 +1118,188 @@ class Agent:
             log.info("leaving the relay closed: session %s stays open across the restart", self.session_id)
             self.relay.detach()
 
-    def _heartbeat(self, mono: float) -> None:
-        """Note in state.json that the session is still open now (what a power loss report may use)."""
+    def _mark_alive(self, mono: float) -> None:
+        """Note on disk that the session is still open now, with its times: a power loss is
+        reported ended at the last mark, so ``ALIVE_S`` bounds the hours lost."""
         session = self._session
         if session is None:
             return
-        self._next_heartbeat = mono + self.HEARTBEAT_S
-        session.record = msgspec.structs.replace(
-            session.record,
-            heartbeat=format_ts(self.clock.now()),
-            unlocked_s=round(mono - session.started_mono, 3),
-            run_s=round(session.run_s, 3),
-        )
-        self._state_file.save(AgentState(session=session.record))
+        self._next_alive = mono + self.ALIVE_S
+        self._persist(session)
+
+    # ------------------------------------------------------------------ after a crash or a power loss
+
+    def _take_legacy_state(self, legacy: StateFile) -> OpenSession | None:
+        """The session left open on disk; moves one from an older agent's ``state.json`` first."""
+        if legacy.path.exists():
+            old = legacy.load().session
+            if old is not None and self.outbox.open_session() is None:
+                log.info("taking the open session %s over from %s", old.id, legacy.path)
+                self.outbox.record([], session=old)
+            legacy.remove()
+        return self.outbox.open_session()
 
     def _recover(self) -> None:
         """Deal with a session that was open when the agent last stopped.
 
-        If the machine is mid-job now (an agent restart or upgrade during a print), the session
-        carries on: same ids, the relay never opened. Otherwise (a power loss, or the machine is
-        idle) it is reported ended at its last heartbeat, and the relay opens.
+        Same boot (the agent crashed, was killed or restarted, the machine kept running): the
+        relay was made closed again at once (``__init__``) and the session carries on, timed on
+        the boot clock from its real start; the person's next tap ends it. A job it had is
+        carried on when the monitor still sees it, else reported ended unseen.
+
+        Another boot (a power loss, a reboot), or a record without boot readings (an older
+        agent's): the boot-clock readings mean nothing now. If the machine is mid-job the session
+        carries on (timed by the wall clock across the gap); otherwise it is reported ended at its
+        last alive mark (``power_loss_recovered``) and the relay opens.
         """
         record = self._left_open
         self._left_open = None
         if record is None:
             return
-        # Put its start again (same id: a no-op while still queued, a duplicate the server drops
-        # if already acked): a crash right after state.json was written may have lost it.
-        started = self._started_event(record)
-        self.outbox.put(started.id, encode(started))
-        if record.job is not None:
-            job_started = self._job_started_event(record.id, record.job)
-            self.outbox.put(job_started.id, encode(job_started))
+        if record.started_mono is None:
+            # An older agent wrote its record and events in two steps: a crash in between may
+            # have lost the start. The same ids again: a no-op here, a duplicate the server drops.
+            events: list[Event] = [self._started_event(record)]
+            if record.job is not None:
+                events.append(self._job_started_event(record.id, record.job, None, None))
+            self._store(events)
+        same_boot = self._boot is not None and record.boot == self._boot
+        if same_boot and record.job is None:
+            self._resume(record, same_boot=True)
+            return
         if not self.monitor.wait_ready(self.RESUME_WAIT_S):
             log.warning("the machine monitor gave no reading within %g s", self.RESUME_WAIT_S)
-        events = self.monitor.poll()
-        mid_job = self.monitor.running() or any(isinstance(e, MonitorJobStarted) for e in events)
-        if mid_job:
-            self._resume(record)
+        events_seen = self.monitor.poll()
+        mid_job = self.monitor.running() or any(isinstance(e, MonitorJobStarted) for e in events_seen)
+        if same_boot:
+            self._resume(record, same_boot=True)
+            session = self._session
+            if session is not None and session.job is not None and not mid_job:
+                # The job ended while no agent watched: its outcome is unknown, as after a power
+                # loss, and it ran at most until the last alive mark.
+                job = session.job
+                log.warning("job %s ended while the agent was down: reporting it failed", job.record.id)
+                last_seen = record.alive_mono if record.alive_mono is not None else job.started_mono
+                ran = last_seen - job.started_mono
+                self._persist(session, [self._job_finished_event(session, "failed", ran)])
+        elif mid_job:
+            self._resume(record, same_boot=False)
         else:
             self._report_lost(record)
-        for event in events:
+        for event in events_seen:
             self._on_monitor_event(event)
 
-    def _resume(self, record: OpenSession) -> None:
+    def _resume(self, record: OpenSession, same_boot: bool) -> None:
         now = self.clock.now()
         mono = self.clock.monotonic()
-        log.warning(
-            "session %s of %s was open and the machine is mid-job: carrying on", record.id, record.badge
-        )
-        # Wall-clock ages: the relay stayed closed while no agent ran, so that time is unlocked
-        # time; run_s goes on from the last heartbeat (the gap is not counted: not measured).
+        job = record.job
+        if same_boot:
+            assert record.started_mono is not None
+            log.warning(
+                "session %s of %s was open when the agent stopped; this boot goes on: carrying on "
+                "with the relay closed",
+                record.id,
+                record.badge,
+            )
+            started_mono = record.started_mono
+            active_mono = record.active_mono if record.active_mono is not None else mono
+            until_mono = record.until_mono
+            job_mono = job.started_mono if job is not None else None
+        else:
+            log.warning(
+                "session %s of %s was open before a reboot and the machine is mid-job: carrying on",
+                record.id,
+                record.badge,
+            )
+            # The relay held the machine's power while no agent ran (it is mid-job), so the gap
+            # since the last alive mark is unlocked time; only the wall clock spans it.
+            gap = max(0.0, (now - parse_ts(record.heartbeat)).total_seconds())
+            at_mark = mono - gap  # the last alive mark on this boot's clock
+            started_mono = at_mark - record.unlocked_s
+            active_mono = mono
+            until_mono = None
+            if record.until is not None:
+                left = (
+                    record.until_mono - record.alive_mono
+                    if record.until_mono is not None and record.alive_mono is not None
+                    else (parse_ts(record.until) - parse_ts(record.heartbeat)).total_seconds()
+                )
+                until_mono = at_mark + left
+            job_mono = None
+            if job is not None:
+                job_mono = (
+                    at_mark - (record.alive_mono - job.started_mono)
+                    if job.started_mono is not None and record.alive_mono is not None
+                    else mono - max(0.0, (now - parse_ts(job.started)).total_seconds())
+                )
         session = _Session(
             record=record,
-            started_mono=mono - max(0.0, (now - parse_ts(record.started)).total_seconds()),
-            until=parse_ts(record.until) if record.until else None,
+            started_mono=started_mono,
+            until_mono=until_mono,
             until_reason=record.until_reason,
-            active_mono=mono,
+            active_mono=active_mono,
             last_tick_mono=mono,
+            # The gap's run time is not counted: nobody measured it.
             run_s=record.run_s,
             lock_pending=record.lock_pending,
         )
-        if record.job is not None:
-            age = max(0.0, (now - parse_ts(record.job.started)).total_seconds())
-            session.job = _Job(record=record.job, started_mono=mono - age, adopting=True)
+        if job is not None:
+            session.job = _Job(
+                record=job, started_mono=job_mono if job_mono is not None else mono, adopting=True
+            )
         self._session = session
         if not self.relay.is_closed:
             self.relay.close()  # a relay passed in by the caller; ours was made closed
-        self._heartbeat(mono)
+        self._mark_alive(mono)
         self._next_telemetry = mono
 
     def _report_lost(self, record: OpenSession) -> None:
         log.warning(
-            "session %s of %s was open when the agent stopped; reporting it ended at %s",
+            "session %s of %s was open before a reboot; reporting it ended at its last alive mark %s",
             record.id,
             record.badge,
             record.heartbeat,
         )
-        # The relay was made closed in case the session carried on; it does not.
-        self.relay.open()
+        events: list[Event] = []
         if record.job is not None:
-            # A power loss mid-job spoils the job; the agent knows no more than the heartbeat.
-            lost_job = JobFinished(
+            # A power loss mid-job spoils the job; the agent knows no more than the last mark.
+            job = record.job
+            ran = (
+                record.alive_mono - job.started_mono
+                if record.alive_mono is not None and job.started_mono is not None
+                else (parse_ts(record.heartbeat) - parse_ts(job.started)).total_seconds()
+            )
+            events.append(
+                JobFinished(
+                    v=1,
+                    id=str(uuid.uuid4()),
+                    ts=record.heartbeat,
+                    session=record.id,
+                    job=job.id,
+                    status="failed",
+                    duration_s=round(max(0.0, ran), 3),
+                    boot=record.boot,
+                    mono_s=_seconds(record.alive_mono),
+                )
+            )
+        events.append(
+            SessionEnded(
                 v=1,
                 id=str(uuid.uuid4()),
                 ts=record.heartbeat,
                 session=record.id,
-                job=record.job.id,
-                status="failed",
-                duration_s=max(
-                    0.0, (parse_ts(record.heartbeat) - parse_ts(record.job.started)).total_seconds()
-                ),
+                reason="power_loss_recovered",
+                unlocked_s=record.unlocked_s,
+                run_s=record.run_s,
+                boot=record.boot,
+                mono_s=_seconds(record.alive_mono),
             )
-            self.outbox.put(lost_job.id, encode(lost_job))
-        ended = SessionEnded(
-            v=1,
-            id=str(uuid.uuid4()),
-            ts=record.heartbeat,
-            session=record.id,
-            reason="power_loss_recovered",
-            unlocked_s=record.unlocked_s,
-            run_s=record.run_s,
         )
-        self.outbox.put(ended.id, encode(ended))
-        self._state_file.save(AgentState())
+        try:
+            self._store(events, close=True)
+        finally:
+            # The relay was made closed in case the session carried on; it does not.
+            self.relay.open()
 
     # ------------------------------------------------------------------ faults
 
@@ -1176,6 +1317,8 @@ class Agent:
                 session=self.session_id,
                 code=code,
                 detail=detail[:500],
+                boot=self._boot,
+                mono_s=_seconds(self.clock.monotonic()),
             )
         )
         self._publish_status()
@@ -1194,13 +1337,9 @@ class Agent:
     def _publish(self, suffix: Suffix, payload: bytes) -> mqtt.MQTTMessageInfo:
         return self._client.publish(self._topic(suffix), payload, qos=QOS[suffix], retain=suffix in RETAINED)
 
-    def _emit(
-        self, event: SessionStarted | SessionEnded | JobStarted | JobFinished | LockDeferred | Fault
-    ) -> None:
+    def _emit(self, event: Event) -> None:
         """Store an event in the outbox, then publish it."""
-        payload = encode(event)
-        self.outbox.put(event.id, payload)
-        self._send_event(event.id, payload)
+        self._send_stored(self._store([event]))
 
     def _send_event(self, event_id: str, payload: bytes) -> None:
         # Offline, it waits in the outbox: on_connect re-sends it. Publishing now would
@@ -1242,6 +1381,8 @@ class Agent:
             config=self._config_hash,
             allowlist_version=self.allowlist.version,
             ts=format_ts(self.clock.now()),
+            boot=self._boot,
+            mono_s=_seconds(self.clock.monotonic()),
         )
         self._publish(Suffix.STATUS, _compact(status))
 
@@ -1363,11 +1504,13 @@ class Agent:
             self.rejected[f"auth/resp:{exc.code}"] += 1
             log.warning("rejected an auth response: %s", exc)
             return
+        arrived = self.clock.monotonic()
         with self._waiting_lock:
             waiter = self._waiting.get(response.req)
         if waiter is None:
             log.info("answer to request %s came too late or twice; ignored", response.req)
             return
+        waiter.arrived_mono = arrived
         waiter.response = response
         waiter.event.set()
 
@@ -1422,8 +1565,29 @@ class Agent:
         before = self.allowlist.version
         if not self.allowlist.offer(payload, self.clock.now()):
             self.rejected["allowlist:refused"] += 1  # the store logged why
-        elif self.allowlist.version != before:
+            return
+        if self.allowlist.version != before:
             self._publish_status()
+        self._recheck_offline_session()
+
+    def _recheck_offline_session(self) -> None:
+        """An offline session rests on the allow-list alone: when the list now held no longer
+        clears its badge (revoked, blocked, expired), it locks (``remote_lock``; after a running
+        job, as every lock). Sessions the server allowed are the server's to end."""
+        session = self._session
+        if session is None or not session.record.offline or session.lock_pending is not None:
+            return
+        allowed, _trainer = self.allowlist.check(session.record.badge, self.clock.now())
+        if allowed:
+            return
+        log.warning(
+            "allow-list version %s no longer clears badge %s: locking its offline session %s",
+            self.allowlist.version,
+            session.record.badge,
+            session.record.id,
+        )
+        self.last_message = LOCAL_MESSAGES["access_withdrawn"]
+        self._lock_due("remote_lock")
 
     def _handle_sim_tap(self, payload: bytes) -> None:
         tap = decode_as(SimTap, payload)

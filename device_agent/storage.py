@@ -1,7 +1,9 @@
-"""Small files the agent keeps on disk: atomic writes, and ``state.json`` (the open session).
+"""What the agent keeps on disk about the open session, and atomic file writes.
 
-``state.json`` is what lets the agent tell the truth after a power loss: it names the
-open session and the last time (heartbeat) it was known to be open.
+The open session (:class:`OpenSession`) lives in ``outbox.sqlite`` beside the events
+(:class:`device_agent.outbox.Outbox`), so that a session's end event and the removal of its
+record are one transaction. ``state.json`` (:class:`StateFile`) is where agents before that
+kept it: read once at the first start after an upgrade and then removed.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class OpenJob(msgspec.Struct, kw_only=True):
     estimated_s: float | None = None
     started: str  # protocol timestamp of job_started
     start_event: str  # id of the job_started event
+    # The boot clock (device_agent.clock) at the job's start, in the session's `boot`.
+    started_mono: float | None = None
 
 
 class OpenSession(msgspec.Struct, kw_only=True):
@@ -68,10 +72,19 @@ class OpenSession(msgspec.Struct, kw_only=True):
     # booking_end); None: the machine's maximum session or closing time (max_duration).
     # Absent from state files of older agents, which load as None.
     until_reason: Literal["booking"] | None = None
-    # Last time the session was known to be open, and its times up to then.
+    # Last time the session was known to be open (the last alive mark, wall clock), and its
+    # times up to then: what a report after a power loss says.
     heartbeat: str
     unlocked_s: float = 0.0
     run_s: float = 0.0
+    # The boot the readings below belong to, and the boot clock at the start, at the last alive
+    # mark, when the machine was last seen busy (the idle timeout counts from there), and when
+    # `until` falls. Absent from older agents' records: those are recovered as after a power loss.
+    boot: str | None = None
+    started_mono: float | None = None
+    alive_mono: float | None = None
+    active_mono: float | None = None
+    until_mono: float | None = None
     job: OpenJob | None = None
     # The end reason of a lock that waits for the job to end (lock_deferred was sent).
     lock_pending: EndReason | None = None
@@ -82,7 +95,7 @@ class AgentState(msgspec.Struct, kw_only=True):
 
 
 class StateFile:
-    """``state.json``: read once at start, rewritten (atomically) on every session change and heartbeat."""
+    """``state.json`` of agents before the session moved into ``outbox.sqlite``: read once, then removed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -101,3 +114,7 @@ class StateFile:
 
     def save(self, state: AgentState) -> None:
         atomic_write(self.path, msgspec.json.encode(state))
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

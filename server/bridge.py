@@ -443,6 +443,8 @@ class Bridge:
             session=verdict.session_id,
             person=verdict.person.first_name if verdict.person and verdict.allowed else None,
             until=format_ts(verdict.until) if verdict.until else None,
+            # The time left, so that an agent whose clock is wrong still locks on time.
+            until_s=round(max(0.0, (verdict.until - now).total_seconds()), 3) if verdict.until else None,
             trainer=verdict.trainer_here,
             lang=_language_of(verdict.person, verdict.message),
             until_reason="booking" if verdict.allowed and verdict.until_booking else None,

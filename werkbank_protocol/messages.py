@@ -26,6 +26,10 @@ Ts = Annotated[str, Meta(pattern=TS_PATTERN)]
 BADGE_PATTERN = r"^(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$"
 Badge = Annotated[str, Meta(pattern=BADGE_PATTERN)]
 Seconds = Annotated[float, Meta(ge=0)]
+# Addition (docs/protocol.md): the sender's boot id (Linux /proc/sys/kernel/random/boot_id) and
+# its monotonic boot clock in seconds. Two messages with the same `boot` share one clock that
+# no wall-clock step moves, so the server can measure between them or map them onto its own time.
+BootId = Annotated[str, Meta(max_length=64)]
 ShortText = Annotated[str, Meta(max_length=500)]
 
 Mode = Literal["use", "supervise", "certify"]
@@ -64,6 +68,9 @@ class Status(Struct, kw_only=True):
     config: Annotated[str, Meta(max_length=128)] | None = None
     allowlist_version: Annotated[int, Meta(ge=0)] | None = None
     ts: Ts | None = None
+    # Addition (docs/protocol.md): when `ts` was taken, on the agent's boot clock.
+    boot: BootId | None = None
+    mono_s: Seconds | None = None
 
 
 class AuthReq(Struct, kw_only=True):
@@ -73,6 +80,9 @@ class AuthReq(Struct, kw_only=True):
     badge: Badge
     mode: Mode = "use"
     trainer_badge: Badge | None = None
+    # Addition (docs/protocol.md): when `ts` was taken, on the agent's boot clock.
+    boot: BootId | None = None
+    mono_s: Seconds | None = None
 
     def __post_init__(self) -> None:
         if self.mode != "use" and self.trainer_badge is None:
@@ -100,6 +110,11 @@ class AuthResp(Struct, kw_only=True):
     # Addition (docs/protocol.md): why the session ends at `until`. "booking": a booking begins
     # or ends then, so the agent ends the session with reason `booking_end` (and warns before).
     until_reason: Literal["booking"] | None = None
+    # Addition (docs/protocol.md): seconds from the decision until `until`. The agent counts them
+    # down on its monotonic clock from the moment the answer arrives, so a wrong wall clock at the
+    # machine cannot stretch or cut the unlock; without it the agent takes `until` minus its own
+    # clock, once, at that moment.
+    until_s: Seconds | None = None
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):
@@ -107,6 +122,9 @@ class _Event(Struct, kw_only=True, tag_field="type"):
     id: Uuid
     ts: Ts
     session: Uuid | None = None
+    # Addition (docs/protocol.md): when the event happened, on the agent's boot clock.
+    boot: BootId | None = None
+    mono_s: Seconds | None = None
 
 
 class SessionStarted(_Event, tag="session_started"):

@@ -18,8 +18,11 @@ from typing import Any
 import msgspec
 from gpiozero.pins.mock import MockFactory
 
+from device_agent.clock import SystemClock
 from device_agent.config import AgentConfig, parse_config
-from werkbank_protocol import format_ts
+from device_agent.outbox import Outbox
+from device_agent.storage import OpenSession
+from werkbank_protocol import format_ts, parse_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, sign
 from werkbank_protocol.messages import Ack, AuthReq, AuthResp, Cmd, decode_as, decode_event, encode
 from werkbank_protocol.mqtt import make_client, parse_mqtt_url
@@ -31,6 +34,15 @@ MACHINE = "printer-1"
 ADA = "04A1B2C3"  # allowed
 BOB = "04B0B0B0"  # allowed too
 EVE = "04E0E0E0"  # denied: not qualified
+
+
+def session_on_disk(config: AgentConfig) -> OpenSession | None:
+    """The open session as the agent keeps it on disk: what a restart would find."""
+    outbox = Outbox(Path(config.storage_dir) / "outbox.sqlite")
+    try:
+        return outbox.open_session()
+    finally:
+        outbox.close()
 
 
 def relay_closed(pins: MockFactory, pin: int = 17) -> bool:
@@ -103,6 +115,8 @@ class Responder:
         # Answers to supervise/certify taps by (badge, mode); anything else is denied.
         self.mode_answers: dict[tuple[str, str], tuple[str, str]] = {}
         self.silent = False
+        # Send `until_s` (the time left) as the server does; False: an older server, `until` alone.
+        self.send_until_s = True
         self.auto_ack = True
         self.requests: list[AuthReq] = []
         self.events: list[Any] = []
@@ -184,6 +198,9 @@ class Responder:
             session=str(uuid.uuid4()) if allowed else None,
             person="Ada" if allowed else None,
             until=until,
+            until_s=max(0.0, (parse_ts(until) - datetime.now(UTC)).total_seconds())
+            if until and self.send_until_s
+            else None,
             trainer=allowed and request.badge in self.trainers,
             until_reason=self.until_reasons.get(request.badge) if allowed else None,  # type: ignore[arg-type]
         )
@@ -233,10 +250,14 @@ class Responder:
 
 
 class ManualClock:
-    """The agent's clock, moved forward by hand on top of the real one (no waiting for timers)."""
+    """The agent's clock, moved forward by hand on top of the real one (no waiting for timers).
+
+    ``boot`` is the boot id it reports: set a new one to make the next agent see a reboot.
+    """
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.boot = f"test-boot-{uuid.uuid4()}"
 
     def now(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.offset)
@@ -244,8 +265,29 @@ class ManualClock:
     def monotonic(self) -> float:
         return time.monotonic() + self.offset
 
+    def boot_id(self) -> str | None:
+        return self.boot
+
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+class SkewedClock:
+    """A machine whose wall clock is ``skew_s`` off (an RTC-less Pi before NTP, a wrong time zone
+    set as UTC); its boot clock and boot id are the real ones."""
+
+    def __init__(self, skew_s: float) -> None:
+        self.skew_s = skew_s
+        self._system = SystemClock()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.skew_s)
+
+    def monotonic(self) -> float:
+        return self._system.monotonic()
+
+    def boot_id(self) -> str | None:
+        return self._system.boot_id()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -24,11 +24,13 @@ from tests.agent.helpers import (
     EVE,
     KEY,
     MACHINE,
+    ManualClock,
     Responder,
     allowlist_document,
     make_config,
     payload_of,
     relay_closed,
+    session_on_disk,
     wait_until,
 )
 from werkbank_protocol import format_ts
@@ -211,9 +213,10 @@ def test_agent_outbox_is_replayed_after_reconnect(
     assert {e.id for e in responder.events_of("session_started", copies=True)} == {started.id}
 
 
-def test_agent_power_loss_recovered_at_last_heartbeat(
+def test_agent_power_loss_in_an_older_agents_state_file_is_reported_at_its_last_heartbeat(
     tmp_path: Path, mqtt_url: str, start_agent: StartAgent, responder: Responder, pins: MockFactory
 ) -> None:
+    # Agents before this one kept the open session in state.json, without boot readings.
     config = make_config(tmp_path, mqtt_url)
     session_id = str(uuid.uuid4())
     started = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
@@ -238,30 +241,61 @@ def test_agent_power_loss_recovered_at_last_heartbeat(
     (replayed,) = responder.wait_event("session_started")
     assert replayed.id == record.start_event and replayed.ts == record.started and replayed.offline
     assert not relay_closed(pins) and agent.state == "locked"
-    assert StateFile(Path(config.storage_dir) / "state.json").load().session is None
+    assert not (Path(config.storage_dir) / "state.json").exists(), "taken over once"
+    assert agent.outbox.open_session() is None
     assert wait_until(lambda: len(agent.outbox) == 0)
 
 
-def test_agent_restart_with_open_session_reports_power_loss(
+def test_agent_restart_in_the_same_boot_carries_on_the_session_and_its_hours(
     tmp_path: Path, mqtt_url: str, start_agent: StartAgent, responder: Responder, pins: MockFactory
 ) -> None:
     config = make_config(tmp_path, mqtt_url)
     first = start_agent(config)
+    tapped = time.monotonic()
     session = first.tap(ADA).session
-    first.stop()  # a clean stop keeps the session open in state.json, with a fresh heartbeat
-    state = StateFile(Path(config.storage_dir) / "state.json").load()
-    assert state.session is not None and state.session.id == session
+    first.stop()  # SIGTERM; a crash is test_crash.py's
+    stored = session_on_disk(config)
+    assert stored is not None and stored.id == session
 
     second = start_agent(config)
+    assert [s.state for s in pins.pin(17).states] == [False], "made closed: the relay never opened"
+    assert second.session_id == session and second.state == "unlocked"
+    time.sleep(0.3)
+    assert responder.events_of("session_ended") == [], "not reported lost"
+    decision = second.tap(ADA)
+    assert (decision.outcome, decision.session) == ("locked", session), "the tap ends the same session"
     (ended,) = responder.wait_event("session_ended")
-    assert ended.reason == "power_loss_recovered" and ended.session == session
-    assert ended.ts == state.session.heartbeat and ended.unlocked_s == state.session.unlocked_s
+    assert ended.reason == "tap_out" and ended.session == session
+    assert abs(ended.unlocked_s - (time.monotonic() - tapped)) < 0.5, "both processes' time counts"
+    assert len(responder.events_of("session_started")) == 1
     assert second.state == "locked" and not relay_closed(pins)
 
 
-def test_agent_ends_session_at_until(
-    start_agent: StartAgent, responder: Responder, pins: MockFactory
+def test_agent_reboot_reports_the_session_ended_at_its_last_alive_mark(
+    tmp_path: Path, mqtt_url: str, start_agent: StartAgent, responder: Responder, pins: MockFactory
 ) -> None:
+    config = make_config(tmp_path, mqtt_url)
+    clock = ManualClock()
+    first = start_agent(config, clock=clock)
+    session = first.tap(ADA).session
+    first.stop()
+    stored = session_on_disk(config)
+    assert stored is not None
+
+    clock.boot = "after-the-power-cut"  # the Pi booted again: the relay had dropped
+    second = start_agent(config, clock=clock)
+    (ended,) = responder.wait_event("session_ended")
+    assert ended.reason == "power_loss_recovered" and ended.session == session
+    assert ended.ts == stored.heartbeat and ended.unlocked_s == stored.unlocked_s
+    assert second.state == "locked" and not relay_closed(pins)
+    assert second.outbox.open_session() is None
+
+
+@pytest.mark.parametrize("send_until_s", [True, False], ids=["until_s", "older-server"])
+def test_agent_ends_session_at_until(
+    start_agent: StartAgent, responder: Responder, pins: MockFactory, send_until_s: bool
+) -> None:
+    responder.send_until_s = send_until_s
     until = datetime.now(UTC) + timedelta(seconds=0.4)
     responder.answers[ADA] = ("allow", "ok", format_ts(until))
     agent = start_agent()
@@ -351,7 +385,11 @@ def test_agent_status_and_telemetry(
         "fw": status["fw"],
         "config": agent.config.hash,
         "ts": status["ts"],
+        # When `ts` was taken on the boot clock: what lets the server place this boot's events.
+        "boot": agent.clock.boot_id(),
+        "mono_s": status["mono_s"],
     }
+    assert abs(status["mono_s"] - agent.clock.monotonic()) < 5
     session = agent.tap(ADA).session
     assert responder.wait_for(lambda: len(responder.telemetry) >= 2, timeout=2)
     assert responder.telemetry[-1]["session"] == session and responder.telemetry[-1]["running"] is False
@@ -389,19 +427,18 @@ def test_agent_heartbeat_keeps_state_current(
     responder: Responder,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(Agent, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(Agent, "ALIVE_S", 0.1)
     config = make_config(tmp_path, mqtt_url)
     agent = start_agent(config)
     session = agent.tap(ADA).session
-    state_file = StateFile(Path(config.storage_dir) / "state.json")
-    first = state_file.load().session
+    first = agent.outbox.open_session()
     assert first is not None and first.id == session and first.heartbeat == first.started
-    assert wait_until(lambda: (s := state_file.load().session) is not None and s.unlocked_s >= 0.2)
-    latest = state_file.load().session
+    assert wait_until(lambda: (s := agent.outbox.open_session()) is not None and s.unlocked_s >= 0.2)
+    latest = agent.outbox.open_session()
     assert latest is not None and latest.heartbeat > first.heartbeat
     time.sleep(0.25)
     agent.tap(ADA)
-    assert state_file.load().session is None, "a closed session leaves no state behind"
+    assert agent.outbox.open_session() is None, "a closed session leaves no state behind"
 
 
 @pytest.mark.parametrize(

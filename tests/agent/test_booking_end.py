@@ -19,7 +19,6 @@ from gpiozero.pins.mock import MockFactory
 
 from device_agent.agent import Agent
 from device_agent.hardware.gpio import GpioIndicators
-from device_agent.storage import StateFile
 from tests.agent.helpers import ADA, ManualClock, Responder, make_config, relay_closed, wait_until
 from tests.agent.monitor_helpers import ControlledMonitor
 from werkbank_protocol import format_ts
@@ -62,7 +61,7 @@ def test_booking_end_until_of_a_booking_warns_once_then_ends_with_booking_end(
 ) -> None:
     clock = ManualClock()
     agent, _monitor, session = _booked_session(start_agent, responder, clock, 600)
-    saved = StateFile(Path(agent.config.storage_dir) / "state.json").load().session
+    saved = agent.outbox.open_session()
     assert saved is not None and saved.until_reason == "booking", "kept for a restart"
     time.sleep(0.25)  # the unlock beep is over
     pins.pin(RED).clear_states()

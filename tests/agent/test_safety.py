@@ -19,8 +19,16 @@ from gpiozero.pins.mock import MockFactory
 
 from device_agent.agent import LOCAL_MESSAGES, Agent
 from device_agent.hardware.gpio import GpioIndicators
-from device_agent.storage import StateFile
-from tests.agent.helpers import ADA, BOB, Responder, make_config, relay_closed, wait_until
+from tests.agent.helpers import (
+    ADA,
+    BOB,
+    ManualClock,
+    Responder,
+    make_config,
+    relay_closed,
+    session_on_disk,
+    wait_until,
+)
 from tests.agent.monitor_helpers import ControlledMonitor
 from werkbank_protocol import format_ts, parse_ts
 
@@ -223,7 +231,7 @@ def test_safety_restart_mid_job_resumes_the_session_and_never_toggles_the_relay(
     Device.pin_factory = pins
     assert relay_pin.function == "output" and relay_pin.state is False, "gpiozero's exit leaves it"
     assert [s.state for s in relay_pin.states].count(True) == 1, "opened once (at start), never since"
-    saved = StateFile(Path(config.storage_dir) / "state.json").load().session
+    saved = session_on_disk(config)
     assert saved is not None and saved.job is not None and saved.job.id == started.job  # type: ignore[attr-defined]
 
     # The next process: the printer is still printing, and its monitor says so on the first reading.
@@ -273,7 +281,30 @@ def test_safety_restart_keeps_a_deferred_lock(
     assert len(responder.events_of("lock_deferred")) == 1
 
 
-def test_safety_restart_when_the_job_is_gone_reports_the_loss(
+def test_safety_reboot_when_the_job_is_gone_reports_the_loss(
+    tmp_path: Path, mqtt_url: str, start_agent: StartAgent, responder: Responder, pins: MockFactory
+) -> None:
+    config = make_config(tmp_path, mqtt_url)
+    clock = ManualClock()
+    first_monitor = ControlledMonitor()
+    first = start_agent(config, monitor=first_monitor, clock=clock)
+    session = first.tap(ADA).session
+    started = started_job(first, first_monitor, responder)
+    first.stop()
+    saved = session_on_disk(config)
+    assert saved is not None
+
+    # The Pi lost power meanwhile (a new boot id), and so did the printer: nothing runs.
+    clock.boot = "after-the-power-cut"
+    second = start_agent(config, monitor=ControlledMonitor(), clock=clock)
+    (lost,) = responder.wait_event("job_finished")
+    assert lost.job == started.job and lost.status == "failed" and lost.ts == saved.heartbeat  # type: ignore[attr-defined]
+    (ended,) = responder.wait_event("session_ended")
+    assert ended.reason == "power_loss_recovered" and ended.session == session
+    assert not relay_closed(pins) and second.state == "locked"
+
+
+def test_safety_restart_when_the_job_ended_meanwhile_carries_on_the_session(
     tmp_path: Path, mqtt_url: str, start_agent: StartAgent, responder: Responder, pins: MockFactory
 ) -> None:
     config = make_config(tmp_path, mqtt_url)
@@ -282,16 +313,17 @@ def test_safety_restart_when_the_job_is_gone_reports_the_loss(
     session = first.tap(ADA).session
     started = started_job(first, first_monitor, responder)
     first.stop()
-    saved = StateFile(Path(config.storage_dir) / "state.json").load().session
-    assert saved is not None
 
-    # The machine lost power meanwhile: nothing runs when the agent comes back.
+    # Same boot: the relay held, the print ended while no agent watched. The person is still there.
     second = start_agent(config, monitor=ControlledMonitor())
     (lost,) = responder.wait_event("job_finished")
-    assert lost.job == started.job and lost.status == "failed" and lost.ts == saved.heartbeat  # type: ignore[attr-defined]
+    assert lost.job == started.job and lost.status == "failed", "its end was not seen"  # type: ignore[attr-defined]
+    assert second.session_id == session and second.job_id is None and relay_closed(pins)
+    assert second.state == "unlocked"
+    time.sleep(0.25)  # past the tap-out grace, counted from the session's real start
+    assert second.tap(ADA).outcome == "locked"
     (ended,) = responder.wait_event("session_ended")
-    assert ended.reason == "power_loss_recovered" and ended.session == session
-    assert not relay_closed(pins) and second.state == "locked"
+    assert ended.reason == "tap_out" and ended.session == session and not relay_closed(pins)
 
 
 def test_safety_stop_without_a_session_releases_the_relay(

@@ -13,7 +13,6 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device_agent.agent import LOCAL_MESSAGES, Agent
-from device_agent.storage import StateFile
 from tests.agent.helpers import (
     ADA,
     EVE,
@@ -102,7 +101,7 @@ def test_trainer_window_participant_badge_hands_over_with_relay_closed_throughou
         TINA,
     )
     # A restart now would carry on (or report) the participant's supervised session.
-    stored = StateFile(Path(trainer_agent.config.storage_dir) / "state.json").load().session
+    stored = trainer_agent.outbox.open_session()
     assert stored is not None and (stored.id, stored.mode, stored.trainer_badge) == (
         decision.session,
         "supervise",

@@ -24,8 +24,9 @@ from server.models import (
     QualificationAction,
     StoredEvent,
 )
+from tests.conftest import Clock
 from tests.mqtt_peer import Peer, clear_retained
-from werkbank_protocol import format_ts
+from werkbank_protocol import format_ts, parse_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
 from werkbank_protocol.messages import Ack, AuthResp, decode_as
 
@@ -102,6 +103,22 @@ def test_bridge_answers_a_tap_with_decision_and_both_languages(
     )
     with lab.session() as s:
         assert s.scalar(select(func.count()).select_from(AccessDecision)) == 2
+
+
+def test_bridge_answer_gives_the_time_left_in_seconds_from_its_own_clock(
+    bridge: Bridge, device: Peer, clock: Clock
+) -> None:
+    # The agent's clock is an hour behind: `until_s` lets it lock on time anyway (docs/protocol.md).
+    _, payload = _req("04A224B2C35E80", ts="2026-11-18T08:00:00.000Z")
+    device.publish(f"{PRINTER}/auth/req", payload)
+    resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+    assert resp.decision == "allow" and resp.until is not None and resp.until_s is not None
+    assert resp.until_s == (parse_ts(resp.until) - clock.now).total_seconds() > 0
+
+    _, denied_payload = _req("DEADBEEF")
+    device.publish(f"{LASER}/auth/req", denied_payload)
+    denied = decode_as(AuthResp, device.next(f"{LASER}/auth/resp"))
+    assert denied.decision == "deny" and denied.until is None and denied.until_s is None
 
 
 def test_bridge_repeated_request_gets_the_same_answer_once_recorded(
