@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from device_agent.config import load_config
 from device_agent.hardware import reader_backends
-from server.broker import MosquittoProcess, free_port, wait_for_port
+from server.broker import free_port, wait_for_port
 from server.db import Database
 from server.models import AuditLog, Device
 from server.security import verify_password
@@ -230,10 +230,15 @@ def test_provisioning_bad_broker_settings_are_refused(
     assert _counts(lab) == before and not (tmp_path / "b").exists()
 
 
-# The one test that needs Mosquitto itself (its own password-file format): `make test` must also
-# run on a machine without a broker installed, where every other test uses the embedded one.
-@pytest.mark.skipif(not MosquittoProcess.available(), reason="needs the mosquitto binary")
-def test_provisioning_mosquitto_accepts_the_passwd_line(tmp_path: Path) -> None:
+# Debian's Mosquitto lives in /usr/sbin, which a normal user's PATH lacks: the test runs with such
+# a PATH and must still start the broker it found (`make test` installs Debian's mosquitto).
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def test_provisioning_mosquitto_accepts_the_passwd_line(
+    tmp_path: Path, mosquitto_bin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", USER_PATH)
     password = "correct horse battery staple"
     (tmp_path / "passwd").write_text(mosquitto_passwd_line("pi-test-1", password) + "\n")
     port = free_port()
@@ -242,9 +247,7 @@ def test_provisioning_mosquitto_accepts_the_passwd_line(tmp_path: Path) -> None:
         # As root, Mosquitto would switch to user mosquitto, who cannot enter pytest's private tmp folders.
         "persistence false\nlog_dest stderr\nuser root\n"
     )
-    broker = subprocess.Popen(
-        ["mosquitto", "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.DEVNULL
-    )
+    broker = subprocess.Popen([mosquitto_bin, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", port)
 
