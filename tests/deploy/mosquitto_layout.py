@@ -8,6 +8,7 @@ Debian host) or deploy/compose.yaml (the containers) put them; the broker is the
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 import signal
@@ -17,14 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import yaml
 
 from server.broker import free_port, wait_for_port
+from server.services.provisioning import mosquitto_passwd_line
+from werkbank_protocol.mqtt import BrokerAddress, make_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 MOSQUITTO = DEPLOY / "mosquitto"
 COMPOSE = DEPLOY / "compose.yaml"
+
+BRIDGE = "werkbank-bridge"  # the server's account (werkbank.acl)
+PRINTER = "pi-printer-1"
+LASER = "pi-laser-1"
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Debian bookworm's own /etc/mosquitto/mosquitto.conf: werkbank.conf goes into its conf.d.
 DEBIAN_MAIN_CONF = """\
@@ -82,14 +91,15 @@ LISTENER_OPTIONS = {
 }
 
 
-def parse(text: str, root: Path | None = None) -> Conf:
-    """Parse ``text``; ``include_dir`` is followed under ``root`` (its *.conf files, sorted, as Mosquitto does)."""
+def parse(text: str, follow_includes: bool = False) -> Conf:
+    """Parse ``text``; with ``follow_includes``, ``include_dir`` folders are read too (their *.conf
+    files, sorted, as Mosquitto reads them), for a config whose paths are already localized."""
     conf = Conf({}, [])
-    _parse_into(conf, text, root)
+    _parse_into(conf, text, follow_includes)
     return conf
 
 
-def _parse_into(conf: Conf, text: str, root: Path | None) -> None:
+def _parse_into(conf: Conf, text: str, follow_includes: bool) -> None:
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -99,10 +109,9 @@ def _parse_into(conf: Conf, text: str, root: Path | None) -> None:
         if name == "listener":
             port, _, address = value.partition(" ")
             conf.listeners.append(Listener(int(port), address.strip() or None))
-        elif name == "include_dir" and root is not None:
-            folder = root / value.lstrip("/")
-            for path in sorted(folder.glob("*.conf")):
-                _parse_into(conf, path.read_text(), root)
+        elif name == "include_dir" and follow_includes:
+            for path in sorted(Path(value).glob("*.conf")):
+                _parse_into(conf, path.read_text(), follow_includes)
         elif name in LISTENER_OPTIONS and conf.listeners:
             conf.listeners[-1].options[name] = value
         else:
@@ -112,7 +121,8 @@ def _parse_into(conf: Conf, text: str, root: Path | None) -> None:
 def localize(text: str, root: Path, ports: dict[int, int]) -> str:
     """``text`` with every absolute path under ``root`` and every listener on a free port."""
     out = []
-    for line in text.splitlines():
+    for original in text.splitlines():
+        line = original
         if not line.lstrip().startswith("#"):
             line = re.sub(r"(?<=\s)/", f"{root}/", line)
             match = re.match(r"^listener\s+(\d+)", line)
@@ -201,12 +211,17 @@ class ShippedBroker:
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(self.main_conf)], stdout=out, stderr=subprocess.STDOUT
             )
-        try:
-            for port in self.ports.values():
-                wait_for_port("127.0.0.1", port, timeout=5)
-        except TimeoutError:
-            self.stop()
-            raise AssertionError(f"mosquitto did not start:\n{self.log()}") from None
+        deadline = time.monotonic() + 5
+        for port in self.ports.values():
+            while True:
+                try:
+                    wait_for_port("127.0.0.1", port, timeout=0.1)
+                    break
+                except TimeoutError:
+                    # A config error ends Mosquitto at once: say why instead of waiting.
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
+                        raise AssertionError(f"mosquitto did not start:\n{self.log()}") from None
         return self
 
     def log(self) -> str:
@@ -236,3 +251,89 @@ class ShippedBroker:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
             self.proc = None
+
+
+# -- certificates and accounts, as docs/deploy.md makes them -----------------------------------
+
+
+def make_certs(folder: Path, *hosts: str) -> Path:
+    subprocess.run(
+        ["sh", str(MOSQUITTO / "make-certs.sh"), *hosts],
+        env={"CERT_DIR": str(folder), "PATH": USER_PATH},
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+def write_passwd(path: Path, passwords: dict[str, str], mosquitto_passwd: str) -> None:
+    """The password file as docs/deploy.md builds it: the server's account with Mosquitto's own
+    tool, each device's line from its provisioning bundle (:func:`mosquitto_passwd_line` writes it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([mosquitto_passwd, "-c", "-b", str(path), BRIDGE, passwords[BRIDGE]], check=True)
+    with path.open("a") as handle:
+        for user, password in passwords.items():
+            if user != BRIDGE:
+                handle.write(mosquitto_passwd_line(user, password) + "\n")
+
+
+# -- clients ------------------------------------------------------------------------------------
+
+
+class Client:
+    """A paho client set up as every Werkbank process sets it up (make_client), which records what
+    it receives and every time the broker drops it."""
+
+    def __init__(
+        self, port: int, user: str | None, password: str | None, client_id: str, ca: Path | None
+    ) -> None:
+        self.port = port
+        address = BrokerAddress("127.0.0.1", port, user, password, tls=ca is not None)
+        self.client = make_client(client_id, address, clean_session=True, ca_file=str(ca) if ca else None)
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.drops = 0
+        self._subacks: dict[int, queue.Queue[list[Any]]] = {}
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.events.put(("connack", rc))
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
+        self.client.on_subscribe = lambda _c, _u, mid, codes, _p: self._suback(mid).put(codes)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self.drops += 1
+        self.events.put(("closed", rc))
+
+    def _suback(self, mid: int) -> queue.Queue[list[Any]]:
+        return self._subacks.setdefault(mid, queue.Queue())
+
+    def connect(self, timeout: float = 5.0) -> Any:
+        """The CONNACK's reason code, or None when the broker closed the connection without one."""
+        self.client.connect("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        kind, rc = self.events.get(timeout=timeout)
+        return rc if kind == "connack" else None
+
+    def subscribe(self, *filters: str) -> list[bool]:
+        """Whether the broker granted each filter (SUBACK)."""
+        _rc, mid = self.client.subscribe([(f, 1) for f in filters])
+        return [not code.is_failure for code in self._suback(mid).get(timeout=5)]
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def received_until(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
+        """Every message up to the control message ``payload`` on ``topic`` (which is left out).
+
+        A message the broker should have refused would come first: the control message is sent
+        after it, over the same broker, and QoS 1 keeps the order."""
+        seen: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + 5
+        while True:
+            msg = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
+            if (msg.topic, msg.payload) == (topic, payload):
+                return seen
+            seen.append((msg.topic, bytes(msg.payload)))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import queue
 import ssl
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import delete, func, select
 
@@ -30,21 +26,23 @@ from server.bridge import Bridge, wait_until
 from server.config import Config
 from server.db import Database
 from server.models import MachineSession, OpeningHours
-from server.services.provisioning import mosquitto_passwd_line, new_password, provision_device
+from server.services.provisioning import provision_device
 from tests.deploy.mosquitto_layout import (
+    BRIDGE,
     DEBIAN_MAIN_CONF,
+    LASER,
     MOSQUITTO,
+    PRINTER,
+    Client,
     ShippedBroker,
     install,
     localize,
+    make_certs,
     parse,
     run_as_root_too,
+    write_passwd,
 )
-from werkbank_protocol.mqtt import BrokerAddress, make_client
 
-BRIDGE = "werkbank-bridge"
-PRINTER = "pi-printer-1"
-LASER = "pi-laser-1"
 DEVICE_PORT = 8883  # as werkbank.conf has them; the test runs them on free ports
 SERVER_PORT = 1883
 QUINN = "04A224B2C35E80"  # qualified on the printers (tests/data/lab.yaml)
@@ -56,35 +54,6 @@ def t(device_id: str, suffix: str) -> str:
 
 
 # -- the broker as installed on a Debian host -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA and the broker's certificate, made the way docs/deploy.md says."""
-    folder = tmp_path_factory.mktemp("certs")
-    subprocess.run(
-        ["sh", str(MOSQUITTO / "make-certs.sh"), "127.0.0.1", "localhost"],
-        env={"CERT_DIR": str(folder), "PATH": "/usr/local/bin:/usr/bin:/bin"},
-        check=True,
-        capture_output=True,
-    )
-    return folder
-
-
-@pytest.fixture(scope="module")
-def passwords() -> dict[str, str]:
-    return {BRIDGE: new_password(), PRINTER: new_password(), LASER: new_password()}
-
-
-def write_passwd(path: Path, passwords: dict[str, str], mosquitto_passwd: str) -> None:
-    """The password file as docs/deploy.md builds it: the bridge's entry with Mosquitto's own tool,
-    each device's line from its provisioning bundle (:func:`mosquitto_passwd_line` writes it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([mosquitto_passwd, "-c", "-b", str(path), BRIDGE, passwords[BRIDGE]], check=True)
-    with path.open("a") as handle:
-        for user, password in passwords.items():
-            if user != BRIDGE:
-                handle.write(mosquitto_passwd_line(user, password) + "\n")
 
 
 def debian_host(
@@ -121,65 +90,6 @@ def broker(
 # -- clients ------------------------------------------------------------------------------------
 
 
-class Client:
-    """A paho client set up as every Werkbank process sets it up (make_client), which records what
-    it receives and every time the broker drops it."""
-
-    def __init__(
-        self, port: int, user: str | None, password: str | None, client_id: str, ca: Path | None
-    ) -> None:
-        self.port = port
-        address = BrokerAddress("127.0.0.1", port, user, password, tls=ca is not None)
-        self.client = make_client(client_id, address, clean_session=True, ca_file=str(ca) if ca else None)
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.drops = 0
-        self._subacks: dict[int, queue.Queue[list[Any]]] = {}
-        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.events.put(("connack", rc))
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
-        self.client.on_subscribe = lambda _c, _u, mid, codes, _p: self._suback(mid).put(codes)
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        self.drops += 1
-        self.events.put(("closed", rc))
-
-    def _suback(self, mid: int) -> queue.Queue[list[Any]]:
-        return self._subacks.setdefault(mid, queue.Queue())
-
-    def connect(self, timeout: float = 5.0) -> Any:
-        """The CONNACK's reason code, or None when the broker closed the connection without one."""
-        self.client.connect("127.0.0.1", self.port, keepalive=30)
-        self.client.loop_start()
-        kind, rc = self.events.get(timeout=timeout)
-        return rc if kind == "connack" else None
-
-    def subscribe(self, *filters: str) -> list[bool]:
-        """Whether the broker granted each filter (SUBACK)."""
-        _rc, mid = self.client.subscribe([(f, 1) for f in filters])
-        return [not code.is_failure for code in self._suback(mid).get(timeout=5)]
-
-    def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-
-    def received_until(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
-        """Every message up to the control message ``payload`` on ``topic`` (which is left out).
-
-        A message the broker should have refused would come first: the control message is sent
-        after it, over the same broker, and QoS 1 keeps the order."""
-        seen: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + 5
-        while True:
-            msg = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
-            if (msg.topic, msg.payload) == (topic, payload):
-                return seen
-            seen.append((msg.topic, bytes(msg.payload)))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 Connect = Callable[..., Client]
 
 
@@ -205,7 +115,7 @@ def connect(broker: ShippedBroker, certs: Path, passwords: dict[str, str]) -> It
         client = Client(
             port,
             user,
-            password if password is not None else passwords.get(user or "", None),
+            password if password is not None else passwords.get(user or ""),
             client_id or user or f"anonymous-{uuid.uuid4().hex[:6]}",
             (ca or certs / "ca.crt") if tls else None,
         )
@@ -251,13 +161,7 @@ def test_mosquitto_devices_connect_only_over_tls_with_the_ca(
 ) -> None:
     plain = connect(PRINTER, tls=False, expect_success=False)
     assert plain.connect() is None, "the device port answered plain MQTT"
-    other_ca = tmp_path / "other-ca"
-    subprocess.run(
-        ["sh", str(MOSQUITTO / "make-certs.sh"), "127.0.0.1"],
-        env={"CERT_DIR": str(other_ca), "PATH": "/usr/local/bin:/usr/bin:/bin"},
-        check=True,
-        capture_output=True,
-    )
+    other_ca = make_certs(tmp_path / "other-ca", "127.0.0.1")
     stranger = connect(PRINTER, ca=other_ca / "ca.crt", expect_success=False)
     with pytest.raises(ssl.SSLCertVerificationError):
         stranger.connect()
@@ -357,7 +261,9 @@ def test_mosquitto_messages_over_64_kib_do_not_reach_the_bridge(connect: Connect
     device.publish(t(PRINTER, "auth/req"), b"y" * (limit + 1))
     device.publish(t(PRINTER, "auth/req"), b"z" * 100_000)
     device.publish(t(PRINTER, "auth/req"), b"control")
-    assert observer.received_until(t(PRINTER, "auth/req"), b"control") == [(t(PRINTER, "auth/req"), b"x" * limit)]
+    assert observer.received_until(t(PRINTER, "auth/req"), b"control") == [
+        (t(PRINTER, "auth/req"), b"x" * limit)
+    ]
     assert _stays_connected(device)  # an oversized message is dropped, the device stays on
 
     # A packet far past the limit (here 1 MB; the protocol allows 256 MB) ends the connection
@@ -419,7 +325,9 @@ def test_mosquitto_a_provisioned_agent_and_the_bridge_work_through_the_shipped_c
         )  # fmt: skip
     line = (bundle.directory / "mosquitto-passwd-line.txt").read_text()
     passwd = broker.root / "etc/mosquitto/werkbank.passwd"
-    kept = [entry for entry in passwd.read_text().splitlines(keepends=True) if not entry.startswith(f"{PRINTER}:")]
+    kept = [
+        entry for entry in passwd.read_text().splitlines(keepends=True) if not entry.startswith(f"{PRINTER}:")
+    ]
     passwd.write_text("".join(kept) + line)
     broker.reload()
 
