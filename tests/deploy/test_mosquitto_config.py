@@ -30,6 +30,7 @@ from server.services.provisioning import provision_device
 from tests.deploy.mosquitto_layout import (
     BRIDGE,
     DEBIAN_MAIN_CONF,
+    DEPLOY,
     LASER,
     MOSQUITTO,
     PRINTER,
@@ -42,6 +43,7 @@ from tests.deploy.mosquitto_layout import (
     run_as_root_too,
     write_passwd,
 )
+from werkbank_protocol.mqtt import parse_mqtt_url
 
 DEVICE_PORT = 8883  # as werkbank.conf has them; the test runs them on free ports
 SERVER_PORT = 1883
@@ -397,3 +399,24 @@ def test_mosquitto_config_paths_and_limits_are_the_ones_the_docs_name() -> None:
     assert {"certfile", "keyfile"} <= set(device.options)
     server = conf.listener(SERVER_PORT)
     assert server.loopback_only and "certfile" not in server.options
+
+
+def test_mosquitto_host_settings_point_the_bridge_at_loopback_and_the_pis_at_tls() -> None:
+    """deploy/werkbank.env.example (the systemd units' EnvironmentFile) against werkbank.conf."""
+    env = dict(
+        line.split("=", 1)
+        for line in (DEPLOY / "werkbank.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    conf = parse((MOSQUITTO / "werkbank.conf").read_text())
+    server = parse_mqtt_url(env["MQTT_URL"])
+    listener = conf.listener(server.port)
+    assert server.host == "127.0.0.1" and listener.loopback_only and not server.tls
+    assert server.username == BRIDGE
+    # Several bridges may share the account: their client ids are not replaced by it here.
+    assert "use_username_as_clientid" not in listener.options
+    device = parse_mqtt_url(env["MQTT_DEVICE_URL"])
+    assert device.tls and conf.listener(device.port).options["use_username_as_clientid"] == "true"
+    assert env["MQTT_CA_FILE"]
+    for unit in ("werkbank-bridge.service", "werkbank-web.service", "werkbank-scheduler.service"):
+        assert "EnvironmentFile=/etc/werkbank/werkbank.env" in (DEPLOY / "systemd" / unit).read_text()
