@@ -334,6 +334,16 @@ class Client:
                 return seen
             seen.append((msg.topic, bytes(msg.payload)))
 
+    def stays_connected(self) -> bool:
+        """True when a round trip still works and the broker never dropped this client."""
+        _rc, mid = self.client.subscribe("werkbank/v1/probe", 1)
+        try:
+            self._suback(mid).get(timeout=2)
+        except queue.Empty:
+            return False
+        time.sleep(0.2)  # a takeover closes the socket at once; give paho's thread time to notice
+        return self.drops == 0
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()

@@ -9,7 +9,6 @@ tests fail without it, never skip (`make test` installs Debian's package).
 
 from __future__ import annotations
 
-import queue
 import ssl
 import time
 import uuid
@@ -48,7 +47,6 @@ from werkbank_protocol.mqtt import parse_mqtt_url
 DEVICE_PORT = 8883  # as werkbank.conf has them; the test runs them on free ports
 SERVER_PORT = 1883
 QUINN = "04A224B2C35E80"  # qualified on the printers (tests/data/lab.yaml)
-Layout = Callable[[Path], None]
 
 
 def t(device_id: str, suffix: str) -> str:
@@ -132,17 +130,6 @@ def connect(broker: ShippedBroker, certs: Path, passwords: dict[str, str]) -> It
         client.close()
 
 
-def _stays_connected(client: Client) -> bool:
-    """True when a round trip still works and the broker never dropped ``client``."""
-    _rc, mid = client.client.subscribe("werkbank/v1/probe", 1)
-    try:
-        client._suback(mid).get(timeout=2)
-    except queue.Empty:
-        return False
-    time.sleep(0.2)  # a takeover closes the socket at once; give paho's thread time to notice
-    return client.drops == 0
-
-
 # -- logging in -------------------------------------------------------------------------------------
 
 
@@ -167,7 +154,7 @@ def test_mosquitto_devices_connect_only_over_tls_with_the_ca(
     stranger = connect(PRINTER, ca=other_ca / "ca.crt", expect_success=False)
     with pytest.raises(ssl.SSLCertVerificationError):
         stranger.connect()
-    assert _stays_connected(connect(PRINTER))  # TLS with the lab's CA works
+    assert connect(PRINTER).stays_connected()  # TLS with the lab's CA works
 
 
 # -- client ids ---------------------------------------------------------------------------------
@@ -176,14 +163,14 @@ def test_mosquitto_devices_connect_only_over_tls_with_the_ca(
 def test_mosquitto_device_cannot_take_over_the_bridges_client_id(connect: Connect) -> None:
     bridge = connect(BRIDGE, client_id=Config.MQTT_CLIENT_ID)
     attacker = connect(PRINTER, client_id=Config.MQTT_CLIENT_ID)
-    assert _stays_connected(bridge), "the device's login knocked the bridge off"
-    assert _stays_connected(attacker)  # it is simply pi-printer-1
+    assert bridge.stays_connected(), "the device's login knocked the bridge off"
+    assert attacker.stays_connected()  # it is simply pi-printer-1
 
 
 def test_mosquitto_device_cannot_take_over_another_devices_client_id(connect: Connect) -> None:
     laser = connect(LASER)
     attacker = connect(PRINTER, client_id=LASER)
-    assert _stays_connected(laser), "pi-printer-1's login knocked pi-laser-1 off"
+    assert laser.stays_connected(), "pi-printer-1's login knocked pi-laser-1 off"
     # Both are connected; what the attacker publishes still lands on its own topics only.
     observer = connect(BRIDGE, client_id="observer")
     assert observer.subscribe(t(LASER, "status"), t(PRINTER, "status")) == [True, True]
@@ -266,7 +253,7 @@ def test_mosquitto_messages_over_64_kib_do_not_reach_the_bridge(connect: Connect
     assert observer.received_until(t(PRINTER, "auth/req"), b"control") == [
         (t(PRINTER, "auth/req"), b"x" * limit)
     ]
-    assert _stays_connected(device)  # an oversized message is dropped, the device stays on
+    assert device.stays_connected()  # an oversized message is dropped, the device stays on
 
     # A packet far past the limit (here 1 MB; the protocol allows 256 MB) ends the connection
     # before the broker buffers it.

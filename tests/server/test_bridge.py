@@ -354,6 +354,7 @@ def test_bridge_does_not_send_an_allowlist_the_broker_would_drop(
         assert device.next("werkbank/v1/dev/pi-printer-2/cmd") == b"control"
     finally:
         bridge.stop()
+
     def lists(base: str) -> list[bytes]:
         return [m for m in device.drain(f"{base}/allowlist") if m]  # b"": clear_retained's
 
