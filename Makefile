@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test lint typecheck unit bench bench-dashboards translations extract browser octoprint clean
+.PHONY: install run test lint typecheck unit bench bench-dashboards translations extract browser octoprint mosquitto clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -45,12 +45,22 @@ browser:
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)) \
 	  || { echo "could not install chromium: run 'apt-get install -y chromium' as root"; exit 1; }; }
 
+# The shipped broker config (deploy/mosquitto) is tested with Debian's Mosquitto itself, which
+# Debian puts in /usr/sbin (often not on a user's PATH); install it when missing. Its own service
+# listens on loopback port 1883 only, which the tests never use.
+mosquitto:
+	@{ [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null; } && \
+	  { [ -x /usr/bin/mosquitto_passwd ] || command -v mosquitto_passwd >/dev/null; } || \
+	  { echo "installing Debian's mosquitto for the broker tests"; \
+	  (apt-get install -y -q mosquitto >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q mosquitto)) \
+	  || { echo "could not install mosquitto: run 'apt-get install -y mosquitto' as root"; exit 1; }; }
+
 # The OctoPrint monitor is tested against a real OctoPrint (its bundled virtual printer), in a
 # virtualenv of its own so its pinned dependencies never decide ours.
 octoprint:
 	sh tests/agent/install_octoprint.sh
 
-unit: install browser octoprint
+unit: install browser octoprint mosquitto
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit

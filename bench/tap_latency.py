@@ -89,7 +89,7 @@ from server.services.loader import (
     load,
 )
 from werkbank_protocol import now_ts
-from werkbank_protocol.messages import AuthReq, AuthResp, decode_as, encode
+from werkbank_protocol.messages import MAX_ALLOWLIST_PAYLOAD, AuthReq, AuthResp, decode_as, encode
 from werkbank_protocol.mqtt import BrokerAddress, make_client, parse_mqtt_url
 from werkbank_protocol.topics import Suffix, topic
 
@@ -797,6 +797,8 @@ def run(args: argparse.Namespace) -> int:
                     broker.url,
                     client_id=f"bench-bridge-{secrets.token_hex(3)}",
                     clock=lambda: BENCH_NOW,
+                    # The private broker sets no message_size_limit; a big lab's lists exceed 64 KiB.
+                    message_limit=MAX_ALLOWLIST_PAYLOAD,
                 )
                 bridge.start()
                 if not bridge.connected.is_set():

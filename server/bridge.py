@@ -92,6 +92,7 @@ class Bridge:
         clock: Callable[[], datetime] | None = None,
         allowlist_interval: float = 0.5,
         booking_interval: float = 1.0,
+        message_limit: int = 64 * 1024,
     ) -> None:
         self.db = database
         address = parse_mqtt_url(mqtt_url)
@@ -105,6 +106,8 @@ class Bridge:
         self.shared = shared
         self.clock = clock or (lambda: datetime.now(UTC))
         self.allowlist_interval = allowlist_interval
+        # The broker's message_size_limit (MQTT_MESSAGE_LIMIT): a bigger message is dropped unseen.
+        self.message_limit = message_limit
         # How often to look for walk-ins still there when a booking begins (booking_starts.py).
         self.booking_interval = booking_interval
         self._next_booking_check = 0.0
@@ -535,6 +538,20 @@ class Bridge:
                 device = machine.device
                 assert device is not None
                 payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+                if len(payload) > self.message_limit:
+                    # The broker would drop it without a word and the Pi would keep its old list
+                    # until that expires: say so here, where an admin looks.
+                    self._count(self.rejected, "allowlist_too_large")
+                    log.error(
+                        "allow-list of %s not sent: %d badges make %d bytes, over the broker's message "
+                        "limit of %d; raise message_size_limit and max_packet_size in the broker's "
+                        "werkbank.conf and MQTT_MESSAGE_LIMIT together (docs/deploy.md)",
+                        machine.slug,
+                        len(document["entries"]),
+                        len(payload),
+                        self.message_limit,
+                    )
+                    continue
                 outgoing.append((device.id, payload))
         # Published after the commit, so a version number is never sent twice with different content.
         for device_id, payload in outgoing:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,23 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+# Debian installs mosquitto in /usr/sbin, which a normal user's PATH often lacks.
+_SYSTEM_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+
+
+def find_program(name: str) -> str | None:
+    """The full path of Mosquitto's ``name`` (``mosquitto``, ``mosquitto_passwd``): on PATH or in the
+    system folders. Callers run this path, never the bare name, which a PATH without /usr/sbin misses."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in _SYSTEM_DIRS:
+        path = Path(folder) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
 
 
 def free_port() -> int:
@@ -112,13 +130,13 @@ class MosquittoProcess:
     def __init__(self, port: int | None = None, binary: str | None = None) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
-        self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.binary = binary or find_program("mosquitto") or "mosquitto"
         self._dir = tempfile.TemporaryDirectory(prefix="wb-mosquitto-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
     def available() -> bool:
-        return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+        return find_program("mosquitto") is not None
 
     @property
     def url(self) -> str:

@@ -122,6 +122,7 @@ def bridge_cmd() -> None:
         max_open_sessions=cfg["MAX_OPEN_SESSIONS"],
         shared=cfg["MQTT_SHARED_SUBSCRIPTIONS"],
         ca_file=cfg["MQTT_CA_FILE"],
+        message_limit=cfg["MQTT_MESSAGE_LIMIT"],
     ).start()
     try:
         _wait_for_signal()
@@ -159,6 +160,7 @@ def scheduler_cmd() -> None:
 @click.argument("machine")
 @click.argument("uid")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the decision.")
+@with_appcontext
 def tap_cmd(machine: str, uid: str, timeout: float) -> None:
     """Present badge UID to the simulated reader of MACHINE and print what the machine says."""
     from sqlalchemy import select
@@ -188,7 +190,7 @@ def tap_cmd(machine: str, uid: str, timeout: float) -> None:
     client_id = f"werkbank-tap-{uuid.uuid4().hex[:8]}"
     if address.username is None:
         address = BrokerAddress(address.host, address.port, client_id, None, address.tls)
-    client = make_client(client_id, address, clean_session=True)
+    client = make_client(client_id, address, clean_session=True, ca_file=current_app.config["MQTT_CA_FILE"])
     answers: queue.Queue[str] = queue.Queue()
 
     def on_resp(_c: Any, _u: Any, msg: Any) -> None:
@@ -265,7 +267,9 @@ def device_group() -> None:
     help="Folder for the bundle (default: ./bundle-<device id>).",
 )
 @click.option(
-    "--mqtt-url", default=None, help="Broker address the Pi uses (default: MQTT_URL, without its user)."
+    "--mqtt-url",
+    default=None,
+    help="Broker address the Pi uses (default: MQTT_DEVICE_URL, else MQTT_URL without its user).",
 )
 @click.option("--reader", type=click.Choice(["mfrc522", "simulated"]), default="mfrc522", show_default=True)
 @click.option(
@@ -283,10 +287,10 @@ def device_provision_cmd(
     from server.services.provisioning import ProvisioningError, provision_device
 
     cfg = current_app.config
-    url = mqtt_url or cfg["MQTT_URL"]
+    url = mqtt_url or cfg["MQTT_DEVICE_URL"] or cfg["MQTT_URL"]
     if not url:
         raise click.ClickException(
-            "say which broker the Pi uses: --mqtt-url mqtts://HOST:8883 (or set MQTT_URL)"
+            "say which broker the Pi uses: --mqtt-url mqtts://HOST:8883 (or set MQTT_DEVICE_URL)"
         )
     if ca_file is None and cfg["MQTT_CA_FILE"] and url.startswith(("mqtts://", "ssl://")):
         ca_file = Path(cfg["MQTT_CA_FILE"])

@@ -38,6 +38,12 @@ class Config:
     MQTT_CLIENT_ID: str = os.environ.get("MQTT_CLIENT_ID", "werkbank-bridge")
     MQTT_SHARED_SUBSCRIPTIONS: bool = _bool("MQTT_SHARED_SUBSCRIPTIONS", False)
     MQTT_CA_FILE: str | None = os.environ.get("MQTT_CA_FILE") or None
+    # The broker address the Pis use, for `werkbank device provision`; unset: MQTT_URL (the
+    # servers' own address, which on a host install is the loopback listener no Pi reaches).
+    MQTT_DEVICE_URL: str | None = os.environ.get("MQTT_DEVICE_URL") or None
+    # The broker's largest message (message_size_limit in deploy/mosquitto/werkbank.conf; keep them
+    # equal): the bridge does not send an allow-list over it, which the broker would drop unseen.
+    MQTT_MESSAGE_LIMIT: int = _int("MQTT_MESSAGE_LIMIT", 1024 * 1024)
     # Offline allow-lists are valid this many days after they are issued.
     ALLOWLIST_DAYS: int = _int("WERKBANK_ALLOWLIST_DAYS", 7)
     # How many machines one person may have unlocked at once.

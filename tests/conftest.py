@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.broker import EmbeddedBroker, MosquittoProcess
+from server.broker import EmbeddedBroker, MosquittoProcess, find_program
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
@@ -25,6 +25,25 @@ def broker() -> Iterator[EmbeddedBroker | MosquittoProcess]:
         running = EmbeddedBroker().start()
     yield running
     running.stop()
+
+
+def _installed(name: str) -> str:
+    path = find_program(name)
+    if path is None:
+        # Fail, never skip: a skipped broker test would pass `make test` without testing anything.
+        pytest.fail(f"{name} is not installed: run `make mosquitto` (Debian's mosquitto package)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mosquitto_bin() -> str:
+    """The full path of Mosquitto (Debian: /usr/sbin, often not on PATH); `make test` installs it."""
+    return _installed("mosquitto")
+
+
+@pytest.fixture(scope="session")
+def mosquitto_passwd_bin() -> str:
+    return _installed("mosquitto_passwd")
 
 
 @pytest.fixture

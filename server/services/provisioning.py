@@ -33,6 +33,8 @@ TomlValue = str | int | float | bool
 AGENT_STORAGE_DIR = "/var/lib/werkbank-agent"
 # The reader backends a bundle can name: the real RC522, or none (to try an install without one).
 READERS = ("mfrc522", "simulated")
+# Broker user names of the server's own accounts (deploy/mosquitto/werkbank.acl: werkbank-bridge).
+SERVER_ACCOUNT_PREFIX = "werkbank-"
 PASSWORD_FILE = "mqtt-password"  # noqa: S105 - a file name, not a password
 CA_FILE = "ca.crt"
 # Read from the checkout, so the bundle carries exactly what deploy/ and firmware_config/ hold.
@@ -253,6 +255,13 @@ def provision_device(
             )
         device = Device(id=device_id, machine=machine)
         session.add(device)
+    if device.id.startswith(SERVER_ACCOUNT_PREFIX):
+        # Its password-file line would replace the server's account (werkbank-bridge) and give a
+        # Pi the server's rights on every device's topics.
+        raise ProvisioningError(
+            f"device id {device.id!r} starts with {SERVER_ACCOUNT_PREFIX!r}, which the broker keeps for "
+            "the server's own account; give the machine another device id in the lab file"
+        )
     out_dir = out_dir or Path(f"bundle-{device.id}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ProvisioningError(f"{out_dir} exists and is not a folder")

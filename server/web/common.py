@@ -18,20 +18,27 @@ CONTENT_SECURITY_POLICY = (
 
 
 def web_blueprint(name: str, import_name: str) -> Blueprint:
-    """A blueprint whose responses carry the security headers and whose errors are pages."""
+    """A blueprint whose responses are never cached and whose errors are pages."""
     bp = Blueprint(name, import_name)
-    bp.after_request(_security_headers)
+    bp.after_request(_no_store)
     bp.register_error_handler(CSRFError, _csrf_error)
     bp.register_error_handler(403, _http_error)
     return bp
 
 
-def _security_headers(response: Response) -> Response:
+def _no_store(response: Response) -> Response:
+    # Pages name people and their sessions: nothing for shared or back-button caches.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def security_headers(response: Response) -> Response:
+    """On every response of the app: pages, API, static files, and the error pages of requests no
+    blueprint answers (an unknown URL, a crash). A page's own policy (the dashboards' nonce) stays:
+    blueprint hooks run first, this one only fills in what is missing."""
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
-    # Pages name people and their sessions: nothing for shared or back-button caches.
-    response.headers.setdefault("Cache-Control", "no-store")
     return response
 
 

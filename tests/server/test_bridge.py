@@ -29,6 +29,7 @@ from tests.mqtt_peer import Peer, clear_retained
 from werkbank_protocol import format_ts, parse_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
 from werkbank_protocol.messages import Ack, AuthResp, decode_as
+from werkbank_protocol.topics import Suffix
 
 PRINTER = "werkbank/v1/dev/pi-printer-1"
 LASER = "werkbank/v1/dev/pi-laser-1"
@@ -349,6 +350,35 @@ def test_bridge_event_of_another_devices_session_is_refused(
     )
     assert wait_until(lambda: bridge.rejected["foreign_session"] == 1)
     assert _snapshot(lab) == before
+
+
+def test_bridge_does_not_send_an_allowlist_the_broker_would_drop(
+    lab: Database, mqtt_url: str, device: Peer, clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The shipped broker drops messages over message_size_limit without a word, and the Pi would
+    # keep an old list until it expires: the bridge says so instead (MQTT_MESSAGE_LIMIT).
+    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
+    for t in ("cmd", "allowlist"):
+        device.subscribe(f"werkbank/v1/dev/pi-printer-2/{t}")
+    # 300 bytes: the empty list of printer-2 (in maintenance) fits, a list with badges does not.
+    bridge = Bridge(
+        lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock,
+        allowlist_interval=3600, message_limit=300,
+    ).start()  # fmt: skip
+    try:
+        assert bridge.publish_allowlists(force=True) == 1
+        bridge.publish("pi-printer-2", Suffix.CMD, b"control")
+        assert device.next("werkbank/v1/dev/pi-printer-2/cmd") == b"control"
+    finally:
+        bridge.stop()
+
+    def lists(base: str) -> list[bytes]:
+        return [m for m in device.drain(f"{base}/allowlist") if m]  # b"": clear_retained's
+
+    assert len(lists("werkbank/v1/dev/pi-printer-2")) == 1
+    assert lists(PRINTER) == [] and lists(LASER) == []
+    assert bridge.rejected["allowlist_too_large"] == 2
+    assert "allow-list of laser-1 not sent" in caplog.text and "MQTT_MESSAGE_LIMIT" in caplog.text
 
 
 def test_bridge_publishes_signed_allowlists_and_republishes_on_change(

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from device_agent.config import load_config
 from device_agent.hardware import reader_backends
-from server.broker import MosquittoProcess, free_port, wait_for_port
+from server.broker import free_port, wait_for_port
 from server.db import Database
 from server.models import AuditLog, Device
 from server.security import verify_password
@@ -208,6 +208,36 @@ def test_provisioning_drops_the_bridges_credentials_and_copies_the_ca(lab: Datab
     assert (out / "ca.crt").read_text() == ca.read_text()
 
 
+def test_provisioning_refuses_a_device_named_like_the_servers_broker_account(
+    lab: Database, tmp_path: Path
+) -> None:
+    # Its passwd line would replace werkbank-bridge's, and the Pi would hold the server's ACL.
+    with lab.session() as s:
+        load(
+            s,
+            parse(
+                "machines: [{slug: laser-2, name: Laser 2, site: test-lab, type: co2-laser, "
+                "device: {id: werkbank-bridge}}]"
+            ),
+        )
+    before = _counts(lab)
+    with pytest.raises(ProvisioningError, match="keeps for the server's own account"), lab.session() as s:
+        provision_device(s, "laser-2", tmp_path / "b", PI_URL, reader="simulated")
+    assert _counts(lab) == before and not (tmp_path / "b").exists()
+    assert _password_hash(lab, "werkbank-bridge") is None
+
+
+def test_provisioning_cli_takes_the_pis_broker_address_from_mqtt_device_url(
+    lab: Database, tmp_path: Path
+) -> None:
+    # The servers' own MQTT_URL is the loopback listener, which no Pi reaches.
+    app = _app(lab, MQTT_URL="mqtt://werkbank-bridge:s3cret@127.0.0.1:1883", MQTT_DEVICE_URL=PI_URL)
+    out = tmp_path / "bundle"
+    result = app.test_cli_runner().invoke(args=["device", "provision", "printer-1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f'url = "{PI_URL}"' in (out / "agent.toml").read_text()
+
+
 @pytest.mark.parametrize(
     ("url", "ca", "problem"),
     [
@@ -230,10 +260,15 @@ def test_provisioning_bad_broker_settings_are_refused(
     assert _counts(lab) == before and not (tmp_path / "b").exists()
 
 
-# The one test that needs Mosquitto itself (its own password-file format): `make test` must also
-# run on a machine without a broker installed, where every other test uses the embedded one.
-@pytest.mark.skipif(not MosquittoProcess.available(), reason="needs the mosquitto binary")
-def test_provisioning_mosquitto_accepts_the_passwd_line(tmp_path: Path) -> None:
+# Debian's Mosquitto lives in /usr/sbin, which a normal user's PATH lacks: the test runs with such
+# a PATH and must still start the broker it found (`make test` installs Debian's mosquitto).
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def test_provisioning_mosquitto_accepts_the_passwd_line(
+    tmp_path: Path, mosquitto_bin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", USER_PATH)
     password = "correct horse battery staple"
     (tmp_path / "passwd").write_text(mosquitto_passwd_line("pi-test-1", password) + "\n")
     port = free_port()
@@ -243,7 +278,7 @@ def test_provisioning_mosquitto_accepts_the_passwd_line(tmp_path: Path) -> None:
         "persistence false\nlog_dest stderr\nuser root\n"
     )
     broker = subprocess.Popen(
-        ["mosquitto", "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.DEVNULL
+        [mosquitto_bin, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.DEVNULL
     )
     try:
         wait_for_port("127.0.0.1", port)

@@ -7,9 +7,11 @@ from collections.abc import Callable
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from server.security import hash_password, verify_password
 from server.web.auth import LoginLimiter, safe_next
+from server.web.common import CONTENT_SECURITY_POLICY
 from tests.web.conftest import PASSWORD, AuthActions, Lab, english, seed_lab
 
 # (path, method) of every page that needs a login.
@@ -306,6 +308,32 @@ def test_security_headers_on_pages(client: FlaskClient, auth: AuthActions, lab: 
         assert "default-src 'self'" in headers["Content-Security-Policy"]
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["Cache-Control"] == "no-store"
+
+
+def _policy_everywhere(response: TestResponse) -> None:
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_security_headers_on_error_pages_and_static_files(make_app: Callable[..., Flask]) -> None:
+    # No blueprint answers these, so a blueprint's own hook never ran for them.
+    app = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.route("/test-crash")
+    def crash() -> str:
+        raise RuntimeError("a bug")
+
+    client = app.test_client()
+    missing = client.get("/no-such-page")
+    crashed = client.get("/test-crash")
+    static = client.get("/static/werkbank.css")
+    assert (missing.status_code, crashed.status_code, static.status_code) == (404, 500, 200)
+    for response in (missing, crashed, static):
+        _policy_everywhere(response)
+    # Static files may be cached (pages may not).
+    assert "no-store" not in static.headers.get("Cache-Control", "")
+    static.close()
 
 
 def test_session_cookie_is_httponly_and_lax(client: FlaskClient, auth: AuthActions, lab: Lab) -> None:
