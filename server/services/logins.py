@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +36,12 @@ Limit = Literal["pair", "address", "email"]
 # Refused logins in this process, by why: "failed" (wrong password, unknown or inactive
 # account) and "throttled:<limit>" (refused unchecked). The audit log holds every process's.
 REFUSALS: Counter[str] = Counter()
+_refusals_lock = threading.Lock()  # web workers may run threads
+
+
+def _count(key: str) -> None:
+    with _refusals_lock:
+        REFUSALS[key] += 1
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ def blocked(db: Session, address: str, hashed: str, now: datetime, limits: Login
 def refused(limit: Limit) -> None:
     """Count an attempt refused unchecked (audited only when the limit is reached: see
     :func:`audit_blocked`)."""
-    REFUSALS[f"throttled:{limit}"] += 1
+    _count(f"throttled:{limit}")
 
 
 def failed(db: Session, address: str, hashed: str, now: datetime, limits: LoginLimits) -> Limit | None:
@@ -120,7 +127,7 @@ def audit_failure(
 ) -> None:
     """A failed login: the email only when it is a person's (their own audit trail, erased with
     them); for an unknown email only a short keyed hash, to tell repeated tries apart."""
-    REFUSALS["failed"] += 1
+    _count("failed")
     detail: dict[str, str] = {"address": address, "reason": reason}
     if person is not None:
         detail["email"] = email

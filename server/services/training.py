@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ STAFF_RULE_CODES = frozenset({"own_training", "other_site", "not_a_trainer", "ad
 
 # Staff-rule refusals by code in this process (the audit log holds every process's).
 REFUSALS: Counter[str] = Counter()
+_refusals_lock = threading.Lock()  # web workers may run threads
 
 
 @dataclass(frozen=True)
@@ -370,7 +372,8 @@ def audit_refusal(db: Session, error: TrainingError, *, source: str) -> bool:
     attempt = error.attempt
     if attempt is None or not error.forbidden:
         return False
-    REFUSALS[error.code] += 1
+    with _refusals_lock:
+        REFUSALS[error.code] += 1
     log.warning(
         "training change refused: %s by person %s on person %s (%s): %s",
         attempt.change,
