@@ -398,6 +398,7 @@ class Bridge:
                 for _competency, step in due:
                     training.check_step(orm, person, step, trainer, today)
             except training.TrainingError as exc:
+                training.audit_refusal(orm, exc, source="machine")
                 return refused(render_text(exc.message, tz, **exc.params))
             # The session the trainer has open here, to file the sign-off under.
             session_id = orm.scalar(

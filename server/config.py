@@ -66,6 +66,14 @@ class Config:
     # X-Forwarded-For/-Proto/-Host are trusted that many hops deep (werkzeug's ProxyFix), so the
     # login rate limit sees the real client address and links use https. 0: none, trust nothing.
     PROXY_COUNT: int = _int("WERKBANK_PROXY_COUNT", 0)
+    # A web session unused this long ends (0: only logout ends it).
+    SESSION_IDLE_MINUTES: int = _int("WERKBANK_SESSION_IDLE_MINUTES", 60)
+    # Failed web logins allowed within the window: per address and email, per address across
+    # emails (password spraying), per email across addresses. Shared by all workers (database).
+    LOGIN_MAX_FAILURES: int = _int("WERKBANK_LOGIN_MAX_FAILURES", 5)
+    LOGIN_MAX_FAILURES_PER_ADDRESS: int = _int("WERKBANK_LOGIN_MAX_FAILURES_PER_ADDRESS", 20)
+    LOGIN_MAX_FAILURES_PER_EMAIL: int = _int("WERKBANK_LOGIN_MAX_FAILURES_PER_EMAIL", 20)
+    LOGIN_WINDOW_MINUTES: int = _int("WERKBANK_LOGIN_WINDOW_MINUTES", 5)
     SESSION_COOKIE_HTTPONLY: bool = True
     SESSION_COOKIE_SAMESITE: str = "Lax"
     SESSION_COOKIE_SECURE: bool = _bool("WERKBANK_SECURE_COOKIES", False)

@@ -31,7 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -148,6 +148,9 @@ class Person(Base):
     # Set when the person's personal data was erased (server.services.privacy): the row stays,
     # under a pseudonym, so machine hours and qualification counts still add up.
     erased_at: Mapped[datetime | None] = mapped_column()
+    # Part of every web login's session: raising it ends all of the person's web sessions at
+    # once (logout, a new password, a deactivation), whichever browser or worker holds them.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     site: Mapped[Site] = relationship()
@@ -156,6 +159,22 @@ class Person(Base):
     @property
     def first_name(self) -> str:
         return self.name.split(" ", 1)[0]
+
+    def end_sessions(self) -> None:
+        """Log the person out of every browser (the web's user loader compares the epoch)."""
+        self.session_epoch = (self.session_epoch or 0) + 1
+
+    @validates("password_hash", "active")
+    def _ends_sessions(self, key: str, value: Any) -> Any:
+        # Here, not in each page that changes them: the admin pages, the API, the CSV import and
+        # the GDPR erase all set these, and a cookie from before must not outlive any of them.
+        # A new person (no id yet) has no sessions to end.
+        if self.id is not None and (
+            (key == "password_hash" and value != self.password_hash)
+            or (key == "active" and not value and self.active)
+        ):
+            self.end_sessions()
+        return value
 
 
 class Badge(Base):
@@ -457,6 +476,26 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class LoginAttempt(Base):
+    """A failed web login, kept for the login limits' window (then pruned).
+
+    In the database, not in a worker's memory, so every web worker counts the same failures.
+    ``email_hash`` is a keyed hash of the email tried: the limit per email needs no address book
+    of strangers' emails.
+    """
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_address_at", "address", "at"),
+        Index("ix_login_attempts_email_hash_at", "email_hash", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    address: Mapped[str] = mapped_column(String(64))
+    email_hash: Mapped[str] = mapped_column(String(64))
 
 
 class ApiToken(Base):

@@ -18,12 +18,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from server import get_db
 from server.services.bookings import BookingError
-from server.services.training import TrainingError
+from server.services.training import TrainingError, audit_refusal
 
 log = logging.getLogger(__name__)
-
-# Training refusals that are about who asks, not about the person being trained.
-FORBIDDEN_TRAINING_CODES = frozenset({"not_a_trainer", "admin_only"})
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -128,12 +125,15 @@ def _api_error(error: ApiError) -> Response:
 
 
 def _training_error(error: TrainingError) -> Response:
-    get_db().rollback()
+    db = get_db()
+    db.rollback()
+    if audit_refusal(db, error, source="api"):
+        db.commit()
     # The English source template with its parameters (floats as "3.5", not "3.5000001").
     message = error.message.format(
         **{k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in error.params.items()}
     )
-    status = 403 if error.code in FORBIDDEN_TRAINING_CODES else 422
+    status = 403 if error.forbidden else 422
     return error_response(status, error.code, message)
 
 

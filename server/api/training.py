@@ -2,7 +2,8 @@
 
 Grant, renew, revoke and step records go through :mod:`server.services.training`, which
 decides who may train what and audits every change; its refusals answer 422 with the
-service's code (403 for ``not_a_trainer`` and ``admin_only``: those are about the caller).
+service's code, 403 for the staff rule's (``own_training``, ``other_site``, ``not_a_trainer``,
+``admin_only``: those are about the caller, and audited).
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ Rules (where the issue left room, these are our choices):
 * Who may train: admins for every competency (someone must grant the first trainer); a
   trainer for a competency they hold, valid, at trainer level (a laser trainer cannot
   certify printers). Only admins grant trainer level.
+* The staff rule (:func:`check_staff`), which every change goes through, from the web, the
+  API and the machine alike: nobody changes their own qualifications or records their own
+  steps (admins included); a trainer acts only on people of their own site and only in the
+  competencies above; admins act at every site. Its refusals are audited and counted
+  (:func:`audit_refusal`, called by the caller after it rolled back).
 * Validity: a grant or renewal is valid for the competency's ``validity_months`` from its
   day; renewal keeps the level; a revoked qualification cannot be renewed (train again).
 
@@ -31,6 +36,9 @@ marks every allow-list dirty (``allowlists``), so a revoke reaches the machines 
 from __future__ import annotations
 
 import calendar
+import logging
+import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -83,18 +91,47 @@ SYSTEM_REASONS: dict[str, str] = {
 HOURS_MISSING = N_("{done} of {needed} supervised hours done. Sign off when all are done.")
 
 
+log = logging.getLogger(__name__)
+
+# Refusals of the staff rule: about who asks, not about the person being trained (the API
+# answers them 403, the web pages too).
+STAFF_RULE_CODES = frozenset({"own_training", "other_site", "not_a_trainer", "admin_only"})
+
+# Staff-rule refusals by code in this process (the audit log holds every process's).
+REFUSALS: Counter[str] = Counter()
+_refusals_lock = threading.Lock()  # web workers may run threads
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Who tried which change on whom: plain values, so they outlive the caller's rollback."""
+
+    change: str  # grant, renew, revoke, step
+    actor_id: int
+    person_id: int
+    person: str
+    competency: str  # slug
+
+
 class TrainingError(ValueError):
     """A change to someone's training that the rules refuse.
 
     ``message`` is a translatable template (``N_``) with ``{name}`` placeholders, so the web
-    page, the API and the machine can each show it in their reader's language.
+    page, the API and the machine can each show it in their reader's language. ``attempt``
+    is set on refusals of the staff rule: what :func:`audit_refusal` writes down.
     """
 
-    def __init__(self, code: str, message: str, **params: Any) -> None:
+    def __init__(self, code: str, message: str, *, attempt: Attempt | None = None, **params: Any) -> None:
         self.code = code
         self.message = message
         self.params = params
+        self.attempt = attempt
         super().__init__(f"{code}: {message.format(**{k: _plain(v) for k, v in params.items()})}")
+
+    @property
+    def forbidden(self) -> bool:
+        """Refused for who asks (403), not for the state of the person's training."""
+        return self.code in STAFF_RULE_CODES
 
 
 def _plain(value: Any) -> str:
@@ -287,13 +324,79 @@ def all_progress(db: Session, person_id: int, today: date) -> list[Progress]:
 # -- changing --------------------------------------------------------------------------------------
 
 
-def _require_trainer(db: Session, actor: Person, competency: Competency, today: date) -> None:
+def serves(actor: Person, person: Person) -> bool:
+    """Is ``person`` one of the people ``actor`` may train: of the trainer's own site (admins: any)?"""
+    return actor.is_admin or person.site_id == actor.site_id
+
+
+def check_staff(
+    db: Session, actor: Person, person: Person, competency: Competency, today: date, change: str
+) -> None:
+    """The staff rule: raise a :class:`TrainingError` (``forbidden``) unless ``actor`` may
+    make ``change`` (grant, renew, revoke, step) to ``person``'s ``competency``."""
+    attempt = Attempt(change, actor.id, person.id, person.name, competency.slug)
+    if person.id == actor.id:
+        raise TrainingError(
+            "own_training",
+            N_("You cannot change your own qualifications or training. Ask another trainer."),
+            attempt=attempt,
+        )
+    if not serves(actor, person):
+        raise TrainingError(
+            "other_site", N_("This person belongs to another site. Ask a trainer there."), attempt=attempt
+        )
     if not can_train(db, actor, competency, today):
         raise TrainingError(
             "not_a_trainer",
             N_("You are not a trainer for {competency}."),
+            attempt=attempt,
             competency=competency.name,
         )
+
+
+def may_change(db: Session, actor: Person, person: Person, competency: Competency, today: date) -> bool:
+    """Whether the staff rule lets ``actor`` change ``person``'s ``competency`` (for pages
+    that offer only the buttons that would work)."""
+    try:
+        check_staff(db, actor, person, competency, today, "check")
+    except TrainingError:
+        return False
+    return True
+
+
+def audit_refusal(db: Session, error: TrainingError, *, source: str) -> bool:
+    """Audit and count a refusal of the staff rule, in ``db``'s transaction (the caller
+    commits, after rolling back the refused change). Other refusals (a missing reason, a
+    step out of order) are the person's state, not a breach of rights: nothing is written.
+    Returns whether it wrote an entry."""
+    attempt = error.attempt
+    if attempt is None or not error.forbidden:
+        return False
+    with _refusals_lock:
+        REFUSALS[error.code] += 1
+    log.warning(
+        "training change refused: %s by person %s on person %s (%s): %s",
+        attempt.change,
+        attempt.actor_id,
+        attempt.person_id,
+        attempt.competency,
+        error.code,
+    )
+    audit.record(
+        db,
+        db.get(Person, attempt.actor_id),
+        "training.refused",
+        f"person:{attempt.person_id}",
+        {
+            "change": attempt.change,
+            "code": error.code,
+            "person": attempt.person,
+            "competency": attempt.competency,
+            "source": source,
+        },
+    )
+    db.flush()
+    return True
 
 
 def _require_reason(reason: str | None) -> str:
@@ -355,10 +458,14 @@ def grant(
     today: date,
 ) -> Qualification:
     """Grant ``level`` by hand (prior learning, or trainer level), with a reason."""
+    check_staff(db, actor, person, competency, today, "grant")
     reason = _require_reason(reason)
-    _require_trainer(db, actor, competency, today)
     if level == Level.TRAINER and not actor.is_admin:
-        raise TrainingError("admin_only", N_("Only an admin can grant the trainer level."))
+        raise TrainingError(
+            "admin_only",
+            N_("Only an admin can grant the trainer level."),
+            attempt=Attempt("grant", actor.id, person.id, person.name, competency.slug),
+        )
     if competency.prerequisite is not None:
         pre = state_of(newest(db, person.id, competency.prerequisite.id), today)
         if pre is None or not pre.usable:
@@ -399,7 +506,7 @@ def renew(
     today: date,
 ) -> Qualification:
     """Extend a held (or expired, but not revoked) qualification from today, at its level."""
-    _require_trainer(db, actor, competency, today)
+    check_staff(db, actor, person, competency, today, "renew")
     if not competency.validity_months:
         raise TrainingError(
             "does_not_expire", N_("{competency} does not expire."), competency=competency.name
@@ -434,8 +541,8 @@ def revoke(
     today: date,
 ) -> Qualification:
     """Take a qualification away at once (allow-lists follow within seconds), with a reason."""
+    check_staff(db, actor, person, competency, today, "revoke")
     reason = _require_reason(reason)
-    _require_trainer(db, actor, competency, today)
     entry = _held(db, person, competency, "nothing_to_revoke", N_("{person} does not hold {competency}."))
     return _append(
         db,
@@ -457,7 +564,7 @@ def check_step(db: Session, person: Person, step: TrainingStep, actor: Person, t
     requires several competencies) check them all before it writes any.
     """
     competency = step.competency
-    _require_trainer(db, actor, competency, today)
+    check_staff(db, actor, person, competency, today, "step")
     if step.kind == StepKind.SUPERVISED_HOURS:
         raise TrainingError(
             "hours_are_counted",
@@ -465,8 +572,6 @@ def check_step(db: Session, person: Person, step: TrainingStep, actor: Person, t
         )
     if not person.active:
         raise TrainingError("person_inactive", N_("{person} is not active."), person=person.name)
-    if person.id == actor.id:
-        raise TrainingError("own_training", N_("You cannot sign off your own training."))
     now_progress = progress(db, person.id, competency, today)
     if now_progress.prerequisite_missing is not None:
         raise TrainingError(

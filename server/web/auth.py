@@ -1,16 +1,17 @@
 """Logging in and out, the language switch, and who may see which page.
 
-Deliberately small: email + password, a per-process limit on failed logins, and
-role checks. Accounts, password resets and invitations come with the accounts work.
+Deliberately small: email + password, the failed-login limits every worker shares
+(:mod:`server.services.logins`), sessions that end (logout, a new password, a deactivation,
+idle time) and role checks. Accounts, password resets and invitations come with the
+accounts work.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import wraps
 from typing import Any, ParamSpec
 from urllib.parse import urlsplit
@@ -29,15 +30,16 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
 from server import get_db
 from server.extensions import login_manager
 from server.i18n import N_
-from server.models import Person
+from server.models import Person, utcnow
 from server.security import verify_password
+from server.services import logins
 from server.web.common import web_blueprint
 from server.web.l10n import _, _l
 
@@ -64,6 +66,7 @@ class User:
     is_participant: bool
     is_trainer: bool
     is_admin: bool
+    session_epoch: int = 0
 
     @classmethod
     def from_person(cls, person: Person) -> User:
@@ -77,6 +80,7 @@ class User:
             is_participant=person.is_participant,
             is_trainer=person.is_trainer,
             is_admin=person.is_admin,
+            session_epoch=person.session_epoch,
         )
 
     @property
@@ -98,17 +102,34 @@ class User:
         return False
 
     def get_id(self) -> str:
-        return str(self.id)
+        # What Flask-Login keeps in the session (and would put in a remember-me cookie):
+        # the person and their session epoch, so raising the epoch voids every copy.
+        return f"{self.id}.{self.session_epoch}"
+
+
+# The session's last-seen time is written back at most this often, not on every request.
+SEEN_EVERY_S = 60
 
 
 def load_user(user_id: str) -> User | None:
-    """Flask-Login's user loader: the person behind the session cookie, if still active."""
+    """Flask-Login's user loader: the person behind the session cookie, if still active, the
+    cookie's epoch still theirs (no logout, new password or deactivation since) and the
+    session not idle for longer than SESSION_IDLE_MINUTES. Anything else is anonymous."""
+    person_id, _, epoch = user_id.partition(".")
     try:
-        person = get_db().get(Person, int(user_id))
+        person = get_db().get(Person, int(person_id))
+        epoch_number = int(epoch)
     except ValueError:
         return None
-    if person is None or not person.active:
+    if person is None or not person.active or person.session_epoch != epoch_number:
         return None
+    now = time.time()
+    seen = session.get("seen")
+    idle_s = 60 * int(current_app.config.get("SESSION_IDLE_MINUTES", 0))
+    if not isinstance(seen, int | float) or (idle_s > 0 and now - seen > idle_s):
+        return None
+    if now - seen >= SEEN_EVERY_S:
+        session["seen"] = int(now)
     return User.from_person(person)
 
 
@@ -186,68 +207,17 @@ def admin_required(view: View[P]) -> View[P]:
     return _role_required(ADMIN, lambda user: user.is_admin)(view)
 
 
-# -- failed-login limit --------------------------------------------------------------------------
+# -- failed-login limits --------------------------------------------------------------------------
 
 
-class LoginLimiter:
-    """Counts failed logins per (client IP, email) in this process's memory.
-
-    After ``max_failures`` failures within ``window_s`` seconds, further attempts for that
-    pair are refused without checking the password, until the oldest failure is older than
-    the window. Per process: with N web workers an attacker gets N times the budget, which
-    still turns millions of guesses into thousands. Behind a reverse proxy the client IP
-    is only right with WERKBANK_PROXY_COUNT set (ProxyFix trusts X-Forwarded-For that deep).
-    """
-
-    def __init__(
-        self,
-        max_failures: int = 5,
-        window_s: float = 300.0,
-        max_keys: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.max_keys = max_keys
-        self._clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def blocked(self, key: tuple[str, str]) -> bool:
-        with self._lock:
-            return len(self._recent(key)) >= self.max_failures
-
-    def failed(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            if key not in self._failures and len(self._failures) >= self.max_keys:
-                self._make_room()
-            self._failures.setdefault(key, deque()).append(self._clock())
-
-    def succeeded(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
-
-    def _recent(self, key: tuple[str, str]) -> deque[float]:
-        stamps = self._failures.get(key, deque())
-        cutoff = self._clock() - self.window_s
-        while stamps and stamps[0] <= cutoff:
-            stamps.popleft()
-        if not stamps:
-            self._failures.pop(key, None)
-        return stamps
-
-    def _make_room(self) -> None:
-        # Bounded memory when someone sprays many emails: forget expired entries first,
-        # then the oldest keys (dicts keep insertion order).
-        for key in list(self._failures):
-            self._recent(key)
-        while len(self._failures) >= self.max_keys:
-            del self._failures[next(iter(self._failures))]
-
-
-def limiter() -> LoginLimiter:
-    found: LoginLimiter = current_app.extensions["werkbank.login_limiter"]
-    return found
+def login_limits() -> logins.LoginLimits:
+    config = current_app.config
+    return logins.LoginLimits(
+        per_pair=int(config["LOGIN_MAX_FAILURES"]),
+        per_address=int(config["LOGIN_MAX_FAILURES_PER_ADDRESS"]),
+        per_email=int(config["LOGIN_MAX_FAILURES_PER_EMAIL"]),
+        window=timedelta(minutes=int(config["LOGIN_WINDOW_MINUTES"])),
+    )
 
 
 # -- views ---------------------------------------------------------------------------------------
@@ -288,22 +258,46 @@ def login() -> ResponseReturnValue:
     status = 200
     if form.validate_on_submit():
         email = str(form.email.data).strip().lower()
-        key = (request.remote_addr or "", email)
-        if limiter().blocked(key):
-            error = _("Too many failed attempts. Please wait 5 minutes and try again.")
+        # Behind a reverse proxy this is the client's address only with WERKBANK_PROXY_COUNT set.
+        address = request.remote_addr or ""
+        hashed = logins.email_hash(email, str(current_app.config["SECRET_KEY"]))
+        limits = login_limits()
+        db = get_db()
+        now = utcnow()
+        limit = logins.blocked(db, address, hashed, now, limits)
+        if limit is not None:
+            logins.refused(limit)
+            error = _(
+                "Too many failed attempts. Please wait %(minutes)s minutes and try again.",
+                minutes=int(limits.window.total_seconds() // 60),
+            )
             status = 429
         else:
-            db = get_db()
             person = db.scalar(select(Person).where(func.lower(Person.email) == email))
             check = verify_password(person.password_hash if person else None, str(form.password.data))
             if person is not None and person.active and check.ok:
                 if check.new_hash is not None:
-                    person.password_hash = check.new_hash
-                    db.commit()
-                limiter().succeeded(key)
-                _start_session(User.from_person(person))
-                return redirect(safe_next(request.args.get("next")) or home_url(User.from_person(person)))
-            limiter().failed(key)
+                    # Same password, stronger hash: an UPDATE past the model, whose password
+                    # validator would end the person's other sessions as for a new password.
+                    db.execute(
+                        update(Person).where(Person.id == person.id).values(password_hash=check.new_hash)
+                    )
+                logins.succeeded(db, address, hashed)
+                logins.audit_success(db, person, address, now)
+                db.commit()
+                user = User.from_person(person)
+                _start_session(user)
+                return redirect(safe_next(request.args.get("next")) or home_url(user))
+            reason = (
+                "unknown_account"
+                if person is None
+                else ("inactive" if not person.active else "wrong_password")
+            )
+            reached = logins.failed(db, address, hashed, now, limits)
+            logins.audit_failure(db, email, person, address, hashed, reason, now)
+            if reached is not None:
+                logins.audit_blocked(db, reached, address, hashed, now)
+            db.commit()
             # One message for unknown email, wrong password and inactive account alike.
             error = _("Email or password is wrong.")
             status = 401
@@ -318,12 +312,23 @@ def _start_session(user: User) -> None:
     if language is not None:
         session["language"] = language
     flask_login.login_user(user)
+    session["seen"] = int(time.time())
 
 
 @bp.post("/logout")
 @public
 def logout() -> ResponseReturnValue:
+    """Log out everywhere: a copy of this session's cookie (or any other browser's) stops
+    working too, because the person's session epoch moves on."""
+    user = current()
+    if user is not None:
+        db = get_db()
+        person = db.get(Person, user.id)
+        if person is not None:
+            person.end_sessions()
+            db.commit()
     flask_login.logout_user()
+    session.pop("seen", None)
     flash(_("You are logged out."), "info")
     return redirect(url_for("auth.login"))
 
@@ -343,13 +348,21 @@ def set_language(code: str) -> ResponseReturnValue:
 
 
 def init_app(app: Any) -> None:
-    """Bind Flask-Login to our User and give this app its own failed-login counter."""
+    """Bind Flask-Login to our User."""
     login_manager.user_loader(load_user)
     login_manager.login_view = "auth.login"
     login_manager.login_message = N_("Please log in to see this page.")
     login_manager.login_message_category = "info"
     login_manager.localize_callback = _
-    app.extensions["werkbank.login_limiter"] = LoginLimiter(
-        max_failures=app.config.get("WERKBANK_LOGIN_MAX_FAILURES", 5),
-        window_s=app.config.get("WERKBANK_LOGIN_WINDOW_S", 300),
-    )
+    config = app.config
+    for name in ("LOGIN_MAX_FAILURES", "LOGIN_MAX_FAILURES_PER_ADDRESS", "LOGIN_MAX_FAILURES_PER_EMAIL"):
+        if int(config[name]) < 1:
+            raise SystemExit(f"WERKBANK_{name}={config[name]}: allow at least 1 failed login")
+    if int(config["LOGIN_WINDOW_MINUTES"]) < 1:
+        raise SystemExit(
+            f"WERKBANK_LOGIN_WINDOW_MINUTES={config['LOGIN_WINDOW_MINUTES']}: give 1 minute or more"
+        )
+    if int(config["SESSION_IDLE_MINUTES"]) < 0:
+        raise SystemExit(
+            f"WERKBANK_SESSION_IDLE_MINUTES={config['SESSION_IDLE_MINUTES']}: give 0 (off) or more"
+        )

@@ -259,13 +259,6 @@ def people() -> ResponseReturnValue:
     return render_template("training/people.html", form=form, people=found, searched=bool(text.strip()))
 
 
-def _person_or_404(person_id: int, user: User) -> Person:
-    person = get_db().get(Person, person_id)
-    if person is None or person.site_id != user.site_id:
-        abort(404)
-    return person
-
-
 @dataclass
 class _Actor:
     user: User
@@ -280,6 +273,15 @@ def _actor() -> _Actor:
     return _Actor(user, person)
 
 
+def _person_or_404(person_id: int, actor: _Actor) -> Person:
+    """The person, if the staff rule lets ``actor`` train them at all: others' people are not
+    even shown (the service refuses their changes too, for callers that skip this page)."""
+    person = get_db().get(Person, person_id)
+    if person is None or not training.serves(actor.person, person):
+        abort(404)
+    return person
+
+
 def person_page(
     person: Person, actor: _Actor, *, error: str | None = None, status: int = 200
 ) -> ResponseReturnValue:
@@ -287,9 +289,8 @@ def person_page(
     today = today_for(actor.user)
     cards = []
     for p in training.all_progress(db, person.id, today):
-        may = training.can_train(db, actor.person, p.competency, today)
-        card = present_progress(p, today, may_train=may and person.id != actor.person.id)
-        cards.append(card)
+        may = training.may_change(db, actor.person, person, p.competency, today)
+        cards.append(present_progress(p, today, may_train=may))
     cards.sort(key=lambda c: (not c["started"], not c["may_train"], c["name"]))
     history = present_history(list(training.history(db, person.id))[:50])
     return (
@@ -313,7 +314,7 @@ def person_page(
 @trainer_required
 def person(person_id: int) -> ResponseReturnValue:
     actor = _actor()
-    return person_page(_person_or_404(person_id, actor.user), actor)
+    return person_page(_person_or_404(person_id, actor), actor)
 
 
 def _competency_or_400(raw: Any) -> Competency:
@@ -326,10 +327,23 @@ def _competency_or_400(raw: Any) -> Competency:
     return competency
 
 
+def _refused(subject: Person, actor: _Actor, error: str, status: int) -> ResponseReturnValue:
+    """The person's page with the reason; for someone else's person (whom the pages never
+    show) only the reason, or 404 as their page would answer."""
+    if training.serves(actor.person, subject):
+        return person_page(subject, actor, error=error, status=status)
+    if status != 403:
+        abort(404)
+    return render_template("error.html", code=status, message=error), status
+
+
 def _apply(person_id: int, change: str) -> ResponseReturnValue:
-    """Run one change through the service; on refusal re-show the page with the reason (400)."""
+    """Run one change through the service; on refusal re-show the page with the reason (400,
+    or 403 when the staff rule refused: audited by the service)."""
     actor = _actor()
-    subject = _person_or_404(person_id, actor.user)
+    # Not _person_or_404: a change posted for someone else's person goes to the service,
+    # whose staff rule refuses it and audits the attempt.
+    subject = get_db().get(Person, person_id) or abort(404)
     db = get_db()
     now = datetime.now(UTC)
     today = today_for(actor.user)
@@ -338,7 +352,7 @@ def _apply(person_id: int, change: str) -> ResponseReturnValue:
         if change == "step":
             form = StepForm()
             if not form.validate():
-                return person_page(subject, actor, error=_("Please check the form."), status=400)
+                return _refused(subject, actor, _("Please check the form."), 400)
             try:
                 step = db.get(TrainingStep, int(form.step_id.data))
             except ValueError:
@@ -359,7 +373,7 @@ def _apply(person_id: int, change: str) -> ResponseReturnValue:
         elif change == "grant":
             form = GrantForm()
             if not form.validate():
-                return person_page(subject, actor, error=_("Please give a level and a reason."), status=400)
+                return _refused(subject, actor, _("Please give a level and a reason."), 400)
             competency = _competency_or_400(form.competency_id.data)
             entry = training.grant(
                 db, subject, competency, Level(form.level.data), actor.person, form.reason.data, now, today
@@ -373,7 +387,7 @@ def _apply(person_id: int, change: str) -> ResponseReturnValue:
         elif change in ("renew", "revoke"):
             form = ReasonForm()
             if not form.validate():
-                return person_page(subject, actor, error=_("Please check the form."), status=400)
+                return _refused(subject, actor, _("Please check the form."), 400)
             competency = _competency_or_400(form.competency_id.data)
             name = competency.display_name(current_language())
             if change == "renew":
@@ -391,7 +405,9 @@ def _apply(person_id: int, change: str) -> ResponseReturnValue:
             abort(404)
     except TrainingError as refused:
         db.rollback()
-        return person_page(subject, actor, error=error_text(refused), status=400)
+        if training.audit_refusal(db, refused, source="web"):
+            db.commit()
+        return _refused(subject, actor, error_text(refused), 403 if refused.forbidden else 400)
     db.commit()
     flash(message, "success")
     return redirect(url_for("training.person", person_id=subject.id))

@@ -39,11 +39,11 @@ from werkbank_protocol.messages import AuthReq, SessionEnded, SessionStarted
 QUINN = "04A224B2C35E80"
 
 
-def _certify(db: Database, device_id: str, badge: str, now: datetime) -> dict[str, Any]:
+def _certify(db: Database, device_id: str, badge: str, now: datetime, trainer: str = TINA) -> dict[str, Any]:
     """An auth/req in mode certify answered by the bridge; the answer as recorded."""
     bridge = Bridge(db, "mqtt://127.0.0.1:9", clock=lambda: now)  # never connected: answers go nowhere
     request = AuthReq(
-        v=1, id=str(uuid.uuid4()), ts=format_ts(now), badge=badge, mode="certify", trainer_badge=TINA
+        v=1, id=str(uuid.uuid4()), ts=format_ts(now), badge=badge, mode="certify", trainer_badge=trainer
     )
     bridge._answer_taps([(device_id, request)])
     with db.session() as s:
@@ -189,3 +189,31 @@ def test_training_allowlist_marks_trainers_of_this_machine_type_only(trainer_lab
             key = key_bytes(machine.allowlist_key)
             flags[slug] = (by_hash[badge_hash(key, PETE)], by_hash[badge_hash(key, TINA)])
     assert flags == {"printer-1": (True, True), "laser-1": (False, True)}
+
+
+def test_training_certify_for_someone_of_another_site_is_refused_and_audited(
+    trainer_lab: Database, clock
+) -> None:
+    """The staff rule holds at the machine too: Pete, a printer trainer (not an admin), signs off
+    only people of his own site."""
+    from server.models import AuditLog, Site
+
+    _grant(trainer_lab, "Bea Briefed", "fdm-printing", Level.SUPERVISED)
+    with trainer_lab.session() as s:
+        elsewhere = Site(slug="elsewhere", name="Elsewhere", timezone="Europe/Berlin")
+        s.add(elsewhere)
+        s.flush()
+        bea = s.scalar(select(Person).where(Person.name == "Bea Briefed"))
+        assert bea is not None
+        bea.site_id = elsewhere.id
+        bea_id = bea.id
+    before = _counts(trainer_lab)
+    answer = _certify(trainer_lab, "pi-printer-1", BEA, clock(), trainer=PETE)
+    assert (answer["decision"], answer["reason"]) == ("deny", "not_qualified")
+    assert answer["message"]["en"] == "This person belongs to another site. Ask a trainer there."
+    assert answer["message"]["de"].startswith("Diese Person gehört zu einem anderen Standort.")
+    assert _counts(trainer_lab) == before
+    with trainer_lab.session() as s:
+        [entry] = s.scalars(select(AuditLog).where(AuditLog.action == "training.refused")).all()
+        assert entry.subject == f"person:{bea_id}"
+        assert entry.detail["code"] == "other_site" and entry.detail["source"] == "machine"

@@ -6,6 +6,7 @@ private PostgreSQL database (emptied after each test) when TEST_DATABASE_URL is 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -264,3 +265,18 @@ class AuthActions:
 @pytest.fixture
 def auth(client: FlaskClient) -> AuthActions:
     return AuthActions(client)
+
+
+def sign_in(client: FlaskClient, person_id: int) -> None:
+    """Put a person's login straight into the client's session cookie, as the login form
+    leaves it: for tests that open hundreds of pages and should not each pay for argon2."""
+    from server.web.auth import User
+
+    with db.session() as s:
+        person = s.get(Person, person_id)
+        assert person is not None
+        user_id = User.from_person(person).get_id()
+    with client.session_transaction() as session:
+        session["_user_id"] = user_id
+        session["_fresh"] = True
+        session["seen"] = int(time.time())

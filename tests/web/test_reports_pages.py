@@ -18,7 +18,7 @@ from server.extensions import db
 from server.models import AuditLog, Person
 from server.web import reports as reports_web
 from tests.server.report_factory import Scenario, build_scenario
-from tests.web.conftest import english
+from tests.web.conftest import english, sign_in
 
 Q1 = "site=nord&from=2026-01&to=2026-03"
 
@@ -48,10 +48,9 @@ def setup(app: Flask) -> Setup:
 
 def _client(app: Flask, person_id: int, language: str | None = None) -> FlaskClient:
     client = english(app.test_client())
-    with client.session_transaction() as session:
-        session["_user_id"] = str(person_id)
-        session["_fresh"] = True
-        if language:
+    sign_in(client, person_id)
+    if language:
+        with client.session_transaction() as session:
             session["language"] = language
     return client
 

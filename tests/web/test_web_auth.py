@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from server.security import hash_password, verify_password
-from server.web.auth import LoginLimiter, safe_next
+from server.web.auth import safe_next
 from server.web.common import CONTENT_SECURITY_POLICY
 from tests.web.conftest import PASSWORD, AuthActions, Lab, english, seed_lab
 
@@ -194,27 +194,6 @@ def test_login_success_resets_the_failure_count(client: FlaskClient, auth: AuthA
     for _ in range(4):
         auth.login(lab.participant, "wrong")
     assert auth.login(lab.participant).status_code == 302
-
-
-def test_login_limiter_forgets_after_the_window() -> None:
-    now = [1000.0]
-    limiter = LoginLimiter(max_failures=2, window_s=300, clock=lambda: now[0])
-    key = ("10.0.0.1", "a@b.c")
-    limiter.failed(key)
-    limiter.failed(key)
-    assert limiter.blocked(key)
-    now[0] += 299
-    assert limiter.blocked(key)
-    now[0] += 2
-    assert not limiter.blocked(key)
-
-
-def test_login_limiter_memory_is_bounded() -> None:
-    limiter = LoginLimiter(max_failures=1, window_s=300, max_keys=3)
-    for i in range(10):
-        limiter.failed((f"10.0.0.{i}", "x@y.z"))
-    assert limiter.blocked(("10.0.0.9", "x@y.z"))
-    assert not limiter.blocked(("10.0.0.0", "x@y.z"))  # the oldest made room
 
 
 def test_login_rehashes_old_password_hash(client: FlaskClient, auth: AuthActions, lab: Lab) -> None:

@@ -17,7 +17,7 @@ from werkzeug.routing import Rule
 
 from server.extensions import db
 from server.models import Person
-from tests.web.conftest import Lab, english
+from tests.web.conftest import Lab, english, sign_in
 
 ROLES = ("anonymous", "participant", "trainer", "admin")
 
@@ -71,9 +71,8 @@ def _login_as(client: FlaskClient, lab: Lab, role: str) -> None:
         person_id = s.scalar(select(Person.id).where(Person.email == email))
     # Straight into the session cookie: the login form (argon2) is tested elsewhere, and
     # hundreds of routes times four roles should not each pay for a password hash.
-    with client.session_transaction() as session:
-        session["_user_id"] = str(person_id)
-        session["_fresh"] = True
+    assert person_id is not None
+    sign_in(client, person_id)
 
 
 def test_roles_every_route_declares_who_may_use_it(app: Flask) -> None:
