@@ -35,7 +35,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -66,6 +66,7 @@ from device_agent.outbox import Outbox
 from device_agent.storage import AgentState, OpenJob, OpenSession, StateFile
 from werkbank_protocol import ProtocolError, format_ts, parse_ts
 from werkbank_protocol.allowlist import key_bytes
+from werkbank_protocol.clock import wall_now
 from werkbank_protocol.messages import (
     BADGE_PATTERN,
     Ack,
@@ -183,7 +184,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return wall_now()
 
     def monotonic(self) -> float:
         return time.monotonic()
