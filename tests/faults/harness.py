@@ -151,13 +151,11 @@ _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="spawner")
 
 
 def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    kwargs.setdefault("cwd", ROOT)
-    return _SPAWNER.submit(
-        subprocess.Popen,
-        argv,
-        preexec_fn=_die_with_parent,  # only prctl: safe with threads
-        **kwargs,
-    ).result()
+    def start() -> subprocess.Popen[bytes]:
+        # The preexec_fn only calls prctl (no locks), which is safe with threads.
+        return subprocess.Popen(argv, cwd=ROOT, preexec_fn=_die_with_parent, **kwargs)  # noqa: PLW1509
+
+    return _SPAWNER.submit(start).result()
 
 
 def write_atomic(path: Path, content: str) -> None:
@@ -493,6 +491,12 @@ class Result:
 
 
 START_BOUND_S = 2.0  # a stored start may differ this much from the real tap-in
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _start(row: MachineSession) -> datetime:
+    """A stored session's start (an end without a start sorts first and matches nothing)."""
+    return row.started_at or NEVER
 
 
 # -- the suite and its worlds ----------------------------------------------------------------
@@ -916,11 +920,10 @@ class World:
                 for s in free
                 if s.device_id == exp.device
                 and s.badge_uid == exp.badge
-                and s.started_at is not None
-                and abs((s.started_at - exp.true_start).total_seconds()) <= START_BOUND_S
+                and abs((_start(s) - exp.true_start).total_seconds()) <= START_BOUND_S
             ]
             if candidates:
-                best = min(candidates, key=lambda s: abs((s.started_at - exp.true_start).total_seconds()))
+                best = min(candidates, key=lambda s: abs((_start(s) - exp.true_start).total_seconds()))
                 matched[i] = best
                 free.remove(best)
         # Then, for clocks gone wrong, in order of start per machine and badge (up to 2 h apart).
@@ -934,16 +937,11 @@ class World:
                 key=lambda i: self.expected[i].t_in,
             )
             rows = sorted(
-                (
-                    s
-                    for s in free
-                    if (s.device_id, s.badge_uid) == (device, badge) and s.started_at is not None
-                ),
-                key=lambda s: s.started_at,
+                (s for s in free if (s.device_id, s.badge_uid) == (device, badge)),
+                key=_start,
             )
             for i, row in zip(waiting, rows, strict=False):
-                assert row.started_at is not None
-                if abs((row.started_at - self.expected[i].true_start).total_seconds()) <= 2 * 3600:
+                if abs((_start(row) - self.expected[i].true_start).total_seconds()) <= 2 * 3600:
                     matched[i] = row
                     free.remove(row)
         result.lost = sum(1 for i in range(len(self.expected)) if i not in matched)

@@ -45,6 +45,14 @@ def sessions_until(w: World, agent: AgentProc, who: str, end: float, hold: float
         sessions(w, agent, who, [hold])
 
 
+def after(delay: float, job: Callable[[], None]) -> Callable[[], None]:
+    def later() -> None:
+        time.sleep(delay)
+        job()
+
+    return later
+
+
 def standard(w: World, *machines: str, bridges: int = 1, shared: bool = False) -> list[AgentProc]:
     for n in range(bridges):
         w.start_bridge(
@@ -78,7 +86,7 @@ def bridge_kill(w: World) -> None:
     parallel(
         lambda: sessions(w, a2, "ben", [4.0]),
         lambda: sessions(w, a3, "cem", [5.0]),
-        lambda: (time.sleep(3.0), w.tap_out(a1, s1)),
+        after(3.0, lambda: w.tap_out(a1, s1)),
     )
     sleep_until(killed + 10.0)
     w.start_bridge(bridge)
@@ -165,7 +173,7 @@ def broker_kill(w: World) -> None:
     parallel(
         lambda: sessions(w, a2, "ben", [3.0]),
         lambda: sessions(w, a3, "cem", [3.0]),
-        lambda: (time.sleep(2.0), w.tap_out(a1, s1)),
+        after(2.0, lambda: w.tap_out(a1, s1)),
     )
     sleep_until(killed + 8.0)
     w.broker.start()
@@ -210,7 +218,7 @@ def db_refuses(w: World) -> None:
     parallel(
         lambda: sessions_until(w, a2, "ben", end),
         lambda: sessions_until(w, a3, "cem", end),
-        lambda: (time.sleep(3.0), w.tap_out(a1, s1)),
+        after(3.0, lambda: w.tap_out(a1, s1)),
     )
     sleep_until(end)
     relay.restore()
