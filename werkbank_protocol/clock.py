@@ -14,25 +14,27 @@ from datetime import UTC, datetime, timedelta
 
 FAKE_CLOCK_ENV = "WERKBANK_FAKE_CLOCK_FILE"
 
-# (path, modification time) -> offset: the file is read again only when it changed.
-_cached: tuple[str, int, float] | None = None
+# (path, inode, modification time, size) and the offset read: the file is read again only when
+# it changed (the fault suite replaces it with a new file, so the inode changes every time).
+_cached: tuple[tuple[str, int, int, int], float] | None = None
 
 
 def _offset(path: str) -> float:
     global _cached  # noqa: PLW0603 - one small cache for the whole process
     try:
-        changed = os.stat(path).st_mtime_ns
+        stat = os.stat(path)
     except FileNotFoundError:
         return 0.0
-    if _cached is not None and _cached[:2] == (path, changed):
-        return _cached[2]
+    key = (path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if _cached is not None and _cached[0] == key:
+        return _cached[1]
     with open(path, encoding="utf-8") as file:
         text = file.read().strip()
     try:
         offset = float(text or 0)
     except ValueError:
         raise ValueError(f"{FAKE_CLOCK_ENV}: {path} must hold a number of seconds, not {text!r}") from None
-    _cached = (path, changed, offset)
+    _cached = (key, offset)
     return offset
 
 
