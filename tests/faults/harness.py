@@ -970,6 +970,9 @@ class World:
                     f"lost: {exp.device} {exp.badge} at {exp.true_start:%H:%M:%S}"
                     + (f" (refused: {exp.refused})" if exp.refused else "")
                 )
+        for row in stored:
+            if row.ended_at is None:
+                result.notes.append(f"open: {row.device_id} {row.badge_uid} since {row.started_at}")
         for row in free:
             result.notes.append(
                 f"one too many: {row.device_id} {row.badge_uid} {row.started_at} "
