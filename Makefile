@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test lint typecheck unit bench bench-dashboards translations extract browser octoprint mosquitto clean
+.PHONY: install run test faults lint typecheck unit bench bench-dashboards translations extract browser octoprint mosquitto clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -64,6 +64,14 @@ unit: install browser octoprint mosquitto
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# The fault suite (docs/faults.md): kill -9 of bridge, agents and broker, a refusing and a locked
+# database, cut links, skewed clocks, on real processes. Needs mosquitto and PostgreSQL
+# (FAULTS_DATABASE_URL, else TEST_DATABASE_URL, else postgres@127.0.0.1:5432); about 7 minutes
+# on two cores, stopped after FAULTS_TIMEOUT seconds whatever happens. FAULTS_ARGS: e.g. --only clean.
+FAULTS_TIMEOUT ?= 1200
+faults: install
+	timeout -k 30 $(FAULTS_TIMEOUT) $(BIN)/python -m tests.faults.run $(FAULTS_ARGS)
 
 bench: install
 	$(BIN)/python bench/tap_latency.py

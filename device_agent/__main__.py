@@ -8,8 +8,12 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from device_agent.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from device_agent.agent import Agent
 
 log = logging.getLogger("device_agent")
 
@@ -19,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, metavar="FILE", help="the agent's TOML config")
     parser.add_argument(
         "--simulate", action="store_true", help="use the simulated badge reader and gpiozero's mock pins"
+    )
+    parser.add_argument(
+        "--badges-from-stdin",
+        action="store_true",
+        help="with --simulate: also read badge UIDs from standard input, one per line "
+        "(the fault suite taps this way, so taps need no broker)",
     )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO"
@@ -53,11 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         print("  (on a computer without GPIO pins, use --simulate)", file=sys.stderr)
         return 1
     agent.start()
+    if args.badges_from_stdin:
+        threading.Thread(target=_read_badges, args=(agent,), name="stdin-badges", daemon=True).start()
     # A timed wait, so the signal handler gets to run promptly.
     while not stop.wait(1.0):
         pass
     agent.stop()
     return 0
+
+
+def _read_badges(agent: Agent) -> None:
+    """Present each line of standard input to the simulated reader (until end of input)."""
+    from device_agent.hardware.simulated import SimulatedReader
+
+    reader = agent.reader
+    if not isinstance(reader, SimulatedReader):
+        log.warning("--badges-from-stdin needs the simulated reader (--simulate): ignored")
+        return
+    for line in sys.stdin:
+        if line.strip():
+            reader.present(line.strip())
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
+
+from werkbank_protocol.clock import wall_now
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class SystemClock:
             )
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return wall_now()  # the fault suite's clock seam (WERKBANK_FAKE_CLOCK_FILE)
 
     def monotonic(self) -> float:
         if self._clock_id is not None:

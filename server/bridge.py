@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -52,6 +52,7 @@ from server.services.devices import apply_status, apply_telemetry
 from server.services.ingest import ingest_event
 from server.services.messages import render, render_text
 from werkbank_protocol import ProtocolError, format_ts, now_ts
+from werkbank_protocol.clock import wall_now
 from werkbank_protocol.messages import (
     Ack,
     AuthReq,
@@ -104,7 +105,7 @@ class Bridge:
         self.allowlist_days = allowlist_days
         self.max_open_sessions = max_open_sessions
         self.shared = shared
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or wall_now
         self.allowlist_interval = allowlist_interval
         # The broker's message_size_limit (MQTT_MESSAGE_LIMIT): a bigger message is dropped unseen.
         self.message_limit = message_limit

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from device_agent.__main__ import main
 from device_agent.outbox import Outbox
 from tests.agent.helpers import ADA, KEY_HEX, Responder, wait_until
+from werkbank_protocol import parse_ts
 from werkbank_protocol.messages import SimTap, encode
 from werkbank_protocol.topics import Suffix
 
@@ -120,3 +123,34 @@ def test_main_sigkill_mid_session_then_restart_carries_on_and_replays_the_outbox
     # A clean stop publishes the offline status itself (no will is sent).
     assert responder.wait_for(lambda: responder.statuses_of(device)[-1] == {"v": 1, "online": False})
     assert b"SIGTERM received: stopping" in (tmp_path / "agent.log").read_bytes()
+
+
+def test_main_badges_from_stdin_reach_the_simulated_reader_and_the_clock_seam_shifts_times(
+    tmp_path: Path, mqtt_url: str, responder: Responder
+) -> None:
+    """What the fault suite relies on: a badge typed on stdin is a tap, and
+    WERKBANK_FAKE_CLOCK_FILE moves the agent's wall clock (not its durations)."""
+    device = f"stdin-{time.monotonic_ns() % 10**9}"
+    config = write_config(tmp_path, mqtt_url, device)
+    clock = tmp_path / "clock"
+    clock.write_text("3600\n")
+    log_file = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [*AGENT, "--config", str(config), "--simulate", "--badges-from-stdin"],
+        stdin=subprocess.PIPE,
+        stdout=log_file,
+        stderr=log_file,
+        env=dict(os.environ, WERKBANK_FAKE_CLOCK_FILE=str(clock)),
+    )
+    assert agent.stdin is not None
+    try:
+        assert responder.wait_for(lambda: any(s.get("online") for s in responder.statuses_of(device)), 15)
+        agent.stdin.write(f"{ADA.lower()}\n\n".encode())
+        agent.stdin.flush()
+        (started,) = responder.wait_event("session_started", timeout=10)
+        assert started.badge == ADA
+        ahead = (parse_ts(started.ts) - datetime.now(UTC)).total_seconds()
+        assert 3590 < ahead < 3610, ahead
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0, (tmp_path / "agent.log").read_text()
