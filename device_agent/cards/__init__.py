@@ -16,3 +16,7 @@ class CardError(AgentError):
 
 class CardAuthFailed(CardError):
     """The card answered, but it could not prove it holds the key: a clone, or another site's card."""
+
+
+class CardGone(CardError):
+    """The card stopped answering mid-exchange (taken away, or out of range): try again, decide nothing."""

@@ -146,7 +146,9 @@ class SecureSession:
     def _iv(self, label: bytes, counter: int) -> bytes:
         return aes_ecb(self.enc_key, label + self.ti + counter.to_bytes(2, "little") + bytes(8))
 
-    def command_full(self, cmd: int, header: bytes = b"", data: bytes = b"", answer_macked: bool = True) -> bytes:
+    def command_full(
+        self, cmd: int, header: bytes = b"", data: bytes = b"", answer_macked: bool = True
+    ) -> bytes:
         """Send ``cmd`` with ``header`` in plain and ``data`` encrypted; return the decrypted answer data.
 
         ``answer_macked`` False: the card ends the session with this command (a change of the
@@ -164,7 +166,9 @@ class SecureSession:
         if len(body) < 8:
             raise CardError(f"command 0x{cmd:02X}: the card's answer has no MAC")
         payload, mact = body[:-8], body[-8:]
-        expected = truncate_mac(aes_cmac(self.mac_key, b"\x00" + self.counter.to_bytes(2, "little") + self.ti + payload))
+        expected = truncate_mac(
+            aes_cmac(self.mac_key, b"\x00" + self.counter.to_bytes(2, "little") + self.ti + payload)
+        )
         if expected != mact:
             raise CardAuthFailed(f"command 0x{cmd:02X}: the card's answer carries a wrong MAC")
         if not payload:
