@@ -44,9 +44,12 @@ import paho.mqtt.client as mqtt
 
 from device_agent import agent_version
 from device_agent.allowlist_store import AllowlistStore
+from device_agent.cards.secure import CardVerifier
 from device_agent.config import AgentConfig
+from device_agent.enrolment import EnrolmentStation
 from device_agent.hardware import create_reader
 from device_agent.hardware.base import (
+    CardAuth,
     Indicators,
     JobStatus,
     MachineMonitor,
@@ -71,6 +74,7 @@ from werkbank_protocol.messages import (
     Ack,
     AuthReq,
     AuthResp,
+    BadgeEnrolled,
     Cmd,
     EndReason,
     Fault,
@@ -79,6 +83,7 @@ from werkbank_protocol.messages import (
     LockDeferred,
     MachineState,
     Mode,
+    ReqMode,
     SessionEnded,
     SessionStarted,
     SimTap,
@@ -136,6 +141,11 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
     "ending_soon": {
         "de": "Ihre Zeit endet in {m} Min. Bitte zum Ende kommen: Danach sperrt die Maschine.",
         "en": "Your time ends in {m} min. Please finish: then the machine locks.",
+    },
+    # Offline, the card did not prove the badge's key (or a plain UID where the list needs proof).
+    "badge_not_genuine": {
+        "de": "Diese Karte ist kein gültiger Ausweis. Bitte am Empfang fragen.",
+        "en": "This card is not a valid badge. Please ask at the front desk.",
     },
     "job_running_handover": {
         "de": "Ein Auftrag läuft. Betreuung erst starten, wenn er fertig ist.",
@@ -297,6 +307,18 @@ class Agent:
         self.allowlist = AllowlistStore(
             storage / "allowlist.json", key_bytes(config.allowlist_key), config.device_machine
         )
+        # Secure badges: the reader asks each tapped card for its key before reporting it, and
+        # leaves the outcome for the tap's auth/req (`card_auth`). An enrolment station's check
+        # writes new badges instead (device_agent/enrolment.py).
+        self._tap_card_auth: CardAuth | None = None
+        self.enrolment: EnrolmentStation | None = None
+        if config.reader_mode == "enrol":
+            self.enrolment = EnrolmentStation(
+                lambda uid: self._ask_server(uid, "enrol"), key_bytes(config.allowlist_key)
+            )
+            self.reader.check_cards(self.enrolment)
+        else:
+            self.reader.check_cards(CardVerifier(self.allowlist.card_key))
         self._config_hash = config.hash
         self._fw = agent_version()
 
@@ -465,11 +487,16 @@ class Agent:
             return
         if self._fault == "reader_failed":
             self._clear_fault()
+        if self.enrolment is not None:
+            self._enrolment_tap()
+            return
         if uid is None:
             return
+        self._tap_card_auth, self.reader.card_auth = self.reader.card_auth, None
         try:
             self._handle_tap(uid.upper())
         finally:
+            self._tap_card_auth = None
             with self._handled:
                 self._taps_handled += 1
                 self._handled.notify_all()
@@ -723,6 +750,12 @@ class Agent:
                 )
             return
 
+        if not self.allowlist.genuine(self._tap_card_auth):
+            self.indicators.denied()
+            self._decided(
+                Decision(uid, "denied", "badge_not_genuine", LOCAL_MESSAGES["badge_not_genuine"], True)
+            )
+            return
         allowed, trainer = self.allowlist.check(uid, self.clock.now())
         if allowed:
             session_id = str(uuid.uuid4())
@@ -867,7 +900,35 @@ class Agent:
             until_reason=until_reason,
         )
 
-    def _ask_server(self, uid: str, mode: Mode = "use", trainer_badge: str | None = None) -> AuthResp | None:
+    def _enrolment_tap(self) -> None:
+        """An enrolment station: report a written badge (outbox, so it is never lost) and say how it went."""
+        outcome = self.enrolment.take_outcome() if self.enrolment is not None else None
+        if outcome is None:
+            return
+        if outcome.enrolment is not None:
+            event = BadgeEnrolled(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=format_ts(self.clock.now()),
+                enrolment=outcome.enrolment,
+                badge=outcome.uid,
+            )
+            self._emit(event)
+            self.indicators.unlocked()
+        else:
+            self.indicators.denied()
+        self._decided(
+            Decision(
+                outcome.uid, "recorded" if outcome.enrolment else "denied", outcome.result, outcome.message
+            )
+        )
+        with self._handled:
+            self._taps_handled += 1
+            self._handled.notify_all()
+
+    def _ask_server(
+        self, uid: str, mode: ReqMode = "use", trainer_badge: str | None = None
+    ) -> AuthResp | None:
         """The server's answer, or None when it cannot be asked or does not answer in time."""
         if not self._ready.is_set():
             return None
@@ -878,6 +939,7 @@ class Agent:
             badge=uid,
             mode=mode,
             trainer_badge=trainer_badge,
+            card_auth=self._tap_card_auth,
         )
         waiter = _Waiter()
         with self._waiting_lock:
@@ -1195,7 +1257,14 @@ class Agent:
         return self._client.publish(self._topic(suffix), payload, qos=QOS[suffix], retain=suffix in RETAINED)
 
     def _emit(
-        self, event: SessionStarted | SessionEnded | JobStarted | JobFinished | LockDeferred | Fault
+        self,
+        event: SessionStarted
+        | SessionEnded
+        | JobStarted
+        | JobFinished
+        | LockDeferred
+        | Fault
+        | BadgeEnrolled,
     ) -> None:
         """Store an event in the outbox, then publish it."""
         payload = encode(event)

@@ -90,6 +90,23 @@ def card_key(site_master: bytes, uid: str, key_no: int) -> bytes:
     return diversify(site_master, bytes.fromhex(uid) + bytes([key_no]) + SYSTEM_ID)
 
 
+def card_genuine(rule: str, card_auth: str | None) -> bool:
+    """Whether a tapped card counts as the badge its UID names, under a site's card rule
+    (``uid``, ``secure``, ``secure_required``): the one rule the server and, offline, the agent apply.
+
+    A card that was asked for its key and could not answer is a copy, whatever the rule. At a
+    ``secure_required`` site only a card that proved its key counts. At a ``secure`` site a
+    reader asks every secure badge whose key it holds (so a UID copy of one fails); a card it
+    had no key for (``none``, or a reader that reads UIDs only) counts by its UID, as plain UID
+    badges do there (shown as weaker on the person's page).
+    """
+    if card_auth == "failed":
+        return False
+    if rule == "secure_required":
+        return card_auth == "ok"
+    return True
+
+
 def _wrap_key(device_key: bytes) -> bytes:
     # A key of its own, so that the allow-list's HMAC key is never used as a cipher key too.
     return hmac.new(device_key, _WRAP_INFO, hashlib.sha256).digest()[:16]

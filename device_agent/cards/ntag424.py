@@ -22,7 +22,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from device_agent.cards import CardAuthFailed, CardError
+from device_agent.cards import CardAuthFailed, CardError, CardGone
 from werkbank_protocol.cardkeys import KEY_SIZE, aes_cmac, aes_ecb
 
 # ISO/IEC 7816-4 DF name of the NTAG 424 DNA application.
@@ -229,3 +229,42 @@ def authenticate(
         raise CardAuthFailed("the card's answer does not prove it holds the key")
     enc, mac = session_keys(key, rnd_a, rnd_b)
     return SecureSession(transport, key_no, ti, enc, mac, 0, pd_cap2)
+
+
+def write_keys(transport: Transport, keys: list[bytes], random: Callable[[int], bytes] = os.urandom) -> None:
+    """Enrol a card: set its five application keys to ``keys`` (key 0 first in the list) and check them.
+
+    Starts from a factory card (every key all zero) or from a card a torn earlier attempt left
+    half-written: NTAG 424 changes a key atomically, so each key is either still the factory key
+    or already its new value, and the same keys (diversified from the UID) are written again.
+    Key 0 changes last, because changing it ends the session. Finally each key is proved by an
+    authentication with its new value. Raises CardAuthFailed for a card whose key 0 is neither
+    (another site's badge, a used card), CardGone if the card is taken away.
+    """
+    if len(keys) != 5:
+        raise ValueError("an NTAG 424 DNA application has five keys")
+    select_application(transport)
+    try:
+        session = authenticate(transport, 0, DEFAULT_KEY, random)
+        master = DEFAULT_KEY
+    except CardGone:
+        raise
+    except CardAuthFailed:
+        # Key 0 changed already: a torn attempt that got as far as its last step, or a card
+        # with someone else's keys (then this fails too, and nothing is changed).
+        session = authenticate(transport, 0, keys[0], random)
+        master = keys[0]
+    for key_no in range(1, 5):
+        try:
+            session.change_key(key_no, keys[key_no], DEFAULT_KEY, version=1)
+        except CardGone:
+            raise
+        except CardError:
+            # Integrity error: the key is not the factory key, so an earlier attempt wrote it.
+            # Writing it again with itself as the old value succeeds only if it is ours.
+            session = authenticate(transport, 0, master, random)
+            session.change_key(key_no, keys[key_no], keys[key_no], version=1)
+    if master == DEFAULT_KEY:
+        session.change_key(0, keys[0], None, version=1)
+    for key_no, key in enumerate(keys):
+        authenticate(transport, key_no, key, random)
