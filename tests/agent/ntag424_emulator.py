@@ -126,13 +126,15 @@ class IsoDepCard(Card):
 class Ntag424Card(IsoDepCard):
     """An NTAG 424 DNA: five AES keys (all zero from the factory) in its one application.
 
-    ``tear``: (command byte, applied) — the card is pulled away when that command arrives,
-    before (False) or after (True) it took effect, and stays silent until put back.
+    ``tear``: (command byte, applied) — the card is pulled away when that command arrives (after
+    ``tear_skip`` of them went through), before (False) or after (True) it took effect, and stays
+    silent until put back.
     """
 
     keys: list[bytes] = field(default_factory=lambda: [bytes(16)] * 5)
     versions: list[int] = field(default_factory=lambda: [0] * 5)
     tear: tuple[int, bool] | None = None
+    tear_skip: int = 0  # let this many of the tearing command through first
     # Every command byte received, for tests.
     commands: list[int] = field(default_factory=list)
     _selected: bool = False
@@ -151,7 +153,9 @@ class Ntag424Card(IsoDepCard):
             return b"\x6e\x00"
         cmd, data = apdu[1], apdu[5 : 5 + apdu[4]] if apdu[4] else b""
         self.commands.append(cmd)
-        if self.tear is not None and self.tear[0] == cmd:
+        if self.tear is not None and self.tear[0] == cmd and self.tear_skip:
+            self.tear_skip -= 1
+        elif self.tear is not None and self.tear[0] == cmd:
             applied = self.tear[1]
             self.tear = None
             if applied:
