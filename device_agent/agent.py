@@ -701,6 +701,11 @@ class Agent:
             self.indicators.denied()
             self._decided(Decision(uid, "denied", "unreadable", LOCAL_MESSAGES["unreadable"]))
             return
+        if session is not None and not self.allowlist.genuine(self._tap_card_auth):
+            # A copy of the badge in use must not end (or hand over) its session either.
+            self.indicators.denied()
+            self._decided(Decision(uid, "denied", "badge_not_genuine", LOCAL_MESSAGES["badge_not_genuine"]))
+            return
         if session is not None:
             self._close_window_if_over(mono)  # a tap may come before the timer's tick
             window = self._window

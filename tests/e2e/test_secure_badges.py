@@ -118,6 +118,9 @@ def test_e2e_secure_badge_unlocks_and_copies_are_refused_online(system: System, 
     first = tap(agent, rc522, genuine)
     assert (first.outcome, first.reason, first.offline) == ("unlocked", "ok", False)
     assert system.relay_closed("pi-printer-1")
+    # A UID copy cannot end the session either.
+    assert tap(agent, rc522, Card(bytes.fromhex(QUINN), 0x08)).reason == "badge_not_genuine"
+    assert system.relay_closed("pi-printer-1")
     assert tap(agent, rc522, genuine).reason == "tap_out"
     assert eventually(lambda: len(sessions(system)) == 1 and sessions(system)[0].ended_at is not None)
 
