@@ -91,8 +91,11 @@ class IsoDep:
         return ats
 
     def close(self) -> None:
-        """Hand the chip back for ISO 14443-3 polling (the library expects no hardware CRC)."""
+        """Hand the chip back for ISO 14443-3 polling: no hardware CRC, and the library's timer
+        (MFRC522_Init's 30 ticks, 15 ms) instead of the card's frame waiting time."""
         self._set_crc(False)
+        self._chip.Write_MFRC522(_T_RELOAD_H, 0)
+        self._chip.Write_MFRC522(_T_RELOAD_L, 30)
 
     def deselect(self) -> None:
         try:
