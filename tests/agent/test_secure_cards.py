@@ -12,7 +12,15 @@ import pytest
 from device_agent.cards.secure import CardVerifier
 from device_agent.hardware.mfrc522 import Mfrc522Reader
 from tests.agent.ntag424_emulator import ATS, IsoDepCard, Ntag424Card, ReplayCard
-from tests.agent.rc522_emulator import Card, Rc522Emulator, installed
+from tests.agent.rc522_emulator import (
+    RX_MODE,
+    T_RELOAD_H,
+    T_RELOAD_L,
+    TX_MODE,
+    Card,
+    Rc522Emulator,
+    installed,
+)
 from werkbank_protocol.cardkeys import SLOTS, card_key
 
 UID = "04A1B2C3D4E5F6"
@@ -73,6 +81,9 @@ def test_secure_card_with_its_key_authenticates(rc522: Rc522Emulator, reader: Mf
     assert [apdu[:2].hex() for apdu, _ in card.log] == ["00a4", "9071", "90af"]
     assert card.log[1][0][5] == SLOT
     assert card.state == "HALT"
+    # The chip is handed back as the library set it up: no hardware CRC, its own 15 ms timer.
+    assert not rc522.regs[TX_MODE] & 0x80 and not rc522.regs[RX_MODE] & 0x80
+    assert (rc522.regs[T_RELOAD_H], rc522.regs[T_RELOAD_L]) == (0, 30)
 
 
 def test_secure_card_lying_on_the_reader_is_authenticated_once(
