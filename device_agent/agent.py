@@ -50,10 +50,13 @@ import paho.mqtt.client as mqtt
 
 from device_agent import agent_version
 from device_agent.allowlist_store import AllowlistStore
+from device_agent.cards.secure import CardVerifier
 from device_agent.clock import Clock, SystemClock
 from device_agent.config import AgentConfig
+from device_agent.enrolment import EnrolmentStation
 from device_agent.hardware import create_reader
 from device_agent.hardware.base import (
+    CardAuth,
     Indicators,
     JobStatus,
     MachineMonitor,
@@ -78,6 +81,7 @@ from werkbank_protocol.messages import (
     Ack,
     AuthReq,
     AuthResp,
+    BadgeEnrolled,
     Cmd,
     EndReason,
     Event,
@@ -87,6 +91,7 @@ from werkbank_protocol.messages import (
     LockDeferred,
     MachineState,
     Mode,
+    ReqMode,
     SessionEnded,
     SessionStarted,
     SimTap,
@@ -150,6 +155,11 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
         "de": "Freigabe entzogen: Die Maschine sperrt (ein laufender Auftrag wird noch fertig). "
         "Bitte Trainer fragen.",
         "en": "Access withdrawn: the machine locks (a running job finishes first). Please ask a trainer.",
+    },
+    # Offline, the card did not prove the badge's key (or a plain UID where the list needs proof).
+    "badge_not_genuine": {
+        "de": "Diese Karte ist kein gültiger Ausweis. Bitte am Empfang fragen.",
+        "en": "This card is not a valid badge. Please ask at the front desk.",
     },
     "job_running_handover": {
         "de": "Ein Auftrag läuft. Betreuung erst starten, wenn er fertig ist.",
@@ -306,6 +316,16 @@ class Agent:
         self.allowlist = AllowlistStore(
             storage / "allowlist.json", key_bytes(config.allowlist_key), config.device_machine
         )
+        # Secure badges: the reader asks each tapped card for its key before reporting it, and
+        # leaves the outcome for the tap's auth/req (`card_auth`). An enrolment station's check
+        # writes new badges instead (device_agent/enrolment.py).
+        self._tap_card_auth: CardAuth | None = None
+        self.enrolment: EnrolmentStation | None = None
+        if config.reader_mode == "enrol":
+            self.enrolment = EnrolmentStation(self._ask_for_enrolment, key_bytes(config.allowlist_key))
+            self.reader.check_cards(self.enrolment)
+        else:
+            self.reader.check_cards(CardVerifier(self.allowlist.card_key))
         self._config_hash = config.hash
         self._fw = agent_version()
 
@@ -474,11 +494,16 @@ class Agent:
             return
         if self._fault == "reader_failed":
             self._clear_fault()
+        if self.enrolment is not None:
+            self._enrolment_tap()
+            return
         if uid is None:
             return
+        self._tap_card_auth, self.reader.card_auth = self.reader.card_auth, None
         try:
             self._handle_tap(uid.upper())
         finally:
+            self._tap_card_auth = None
             with self._handled:
                 self._taps_handled += 1
                 self._handled.notify_all()
@@ -688,6 +713,11 @@ class Agent:
             self.indicators.denied()
             self._decided(Decision(uid, "denied", "unreadable", LOCAL_MESSAGES["unreadable"]))
             return
+        if session is not None and not self.allowlist.genuine(self._tap_card_auth):
+            # A copy of the badge in use must not end (or hand over) its session either.
+            self.indicators.denied()
+            self._decided(Decision(uid, "denied", "badge_not_genuine", LOCAL_MESSAGES["badge_not_genuine"]))
+            return
         if session is not None:
             self._close_window_if_over(mono)  # a tap may come before the timer's tick
             window = self._window
@@ -739,6 +769,12 @@ class Agent:
                 )
             return
 
+        if not self.allowlist.genuine(self._tap_card_auth):
+            self.indicators.denied()
+            self._decided(
+                Decision(uid, "denied", "badge_not_genuine", LOCAL_MESSAGES["badge_not_genuine"], True)
+            )
+            return
         allowed, trainer = self.allowlist.check(uid, self.clock.now())
         if allowed:
             session_id = str(uuid.uuid4())
@@ -871,8 +907,38 @@ class Agent:
             )
         )
 
+    def _ask_for_enrolment(self, uid: str) -> AuthResp | None:
+        answered = self._ask_server(uid, "enrol")
+        return answered[0] if answered is not None else None
+
+    def _enrolment_tap(self) -> None:
+        """An enrolment station: report a written badge (outbox, so it is never lost) and say how it went."""
+        outcome = self.enrolment.take_outcome() if self.enrolment is not None else None
+        if outcome is None:
+            return
+        if outcome.enrolment is not None:
+            event = BadgeEnrolled(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=format_ts(self.clock.now()),
+                enrolment=outcome.enrolment,
+                badge=outcome.uid,
+            )
+            self._emit(event)
+            self.indicators.unlocked()
+        else:
+            self.indicators.denied()
+        self._decided(
+            Decision(
+                outcome.uid, "recorded" if outcome.enrolment else "denied", outcome.result, outcome.message
+            )
+        )
+        with self._handled:
+            self._taps_handled += 1
+            self._handled.notify_all()
+
     def _ask_server(
-        self, uid: str, mode: Mode = "use", trainer_badge: str | None = None
+        self, uid: str, mode: ReqMode = "use", trainer_badge: str | None = None
     ) -> tuple[AuthResp, float] | None:
         """The server's answer and the boot clock when it arrived, or None when the server cannot
         be asked or does not answer in time."""
@@ -887,6 +953,7 @@ class Agent:
             trainer_badge=trainer_badge,
             boot=self._boot,
             mono_s=_seconds(self.clock.monotonic()),
+            card_auth=self._tap_card_auth,
         )
         waiter = _Waiter()
         with self._waiting_lock:

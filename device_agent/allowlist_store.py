@@ -16,6 +16,7 @@ from pathlib import Path
 from device_agent.storage import atomic_write
 from werkbank_protocol import ProtocolError, parse_ts
 from werkbank_protocol.allowlist import badge_hash, verify
+from werkbank_protocol.cardkeys import card_genuine, unwrap
 from werkbank_protocol.messages import Allowlist, AllowlistEntry
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class AllowlistStore:
         self._list: Allowlist | None = None
         self._expires: datetime | None = None
         self._entries: dict[str, AllowlistEntry] = {}
+        self._cards: dict[str, str] = {}  # badge hash → wrapped card key
         self._load()
 
     @property
@@ -59,6 +61,7 @@ class AllowlistStore:
         self._list = allowlist
         self._expires = parse_ts(allowlist.expires)
         self._entries = {entry.badge_hash: entry for entry in allowlist.entries}
+        self._cards = {card.badge_hash: card.key for card in allowlist.cards}
 
     def offer(self, payload: bytes, now: datetime) -> bool:
         """Consider a list from the retained ``allowlist`` topic; True if it is now the one held."""
@@ -81,6 +84,28 @@ class AllowlistStore:
             self._take(payload, candidate)
         log.info("allow-list version %d taken: %d badges", candidate.version, len(candidate.entries))
         return True
+
+    def card_key(self, uid: str) -> tuple[int, bytes] | None:
+        """(key number, key) a card with ``uid`` must prove at this machine; None if it is no
+        secure badge the held list knows (then it is not asked)."""
+        hashed = badge_hash(self._key, uid)
+        with self._lock:
+            wrapped = self._cards.get(hashed)
+            slot = self._list.card_slot if self._list is not None else 1
+        if wrapped is None:
+            return None
+        try:
+            return slot, unwrap(self._key, hashed, wrapped)
+        except ProtocolError as exc:
+            # Signed by the server, yet not sealed for us: ask with no key rather than a wrong one.
+            log.error("card key of a badge in the allow-list is unusable: %s", exc.detail)
+            return None
+
+    def genuine(self, card_auth: str | None) -> bool:
+        """Offline: whether a card with this ``card_auth`` counts under the held list's card rule."""
+        with self._lock:
+            rule = self._list.card_security if self._list is not None else "uid"
+        return card_genuine(rule, card_auth)
 
     def check(self, uid: str, now: datetime) -> tuple[bool, bool]:
         """``(allowed, trainer)`` for a badge when deciding offline."""

@@ -466,6 +466,16 @@ SCHEMA: tuple[Key, ...] = (
         default="BOARD",
         check=_one_of(("BOARD", "BCM")),
     ),
+    Key(
+        "reader",
+        "mode",
+        str,
+        '"use": badges unlock the machine. "enrol": this reader is an enrolment station; it writes '
+        "the keys of new secure badges (an admin starts each one on the person's page) and never "
+        "unlocks. Enrolment needs the mfrc522 backend and the device flagged as a station on the server.",
+        default="use",
+        check=_one_of(("use", "enrol")),
+    ),
     Key("relay", "pin", int, "BCM GPIO number driving the relay board's IN.", default=17, check=_pin),
     Key(
         "relay",
@@ -571,6 +581,7 @@ class AgentConfig:
     reader_spi_device: int
     reader_reset_pin: int
     reader_pin_mode: str
+    reader_mode: str
     relay_pin: int
     relay_active_high: bool
     indicators_green_pin: int | None

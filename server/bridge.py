@@ -37,6 +37,7 @@ from server.db import Database
 from server.i18n import gettext_in
 from server.models import (
     AccessDecision,
+    AuditLog,
     Competency,
     Device,
     Machine,
@@ -46,7 +47,7 @@ from server.models import (
     Requirement,
     StepKind,
 )
-from server.services import allowlists, booking_starts, training
+from server.services import allowlists, booking_starts, cards, training
 from server.services.decision import Decider, MachineFacts, PersonFacts, Tap, Verdict
 from server.services.devices import apply_status, apply_telemetry
 from server.services.ingest import ingest_event
@@ -58,6 +59,7 @@ from werkbank_protocol.messages import (
     AuthReq,
     AuthResp,
     Cmd,
+    EnrolGrant,
     Status,
     Telemetry,
     decode_as,
@@ -76,6 +78,24 @@ RECENT_ANSWERS = 10_000
 # Taps waiting together are recorded in one transaction, at most this many.
 MAX_TAPS_PER_COMMIT = 100
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
+_RECORD_AUDIT = insert(cast(Table, AuditLog.__table__))
+
+
+def _not_genuine(device_id: str, req: AuthReq, machine: MachineFacts, now: datetime) -> dict[str, Any]:
+    """The audit row of a card refused as not genuine: which badge, where and when."""
+    return {
+        "at": now,
+        "actor_id": None,
+        "actor_label": f"device {device_id}",
+        "action": "badge.not_genuine",
+        "subject": f"badge:{req.badge}",
+        "detail": {
+            "machine_id": machine.id,
+            "device": device_id,
+            "card_auth": req.card_auth,
+            "request": req.id,
+        },
+    }
 
 
 class Bridge:
@@ -242,6 +262,9 @@ class Bridge:
         except ProtocolError as exc:
             self._answer_bad_request(device_id, payload, exc)
             raise
+        if req.mode == "enrol":
+            self._answer_enrol(device_id, req)
+            return
         if self._quiet() and self._tap_lock.acquire(blocking=False):
             try:
                 if self._taps.empty():
@@ -307,9 +330,10 @@ class Bridge:
             # for every microsecond the ORM's bookkeeping would add.
             with self.db.engine.begin() as db:
                 now = self.clock()
-                taps = [Tap(d, r.badge, r.mode, r.trainer_badge) for d, r in todo]
+                taps = [Tap(d, r.badge, r.mode, r.trainer_badge, r.card_auth) for d, r in todo]
                 results = self.decider.decide(db, taps, now, self.max_open_sessions) if todo else []
                 rows: list[dict[str, Any]] = []
+                audits: list[dict[str, Any]] = []
                 for (device_id, req), result in zip(todo, results, strict=True):
                     if isinstance(result, ProtocolError):
                         self.reject(topic(device_id, Suffix.AUTH_REQ), result)
@@ -323,8 +347,13 @@ class Bridge:
                         row, answer = self._record(device_id, req, now, machine, verdict)
                         rows.append(row)
                         fresh[req.id] = answer
+                        if verdict.reason == "badge_not_genuine":
+                            audits.append(_not_genuine(device_id, req, machine, now))
                 if rows:
                     db.execute(_RECORD_DECISION, rows)
+                if audits:
+                    self._count(self.rejected, "badge_not_genuine", len(audits))
+                    db.execute(_RECORD_AUDIT, audits)
         except IntegrityError:
             # A request id is recorded already (a duplicate from before a restart, or another
             # bridge answered it): go one by one, so that the stored answer stands.
@@ -488,6 +517,35 @@ class Bridge:
             self._answers[request_id] = answer
             while len(self._answers) > RECENT_ANSWERS:
                 self._answers.popitem(last=False)
+
+    def _answer_enrol(self, device_id: str, req: AuthReq) -> None:
+        """An enrolment station asks for the keys of the new card on its reader."""
+        try:
+            with self.db.session() as db:
+                granted = cards.grant(db, device_id, req.badge)
+        except cards.CardError as exc:
+            log.warning("bridge: no enrolment keys for %s at %s: %s", req.badge, device_id, exc)
+            resp = AuthResp(
+                v=1,
+                req=req.id,
+                decision="deny",
+                reason="bad_request",
+                message=render_text(exc.message, "UTC", **exc.params),
+            )
+        except SQLAlchemyError:
+            self._count(self.rejected, "database")
+            log.exception("bridge: database error on an enrolment request at %s", device_id)
+            return
+        else:
+            resp = AuthResp(
+                v=1,
+                req=req.id,
+                decision="allow",
+                reason="ok",
+                message=render("enrol_writing", "UTC"),
+                enrolment=EnrolGrant(enrolment=granted.enrolment, badge=granted.badge, keys=granted.keys),
+            )
+        self.publish(device_id, Suffix.AUTH_RESP, encode(resp))
 
     def _answer_bad_request(self, device_id: str, payload: bytes, exc: ProtocolError) -> None:
         """A garbled tap still gets an answer when we can tell which request it was."""

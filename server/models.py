@@ -29,6 +29,7 @@ from sqlalchemy import (
     Time,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
@@ -88,6 +89,27 @@ class BadgeStatus(enum.StrEnum):
     BLOCKED = "blocked"
 
 
+class BadgeKind(enum.StrEnum):
+    """``uid``: the card's UID alone (copyable); ``secure``: an enrolled NTAG 424 DNA that proves its key."""
+
+    UID = "uid"
+    SECURE = "secure"
+
+
+class CardSecurity(enum.StrEnum):
+    """A site's rule for badges (docs/security.md, "Cards")."""
+
+    UID = "uid"  # UIDs only, as before: no card is asked for a key
+    SECURE = "secure"  # secure badges must prove their key; plain UID badges still work (weaker)
+    SECURE_REQUIRED = "secure_required"  # only a card that proves its key unlocks
+
+
+class EnrolmentStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
 class MachineStatus(enum.StrEnum):
     AVAILABLE = "available"
     MAINTENANCE = "maintenance"
@@ -121,6 +143,12 @@ class Site(Base):
     slug: Mapped[str] = mapped_column(String(40), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64), default="Europe/Berlin")
+    card_security: Mapped[CardSecurity] = mapped_column(
+        _enum(CardSecurity), default=CardSecurity.UID, server_default=CardSecurity.UID.value
+    )
+    # AES-128 master of every secure badge's keys at this site (hex; made on first use). It never
+    # leaves the server: machines get per-card keys diversified from it (werkbank_protocol.cardkeys).
+    card_master_key: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     machines: Mapped[list[Machine]] = relationship(back_populates="site")
@@ -184,6 +212,9 @@ class Badge(Base):
     uid: Mapped[str] = mapped_column(String(20), unique=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
     status: Mapped[BadgeStatus] = mapped_column(_enum(BadgeStatus), default=BadgeStatus.ACTIVE)
+    kind: Mapped[BadgeKind] = mapped_column(
+        _enum(BadgeKind), default=BadgeKind.UID, server_default=BadgeKind.UID.value
+    )
     issued_at: Mapped[datetime] = mapped_column(default=utcnow)
     status_changed_at: Mapped[datetime | None] = mapped_column()
     note: Mapped[str | None] = mapped_column(Text)
@@ -325,6 +356,9 @@ class Machine(Base):
     # Key of the HMAC that signs this machine's allow-list and hides badge UIDs in it.
     allowlist_key: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(32))
     allowlist_version: Mapped[int] = mapped_column(Integer, default=0)
+    # Which of the secure badges' authentication keys (1-4) this machine checks: machines on
+    # different slots share no card key (docs/security.md, "Cards").
+    card_key_slot: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     allowlist_dirty: Mapped[bool] = mapped_column(Boolean, default=True)
     allowlist_published_at: Mapped[datetime | None] = mapped_column()
     # Bumped by every booking change of this machine, first thing in its transaction: the row
@@ -373,9 +407,34 @@ class Device(Base):
     agent_version: Mapped[str | None] = mapped_column(String(64))
     config_hash: Mapped[str | None] = mapped_column(String(128))
     allowlist_version: Mapped[int | None] = mapped_column(Integer)
+    # May write keys onto new secure badges (its agent runs with [reader] mode = "enrol").
+    enrolment_station: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     machine: Mapped[Machine | None] = relationship(back_populates="device")
+
+
+class BadgeEnrolment(Base):
+    """An admin's order to issue a secure badge to a person at one enrolment station.
+
+    Pending until the station reports the card it wrote (``badge_enrolled``): only then is a
+    badge linked. A card torn away mid-write links nothing; the enrolment stays pending.
+    """
+
+    __tablename__ = "badge_enrolments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    status: Mapped[EnrolmentStatus] = mapped_column(_enum(EnrolmentStatus), default=EnrolmentStatus.PENDING)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The card the station was sent keys for (set when it asks), and the one it reported written.
+    uid: Mapped[str | None] = mapped_column(String(20))
+    completed_at: Mapped[datetime | None] = mapped_column()
+
+    person: Mapped[Person] = relationship(foreign_keys=[person_id])
+    device: Mapped[Device] = relationship()
 
 
 class MachineSession(Base):

@@ -33,6 +33,14 @@ BootId = Annotated[str, Meta(max_length=64)]
 ShortText = Annotated[str, Meta(max_length=500)]
 
 Mode = Literal["use", "supervise", "certify"]
+# Addition (docs/protocol.md): "enrol" asks an enrolment station's server for the keys to write
+# onto the new secure badge lying on its reader (the answer's `enrolment`).
+ReqMode = Literal["use", "supervise", "certify", "enrol"]
+# Addition (docs/protocol.md): how the tapped card proved itself at the reader. "ok": it holds
+# the key the reader asked for; "failed": asked, it could not (a clone); "none": not asked
+# (the reader has no key for this UID). Left out by readers that only read UIDs.
+CardAuth = Literal["ok", "failed", "none"]
+CardSecurity = Literal["uid", "secure", "secure_required"]
 MachineState = Literal["locked", "unlocked", "running", "draining", "fault", "maintenance"]
 Reason = Literal[
     "ok",
@@ -47,6 +55,9 @@ Reason = Literal[
     "session_limit",
     "trainer_required",
     "bad_request",
+    # Addition (docs/protocol.md): the card answered with a known UID but did not prove the
+    # badge's key (or a plain UID where the badge or the site needs proof).
+    "badge_not_genuine",
 ]
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
 EndReason = Literal[
@@ -78,15 +89,30 @@ class AuthReq(Struct, kw_only=True):
     id: Uuid
     ts: Ts
     badge: Badge
-    mode: Mode = "use"
+    mode: ReqMode = "use"
     trainer_badge: Badge | None = None
     # Addition (docs/protocol.md): when `ts` was taken, on the agent's boot clock.
     boot: BootId | None = None
     mono_s: Seconds | None = None
+    card_auth: CardAuth | None = None
 
     def __post_init__(self) -> None:
-        if self.mode != "use" and self.trainer_badge is None:
+        if self.mode in ("supervise", "certify") and self.trainer_badge is None:
             raise ValueError(f"mode {self.mode!r} needs the trainer's badge in `trainer_badge`")
+
+
+HexKey = Annotated[str, Meta(pattern=r"^[0-9a-f]{88}$")]  # a wrapped AES-128 key (cardkeys.wrap)
+
+
+class EnrolGrant(Struct, kw_only=True):
+    """Addition (docs/protocol.md): the keys an enrolment station writes onto one new card.
+
+    ``keys[n]`` is the card's key number n, wrapped for this device (cardkeys.wrap) with
+    context ``"<enrolment>:<badge>:<n>"``."""
+
+    enrolment: Uuid
+    badge: Badge
+    keys: Annotated[list[HexKey], Meta(min_length=5, max_length=5)]
 
 
 Language = Annotated[str, Meta(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")]
@@ -115,6 +141,8 @@ class AuthResp(Struct, kw_only=True):
     # machine cannot stretch or cut the unlock; without it the agent takes `until` minus its own
     # clock, once, at that moment.
     until_s: Seconds | None = None
+    # Addition (docs/protocol.md): mode "enrol", allowed: what to write onto the card.
+    enrolment: EnrolGrant | None = None
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):
@@ -169,7 +197,15 @@ class LockDeferred(_Event, tag="lock_deferred"):
     why: Annotated[str, Meta(max_length=64)] = "job_running"
 
 
-Event = SessionStarted | SessionEnded | JobStarted | JobFinished | Fault | LockDeferred
+class BadgeEnrolled(_Event, tag="badge_enrolled"):
+    """Addition (docs/protocol.md): an enrolment station wrote and checked the keys of a new
+    secure badge; the server links it to the enrolment's person."""
+
+    enrolment: Uuid
+    badge: Badge
+
+
+Event = SessionStarted | SessionEnded | JobStarted | JobFinished | Fault | LockDeferred | BadgeEnrolled
 EVENT_TYPES: tuple[str, ...] = (
     "session_started",
     "session_ended",
@@ -177,6 +213,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "job_finished",
     "fault",
     "lock_deferred",
+    "badge_enrolled",
 )
 
 
@@ -210,6 +247,14 @@ class AllowlistEntry(Struct, kw_only=True):
     trainer: bool = False
 
 
+class CardKey(Struct, kw_only=True):
+    """Addition (docs/protocol.md): a secure badge's key in this machine's slot, wrapped for
+    this machine (cardkeys.wrap, context: the badge hash)."""
+
+    badge_hash: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    key: HexKey
+
+
 class Allowlist(Struct, kw_only=True):
     v: V
     version: Annotated[int, Meta(ge=0)]
@@ -218,6 +263,11 @@ class Allowlist(Struct, kw_only=True):
     machine: str
     entries: list[AllowlistEntry]
     sig: str = ""
+    # Additions (docs/protocol.md): the site's card rule, the key number this machine checks,
+    # and the keys of the site's secure badges in that slot.
+    card_security: CardSecurity = "uid"
+    card_slot: Annotated[int, Meta(ge=1, le=4)] = 1
+    cards: list[CardKey] = []
 
 
 class SimTap(Struct, kw_only=True):

@@ -8,14 +8,35 @@ the agent imports on a machine without that hardware.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from device_agent import AgentError
 
+if TYPE_CHECKING:
+    from device_agent.cards.ntag424 import Transport
+
+# How a tapped card proved itself (the protocol's `card_auth`): "ok" it holds its key,
+# "failed" it was asked to and could not, "none" it was not asked (no key known for its UID).
+CardAuth = Literal["ok", "failed", "none"]
+# Asked once per tap with the card's UID and a function that opens an ISO 14443-4 link to it.
+CardCheck = Callable[[str, Callable[[], "Transport"]], CardAuth]
+
 
 class Reader(ABC):
-    """A badge reader."""
+    """A badge reader.
+
+    A reader that can talk to the card beyond its UID runs the check given to
+    :meth:`check_cards` on every new tap, before :meth:`poll` reports it, and leaves the
+    outcome in :attr:`card_auth` (None: the card was not checked).
+    """
+
+    card_auth: CardAuth | None = None
+
+    def check_cards(self, check: CardCheck | None) -> bool:
+        """Run ``check`` on each new tap from now on; False if this reader cannot (UID only)."""
+        return False
 
     @abstractmethod
     def poll(self) -> str | None:

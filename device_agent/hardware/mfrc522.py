@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from device_agent.hardware.base import Reader, ReaderFault
+from device_agent.cards import CardError, CardGone
+from device_agent.hardware.base import CardAuth, CardCheck, Reader, ReaderFault
+from device_agent.hardware.iso14443 import IsoDep
 
 if TYPE_CHECKING:
     from device_agent.config import AgentConfig
@@ -56,6 +58,7 @@ _ERR_IRQ = 0x02
 _WUPA = 0x52
 _CASCADE_TAG = 0x88
 _SAK_CASCADE = 0x04  # SAK bit: the UID continues at the next cascade level
+_SAK_ISO_DEP = 0x20  # SAK bit: the card speaks ISO 14443-4 (NTAG 424 DNA, DESFire)
 _NVB_ANTICOLL = 0x20
 _NVB_SELECT = 0x70
 _SEL_CL2 = 0x95
@@ -101,7 +104,9 @@ class Mfrc522Reader(Reader):
 
     Each poll wakes cards with WUPA and waits :attr:`ANSWER_WAIT_S` for an answer; only when one
     comes does it run the library's anticollision and select (cascade levels 2 and 3 for 7- and
-    10-byte UIDs are done here, with the library's low-level calls), then halts the card. A card
+    10-byte UIDs are done here, with the library's low-level calls), then halts the card. With
+    :meth:`check_cards` set, a newly tapped card is first asked to authenticate over ISO 14443-4
+    (:mod:`device_agent.hardware.iso14443`); the outcome is in :attr:`card_auth`. A card
     counts as gone after :attr:`ABSENT_POLLS` polls without an answer in a row. VersionReg is
     read at start and every :attr:`HEALTH_INTERVAL_S`: a chip that no longer answers makes
     :meth:`poll` raise :class:`ReaderFault`, and later polls re-initialise it, backing off from
@@ -172,6 +177,8 @@ class Mfrc522Reader(Reader):
             ) from exc
 
         self._released = False
+        self._check: CardCheck | None = None
+        self._sak = 0
         # The UID taken as lying on the reader, and how many polls in a row saw no card.
         self._current: str | None = None
         self._absent = self.ABSENT_POLLS
@@ -210,6 +217,8 @@ class Mfrc522Reader(Reader):
             try:
                 if not irq & _ERR_IRQ:  # an error here: cards' answers collided
                     uid = self._select()
+                if uid is not None and uid != self._current and self._check is not None:
+                    uid = self._authenticate(uid)
             finally:
                 self._halt()
             return self._seen(answered=True, uid=uid)
@@ -217,6 +226,10 @@ class Mfrc522Reader(Reader):
             raise
         except OSError as exc:  # spidev reports a broken bus this way
             self._enter_fault(f"SPI transfer to the RC522 failed: {exc}")
+
+    def check_cards(self, check: CardCheck | None) -> bool:
+        self._check = check
+        return True
 
     def release(self) -> None:
         if self._released:
@@ -265,6 +278,34 @@ class Mfrc522Reader(Reader):
         self._sleep(self.ANSWER_WAIT_S)
         return int(self._chip.Read_MFRC522(_COM_IRQ))
 
+    def _authenticate(self, uid: str) -> str | None:
+        """Run the card check on the selected card: the UID to report (None: the card left mid-way)."""
+        assert self._check is not None
+        link: IsoDep | None = None
+
+        def open_link() -> IsoDep:
+            nonlocal link
+            if not self._sak & _SAK_ISO_DEP:
+                raise CardError(f"the card (SAK {self._sak:02X}) does not speak ISO 14443-4")
+            link = IsoDep(self._chip, self._clock)
+            link.activate()
+            return link
+
+        result: CardAuth | None = None
+        try:
+            result = self._check(uid, open_link)
+        except CardGone as exc:
+            log.info("card %s left before it finished authenticating: %s", uid, exc)
+            return None
+        finally:
+            if link is not None:
+                try:
+                    link.deselect()
+                except (CardGone, OSError):
+                    link.close()
+            self.card_auth = result
+        return uid
+
     def _select(self) -> str | None:
         """Anticollision and select, level by level: the UID as upper-case hex, None if an answer was bad."""
         chip = self._chip
@@ -281,6 +322,7 @@ class Mfrc522Reader(Reader):
             if cascade != (part[0] == _CASCADE_TAG):
                 return None  # the SAK contradicts the UID part: one of them was misread
             if not cascade:
+                self._sak = sak
                 return bytes(uid + list(part[:4])).hex().upper()
             if next_level is None:
                 return None  # ISO 14443 has three cascade levels, no fourth

@@ -25,13 +25,17 @@ from server.models import (
     Person,
     Qualification,
     Requirement,
+    Site,
 )
+from server.services import cards
 from server.services.decision import QualificationState, qualification_state
 from werkbank_protocol import format_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, sign
 
 _WATCHED = (Badge, Person, Qualification, Requirement, Competency)
-_MACHINE_FIELDS = ("status", "machine_type_id", "site_id", "allowlist_key")
+_MACHINE_FIELDS = ("status", "machine_type_id", "site_id", "allowlist_key", "card_key_slot")
+# A site's card master is made while a list is built: that alone must not mark lists dirty again.
+_SITE_FIELDS = ("card_security",)
 
 
 def _affects_allowlists(obj: object) -> bool:
@@ -40,6 +44,9 @@ def _affects_allowlists(obj: object) -> bool:
     if isinstance(obj, Machine):
         state = inspect(obj)
         return any(state.attrs[name].history.has_changes() for name in _MACHINE_FIELDS)
+    if isinstance(obj, Site):
+        state = inspect(obj)
+        return any(state.attrs[name].history.has_changes() for name in _SITE_FIELDS)
     return False
 
 
@@ -122,6 +129,9 @@ def build(
         "expires": format_ts(now + timedelta(days=days)),
         "machine": machine.slug,
         "entries": entries,
+        "card_security": machine.site.card_security.value,
+        "card_slot": machine.card_key_slot,
+        "cards": cards.machine_cards(db, machine),
     }
     return sign(key, document)
 

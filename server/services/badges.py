@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.i18n import N_
-from server.models import Badge, BadgeStatus, Person, utcnow
+from server.models import Badge, BadgeKind, BadgeStatus, Person, utcnow
 from server.services import audit
 from werkbank_protocol.messages import BADGE_PATTERN
 
@@ -49,12 +49,28 @@ def _subject(badge: Badge) -> str:
     return f"badge:{badge.uid}"
 
 
-def assign(db: Session, person: Person, raw_uid: str, actor: Person | None, note: str | None = None) -> Badge:
+def assign(
+    db: Session,
+    person: Person,
+    raw_uid: str,
+    actor: Person | None,
+    note: str | None = None,
+    kind: BadgeKind = BadgeKind.UID,
+) -> Badge:
+    """A new active badge for ``person``; ``kind`` secure only from an enrolment (services/cards)."""
     uid = check_new_uid(db, raw_uid)
     now = utcnow()
-    badge = Badge(uid=uid, person=person, status=BadgeStatus.ACTIVE, issued_at=now, note=note or None)
+    badge = Badge(
+        uid=uid, person=person, status=BadgeStatus.ACTIVE, issued_at=now, note=note or None, kind=kind
+    )
     db.add(badge)
-    audit.record(db, actor, "badge.assign", f"badge:{uid}", {"person_id": person.id, "person": person.name})
+    audit.record(
+        db,
+        actor,
+        "badge.assign",
+        f"badge:{uid}",
+        {"person_id": person.id, "person": person.name, "kind": kind.value},
+    )
     db.flush()
     return badge
 

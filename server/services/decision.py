@@ -52,9 +52,11 @@ from sqlalchemy.orm import Session
 
 from server.models import (
     Badge,
+    BadgeKind,
     BadgeStatus,
     Booking,
     BookingStatus,
+    CardSecurity,
     Competency,
     Device,
     Level,
@@ -72,6 +74,7 @@ from server.models import (
 )
 from server.services import messages
 from werkbank_protocol import ProtocolError
+from werkbank_protocol.cardkeys import card_genuine
 
 # What the loaders read through: an ORM session (decide) or a Core connection (the bridge).
 Reader = Session | Connection
@@ -141,6 +144,7 @@ class MachineFacts:
     allowlist_dirty: bool = True
     guard_min: int = 15
     booking_seq: int = 0  # bumped by every booking change of the machine: the bookings cache key
+    card_security: CardSecurity = CardSecurity.UID  # the site's rule for badges
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ class BadgeFacts:
     status: BadgeStatus
     person: PersonFacts
     newest: Mapping[int, Entry]  # competency id -> newest entry, every competency the person has
+    kind: BadgeKind = BadgeKind.UID
 
     def states(self, competency_ids: Sequence[int], today: date) -> dict[int, QualificationState]:
         out: dict[int, QualificationState] = {}
@@ -243,6 +248,7 @@ _MACHINE_COLUMNS = (
     _machines.c.guard_min,
     _machines.c.booking_seq,
     _sites.c.timezone,
+    _sites.c.card_security,
     _types.c.name,
 )
 _MACHINE_JOINS = (
@@ -304,6 +310,7 @@ _BADGE_BASE = (
     select(
         _badges.c.uid,
         _badges.c.status,
+        _badges.c.kind,
         _people.c.id,
         _people.c.name,
         _people.c.active,
@@ -375,6 +382,7 @@ def _machine_of(device_id: str, row: Any | None, hours: tuple[Hours, ...]) -> Ma
         allowlist_dirty=row.allowlist_dirty,
         guard_min=row.guard_min,
         booking_seq=row.booking_seq,
+        card_security=CardSecurity(row.card_security),
     )
 
 
@@ -435,6 +443,7 @@ def _machine_facts(db: Session, machine: Machine) -> MachineFacts:
         allowlist_dirty=machine.allowlist_dirty,
         guard_min=machine.guard_min,
         booking_seq=machine.booking_seq,
+        card_security=machine.site.card_security,
     )
 
 
@@ -459,7 +468,7 @@ def load_badges(db: Reader, uids: Iterable[str]) -> dict[str, BadgeFacts | None]
                 newest[row.competency_id] = Entry(row.level, row.action, row.valid_until)
         first = history[0]
         person = PersonFacts(first.id, first.name, first.active, first.is_trainer, first.language)
-        out[uid] = BadgeFacts(first.uid, first.status, person, newest)
+        out[uid] = BadgeFacts(first.uid, first.status, person, newest, BadgeKind(first.kind))
     return out
 
 
@@ -548,12 +557,16 @@ def _rules(
     open_sessions: Callable[[int], int],
     max_open_sessions: int,
     bookings: Callable[[], Sequence[BookingFacts]] = tuple,
+    card_auth: str | None = None,
 ) -> Verdict:
     """Every rule, in order; the callables read only what a rule reached needs."""
     tz = machine.timezone
     if badge is None:
         return _deny("unknown_badge", tz)
     person = badge.person
+    if not card_genuine(machine.card_security.value, card_auth):
+        # Before anything about the person: a copy of their badge learns nothing of them.
+        return _deny("badge_not_genuine", tz)
     if badge.status != BadgeStatus.ACTIVE:
         return _deny("badge_blocked", tz, person=person)
     if not person.active:
@@ -723,6 +736,7 @@ def decide(
     mode: str = "use",
     trainer_badge: str | None = None,
     max_open_sessions: int = 2,
+    card_auth: str | None = None,
 ) -> Decision:
     """Decide one tap. Reads only; the caller records the decision."""
     verdict = _rules(
@@ -737,6 +751,7 @@ def decide(
         lambda person_id: count_open_sessions(db, [person_id], now)[person_id],
         max_open_sessions,
         lambda: load_bookings(db, machine.id, now),
+        card_auth,
     )
     return Decision(
         verdict.allowed,
@@ -763,6 +778,7 @@ class Tap:
     badge: str
     mode: str = "use"
     trainer_badge: str | None = None
+    card_auth: str | None = None
 
 
 class Decider:
@@ -922,6 +938,7 @@ class Decider:
                     open_sessions,
                     max_open_sessions,
                     partial(self._load_bookings, db, machine, now),
+                    tap.card_auth,
                 )
             except SQLAlchemyError:
                 raise

@@ -21,9 +21,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.models import Badge, Device, Job, Machine, MachineSession, StoredEvent
-from server.services import bookings, training
+from server.services import bookings, cards, training
 from werkbank_protocol import ProtocolError, parse_ts
 from werkbank_protocol.messages import (
+    BadgeEnrolled,
     Event,
     Fault,
     JobFinished,
@@ -96,6 +97,9 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
             job.filament_g = event.filament_g
         case Fault() | LockDeferred():
             pass  # kept in the ledger; shown on the machine page
+        case BadgeEnrolled():
+            # Links the card only if this station was sent the keys of this very card.
+            cards.complete_enrolment(db, device, event.enrolment, event.badge, now or ts)
     return IngestResult(event.id, new=True)
 
 

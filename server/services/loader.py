@@ -23,6 +23,7 @@ from server.models import (
     Badge,
     BadgeStatus,
     BookingPolicy,
+    CardSecurity,
     ClosedDay,
     CohortQuota,
     Competency,
@@ -96,6 +97,7 @@ class SiteSpec(_Strict, kw_only=True):
     slug: Slug
     name: str
     timezone: str = "Europe/Berlin"
+    card_security: Literal["uid", "secure", "secure_required"] = "uid"
     opening_hours: list[HoursSpec] = []
     booking: BookingSpec | None = None
     cohort_quotas: list[CohortQuotaSpec] | None = None
@@ -165,6 +167,7 @@ class PersonSpec(_Strict, kw_only=True):
 class DeviceSpec(_Strict, kw_only=True):
     id: DeviceId
     password: str | None = None
+    enrolment_station: bool = False
 
 
 class MachineSpec(_Strict, kw_only=True):
@@ -176,6 +179,7 @@ class MachineSpec(_Strict, kw_only=True):
     max_session_min: Annotated[int, Meta(ge=1, le=24 * 60)] = 240
     idle_timeout_min: Annotated[int, Meta(ge=0)] = 15
     guard_min: Annotated[int, Meta(ge=0)] = 15
+    card_key_slot: Annotated[int, Meta(ge=1, le=4)] = 1
     opening_hours: list[HoursSpec] = []
     closed_days: list[ClosedDaySpec] = []
     device: DeviceSpec | None = None
@@ -350,6 +354,7 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
             raise LoadError(f"sites[{i}].timezone: unknown time zone {s.timezone!r}") from exc
         site = ld._one(Site, slug=s.slug) or Site(slug=s.slug)
         site.name, site.timezone = s.name, s.timezone
+        site.card_security = CardSecurity(s.card_security)
         db.add(site)
         db.flush()
         ld.sites[s.slug] = site
@@ -477,6 +482,7 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
             m.idle_timeout_min,
             m.guard_min,
         )
+        machine.card_key_slot = m.card_key_slot
         db.add(machine)
         db.flush()
         ld.hours(site, machine, m.opening_hours, where)
@@ -490,6 +496,7 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
                 other.machine_id = None
                 db.flush()
             device.machine_id = machine.id
+            device.enrolment_station = m.device.enrolment_station
             if m.device.password:
                 device.password_hash = hash_password(m.device.password)
             db.add(device)

@@ -32,6 +32,9 @@ MESSAGES: dict[str, str] = {
     "trainer_required": N_("You may use this machine only with a trainer. Ask a trainer to tap first."),
     "trainer_not_qualified": N_("The trainer's badge is not valid for this machine. Ask another trainer."),
     "bad_request": N_("Reading failed. Please tap your badge again."),
+    "badge_not_genuine": N_("This card is not a valid badge. Please ask at the front desk."),
+    # At an enrolment station.
+    "enrol_writing": N_("Writing the badge. Keep the card on the reader."),
     "in_use": N_("Machine in use. Please wait until it is free."),
     # A trainer at the machine (modes supervise and certify).
     "supervised_ok": N_("Hello {name}! {trainer} supervises you until {until}. Tap again when you are done."),

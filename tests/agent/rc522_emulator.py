@@ -107,6 +107,8 @@ class Card:
     level: int = 0
     # Woken from HALT: an unexpected command sends it back to HALT, not IDLE.
     from_halt: bool = False
+    # Taken away (mid-command, say): the card hears nothing until laid on the reader again.
+    gone: bool = False
 
     @property
     def levels(self) -> int:
@@ -307,6 +309,13 @@ class Rc522Emulator:
         with self._lock:
             self.card = Card(uid, sak if sak is not None else (0x08 if len(uid) == 4 else 0x00))
 
+    def present_card(self, card: Card) -> None:
+        """Lay a prepared card (an NTAG 424, a clone, …) on the reader; it keeps what it stores."""
+        with self._lock:
+            card.gone = False
+            card.power_up()
+            self.card = card
+
     def remove(self) -> None:
         with self._lock:
             self.card = None
@@ -454,7 +463,7 @@ class Rc522Emulator:
         self.frames.append((frame, last_bits))
         if last_bits == 7:
             self.wakeups += 1
-        if self.card is None or not self.antenna_on or not frame:
+        if self.card is None or self.card.gone or not self.antenna_on or not frame:
             return None
         if self._faults and self._faults[0][0] == "silent":
             _kind, damage = self._faults.popleft()
@@ -465,6 +474,8 @@ class Rc522Emulator:
     def _transceive(self) -> None:
         frame = bytes(self.fifo)
         self.fifo.clear()
+        if self.regs[TX_MODE] & 0x80 and frame:  # TxCRCEn: the chip appends the CRC
+            frame = with_crc(frame)
         answer = self._to_card(frame, self.regs[BIT_FRAMING] & 0x07)
         if answer is None:
             # Nothing comes back: the timer (TAuto) runs out. The command itself goes on.
@@ -495,7 +506,12 @@ class Rc522Emulator:
                 received[-1] ^= 0xFF
                 if self.regs[RX_MODE] & 0x80:  # RxCRCEn: only then does the chip check it
                     errors = CRC_ERR
-        self.fifo.extend(received)
+        if self.regs[RX_MODE] & 0x80 and not errors:  # RxCRCEn: the chip checks and drops the CRC
+            if len(received) >= 2 and with_crc(bytes(received[:-2])) == bytes(received):
+                received = received[:-2]
+            else:
+                errors = CRC_ERR
+        self.fifo.extend(received[:64])
         self.regs[ERROR] = errors
         self.regs[CONTROL] = (self.regs[CONTROL] & ~0x07) | last_bits
         self.regs[COM_IRQ] |= RX_IRQ | IDLE_IRQ | (ERR_IRQ if errors else 0)

@@ -119,6 +119,18 @@ class SiteForm(Form):
             "Empty: open at all times."
         )
     )
+    card_security = SelectField(
+        _l("Badges"),
+        choices=[
+            choice("uid", _l("Card number (UID) only, as before")),
+            choice("secure", _l("Secure badges must prove their key; UID-only badges still work")),
+            choice("secure_required", _l("Only secure badges unlock")),
+        ],
+        default="uid",
+        description=_l(
+            "UID-only badges can be copied in seconds. Issue secure badges first, then require them."
+        ),
+    )
 
     def validate_timezone(self, field: Any) -> None:
         try:
@@ -176,6 +188,17 @@ class BadgeForm(Form):
         render_kw=NO_SPELLCHECK,
     )
     note = StringField(_l("Note"), validators=[Optional(), Length(max=500)])
+
+
+class EnrolForm(Form):
+    """Issue a secure badge: which enrolment station writes it (the choices are the site's stations)."""
+
+    device_id = SelectField(
+        _l("Enrolment station"),
+        description=_l(
+            "Then lay a new, empty NTAG 424 DNA card on that station's reader until it says ready."
+        ),
+    )
 
 
 class BlockForm(Form):

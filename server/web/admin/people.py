@@ -13,9 +13,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
 from server import get_db
-from server.models import ApiToken, Badge, BadgeStatus, Person
+from server.i18n import N_
+from server.models import ApiToken, Badge, BadgeEnrolment, BadgeStatus, Device, Person
 from server.security import hash_password
-from server.services import audit, badges, people_import, privacy, tokens
+from server.services import audit, badges, cards, people_import, privacy, tokens
 from server.web.admin.base import (
     acting_admin,
     apply_changes,
@@ -25,7 +26,16 @@ from server.web.admin.base import (
     site_choices,
     text_or_none,
 )
-from server.web.admin.forms import BadgeForm, BlockForm, ButtonForm, ImportForm, PersonForm, TokenForm
+from server.web.admin.forms import (
+    BadgeForm,
+    BlockForm,
+    ButtonForm,
+    EnrolForm,
+    ImportForm,
+    PersonForm,
+    TokenForm,
+    choice,
+)
 from server.web.auth import admin_required, current
 from server.web.l10n import _, when_label
 
@@ -173,6 +183,7 @@ def _person_page(person: Person, form: PersonForm | None = None, **failed: Any) 
             badge_forms[f"block-{badge.id}"] = BlockForm(prefix=f"block-{badge.id}", formdata=None)
             badge_forms[f"replace-{badge.id}"] = BadgeForm(prefix=f"replace-{badge.id}", formdata=None)
     badge_forms["assign"] = BadgeForm(prefix="assign", formdata=None)
+    badge_forms["enrol"] = _enrol_form(person, formdata=None)
     badge_forms["token"] = TokenForm(prefix="token", formdata=None)
     new_token = failed.pop("new_token", None)
     badge_forms.update(failed)
@@ -183,6 +194,7 @@ def _person_page(person: Person, form: PersonForm | None = None, **failed: Any) 
         form=form,
         badges=sorted(person.badges, key=lambda b: (b.status != BadgeStatus.ACTIVE, -b.id)),
         badge_forms=badge_forms,
+        enrolments=cards.pending_enrolments(db, person),
         button=ButtonForm(formdata=None),
         api_tokens=db.scalars(
             select(ApiToken).where(ApiToken.person_id == person.id).order_by(ApiToken.id.desc())
@@ -339,6 +351,58 @@ def badge_assign(person_id: int) -> ResponseReturnValue:
             flash(_("Badge %(uid)s assigned to %(name)s.", uid=badge.uid, name=person.name), "info")
             return redirect(url_for("admin.person", person_id=person.id))
     return _person_page(person, **{"assign": form})
+
+
+def _enrol_form(person: Person, **kwargs: Any) -> EnrolForm:
+    form = EnrolForm(prefix="enrol", **kwargs)
+    stations = cards.enrolment_stations(get_db(), person.site)
+    form.device_id.choices = [
+        choice(d.id, f"{d.id} ({d.machine.name})" if d.machine else d.id) for d in stations
+    ]
+    return form
+
+
+@bp.post("/people/<int:person_id>/enrolments")
+@admin_required
+def enrolment_start(person_id: int) -> ResponseReturnValue:
+    """Order a secure badge for the person at an enrolment station (services/cards.start_enrolment)."""
+    db = get_db()
+    person = _person_or_404(person_id)
+    form = _enrol_form(person)
+    if form.validate_on_submit():
+        device = db.get(Device, form.device_id.data)
+        try:
+            if device is None:
+                raise cards.CardError(
+                    N_("%(device)s is not an enrolment station."), device=form.device_id.data
+                )
+            cards.start_enrolment(db, person, device, acting_admin())
+        except cards.CardError as error:
+            db.rollback()
+            form.add_error("device_id", _(error.message, **error.params))
+        else:
+            db.commit()
+            flash(_("Now lay a new card on the reader of %(device)s.", device=device.id), "info")
+            return redirect(url_for("admin.person", person_id=person.id))
+    return _person_page(person, **{"enrol": form})
+
+
+@bp.post("/enrolments/<enrolment_id>/cancel")
+@admin_required
+def enrolment_cancel(enrolment_id: str) -> ResponseReturnValue:
+    db = get_db()
+    enrolment = db.get(BadgeEnrolment, enrolment_id)
+    if enrolment is None:
+        abort(404)
+    try:
+        cards.cancel_enrolment(db, enrolment, acting_admin())
+    except cards.CardError as error:
+        db.rollback()
+        flash(_(error.message, **error.params), "error")
+    else:
+        db.commit()
+        flash(_("The secure badge was cancelled."), "info")
+    return redirect(url_for("admin.person", person_id=enrolment.person_id))
 
 
 @bp.post("/badges/<int:badge_id>/replace")

@@ -9,8 +9,8 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from server import get_db
-from server.models import Device, Machine, OpeningHours, Person, Site
-from server.services import audit, opening_hours
+from server.models import CardSecurity, Device, Machine, OpeningHours, Person, Site
+from server.services import audit, cards, opening_hours
 from server.web.admin.base import acting_admin, apply_changes, bp, form_page
 from server.web.admin.forms import SiteForm
 from server.web.auth import admin_required
@@ -99,6 +99,7 @@ def _site_form(site: Site | None) -> ResponseReturnValue:
                 changes = apply_changes(site, values)
                 if changes:
                     audit.record(db, acting_admin(), "site.update", f"site:{site.id}", changes)
+            cards.set_card_security(db, site, CardSecurity(form.card_security.data), acting_admin())
             save_hours(site.id, None, form.opening_hours, old_hours, f"site:{site.id}")
             db.commit()
             flash(_("Site %(name)s saved.", name=site.name), "info")
