@@ -25,7 +25,13 @@ from device_agent.pinmap import check_config_pins
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.mqtt import parse_mqtt_url
+from device_agent.hardware.plugins import plugin_keys as _plugin_keys
+from device_agent.schema import Check, Key, between, existing_file, http_url, matches, one_of
 from werkbank_protocol.topics import DEVICE_ID_RE
+
+# The shared checks under the names this module has always used.
+_matches, _between, _one_of, _existing_file = matches, between, one_of, existing_file
+_http_url = http_url("OctoPrint", "http://127.0.0.1:5000")
 
 # The machine's slug on the server (the allow-list names its machine by it).
 MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -43,58 +49,6 @@ class ConfigError(AgentError, ValueError):
         self.source = source
         lines = "\n".join(f"  - {e}" for e in errors)
         super().__init__(f"{source} has {len(errors)} problem(s):\n{lines}")
-
-
-Check = Callable[[Any], str | None]
-
-
-@dataclass(frozen=True)
-class Key:
-    """One config key. ``check`` returns what is wrong with a value (None when it is fine)."""
-
-    section: str
-    name: str
-    type: type
-    doc: str
-    default: Any = None
-    required: bool = False
-    check: Check | None = None
-    # A file or folder, resolved against the config file's folder when relative.
-    path: bool = False
-    # Left out of the config hash (a hash of a short password could be brute-forced).
-    secret: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"[{self.section}] {self.name}"
-
-    @property
-    def attr(self) -> str:
-        return f"{self.section}_{self.name}"
-
-
-def _matches(pattern: re.Pattern[str], hint: str) -> Check:
-    def check(value: str) -> str | None:
-        return None if pattern.match(value) else hint
-
-    return check
-
-
-def _between(low: float, high: float, unit: str = "") -> Check:
-    def check(value: float) -> str | None:
-        if low <= value <= high:
-            return None
-        return f"is {value}{unit}; use a value from {low:g} to {high:g}{unit}"
-
-    return check
-
-
-def _one_of(choices: Callable[[], list[str]] | tuple[str, ...]) -> Check:
-    def check(value: str) -> str | None:
-        allowed = list(choices() if callable(choices) else choices)
-        return None if value in allowed else f"is {value!r}; use one of: {', '.join(allowed)}"
-
-    return check
 
 
 def _mqtt_url(value: str) -> str | None:
@@ -115,10 +69,6 @@ def _allowlist_key(value: str) -> str | None:
     return None
 
 
-def _existing_file(value: str) -> str | None:
-    return None if Path(value).is_file() else f"file {value} does not exist; fix the path or remove the key"
-
-
 def _storage_dir(value: str) -> str | None:
     try:
         Path(value).mkdir(parents=True, exist_ok=True)
@@ -137,12 +87,6 @@ def _reader_backends() -> list[str]:
     return reader_backends()
 
 
-def _http_url(value: str) -> str | None:
-    if re.match(r"^https?://[^/\s]+", value):
-        return None
-    return "must be OctoPrint's address, e.g. http://127.0.0.1:5000"
-
-
 # [monitor]: how the agent learns that the machine works (device_agent/hardware/monitors.py).
 # Keys of one backend say so at the start of their doc.
 MONITOR_KEYS: tuple[Key, ...] = (
@@ -150,9 +94,11 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "backend",
         str,
-        'What tells the agent the machine works: "none", "octoprint" (3D printer) or "current" (clamp).',
+        "What tells the agent the machine works (see Machine monitors): "
+        + ", ".join(f'"{name}"' for name in ("none", "octoprint", "current", "power", "moonraker", "prusalink", "bambu"))
+        + ".",
         default="none",
-        check=_one_of(("none", "octoprint", "current")),
+        check=_one_of(lambda: _monitor_backends()),
     ),
     Key(
         "monitor",
@@ -177,6 +123,14 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "How long a running job still counts as running while the machine cannot be read.",
         default=300.0,
         check=_between(0, 86400, " s"),
+    ),
+    Key(
+        "monitor",
+        "timeout_s",
+        float,
+        "moonraker, prusalink: how long one request to the printer may take before it counts as unreachable.",
+        default=5.0,
+        check=_between(0.1, 60, " s"),
     ),
     Key(
         "monitor",
@@ -277,7 +231,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "min_on_s",
         float,
-        "current: how long the current must stay above threshold_a to count as running.",
+        "current, power: how long the load must stay above threshold_a (threshold_w) to count as running.",
         default=1.0,
         check=_between(0, 600, " s"),
     ),
@@ -285,7 +239,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "min_off_s",
         float,
-        "current: how long it must stay below release_a to count as stopped.",
+        "current, power: how long it must stay below release_a (release_w) to count as stopped.",
         default=3.0,
         check=_between(0, 600, " s"),
     ),
@@ -293,7 +247,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "job_gap_s",
         float,
-        "current: idle time that ends a cut job; runs closer together are one job.",
+        "current, power: idle time that ends a cut job; runs closer together are one job.",
         default=60.0,
         check=_between(0, 86400, " s"),
     ),
@@ -312,6 +266,32 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "current: how long each reading samples (a few mains cycles: 0.1 s is five at 50 Hz).",
         default=0.1,
         check=_between(0.02, 2, " s"),
+    ),
+)
+
+
+def _monitor_backends() -> list[str]:
+    from device_agent.hardware.plugins import plugins
+
+    return ["none", "octoprint", "current", *(p.name for p in plugins("monitor"))]
+
+
+def _switch_backends() -> list[str]:
+    from device_agent.hardware.plugins import plugins
+
+    return ["gpio", *(p.name for p in plugins("switch"))]
+
+
+# [switch]: what switches the machine's power. The keys of each backend come from its plug-in.
+SWITCH_KEYS: tuple[Key, ...] = (
+    Key(
+        "switch",
+        "backend",
+        str,
+        'What switches the machine\'s power: "gpio" (the relay on [relay] pin), "shelly" or "tasmota"'
+        " (a smart plug; see Smart plugs).",
+        default="gpio",
+        check=_one_of(lambda: _switch_backends()),
     ),
 )
 
@@ -540,7 +520,11 @@ SCHEMA: tuple[Key, ...] = (
         check=_one_of(PIN_FACTORIES),
     ),
     *MONITOR_KEYS,
+    *SWITCH_KEYS,
 )
+# Where the plug-ins' keys begin in SCHEMA: the ones before are AgentConfig's own fields.
+CORE_KEY_COUNT = len(SCHEMA)
+SCHEMA = SCHEMA + _plugin_keys()
 
 _TYPE_NAMES: dict[type, str] = {str: "text", int: "whole number", float: "number", bool: "true/false"}
 _WANTED: dict[type, str] = {
@@ -586,6 +570,7 @@ class AgentConfig:
     monitor_poll_s: float
     monitor_retry_max_s: float
     monitor_lost_hold_s: float
+    monitor_timeout_s: float
     monitor_octoprint_url: str
     monitor_octoprint_api_key: str | None
     monitor_octoprint_api_key_file: str | None
@@ -603,6 +588,20 @@ class AgentConfig:
     monitor_job_gap_s: float
     monitor_mains_v: float
     monitor_window_s: float
+    switch_backend: str
+    # The plug-ins' keys (device_agent/hardware/plugins.py), by attribute name: read with option().
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def option(self, attr: str) -> Any:
+        """The value of a plug-in's key, e.g. ``option("switch_url")``."""
+        try:
+            return self.options[attr]
+        except KeyError:
+            raise KeyError(f"no config key {attr!r}: is its plug-in module missing?") from None
+
+    def value(self, attr: str) -> Any:
+        """Any key's value by attribute name, a field's or a plug-in's."""
+        return self.options[attr] if attr in self.options else getattr(self, attr)
 
     @property
     def octoprint_api_key(self) -> str | None:
@@ -621,7 +620,7 @@ class AgentConfig:
     @property
     def hash(self) -> str:
         """First 16 hex characters of the sha256 of the canonical config (secrets left out)."""
-        values = {k.label: getattr(self, k.attr) for k in SCHEMA if not k.secret}
+        values = {k.label: self.value(k.attr) for k in SCHEMA if not k.secret}
         canonical = json.dumps(values, sort_keys=True, separators=(",", ":")).encode("utf-8")
         return hashlib.sha256(canonical).hexdigest()[:16]
 
@@ -692,7 +691,9 @@ def parse_config(
     errors.extend(_cross_checks(values))
     if errors:
         raise ConfigError(errors, source)
-    return AgentConfig(**values)
+    core = {key.attr for key in SCHEMA[:CORE_KEY_COUNT]}
+    options = {attr: value for attr, value in values.items() if attr not in core}
+    return AgentConfig(**{attr: values[attr] for attr in core}, options=options)
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
@@ -704,6 +705,11 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     if values["mqtt_ca_file"] is not None and isinstance(url, str) and url.startswith("mqtt://"):
         errors.append("[mqtt] ca_file: only used with TLS; use an mqtts:// URL or remove ca_file")
     errors.extend(_monitor_checks(values))
+    from device_agent.hardware.plugins import all_plugins
+
+    for found in all_plugins():
+        if found.check is not None:
+            errors.extend(found.check(values))
     # No GPIO twice, none on the SPI or reader-reset pins (device_agent/pinmap.toml).
     errors.extend(_reader_pin_problems(values))
     errors.extend(check_config_pins(_pins_in_bcm(values)))
