@@ -2,9 +2,10 @@
 deferred locks) and what its jobs were.
 
 ``[monitor] backend`` picks one: ``none`` (:class:`NoMonitor`), ``octoprint``
-(:mod:`device_agent.hardware.octoprint`) or ``current`` (:mod:`device_agent.hardware.current`).
-Both real monitors read the machine in a thread of their own (:class:`ThreadedMonitor`): an
-HTTP request to a hung OctoPrint or a burst of ADC samples must never delay a tap.
+(:mod:`device_agent.hardware.octoprint`), ``current`` (:mod:`device_agent.hardware.current`),
+or a plug-in (:mod:`device_agent.hardware.plugins`: ``power``, ``moonraker``, ``prusalink``,
+``bambu``). Every real monitor reads the machine in a thread of its own (:class:`ThreadedMonitor`):
+an HTTP request to a hung printer or a burst of ADC samples must never delay a tap.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from device_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
-
-MONITOR_BACKENDS = ("none", "octoprint", "current")
 
 
 class NoMonitor(MachineMonitor):
@@ -196,4 +195,9 @@ def create_monitor(config: AgentConfig) -> MachineMonitor:
             retry_max_s=config.monitor_retry_max_s,
             lost_hold_s=config.monitor_lost_hold_s,
         )
+    from device_agent.hardware.plugins import plugin
+
+    found = plugin("monitor", backend)
+    if found is not None and found.create_monitor is not None:
+        return found.create_monitor(config)
     return NoMonitor()

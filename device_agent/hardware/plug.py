@@ -174,11 +174,15 @@ class NetworkSwitch(Relay):
 
     def poll(self) -> list[MonitorEvent]:
         since = self._pending_since
-        if since is not None and time.monotonic() - since >= self.confirm_s:
+        if since is not None and self._fault is None and time.monotonic() - since >= self.confirm_s:
             # Checked here too, not only after a request: a plug that hangs until the request
             # times out is reported when confirm_s is up, not a timeout later.
             state = "ON" if self._desired else "OFF"
-            self._set_fault(UNCONFIRMED, f"{self.client.label} has not confirmed {state} within {self.confirm_s:g} s")
+            seen = self._confirmed
+            reads = "" if seen is None else f" (it reads {'ON' if seen else 'OFF'})"
+            self._set_fault(
+                UNCONFIRMED, f"{self.client.label} has not confirmed {state} within {self.confirm_s:g} s{reads}"
+            )
         with self._lock:
             events, self._events = self._events, []
         return events
