@@ -34,6 +34,7 @@ class PeerProcess:
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -59,8 +60,16 @@ class PeerProcess:
             os.killpg(process.pid, signal.SIGCONT)  # a paused peer must be able to die
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(5)
-        if process.stdout is not None:
-            process.stdout.close()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def send(self, line: str) -> None:
+        """A command on the peer's stdin (what happens at the device itself: a print started at its display)."""
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
 
     def pause(self) -> None:
         """The device hangs: connections are accepted by the kernel, nothing answers."""
