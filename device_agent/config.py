@@ -167,7 +167,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "filament_diameter_mm",
         float,
-        "octoprint: filament diameter, for the grams of a job.",
+        "octoprint, moonraker: filament diameter, for the grams of a job (when the slicer gives none).",
         default=1.75,
         check=_between(0.5, 5, " mm"),
     ),
@@ -175,7 +175,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "filament_density_g_cm3",
         float,
-        "octoprint: filament density (PLA 1.24, PETG 1.27, ABS 1.04); 0 = report no grams.",
+        "octoprint, moonraker: filament density (PLA 1.24, PETG 1.27, ABS 1.04); 0 = report no grams.",
         default=1.24,
         check=_between(0, 5, " g/cm³"),
     ),
@@ -781,6 +781,8 @@ def _default_text(key: Key) -> str:
     return f"`{key.default:g}`" if isinstance(key.default, float) else f"`{key.default}`"
 
 
+# Where MONITOR_DOCS lists the backends, the plug-ins' own paragraphs go (_monitor_docs).
+PLUGIN_DOCS_HERE = "<plug-in monitors>"
 # The prose part of the reference about [monitor]; render_docs() puts it after the reader backends.
 MONITOR_DOCS: tuple[str, ...] = (
     "## Machine monitors and the safety rules",
@@ -796,6 +798,7 @@ MONITOR_DOCS: tuple[str, ...] = (
     "  since the RC522 reader takes CE0). A run of current above `threshold_a` is a `cut` job; `power_w`",
     "  in telemetry.",
     "  A reading stuck at a rail is a `fault` (`current_sensor_failed`).",
+    PLUGIN_DOCS_HERE,
     "",
     "The rules, whichever monitor: a lock that falls due while a job runs (tap-out, idle timeout, the",
     "session's `until`, a booking's end or any other remote `lock` without `force`) waits: the agent sends",
@@ -822,6 +825,63 @@ MONITOR_DOCS: tuple[str, ...] = (
 )
 
 
+def _monitor_docs() -> list[str]:
+    """MONITOR_DOCS with each monitor plug-in's own paragraph where the backends are listed."""
+    from device_agent.hardware.plugins import plugins
+
+    lines: list[str] = []
+    for line in MONITOR_DOCS:
+        if line == PLUGIN_DOCS_HERE:
+            for found in plugins("monitor"):
+                lines += found.docs
+        else:
+            lines.append(line)
+    return lines
+
+
+SWITCH_DOCS: tuple[str, ...] = (
+    "## Power switches and smart plugs",
+    "",
+    "`[switch] backend` says what switches the machine's power:",
+    "",
+    "- `gpio` (the default): a relay board on `[relay] pin`. No read-back: the pin is what the agent drives.",
+    "- `shelly`: a Shelly Gen2+ plug or relay with a meter (Plus Plug S, Plus 1PM, Pro 1PM) over its local RPC",
+    "  API: `Switch.Set` to switch, `Switch.GetStatus` to read back `output`, `apower` (W) and",
+    "  `aenergy.total` (Wh). With a password set on the device, HTTP digest login as `admin`.",
+    "- `tasmota`: a plug running Tasmota over its HTTP commands: `Power On`/`Power Off` (`Power<n>` with",
+    "  `channel`), read back with `Power`, the meter with `Status 8` (`Power` in W, `Total` in kWh).",
+    "",
+    "A smart plug is asked in a thread of its own: a tap never waits for the network. Every switch is read",
+    "back; a plug that has not confirmed the new state within `confirm_s` (1 s) is a `fault`",
+    "(`switch_unconfirmed`; `switch_unreachable` when it does not answer, `switch_auth_rejected` for a wrong",
+    "password): the machine shows as `fault` and the red LED blinks, and the agent keeps switching with",
+    "back-off until the plug obeys. Between switches the plug is read every `poll_s`: found in the wrong",
+    "state (it rebooted, or someone pressed its button) it is switched back and reported once",
+    "(`switch_state_changed`). `power_w` and `energy_wh` in telemetry come from the plug.",
+    "",
+    "The safety rules stay as they are: never off mid-job (a lock waits while the monitor says the machine",
+    "works; with `[monitor] backend = \"power\"` that is the plug's own watts above `threshold_w`), and the",
+    "plug is one more stop, never the only one. Set each plug so that it comes back OFF after a power cut",
+    "or a reboot: the agent switches it on again only while a session runs.",
+    "",
+    "- Shelly: `curl -u admin:PASSWORD --digest 'http://PLUG/rpc/Switch.SetConfig?id=0&config={\"initial_state\":\"off\"}'`",
+    "  (or in its web page: Output → Power-on default: Off). Also switch off the plug's cloud and Bluetooth",
+    "  if unused, and set a password (Settings → Authentication).",
+    "- Tasmota: `http://PLUG/cm?user=admin&password=PASSWORD&cmnd=PowerOnState%200` (0 = off after power-up),",
+    "  and a web password (`WebPassword`). Keep the plug's button for emergencies only: the agent turns a",
+    "  plug switched on by its button OFF again while no session runs.",
+    "",
+    "Stopping the agent with a session open leaves the plug ON (as the relay stays closed); the next start",
+    "takes it over without switching it, and carries the session on or reports it as for the relay.",
+    "A certified plug needs no mains wiring on the Pi's side (hardware/SAFETY.md): plug the machine into it.",
+    "",
+    "A monitor or power switch backend is one module in `device_agent/hardware/` with a `PLUGINS` tuple",
+    "(`device_agent/hardware/plugins.py`): its config keys (with docs and checks), its cross-key checks,",
+    "its fault codes, this reference's paragraph and its factory.",
+    "",
+)
+
+
 def render_docs() -> str:
     """The Markdown reference of every key (firmware_config/agent-config.md)."""
     from device_agent.hardware import reader_backends
@@ -838,12 +898,12 @@ def render_docs() -> str:
         "`status.config` carries a hash of the checked config (secrets left out), so the server shows",
         "which config a device runs. An example: `firmware_config/examples/simulated-printer.toml`.",
     ]
-    section = ""
-    for key in SCHEMA:
-        if key.section != section:
-            section = key.section
-            lines += ["", f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        lines.append(f"| `{key.name}` | {_TYPE_NAMES[key.type]} | {_default_text(key)} | {key.doc} |")
+    sections: dict[str, list[Key]] = {}
+    for key in SCHEMA:  # a plug-in's keys join their section's table
+        sections.setdefault(key.section, []).append(key)
+    for section, keys in sections.items():
+        lines += ["", f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{k.name}` | {_TYPE_NAMES[k.type]} | {_default_text(k)} | {k.doc} |" for k in keys]
     lines += [
         "",
         "`password` and `password_file` are secrets: keep the file readable by the agent's user only.",
@@ -855,7 +915,8 @@ def render_docs() -> str:
         "",
         "A backend is one module in `device_agent/hardware/` with a `create_reader(config)` function.",
         "",
-        *MONITOR_DOCS,
+        *_monitor_docs(),
+        *SWITCH_DOCS,
         "## What the lights and the buzzer mean",
         "",
         "| state | pattern |",

@@ -312,6 +312,7 @@ PLUGINS = (
         kind="monitor",
         name="bambu",
         summary="a Bambu Lab printer (X1, P1, A1) over its local MQTT (TLS, port 8883)",
+        faults=("bambu_unreachable", "bambu_access_code_rejected", "bambu_certificate_rejected"),
         keys=KEYS,
         check=_check,
         create_monitor=_create,

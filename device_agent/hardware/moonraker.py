@@ -209,6 +209,7 @@ PLUGINS = (
         kind="monitor",
         name="moonraker",
         summary="a Klipper printer through Moonraker's HTTP API",
+        faults=("moonraker_unreachable", "moonraker_auth_rejected", "klipper_not_ready"),
         keys=KEYS,
         check=_check,
         create_monitor=_create,

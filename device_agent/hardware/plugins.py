@@ -37,6 +37,8 @@ class Plugin:
     summary: str
     keys: tuple[Key, ...] = ()
     docs: tuple[str, ...] = ()
+    # The codes of the ``fault`` events it can cause (documented in docs/protocol.md).
+    faults: tuple[str, ...] = ()
     check: Callable[[Mapping[str, Any]], list[str]] | None = None
     create_monitor: Callable[[AgentConfig], MachineMonitor] | None = None
     create_switch: Callable[[AgentConfig, bool], Relay] | None = None

@@ -136,6 +136,7 @@ PLUGINS = (
         kind="monitor",
         name="power",
         summary="busy detection from the watts of the metering smart plug of [switch] (laser, CNC, plotter)",
+        faults=(FAULT,),
         keys=KEYS,
         check=_check,
         create_monitor=_create,

@@ -209,6 +209,7 @@ PLUGINS = (
         kind="monitor",
         name="prusalink",
         summary="a Prusa printer through PrusaLink's HTTP API v1",
+        faults=("prusalink_unreachable", "prusalink_auth_rejected"),
         keys=KEYS,
         check=_check,
         create_monitor=_create,

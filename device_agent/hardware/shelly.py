@@ -80,6 +80,7 @@ PLUGINS = (
         kind="switch",
         name="shelly",
         summary="a Shelly Gen2+ plug or relay (Plus Plug S, Plus 1PM, Pro 1PM) over its local RPC API",
+        faults=("switch_unconfirmed", "switch_unreachable", "switch_auth_rejected", "switch_state_changed"),
         keys=PLUG_KEYS,
         check=_check,
         create_switch=_create,

@@ -98,6 +98,7 @@ PLUGINS = (
         kind="switch",
         name="tasmota",
         summary="a plug running Tasmota, over its HTTP command interface",
+        faults=("switch_unconfirmed", "switch_unreachable", "switch_auth_rejected", "switch_state_changed"),
         keys=PLUG_KEYS,
         check=_check,
         create_switch=_create,
