@@ -15,18 +15,18 @@ import json
 import re
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from device_agent import AgentError
+from device_agent.hardware.plugins import plugin_keys as _plugin_keys
 from device_agent.pinmap import check_config_pins
+from device_agent.schema import Key, between, existing_file, http_url, matches, one_of
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.mqtt import parse_mqtt_url
-from device_agent.hardware.plugins import plugin_keys as _plugin_keys
-from device_agent.schema import Check, Key, between, existing_file, http_url, matches, one_of
 from werkbank_protocol.topics import DEVICE_ID_RE
 
 # The shared checks under the names this module has always used.
@@ -87,6 +87,18 @@ def _reader_backends() -> list[str]:
     return reader_backends()
 
 
+def _monitor_backends() -> list[str]:
+    from device_agent.hardware.plugins import plugins
+
+    return ["none", "octoprint", "current", *(p.name for p in plugins("monitor"))]
+
+
+def _switch_backends() -> list[str]:
+    from device_agent.hardware.plugins import plugins
+
+    return ["gpio", *(p.name for p in plugins("switch"))]
+
+
 # [monitor]: how the agent learns that the machine works (device_agent/hardware/monitors.py).
 # Keys of one backend say so at the start of their doc.
 MONITOR_KEYS: tuple[Key, ...] = (
@@ -95,10 +107,13 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "backend",
         str,
         "What tells the agent the machine works (see Machine monitors): "
-        + ", ".join(f'"{name}"' for name in ("none", "octoprint", "current", "power", "moonraker", "prusalink", "bambu"))
+        + ", ".join(
+            f'"{name}"'
+            for name in ("none", "octoprint", "current", "power", "moonraker", "prusalink", "bambu")
+        )
         + ".",
         default="none",
-        check=_one_of(lambda: _monitor_backends()),
+        check=_one_of(_monitor_backends),
     ),
     Key(
         "monitor",
@@ -270,18 +285,6 @@ MONITOR_KEYS: tuple[Key, ...] = (
 )
 
 
-def _monitor_backends() -> list[str]:
-    from device_agent.hardware.plugins import plugins
-
-    return ["none", "octoprint", "current", *(p.name for p in plugins("monitor"))]
-
-
-def _switch_backends() -> list[str]:
-    from device_agent.hardware.plugins import plugins
-
-    return ["gpio", *(p.name for p in plugins("switch"))]
-
-
 # [switch]: what switches the machine's power. The keys of each backend come from its plug-in.
 SWITCH_KEYS: tuple[Key, ...] = (
     Key(
@@ -291,7 +294,7 @@ SWITCH_KEYS: tuple[Key, ...] = (
         'What switches the machine\'s power: "gpio" (the relay on [relay] pin), "shelly" or "tasmota"'
         " (a smart plug; see Smart plugs).",
         default="gpio",
-        check=_one_of(lambda: _switch_backends()),
+        check=_one_of(_switch_backends),
     ),
 )
 
@@ -845,8 +848,8 @@ SWITCH_DOCS: tuple[str, ...] = (
     "`[switch] backend` says what switches the machine's power:",
     "",
     "- `gpio` (the default): a relay board on `[relay] pin`. No read-back: the pin is what the agent drives.",
-    "- `shelly`: a Shelly Gen2+ plug or relay with a meter (Plus Plug S, Plus 1PM, Pro 1PM) over its local RPC",
-    "  API: `Switch.Set` to switch, `Switch.GetStatus` to read back `output`, `apower` (W) and",
+    "- `shelly`: a Shelly Gen2+ plug or relay with a meter (Plus Plug S, Plus 1PM, Pro 1PM) over its",
+    "  local RPC API: `Switch.Set` to switch, `Switch.GetStatus` to read back `output`, `apower` (W) and",
     "  `aenergy.total` (Wh). With a password set on the device, HTTP digest login as `admin`.",
     "- `tasmota`: a plug running Tasmota over its HTTP commands: `Power On`/`Power Off` (`Power<n>` with",
     "  `channel`), read back with `Power`, the meter with `Status 8` (`Power` in W, `Total` in kWh).",
@@ -860,14 +863,14 @@ SWITCH_DOCS: tuple[str, ...] = (
     "(`switch_state_changed`). `power_w` and `energy_wh` in telemetry come from the plug.",
     "",
     "The safety rules stay as they are: never off mid-job (a lock waits while the monitor says the machine",
-    "works; with `[monitor] backend = \"power\"` that is the plug's own watts above `threshold_w`), and the",
+    'works; with `[monitor] backend = "power"` that is the plug\'s own watts above `threshold_w`), and the',
     "plug is one more stop, never the only one. Set each plug so that it comes back OFF after a power cut",
     "or a reboot: the agent switches it on again only while a session runs.",
     "",
-    "- Shelly: `curl -u admin:PASSWORD --digest 'http://PLUG/rpc/Switch.SetConfig?id=0&config={\"initial_state\":\"off\"}'`",
+    '- Shelly: `curl -u admin:PASSWORD --digest \'http://PLUG/rpc/Switch.SetConfig?id=0&config={"initial_state":"off"}\'`',
     "  (or in its web page: Output → Power-on default: Off). Also switch off the plug's cloud and Bluetooth",
     "  if unused, and set a password (Settings → Authentication).",
-    "- Tasmota: `http://PLUG/cm?user=admin&password=PASSWORD&cmnd=PowerOnState%200` (0 = off after power-up),",
+    "- Tasmota: `http://PLUG/cm?user=admin&password=PASSWORD&cmnd=PowerOnState%200` (0: off at power-up),",
     "  and a web password (`WebPassword`). Keep the plug's button for emergencies only: the agent turns a",
     "  plug switched on by its button OFF again while no session runs.",
     "",

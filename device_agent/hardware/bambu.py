@@ -32,7 +32,7 @@ from typing import Any
 
 from device_agent.hardware.base import JobStatus, MachineMonitor
 from device_agent.hardware.monitors import MonitorReadError
-from device_agent.hardware.plugins import Plugin
+from device_agent.hardware.plugins import Plugin, paragraph
 from device_agent.hardware.printer import PrinterMonitor, number, temperature
 from device_agent.schema import Key, between, existing_file, matches, read_secret, secret_pair
 
@@ -109,7 +109,8 @@ class BambuMonitor(PrinterMonitor):
         except ssl.SSLCertVerificationError as exc:
             raise MonitorReadError(
                 "bambu_certificate_rejected",
-                f"{self.label}: its TLS certificate is not from the CA in bambu_ca_file ({exc.verify_message})",
+                f"{self.label}: its TLS certificate is not from the CA in bambu_ca_file "
+                f"({exc.verify_message})",
             ) from exc
         except (OSError, ssl.SSLError) as exc:
             raise MonitorReadError("bambu_unreachable", f"{self.label} does not answer: {exc}") from exc
@@ -124,7 +125,9 @@ class BambuMonitor(PrinterMonitor):
     def _check_identity(self, client: Any) -> None:
         sock = client.socket()
         cert = sock.getpeercert() if sock is not None else None
-        names = [value for rdn in (cert or {}).get("subject", ()) for key, value in rdn if key == "commonName"]
+        names = [
+            value for rdn in (cert or {}).get("subject", ()) for key, value in rdn if key == "commonName"
+        ]
         if self.serial not in names:
             client.disconnect()
             raise MonitorReadError(
@@ -154,7 +157,9 @@ class BambuMonitor(PrinterMonitor):
         self._connected.set()
         self._answered.set()
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
         if self._connected.is_set():
             log.warning("%s: connection lost (%s); paho reconnects", self.label, reason_code)
         self._connected.clear()
@@ -184,7 +189,8 @@ class BambuMonitor(PrinterMonitor):
             self._drop()
             raise MonitorReadError(
                 "bambu_access_code_rejected",
-                f"{self.label} refused the login ({refused}): check bambu_access_code (the printer's screen shows it)",
+                f"{self.label} refused the login ({refused}): check bambu_access_code "
+                "(the printer's screen shows it)",
             )
         if not self._connected.is_set():
             raise MonitorReadError("bambu_unreachable", f"{self.label}: the connection is lost; reconnecting")
@@ -236,7 +242,14 @@ def _float(value: Any) -> float | None:
 
 KEYS = (
     Key("monitor", "bambu_host", str, "bambu: the printer's address on the LAN (give it a fixed one)."),
-    Key("monitor", "bambu_port", int, "bambu: the printer's MQTT over TLS port.", default=8883, check=between(1, 65535)),
+    Key(
+        "monitor",
+        "bambu_port",
+        int,
+        "bambu: the printer's MQTT over TLS port.",
+        default=8883,
+        check=between(1, 65535),
+    ),
     Key(
         "monitor",
         "bambu_serial",
@@ -283,7 +296,10 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     ):
         if values.get(f"monitor_{name}") is None:
             errors.append(f"[monitor] {name}: missing; the bambu backend needs {hint}")
-    if values.get("monitor_bambu_access_code") is None and values.get("monitor_bambu_access_code_file") is None:
+    if (
+        values.get("monitor_bambu_access_code") is None
+        and values.get("monitor_bambu_access_code_file") is None
+    ):
         errors.append(
             "[monitor] bambu_access_code: missing; give the LAN access code (printer screen: Settings → "
             "LAN only / WLAN), or bambu_access_code_file"
@@ -292,7 +308,9 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 
 
 def _create(config: Any) -> MachineMonitor:
-    code = read_secret(config.option("monitor_bambu_access_code"), config.option("monitor_bambu_access_code_file"))
+    code = read_secret(
+        config.option("monitor_bambu_access_code"), config.option("monitor_bambu_access_code_file")
+    )
     assert code is not None, "the config check requires an access code"
     return BambuMonitor(
         host=config.option("monitor_bambu_host"),
@@ -316,15 +334,16 @@ PLUGINS = (
         keys=KEYS,
         check=_check,
         create_monitor=_create,
-        docs=(
-            "- `bambu`: a Bambu Lab printer (X1, P1, A1) over its local MQTT: TLS on port 8883, user `bblp`,",
-            "  the LAN access code as password, topic `device/<serial>/report` (a full report asked for with",
-            "  `pushall` at every connect, then the changes merged). Jobs with the job's name, the printer's",
-            "  estimate and duration (the printer reports no filament); progress and temperatures (nozzle,",
-            "  bed, chamber) in telemetry. A print stopped at the printer is `cancelled`. Faults:",
-            "  `bambu_unreachable`, `bambu_access_code_rejected`, `bambu_certificate_rejected` (the",
-            "  certificate is not from `bambu_ca_file`'s CA or does not name the serial). Without",
-            "  `bambu_ca_file` the link is encrypted but the printer's identity is not checked.",
+        docs=paragraph(
+            "- `bambu`: a Bambu Lab printer (X1, P1, A1) over its local MQTT: TLS on port 8883, user",
+            "`bblp`, the LAN access code as password, topic `device/<serial>/report` (a full report",
+            "asked for with `pushall` at every connect, then the changes merged). Jobs with the job's",
+            "name, the printer's estimate and duration (the printer reports no filament); progress",
+            "and temperatures (nozzle, bed, chamber) in telemetry. A print stopped at the printer is",
+            "`cancelled`. Faults: `bambu_unreachable`, `bambu_access_code_rejected`,",
+            "`bambu_certificate_rejected` (the certificate is not from `bambu_ca_file`'s CA or does",
+            "not name the serial). Without `bambu_ca_file` the link is encrypted but the printer's",
+            "identity is not checked.",
         ),
     ),
 )

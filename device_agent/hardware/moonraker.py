@@ -22,7 +22,7 @@ from typing import Any
 
 from device_agent.hardware.base import JobStatus, MachineMonitor
 from device_agent.hardware.monitors import MonitorReadError
-from device_agent.hardware.plugins import Plugin
+from device_agent.hardware.plugins import Plugin, paragraph
 from device_agent.hardware.printer import HttpJson, PrinterMonitor, number, temperature
 from device_agent.schema import Key, existing_file, http_url, read_secret, secret_pair
 
@@ -89,7 +89,9 @@ class MoonrakerMonitor(PrinterMonitor):
             )
         result = body.get("result") if isinstance(body, dict) else None
         if not isinstance(result, dict):
-            raise MonitorReadError("moonraker_unreachable", f"{self.http.label} answered {path} with {body!r:.200}")
+            raise MonitorReadError(
+                "moonraker_unreachable", f"{self.http.label} answered {path} with {body!r:.200}"
+            )
         return result
 
     def read(self) -> None:
@@ -136,7 +138,9 @@ class MoonrakerMonitor(PrinterMonitor):
         if isinstance(jobs, dict) and jobs.get("filename") == current.file and jobs.get("status") in _HISTORY:
             status = _HISTORY[str(jobs["status"])]
             duration = number(jobs.get("total_duration")) or duration
-            filament = number(jobs.get("filament_used")) if jobs.get("filament_used") is not None else filament
+            filament = (
+                number(jobs.get("filament_used")) if jobs.get("filament_used") is not None else filament
+            )
         self.ended(status, duration, filament, self._grams(filament))
 
     def _file_metadata(self, file: str | None) -> dict[str, Any]:
@@ -172,7 +176,8 @@ KEYS = (
         "monitor",
         "moonraker_api_key",
         str,
-        "moonraker: Moonraker's API key, when it does not trust the agent's address (or use moonraker_api_key_file).",
+        "moonraker: Moonraker's API key, when it does not trust the agent's address"
+        " (or use moonraker_api_key_file).",
         secret=True,
     ),
     Key(
@@ -194,7 +199,9 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 def _create(config: Any) -> MachineMonitor:
     return MoonrakerMonitor(
         url=config.option("monitor_moonraker_url"),
-        api_key=read_secret(config.option("monitor_moonraker_api_key"), config.option("monitor_moonraker_api_key_file")),
+        api_key=read_secret(
+            config.option("monitor_moonraker_api_key"), config.option("monitor_moonraker_api_key_file")
+        ),
         poll_s=config.monitor_poll_s,
         timeout_s=config.monitor_timeout_s,
         retry_max_s=config.monitor_retry_max_s,
@@ -213,14 +220,15 @@ PLUGINS = (
         keys=KEYS,
         check=_check,
         create_monitor=_create,
-        docs=(
-            "- `moonraker`: a Klipper printer through Moonraker's HTTP API (`print_stats`, `virtual_sdcard`, the job",
-            "  history and the file's metadata; Moonraker 0.8 to 0.11). Jobs with file, estimate, duration and",
-            "  filament (mm; grams from the slicer's weight, else from `filament_diameter_mm` and",
-            "  `filament_density_g_cm3`); progress and temperatures in telemetry. Moonraker not answering is a",
-            "  `fault` (`moonraker_unreachable`, `moonraker_auth_rejected`; `klipper_not_ready` while Moonraker",
-            "  answers but Klipper does not), retried with back-off. Give Moonraker's `trusted_clients` the Pi's",
-            "  address, or an API key in `moonraker_api_key_file`.",
+        docs=paragraph(
+            "- `moonraker`: a Klipper printer through Moonraker's HTTP API (`print_stats`,",
+            "`virtual_sdcard`, the job history and the file's metadata; Moonraker 0.8 to 0.11). Jobs",
+            "with file, estimate, duration and filament (mm; grams from the slicer's weight, else",
+            "from `filament_diameter_mm` and `filament_density_g_cm3`); progress and temperatures in",
+            "telemetry. Moonraker not answering is a `fault` (`moonraker_unreachable`,",
+            "`moonraker_auth_rejected`; `klipper_not_ready` while Moonraker answers but Klipper does",
+            "not), retried with back-off. Give Moonraker's `trusted_clients` the Pi's address, or an",
+            "API key in `moonraker_api_key_file`.",
         ),
     ),
 )

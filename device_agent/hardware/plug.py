@@ -181,7 +181,8 @@ class NetworkSwitch(Relay):
             seen = self._confirmed
             reads = "" if seen is None else f" (it reads {'ON' if seen else 'OFF'})"
             self._set_fault(
-                UNCONFIRMED, f"{self.client.label} has not confirmed {state} within {self.confirm_s:g} s{reads}"
+                UNCONFIRMED,
+                f"{self.client.label} has not confirmed {state} within {self.confirm_s:g} s{reads}",
             )
         with self._lock:
             events, self._events = self._events, []
@@ -208,7 +209,7 @@ class NetworkSwitch(Relay):
 
     def _command(self, on: bool) -> None:
         with self._lock:
-            if on != self._desired or self._pending_since is None and self._confirmed != on:
+            if on != self._desired or (self._pending_since is None and self._confirmed != on):
                 self._pending_since = time.monotonic()
             self._desired = on
         self._wake.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -43,6 +44,11 @@ class Plugin:
     create_monitor: Callable[[AgentConfig], MachineMonitor] | None = None
     create_switch: Callable[[AgentConfig, bool], Relay] | None = None
     meter: Callable[[AgentConfig], PlugClient] | None = None
+
+
+def paragraph(*parts: str) -> tuple[str, ...]:
+    """A Markdown list item for the config reference, from ``parts`` joined by spaces, wrapped."""
+    return tuple(textwrap.wrap(" ".join(parts), width=104, subsequent_indent="  ", break_on_hyphens=False))
 
 
 @cache

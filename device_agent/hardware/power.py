@@ -17,7 +17,7 @@ from device_agent.hardware.base import MachineMonitor, MonitorReadings
 from device_agent.hardware.load import LoadMonitor
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plug import PlugClient, PlugError
-from device_agent.hardware.plugins import Plugin, plugin
+from device_agent.hardware.plugins import Plugin, paragraph, plugin
 from device_agent.schema import Key, between
 
 FAULT = "power_meter_failed"
@@ -140,13 +140,13 @@ PLUGINS = (
         keys=KEYS,
         check=_check,
         create_monitor=_create,
-        docs=(
-            "- `power`: the watts the smart plug of `[switch]` (Shelly, Tasmota) reads, for machines without an",
-            "  API (laser cutters, CNC, plotters). The rules of `current` on watts: running at or above",
-            "  `threshold_w` for `min_on_s`, stopped below `release_w` for `min_off_s`; a run after `job_gap_s`",
-            "  of idle is a `cut` job. A plug that cannot be read, or has no meter, is a `fault`",
-            "  (`power_meter_failed`). Find the thresholds from `power_w` in telemetry: idle (fans, chiller)",
-            "  and working.",
+        docs=paragraph(
+            "- `power`: the watts the smart plug of `[switch]` (Shelly, Tasmota) reads, for machines",
+            "without an API (laser cutters, CNC, plotters). The rules of `current` on watts: running",
+            "at or above `threshold_w` for `min_on_s`, stopped below `release_w` for `min_off_s`; a",
+            "run after `job_gap_s` of idle is a `cut` job. A plug that cannot be read, or has no",
+            "meter, is a `fault` (`power_meter_failed`). Find the thresholds from `power_w` in",
+            "telemetry: idle (fans, chiller) and working.",
         ),
     ),
 )

@@ -81,7 +81,9 @@ class PrinterMonitor(ThreadedMonitor):
             )
             log.info("print of %s started", file)
             self._emit(
-                MonitorJobStarted(kind="print", file=file, estimated_s=estimated_s, elapsed_s=current.elapsed_s)
+                MonitorJobStarted(
+                    kind="print", file=file, estimated_s=estimated_s, elapsed_s=current.elapsed_s
+                )
             )
         if elapsed_s is not None:
             current.duration_s = elapsed_s
@@ -138,7 +140,9 @@ class PrinterMonitor(ThreadedMonitor):
     def give_up_job(self) -> None:
         if self.current is not None:
             log.warning(
-                "printer unreadable for %g s: taking the print of %s as failed", self.lost_hold_s, self.current.file
+                "printer unreadable for %g s: taking the print of %s as failed",
+                self.lost_hold_s,
+                self.current.file,
             )
             self.ended("failed", self.current.elapsed_s + (time.monotonic() - self.current.first_seen))
 
@@ -156,7 +160,13 @@ class HttpJson:
     """
 
     def __init__(
-        self, name: str, label: str, url: str, timeout_s: float, auth: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        name: str,
+        label: str,
+        url: str,
+        timeout_s: float,
+        auth: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         import requests
 
@@ -174,11 +184,14 @@ class HttpJson:
         try:
             reply = self.session.get(f"{self.url}{path}", timeout=self.timeout_s)
         except self._requests.RequestException as exc:
-            raise MonitorReadError(f"{self.name}_unreachable", f"{self.label} does not answer: {exc}") from exc
+            raise MonitorReadError(
+                f"{self.name}_unreachable", f"{self.label} does not answer: {exc}"
+            ) from exc
         if reply.status_code in (401, 403):
             raise MonitorReadError(
                 f"{self.name}_auth_rejected",
-                f"{self.label} refused the login ({reply.status_code}): check the {self.name} keys of [monitor]",
+                f"{self.label} refused the login ({reply.status_code}): "
+                f"check the {self.name} keys of [monitor]",
             )
         if reply.status_code in allow:
             return reply.status_code, None if not reply.content else self._json(reply)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from device_agent.hardware.base import JobStatus, MachineMonitor
-from device_agent.hardware.plugins import Plugin
+from device_agent.hardware.plugins import Plugin, paragraph
 from device_agent.hardware.printer import HttpJson, PrinterMonitor, number, temperature
 from device_agent.schema import Key, existing_file, http_url, read_secret, secret_pair
 
@@ -52,7 +52,12 @@ class PrusaLinkMonitor(PrinterMonitor):
 
             auth = HTTPDigestAuth(user, password)
         self.http = HttpJson(
-            "prusalink", "PrusaLink", url, timeout_s, auth=auth, headers={"X-Api-Key": api_key} if api_key else None
+            "prusalink",
+            "PrusaLink",
+            url,
+            timeout_s,
+            auth=auth,
+            headers={"X-Api-Key": api_key} if api_key else None,
         )
         self._meta: dict[str, Any] = {}
         super().__init__("prusalink-monitor", "prusalink_unreachable", poll_s, retry_max_s, lost_hold_s)
@@ -75,10 +80,14 @@ class PrusaLinkMonitor(PrinterMonitor):
             estimated = None
             if self.current is None or self.current.key != key:
                 file, estimated = self._job_file()
-            current = self.printing(
-                key, working=state == "PRINTING", file=file, elapsed_s=number(job.get("time_printing")), estimated_s=estimated
+            under_way = self.printing(
+                key,
+                working=state == "PRINTING",
+                file=file,
+                elapsed_s=number(job.get("time_printing")),
+                estimated_s=estimated,
             )
-            current.filament_mm, current.filament_g = self._filament(progress)
+            under_way.filament_mm, under_way.filament_g = self._filament(progress)
             temps = {
                 name: reading
                 for name, reading in (
@@ -213,13 +222,14 @@ PLUGINS = (
         keys=KEYS,
         check=_check,
         create_monitor=_create,
-        docs=(
-            "- `prusalink`: a Prusa printer (MK4, Core One, XL, MINI; an MK3S with PrusaLink on a Pi) through",
-            "  PrusaLink's HTTP API v1 (`/api/v1/status`, `/api/v1/job`; digest login `maker` and the password",
-            "  the printer shows). Jobs with file, the slicer's estimate, duration and filament (mm and grams",
-            "  from the file's metadata, times the progress reached); progress and temperatures in telemetry.",
-            "  A paused print or one waiting for someone (ATTENTION: filament runout) is still a job. PrusaLink",
-            "  not answering is a `fault` (`prusalink_unreachable`, `prusalink_auth_rejected`).",
+        docs=paragraph(
+            "- `prusalink`: a Prusa printer (MK4, Core One, XL, MINI; an MK3S with PrusaLink on a Pi)",
+            "through PrusaLink's HTTP API v1 (`/api/v1/status`, `/api/v1/job`; digest login `maker`",
+            "and the password the printer shows). Jobs with file, the slicer's estimate, duration and",
+            "filament (mm and grams from the file's metadata, times the progress reached); progress",
+            "and temperatures in telemetry. A paused print or one waiting for someone (ATTENTION:",
+            "filament runout) is still a job. PrusaLink not answering is a `fault`",
+            "(`prusalink_unreachable`, `prusalink_auth_rejected`).",
         ),
     ),
 )

@@ -31,7 +31,12 @@ from device_agent.schema import read_secret
 
 class ShellyPlug(HttpPlug):
     def __init__(
-        self, url: str, channel: int = 0, user: str = "admin", password: str | None = None, timeout_s: float = 0.5
+        self,
+        url: str,
+        channel: int = 0,
+        user: str = "admin",
+        password: str | None = None,
+        timeout_s: float = 0.5,
     ) -> None:
         auth = None
         if password:
@@ -48,7 +53,9 @@ class ShellyPlug(HttpPlug):
         reply = self.get_json("/rpc/Switch.GetStatus", {"id": str(self.channel)})
         output = reply.get("output") if isinstance(reply, dict) else None
         if not isinstance(output, bool):
-            raise PlugError("switch_unreachable", f"{self.label}: Switch.GetStatus has no output: {reply!r:.200}")
+            raise PlugError(
+                "switch_unreachable", f"{self.label}: Switch.GetStatus has no output: {reply!r:.200}"
+            )
         energy = reply.get("aenergy")
         return PlugStatus(
             on=output,

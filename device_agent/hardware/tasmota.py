@@ -31,7 +31,12 @@ from device_agent.schema import read_secret
 
 class TasmotaPlug(HttpPlug):
     def __init__(
-        self, url: str, channel: int = 0, user: str = "admin", password: str | None = None, timeout_s: float = 0.5
+        self,
+        url: str,
+        channel: int = 0,
+        user: str = "admin",
+        password: str | None = None,
+        timeout_s: float = 0.5,
     ) -> None:
         super().__init__(url, timeout_s, label="Tasmota")
         self.channel = channel
@@ -43,7 +48,9 @@ class TasmotaPlug(HttpPlug):
         if not isinstance(reply, dict):
             raise PlugError("switch_unreachable", f"{self.label}: {command} answered {reply!r:.200}")
         if "WARNING" in reply:
-            raise PlugError("switch_auth_rejected", f"{self.label}: {reply['WARNING']}: check [switch] password")
+            raise PlugError(
+                "switch_auth_rejected", f"{self.label}: {reply['WARNING']}: check [switch] password"
+            )
         return reply
 
     def _relay(self, reply: dict[str, Any], command: str) -> bool:
@@ -52,8 +59,10 @@ class TasmotaPlug(HttpPlug):
         for name in names:
             value = reply.get(name)
             if value in ("ON", "OFF"):
-                return value == "ON"
-        raise PlugError("switch_unreachable", f"{self.label}: {command} has no {self._power.upper()}: {reply!r:.200}")
+                return bool(value == "ON")
+        raise PlugError(
+            "switch_unreachable", f"{self.label}: {command} has no {self._power.upper()}: {reply!r:.200}"
+        )
 
     def set(self, on: bool) -> None:
         command = f"{self._power} {'On' if on else 'Off'}"
@@ -72,7 +81,9 @@ class TasmotaPlug(HttpPlug):
         if isinstance(total, list):
             total = total[index] if index < len(total) else None
         kwh = number(total)
-        return PlugStatus(on=on, power_w=number(power), energy_wh=None if kwh is None else round(kwh * 1000, 3))
+        return PlugStatus(
+            on=on, power_w=number(power), energy_wh=None if kwh is None else round(kwh * 1000, 3)
+        )
 
 
 def make_plug(config: Any) -> TasmotaPlug:

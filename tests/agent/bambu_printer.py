@@ -27,8 +27,23 @@ def make_ca(directory: Path, name: str, server_cn: str) -> tuple[Path, Path, Pat
     """(CA certificate, server certificate, server key) for a server whose CN is ``server_cn``."""
     directory.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", f"/CN={name}", cwd=directory)
-    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={server_cn}", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "30",
+        "-subj",
+        f"/CN={name}",
+        cwd=directory,
+    )
+    _openssl(
+        "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={server_cn}", cwd=directory
+    )
     _openssl(
         "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "server.crt", "-days", "30", cwd=directory,
@@ -39,7 +54,9 @@ def make_ca(directory: Path, name: str, server_cn: str) -> tuple[Path, Path, Pat
 class BambuPrinter:
     """The broker and the firmware; ``ca_file`` is what the agent's ``bambu_ca_file`` names."""
 
-    def __init__(self, serial: str = SERIAL, full_reports: bool = False, server_cn: str | None = None) -> None:
+    def __init__(
+        self, serial: str = SERIAL, full_reports: bool = False, server_cn: str | None = None
+    ) -> None:
         self.serial = serial
         self.full_reports = full_reports
         self._dir = Path(tempfile.mkdtemp(prefix="wb-bambu-"))
@@ -54,7 +71,10 @@ class BambuPrinter:
     def start(self) -> BambuPrinter:
         passwd = self._dir / "passwd"
         passwd.write_text(
-            mosquitto_passwd_line("bblp", ACCESS_CODE) + "\n" + mosquitto_passwd_line("printer-firmware", FIRMWARE_PASSWORD) + "\n"
+            mosquitto_passwd_line("bblp", ACCESS_CODE)
+            + "\n"
+            + mosquitto_passwd_line("printer-firmware", FIRMWARE_PASSWORD)
+            + "\n"
         )
         passwd.chmod(0o644)
         conf = self._dir / "mosquitto.conf"
@@ -76,7 +96,16 @@ class BambuPrinter:
             )
         )
         self.start_broker()
-        args = ["--broker-port", str(self.port), "--serial", self.serial, "--password", FIRMWARE_PASSWORD, "--ca", str(self.ca_file)]
+        args = [
+            "--broker-port",
+            str(self.port),
+            "--serial",
+            self.serial,
+            "--password",
+            FIRMWARE_PASSWORD,
+            "--ca",
+            str(self.ca_file),
+        ]
         self.firmware = PeerProcess("bambu", *args, *(["--full"] if self.full_reports else [])).start()
         return self
 
@@ -87,7 +116,9 @@ class BambuPrinter:
     def start_broker(self) -> None:
         log = (self._dir / "mosquitto.log").open("ab")
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self._broker = subprocess.Popen([binary, "-c", str(self._dir / "mosquitto.conf")], stdout=log, stderr=log)
+        self._broker = subprocess.Popen(
+            [binary, "-c", str(self._dir / "mosquitto.conf")], stdout=log, stderr=log
+        )
         wait_for_port("127.0.0.1", self.port)
 
     def stop_broker(self) -> None:

@@ -62,11 +62,19 @@ class MoonrakerServer:
                 ]
             )
         )
-        self.klippy = PeerProcess("klippy", "--socket", str(self.socket), "--gcodes", str(self.data / "gcodes"))
+        self.klippy = PeerProcess(
+            "klippy", "--socket", str(self.socket), "--gcodes", str(self.data / "gcodes")
+        )
         self.klippy.start()
         log = self._log.open("wb")
         self._process = subprocess.Popen(
-            [str(VENV / "bin" / "moonraker"), "-d", str(self.data), "-n", *os.environ.get("MOONRAKER_ARGS", "").split()],
+            [
+                str(VENV / "bin" / "moonraker"),
+                "-d",
+                str(self.data),
+                "-n",
+                *os.environ.get("MOONRAKER_ARGS", "").split(),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

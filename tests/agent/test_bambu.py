@@ -63,7 +63,9 @@ def test_bambu_print_reports_job_progress_temperatures_and_completion(full_repor
         reported = time.monotonic()
         (started,) = log.wait(MonitorJobStarted)
         assert time.monotonic() - reported < 1.5
-        assert started.kind == "print" and started.file == "Cube_PLA_0.2mm" and started.estimated_s is not None
+        assert (
+            started.kind == "print" and started.file == "Cube_PLA_0.2mm" and started.estimated_s is not None
+        )
         log.wait_running(True)
         assert wait_until(lambda: any(r.progress and r.temps for r in log.of(MonitorReadings)), 5)
         reading = next(r for r in log.of(MonitorReadings) if r.progress and r.temps)
@@ -117,7 +119,9 @@ def test_bambu_agent_restart_mid_print_gets_the_full_state_by_pushall(printer: B
         monitor.close()
 
 
-def test_bambu_wrong_access_code_and_foreign_certificate_are_faults(printer: BambuPrinter, tmp_path: Path) -> None:
+def test_bambu_wrong_access_code_and_foreign_certificate_are_faults(
+    printer: BambuPrinter, tmp_path: Path
+) -> None:
     from tests.agent.bambu_printer import make_ca
 
     other_ca, _, _ = make_ca(tmp_path / "other", "Some Other CA", SERIAL)
@@ -160,7 +164,9 @@ def test_bambu_config(tmp_path: Path, printer: BambuPrinter) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     labels = [e.split(":")[0] for e in info.value.errors]
-    assert labels == ["[monitor] bambu_serial", "[monitor] bambu_host", "[monitor] bambu_access_code"], info.value.errors
+    assert labels == ["[monitor] bambu_serial", "[monitor] bambu_host", "[monitor] bambu_access_code"], (
+        info.value.errors
+    )
     (tmp_path / "code").write_text(ACCESS_CODE + "\n")
     data["monitor"] = {
         "backend": "bambu",

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from device_agent.config import CORE_KEY_COUNT, SCHEMA, AgentConfig, ConfigError, load_config, main, parse_config, render_docs
+from device_agent.config import (
+    CORE_KEY_COUNT,
+    SCHEMA,
+    AgentConfig,
+    ConfigError,
+    load_config,
+    main,
+    parse_config,
+    render_docs,
+)
 from tests.agent.helpers import KEY_HEX
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -56,7 +56,10 @@ def test_moonraker_print_at_the_display_reports_job_progress_and_completion(
     assert wait_until(lambda: any(r.progress and r.temps for r in log.of(MonitorReadings)), 5)
     reading = next(r for r in log.of(MonitorReadings) if r.progress and r.temps)
     assert 0 < reading.progress <= 100  # type: ignore[operator]
-    assert reading.temps == {"tool0": {"actual": 209.4, "target": 210.0}, "bed": {"actual": 59.8, "target": 60.0}}
+    assert reading.temps == {
+        "tool0": {"actual": 209.4, "target": 210.0},
+        "bed": {"actual": 59.8, "target": 60.0},
+    }
 
     (finished,) = log.wait(MonitorJobFinished, timeout=10)
     assert finished.status == "completed"
@@ -68,7 +71,9 @@ def test_moonraker_print_at_the_display_reports_job_progress_and_completion(
     assert history["status"] == "completed" and history["filament_used"] == finished.filament_mm
 
 
-def test_moonraker_pause_and_cancel_through_moonraker(moonraker: MoonrakerServer, monitor: MoonrakerMonitor) -> None:
+def test_moonraker_pause_and_cancel_through_moonraker(
+    moonraker: MoonrakerServer, monitor: MoonrakerMonitor
+) -> None:
     (Path(moonraker.data) / "gcodes" / "long.gcode").write_text("G28\n")
     moonraker.printer("plan 60 6000")
     log = EventLog(monitor)
@@ -90,7 +95,9 @@ def test_moonraker_pause_and_cancel_through_moonraker(moonraker: MoonrakerServer
     assert len(log.of(MonitorJobStarted)) == 1
 
 
-def test_moonraker_klipper_error_mid_print_fails_the_job(moonraker: MoonrakerServer, monitor: MoonrakerMonitor) -> None:
+def test_moonraker_klipper_error_mid_print_fails_the_job(
+    moonraker: MoonrakerServer, monitor: MoonrakerMonitor
+) -> None:
     log = EventLog(monitor)
     moonraker.printer("print vase.gcode 60 5000")
     log.wait(MonitorJobStarted)

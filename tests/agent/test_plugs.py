@@ -62,7 +62,9 @@ def test_plug_switches_and_reads_back_within_a_second(
 ) -> None:
     peer = shelly if make == "shelly" else tasmota
     client: PlugClient = (
-        ShellyPlug(peer.url, password=PASSWORD) if make == "shelly" else TasmotaPlug(peer.url, 1, password=PASSWORD)
+        ShellyPlug(peer.url, password=PASSWORD)
+        if make == "shelly"
+        else TasmotaPlug(peer.url, 1, password=PASSWORD)
     )
     switch = make_switch(client)
     log = EventLog(switch)
@@ -127,7 +129,9 @@ def test_plug_stuck_relay_is_a_fault_within_a_second(
 ) -> None:
     peer = shelly if make == "shelly" else tasmota
     client: PlugClient = (
-        ShellyPlug(peer.url, password=PASSWORD) if make == "shelly" else TasmotaPlug(peer.url, 1, password=PASSWORD)
+        ShellyPlug(peer.url, password=PASSWORD)
+        if make == "shelly"
+        else TasmotaPlug(peer.url, 1, password=PASSWORD)
     )
     switch = make_switch(client)
     log = EventLog(switch)

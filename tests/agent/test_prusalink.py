@@ -55,7 +55,10 @@ def test_prusalink_print_reports_file_estimate_progress_and_filament(printer: Pe
         log.wait_running(True)
         assert wait_until(lambda: any(r.progress and r.temps for r in log.of(MonitorReadings)), 5)
         reading = next(r for r in log.of(MonitorReadings) if r.progress and r.temps)
-        assert reading.temps == {"tool0": {"actual": 229.6, "target": 230.0}, "bed": {"actual": 84.9, "target": 85.0}}
+        assert reading.temps == {
+            "tool0": {"actual": 229.6, "target": 230.0},
+            "bed": {"actual": 84.9, "target": 85.0},
+        }
         (finished,) = log.wait(MonitorJobFinished, timeout=10)
         assert finished.status == "completed"
         assert finished.filament_mm == 1200.0 and finished.filament_g == 36.5
@@ -139,9 +142,16 @@ def test_prusalink_config(tmp_path: Path, printer: PeerProcess) -> None:
     data["monitor"] = {"backend": "prusalink"}
     with pytest.raises(ConfigError) as info:
         parse_config(data)
-    assert [e.split(":")[0] for e in info.value.errors] == ["[monitor] prusalink_url", "[monitor] prusalink_password"]
+    assert [e.split(":")[0] for e in info.value.errors] == [
+        "[monitor] prusalink_url",
+        "[monitor] prusalink_password",
+    ]
     (tmp_path / "pw").write_text(PASSWORD + "\n")
-    data["monitor"] = {"backend": "prusalink", "prusalink_url": printer.url, "prusalink_password_file": str(tmp_path / "pw")}
+    data["monitor"] = {
+        "backend": "prusalink",
+        "prusalink_url": printer.url,
+        "prusalink_password_file": str(tmp_path / "pw"),
+    }
     monitor = create_monitor(parse_config(data))
     try:
         assert isinstance(monitor, PrusaLinkMonitor) and monitor.wait_ready(5)
@@ -158,7 +168,12 @@ def test_prusalink_session_on_a_relay_defers_the_lock(
     responder: Responder,
     pins: MockFactory,
 ) -> None:
-    monitor = {"backend": "prusalink", "prusalink_url": printer.url, "prusalink_password": PASSWORD, "poll_s": 0.5}
+    monitor = {
+        "backend": "prusalink",
+        "prusalink_url": printer.url,
+        "prusalink_password": PASSWORD,
+        "poll_s": 0.5,
+    }
     agent = start_agent(make_config(tmp_path, mqtt_url, monitor=monitor, session={"idle_timeout_s": 2.0}))
     agent.tap(ADA)
     printer.send("print bracket.bgcode 6 800 24")

@@ -30,7 +30,14 @@ class PeerProcess:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 10.0) -> PeerProcess:
-        command = [sys.executable, "-m", f"tests.agent.peers.{self.module}", *self.args, "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            f"tests.agent.peers.{self.module}",
+            *self.args,
+            "--port",
+            str(self.port),
+        ]
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -66,7 +73,7 @@ class PeerProcess:
                     stream.close()
 
     def send(self, line: str) -> None:
-        """A command on the peer's stdin (what happens at the device itself: a print started at its display)."""
+        """A command on the peer's stdin: what happens at the device itself (a print started at it)."""
         assert self.process is not None and self.process.stdin is not None
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()

@@ -137,7 +137,11 @@ class Firmware:
 
     def finish(self, state: str, error: int = 0) -> None:
         self.state.update(
-            gcode_state=state, print_error=error, nozzle_target_temper=0.0, bed_target_temper=0.0, mc_print_stage="1"
+            gcode_state=state,
+            print_error=error,
+            nozzle_target_temper=0.0,
+            bed_target_temper=0.0,
+            mc_print_stage="1",
         )
 
     def command(self, words: list[str]) -> None:
@@ -171,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int)  # PeerProcess passes one; the broker is the address
     args = parser.parse_args(argv)
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"printer-{args.serial}", protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"printer-{args.serial}", protocol=mqtt.MQTTv311
+    )
     client.username_pw_set("printer-firmware", args.password)
     client.tls_set(ca_certs=args.ca, cert_reqs=ssl.CERT_REQUIRED)
     client.tls_insecure_set(True)  # the broker's certificate names the serial, not 127.0.0.1

@@ -182,7 +182,9 @@ class Printer:
             if name not in self.objects:
                 continue
             value = self.objects[name]
-            found[name] = json.loads(json.dumps(value if fields is None else {k: value[k] for k in fields if k in value}))
+            found[name] = json.loads(
+                json.dumps(value if fields is None else {k: value[k] for k in fields if k in value})
+            )
         return found
 
     async def push(self) -> None:
@@ -276,7 +278,10 @@ async def serve(printer: Printer, reader: asyncio.StreamReader, writer: asyncio.
             try:
                 result = printer.handle(writer, request.get("method", ""), request.get("params") or {})
             except KeyError as exc:
-                answer = {"id": request.get("id"), "error": {"error": "WebRequestError", "message": f"No such endpoint {exc}"}}
+                answer = {
+                    "id": request.get("id"),
+                    "error": {"error": "WebRequestError", "message": f"No such endpoint {exc}"},
+                }
             except ValueError as exc:
                 answer = {"id": request.get("id"), "error": {"error": "WebRequestError", "message": str(exc)}}
             else:

@@ -321,7 +321,9 @@ class Handler(BaseHTTPRequestHandler):
                             "ReactivePower": 0,
                             "Factor": 1.0,
                             "Voltage": 231,
-                            "Current": round(power[0] / 231, 3) if single else [round(p / 231, 3) for p in power],
+                            "Current": round(power[0] / 231, 3)
+                            if single
+                            else [round(p / 231, 3) for p in power],
                         },
                     }
                 },
@@ -350,7 +352,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--relays", type=int, default=1)
     args = parser.parse_args(argv)
     state: ShellyState | TasmotaState = (
-        ShellyState(args.relays, args.password) if args.make == "shelly" else TasmotaState(args.relays, args.password)
+        ShellyState(args.relays, args.password)
+        if args.make == "shelly"
+        else TasmotaState(args.relays, args.password)
     )
     server = PeerServer(args.port, state)
     print("ready", flush=True)
