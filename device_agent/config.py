@@ -853,6 +853,7 @@ SWITCH_DOCS: tuple[str, ...] = (
     "  `aenergy.total` (Wh). With a password set on the device, HTTP digest login as `admin`.",
     "- `tasmota`: a plug running Tasmota over its HTTP commands: `Power On`/`Power Off` (`Power<n>` with",
     "  `channel`), read back with `Power`, the meter with `Status 8` (`Power` in W, `Total` in kWh).",
+    "  Payloads as documented by Shelly for Gen2+ firmware 1.x and by Tasmota for releases 12 to 14.",
     "",
     "A smart plug is asked in a thread of its own: a tap never waits for the network. Every switch is read",
     "back; a plug that has not confirmed the new state within `confirm_s` (1 s) is a `fault`",

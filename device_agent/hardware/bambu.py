@@ -343,7 +343,8 @@ PLUGINS = (
             "`cancelled`. Faults: `bambu_unreachable`, `bambu_access_code_rejected`,",
             "`bambu_certificate_rejected` (the certificate is not from `bambu_ca_file`'s CA or does",
             "not name the serial). Without `bambu_ca_file` the link is encrypted but the printer's",
-            "identity is not checked.",
+            "identity is not checked. Payloads as the community's OpenBambuAPI documents them (X1C",
+            "firmware 01.01.x; P1 and A1 firmware 01.04 and later send only changes).",
         ),
     ),
 )

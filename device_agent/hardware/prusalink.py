@@ -229,7 +229,8 @@ PLUGINS = (
             "filament (mm and grams from the file's metadata, times the progress reached); progress",
             "and temperatures in telemetry. A paused print or one waiting for someone (ATTENTION:",
             "filament runout) is still a job. PrusaLink not answering is a `fault`",
-            "(`prusalink_unreachable`, `prusalink_auth_rejected`).",
+            "(`prusalink_unreachable`, `prusalink_auth_rejected`). Payloads of PrusaLink's OpenAPI",
+            "description (API v1; Buddy firmware 5.1 to 6.x).",
         ),
     ),
 )
