@@ -90,13 +90,13 @@ def _reader_backends() -> list[str]:
 def _monitor_backends() -> list[str]:
     from device_agent.hardware.plugins import plugins
 
-    return ["none", "octoprint", "current", *(p.name for p in plugins("monitor"))]
+    return ["none", *(p.name for p in plugins("monitor"))]
 
 
 def _switch_backends() -> list[str]:
     from device_agent.hardware.plugins import plugins
 
-    return ["gpio", *(p.name for p in plugins("switch"))]
+    return [p.name for p in plugins("switch")]
 
 
 # [monitor]: how the agent learns that the machine works (device_agent/hardware/monitors.py).
@@ -297,28 +297,6 @@ SWITCH_KEYS: tuple[Key, ...] = (
         check=_one_of(_switch_backends),
     ),
 )
-
-
-def _monitor_checks(values: Mapping[str, Any]) -> list[str]:
-    errors: list[str] = []
-    key, key_file = values["monitor_octoprint_api_key"], values["monitor_octoprint_api_key_file"]
-    if key is not None and key_file is not None:
-        errors.append(
-            "[monitor] octoprint_api_key_file: set either octoprint_api_key or octoprint_api_key_file, "
-            "not both"
-        )
-    if values["monitor_backend"] == "octoprint" and key is None and key_file is None:
-        errors.append(
-            "[monitor] octoprint_api_key: missing; the octoprint backend needs an application key "
-            "(OctoPrint: Settings → Application Keys), or octoprint_api_key_file"
-        )
-    threshold, release = values["monitor_threshold_a"], values["monitor_release_a"]
-    if isinstance(threshold, float) and isinstance(release, float) and release >= threshold:
-        errors.append(
-            f"[monitor] release_a: is {release:g} A; it must be below threshold_a ({threshold:g} A), "
-            "or the machine would flap between running and stopped"
-        )
-    return errors
 
 
 SCHEMA: tuple[Key, ...] = (
@@ -707,7 +685,6 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     url = values["mqtt_url"]
     if values["mqtt_ca_file"] is not None and isinstance(url, str) and url.startswith("mqtt://"):
         errors.append("[mqtt] ca_file: only used with TLS; use an mqtts:// URL or remove ca_file")
-    errors.extend(_monitor_checks(values))
     from device_agent.hardware.plugins import all_plugins
 
     for found in all_plugins():
@@ -793,14 +770,6 @@ MONITOR_DOCS: tuple[str, ...] = (
     "`[monitor] backend` says how the agent learns that the machine works:",
     "",
     "- `none`: it cannot tell. `run_s` stays 0 and every lock happens at once.",
-    "- `octoprint`: a 3D printer through OctoPrint's REST API (`octorest`, installed with the `pi` extra).",
-    "  Reports `job_started`/`job_finished` (file, estimated and actual time, filament, completed, cancelled",
-    "  or failed) and progress and temperatures in telemetry. OctoPrint not answering is a `fault`",
-    "  (`octoprint_unreachable`, or `octoprint_api_key_rejected`), retried with back-off.",
-    "- `current`: a current clamp (SCT-013) through an MCP3008 ADC on SPI0 (CE1, pin 26, by default,",
-    "  since the RC522 reader takes CE0). A run of current above `threshold_a` is a `cut` job; `power_w`",
-    "  in telemetry.",
-    "  A reading stuck at a rail is a `fault` (`current_sensor_failed`).",
     PLUGIN_DOCS_HERE,
     "",
     "The rules, whichever monitor: a lock that falls due while a job runs (tap-out, idle timeout, the",

@@ -53,15 +53,11 @@ def create_reader(config: AgentConfig) -> Reader:
 
 
 def create_switch(config: AgentConfig, closed: bool = False) -> Relay:
-    """The power switch ``[switch] backend`` names: the GPIO relay, or a plug-in (a smart plug).
+    """The power switch ``[switch] backend`` names: a plug-in (the GPIO relay, a smart plug).
 
     ``closed``: start with the power on (a session was open when the agent last stopped).
     """
     name = config.switch_backend
-    if name == "gpio":
-        from device_agent.hardware.gpio import create_relay
-
-        return create_relay(config, closed=closed)
     from device_agent.hardware.plugins import plugin
 
     found = plugin("switch", name)

@@ -9,11 +9,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from device_agent.hardware.base import MonitorReadings
 from device_agent.hardware.load import LoadMonitor
 from device_agent.hardware.monitors import MonitorReadError
+from device_agent.hardware.plugins import Plugin, paragraph
+
+if TYPE_CHECKING:
+    from device_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +119,53 @@ class CurrentMonitor(LoadMonitor):
 
     def readings(self, value: float) -> MonitorReadings:
         return MonitorReadings(power_w=round(self.mains_v * value, 1))
+
+
+# ---------------------------------------------------------------------- plug-in
+# Its keys are still fields of AgentConfig (device_agent/config.py, MONITOR_KEYS), as octoprint's.
+
+
+def _check(values: Mapping[str, Any]) -> list[str]:
+    threshold, release = values["monitor_threshold_a"], values["monitor_release_a"]
+    if isinstance(threshold, float) and isinstance(release, float) and release >= threshold:
+        return [
+            f"[monitor] release_a: is {release:g} A; it must be below threshold_a ({threshold:g} A), "
+            "or the machine would flap between running and stopped"
+        ]
+    return []
+
+
+def _create(config: AgentConfig) -> CurrentMonitor:
+    return CurrentMonitor(
+        channel=config.monitor_adc_channel,
+        device=config.monitor_adc_device,
+        vref=config.monitor_vref,
+        amps_per_volt=config.monitor_amps_per_volt,
+        threshold_a=config.monitor_threshold_a,
+        release_a=config.monitor_release_a,
+        min_on_s=config.monitor_min_on_s,
+        min_off_s=config.monitor_min_off_s,
+        job_gap_s=config.monitor_job_gap_s,
+        mains_v=config.monitor_mains_v,
+        window_s=config.monitor_window_s,
+        poll_s=config.monitor_poll_s,
+        retry_max_s=config.monitor_retry_max_s,
+        lost_hold_s=config.monitor_lost_hold_s,
+    )
+
+
+PLUGINS = (
+    Plugin(
+        kind="monitor",
+        name="current",
+        summary="a current clamp through an MCP3008 ADC (laser, CNC)",
+        faults=("current_sensor_failed",),
+        check=_check,
+        create_monitor=_create,
+        docs=paragraph(
+            "- `current`: a current clamp (SCT-013) through an MCP3008 ADC on SPI0 (CE1, pin 26, by",
+            "default, since the RC522 reader takes CE0). A run of current above `threshold_a` is a `cut`",
+            "job; `power_w` in telemetry. A reading stuck at a rail is a `fault` (`current_sensor_failed`).",
+        ),
+    ),
+)

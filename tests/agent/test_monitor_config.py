@@ -56,7 +56,11 @@ def test_monitor_config_octoprint_needs_one_api_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("monitor", "fragment"),
     [
-        ({"backend": "printer"}, "[monitor] backend: is 'printer'; use one of: none, octoprint, current"),
+        (
+            {"backend": "printer"},
+            "[monitor] backend: is 'printer'; use one of: none, bambu, current, moonraker, octoprint, power,"
+            " prusalink",
+        ),
         ({"octoprint_url": "127.0.0.1:5000"}, "[monitor] octoprint_url: must be OctoPrint's address"),
         ({"adc_device": 2}, "[monitor] adc_device: is 2; use a value from 0 to 1"),
         ({"adc_channel": 8}, "[monitor] adc_channel: is 8; use a value from 0 to 7"),
