@@ -203,6 +203,8 @@ class BambuMonitor(PrinterMonitor):
             file = str(report.get("subtask_name") or report.get("gcode_file") or "") or None
             started = number(_float(report.get("gcode_start_time")))
             elapsed = time.time() - started if started else None
+            if elapsed is not None and not 0 <= elapsed < 7 * 86400:
+                elapsed = None  # the printer's clock is off (LAN-only, no time server): measure ourselves
             remaining = number(report.get("mc_remaining_time"))
             estimated = None if elapsed is None or remaining is None else elapsed + remaining * 60
             key = f"{file}@{report.get('gcode_start_time')}"

@@ -70,8 +70,16 @@ class PrinterMonitor(ThreadedMonitor):
     ) -> Print:
         """A print ``key`` is under way (``working``: not paused). Starts the job when it is new."""
         current = self.current
-        if current is not None and current.key != key:
-            # A new print while the old one was never seen ending (the agent polled past it).
+        restarted = (
+            current is not None
+            and current.key == key
+            and elapsed_s is not None
+            and current.duration_s is not None
+            and elapsed_s + 1 < current.duration_s
+        )
+        if current is not None and (current.key != key or restarted):
+            # A new print while the old one was never seen ending (the agent polled past it; the
+            # same file again shows as a run time that went back).
             log.warning("print of %s replaced by %s without an end seen", current.file, file)
             self.ended("completed" if (current.progress or 0) >= 100 else "cancelled")
             current = None
