@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test faults lint typecheck unit bench bench-dashboards translations extract browser octoprint mosquitto clean
+.PHONY: install run test faults lint typecheck unit bench bench-dashboards translations extract browser octoprint moonraker mosquitto clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -60,7 +60,12 @@ mosquitto:
 octoprint:
 	sh tests/agent/install_octoprint.sh
 
-unit: install browser octoprint mosquitto
+# The Moonraker monitor is tested against a real Moonraker (PyPI), in a virtualenv of its own,
+# with a peer of Klipper's host process behind it.
+moonraker:
+	sh tests/agent/install_moonraker.sh
+
+unit: install browser octoprint moonraker mosquitto
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit

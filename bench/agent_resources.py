@@ -12,7 +12,12 @@ Everything runs on 127.0.0.1 and every loop is bounded:
    exist): the same agent with ``[reader] backend = "mfrc522"``, the real ``mfrc522`` library
    talking to the emulated chip over fake ``spidev``/``RPi.GPIO`` modules; the bench lays the
    card on and takes it off through the launcher's stdin.
-3. **offline**: an :class:`~device_agent.agent.Agent` in this process whose broker address
+3. **monitors** (``--only monitors`` runs just this part): each machine monitor and smart-plug
+   switch alone in a process of its own, made from a config with its default intervals, against
+   its test peer (a Shelly and a Tasmota peer, a real Moonraker with the Klipper peer when
+   ``.venv-moonraker`` exists, the PrusaLink peer, the Bambu broker and firmware peer), with the
+   machine idle: CPU (utime + stime) over ``--monitor-idle`` seconds. Target: ≤ 0.5 % each.
+4. **offline**: an :class:`~device_agent.agent.Agent` in this process whose broker address
    has nothing listening, so every tap is decided from the signed allow-list at once (the
    protocol's 1.5 s wait applies only while the broker is reachable and the server silent).
    Measured: from the reader's poll returning the badge to ``relay.close()`` (the decision,
@@ -20,6 +25,7 @@ Everything runs on 127.0.0.1 and every loop is bounded:
    being presented to ``relay.close()`` (adds the wait for the next poll: up to 1/poll_hz).
 
     .venv/bin/python bench/agent_resources.py [--taps 200] [--idle 20] [--poll-hz 10] [--offline-taps 200]
+        [--monitor-idle 30] [--only monitors]
 
 Exit status: 0 when every target is met, 1 when one is missed, 2 when the run failed.
 """
@@ -67,6 +73,7 @@ from werkbank_protocol.topics import Suffix, parse_topic, subscription, topic
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS_TARGET_MB = 40.0
+MONITOR_CPU_TARGET_PCT = 0.5
 CPU_TARGET_PCT = 1.0
 OFFLINE_TARGET_MS = 50.0
 MACHINE = "bench-1"
@@ -416,6 +423,136 @@ def measure_offline(tmp: Path, args: argparse.Namespace) -> OfflineFigures:
     return OfflineFigures(decision_ms, tap_ms)
 
 
+# -- 3: monitors and smart plugs, each in a process of its own ---------------------------------
+# Makes one monitor or switch from a config (so with its documented default intervals) and idles.
+MONITOR_LAUNCHER = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from device_agent.config import parse_config
+from device_agent.hardware import create_switch
+from device_agent.hardware.monitors import create_monitor
+config = parse_config(json.loads({data!r}))
+made = create_switch(config) if {switch!r} else create_monitor(config)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def monitor_cases(tmp: Path) -> Iterator[tuple[str, bool, dict[str, Any], Callable[[], None]]]:
+    """(label, is a switch, config sections, stop) for each monitor and switch, its peer started."""
+    from tests.agent.bambu_printer import ACCESS_CODE, SERIAL, BambuPrinter
+    from tests.agent.moonraker_server import MoonrakerServer, missing_moonraker
+    from tests.agent.peers import PeerProcess
+
+    shelly = PeerProcess("plugs", "shelly").start()
+    yield (
+        "Shelly switch (read-back every 5 s)",
+        True,
+        {"switch": {"backend": "shelly", "url": shelly.url}},
+        lambda: None,
+    )
+    sections: dict[str, Any] = {
+        "switch": {"backend": "shelly", "url": shelly.url},
+        "monitor": {"backend": "power"},
+    }
+    yield "power monitor on the Shelly (every 2 s)", False, sections, shelly.stop
+    tasmota = PeerProcess("plugs", "tasmota").start()
+    yield (
+        "Tasmota switch (read-back every 5 s)",
+        True,
+        {"switch": {"backend": "tasmota", "url": tasmota.url}},
+        tasmota.stop,
+    )
+    if missing_moonraker() is None:
+        moonraker = MoonrakerServer(tmp / "moonraker", free_port()).start()
+        sections = {"monitor": {"backend": "moonraker", "moonraker_url": moonraker.url}}
+        yield "moonraker monitor, real Moonraker (every 2 s)", False, sections, moonraker.stop
+    else:
+        print("moonraker monitor: skipped (sh tests/agent/install_moonraker.sh installs Moonraker)")
+    prusa = PeerProcess("prusalink", "--password", "bench-password").start()
+    sections = {
+        "monitor": {
+            "backend": "prusalink",
+            "prusalink_url": prusa.url,
+            "prusalink_password": "bench-password",
+        }
+    }
+    yield "prusalink monitor, digest login (every 2 s)", False, sections, prusa.stop
+    bambu = BambuPrinter().start()
+    sections = {
+        "monitor": {
+            "backend": "bambu",
+            "bambu_host": "127.0.0.1",
+            "bambu_port": bambu.port,
+            "bambu_serial": SERIAL,
+            "bambu_access_code": ACCESS_CODE,
+            "bambu_ca_file": str(bambu.ca_file),
+        }
+    }
+    yield "bambu monitor, MQTT over TLS (every 2 s)", False, sections, bambu.stop
+
+
+def measure_monitors(tmp: Path, args: argparse.Namespace) -> list[tuple[str, float]]:
+    import json
+
+    figures: list[tuple[str, float]] = []
+    key = secrets.token_hex(32)
+    for label, switch, sections, stop in monitor_cases(tmp):
+        try:
+            data = config_data("bench-monitor-1", "mqtt://127.0.0.1:1", tmp / "monitor", key, args.poll_hz)
+            data.update(sections)
+            code = MONITOR_LAUNCHER.format(root=str(ROOT), data=json.dumps(data), switch=switch)
+            env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONPATH=str(ROOT))
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            try:
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"{label}: did not start: {proc.stdout.read()[-2000:]}")
+                time.sleep(args.settle)  # connected, first readings done
+                cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+                time.sleep(args.monitor_idle)
+                pct_used = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0) * 100
+                figures.append((label, pct_used))
+                print(f"{label}: {pct_used:.2f} % CPU", flush=True)
+            finally:
+                proc.kill()
+                proc.wait()
+        finally:
+            stop()
+    return figures
+
+
+def monitor_rows(figures: list[tuple[str, float]], idle_s: float) -> list[tuple[str, str, str, bool | None]]:
+    return [
+        (
+            f"idle CPU over {idle_s:g} s: {label}",
+            f"{used:.2f} %",
+            f"≤ {MONITOR_CPU_TARGET_PCT:g} %",
+            used <= MONITOR_CPU_TARGET_PCT,
+        )
+        for label, used in figures
+    ]
+
+
+def print_table(rows: list[tuple[str, str, str, bool | None]], heading: str) -> int:
+    width = max(len(r[0]) for r in rows)
+    print(heading)
+    print(f"| {'measure':<{width}} | value | target | met |")
+    print(f"|{'-' * (width + 2)}|---|---|---|")
+    for name, value, target, met in rows:
+        mark = "—" if met is None else ("yes" if met else "**no**")
+        print(f"| {name:<{width}} | {value} | {target} | {mark} |")
+    missed = [name for name, _, _, met in rows if met is False]
+    print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
+    return 1 if missed else 0
+
+
 # -- report ----------------------------------------------------------------------------------
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -438,7 +575,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-hz", type=float, default=10.0, help="reader polls per second")
     parser.add_argument("--offline-taps", type=int, default=200, help="offline unlocks in process")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds before a memory reading")
+    parser.add_argument("--monitor-idle", type=float, default=30.0, help="seconds of CPU per monitor")
+    parser.add_argument("--only", choices=("monitors",), help="run only this part")
     args = parser.parse_args(argv)
+    heading = (
+        f"\nagent resources on {platform.machine()} ({cpu_model()}), Python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs"
+    )
+    if args.only == "monitors":
+        with tempfile.TemporaryDirectory(prefix="wb-agent-bench-") as tmpdir:
+            figures = measure_monitors(Path(tmpdir), args)
+        return print_table(monitor_rows(figures, args.monitor_idle), heading + "\n")
     if not MosquittoProcess.available():
         print(
             "bench/agent_resources.py needs the mosquitto binary (apt-get install mosquitto)", file=sys.stderr
@@ -472,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             broker.stop()
         offline = measure_offline(tmp, args)
+        monitors = measure_monitors(tmp, args)
 
     rows: list[tuple[str, str, str, bool | None]] = []
     for r in results:
@@ -525,19 +673,8 @@ def main(argv: list[str] | None = None) -> int:
             None,
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(
-        f"\nagent resources on {platform.machine()} ({cpu_model()}), Python "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs; {len(d)} offline unlocks\n"
-    )
-    print(f"| {'measure':<{width}} | value | target | met |")
-    print(f"|{'-' * (width + 2)}|---|---|---|")
-    for name, value, target, met in rows:
-        mark = "—" if met is None else ("yes" if met else "**no**")
-        print(f"| {name:<{width}} | {value} | {target} | {mark} |")
-    missed = [name for name, _, _, met in rows if met is False]
-    print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
-    return 1 if missed else 0
+    rows += monitor_rows(monitors, args.monitor_idle)
+    return print_table(rows, f"{heading}; {len(d)} offline unlocks\n")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from device_agent.cards.secure import CardVerifier
 from device_agent.clock import Clock, SystemClock
 from device_agent.config import AgentConfig
 from device_agent.enrolment import EnrolmentStation
-from device_agent.hardware import create_reader
+from device_agent.hardware import create_reader, create_switch
 from device_agent.hardware.base import (
     CardAuth,
     Indicators,
@@ -69,7 +69,7 @@ from device_agent.hardware.base import (
     Reader,
     Relay,
 )
-from device_agent.hardware.gpio import configure_pin_factory, create_indicators, create_relay
+from device_agent.hardware.gpio import configure_pin_factory, create_indicators
 from device_agent.hardware.monitors import create_monitor
 from device_agent.hardware.simulated import SimulatedReader
 from device_agent.outbox import Outbox
@@ -301,7 +301,8 @@ class Agent:
         if relay is None or indicators is None:
             configure_pin_factory(config.gpio_pin_factory)
         self.reader: Reader = reader or create_reader(config)
-        self.relay: Relay = relay or create_relay(config, closed=self._left_open is not None)
+        # The power switch: the GPIO relay or a smart plug ([switch] backend).
+        self.relay: Relay = relay or create_switch(config, closed=self._left_open is not None)
         self.indicators: Indicators = indicators or create_indicators(config)
         self.monitor: MachineMonitor = monitor or create_monitor(config)
         # stop() releases what was made here; what the caller passed in is the caller's.
@@ -578,7 +579,12 @@ class Agent:
             events = self.monitor.poll()
         except Exception:
             log.exception("the machine monitor failed")
-            return
+            events = []
+        try:
+            # A smart plug reports a state it could not confirm as a fault, as a monitor does.
+            events += self.relay.poll()
+        except Exception:
+            log.exception("the power switch failed")
         for event in events:
             self._on_monitor_event(event)
 
@@ -1461,11 +1467,17 @@ class Agent:
                 ts=format_ts(self.clock.now()),
                 running=self.monitor.running(),
                 session=self.session_id,
-                power_w=None if readings.power_w is None else max(readings.power_w, 0.0),
+                power_w=self._power_w(readings),
+                energy_wh=None if self.relay.energy_wh is None else max(self.relay.energy_wh, 0.0),
                 progress=None if readings.progress is None else min(max(readings.progress, 0.0), 100.0),
                 temps=readings.temps,
             )
             self._publish(Suffix.TELEMETRY, encode(telemetry))
+
+    def _power_w(self, readings: MonitorReadings) -> float | None:
+        """The monitor's power reading, else the smart plug's (a printer monitor measures none)."""
+        power = readings.power_w if readings.power_w is not None else self.relay.power_w
+        return None if power is None else max(power, 0.0)
 
     def _set_server_answering(self, answering: bool) -> None:
         if answering != self._server_answering:

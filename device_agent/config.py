@@ -15,17 +15,23 @@ import json
 import re
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from device_agent import AgentError
+from device_agent.hardware.plugins import plugin_keys as _plugin_keys
 from device_agent.pinmap import check_config_pins
+from device_agent.schema import Key, between, existing_file, http_url, matches, one_of
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.mqtt import parse_mqtt_url
 from werkbank_protocol.topics import DEVICE_ID_RE
+
+# The shared checks under the names this module has always used.
+_matches, _between, _one_of, _existing_file = matches, between, one_of, existing_file
+_http_url = http_url("OctoPrint", "http://127.0.0.1:5000")
 
 # The machine's slug on the server (the allow-list names its machine by it).
 MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -43,58 +49,6 @@ class ConfigError(AgentError, ValueError):
         self.source = source
         lines = "\n".join(f"  - {e}" for e in errors)
         super().__init__(f"{source} has {len(errors)} problem(s):\n{lines}")
-
-
-Check = Callable[[Any], str | None]
-
-
-@dataclass(frozen=True)
-class Key:
-    """One config key. ``check`` returns what is wrong with a value (None when it is fine)."""
-
-    section: str
-    name: str
-    type: type
-    doc: str
-    default: Any = None
-    required: bool = False
-    check: Check | None = None
-    # A file or folder, resolved against the config file's folder when relative.
-    path: bool = False
-    # Left out of the config hash (a hash of a short password could be brute-forced).
-    secret: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"[{self.section}] {self.name}"
-
-    @property
-    def attr(self) -> str:
-        return f"{self.section}_{self.name}"
-
-
-def _matches(pattern: re.Pattern[str], hint: str) -> Check:
-    def check(value: str) -> str | None:
-        return None if pattern.match(value) else hint
-
-    return check
-
-
-def _between(low: float, high: float, unit: str = "") -> Check:
-    def check(value: float) -> str | None:
-        if low <= value <= high:
-            return None
-        return f"is {value}{unit}; use a value from {low:g} to {high:g}{unit}"
-
-    return check
-
-
-def _one_of(choices: Callable[[], list[str]] | tuple[str, ...]) -> Check:
-    def check(value: str) -> str | None:
-        allowed = list(choices() if callable(choices) else choices)
-        return None if value in allowed else f"is {value!r}; use one of: {', '.join(allowed)}"
-
-    return check
 
 
 def _mqtt_url(value: str) -> str | None:
@@ -115,10 +69,6 @@ def _allowlist_key(value: str) -> str | None:
     return None
 
 
-def _existing_file(value: str) -> str | None:
-    return None if Path(value).is_file() else f"file {value} does not exist; fix the path or remove the key"
-
-
 def _storage_dir(value: str) -> str | None:
     try:
         Path(value).mkdir(parents=True, exist_ok=True)
@@ -137,10 +87,16 @@ def _reader_backends() -> list[str]:
     return reader_backends()
 
 
-def _http_url(value: str) -> str | None:
-    if re.match(r"^https?://[^/\s]+", value):
-        return None
-    return "must be OctoPrint's address, e.g. http://127.0.0.1:5000"
+def _monitor_backends() -> list[str]:
+    from device_agent.hardware.plugins import plugins
+
+    return ["none", *(p.name for p in plugins("monitor"))]
+
+
+def _switch_backends() -> list[str]:
+    from device_agent.hardware.plugins import plugins
+
+    return [p.name for p in plugins("switch")]
 
 
 # [monitor]: how the agent learns that the machine works (device_agent/hardware/monitors.py).
@@ -150,9 +106,14 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "backend",
         str,
-        'What tells the agent the machine works: "none", "octoprint" (3D printer) or "current" (clamp).',
+        "What tells the agent the machine works (see Machine monitors): "
+        + ", ".join(
+            f'"{name}"'
+            for name in ("none", "octoprint", "current", "power", "moonraker", "prusalink", "bambu")
+        )
+        + ".",
         default="none",
-        check=_one_of(("none", "octoprint", "current")),
+        check=_one_of(_monitor_backends),
     ),
     Key(
         "monitor",
@@ -177,6 +138,14 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "How long a running job still counts as running while the machine cannot be read.",
         default=300.0,
         check=_between(0, 86400, " s"),
+    ),
+    Key(
+        "monitor",
+        "timeout_s",
+        float,
+        "moonraker, prusalink: how long one request to the printer may take before it counts as unreachable.",
+        default=5.0,
+        check=_between(0.1, 60, " s"),
     ),
     Key(
         "monitor",
@@ -213,7 +182,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "filament_diameter_mm",
         float,
-        "octoprint: filament diameter, for the grams of a job.",
+        "octoprint, moonraker: filament diameter, for the grams of a job (when the slicer gives none).",
         default=1.75,
         check=_between(0.5, 5, " mm"),
     ),
@@ -221,7 +190,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "filament_density_g_cm3",
         float,
-        "octoprint: filament density (PLA 1.24, PETG 1.27, ABS 1.04); 0 = report no grams.",
+        "octoprint, moonraker: filament density (PLA 1.24, PETG 1.27, ABS 1.04); 0 = report no grams.",
         default=1.24,
         check=_between(0, 5, " g/cm³"),
     ),
@@ -277,7 +246,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "min_on_s",
         float,
-        "current: how long the current must stay above threshold_a to count as running.",
+        "current, power: how long the load must stay above threshold_a (threshold_w) to count as running.",
         default=1.0,
         check=_between(0, 600, " s"),
     ),
@@ -285,7 +254,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "min_off_s",
         float,
-        "current: how long it must stay below release_a to count as stopped.",
+        "current, power: how long it must stay below release_a (release_w) to count as stopped.",
         default=3.0,
         check=_between(0, 600, " s"),
     ),
@@ -293,7 +262,7 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "monitor",
         "job_gap_s",
         float,
-        "current: idle time that ends a cut job; runs closer together are one job.",
+        "current, power: idle time that ends a cut job; runs closer together are one job.",
         default=60.0,
         check=_between(0, 86400, " s"),
     ),
@@ -316,26 +285,18 @@ MONITOR_KEYS: tuple[Key, ...] = (
 )
 
 
-def _monitor_checks(values: Mapping[str, Any]) -> list[str]:
-    errors: list[str] = []
-    key, key_file = values["monitor_octoprint_api_key"], values["monitor_octoprint_api_key_file"]
-    if key is not None and key_file is not None:
-        errors.append(
-            "[monitor] octoprint_api_key_file: set either octoprint_api_key or octoprint_api_key_file, "
-            "not both"
-        )
-    if values["monitor_backend"] == "octoprint" and key is None and key_file is None:
-        errors.append(
-            "[monitor] octoprint_api_key: missing; the octoprint backend needs an application key "
-            "(OctoPrint: Settings → Application Keys), or octoprint_api_key_file"
-        )
-    threshold, release = values["monitor_threshold_a"], values["monitor_release_a"]
-    if isinstance(threshold, float) and isinstance(release, float) and release >= threshold:
-        errors.append(
-            f"[monitor] release_a: is {release:g} A; it must be below threshold_a ({threshold:g} A), "
-            "or the machine would flap between running and stopped"
-        )
-    return errors
+# [switch]: what switches the machine's power. The keys of each backend come from its plug-in.
+SWITCH_KEYS: tuple[Key, ...] = (
+    Key(
+        "switch",
+        "backend",
+        str,
+        'What switches the machine\'s power: "gpio" (the relay on [relay] pin), "shelly" or "tasmota"'
+        " (a smart plug; see Smart plugs).",
+        default="gpio",
+        check=_one_of(_switch_backends),
+    ),
+)
 
 
 SCHEMA: tuple[Key, ...] = (
@@ -550,7 +511,11 @@ SCHEMA: tuple[Key, ...] = (
         check=_one_of(PIN_FACTORIES),
     ),
     *MONITOR_KEYS,
+    *SWITCH_KEYS,
 )
+# Where the plug-ins' keys begin in SCHEMA: the ones before are AgentConfig's own fields.
+CORE_KEY_COUNT = len(SCHEMA)
+SCHEMA = SCHEMA + _plugin_keys()
 
 _TYPE_NAMES: dict[type, str] = {str: "text", int: "whole number", float: "number", bool: "true/false"}
 _WANTED: dict[type, str] = {
@@ -597,6 +562,7 @@ class AgentConfig:
     monitor_poll_s: float
     monitor_retry_max_s: float
     monitor_lost_hold_s: float
+    monitor_timeout_s: float
     monitor_octoprint_url: str
     monitor_octoprint_api_key: str | None
     monitor_octoprint_api_key_file: str | None
@@ -614,6 +580,20 @@ class AgentConfig:
     monitor_job_gap_s: float
     monitor_mains_v: float
     monitor_window_s: float
+    switch_backend: str
+    # The plug-ins' keys (device_agent/hardware/plugins.py), by attribute name: read with option().
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def option(self, attr: str) -> Any:
+        """The value of a plug-in's key, e.g. ``option("switch_url")``."""
+        try:
+            return self.options[attr]
+        except KeyError:
+            raise KeyError(f"no config key {attr!r}: is its plug-in module missing?") from None
+
+    def value(self, attr: str) -> Any:
+        """Any key's value by attribute name, a field's or a plug-in's."""
+        return self.options[attr] if attr in self.options else getattr(self, attr)
 
     @property
     def octoprint_api_key(self) -> str | None:
@@ -632,7 +612,7 @@ class AgentConfig:
     @property
     def hash(self) -> str:
         """First 16 hex characters of the sha256 of the canonical config (secrets left out)."""
-        values = {k.label: getattr(self, k.attr) for k in SCHEMA if not k.secret}
+        values = {k.label: self.value(k.attr) for k in SCHEMA if not k.secret}
         canonical = json.dumps(values, sort_keys=True, separators=(",", ":")).encode("utf-8")
         return hashlib.sha256(canonical).hexdigest()[:16]
 
@@ -703,7 +683,9 @@ def parse_config(
     errors.extend(_cross_checks(values))
     if errors:
         raise ConfigError(errors, source)
-    return AgentConfig(**values)
+    core = {key.attr for key in SCHEMA[:CORE_KEY_COUNT]}
+    options = {attr: value for attr, value in values.items() if attr not in core}
+    return AgentConfig(**{attr: values[attr] for attr in core}, options=options)
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
@@ -714,7 +696,11 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     url = values["mqtt_url"]
     if values["mqtt_ca_file"] is not None and isinstance(url, str) and url.startswith("mqtt://"):
         errors.append("[mqtt] ca_file: only used with TLS; use an mqtts:// URL or remove ca_file")
-    errors.extend(_monitor_checks(values))
+    from device_agent.hardware.plugins import all_plugins
+
+    for found in all_plugins():
+        if found.check is not None:
+            errors.extend(found.check(values))
     # No GPIO twice, none on the SPI or reader-reset pins (device_agent/pinmap.toml).
     errors.extend(_reader_pin_problems(values))
     errors.extend(check_config_pins(_pins_in_bcm(values)))
@@ -786,6 +772,8 @@ def _default_text(key: Key) -> str:
     return f"`{key.default:g}`" if isinstance(key.default, float) else f"`{key.default}`"
 
 
+# Where MONITOR_DOCS lists the backends, the plug-ins' own paragraphs go (_monitor_docs).
+PLUGIN_DOCS_HERE = "<plug-in monitors>"
 # The prose part of the reference about [monitor]; render_docs() puts it after the reader backends.
 MONITOR_DOCS: tuple[str, ...] = (
     "## Machine monitors and the safety rules",
@@ -793,14 +781,7 @@ MONITOR_DOCS: tuple[str, ...] = (
     "`[monitor] backend` says how the agent learns that the machine works:",
     "",
     "- `none`: it cannot tell. `run_s` stays 0 and every lock happens at once.",
-    "- `octoprint`: a 3D printer through OctoPrint's REST API (`octorest`, installed with the `pi` extra).",
-    "  Reports `job_started`/`job_finished` (file, estimated and actual time, filament, completed, cancelled",
-    "  or failed) and progress and temperatures in telemetry. OctoPrint not answering is a `fault`",
-    "  (`octoprint_unreachable`, or `octoprint_api_key_rejected`), retried with back-off.",
-    "- `current`: a current clamp (SCT-013) through an MCP3008 ADC on SPI0 (CE1, pin 26, by default,",
-    "  since the RC522 reader takes CE0). A run of current above `threshold_a` is a `cut` job; `power_w`",
-    "  in telemetry.",
-    "  A reading stuck at a rail is a `fault` (`current_sensor_failed`).",
+    PLUGIN_DOCS_HERE,
     "",
     "The rules, whichever monitor: a lock that falls due while a job runs (tap-out, idle timeout, the",
     "session's `until`, a booking's end or any other remote `lock` without `force`) waits: the agent sends",
@@ -867,6 +848,64 @@ MONITOR_DOCS: tuple[str, ...] = (
 )
 
 
+def _monitor_docs() -> list[str]:
+    """MONITOR_DOCS with each monitor plug-in's own paragraph where the backends are listed."""
+    from device_agent.hardware.plugins import plugins
+
+    lines: list[str] = []
+    for line in MONITOR_DOCS:
+        if line == PLUGIN_DOCS_HERE:
+            for found in plugins("monitor"):
+                lines += found.docs
+        else:
+            lines.append(line)
+    return lines
+
+
+SWITCH_DOCS: tuple[str, ...] = (
+    "## Power switches and smart plugs",
+    "",
+    "`[switch] backend` says what switches the machine's power:",
+    "",
+    "- `gpio` (the default): a relay board on `[relay] pin`. No read-back: the pin is what the agent drives.",
+    "- `shelly`: a Shelly Gen2+ plug or relay with a meter (Plus Plug S, Plus 1PM, Pro 1PM) over its",
+    "  local RPC API: `Switch.Set` to switch, `Switch.GetStatus` to read back `output`, `apower` (W) and",
+    "  `aenergy.total` (Wh). With a password set on the device, HTTP digest login as `admin`.",
+    "- `tasmota`: a plug running Tasmota over its HTTP commands: `Power On`/`Power Off` (`Power<n>` with",
+    "  `channel`), read back with `Power`, the meter with `Status 8` (`Power` in W, `Total` in kWh).",
+    "  Payloads as documented by Shelly for Gen2+ firmware 1.x and by Tasmota for releases 12 to 14.",
+    "",
+    "A smart plug is asked in a thread of its own: a tap never waits for the network. Every switch is read",
+    "back; a plug that has not confirmed the new state within `confirm_s` (1 s) is a `fault`",
+    "(`switch_unconfirmed`; `switch_unreachable` when it does not answer, `switch_auth_rejected` for a wrong",
+    "password): the machine shows as `fault` and the red LED blinks, and the agent keeps switching with",
+    "back-off until the plug obeys. Between switches the plug is read every `poll_s`: found in the wrong",
+    "state (it rebooted, or someone pressed its button) it is switched back and reported once",
+    "(`switch_state_changed`). `power_w` and `energy_wh` in telemetry come from the plug.",
+    "",
+    "The safety rules stay as they are: never off mid-job (a lock waits while the monitor says the machine",
+    'works; with `[monitor] backend = "power"` that is the plug\'s own watts above `threshold_w`), and the',
+    "plug is one more stop, never the only one. Set each plug so that it comes back OFF after a power cut",
+    "or a reboot: the agent switches it on again only while a session runs.",
+    "",
+    '- Shelly: `curl -u admin:PASSWORD --digest \'http://PLUG/rpc/Switch.SetConfig?id=0&config={"initial_state":"off"}\'`',
+    "  (or in its web page: Output → Power-on default: Off). Also switch off the plug's cloud and Bluetooth",
+    "  if unused, and set a password (Settings → Authentication).",
+    "- Tasmota: `http://PLUG/cm?user=admin&password=PASSWORD&cmnd=PowerOnState%200` (0: off at power-up),",
+    "  and a web password (`WebPassword`). Keep the plug's button for emergencies only: the agent turns a",
+    "  plug switched on by its button OFF again while no session runs.",
+    "",
+    "Stopping the agent with a session open leaves the plug ON (as the relay stays closed); the next start",
+    "takes it over without switching it, and carries the session on or reports it as for the relay.",
+    "A certified plug needs no mains wiring on the Pi's side (hardware/SAFETY.md): plug the machine into it.",
+    "",
+    "A monitor or power switch backend is one module in `device_agent/hardware/` with a `PLUGINS` tuple",
+    "(`device_agent/hardware/plugins.py`): its config keys (with docs and checks), its cross-key checks,",
+    "its fault codes, this reference's paragraph and its factory.",
+    "",
+)
+
+
 def render_docs() -> str:
     """The Markdown reference of every key (firmware_config/agent-config.md)."""
     from device_agent.hardware import reader_backends
@@ -883,12 +922,12 @@ def render_docs() -> str:
         "`status.config` carries a hash of the checked config (secrets left out), so the server shows",
         "which config a device runs. An example: `firmware_config/examples/simulated-printer.toml`.",
     ]
-    section = ""
-    for key in SCHEMA:
-        if key.section != section:
-            section = key.section
-            lines += ["", f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        lines.append(f"| `{key.name}` | {_TYPE_NAMES[key.type]} | {_default_text(key)} | {key.doc} |")
+    sections: dict[str, list[Key]] = {}
+    for key in SCHEMA:  # a plug-in's keys join their section's table
+        sections.setdefault(key.section, []).append(key)
+    for section, keys in sections.items():
+        lines += ["", f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{k.name}` | {_TYPE_NAMES[k.type]} | {_default_text(k)} | {k.doc} |" for k in keys]
     lines += [
         "",
         "`password` and `password_file` are secrets: keep the file readable by the agent's user only.",
@@ -900,7 +939,8 @@ def render_docs() -> str:
         "",
         "A backend is one module in `device_agent/hardware/` with a `create_reader(config)` function.",
         "",
-        *MONITOR_DOCS,
+        *_monitor_docs(),
+        *SWITCH_DOCS,
         "## What the lights and the buzzer mean",
         "",
         "| state | pattern |",

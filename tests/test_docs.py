@@ -41,3 +41,14 @@ def test_docs_every_topic_event_type_and_reason_is_documented() -> None:
 def test_docs_every_cli_command_is_in_the_readme() -> None:
     for command in COMMANDS:
         assert f"werkbank {command.name}" in README, command.name
+
+
+def test_docs_every_fault_code_of_a_plugin_is_documented() -> None:
+    from device_agent.hardware.plugins import all_plugins
+
+    reference = (ROOT / "firmware_config" / "agent-config.md").read_text()
+    codes = {code for plugin in all_plugins() for code in plugin.faults}
+    assert {"switch_unconfirmed", "moonraker_unreachable", "bambu_certificate_rejected"} <= codes
+    for code in sorted(codes):
+        assert f"`{code}`" in PROTOCOL, code
+        assert f"`{code}`" in reference, code

@@ -230,6 +230,8 @@ class Telemetry(Struct, kw_only=True):
     power_w: Annotated[float, Meta(ge=0)] | None = None
     progress: Annotated[float, Meta(ge=0, le=100)] | None = None
     temps: dict[str, Any] | None = None
+    # The smart plug's energy counter (Wh; grows, restarts at 0 when the plug is reset).
+    energy_wh: Annotated[float, Meta(ge=0)] | None = None
 
 
 class Cmd(Struct, kw_only=True):

@@ -18,7 +18,15 @@ from device_agent.hardware.base import Indicators, MachineMonitor, Reader, Relay
 if TYPE_CHECKING:
     from device_agent.config import AgentConfig
 
-__all__ = ["Indicators", "MachineMonitor", "Reader", "Relay", "create_reader", "reader_backends"]
+__all__ = [
+    "Indicators",
+    "MachineMonitor",
+    "Reader",
+    "Relay",
+    "create_reader",
+    "create_switch",
+    "reader_backends",
+]
 
 
 class HardwareError(AgentError):
@@ -42,3 +50,17 @@ def create_reader(config: AgentConfig) -> Reader:
     module = importlib.import_module(f"{__name__}.{name}")
     factory = cast(Callable[["AgentConfig"], Reader], module.create_reader)
     return factory(config)
+
+
+def create_switch(config: AgentConfig, closed: bool = False) -> Relay:
+    """The power switch ``[switch] backend`` names: a plug-in (the GPIO relay, a smart plug).
+
+    ``closed``: start with the power on (a session was open when the agent last stopped).
+    """
+    name = config.switch_backend
+    from device_agent.hardware.plugins import plugin
+
+    found = plugin("switch", name)
+    if found is None or found.create_switch is None:
+        raise HardwareError(f"no power switch backend {name!r}")
+    return found.create_switch(config, closed)

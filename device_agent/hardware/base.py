@@ -54,10 +54,16 @@ class ReaderFault(AgentError, OSError):
 
 
 class Relay(ABC):
-    """The relay that switches the machine's power (or its enable/interlock line).
+    """The power switch: what switches the machine's power (or its enable/interlock line).
 
-    "Closed" means the contact is made and the machine may run; "open" means it may not.
-    The relay is one more stop in series, never the only one (hardware/ safety notes).
+    A relay on the Pi's GPIO (``[switch] backend = "gpio"``) or a smart plug on the network
+    (``shelly``, ``tasmota``: :mod:`device_agent.hardware.plug`). "Closed" means the contact
+    is made and the machine may run; "open" means it may not. It is one more stop in series,
+    never the only one (hardware/ safety notes).
+
+    ``close()`` and ``open()`` never block for long: a switch that must be asked over the
+    network does it in its own thread and reports through :meth:`poll` (a ``MonitorFault``
+    when it does not confirm the state in time). ``is_closed`` is the state last commanded.
     """
 
     @abstractmethod
@@ -81,6 +87,20 @@ class Relay(ABC):
         The agent stops (restart, upgrade) while a session is open: the machine must not lose
         power; the next start takes the relay over in the same position.
         """
+
+    def poll(self) -> list[MonitorEvent]:
+        """What the switch found since the last call (faults, their end), oldest first."""
+        return []
+
+    @property
+    def power_w(self) -> float | None:
+        """The power the machine draws now, in watts, if the switch measures it."""
+        return None
+
+    @property
+    def energy_wh(self) -> float | None:
+        """The switch's energy counter in Wh (it only grows; resets when the plug is reset)."""
+        return None
 
 
 class Indicators(ABC):

@@ -9,15 +9,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from device_agent.hardware.base import JobStatus, MonitorJobFinished, MonitorJobStarted, MonitorReadings
-from device_agent.hardware.monitors import MonitorReadError, ThreadedMonitor
+from device_agent.hardware.base import MonitorReadings
+from device_agent.hardware.load import LoadMonitor
+from device_agent.hardware.monitors import MonitorReadError
+from device_agent.hardware.plugins import Plugin, paragraph
+
+if TYPE_CHECKING:
+    from device_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
 
-class CurrentMonitor(ThreadedMonitor):
+class CurrentMonitor(LoadMonitor):
     """An SCT-013 current clamp (voltage-output type, e.g. SCT-013-030: 30 A → 1 V) on an MCP3008.
 
     Wiring (MCP3008 on SPI0, all at 3.3 V, never 5 V: the Pi's pins are not 5 V tolerant):
@@ -33,12 +39,12 @@ class CurrentMonitor(ThreadedMonitor):
 
     Every ``poll_s`` its thread samples the channel for ``window_s`` (several mains cycles),
     takes the RMS of the samples around their mean (the bias drops out), and converts volts to
-    amps with ``amps_per_volt``. Hysteresis: running once the current stays at or above
-    ``threshold_a`` for ``min_on_s``; idle once it stays below ``release_a`` for ``min_off_s``.
-    A run that starts after ``job_gap_s`` or more of idle starts a ``cut`` job; the job ends
-    (``completed``) when the machine has been idle for ``job_gap_s``, so the passes of one job
-    stay one job. ``power_w`` in telemetry is ``mains_v`` times the current.
+    amps with ``amps_per_volt``. Runs and jobs from ``threshold_a``, ``release_a``, ``min_on_s``,
+    ``min_off_s`` and ``job_gap_s`` as :class:`~device_agent.hardware.load.LoadMonitor` says.
+    ``power_w`` in telemetry is ``mains_v`` times the current.
     """
+
+    unit = "A"
 
     def __init__(
         self,
@@ -66,25 +72,28 @@ class CurrentMonitor(ThreadedMonitor):
         self.amps_per_volt = amps_per_volt
         self.threshold_a = threshold_a
         self.release_a = release_a
-        self.min_on_s = min_on_s
-        self.min_off_s = min_off_s
-        self.job_gap_s = job_gap_s
         self.mains_v = mains_v
         self.window_s = window_s
         self.amps = 0.0
-        self._first = True
-        self._above_since: float | None = None
-        self._below_since: float | None = None
-        self._run_ended: float | None = None
-        self._job_started: float | None = None  # monotonic start of the open job
-        super().__init__("current-monitor", "current_sensor_failed", poll_s, retry_max_s, lost_hold_s)
+        super().__init__(
+            "current-monitor",
+            "current_sensor_failed",
+            threshold_a,
+            release_a,
+            min_on_s,
+            min_off_s,
+            job_gap_s,
+            poll_s,
+            retry_max_s,
+            lost_hold_s,
+        )
         self._start()
 
     def close(self) -> None:
         super().close()  # the thread first: it must not read a closed ADC
         self._adc.close()
 
-    def _sample(self) -> float:
+    def sample(self) -> float:
         """RMS amps over one window of samples."""
         values: list[float] = []
         end = time.monotonic() + self.window_s
@@ -105,68 +114,58 @@ class CurrentMonitor(ThreadedMonitor):
                 f"{self.vref / 2:.2f} V: check the clamp and its bias divider",
             )
         rms = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        return rms * self.vref * self.amps_per_volt
+        self.amps = rms * self.vref * self.amps_per_volt
+        return self.amps
 
-    def read(self) -> None:
-        amps = self._sample()
-        now = time.monotonic()
-        self.amps = amps
-        running = self._running
-        if self._first:
-            # Nothing to debounce against yet: after a restart mid-cut the machine runs now.
-            self._first = False
-            running = amps >= self.threshold_a
-            if running:
-                self._run_started(now)
-        elif not running:
-            if amps >= self.threshold_a:
-                self._above_since = self._above_since if self._above_since is not None else now
-                if now - self._above_since >= self.min_on_s:
-                    running = True
-                    self._run_started(self._above_since)
-            else:
-                self._above_since = None
-        elif amps < self.release_a:
-            self._below_since = self._below_since if self._below_since is not None else now
-            if now - self._below_since >= self.min_off_s:
-                running = False
-                self._run_ended = self._below_since
-                self._below_since = None
-        else:
-            self._below_since = None
+    def readings(self, value: float) -> MonitorReadings:
+        return MonitorReadings(power_w=round(self.mains_v * value, 1))
 
-        if (
-            not running
-            and self._job_started is not None
-            and self._run_ended is not None
-            and self._above_since is None  # not while current rises again (the next pass, maybe)
-            and now - self._run_ended >= self.job_gap_s
-        ):
-            self._end_job("completed", self._run_ended - self._job_started)
-        self._set_running(running)
-        self._emit(MonitorReadings(power_w=round(self.mains_v * amps, 1)))
 
-    def _run_started(self, since: float) -> None:
-        ended = self._run_ended
-        if self._job_started is not None and ended is not None and since - ended >= self.job_gap_s:
-            self._end_job("completed", ended - self._job_started)  # the gap was long enough after all
-        self._above_since = None
-        self._below_since = None
-        self._run_ended = None
-        if self._job_started is None:
-            self._job_started = since
-            log.info("current above %.2f A: a cut job starts", self.threshold_a)
-            self._emit(MonitorJobStarted(kind="cut"))
+# ---------------------------------------------------------------------- plug-in
+# Its keys are still fields of AgentConfig (device_agent/config.py, MONITOR_KEYS), as octoprint's.
 
-    def _end_job(self, status: JobStatus, duration_s: float) -> None:
-        self._job_started = None
-        self._run_ended = None
-        log.info("cut job %s after %.1f s", status, duration_s)
-        self._emit(MonitorJobFinished(status=status, duration_s=round(max(duration_s, 0.0), 3)))
 
-    def give_up_job(self) -> None:
-        if self._job_started is not None:
-            end = self._run_ended if self._run_ended is not None else time.monotonic()
-            self._end_job("failed", end - self._job_started)
-        self._set_running(False)
-        self._first = True  # when the sensor is back, take its first reading as it is
+def _check(values: Mapping[str, Any]) -> list[str]:
+    threshold, release = values["monitor_threshold_a"], values["monitor_release_a"]
+    if isinstance(threshold, float) and isinstance(release, float) and release >= threshold:
+        return [
+            f"[monitor] release_a: is {release:g} A; it must be below threshold_a ({threshold:g} A), "
+            "or the machine would flap between running and stopped"
+        ]
+    return []
+
+
+def _create(config: AgentConfig) -> CurrentMonitor:
+    return CurrentMonitor(
+        channel=config.monitor_adc_channel,
+        device=config.monitor_adc_device,
+        vref=config.monitor_vref,
+        amps_per_volt=config.monitor_amps_per_volt,
+        threshold_a=config.monitor_threshold_a,
+        release_a=config.monitor_release_a,
+        min_on_s=config.monitor_min_on_s,
+        min_off_s=config.monitor_min_off_s,
+        job_gap_s=config.monitor_job_gap_s,
+        mains_v=config.monitor_mains_v,
+        window_s=config.monitor_window_s,
+        poll_s=config.monitor_poll_s,
+        retry_max_s=config.monitor_retry_max_s,
+        lost_hold_s=config.monitor_lost_hold_s,
+    )
+
+
+PLUGINS = (
+    Plugin(
+        kind="monitor",
+        name="current",
+        summary="a current clamp through an MCP3008 ADC (laser, CNC)",
+        faults=("current_sensor_failed",),
+        check=_check,
+        create_monitor=_create,
+        docs=paragraph(
+            "- `current`: a current clamp (SCT-013) through an MCP3008 ADC on SPI0 (CE1, pin 26, by",
+            "default, since the RC522 reader takes CE0). A run of current above `threshold_a` is a `cut`",
+            "job; `power_w` in telemetry. A reading stuck at a rail is a `fault` (`current_sensor_failed`).",
+        ),
+    ),
+)

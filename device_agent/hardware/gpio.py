@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from device_agent.hardware.base import Indicators, Relay
+from device_agent.hardware.plugins import Plugin
 
 if TYPE_CHECKING:
     from device_agent.config import AgentConfig
@@ -250,3 +251,13 @@ def create_indicators(config: AgentConfig) -> Indicators:
         amber=config.indicators_amber_pin,
         buzzer=config.indicators_buzzer_pin,
     )
+
+
+PLUGINS = (
+    Plugin(
+        kind="switch",
+        name="gpio",
+        summary="a relay board on [relay] pin",
+        create_switch=lambda config, closed: create_relay(config, closed=closed),
+    ),
+)

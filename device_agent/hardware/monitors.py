@@ -1,10 +1,11 @@
 """Machine monitors: how the agent learns that the machine is working (``run_s``, idle timeout,
 deferred locks) and what its jobs were.
 
-``[monitor] backend`` picks one: ``none`` (:class:`NoMonitor`), ``octoprint``
-(:mod:`device_agent.hardware.octoprint`) or ``current`` (:mod:`device_agent.hardware.current`).
-Both real monitors read the machine in a thread of their own (:class:`ThreadedMonitor`): an
-HTTP request to a hung OctoPrint or a burst of ADC samples must never delay a tap.
+``[monitor] backend`` picks one: ``none`` (:class:`NoMonitor`) or a plug-in
+(:mod:`device_agent.hardware.plugins`: ``octoprint``, ``current``, ``power``, ``moonraker``,
+``prusalink``, ``bambu``, each a module here). Every real monitor reads the machine in a thread of
+its own (:class:`ThreadedMonitor`): an HTTP request to a hung printer or a burst of ADC samples
+must never delay a tap.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from device_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
-
-MONITOR_BACKENDS = ("none", "octoprint", "current")
 
 
 class NoMonitor(MachineMonitor):
@@ -160,40 +159,10 @@ class ThreadedMonitor(MachineMonitor):
 
 
 def create_monitor(config: AgentConfig) -> MachineMonitor:
-    """The monitor ``[monitor] backend`` names; each backend imports its library only when chosen."""
-    backend = config.monitor_backend
-    if backend == "octoprint":
-        from device_agent.hardware.octoprint import OctoPrintMonitor
+    """The monitor ``[monitor] backend`` names (a plug-in); each imports its library only when chosen."""
+    from device_agent.hardware.plugins import plugin
 
-        api_key = config.octoprint_api_key
-        assert api_key is not None, "the config check requires an API key for the octoprint backend"
-        return OctoPrintMonitor(
-            url=config.monitor_octoprint_url,
-            api_key=api_key,
-            poll_s=config.monitor_poll_s,
-            timeout_s=config.monitor_octoprint_timeout_s,
-            retry_max_s=config.monitor_retry_max_s,
-            lost_hold_s=config.monitor_lost_hold_s,
-            filament_diameter_mm=config.monitor_filament_diameter_mm,
-            filament_density_g_cm3=config.monitor_filament_density_g_cm3,
-        )
-    if backend == "current":
-        from device_agent.hardware.current import CurrentMonitor
-
-        return CurrentMonitor(
-            channel=config.monitor_adc_channel,
-            device=config.monitor_adc_device,
-            vref=config.monitor_vref,
-            amps_per_volt=config.monitor_amps_per_volt,
-            threshold_a=config.monitor_threshold_a,
-            release_a=config.monitor_release_a,
-            min_on_s=config.monitor_min_on_s,
-            min_off_s=config.monitor_min_off_s,
-            job_gap_s=config.monitor_job_gap_s,
-            mains_v=config.monitor_mains_v,
-            window_s=config.monitor_window_s,
-            poll_s=config.monitor_poll_s,
-            retry_max_s=config.monitor_retry_max_s,
-            lost_hold_s=config.monitor_lost_hold_s,
-        )
+    found = plugin("monitor", config.monitor_backend)
+    if found is not None and found.create_monitor is not None:
+        return found.create_monitor(config)
     return NoMonitor()

@@ -14,6 +14,7 @@ from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from server.broker import free_port
 from tests.agent.helpers import Responder, make_config
+from tests.agent.moonraker_server import MoonrakerServer, missing_moonraker
 from tests.agent.octoprint_server import OctoPrintServer, missing_octoprint
 
 
@@ -70,3 +71,21 @@ def octoprint(octoprint_server: OctoPrintServer) -> OctoPrintServer:
     """The session's OctoPrint, idle (no print running) at the start of the test."""
     octoprint_server.idle()
     return octoprint_server
+
+
+@pytest.fixture(scope="session")
+def moonraker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoonrakerServer]:
+    """A real Moonraker on a free port with a peer of Klipper behind it; stopped after the run."""
+    problem = missing_moonraker()
+    if problem:
+        pytest.fail(problem, pytrace=False)  # fail, never skip (as for OctoPrint)
+    server = MoonrakerServer(tmp_path_factory.mktemp("moonraker"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def moonraker(moonraker_server: MoonrakerServer) -> MoonrakerServer:
+    """The session's Moonraker, with no print under way at the start of the test."""
+    moonraker_server.idle()
+    return moonraker_server

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from device_agent.config import SCHEMA, AgentConfig, ConfigError, load_config, main, parse_config, render_docs
+from device_agent.config import (
+    CORE_KEY_COUNT,
+    SCHEMA,
+    AgentConfig,
+    ConfigError,
+    load_config,
+    main,
+    parse_config,
+    render_docs,
+)
 from tests.agent.helpers import KEY_HEX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,7 +180,10 @@ def test_config_hash_is_stable_and_leaves_secrets_out(tmp_path: Path) -> None:
 
 
 def test_config_schema_and_dataclass_list_the_same_keys() -> None:
-    assert [k.attr for k in SCHEMA] == [f.name for f in dataclasses.fields(AgentConfig)]
+    fields = [f.name for f in dataclasses.fields(AgentConfig)]
+    assert [k.attr for k in SCHEMA[:CORE_KEY_COUNT]] == fields[:-1] and fields[-1] == "options"
+    plugin_attrs = [k.attr for k in SCHEMA[CORE_KEY_COUNT:]]
+    assert plugin_attrs and len(set(plugin_attrs)) == len(plugin_attrs), "each plug-in key once"
     assert all(k.doc and k.doc.endswith(".") and "\n" not in k.doc for k in SCHEMA)
 
 

@@ -56,7 +56,11 @@ def test_monitor_config_octoprint_needs_one_api_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("monitor", "fragment"),
     [
-        ({"backend": "printer"}, "[monitor] backend: is 'printer'; use one of: none, octoprint, current"),
+        (
+            {"backend": "printer"},
+            "[monitor] backend: is 'printer'; use one of: none, bambu, current, moonraker, octoprint, power,"
+            " prusalink",
+        ),
         ({"octoprint_url": "127.0.0.1:5000"}, "[monitor] octoprint_url: must be OctoPrint's address"),
         ({"adc_device": 2}, "[monitor] adc_device: is 2; use a value from 0 to 1"),
         ({"adc_channel": 8}, "[monitor] adc_channel: is 8; use a value from 0 to 7"),
@@ -82,3 +86,14 @@ def test_monitor_config_example_files_are_valid() -> None:
     laser = load_config(ROOT / "firmware_config" / "examples" / "laser-current.toml")
     assert laser.monitor_backend == "current" and laser.monitor_adc_device == 1
     assert laser.monitor_release_a < laser.monitor_threshold_a
+
+
+def test_monitor_config_smart_plug_and_printer_examples_are_valid() -> None:
+    bambu = load_config(ROOT / "firmware_config" / "examples" / "bambu-on-shelly.toml")
+    assert (bambu.switch_backend, bambu.monitor_backend) == ("shelly", "bambu")
+    assert bambu.option("monitor_bambu_serial") and bambu.option("switch_url").startswith("http://")
+    prusa = load_config(ROOT / "firmware_config" / "examples" / "prusa-on-relay.toml")
+    assert (prusa.switch_backend, prusa.monitor_backend, prusa.relay_pin) == ("gpio", "prusalink", 17)
+    laser = load_config(ROOT / "firmware_config" / "examples" / "laser-shelly-pro.toml")
+    assert (laser.switch_backend, laser.monitor_backend) == ("shelly", "power")
+    assert laser.option("monitor_release_w") < laser.option("monitor_threshold_w")

@@ -16,6 +16,7 @@ from werkbank_protocol.messages import (
     SessionEnded,
     SessionStarted,
     Status,
+    Telemetry,
     decode_as,
     decode_event,
     encode,
@@ -216,3 +217,15 @@ def test_mqtt_url_parsing(url: str, host: str, port: int, user: str | None, tls:
 def test_mqtt_url_bad_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="MQTT URL"):
         parse_mqtt_url(url)
+
+
+def test_messages_telemetry_energy_is_optional_and_never_negative() -> None:
+    ts = format_ts(datetime.now(UTC))
+    plain = decode_as(Telemetry, json.dumps({"v": 1, "ts": ts, "running": False}).encode())
+    assert plain.energy_wh is None, "an agent without a metering plug sends none"
+    body = {"v": 1, "ts": ts, "running": True, "power_w": 95.0, "energy_wh": 1234.5}
+    metered = decode_as(Telemetry, json.dumps(body).encode())
+    assert metered.energy_wh == 1234.5 and metered.power_w == 95.0
+    with pytest.raises(ProtocolError) as info:
+        decode_as(Telemetry, json.dumps({"v": 1, "ts": ts, "running": True, "energy_wh": -1}).encode())
+    assert info.value.code == "invalid"
