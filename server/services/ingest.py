@@ -21,8 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.models import Badge, Device, Job, Machine, MachineSession, StoredEvent
-from server.services import bookings, training
-from werkbank_protocol import ProtocolError, parse_ts
+from server.services import bookings, clocks, reconcile, training
+from werkbank_protocol import ProtocolError
 from werkbank_protocol.messages import (
     Event,
     Fault,
@@ -49,7 +49,8 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
         raise ProtocolError("unassigned_device", f"device {device.id!r} serves no machine; assign it first")
     if db.get(StoredEvent, event.id) is not None:
         return IngestResult(event.id, new=False)
-    ts = parse_ts(event.ts)
+    # The server's clock, not a skewed Pi's (an online session starts at its decision).
+    ts, time_corrected = clocks.event_time(db, device, event)
     machine = device.machine
     if event.session is not None:
         _check_session_owner(db, device, event.session)
@@ -60,6 +61,7 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
         session_id=event.session,
         ts=ts,
         payload=msgspec.to_builtins(event),
+        time_corrected=time_corrected,
     )
     if db.get_bind().dialect.name == "sqlite":
         # No savepoint on SQLite: pysqlite opens no transaction before a SAVEPOINT, so its
@@ -78,7 +80,9 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
 
     match event:
         case SessionStarted():
-            _after_supervised(db, _session_started(db, device, machine, event, ts), now)
+            started = _session_started(db, device, machine, event, ts)
+            _after_supervised(db, started, now)
+            reconcile.check_offline_session(db, started, now or datetime.now(UTC))
         case SessionEnded():
             _after_supervised(db, _session_ended(db, device, machine, event, ts), now)
         case JobStarted():
@@ -96,6 +100,8 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
             job.filament_g = event.filament_g
         case Fault() | LockDeferred():
             pass  # kept in the ledger; shown on the machine page
+    if time_corrected and isinstance(event, SessionStarted | SessionEnded):
+        _session(db, device, machine, event.session).time_corrected = True
     return IngestResult(event.id, new=True)
 
 
