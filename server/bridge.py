@@ -91,6 +91,10 @@ MAX_WAITING = 10_000
 # How long the ingest and state threads' statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
+# For this transaction only (is_local): the pooled connection goes back to other threads as it was.
+_STATEMENT_LIMITS = text(
+    "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
+)
 
 
 @dataclass(frozen=True)
@@ -309,12 +313,7 @@ class Bridge:
         with self.db.session() as db:
             if db.get_bind().dialect.name == "postgresql":
                 limit = str(max(1, int(self.ingest_timeout_s * 1000)))
-                db.execute(
-                    text(
-                        "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
-                    ),
-                    {"ms": limit},
-                )
+                db.execute(_STATEMENT_LIMITS, {"ms": limit})
             yield db
 
     def _count(self, counter: Counter[str], key: str, n: int = 1) -> None:

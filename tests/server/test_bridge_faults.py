@@ -24,7 +24,6 @@ from server.models import (
     Device,
     Machine,
     MachineSession,
-    Notification,
     Person,
     StoredEvent,
 )
@@ -122,6 +121,23 @@ def test_bridge_skewed_device_clock_sessions_take_the_servers_time(
         assert [f.payload["code"] for f in faults] == ["clock_skew"]  # once, not per message
 
 
+def test_bridge_measures_a_restarted_device_afresh(
+    bridge: Bridge, device: Peer, lab: Database, clock
+) -> None:  # type: ignore[no-untyped-def]
+    device.publish(f"{LASER}/status", _status("laser-1", clock()))  # in step
+    assert wait_until(lambda: _online(lab, "pi-laser-1"))
+    device.publish(f"{LASER}/status", json.dumps({"v": 1, "online": False}))  # its last will
+    assert wait_until(lambda: not _online(lab, "pi-laser-1"))
+    # Back after a power cut, before NTP answered: an hour behind. Its taps are fresh all the same.
+    behind = clock() - timedelta(hours=1)
+    device.publish(f"{LASER}/status", _status("laser-1", behind))
+    assert wait_until(lambda: _online(lab, "pi-laser-1"))
+    rid, tap = _req(QUINN, behind)
+    device.publish(f"{LASER}/auth/req", tap)
+    assert decode_as(AuthResp, device.next(f"{LASER}/auth/resp")).req == rid
+    assert bridge.rejected["stale"] == 0
+
+
 # -- finding 5: answers the agent no longer waits for ---------------------------------------------
 
 
@@ -206,10 +222,27 @@ def test_bridge_sends_a_new_device_its_allowlist_when_it_comes_online(
         time.sleep(0.3)
         assert new_pi.drain("werkbank/v1/dev/pi-laser-new/allowlist") == []  # nothing retained for it
         new_pi.publish("werkbank/v1/dev/pi-laser-new/status", _status("laser-1", clock()))
-        doc = verify(_laser_key(lab), new_pi.next("werkbank/v1/dev/pi-laser-new/allowlist"), clock(), "laser-1")
+        doc = verify(
+            _laser_key(lab), new_pi.next("werkbank/v1/dev/pi-laser-new/allowlist"), clock(), "laser-1"
+        )
         assert badge_hash(_laser_key(lab), QUINN) in {e.badge_hash for e in doc.entries}
     finally:
         new_pi.close()
+
+
+def test_bridge_republishes_an_allowlist_someone_cleared(
+    bridge: Bridge, lab: Database, mqtt_url: str, clock
+) -> None:  # type: ignore[no-untyped-def]
+    pi = Peer(mqtt_url)
+    try:
+        pi.subscribe(f"{LASER}/allowlist")
+        first = verify(_laser_key(lab), pi.next(f"{LASER}/allowlist"), clock(), "laser-1")
+        pi.publish(f"{LASER}/allowlist", b"", retain=True)  # e.g. a device that may write there
+        assert pi.next(f"{LASER}/allowlist") == b""
+        again = verify(_laser_key(lab), pi.next(f"{LASER}/allowlist"), clock(), "laser-1")
+        assert again.version > first.version
+    finally:
+        pi.close()
 
 
 # -- finding 6: one stalled table stalls every machine -------------------------------------------
@@ -257,7 +290,9 @@ def test_bridge_gives_up_on_a_locked_event_after_its_timeout_and_takes_it_again_
     lab: Database, mqtt_url: str, device: Peer, clock
 ) -> None:  # type: ignore[no-untyped-def]
     clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
-    bridge = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, ingest_timeout_s=1)
+    bridge = Bridge(
+        lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, ingest_timeout_s=1
+    )
     bridge.start()
     try:
         eid, event = _event("session_started", str(uuid.uuid4()), clock(), badge=QUINN, offline=True)
@@ -313,9 +348,14 @@ def test_bridge_offline_session_of_a_revoked_person_is_locked_flagged_and_report
         [note] = notifications.unread(s, tina.id)
         text_en = notifications.render(note, "en")
         assert "Quinn Qualified" in text_en and "Laser 1" in text_en and "revoked" in text_en
-        assert s.scalar(
-            select(func.count()).select_from(AuditLog).where(AuditLog.action == "session.not_allowed_offline")
-        ) == 1
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(AuditLog)
+                .where(AuditLog.action == "session.not_allowed_offline")
+            )
+            == 1
+        )
     # A copy of the event (the agent re-sends until acknowledged) flags and locks nothing again.
     device.publish(f"{LASER}/event", running)
     device.next(f"{LASER}/ack")

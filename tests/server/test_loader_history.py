@@ -32,7 +32,8 @@ people:
     badges: ["04A224B2C35E80"]
     qualifications:
       - {{competency: laser-safety, granted: 2025-02-01, by: tina@nord.test}}
-      - {{competency: laser-safety, granted: {today.isoformat()}, action: revoked, reason: unsafe, by: tina@nord.test}}
+      - {{competency: laser-safety, granted: {today.isoformat()}, action: revoked, reason: unsafe,
+         by: tina@nord.test}}
 """
     )
     return path
@@ -53,7 +54,9 @@ def test_loader_cli_history_entries_carry_the_time_they_were_made_and_the_load_i
     with database.session() as s:
         quinn = s.scalar(select(Person).where(Person.name == "Quinn Qualified"))
         assert quinn is not None
-        entries = {q.action: q for q in s.scalars(select(Qualification).where(Qualification.person_id == quinn.id))}
+        entries = {
+            q.action: q for q in s.scalars(select(Qualification).where(Qualification.person_id == quinn.id))
+        }
         revoked = entries[QualificationAction.REVOKED]
         # Made today, by this load: not at noon (up to 12 hours before or after it was made).
         assert before <= revoked.created_at <= after

@@ -40,8 +40,8 @@ def devices() -> ResponseReturnValue:
 
 
 def _clock_note(offset_s: float | None) -> str | None:
-    """"Clock 1 hour behind" for a device whose clock is off beyond the tolerance (its event
-    times are corrected; server.services.clocks), else None."""
+    """A tag such as "Clock 1 hour behind" for a device whose clock is off beyond the tolerance
+    (its event times are corrected; server.services.clocks), else None."""
     if not clocks.skewed(offset_s):
         return None
     assert offset_s is not None
