@@ -178,6 +178,7 @@ class Bridge:
         self._on_broker: dict[str, int] = {}
         self._republish_all = threading.Event()
         self.handled: Counter[str] = Counter()
+        # Set when the broker has acknowledged our subscriptions: from then on nothing is missed.
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._publisher: threading.Thread | None = None
@@ -187,7 +188,9 @@ class Bridge:
             Suffix.TELEMETRY: self._on_telemetry,
             Suffix.ALLOWLIST: self._on_allowlist,
         }
+        self._subscribe_mid: int | None = None
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -246,15 +249,26 @@ class Bridge:
         if reason.is_failure:
             log.error("bridge: broker refused the connection: %s", reason)
             return
-        for suffix in (Suffix.STATUS, Suffix.AUTH_REQ, Suffix.EVENT, Suffix.TELEMETRY):
-            client.subscribe(subscription(suffix, self.shared), qos=QOS[suffix])
+        filters = [
+            (subscription(suffix, self.shared), QOS[suffix])
+            for suffix in (Suffix.STATUS, Suffix.AUTH_REQ, Suffix.EVENT, Suffix.TELEMETRY)
+        ]
         # Every bridge reads the retained allow-lists itself (a shared subscription would get none).
-        client.subscribe(subscription(Suffix.ALLOWLIST), qos=QOS[Suffix.ALLOWLIST])
+        filters.append((subscription(Suffix.ALLOWLIST), QOS[Suffix.ALLOWLIST]))
+        # One SUBSCRIBE: its SUBACK (_on_subscribe) says the bridge hears every topic.
+        _rc, self._subscribe_mid = client.subscribe(filters)
         # The broker may have restarted without its retained messages (Mosquitto keeps them only
         # in memory by default): publish every list again.
         self._republish_all.set()
-        self.connected.set()
         log.info("bridge connected to %s", self.address.url)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("bridge: the broker refused subscriptions (%s); check its ACL", ", ".join(refused))
+        self.connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
@@ -370,10 +384,10 @@ class Bridge:
         with self._bounded_session() as db:
             device = self._device(db, item.device_id)
             result = ingest_event(db, device, event, self.clock())
-        # Committed: now, and only now, the agent may forget the event.
-        self.publish(item.device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
         if not result.new:
             self._count(self.handled, "duplicate")
+        # Committed: now, and only now, the agent may forget the event.
+        self.publish(item.device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
 
     def _on_allowlist(self, item: Inbound) -> None:
         """A copy of a device's allow-list on the broker: ours coming back, the retained one

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Time,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -383,7 +384,8 @@ class MachineSession(Base):
     unlocked_s: Mapped[float | None] = mapped_column(Float)
     run_s: Mapped[float | None] = mapped_column(Float)
     # A time was not the device's own: the decision's, or corrected by the device's clock offset.
-    time_corrected: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A server default too: bulk writers (server/demo/history.py) leave the column out.
+    time_corrected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # For staff: "not_allowed_offline" (server.services.reconcile), with the reason code.
     flag: Mapped[str | None] = mapped_column(String(32), index=True)
     flag_reason: Mapped[str | None] = mapped_column(String(64))
@@ -434,7 +436,7 @@ class StoredEvent(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     payload: Mapped[dict[str, Any]] = mapped_column()
     # ``ts`` is not the device's own (that stays in ``payload``): see MachineSession.time_corrected.
-    time_corrected: Mapped[bool] = mapped_column(Boolean, default=False)
+    time_corrected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AccessDecision(Base):
