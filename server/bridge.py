@@ -1,12 +1,13 @@
 """The MQTT bridge: answers taps, ingests events, tracks devices, publishes allow-lists.
 
 It is a thin caller of the services. The paho network thread only sorts incoming messages
-into queues, so a slow or locked table can never keep it from reading the next tap: taps
-(``auth/req``) go to the decider thread, events to the ingest thread, ``status``, ``telemetry``
-and retained allow-lists to the device-state thread. Each works in its own short database
-sessions on its own pooled connection; the ingest and state threads' statements give up after
-``ingest_timeout_s`` (PostgreSQL ``statement_timeout``/``lock_timeout``), so a stalled table costs
-an event a retry (it is not acknowledged, the agent sends it again), never a tap its answer.
+into two queues, so a slow or locked table can never keep it from reading the next tap: taps
+(``auth/req``) go to the decider thread; events, ``status``, ``telemetry`` and allow-list copies
+go to the ingest thread, in the order they arrived (a device's status after its event stays
+after it). Each thread works in its own short database sessions on its own pooled connection;
+the ingest thread's statements give up after ``ingest_timeout_s`` (PostgreSQL
+``statement_timeout``/``lock_timeout``), so a stalled table costs an event a retry (it is not
+acknowledged, the agent sends it again), never a tap its answer.
 
 An event's ``ack`` is published only after its transaction committed. Taps that wait together
 are decided in one transaction; the decision is recorded before its answer is published, and a
@@ -85,10 +86,10 @@ log = logging.getLogger(__name__)
 RECENT_ANSWERS = 10_000
 # Taps waiting together are recorded in one transaction, at most this many.
 MAX_TAPS_PER_COMMIT = 100
-# Messages waiting for the ingest or the device-state thread, at most; past it a message is
+# Messages waiting for the ingest thread, at most; past it a message is
 # dropped unacknowledged (counted ``busy``): the agent sends its events again.
 MAX_WAITING = 10_000
-# How long the ingest and state threads' statements may wait (PostgreSQL), by default.
+# How long the ingest thread's statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
 # For this transaction only (is_local): the pooled connection goes back to other threads as it was.
@@ -160,14 +161,13 @@ class Bridge:
         self.decider = Decider()
         self.offsets = clocks.ClockOffsets()
         self._taps: queue.SimpleQueue[Inbound | None] = queue.SimpleQueue()
-        self._events: queue.Queue[Inbound | None] = queue.Queue(MAX_WAITING)
-        self._states: queue.Queue[Inbound | None] = queue.Queue(MAX_WAITING)
+        self._inbox: queue.Queue[Inbound | None] = queue.Queue(MAX_WAITING)
         self._routes: dict[Suffix, queue.SimpleQueue[Inbound | None] | queue.Queue[Inbound | None]] = {
             Suffix.AUTH_REQ: self._taps,
-            Suffix.EVENT: self._events,
-            Suffix.STATUS: self._states,
-            Suffix.TELEMETRY: self._states,
-            Suffix.ALLOWLIST: self._states,
+            Suffix.EVENT: self._inbox,
+            Suffix.STATUS: self._inbox,
+            Suffix.TELEMETRY: self._inbox,
+            Suffix.ALLOWLIST: self._inbox,
         }
         self._workers: list[threading.Thread] = []
         self._answers: OrderedDict[str, bytes] = OrderedDict()
@@ -199,8 +199,7 @@ class Bridge:
         self._seed_offsets()
         self._workers = [
             threading.Thread(target=self._decide_loop, name="tap-decider", daemon=True),
-            threading.Thread(target=self._work, args=(self._events,), name="event-ingest", daemon=True),
-            threading.Thread(target=self._work, args=(self._states,), name="device-state", daemon=True),
+            threading.Thread(target=self._ingest_loop, name="ingest", daemon=True),
         ]
         for worker in self._workers:
             worker.start()
@@ -219,8 +218,8 @@ class Bridge:
         # Disconnect first: no new message is queued after the workers' last one.
         self.client.disconnect()
         self.client.loop_stop()
-        for inbox in (self._taps, self._events, self._states):
-            inbox.put(None)
+        self._taps.put(None)
+        self._inbox.put(None)
         for worker in self._workers:
             worker.join(timeout=5)
 
@@ -296,10 +295,10 @@ class Bridge:
             self._count(self.rejected, "internal")
             log.exception("bridge: unexpected error on %s", msg.topic)
 
-    def _work(self, inbox: queue.Queue[Inbound | None]) -> None:
-        """The ingest and device-state threads: one message after the other, until stopped."""
+    def _ingest_loop(self) -> None:
+        """The ingest thread: one message after the other, until stopped."""
         while True:
-            item = inbox.get()
+            item = self._inbox.get()
             if item is None:
                 return
             self._handle(item)
@@ -350,7 +349,7 @@ class Bridge:
             )
         return device
 
-    # -- handlers (ingest and device-state threads) ----------------------------------------
+    # -- handlers (the ingest thread) -------------------------------------------------------
     def _on_status(self, item: Inbound) -> None:
         if not item.payload:
             return  # a retained status being cleared

@@ -7,6 +7,8 @@ jobs, so a repeated delivery (QoS 1 is at-least-once) changes nothing. A
 order): whichever comes first creates the session row and the other fills it in.
 When a supervised session is complete (both ends known), the training service grants
 what its hours completed (``training.advance_after_session``), in the trainer's name.
+Times are the server's (``clocks.event_time``); an offline session's start is checked against
+what the server knew then (``reconcile.check_offline_session``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from server.db import Database
 from server.models import AuditLog, Badge, Device, MachineSession, Notification, Person
-from server.services import audit, notifications, reconcile
+from server.services import audit, mail, notifications, reconcile
 from server.services.ingest import ingest_event
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import SessionEnded, SessionStarted
@@ -109,9 +109,9 @@ def test_reconcile_notifies_the_sites_admins_in_their_language_and_is_audited(la
             "once a running job ends. Please talk to Eddie Expired."
         )
         assert "Laser-Sicherheitsunterweisung war abgelaufen" in notifications.render(note, "de")
-        assert (
-            notifications.render_subject(note, "de") == "Eddie Expired hat Laser 1 ohne Berechtigung benutzt"
-        )
+        email = mail.compose(note, tina, "werkbank@lab.test")  # Tina reads German
+        assert email["Subject"] == "Eddie Expired hat Laser 1 ohne Berechtigung benutzt"
+        assert "durfte das aber nicht: Laser-Sicherheitsunterweisung war abgelaufen" in email.get_content()
         flagged = s.scalars(select(AuditLog).where(AuditLog.action == reconcile.FLAG_ACTION)).all()
         assert len(flagged) == 2 and flagged[0].detail["reason"] == "qualification_expired"
         # The first session has ended meanwhile: only the second is still to be locked.
