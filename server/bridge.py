@@ -354,28 +354,30 @@ class Bridge:
         if not item.payload:
             return  # a retained status being cleared
         status = decode_as(Status, item.payload)
+        sent = parse_ts(status.ts) if status.ts is not None else None
         with self._bounded_session() as db:
             device = self._device(db, item.device_id)
             came_online = status.online and not device.online
             apply_status(db, device, status, self.clock())
             if item.retained or not status.online:
                 return  # from the broker's store: neither its time nor its list is news
-            if status.ts is not None:
+            if sent is not None:
                 if came_online:
                     self.offsets.forget(device.id)  # restarted: its clock may have jumped
-                self._note_offset(db, device, item, status.ts)
+                self._note_offset(db, device, item, sent)
             self._offer_allowlist(device, status.allowlist_version)
 
     def _on_telemetry(self, item: Inbound) -> None:
         telemetry = decode_as(Telemetry, item.payload)
+        sent = parse_ts(telemetry.ts)
         with self._bounded_session() as db:
             device = self._device(db, item.device_id)
             apply_telemetry(db, device, telemetry, self.clock())
             if not item.retained:
-                self._note_offset(db, device, item, telemetry.ts)
+                self._note_offset(db, device, item, sent)
 
-    def _note_offset(self, db: Session, device: Device, item: Inbound, sent: str) -> None:
-        offset = self.offsets.add(device.id, item.arrived, parse_ts(sent))
+    def _note_offset(self, db: Session, device: Device, item: Inbound, sent: datetime) -> None:
+        offset = self.offsets.add(device.id, item.arrived, sent)
         clocks.record(db, device, offset, self.clock())
 
     def _on_event(self, item: Inbound) -> None:
