@@ -1,16 +1,26 @@
 """The MQTT bridge: answers taps, ingests events, tracks devices, publishes allow-lists.
 
-It is a thin caller of the services. Each message is handled in its own short database
-session; an event's ``ack`` is published only after its transaction committed. Taps
-(``auth/req``) take a faster road, because a person waits at the machine: a tap that
-arrives alone is answered at once in the network thread; taps that arrive faster than
-that are answered in batches by a decider thread, one transaction per batch. Either way
-the decision is recorded before its answer is published, and a repeated request id gets
-the recorded answer again (bench/tap_latency.py measures this path). Any bad
-message is refused with a logged, counted reason and never changes stored data or
-stops the bridge. With ``MQTT_SHARED_SUBSCRIPTIONS`` several bridges can share the
-device topics (MQTT 5 shared subscriptions on a clustered broker); ingestion is
-idempotent by event id, so any bridge may take any message.
+It is a thin caller of the services. The paho network thread only sorts incoming messages
+into two queues, so a slow or locked table can never keep it from reading the next tap: taps
+(``auth/req``) go to the decider thread; events, ``status``, ``telemetry`` and allow-list copies
+go to the ingest thread, in the order they arrived (a device's status after its event stays
+after it). Each thread works in its own short database sessions on its own pooled connection;
+the ingest thread's statements give up after ``ingest_timeout_s`` (PostgreSQL
+``statement_timeout``/``lock_timeout``), so a stalled table costs an event a retry (it is not
+acknowledged, the agent sends it again), never a tap its answer.
+
+An event's ``ack`` is published only after its transaction committed. Taps that wait together
+are decided in one transaction; the decision is recorded before its answer is published, and a
+repeated request id gets the recorded answer again (bench/tap_latency.py measures this path).
+A tap older than the agent waits for (``tap_max_age_s``, on the server's clock after the
+device's measured clock offset, server.services.clocks) is dropped unanswered and unrecorded:
+the agent has decided offline already. Allow-lists are republished in full whenever the bridge
+(re)connects (a restarted broker may have lost its retained copies), when a retained copy is
+older than the database's, and when a device comes online holding an older one than its
+machine's while the broker holds none for it. Any bad message is refused with a logged, counted
+reason and never changes stored data or stops the bridge. With ``MQTT_SHARED_SUBSCRIPTIONS``
+several bridges can share the device topics (MQTT 5 shared subscriptions on a clustered
+broker); ingestion is idempotent by event id, so any bridge may take any message.
 """
 
 from __future__ import annotations
@@ -18,18 +28,19 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import select as io_select
-import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+import msgspec
 import paho.mqtt.client as mqtt
-from sqlalchemy import Connection, Table, insert, select
+from sqlalchemy import Connection, Table, insert, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -47,14 +58,15 @@ from server.models import (
     Requirement,
     StepKind,
 )
-from server.services import allowlists, booking_starts, cards, training
+from server.services import allowlists, booking_starts, cards, clocks, reconcile, training
 from server.services.decision import Decider, MachineFacts, PersonFacts, Tap, Verdict
 from server.services.devices import apply_status, apply_telemetry
 from server.services.ingest import ingest_event
 from server.services.messages import render, render_text
-from werkbank_protocol import ProtocolError, format_ts, now_ts
+from werkbank_protocol import ProtocolError, format_ts, now_ts, parse_ts
 from werkbank_protocol.clock import wall_now
 from werkbank_protocol.messages import (
+    MAX_ALLOWLIST_PAYLOAD,
     Ack,
     AuthReq,
     AuthResp,
@@ -77,6 +89,11 @@ log = logging.getLogger(__name__)
 RECENT_ANSWERS = 10_000
 # Taps waiting together are recorded in one transaction, at most this many.
 MAX_TAPS_PER_COMMIT = 100
+# Messages waiting for the ingest thread, at most; past it a message is
+# dropped unacknowledged (counted ``busy``): the agent sends its events again.
+MAX_WAITING = 10_000
+# How long the ingest thread's statements may wait (PostgreSQL), by default.
+INGEST_TIMEOUT_S = 5.0
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
 _RECORD_AUDIT = insert(cast(Table, AuditLog.__table__))
 
@@ -98,6 +115,30 @@ def _not_genuine(device_id: str, req: AuthReq, machine: MachineFacts, now: datet
     }
 
 
+# For this transaction only (is_local): the pooled connection goes back to other threads as it was.
+_STATEMENT_LIMITS = text(
+    "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
+)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message as the network thread hands it on: from which device, what, when it arrived
+    (the bridge's clock) and whether the broker delivered it from its retained store."""
+
+    device_id: str
+    suffix: Suffix
+    payload: bytes
+    arrived: datetime
+    retained: bool
+
+
+class _Version(msgspec.Struct):
+    """Just the version of an allow-list document (the rest is the agent's business)."""
+
+    version: int
+
+
 class Bridge:
     """One MQTT client between the devices and the database."""
 
@@ -114,6 +155,8 @@ class Bridge:
         allowlist_interval: float = 0.5,
         booking_interval: float = 1.0,
         message_limit: int = 64 * 1024,
+        tap_max_age_s: float = clocks.TAP_MAX_AGE_S,
+        ingest_timeout_s: float = INGEST_TIMEOUT_S,
     ) -> None:
         self.db = database
         address = parse_mqtt_url(mqtt_url)
@@ -130,36 +173,63 @@ class Bridge:
         # The broker's message_size_limit (MQTT_MESSAGE_LIMIT): a bigger message is dropped unseen.
         self.message_limit = message_limit
         # How often to look for walk-ins still there when a booking begins (booking_starts.py).
+        # How often to look for walk-ins still there when a booking begins (booking_starts.py),
+        # and for flagged offline sessions still running (reconcile.py).
         self.booking_interval = booking_interval
+        self.tap_max_age_s = tap_max_age_s
+        self.ingest_timeout_s = ingest_timeout_s
         self._next_booking_check = 0.0
         # (booking id, session id) locks sent by this process; the audit log has them all.
         self._booking_locks_sent: set[tuple[str, str]] = set()
+        # Sessions locked as not allowed offline by this process (likewise).
+        self._reconcile_locks_sent: set[str] = set()
         self.rejected: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self.decider = Decider()
-        self._taps: queue.SimpleQueue[tuple[str, AuthReq] | None] = queue.SimpleQueue()
-        self._decider_thread: threading.Thread | None = None
-        self._tap_lock = threading.Lock()
+        self.offsets = clocks.ClockOffsets()
+        self._taps: queue.SimpleQueue[Inbound | None] = queue.SimpleQueue()
+        self._inbox: queue.Queue[Inbound | None] = queue.Queue(MAX_WAITING)
+        self._routes: dict[Suffix, queue.SimpleQueue[Inbound | None] | queue.Queue[Inbound | None]] = {
+            Suffix.AUTH_REQ: self._taps,
+            Suffix.EVENT: self._inbox,
+            Suffix.STATUS: self._inbox,
+            Suffix.TELEMETRY: self._inbox,
+            Suffix.ALLOWLIST: self._inbox,
+        }
+        self._workers: list[threading.Thread] = []
         self._answers: OrderedDict[str, bytes] = OrderedDict()
         self._answers_lock = threading.Lock()
+        # Allow-lists: the newest version this process published per device, and the version
+        # last seen on each device's topic (our own copy coming back, or -1: cleared).
+        self._published: dict[str, int] = {}
+        self._on_broker: dict[str, int] = {}
+        self._republish_all = threading.Event()
         self.handled: Counter[str] = Counter()
+        # Set when the broker has acknowledged our subscriptions: from then on nothing is missed.
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._publisher: threading.Thread | None = None
-        self._handlers: dict[Suffix, Callable[[str, bytes], None]] = {
+        self._handlers: dict[Suffix, Callable[[Inbound], None]] = {
             Suffix.STATUS: self._on_status,
-            Suffix.AUTH_REQ: self._on_auth_req,
             Suffix.EVENT: self._on_event,
             Suffix.TELEMETRY: self._on_telemetry,
+            Suffix.ALLOWLIST: self._on_allowlist,
         }
+        self._subscribe_mid: int | None = None
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, wait: float = 10.0) -> Bridge:
-        self._decider_thread = threading.Thread(target=self._decide_loop, name="tap-decider", daemon=True)
-        self._decider_thread.start()
+        self._seed_offsets()
+        self._workers = [
+            threading.Thread(target=self._decide_loop, name="tap-decider", daemon=True),
+            threading.Thread(target=self._ingest_loop, name="ingest", daemon=True),
+        ]
+        for worker in self._workers:
+            worker.start()
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
         if wait and not self.connected.wait(wait):
@@ -172,20 +242,59 @@ class Bridge:
         self._stop.set()
         if self._publisher is not None:
             self._publisher.join(timeout=5)
-        if self._decider_thread is not None:
-            self._taps.put(None)
-            self._decider_thread.join(timeout=5)
+        # Disconnect first: no new message is queued after the workers' last one.
         self.client.disconnect()
         self.client.loop_stop()
+        self._taps.put(None)
+        self._inbox.put(None)
+        for worker in self._workers:
+            worker.join(timeout=5)
+
+    def _seed_offsets(self) -> None:
+        """Clock offsets measured recently (by this bridge before a restart, or another one), so
+        that taps queued while no bridge ran are judged by them, not by themselves."""
+        now = self.clock()
+        try:
+            with self.db.session() as db:
+                rows = db.execute(
+                    select(Device.id, Device.clock_offset_s, Device.clock_measured_at).where(
+                        Device.clock_offset_s.is_not(None), Device.clock_measured_at.is_not(None)
+                    )
+                ).all()
+        except SQLAlchemyError:
+            log.exception("bridge: could not read the devices' clock offsets; measuring afresh")
+            return
+        for device_id, offset_s, measured_at in rows:
+            if offset_s is None or measured_at is None:
+                continue
+            age = (now - measured_at).total_seconds()
+            if 0 <= age < self.offsets.window_s:
+                self.offsets.seed(device_id, offset_s, age)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             log.error("bridge: broker refused the connection: %s", reason)
             return
-        for suffix in self._handlers:
-            client.subscribe(subscription(suffix, self.shared), qos=QOS[suffix])
-        self.connected.set()
+        filters = [
+            (subscription(suffix, self.shared), QOS[suffix])
+            for suffix in (Suffix.STATUS, Suffix.AUTH_REQ, Suffix.EVENT, Suffix.TELEMETRY)
+        ]
+        # Every bridge reads the retained allow-lists itself (a shared subscription would get none).
+        filters.append((subscription(Suffix.ALLOWLIST), QOS[Suffix.ALLOWLIST]))
+        # One SUBSCRIBE: its SUBACK (_on_subscribe) says the bridge hears every topic.
+        _rc, self._subscribe_mid = client.subscribe(filters)
+        # The broker may have restarted without its retained messages (Mosquitto keeps them only
+        # in memory by default): publish every list again.
+        self._republish_all.set()
         log.info("bridge connected to %s", self.address.url)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("bridge: the broker refused subscriptions (%s); check its ACL", ", ".join(refused))
+        self.connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
@@ -194,25 +303,61 @@ class Bridge:
 
     # -- dispatch --------------------------------------------------------------------------
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """In paho's network thread: hand the message to its worker and return at once."""
         try:
             device_id, suffix = parse_topic(msg.topic)
-            handler = self._handlers.get(suffix)
-            if handler is None:
+            inbox = self._routes.get(suffix)
+            if inbox is None:
                 return  # our own outgoing topics, echoed by some brokers
-            handler(device_id, bytes(msg.payload))
-            self._count(self.handled, suffix.value)
+            item = Inbound(device_id, suffix, bytes(msg.payload), self.clock(), bool(msg.retain))
+            try:
+                inbox.put_nowait(item)
+            except queue.Full:
+                # Never block here: the taps behind it would wait. Unacknowledged, so resent.
+                self._count(self.rejected, "busy")
+                log.warning("bridge: %d messages wait already; dropped one on %s", MAX_WAITING, msg.topic)
         except ProtocolError as exc:
             self.reject(msg.topic, exc)
-        except SQLAlchemyError:
-            # The database is down or busy: no ack goes out, so the agent re-sends later.
-            self._count(self.rejected, "database")
-            log.exception("bridge: database error on %s; the device will retry", msg.topic)
         except Exception:  # a bug must not stop the bridge; it is logged and counted
             self._count(self.rejected, "internal")
             log.exception("bridge: unexpected error on %s", msg.topic)
 
+    def _ingest_loop(self) -> None:
+        """The ingest thread: one message after the other, until stopped."""
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            self._handle(item)
+
+    def _handle(self, item: Inbound) -> None:
+        where = f"werkbank/v1/dev/{item.device_id}/{item.suffix.value}"
+        try:
+            self._handlers[item.suffix](item)
+            self._count(self.handled, item.suffix.value)
+        except ProtocolError as exc:
+            self.reject(where, exc)
+        except SQLAlchemyError:
+            # The database is down, busy or locked past our timeout: no ack goes out, so the
+            # agent re-sends later.
+            self._count(self.rejected, "database")
+            log.exception("bridge: database error on %s; the device will retry", where)
+        except Exception:  # a bug must not stop the bridge; it is logged and counted
+            self._count(self.rejected, "internal")
+            log.exception("bridge: unexpected error on %s", where)
+
+    @contextmanager
+    def _bounded_session(self) -> Iterator[Session]:
+        """A session whose statements give up after ``ingest_timeout_s`` instead of waiting on a
+        locked table for ever (PostgreSQL; SQLite's busy timeout is set for every connection)."""
+        with self.db.session() as db:
+            if db.get_bind().dialect.name == "postgresql":
+                limit = str(max(1, int(self.ingest_timeout_s * 1000)))
+                db.execute(_STATEMENT_LIMITS, {"ms": limit})
+            yield db
+
     def _count(self, counter: Counter[str], key: str, n: int = 1) -> None:
-        # Two threads count (the network thread and the tap decider).
+        # Several threads count (the network thread and the workers).
         with self._counts_lock:
             counter[key] += n
 
@@ -231,90 +376,160 @@ class Bridge:
             )
         return device
 
-    # -- handlers --------------------------------------------------------------------------
-    def _on_status(self, device_id: str, payload: bytes) -> None:
-        if not payload:
+    # -- handlers (the ingest thread) -------------------------------------------------------
+    def _on_status(self, item: Inbound) -> None:
+        if not item.payload:
             return  # a retained status being cleared
-        status = decode_as(Status, payload)
-        with self.db.session() as db:
-            apply_status(db, self._device(db, device_id), status, self.clock())
+        status = decode_as(Status, item.payload)
+        sent = parse_ts(status.ts) if status.ts is not None else None
+        with self._bounded_session() as db:
+            device = self._device(db, item.device_id)
+            came_online = status.online and not device.online
+            apply_status(db, device, status, self.clock())
+            if item.retained or not status.online:
+                return  # from the broker's store: neither its time nor its list is news
+            if sent is not None:
+                if came_online:
+                    self.offsets.forget(device.id)  # restarted: its clock may have jumped
+                self._note_offset(db, device, item, sent)
+            self._offer_allowlist(device, status.allowlist_version)
 
-    def _on_telemetry(self, device_id: str, payload: bytes) -> None:
-        telemetry = decode_as(Telemetry, payload)
-        with self.db.session() as db:
-            apply_telemetry(db, self._device(db, device_id), telemetry, self.clock())
+    def _on_telemetry(self, item: Inbound) -> None:
+        telemetry = decode_as(Telemetry, item.payload)
+        sent = parse_ts(telemetry.ts)
+        with self._bounded_session() as db:
+            device = self._device(db, item.device_id)
+            apply_telemetry(db, device, telemetry, self.clock())
+            if not item.retained:
+                self._note_offset(db, device, item, sent)
 
-    def _on_event(self, device_id: str, payload: bytes) -> None:
-        event = decode_event(payload)
-        with self.db.session() as db:
-            device = self._device(db, device_id)
+    def _note_offset(self, db: Session, device: Device, item: Inbound, sent: datetime) -> None:
+        offset = self.offsets.add(device.id, item.arrived, sent)
+        clocks.record(db, device, offset, self.clock())
+
+    def _on_event(self, item: Inbound) -> None:
+        event = decode_event(item.payload)
+        with self._bounded_session() as db:
+            device = self._device(db, item.device_id)
             result = ingest_event(db, device, event, self.clock())
-        # Committed: now, and only now, the agent may forget the event.
-        self.publish(device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
         if not result.new:
-            self.handled["duplicate"] += 1
+            self._count(self.handled, "duplicate")
+        # Committed: now, and only now, the agent may forget the event.
+        self.publish(item.device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
 
-    def _on_auth_req(self, device_id: str, payload: bytes) -> None:
-        """Check the tap here. In a quiet moment answer it here too; when taps come in faster
-        than one at a time, leave it to the decider thread, which answers them in batches."""
-        try:
-            req = decode_as(AuthReq, payload)
-        except ProtocolError as exc:
-            self._answer_bad_request(device_id, payload, exc)
-            raise
-        if req.mode == "enrol":
-            self._answer_enrol(device_id, req)
-            return
-        if self._quiet() and self._tap_lock.acquire(blocking=False):
+    def _on_allowlist(self, item: Inbound) -> None:
+        """A copy of a device's allow-list on the broker: ours coming back, the retained one
+        (when we subscribe), or someone clearing it. Republish when the broker holds none or an
+        older one than the database's (and not because of an older copy of our own)."""
+        version = -1
+        if item.payload:
             try:
-                if self._taps.empty():
-                    self._answer_taps([(device_id, req)])
-                    return
-            finally:
-                self._tap_lock.release()
-        self._taps.put((device_id, req))
+                version = decode_as(_Version, item.payload, MAX_ALLOWLIST_PAYLOAD).version
+            except ProtocolError:
+                version = -1  # not a list an agent would take: as good as none
+        self._on_broker[item.device_id] = version
+        if version >= 0:
+            if not item.retained:
+                return  # a live copy: our own, on its way (a newer one may follow it)
+            if self._published.get(item.device_id, -1) > version:
+                return  # we have published a newer one since: the broker holds that now
+        with self._bounded_session() as db:
+            device = db.get(Device, item.device_id)
+            machine = device.machine if device is not None else None
+            if machine is None or machine.allowlist_dirty or version >= machine.allowlist_version:
+                return
+            machine.allowlist_dirty = True
+            log.info(
+                "allow-list of %s on the broker is %s (the database has %d): republishing",
+                item.device_id,
+                "missing" if version < 0 else f"version {version}",
+                machine.allowlist_version,
+            )
 
-    def _quiet(self) -> bool:
-        """No tap waits for the decider and the broker has sent nothing more yet: answering
-        inline then spares the tap two thread hand-offs, and delays nobody."""
-        if not self._taps.empty():
-            return False
-        sock = self.client.socket()
-        if not isinstance(sock, socket.socket):
-            return False
-        try:
-            readable, _, _ = io_select.select([sock], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
+    def _offer_allowlist(self, device: Device, held: int | None) -> None:
+        """A device came online holding an older allow-list than its machine's (or none): when
+        the broker holds none for it (a new device id, a lost retained copy), publish one."""
+        machine = device.machine
+        if machine is None or machine.allowlist_dirty:
+            return
+        if held is not None and held >= machine.allowlist_version:
+            return
+        if machine.allowlist_version in (self._on_broker.get(device.id), self._published.get(device.id)):
+            return  # the retained copy is there (or on its way): the device gets it from the broker
+        machine.allowlist_dirty = True
+        log.info(
+            "device %s holds allow-list %s: publishing version %d+",
+            device.id,
+            held,
+            machine.allowlist_version,
+        )
 
     # -- taps ------------------------------------------------------------------------------
     def _decide_loop(self) -> None:
         """Answer taps in batches: all taps waiting when the thread gets to them share one
-        transaction (one commit), then their answers go out. Only one thread answers taps
-        at a time (``_tap_lock``), so taps never wait on each other's database locks."""
+        transaction (one commit), then their answers go out. This thread alone answers taps,
+        so taps never wait on each other's database locks."""
         while True:
             first = self._taps.get()
             if first is None:
                 return
             stopping = False
-            with self._tap_lock:
-                batch = [first]
-                while len(batch) < MAX_TAPS_PER_COMMIT:
-                    try:
-                        item = self._taps.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stopping = True
-                        break
-                    batch.append(item)
+            batch = [first]
+            while len(batch) < MAX_TAPS_PER_COMMIT:
                 try:
-                    self._answer_taps(batch)
-                except Exception:  # never let the thread die; each tap was counted already
-                    log.exception("bridge: answering %d tap(s) failed", len(batch))
+                    item = self._taps.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                self._answer_taps(self._current_taps(batch))
+            except Exception:  # never let the thread die; each tap was counted already
+                log.exception("bridge: answering %d tap(s) failed", len(batch))
             if stopping:
                 return
+
+    def _current_taps(self, batch: list[Inbound]) -> list[tuple[str, AuthReq]]:
+        """The taps of ``batch`` worth answering: a garbled one is answered ``bad_request`` here;
+        one the agent has stopped waiting for is dropped (counted ``stale``), neither answered nor
+        recorded, since the agent decided offline already and nobody would act on the answer."""
+        now = self.clock()
+        current: list[tuple[str, AuthReq]] = []
+        for item in batch:
+            try:
+                req = decode_as(AuthReq, item.payload)
+                sent = parse_ts(req.ts)
+            except ProtocolError as exc:
+                self.reject(topic(item.device_id, Suffix.AUTH_REQ), exc)
+                self._answer_bad_request(item.device_id, item.payload, exc)
+                continue
+            if req.mode == "enrol":
+                # An enrolment station asks for a new card's keys: no session, no decision row.
+                self._answer_enrol(item.device_id, req)
+                continue
+            # A device never measured is taken at its word: its first tap sets its offset.
+            estimate = (
+                self.offsets.estimate(item.device_id)
+                if item.retained  # from the broker's store: late by definition, no sample
+                else self.offsets.add(item.device_id, item.arrived, sent)
+            )
+            if estimate is None:
+                estimate = (item.arrived - sent).total_seconds()
+            age = clocks.tap_age(sent, now, estimate)
+            if age > self.tap_max_age_s:
+                self._count(self.rejected, "stale")
+                log.warning(
+                    "tap %s at %s is %.1f s old (the agent waits %.1f s): dropped unanswered",
+                    req.id,
+                    item.device_id,
+                    age,
+                    clocks.AGENT_WAIT_S,
+                )
+                continue
+            current.append((item.device_id, req))
+        return current
 
     def _answer_taps(self, batch: list[tuple[str, AuthReq]]) -> None:
         """Decide ``batch``, record it in one transaction, then publish the answers."""
@@ -568,20 +783,29 @@ class Bridge:
             if not self.connected.is_set():
                 continue
             try:
-                self.publish_allowlists()
+                if self._republish_all.is_set():
+                    self._republish_all.clear()
+                    try:
+                        self.publish_allowlists(force=True)
+                    except Exception:
+                        self._republish_all.set()  # again next round
+                        raise
+                else:
+                    self.publish_allowlists()
                 if time.monotonic() >= self._next_booking_check:
                     self._next_booking_check = time.monotonic() + self.booking_interval
                     self.lock_for_bookings()
+                    self.lock_not_allowed()
                 failing = False
             except Exception:
                 if not failing:  # once per outage, not twice a second
-                    log.exception("bridge: publishing allow-lists or booking locks failed; retrying")
+                    log.exception("bridge: publishing allow-lists or locks failed; retrying")
                 failing = True
 
     def publish_allowlists(self, force: bool = False) -> int:
         """Publish every dirty (or, with force, every) machine's allow-list; returns how many."""
         now = self.clock()
-        outgoing: list[tuple[str, bytes]] = []
+        outgoing: list[tuple[str, int, bytes]] = []
         with self.db.session() as db:
             query = select(Machine).where(Machine.device.has())
             if not force:
@@ -612,9 +836,10 @@ class Bridge:
                         self.message_limit,
                     )
                     continue
-                outgoing.append((device.id, payload))
+                outgoing.append((device.id, machine.allowlist_version, payload))
         # Published after the commit, so a version number is never sent twice with different content.
-        for device_id, payload in outgoing:
+        for device_id, version, payload in outgoing:
+            self._published[device_id] = version
             self.publish(device_id, Suffix.ALLOWLIST, payload)
         if outgoing:
             log.info("published %d allow-list(s) at %s", len(outgoing), now_ts())
@@ -643,6 +868,29 @@ class Bridge:
         self._booking_locks_sent.update((lock.booking_id, lock.session_id) for lock in due)
         if len(self._booking_locks_sent) > RECENT_ANSWERS:
             self._booking_locks_sent.clear()  # the audit log remembers; this only spares queries
+        return len(due)
+
+    # -- offline sessions of people who were not allowed -----------------------------------
+    def lock_not_allowed(self) -> int:
+        """Send a ``lock`` to every flagged offline session still running, once (see
+        server/services/reconcile.py). Not forced: the agent waits for a running job."""
+        now = self.clock()
+        with self.db.session() as db:
+            due = reconcile.due_locks(db, now, skip=self._reconcile_locks_sent)
+            # Sent before the commit, as the booking locks are (same reasons).
+            for lock in due:
+                command = Cmd(
+                    v=1, id=lock.cmd_id, type="lock", session=lock.session_id, reason=reconcile.LOCK_REASON
+                )
+                self.publish(lock.device_id, Suffix.CMD, encode(command))
+                log.warning(
+                    "locking session %s at %s: not allowed when it began offline",
+                    lock.session_id,
+                    lock.device_id,
+                )
+        self._reconcile_locks_sent.update(lock.session_id for lock in due)
+        if len(self._reconcile_locks_sent) > RECENT_ANSWERS:
+            self._reconcile_locks_sent.clear()  # the audit log remembers; this only spares queries
         return len(due)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
 import queue
@@ -79,11 +80,19 @@ def load_cmd(file: Path) -> None:
     try:
         lab = parse(file.read_text(encoding="utf-8"))
         with db.session() as session:
-            counts = load(session, lab)
+            counts = load(session, lab, source=file.name, actor_label=f"cli:{_os_user()}")
     except LoadError as exc:
         raise click.ClickException(f"{file}: {exc}. Nothing was changed.") from exc
     summary = ", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing"
     click.echo(f"loaded {summary} from {file}")
+
+
+def _os_user() -> str:
+    """Who runs the command, for the audit log (the CLI has no login)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (a container)
+        return f"uid {os.getuid()}"
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -123,6 +132,8 @@ def bridge_cmd() -> None:
         shared=cfg["MQTT_SHARED_SUBSCRIPTIONS"],
         ca_file=cfg["MQTT_CA_FILE"],
         message_limit=cfg["MQTT_MESSAGE_LIMIT"],
+        tap_max_age_s=cfg["TAP_MAX_AGE_MS"] / 1000,
+        ingest_timeout_s=cfg["INGEST_TIMEOUT_S"],
     ).start()
     try:
         _wait_for_signal()

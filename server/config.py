@@ -48,6 +48,10 @@ class Config:
     ALLOWLIST_DAYS: int = _int("WERKBANK_ALLOWLIST_DAYS", 7)
     # How many machines one person may have unlocked at once.
     MAX_OPEN_SESSIONS: int = _int("WERKBANK_MAX_OPEN_SESSIONS", 2)
+    # The bridge drops taps older than this: the agent has decided offline (raise it with the
+    # agents' auth_timeout_s). And how long its event statements may wait on a lock (PostgreSQL).
+    TAP_MAX_AGE_MS: int = _int("WERKBANK_TAP_MAX_AGE_MS", 1550)
+    INGEST_TIMEOUT_S: int = _int("WERKBANK_INGEST_TIMEOUT_S", 5)
     BABEL_DEFAULT_LOCALE: str = os.environ.get("WERKBANK_DEFAULT_LANGUAGE", "de")
     BABEL_DEFAULT_TIMEZONE: str = os.environ.get("WERKBANK_TIMEZONE", "Europe/Berlin")
     LANGUAGES: tuple[str, ...] = ("de", "en")

@@ -86,7 +86,7 @@ def run_demo(app: Flask, data: Path) -> int:
     database_url = app.config["DATABASE_URL"]
     upgrade(database_url)
     with db.session() as session:
-        load(session, parse(data.read_text(encoding="utf-8")))
+        load(session, parse(data.read_text(encoding="utf-8")), source=data.name, actor_label="werkbank up")
     with db.session() as session:
         # A few weeks of generated use, so the dashboards have something to show (first start only).
         added = add_recent_history(session, weeks=4, seed=1, now=datetime.now(UTC))

@@ -409,6 +409,10 @@ class Device(Base):
     allowlist_version: Mapped[int | None] = mapped_column(Integer)
     # May write keys onto new secure badges (its agent runs with [reader] mode = "enrol").
     enrolment_station: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How far the device's clock is behind the server's, in seconds (negative: ahead), as the
+    # bridge measures it from message times (server.services.clocks); None: never measured.
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)
+    clock_measured_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     machine: Mapped[Machine | None] = relationship(back_populates="device")
@@ -456,6 +460,12 @@ class MachineSession(Base):
     end_reason: Mapped[str | None] = mapped_column(String(32))
     unlocked_s: Mapped[float | None] = mapped_column(Float)
     run_s: Mapped[float | None] = mapped_column(Float)
+    # A time was not the device's own: the decision's, or corrected by the device's clock offset.
+    # A server default too: bulk writers (server/demo/history.py) leave the column out.
+    time_corrected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # For staff: "not_allowed_offline" (server.services.reconcile), with the reason code.
+    flag: Mapped[str | None] = mapped_column(String(32), index=True)
+    flag_reason: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     machine: Mapped[Machine] = relationship()
@@ -502,6 +512,8 @@ class StoredEvent(Base):
     ts: Mapped[datetime] = mapped_column()
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     payload: Mapped[dict[str, Any]] = mapped_column()
+    # ``ts`` is not the device's own (that stays in ``payload``): see MachineSession.time_corrected.
+    time_corrected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AccessDecision(Base):
@@ -518,7 +530,8 @@ class AccessDecision(Base):
     mode: Mapped[str] = mapped_column(String(16), default="use")
     decision: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(String(32))
-    session_id: Mapped[str | None] = mapped_column(String(36))
+    # Indexed: ingestion finds the decision of a reported session by it.
+    session_id: Mapped[str | None] = mapped_column(String(36), index=True)
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
     response: Mapped[dict[str, Any]] = mapped_column()
 

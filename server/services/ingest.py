@@ -7,6 +7,8 @@ jobs, so a repeated delivery (QoS 1 is at-least-once) changes nothing. A
 order): whichever comes first creates the session row and the other fills it in.
 When a supervised session is complete (both ends known), the training service grants
 what its hours completed (``training.advance_after_session``), in the trainer's name.
+Times are the server's (``clocks.event_time``); an offline session's start is checked against
+what the server knew then (``reconcile.check_offline_session``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.models import Badge, Device, Job, Machine, MachineSession, StoredEvent
-from server.services import bookings, cards, training
-from werkbank_protocol import ProtocolError, parse_ts
+from server.services import bookings, cards, clocks, reconcile, training
+from werkbank_protocol import ProtocolError
 from werkbank_protocol.messages import (
     BadgeEnrolled,
     Event,
@@ -50,7 +52,8 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
         raise ProtocolError("unassigned_device", f"device {device.id!r} serves no machine; assign it first")
     if db.get(StoredEvent, event.id) is not None:
         return IngestResult(event.id, new=False)
-    ts = parse_ts(event.ts)
+    # The server's clock, not a skewed Pi's (an online session starts at its decision).
+    ts, time_corrected = clocks.event_time(db, device, event)
     machine = device.machine
     if event.session is not None:
         _check_session_owner(db, device, event.session)
@@ -61,6 +64,7 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
         session_id=event.session,
         ts=ts,
         payload=msgspec.to_builtins(event),
+        time_corrected=time_corrected,
     )
     if db.get_bind().dialect.name == "sqlite":
         # No savepoint on SQLite: pysqlite opens no transaction before a SAVEPOINT, so its
@@ -79,7 +83,9 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
 
     match event:
         case SessionStarted():
-            _after_supervised(db, _session_started(db, device, machine, event, ts), now)
+            started = _session_started(db, device, machine, event, ts)
+            _after_supervised(db, started, now)
+            reconcile.check_offline_session(db, started, now or datetime.now(UTC))
         case SessionEnded():
             _after_supervised(db, _session_ended(db, device, machine, event, ts), now)
         case JobStarted():
@@ -100,6 +106,8 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
         case BadgeEnrolled():
             # Links the card only if this station was sent the keys of this very card.
             cards.complete_enrolment(db, device, event.enrolment, event.badge, now or ts)
+    if time_corrected and isinstance(event, SessionStarted | SessionEnded):
+        _session(db, device, machine, event.session).time_corrected = True
     return IngestResult(event.id, new=True)
 
 

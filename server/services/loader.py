@@ -39,7 +39,7 @@ from server.models import (
     Site,
     TrainingStep,
 )
-from server.services import opening_hours
+from server.services import audit, opening_hours
 from werkbank_protocol.messages import BADGE_PATTERN
 from werkbank_protocol.topics import DEVICE_ID_RE
 
@@ -341,10 +341,22 @@ class _Loader:
         opening_hours.replace(self.db, site.id, machine.id if machine else None, intervals)
 
 
-def load(db: Session, lab: LabFile) -> dict[str, int]:
-    """Apply ``lab`` in the caller's transaction; returns how many records of each kind were written."""
+def load(
+    db: Session,
+    lab: LabFile,
+    *,
+    now: datetime | None = None,
+    source: str | None = None,
+    actor_label: str | None = None,
+) -> dict[str, int]:
+    """Apply ``lab`` in the caller's transaction; returns how many records of each kind were written.
+
+    ``now``: when this happens (history entries dated today or later are made now). ``source``
+    (the file's name): the load is recorded in the audit log, as ``actor_label`` (who ran it).
+    """
     from server.security import hash_password  # argon2 is only needed when a file sets passwords
 
+    now = now or datetime.now(UTC)
     validate(lab)  # parse() did too; a LabFile built in code gets the same checks
     ld = _Loader(db)
     for i, s in enumerate(lab.sites):
@@ -462,7 +474,7 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
                         valid_until=q.valid_until,
                         granted_by_id=by.id if by else None,
                         reason=q.reason or "loaded from file",
-                        created_at=datetime.combine(q.granted, time(12), UTC),
+                        created_at=_made_at(q.granted, person.site.timezone, now),
                     )
                 )
                 ld._bump("qualifications")
@@ -503,4 +515,25 @@ def load(db: Session, lab: LabFile) -> dict[str, int]:
             ld._bump("devices")
         ld._bump("machines")
     db.flush()
+    if source is not None:
+        audit.record(
+            db,
+            None,
+            "lab.load",
+            f"file:{source}",
+            {"file": source, "counts": dict(ld.counts)},
+            at=now,
+            actor_label=actor_label or "system",
+        )
+        db.flush()
     return ld.counts
+
+
+def _made_at(day: date, timezone: str, now: datetime) -> datetime:
+    """When a loaded history entry dated ``day`` was made: a day in the lab's past records at
+    its noon (site time; the hour is not known), today's (or a later day's) now, as it is made
+    by this load. Never a time before it was made: the allow-lists, and the check of offline
+    sessions (server.services.reconcile), go by it."""
+    if day >= now.astimezone(ZoneInfo(timezone)).date():
+        return now
+    return datetime.combine(day, time(12), ZoneInfo(timezone)).astimezone(UTC)

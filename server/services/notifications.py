@@ -51,6 +51,19 @@ TRAINEE_EXPIRED = "trainee_expired"
 BOOKING_REMINDER = "booking_reminder"
 BOOKING_RELEASED = "booking_released"
 QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
+# For admins: an offline session of someone who was not allowed (server.services.reconcile).
+OFFLINE_NOT_ALLOWED = "offline_not_allowed"
+
+# Why an offline session was not allowed, completing OFFLINE_NOT_ALLOWED's text.
+OFFLINE_REASONS: dict[str, str] = {
+    "unknown_badge": N_("the badge is not registered"),
+    "badge_blocked": N_("the badge was blocked"),
+    "person_inactive": N_("the account was not active"),
+    "not_qualified": N_("{competency} was missing"),
+    "qualification_revoked": N_("{competency} had been revoked"),
+    "qualification_expired": N_("{competency} had expired"),
+    "trainer_required": N_("{competency} was not enough without a trainer"),
+}
 
 TEXTS: dict[str, str] = {
     EXPIRING: N_("Your {competency} expires on {date}. Ask a trainer to renew it."),
@@ -63,6 +76,11 @@ TEXTS: dict[str, str] = {
         "Your booking of {machine} on {date} at {start} was released: you had not tapped in "
         "{minutes} minutes after its start. Missed bookings can block new ones for a while."
     ),
+    OFFLINE_NOT_ALLOWED: N_(
+        "{person} used {machine} on {date} at {start} while it was offline, but was not allowed to: "
+        "{reason}. If the session still runs, the machine locks once a running job ends. Please talk "
+        "to {person}."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -72,6 +90,7 @@ SUBJECTS: dict[str, str] = {
     TRAINEE_EXPIRED: N_("{person}'s {competency} has expired"),
     BOOKING_REMINDER: N_("Your booking of {machine} at {start}"),
     BOOKING_RELEASED: N_("Your booking of {machine} was released"),
+    OFFLINE_NOT_ALLOWED: N_("{person} used {machine} without being allowed"),
 }
 
 
@@ -88,7 +107,9 @@ def _values(notification: Notification, language: str) -> dict[str, str]:
     names = params.get("competency") or {}
     competency = str(names.get(language) or names.get("en") or "") if isinstance(names, dict) else str(names)
     day = params.get("date")
+    reason = OFFLINE_REASONS.get(str(params.get("reason", "")))
     return {
+        "reason": gettext_in(language, reason).format(competency=competency) if reason else "",
         "competency": competency,
         "person": str(params.get("person", "")),
         "date": local_date(date.fromisoformat(day), language) if day else "",

@@ -7,7 +7,7 @@ Flask-Babel ships no type information; wrapping the few functions we use keeps
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -52,6 +52,11 @@ def clock_label(when: datetime) -> str:
 def ago_label(when: datetime, now: datetime) -> str:
     """``2 minutes ago`` (``vor 2 Minuten``)."""
     return str(flask_babel.format_timedelta(when - now, granularity="second", add_direction=True))
+
+
+def span_label(seconds: float) -> str:
+    """A rounded length of time in words: ``1 hour``, ``3 seconds`` (``1 Stunde``)."""
+    return str(flask_babel.format_timedelta(timedelta(seconds=seconds), granularity="second"))
 
 
 def duration_label(seconds: float) -> str:

@@ -2,7 +2,7 @@
 enrolment stations and badge enrolments.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07 00:15:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 
 
 revision: str = '0010'
-down_revision: str | None = '0008'
+down_revision: str | None = '0009'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -11,9 +11,10 @@ from sqlalchemy.orm import selectinload
 
 from server import get_db
 from server.models import AuditLog, Device, Machine
+from server.services import clocks
 from server.web.admin.base import bp, paginate
 from server.web.auth import admin_required
-from server.web.l10n import ago_label, when_label
+from server.web.l10n import _, ago_label, span_label, when_label
 
 
 @bp.get("/devices")
@@ -31,10 +32,23 @@ def devices() -> ResponseReturnValue:
             "last_seen_at": when_label(d.last_seen, now) if d.last_seen else None,
             # The agent runs on an older allow-list than the server last issued for its machine.
             "behind": d.machine is not None and (d.allowlist_version or 0) < d.machine.allowlist_version,
+            "clock": _clock_note(d.clock_offset_s),
         }
         for d in rows
     ]
-    return render_template("admin/devices.html", devices=devices)
+    return render_template("admin/devices.html", devices=devices, tolerance=int(clocks.TOLERANCE_S))
+
+
+def _clock_note(offset_s: float | None) -> str | None:
+    """A tag such as "Clock 1 hour behind" for a device whose clock is off beyond the tolerance
+    (its event times are corrected; server.services.clocks), else None."""
+    if not clocks.skewed(offset_s):
+        return None
+    assert offset_s is not None
+    span = span_label(abs(offset_s))
+    if offset_s > 0:
+        return _("Clock %(span)s behind", span=span)
+    return _("Clock %(span)s ahead", span=span)
 
 
 @bp.get("/audit")

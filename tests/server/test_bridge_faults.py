@@ -1,0 +1,365 @@
+"""When things break, over a real broker with a real bridge: skewed device clocks, taps the agent
+stopped waiting for, a broker that lost its retained allow-lists, a locked events table, and
+offline sessions of people who were not allowed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, text
+
+from server.bridge import Bridge, wait_until
+from server.broker import MosquittoProcess
+from server.db import Database
+from server.models import (
+    AccessDecision,
+    AuditLog,
+    Competency,
+    Device,
+    Machine,
+    MachineSession,
+    Person,
+    StoredEvent,
+)
+from server.services import notifications, training
+from tests.mqtt_peer import Peer, clear_retained
+from werkbank_protocol import format_ts
+from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
+from werkbank_protocol.messages import Ack, AuthResp, Cmd, decode_as
+
+PRINTER = "werkbank/v1/dev/pi-printer-1"
+LASER = "werkbank/v1/dev/pi-laser-1"
+QUINN = "04A224B2C35E80"
+
+
+@pytest.fixture
+def bridge(lab: Database, mqtt_url: str, clock) -> Iterator[Bridge]:  # type: ignore[no-untyped-def]
+    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
+    running = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
+    assert running.connected.is_set()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def device(mqtt_url: str) -> Iterator[Peer]:
+    peer = Peer(mqtt_url)
+    for t in ("auth/resp", "ack", "cmd"):
+        peer.subscribe(f"{PRINTER}/{t}")
+        peer.subscribe(f"{LASER}/{t}")
+    yield peer
+    peer.close()
+
+
+def _req(badge: str, ts: datetime) -> tuple[str, bytes]:
+    rid = str(uuid.uuid4())
+    return rid, json.dumps({"v": 1, "id": rid, "ts": format_ts(ts), "badge": badge}).encode()
+
+
+def _event(etype: str, session: str, ts: datetime, **fields: object) -> tuple[str, bytes]:
+    eid = str(uuid.uuid4())
+    body = {"v": 1, "id": eid, "ts": format_ts(ts), "type": etype, "session": session, **fields}
+    return eid, json.dumps(body).encode()
+
+
+def _status(machine: str, ts: datetime, **fields: object) -> bytes:
+    body = {"v": 1, "online": True, "state": "locked", "machine": machine, "fw": "1.0", "ts": format_ts(ts)}
+    return json.dumps({**body, **fields}).encode()
+
+
+def _online(db: Database, device_id: str) -> bool:
+    with db.session() as s:
+        found = s.get(Device, device_id)
+        return bool(found and found.online)
+
+
+# -- finding 3: an agent clock an hour behind ----------------------------------------------------
+
+
+def test_bridge_skewed_device_clock_sessions_take_the_servers_time(
+    bridge: Bridge, device: Peer, lab: Database, clock
+) -> None:  # type: ignore[no-untyped-def]
+    behind = clock() - timedelta(hours=1)  # the Pi's clock: an hour behind the server's
+    device.publish(f"{LASER}/status", _status("laser-1", behind))
+    assert wait_until(lambda: _online(lab, "pi-laser-1"))
+
+    _rid, tap = _req(QUINN, behind)
+    device.publish(f"{LASER}/auth/req", tap)
+    resp = decode_as(AuthResp, device.next(f"{LASER}/auth/resp"))
+    assert resp.decision == "allow" and resp.session is not None  # an hour "old", but sent just now
+    _, start = _event("session_started", resp.session, behind, badge=QUINN, offline=False)
+    device.publish(f"{LASER}/event", start)
+    device.next(f"{LASER}/ack")
+    with lab.session() as s:
+        row = s.get(MachineSession, resp.session)
+        laser = s.scalar(select(Machine).where(Machine.slug == "laser-1"))
+        assert row is not None and laser is not None
+        assert row.started_at == clock()  # the server's decision, not an hour early
+        assert laser.live_session_id == resp.session  # the machine page shows who is on it
+
+    # The session's end: the device's time, corrected by its measured offset.
+    _, end = _event(
+        "session_ended", resp.session, behind + timedelta(minutes=10), reason="tap_out", unlocked_s=600
+    )
+    device.publish(f"{LASER}/event", end)
+    device.next(f"{LASER}/ack")
+    with lab.session() as s:
+        row = s.get(MachineSession, resp.session)
+        pi = s.get(Device, "pi-laser-1")
+        assert row is not None and pi is not None
+        assert row.ended_at == clock() + timedelta(minutes=10) and row.time_corrected
+        assert pi.clock_offset_s == pytest.approx(3600, abs=1)
+        faults = s.scalars(
+            select(StoredEvent).where(StoredEvent.device_id == "pi-laser-1", StoredEvent.type == "fault")
+        ).all()
+        assert [f.payload["code"] for f in faults] == ["clock_skew"]  # once, not per message
+
+
+def test_bridge_measures_a_restarted_device_afresh(
+    bridge: Bridge, device: Peer, lab: Database, clock
+) -> None:  # type: ignore[no-untyped-def]
+    device.publish(f"{LASER}/status", _status("laser-1", clock()))  # in step
+    assert wait_until(lambda: _online(lab, "pi-laser-1"))
+    device.publish(f"{LASER}/status", json.dumps({"v": 1, "online": False}))  # its last will
+    assert wait_until(lambda: not _online(lab, "pi-laser-1"))
+    # Back after a power cut, before NTP answered: an hour behind. Its taps are fresh all the same.
+    behind = clock() - timedelta(hours=1)
+    device.publish(f"{LASER}/status", _status("laser-1", behind))
+    assert wait_until(lambda: _online(lab, "pi-laser-1"))
+    rid, tap = _req(QUINN, behind)
+    device.publish(f"{LASER}/auth/req", tap)
+    assert decode_as(AuthResp, device.next(f"{LASER}/auth/resp")).req == rid
+    assert bridge.rejected["stale"] == 0
+
+
+# -- finding 5: answers the agent no longer waits for ---------------------------------------------
+
+
+def test_bridge_drops_taps_the_agent_stopped_waiting_for(
+    lab: Database, mqtt_url: str, device: Peer, clock
+) -> None:  # type: ignore[no-untyped-def]
+    client_id = f"bridge-{uuid.uuid4().hex[:6]}"
+    first = Bridge(lab, mqtt_url, client_id=client_id, clock=clock).start()
+    try:
+        device.publish(f"{PRINTER}/status", _status("printer-1", clock()))  # a Pi in step with us
+        assert wait_until(lambda: _online(lab, "pi-printer-1"))
+    finally:
+        first.stop()  # its broker session stays: the taps below queue for it
+    late = [1.6, 2.5, 3.3, 4.1, 5.0, 5.8, 6.7, 7.5, 8.6, 9.5]
+    for seconds in late:  # tapped while no bridge answered: each agent decided offline after 1.5 s
+        device.publish(f"{PRINTER}/auth/req", _req(QUINN, clock() - timedelta(seconds=seconds))[1])
+
+    second = Bridge(lab, mqtt_url, client_id=client_id, clock=clock).start()
+    try:
+        rid, fresh = _req(QUINN, clock())
+        device.publish(f"{PRINTER}/auth/req", fresh)
+        resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+        assert resp.req == rid  # the first answer is the fresh tap's: the late ones got none
+        assert device.drain(f"{PRINTER}/auth/resp") == []
+        with lab.session() as s:
+            assert [d.id for d in s.scalars(select(AccessDecision))] == [rid]  # no phantom "allow"
+        assert second.rejected["stale"] == len(late)
+    finally:
+        second.stop()
+
+
+# -- finding 4: allow-lists after a broker crash ---------------------------------------------------
+
+
+def _laser_key(lab: Database) -> bytes:
+    with lab.session() as s:
+        laser = s.scalar(select(Machine).where(Machine.slug == "laser-1"))
+        assert laser is not None
+        return key_bytes(laser.allowlist_key)
+
+
+def test_bridge_republishes_allowlists_when_the_broker_restarts_empty(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    if not MosquittoProcess.available():
+        pytest.skip("needs the mosquitto binary: this test restarts its own broker")
+    broker = MosquittoProcess().start()
+    bridge = Bridge(lab, broker.url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
+    try:
+        pi = Peer(broker.url)
+        pi.subscribe(f"{LASER}/allowlist")
+        before = verify(_laser_key(lab), pi.next(f"{LASER}/allowlist"), clock(), machine="laser-1")
+        pi.close()
+        broker.stop()  # persistence off, Mosquitto's default: the retained lists are gone
+        broker = MosquittoProcess(port=broker.port).start()
+        assert wait_until(bridge.connected.is_set, timeout=20)
+        wiped = Peer(broker.url)  # a Pi with a new SD card: nothing on disk, nothing retained
+        try:
+            wiped.subscribe(f"{LASER}/allowlist")
+            after = verify(_laser_key(lab), wiped.next(f"{LASER}/allowlist", timeout=5), clock(), "laser-1")
+        finally:
+            wiped.close()
+        assert after.version > before.version
+        assert badge_hash(_laser_key(lab), QUINN) in {e.badge_hash for e in after.entries}
+    finally:
+        bridge.stop()
+        broker.stop()
+
+
+def test_bridge_sends_a_new_device_its_allowlist_when_it_comes_online(
+    bridge: Bridge, lab: Database, mqtt_url: str, clock
+) -> None:  # type: ignore[no-untyped-def]
+    assert wait_until(lambda: bridge.publish_allowlists() == 0)  # the start-up round is out
+    with lab.session() as s:  # the laser's Pi is replaced by a new one with its own id
+        old = s.get(Device, "pi-laser-1")
+        assert old is not None
+        laser_id = old.machine_id
+        old.machine_id = None
+        s.flush()
+        s.add(Device(id="pi-laser-new", machine_id=laser_id))
+    new_pi = Peer(mqtt_url)
+    try:
+        new_pi.subscribe("werkbank/v1/dev/pi-laser-new/allowlist")
+        time.sleep(0.3)
+        assert new_pi.drain("werkbank/v1/dev/pi-laser-new/allowlist") == []  # nothing retained for it
+        new_pi.publish("werkbank/v1/dev/pi-laser-new/status", _status("laser-1", clock()))
+        doc = verify(
+            _laser_key(lab), new_pi.next("werkbank/v1/dev/pi-laser-new/allowlist"), clock(), "laser-1"
+        )
+        assert badge_hash(_laser_key(lab), QUINN) in {e.badge_hash for e in doc.entries}
+    finally:
+        new_pi.close()
+
+
+def test_bridge_republishes_an_allowlist_someone_cleared(
+    bridge: Bridge, lab: Database, mqtt_url: str, clock
+) -> None:  # type: ignore[no-untyped-def]
+    pi = Peer(mqtt_url)
+    try:
+        pi.subscribe(f"{LASER}/allowlist")
+        first = verify(_laser_key(lab), pi.next(f"{LASER}/allowlist"), clock(), "laser-1")
+        pi.publish(f"{LASER}/allowlist", b"", retain=True)  # e.g. a device that may write there
+        assert pi.next(f"{LASER}/allowlist") == b""
+        again = verify(_laser_key(lab), pi.next(f"{LASER}/allowlist"), clock(), "laser-1")
+        assert again.version > first.version
+    finally:
+        pi.close()
+
+
+# -- finding 6: one stalled table stalls every machine -------------------------------------------
+
+needs_postgresql = pytest.mark.skipif(
+    not os.environ.get("TEST_DATABASE_URL"),
+    reason="needs PostgreSQL (TEST_DATABASE_URL): SQLite has no table locks to hold",
+)
+
+
+def _tap_times(device: Peer, n: int, clock) -> list[float]:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(n):
+        rid, tap = _req(QUINN, clock())
+        started = time.monotonic()
+        device.publish(f"{LASER}/auth/req", tap)
+        assert decode_as(AuthResp, device.next(f"{LASER}/auth/resp")).req == rid
+        times.append(time.monotonic() - started)
+    return times
+
+
+@needs_postgresql
+def test_bridge_answers_taps_while_the_events_table_is_locked(
+    bridge: Bridge, device: Peer, lab: Database, clock
+) -> None:  # type: ignore[no-untyped-def]
+    session = str(uuid.uuid4())
+    eid, event = _event("session_started", session, clock(), badge=QUINN, offline=True)
+    with lab.engine.connect() as locker:
+        locker.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+        locked_at = time.monotonic()
+        device.publish(f"{PRINTER}/event", event)  # its ingestion waits for the lock
+        times = _tap_times(device, 5, clock)
+        assert device.drain(f"{PRINTER}/ack") == []  # not stored yet, so not acknowledged
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - locked_at)))
+        locker.rollback()  # the lock goes
+    assert max(times) < 1.0, times  # answered before the agent gives up (1.5 s), while events wait
+    assert decode_as(Ack, device.next(f"{PRINTER}/ack", timeout=10)).ids == [eid]
+    with lab.session() as s:
+        assert s.scalar(select(func.count()).select_from(StoredEvent).where(StoredEvent.id == eid)) == 1
+        assert s.get(MachineSession, session) is not None
+
+
+@needs_postgresql
+def test_bridge_gives_up_on_a_locked_event_after_its_timeout_and_takes_it_again_later(
+    lab: Database, mqtt_url: str, device: Peer, clock
+) -> None:  # type: ignore[no-untyped-def]
+    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
+    bridge = Bridge(
+        lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, ingest_timeout_s=1
+    )
+    bridge.start()
+    try:
+        _tap_times(device, 1, clock)  # the bridge is subscribed and answering
+        eid, event = _event("session_started", str(uuid.uuid4()), clock(), badge=QUINN, offline=True)
+        with lab.engine.connect() as locker:
+            locker.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+            device.publish(f"{PRINTER}/event", event)
+            # It gave up after its 1 s (no ack).
+            assert wait_until(lambda: bridge.rejected["database"] >= 1, timeout=10), dict(bridge.rejected)
+            times = _tap_times(device, 3, clock)
+            locker.rollback()
+        assert max(times) < 1.0, times
+        assert device.drain(f"{PRINTER}/ack") == []
+        device.publish(f"{PRINTER}/event", event)  # the agent re-sends what was not acknowledged
+        assert decode_as(Ack, device.next(f"{PRINTER}/ack")).ids == [eid]
+        with lab.session() as s:
+            assert s.scalar(select(func.count()).select_from(StoredEvent).where(StoredEvent.id == eid)) == 1
+    finally:
+        bridge.stop()
+
+
+# -- finding 7: offline sessions of a revoked person ----------------------------------------------
+
+
+def test_bridge_offline_session_of_a_revoked_person_is_locked_flagged_and_reported(
+    bridge: Bridge, device: Peer, lab: Database, clock
+) -> None:  # type: ignore[no-untyped-def]
+    revoked_at = clock() - timedelta(minutes=30)
+    with lab.session() as s:
+        quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
+        tina = s.scalar(select(Person).where(Person.email == "tina@test.local"))
+        laser_safety = s.scalar(select(Competency).where(Competency.slug == "laser-safety"))
+        assert quinn and tina and laser_safety
+        training.revoke(s, quinn, laser_safety, tina, "cut without extraction", revoked_at, revoked_at.date())
+    # The laser's Pi was offline and still held a list with Quinn on it.
+    earlier, later = str(uuid.uuid4()), str(uuid.uuid4())
+    _, running = _event("session_started", later, clock() - timedelta(minutes=10), badge=QUINN, offline=True)
+    for payload in (
+        _event("session_started", earlier, clock() - timedelta(hours=2), badge=QUINN, offline=True)[1],
+        _event("session_ended", earlier, clock() - timedelta(hours=1), reason="tap_out", unlocked_s=3600)[1],
+        running,
+    ):
+        device.publish(f"{LASER}/event", payload)
+        device.next(f"{LASER}/ack")
+
+    lock = decode_as(Cmd, device.next(f"{LASER}/cmd"))
+    assert (lock.type, lock.session, lock.force) == ("lock", later, False)  # a running job finishes first
+    with lab.session() as s:
+        before, after = s.get(MachineSession, earlier), s.get(MachineSession, later)
+        assert before is not None and after is not None
+        assert before.flag is None  # allowed when it started: the revocation came later
+        assert (after.flag, after.flag_reason) == ("not_allowed_offline", "qualification_revoked")
+        tina = s.scalar(select(Person).where(Person.email == "tina@test.local"))
+        assert tina is not None
+        [note] = notifications.unread(s, tina.id)
+        text_en = notifications.render(note, "en")
+        assert "Quinn Qualified" in text_en and "Laser 1" in text_en and "revoked" in text_en
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(AuditLog)
+                .where(AuditLog.action == "session.not_allowed_offline")
+            )
+            == 1
+        )
+    # A copy of the event (the agent re-sends until acknowledged) flags and locks nothing again.
+    device.publish(f"{LASER}/event", running)
+    device.next(f"{LASER}/ack")
+    time.sleep(1.5)
+    assert device.drain(f"{LASER}/cmd") == []
