@@ -1,7 +1,7 @@
 """Engine and sessions. Services take the session they work in; callers open it.
 
 The web request, the MQTT bridge and a scheduler job each open their own short
-session (STYLE.md) through :meth:`Database.session`.
+session (docs/architecture.md, "Sessions and transactions") through :meth:`Database.session`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The domain of DESIGN.md as typed SQLAlchemy 2 models.
+"""The domain (docs/architecture.md, "Domain words") as typed SQLAlchemy 2 models.
 
 Names follow the domain words. The one exception: a *Session* (one unlock of a
 machine) is ``MachineSession`` in code, so it never gets confused with a database

@@ -1,7 +1,7 @@
 """The Werkbank wire protocol (v1), shared by the server and the device agent.
 
 One module for both sides so that topics, message shapes, validation and
-allow-list signing can never drift apart (see ../shared/PROTOCOL.md and
+allow-list signing can never drift apart (see docs/protocol-v1.md and
 docs/protocol.md for the documented additions).
 """
 

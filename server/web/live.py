@@ -1,7 +1,7 @@
 """What the overview and "my sessions" pages show: live machine state, sessions, machine hours.
 
 Read-only queries, shared by the HTML pages and ``/live.json`` so both always agree.
-Machine hours are sessions' unlocked time (DESIGN.md): the sum of ``unlocked_s``,
+Machine hours are sessions' unlocked time (docs/architecture.md, "Domain words"): the sum of ``unlocked_s``,
 which a session gets when it ends; a session still open adds nothing yet.
 """
 
