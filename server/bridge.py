@@ -53,6 +53,7 @@ from server.services.ingest import ingest_event
 from server.services.messages import render, render_text
 from werkbank_protocol import ProtocolError, format_ts, now_ts
 from werkbank_protocol.messages import (
+    MAX_PAYLOAD,
     Ack,
     AuthReq,
     AuthResp,
@@ -62,6 +63,7 @@ from werkbank_protocol.messages import (
     decode_as,
     decode_event,
     encode,
+    request_id,
     to_builtins,
 )
 from werkbank_protocol.mqtt import BrokerAddress, make_client, parse_mqtt_url
@@ -175,6 +177,11 @@ class Bridge:
             handler = self._handlers.get(suffix)
             if handler is None:
                 return  # our own outgoing topics, echoed by some brokers
+            if len(msg.payload) > MAX_PAYLOAD:
+                # Refused unread and unanswered: parsing a flood of big payloads costs memory.
+                raise ProtocolError(
+                    "too_large", f"payload of {len(msg.payload)} bytes is over the {MAX_PAYLOAD} byte limit"
+                )
             handler(device_id, bytes(msg.payload))
             self._count(self.handled, suffix.value)
         except ProtocolError as exc:
@@ -225,6 +232,11 @@ class Bridge:
         with self.db.session() as db:
             device = self._device(db, device_id)
             result = ingest_event(db, device, event, self.clock())
+        for claim in result.overruled:
+            self.reject(topic(device_id, Suffix.EVENT), claim)
+        if result.refused is not None:
+            # Refused for good, nothing stored: acknowledged all the same, or the agent would re-send it forever.
+            self.reject(topic(device_id, Suffix.EVENT), result.refused)
         # Committed: now, and only now, the agent may forget the event.
         self.publish(device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
         if not result.new:
@@ -454,6 +466,7 @@ class Bridge:
             "badge_uid": req.badge,
             "person_id": verdict.person.id if verdict.person else None,
             "mode": req.mode,
+            "trainer_id": verdict.trainer.id if verdict.trainer else None,
             "decision": response.decision,
             "reason": verdict.reason,
             "session_id": verdict.session_id,
@@ -484,11 +497,10 @@ class Bridge:
 
     def _answer_bad_request(self, device_id: str, payload: bytes, exc: ProtocolError) -> None:
         """A garbled tap still gets an answer when we can tell which request it was."""
+        req_id = request_id(payload)
+        if req_id is None:
+            return
         try:
-            raw = json.loads(payload)
-            req_id = raw.get("id") if isinstance(raw, dict) else None
-            if not isinstance(req_id, str):
-                return
             resp = AuthResp(
                 v=1, req=req_id, decision="deny", reason="bad_request", message=render("bad_request", "UTC")
             )
