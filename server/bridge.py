@@ -63,9 +63,9 @@ from werkbank_protocol.messages import (
     decode_as,
     decode_event,
     encode,
-    request_id,
     to_builtins,
 )
+from werkbank_protocol.messages import request_id as garbled_request_id
 from werkbank_protocol.mqtt import BrokerAddress, make_client, parse_mqtt_url
 from werkbank_protocol.topics import QOS, RETAINED, Suffix, parse_topic, subscription, topic
 
@@ -235,7 +235,7 @@ class Bridge:
         for claim in result.overruled:
             self.reject(topic(device_id, Suffix.EVENT), claim)
         if result.refused is not None:
-            # Refused for good, nothing stored: acknowledged all the same, or the agent would re-send it forever.
+            # Refused for good, nothing stored: acknowledged, or the agent would re-send it forever.
             self.reject(topic(device_id, Suffix.EVENT), result.refused)
         # Committed: now, and only now, the agent may forget the event.
         self.publish(device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
@@ -497,7 +497,7 @@ class Bridge:
 
     def _answer_bad_request(self, device_id: str, payload: bytes, exc: ProtocolError) -> None:
         """A garbled tap still gets an answer when we can tell which request it was."""
-        req_id = request_id(payload)
+        req_id = garbled_request_id(payload)
         if req_id is None:
             return
         try:

@@ -108,7 +108,8 @@ def check(
     row = db.get(MachineSession, event.session)
     if row is not None and row.device_id != device.id:
         raise Refusal(
-            "foreign_session", f"session {event.session} belongs to device {row.device_id!r}, not {device.id!r}"
+            "foreign_session",
+            f"session {event.session} belongs to device {row.device_id!r}, not {device.id!r}",
         )
     decided = decision_for(db, event.session)
     if decided is not None and decided.device_id != device.id:
@@ -122,9 +123,10 @@ def check(
                 # The agent starts a session once (a re-sent start has the same event id); a second
                 # start could rewrite who the session was for.
                 raise Refusal("implausible_value", f"session {event.session} has started already")
-            if decided is None and row is not None and row.ended_at is not None and row.unlocked_s is not None:
+            ended = row.ended_at if row is not None else None
+            if decided is None and ended is not None and row is not None and row.unlocked_s is not None:
                 # Its end came first (a replayed outbox): both times are the device's, so they must agree.
-                _within("unlocked_s", row.unlocked_s, (row.ended_at - ts).total_seconds())
+                _within("unlocked_s", row.unlocked_s, (ended - ts).total_seconds())
         case SessionEnded():
             _bounded("unlocked_s", event.unlocked_s)
             _bounded("run_s", event.run_s)
@@ -180,9 +182,7 @@ def _own_job(db: Session, machine: Machine, session_id: str, job_id: str) -> Non
     """A job stays with the session (and so the device and machine) that first reported it."""
     owner = db.execute(select(Job.session_id, Job.machine_id).where(Job.id == job_id)).first()
     if owner is not None and (owner.session_id != session_id or owner.machine_id != machine.id):
-        raise Refusal(
-            "foreign_job", f"job {job_id} belongs to session {owner.session_id}, not {session_id}"
-        )
+        raise Refusal("foreign_job", f"job {job_id} belongs to session {owner.session_id}, not {session_id}")
 
 
 # -- floods ----------------------------------------------------------------------------------------

@@ -179,7 +179,9 @@ def _session_started(
             _await_review(row, event.mode, claimed_trainer)
         elif event.mode != "use":
             overruled.append(
-                ProtocolError("claim_mismatch", f"mode {event.mode!r} of session {event.session} needs the server")
+                ProtocolError(
+                    "claim_mismatch", f"mode {event.mode!r} of session {event.session} needs the server"
+                )
             )
     # The holder tapped in: their booking is not a no-show (late offline sessions count too).
     bookings.check_in(db, machine.id, row.person_id, ts)

@@ -90,13 +90,13 @@ def _check(db: Session, session: MachineSession, actor: Person, today: date) -> 
         raise TrainingError("not_ended", N_("This session has not ended yet. Confirm it when it has."))
     machine: Machine = session.machine
     if not actor.active or not trains_type(db, actor, machine.machine_type_id, today):
-        raise TrainingError(
-            "not_a_trainer", N_("You are not a trainer for {machine}."), machine=machine.name
-        )
+        raise TrainingError("not_a_trainer", N_("You are not a trainer for {machine}."), machine=machine.name)
     return person
 
 
-def _audit(db: Session, action: str, session: MachineSession, person: Person, actor: Person, now: datetime) -> None:
+def _audit(
+    db: Session, action: str, session: MachineSession, person: Person, actor: Person, now: datetime
+) -> None:
     audit.record(
         db,
         actor,

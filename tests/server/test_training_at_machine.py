@@ -56,7 +56,12 @@ def _supervise(db: Database, device_id: str, badge: str, trainer_badge: str, now
     """An auth/req in mode supervise answered (allowed) by the bridge; the session id it handed out."""
     bridge = Bridge(db, "mqtt://127.0.0.1:9", clock=lambda: now)  # never connected: answers go nowhere
     request = AuthReq(
-        v=1, id=str(uuid.uuid4()), ts=format_ts(now), badge=badge, mode="supervise", trainer_badge=trainer_badge
+        v=1,
+        id=str(uuid.uuid4()),
+        ts=format_ts(now),
+        badge=badge,
+        mode="supervise",
+        trainer_badge=trainer_badge,
     )
     bridge._answer_taps([(device_id, request)])
     with db.session() as s:
