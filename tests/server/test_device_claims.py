@@ -12,7 +12,7 @@ import logging
 import tracemalloc
 import uuid
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,21 +22,16 @@ from sqlalchemy import func, select
 from server.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import (
-    Badge,
     Competency,
     Job,
-    Level,
     MachineSession,
     Person,
-    Qualification,
-    QualificationAction,
     SessionReview,
-    Site,
     StoredEvent,
 )
 from server.services import training
 from server.services.device_claims import UNCHECKED_MAX
-from tests.conftest import BEA, TINA
+from tests.conftest import BEA, LARA, OTTO, TINA
 from tests.mqtt_peer import Peer, clear_retained
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import Ack, AuthResp, decode_as
@@ -44,41 +39,6 @@ from werkbank_protocol.messages import Ack, AuthResp, decode_as
 PRINTER = "werkbank/v1/dev/pi-printer-1"
 LASER = "werkbank/v1/dev/pi-laser-1"
 QUINN = "04A224B2C35E80"
-LARA = "1A5E21A5"  # trains the laser only (added below)
-OTTO = "07707070"  # a participant of another site (added below)
-
-
-@pytest.fixture
-def claims_lab(trainer_lab: Database) -> Database:
-    """The trainer lab plus Lara, a trainer of the laser only, and Otto of another site."""
-    with trainer_lab.session() as s:
-        home = s.scalar(select(Site))
-        competencies = {c.slug: c for c in s.scalars(select(Competency))}
-        assert home is not None
-        elsewhere = Site(slug="elsewhere", name="Elsewhere", timezone="Europe/Berlin")
-        s.add(elsewhere)
-        s.flush()
-        lara = Person(site_id=home.id, name="Lara Lasertrainer", is_trainer=True, language="en")
-        otto = Person(site_id=elsewhere.id, name="Otto Outside", language="en")
-        s.add_all([lara, otto])
-        s.flush()
-        s.add_all([Badge(uid=LARA, person_id=lara.id), Badge(uid=OTTO, person_id=otto.id)])
-        grants = [
-            (lara, "laser-safety", Level.TRAINER),
-            (otto, "fdm-printing", Level.BRIEFED),
-        ]
-        for person, slug, level in grants:
-            s.add(
-                Qualification(
-                    person_id=person.id,
-                    competency_id=competencies[slug].id,
-                    action=QualificationAction.GRANTED,
-                    level=level,
-                    valid_until=date(2099, 1, 1),
-                    reason="test",
-                )
-            )
-    return trainer_lab
 
 
 @pytest.fixture
