@@ -239,7 +239,7 @@ class Bridge:
             self.reject(topic(device_id, Suffix.EVENT), result.refused)
         # Committed: now, and only now, the agent may forget the event.
         self.publish(device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
-        if not result.new:
+        if not result.new and result.refused is None:
             self.handled["duplicate"] += 1
 
     def _on_auth_req(self, device_id: str, payload: bytes) -> None:

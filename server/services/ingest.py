@@ -132,7 +132,7 @@ def _session(
         if decided is not None:
             # Who, in which mode, with which trainer: the server decided it, whichever event comes first.
             row.offline = False
-            row.badge_uid = decided.badge_uid
+            row.badge_uid = decided.badge_uid or None  # "" once the person's data was erased
             row.person_id = decided.person_id
             row.mode = decided.mode
             row.trainer_id = decided.trainer_id if decided.mode != "use" else None

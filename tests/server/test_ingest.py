@@ -277,6 +277,17 @@ def test_ingest_a_job_stays_with_the_session_that_reported_it(lab: Database, clo
     assert _stored(lab) == before
 
 
+def test_ingest_a_session_the_server_handed_to_another_device_is_refused(lab: Database, clock: Any) -> None:
+    now = clock()
+    session = _decide(lab, "pi-printer-1", QUINN, now)
+    before = _stored(lab)
+    start = _event(SessionStarted, now, session=session, badge=QUINN)
+    result = _ingest(lab, start, now, "pi-laser-1")
+    assert result.refused is not None and result.refused.code == "foreign_session"
+    assert _stored(lab) == before
+    assert _ingest(lab, start, now, "pi-printer-1").refused is None
+
+
 def test_ingest_an_outbox_replay_of_hundreds_of_sessions_is_stored_whole(lab: Database, clock: Any) -> None:
     """The flood limit is for faults and deferred locks: a Pi back after days offline replays
     hundreds of session and job events at once, and the server checks each of those."""
