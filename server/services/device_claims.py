@@ -200,7 +200,7 @@ def count_repeat(db: Session, device: Device, fault: Fault, ts: datetime, now: d
         )
         .order_by(StoredEvent.received_at.desc())
         .limit(UNCHECKED_MAX)
-    )
+    ).all()
     same = next((e for e in recent if e.payload.get("code") == fault.code), None)
     if same is None:
         return False
