@@ -136,6 +136,8 @@ def _session(
             row.person_id = decided.person_id
             row.mode = decided.mode
             row.trainer_id = decided.trainer_id if decided.mode != "use" else None
+        else:
+            row.offline = True  # no decision of the server stands behind it, whatever the device says
         db.add(row)
     return row
 
