@@ -67,6 +67,7 @@ from werkbank_protocol import ProtocolError, format_ts, now_ts, parse_ts
 from werkbank_protocol.clock import wall_now
 from werkbank_protocol.messages import (
     MAX_ALLOWLIST_PAYLOAD,
+    MAX_PAYLOAD,
     Ack,
     AuthReq,
     AuthResp,
@@ -79,6 +80,7 @@ from werkbank_protocol.messages import (
     encode,
     to_builtins,
 )
+from werkbank_protocol.messages import request_id as garbled_request_id
 from werkbank_protocol.mqtt import BrokerAddress, make_client, parse_mqtt_url
 from werkbank_protocol.topics import QOS, RETAINED, Suffix, parse_topic, subscription, topic
 
@@ -309,6 +311,12 @@ class Bridge:
             inbox = self._routes.get(suffix)
             if inbox is None:
                 return  # our own outgoing topics, echoed by some brokers
+            limit = MAX_ALLOWLIST_PAYLOAD if suffix is Suffix.ALLOWLIST else MAX_PAYLOAD
+            if len(msg.payload) > limit:
+                # Refused unread and unanswered: parsing a flood of big payloads costs memory.
+                raise ProtocolError(
+                    "too_large", f"payload of {len(msg.payload)} bytes is over the {limit} byte limit"
+                )
             item = Inbound(device_id, suffix, bytes(msg.payload), self.clock(), bool(msg.retain))
             try:
                 inbox.put_nowait(item)
@@ -412,10 +420,15 @@ class Bridge:
         with self._bounded_session() as db:
             device = self._device(db, item.device_id)
             result = ingest_event(db, device, event, self.clock())
-        if not result.new:
-            self._count(self.handled, "duplicate")
+        for claim in result.overruled:
+            self.reject(topic(item.device_id, Suffix.EVENT), claim)
+        if result.refused is not None:
+            # Refused for good, nothing stored: acknowledged, or the agent would re-send it forever.
+            self.reject(topic(item.device_id, Suffix.EVENT), result.refused)
         # Committed: now, and only now, the agent may forget the event.
         self.publish(item.device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
+        if not result.new and result.refused is None:
+            self._count(self.handled, "duplicate")
 
     def _on_allowlist(self, item: Inbound) -> None:
         """A copy of a device's allow-list on the broker: ours coming back, the retained one
@@ -705,6 +718,7 @@ class Bridge:
             "badge_uid": req.badge,
             "person_id": verdict.person.id if verdict.person else None,
             "mode": req.mode,
+            "trainer_id": verdict.trainer.id if verdict.trainer else None,
             "decision": response.decision,
             "reason": verdict.reason,
             "session_id": verdict.session_id,
@@ -764,11 +778,10 @@ class Bridge:
 
     def _answer_bad_request(self, device_id: str, payload: bytes, exc: ProtocolError) -> None:
         """A garbled tap still gets an answer when we can tell which request it was."""
+        req_id = garbled_request_id(payload)
+        if req_id is None:
+            return
         try:
-            raw = json.loads(payload)
-            req_id = raw.get("id") if isinstance(raw, dict) else None
-            if not isinstance(req_id, str):
-                return
             resp = AuthResp(
                 v=1, req=req_id, decision="deny", reason="bad_request", message=render("bad_request", "UTC")
             )

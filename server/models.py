@@ -441,6 +441,14 @@ class BadgeEnrolment(Base):
     device: Mapped[Device] = relationship()
 
 
+class SessionReview(enum.StrEnum):
+    """Where a supervised session the server did not decide stands with the trainers."""
+
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+
+
 class MachineSession(Base):
     """A *Session*: one unlock of a machine, from relay closed to relay open."""
 
@@ -467,10 +475,20 @@ class MachineSession(Base):
     flag: Mapped[str | None] = mapped_column(String(32), index=True)
     flag_reason: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # ``mode`` and ``trainer_id`` above are what the server vouches for (its own decision, or a
+    # trainer's confirmation). What the device claimed beyond that is kept here: a supervised
+    # session the server did not decide waits for a trainer (server.services.supervision).
+    claimed_mode: Mapped[str | None] = mapped_column(String(16))
+    claimed_trainer_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    review: Mapped[str | None] = mapped_column(String(16), index=True)  # SessionReview
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    reviewed_at: Mapped[datetime | None] = mapped_column()
 
     machine: Mapped[Machine] = relationship()
     person: Mapped[Person | None] = relationship(foreign_keys=[person_id])
     trainer: Mapped[Person | None] = relationship(foreign_keys=[trainer_id])
+    claimed_trainer: Mapped[Person | None] = relationship(foreign_keys=[claimed_trainer_id])
+    reviewed_by: Mapped[Person | None] = relationship(foreign_keys=[reviewed_by_id])
     jobs: Mapped[list[Job]] = relationship(back_populates="session", order_by="Job.started_at")
 
     @property
@@ -503,7 +521,10 @@ class StoredEvent(Base):
     """Every agent event, once, by its id: the ledger that makes ingestion idempotent."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_device_ts", "device_id", "ts"),)
+    __table_args__ = (
+        Index("ix_events_device_ts", "device_id", "ts"),
+        Index("ix_events_device_received", "device_id", "received_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(40))
@@ -514,6 +535,10 @@ class StoredEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column()
     # ``ts`` is not the device's own (that stays in ``payload``): see MachineSession.time_corrected.
     time_corrected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A fault repeated with the same code soon after is counted here, not stored again
+    # (server.services.device_claims): ``repeats`` more reports, the newest at ``last_ts``.
+    repeats: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_ts: Mapped[datetime | None] = mapped_column()
 
 
 class AccessDecision(Base):
@@ -528,6 +553,9 @@ class AccessDecision(Base):
     badge_uid: Mapped[str] = mapped_column(String(20))
     person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
     mode: Mapped[str] = mapped_column(String(16), default="use")
+    # The trainer the server accepted for a supervise or certify tap: ingestion takes a
+    # session's trainer from here, never from the device's event.
+    trainer_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
     decision: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(String(32))
     # Indexed: ingestion finds the decision of a reported session by it.

@@ -157,6 +157,8 @@ def clock() -> Clock:
 TINA = "A1B2C3D4"  # trainer on printers and the laser (lab.yaml)
 BEA = "BEA0BEA0"  # briefed on printers and the laser, nothing more
 PETE = "9E7E9E7E"  # trainer on printers; on the laser a user, not a trainer
+LARA = "1A5E21A5"  # trainer on the laser only (claims_lab)
+OTTO = "07707070"  # a participant of another site (claims_lab)
 
 
 @pytest.fixture
@@ -202,3 +204,42 @@ def trainer_lab(lab: Database) -> Database:
                     )
                 )
     return lab
+
+
+@pytest.fixture
+def claims_lab(trainer_lab: Database) -> Database:
+    """The trainer lab plus Lara, a trainer of the laser only, and Otto of another site."""
+    from datetime import date
+
+    from sqlalchemy import select
+
+    from server.models import Badge, Competency, Level, Person, Qualification, QualificationAction, Site
+
+    with trainer_lab.session() as s:
+        home = s.scalar(select(Site))
+        competencies = {c.slug: c for c in s.scalars(select(Competency))}
+        assert home is not None
+        elsewhere = Site(slug="elsewhere", name="Elsewhere", timezone="Europe/Berlin")
+        s.add(elsewhere)
+        s.flush()
+        lara = Person(site_id=home.id, name="Lara Lasertrainer", is_trainer=True, language="en")
+        otto = Person(site_id=elsewhere.id, name="Otto Outside", language="en")
+        s.add_all([lara, otto])
+        s.flush()
+        s.add_all([Badge(uid=LARA, person_id=lara.id), Badge(uid=OTTO, person_id=otto.id)])
+        grants = [
+            (lara, "laser-safety", Level.TRAINER),
+            (otto, "fdm-printing", Level.BRIEFED),
+        ]
+        for person, slug, level in grants:
+            s.add(
+                Qualification(
+                    person_id=person.id,
+                    competency_id=competencies[slug].id,
+                    action=QualificationAction.GRANTED,
+                    level=level,
+                    valid_until=date(2099, 1, 1),
+                    reason="test",
+                )
+            )
+    return trainer_lab

@@ -8,6 +8,8 @@ import json
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from werkbank_protocol.errors import ProtocolError
 from werkbank_protocol.messages import MAX_ALLOWLIST_PAYLOAD, Allowlist, decode_as
 from werkbank_protocol.timefmt import parse_ts
@@ -48,7 +50,10 @@ def verify(key: bytes, payload: bytes, now: datetime, machine: str | None = None
     added by a newer server are covered by it too.
     """
     parsed = decode_as(Allowlist, payload, MAX_ALLOWLIST_PAYLOAD)
-    raw: dict[str, Any] = json.loads(payload)
+    try:
+        raw: dict[str, Any] = msgspec.json.decode(payload)
+    except RecursionError as exc:  # decode_as took it, so only a limit reached this time round
+        raise ProtocolError("invalid", "allow-list JSON nested too deep") from exc
     expected = hmac.new(key, canonical(raw), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, parsed.sig):
         raise ProtocolError("bad_signature", "allow-list signature does not match this machine's key")

@@ -302,6 +302,32 @@ def decode(kind: Any, payload: bytes, max_size: int = MAX_PAYLOAD) -> Any:
         raise _explain(payload, str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ProtocolError("not_json", f"payload is not UTF-8 JSON ({exc})") from exc
+    except RecursionError as exc:
+        # msgspec gives up cleanly at the interpreter's recursion limit; no message nests that deep.
+        raise _too_deep() from exc
+
+
+def _too_deep() -> ProtocolError:
+    return ProtocolError("invalid", "JSON nested too deep; protocol messages nest a few levels at most")
+
+
+class _RequestId(Struct):
+    id: Any = None
+
+
+_request_id_decoder = msgspec.json.Decoder(_RequestId)
+
+
+def request_id(payload: bytes, max_size: int = MAX_PAYLOAD) -> str | None:
+    """The ``id`` of a JSON object payload that failed validation, if it has a readable one, so
+    that a garbled request can still be answered. None for anything else, never an exception."""
+    if len(payload) > max_size:
+        return None  # not parsed at all: a flood of big payloads must not cost memory
+    try:
+        found = _request_id_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    return found.id if isinstance(found.id, str) else None
 
 
 _HINTS = {
@@ -319,6 +345,8 @@ def _explain(payload: bytes, text: str) -> ProtocolError:
         raw = msgspec.json.decode(payload)
     except msgspec.DecodeError:
         raw = None
+    except RecursionError:
+        return _too_deep()
     if isinstance(raw, dict) and raw.get("v") != 1:
         return ProtocolError("wrong_version", f"'v' is {raw.get('v')!r}; this side speaks protocol v1 only")
     if text.startswith("Invalid value") and text.endswith("at `$.type`"):

@@ -5,15 +5,19 @@ to the ``events`` ledger (primary key = event id); only a new id changes session
 jobs, so a repeated delivery (QoS 1 is at-least-once) changes nothing. A
 ``session_ended`` may arrive before its ``session_started`` (an outbox replayed out of
 order): whichever comes first creates the session row and the other fills it in.
-When a supervised session is complete (both ends known), the training service grants
-what its hours completed (``training.advance_after_session``), in the trainer's name.
+The device is not believed on its word (``server.services.device_claims`` checks each event
+first): a session's person, mode and trainer come from the server's own decision for it. A
+supervised session the server did not decide (an offline one) counts as hours of use and waits
+for a trainer's confirmation (``server.services.supervision``). When a supervised session is
+complete (both ends known), the training service grants what its hours completed
+(``training.advance_after_session``), in the trainer's name.
 Times are the server's (``clocks.event_time``); an offline session's start is checked against
 what the server knew then (``reconcile.check_offline_session``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -22,8 +26,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.models import Badge, Device, Job, Machine, MachineSession, StoredEvent
-from server.services import bookings, cards, clocks, reconcile, training
+from server.models import Badge, Device, Job, Machine, MachineSession, SessionReview, StoredEvent
+from server.services import bookings, cards, clocks, device_claims, reconcile, training
+from server.services.device_claims import Decided, Refusal
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.messages import (
     BadgeEnrolled,
@@ -41,28 +46,45 @@ from werkbank_protocol.messages import (
 class IngestResult:
     event_id: str
     new: bool
+    # Refused for good: nothing was stored, but the event is acknowledged (device_claims.Refusal).
+    refused: ProtocolError | None = None
+    # Claims the server overruled with its own facts (the event was applied): counted, logged.
+    overruled: list[ProtocolError] = field(default_factory=list)
 
 
 def ingest_event(db: Session, device: Device, event: Event, now: datetime | None = None) -> IngestResult:
-    """Store ``event`` once and apply it. ProtocolError when it contradicts what is stored.
+    """Store ``event`` once and apply it, unless the device may not say it.
 
-    ``now`` is when the server learns it (the time of a level a supervised session completes).
+    ``now`` is when the server learns it (the bound of an online session's span, the time of a
+    level a supervised session completes). An event that can never be true comes back with
+    ``refused`` set and changes nothing; a ProtocolError means "not now" (an unassigned device,
+    a device over its rate): the agent re-sends it later.
     """
     if device.machine is None:
         raise ProtocolError("unassigned_device", f"device {device.id!r} serves no machine; assign it first")
     if db.get(StoredEvent, event.id) is not None:
         return IngestResult(event.id, new=False)
-    # The server's clock, not a skewed Pi's (an online session starts at its decision).
-    ts, time_corrected = clocks.event_time(db, device, event)
+    now = now or datetime.now(UTC)
     machine = device.machine
-    if event.session is not None:
-        _check_session_owner(db, device, event.session)
+    try:
+        # The server's clock, not a skewed Pi's (an online session starts at its decision).
+        ts, time_corrected = clocks.event_time(db, device, event)
+        decided = device_claims.check(db, device, machine, event, ts, now)
+    except Refusal as exc:
+        return IngestResult(event.id, new=False, refused=exc)
+    except ProtocolError as exc:  # a time that matches the pattern but is no date (2026-13-45)
+        return IngestResult(event.id, new=False, refused=Refusal(exc.code, exc.detail))
+    if isinstance(event, Fault) and device_claims.count_repeat(db, device, event, ts, now):
+        return IngestResult(event.id, new=True)
+    if isinstance(event, Fault | LockDeferred):
+        device_claims.check_rate(db, device, now)
     ledger = StoredEvent(
         id=event.id,
         device_id=device.id,
         type=str(type(event).__struct_config__.tag),
         session_id=event.session,
         ts=ts,
+        received_at=now,
         payload=msgspec.to_builtins(event),
         time_corrected=time_corrected,
     )
@@ -81,21 +103,22 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
         except IntegrityError:
             return IngestResult(event.id, new=False)
 
+    result = IngestResult(event.id, new=True)
     match event:
         case SessionStarted():
-            started = _session_started(db, device, machine, event, ts)
-            _after_supervised(db, started, now)
-            reconcile.check_offline_session(db, started, now or datetime.now(UTC))
+            row = _session_started(db, device, machine, event, ts, decided, result.overruled)
+            _after_supervised(db, row, now)
+            reconcile.check_offline_session(db, row, now)
         case SessionEnded():
-            _after_supervised(db, _session_ended(db, device, machine, event, ts), now)
+            _after_supervised(db, _session_ended(db, device, machine, event, ts, decided), now)
         case JobStarted():
-            job = _job(db, device, machine, event.session, event.job)
+            job = _job(db, device, machine, event.session, event.job, decided)
             job.kind = event.kind
             job.file = event.file
             job.estimated_s = event.estimated_s
             job.started_at = ts
         case JobFinished():
-            job = _job(db, device, machine, event.session, event.job)
+            job = _job(db, device, machine, event.session, event.job, decided)
             job.status = event.status
             job.duration_s = event.duration_s
             job.finished_at = ts
@@ -105,24 +128,27 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
             pass  # kept in the ledger; shown on the machine page
         case BadgeEnrolled():
             # Links the card only if this station was sent the keys of this very card.
-            cards.complete_enrolment(db, device, event.enrolment, event.badge, now or ts)
+            cards.complete_enrolment(db, device, event.enrolment, event.badge, now)
     if time_corrected and isinstance(event, SessionStarted | SessionEnded):
-        _session(db, device, machine, event.session).time_corrected = True
-    return IngestResult(event.id, new=True)
+        _session(db, device, machine, event.session, decided).time_corrected = True
+    return result
 
 
-def _check_session_owner(db: Session, device: Device, session_id: str) -> None:
-    owner = db.scalar(select(MachineSession.device_id).where(MachineSession.id == session_id))
-    if owner is not None and owner != device.id:
-        raise ProtocolError(
-            "foreign_session", f"session {session_id} belongs to device {owner!r}, not {device.id!r}"
-        )
-
-
-def _session(db: Session, device: Device, machine: Machine, session_id: str) -> MachineSession:
+def _session(
+    db: Session, device: Device, machine: Machine, session_id: str, decided: Decided | None
+) -> MachineSession:
     row = db.get(MachineSession, session_id)
     if row is None:
         row = MachineSession(id=session_id, machine_id=machine.id, device_id=device.id)
+        if decided is not None:
+            # Who, in which mode, with which trainer: the server decided it, whichever event comes first.
+            row.offline = False
+            row.badge_uid = decided.badge_uid or None  # "" once the person's data was erased
+            row.person_id = decided.person_id
+            row.mode = decided.mode
+            row.trainer_id = decided.trainer_id if decided.mode != "use" else None
+        else:
+            row.offline = True  # no decision of the server stands behind it, whatever the device says
         db.add(row)
     return row
 
@@ -134,15 +160,42 @@ def _person_of(db: Session, uid: str | None) -> int | None:
 
 
 def _session_started(
-    db: Session, device: Device, machine: Machine, event: SessionStarted, ts: datetime
+    db: Session,
+    device: Device,
+    machine: Machine,
+    event: SessionStarted,
+    ts: datetime,
+    decided: Decided | None,
+    overruled: list[ProtocolError],
 ) -> MachineSession:
-    row = _session(db, device, machine, event.session)
+    row = _session(db, device, machine, event.session, decided)
     row.started_at = ts
-    row.badge_uid = event.badge
-    row.person_id = _person_of(db, event.badge)
-    row.trainer_id = _person_of(db, event.trainer_badge)
-    row.offline = event.offline
-    row.mode = event.mode
+    claimed_trainer = _person_of(db, event.trainer_badge)
+    if decided is not None:
+        _compare(event, decided, claimed_trainer, overruled)
+        if decided.mode == "supervise" and decided.trainer_id is None:
+            # Decided before decisions named their trainer (migration 0007): a trainer confirms it.
+            _await_review(row, event.mode, claimed_trainer)
+    else:
+        # Nobody but the device says who, how and with whom: it counts as hours of use, and a
+        # supervised session waits for a trainer's confirmation before it counts as training.
+        row.badge_uid = event.badge
+        row.person_id = _person_of(db, event.badge)
+        row.offline = True
+        row.mode = "use"
+        row.trainer_id = None
+        if not event.offline:
+            overruled.append(
+                ProtocolError("claim_mismatch", f"session {event.session} has no decision of this server")
+            )
+        if event.mode == "supervise" and row.person_id is not None:
+            _await_review(row, event.mode, claimed_trainer)
+        elif event.mode != "use":
+            overruled.append(
+                ProtocolError(
+                    "claim_mismatch", f"mode {event.mode!r} of session {event.session} needs the server"
+                )
+            )
     # The holder tapped in: their booking is not a no-show (late offline sessions count too).
     bookings.check_in(db, machine.id, row.person_id, ts)
     if row.ended_at is None and _is_newest(machine, ts):
@@ -151,10 +204,38 @@ def _session_started(
     return row
 
 
+def _compare(
+    event: SessionStarted, decided: Decided, claimed_trainer: int | None, overruled: list[ProtocolError]
+) -> None:
+    """Note where the device's event says otherwise than the server's decision (which stands)."""
+    differences = []
+    if event.badge != decided.badge_uid:
+        differences.append(f"badge {event.badge}, decided for {decided.badge_uid}")
+    if event.mode != decided.mode:
+        differences.append(f"mode {event.mode!r}, decided {decided.mode!r}")
+    if decided.mode != "use" and decided.trainer_id is not None and claimed_trainer != decided.trainer_id:
+        differences.append("another trainer than the decided one")
+    if differences:
+        overruled.append(
+            ProtocolError(
+                "claim_mismatch",
+                f"session {event.session} reported with {'; '.join(differences)}: stored as decided",
+            )
+        )
+
+
+def _await_review(row: MachineSession, claimed_mode: str, claimed_trainer: int | None) -> None:
+    row.mode = "use"
+    row.trainer_id = None
+    row.claimed_mode = claimed_mode
+    row.claimed_trainer_id = claimed_trainer
+    row.review = SessionReview.PENDING
+
+
 def _session_ended(
-    db: Session, device: Device, machine: Machine, event: SessionEnded, ts: datetime
+    db: Session, device: Device, machine: Machine, event: SessionEnded, ts: datetime, decided: Decided | None
 ) -> MachineSession | None:
-    row = _session(db, device, machine, event.session)
+    row = _session(db, device, machine, event.session, decided)
     if row.ended_at is not None and not _better_end(row.end_reason, event.reason):
         return None  # the end we have is the real one; a recovery guess must not replace it
     row.ended_at = ts
@@ -168,11 +249,10 @@ def _session_ended(
     return row
 
 
-def _after_supervised(db: Session, row: MachineSession | None, now: datetime | None) -> None:
+def _after_supervised(db: Session, row: MachineSession | None, now: datetime) -> None:
     """A supervised session just became complete: its hours may finish a level."""
     if row is None or row.mode != "supervise" or row.started_at is None or row.ended_at is None:
         return
-    now = now or datetime.now(UTC)
     db.flush()  # the hours query must see this session's times
     today = now.astimezone(ZoneInfo(row.machine.site.timezone)).date()
     training.advance_after_session(db, row, now, today)
@@ -185,8 +265,10 @@ def _better_end(stored: str | None, incoming: str) -> bool:
     return stored == "power_loss_recovered" and incoming != "power_loss_recovered"
 
 
-def _job(db: Session, device: Device, machine: Machine, session_id: str, job_id: str) -> Job:
-    _session(db, device, machine, session_id)
+def _job(
+    db: Session, device: Device, machine: Machine, session_id: str, job_id: str, decided: Decided | None
+) -> Job:
+    _session(db, device, machine, session_id, decided)
     job = db.get(Job, job_id)
     if job is None:
         job = Job(id=job_id, session_id=session_id, machine_id=machine.id)

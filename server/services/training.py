@@ -691,8 +691,15 @@ def advance(
 def advance_after_session(
     db: Session, session: MachineSession, now: datetime, today: date
 ) -> list[Qualification]:
-    """After a supervised session ended: grant what its hours completed, in the trainer's name."""
-    if session.mode != "supervise" or session.person is None or session.ended_at is None:
+    """After a supervised session ended: grant what its hours completed, in the trainer's name.
+
+    Only with a trainer the server vouches for (its decision, or the trainer who confirmed the
+    session), only in competencies that trainer trains, never for the trainer themselves.
+    """
+    person, trainer = session.person, session.trainer
+    if session.mode != "supervise" or person is None or session.ended_at is None:
+        return []
+    if trainer is None or trainer.id == person.id:
         return []
     competencies = db.scalars(
         select(Competency)
@@ -701,7 +708,9 @@ def advance_after_session(
     ).all()
     granted = []
     for competency in competencies:
-        entry = advance(db, session.person, competency, session.trainer, now, today)
+        if not can_train(db, trainer, competency, today):
+            continue
+        entry = advance(db, person, competency, trainer, now, today)
         if entry is not None:
             granted.append(entry)
     return granted

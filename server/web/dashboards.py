@@ -8,6 +8,7 @@ charts from :mod:`server.web.charts`. Each chart's numbers are in a table beside
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -183,7 +184,7 @@ def _today(site: Site) -> date:
 
 
 def _hours(value: float) -> str:
-    return f"{value:,.1f}".replace(",", "\u202f") if current_language() != "de" else _de_number(value, 1)
+    return _number(value, 1)
 
 
 def _de_number(value: float, digits: int) -> str:
@@ -191,7 +192,14 @@ def _de_number(value: float, digits: int) -> str:
     return text.replace(",", "\u202f").replace(".", ",")
 
 
+# Beyond this a figure is a broken record, not a measurement (ingestion bounds what devices
+# report since issue 11; older rows may hold anything): shown as a dash, not 300 digits.
+_IMPLAUSIBLE = 1e12
+
+
 def _number(value: float, digits: int = 0) -> str:
+    if not math.isfinite(value) or abs(value) >= _IMPLAUSIBLE:
+        return "\u2013"
     if current_language() == "de":
         return _de_number(value, digits)
     return f"{value:,.{digits}f}".replace(",", "\u202f")

@@ -7,6 +7,7 @@ Flask-Babel ships no type information; wrapping the few functions we use keeps
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,8 +60,15 @@ def span_label(seconds: float) -> str:
     return str(flask_babel.format_timedelta(timedelta(seconds=seconds), granularity="second"))
 
 
+# More than this is no measurement (ingestion bounds every session at a week since issue 11;
+# a record stored before then may hold anything): the label says so in a few characters.
+LABEL_MAX_HOURS = 1_000_000
+
+
 def duration_label(seconds: float) -> str:
     """Hours and minutes, the way machine hours are counted: ``3 h 05 min``."""
+    if not math.isfinite(seconds) or seconds > LABEL_MAX_HOURS * 3600:
+        return _("over %(hours)d h", hours=LABEL_MAX_HOURS)
     minutes = round(max(seconds, 0.0) / 60)
     return _("%(hours)d h %(minutes)02d min", hours=minutes // 60, minutes=minutes % 60)
 

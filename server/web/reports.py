@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from server.services.reports import (
 from server.services.training import LEVEL_LABELS
 from server.web.auth import admin_required, current
 from server.web.common import web_blueprint
-from server.web.l10n import _, current_language
+from server.web.l10n import LABEL_MAX_HOURS, _, current_language
 
 bp = web_blueprint("reports", __name__)
 
@@ -240,6 +241,8 @@ class Words:
 
 def hours_label(seconds: float) -> str:
     """``1,234.5`` (``1.234,5`` in German)."""
+    if not math.isfinite(seconds) or seconds > LABEL_MAX_HOURS * HOUR:
+        return "\u2013"  # a broken record stored before issue 11, not a measurement
     w = Words.current()
     text = f"{hours(seconds):,.1f}"
     return text.replace(",", "\0").replace(".", w.decimal).replace("\0", w.group)

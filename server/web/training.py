@@ -1,4 +1,5 @@
-"""Trainer pages: find a participant, see their training, record a step, grant, renew or revoke.
+"""Trainer pages: find a participant, see their training, record a step, grant, renew or revoke;
+confirm or reject supervised sessions a machine reported without the server.
 
 Thin views over :mod:`server.services.training`, which holds every rule; a refusal comes
 back as a :class:`TrainingError` and is shown as the form's error, with nothing changed.
@@ -7,6 +8,7 @@ The competency cards (:func:`present_progress`) are shared with the participant'
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -26,13 +28,14 @@ from server.models import (
     Badge,
     Competency,
     Level,
+    MachineSession,
     Person,
     Qualification,
     QualificationAction,
     StepKind,
     TrainingStep,
 )
-from server.services import training
+from server.services import supervision, training
 from server.services.training import (
     LEVEL_LABELS,
     STEP_KIND_LABELS,
@@ -42,7 +45,7 @@ from server.services.training import (
 )
 from server.web.auth import User, current, trainer_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, _l, current_language, date_label, when_label
+from server.web.l10n import LABEL_MAX_HOURS, _, _l, current_language, date_label, duration_label, when_label
 
 bp = web_blueprint("training", __name__)
 
@@ -168,6 +171,8 @@ def present_progress(p: Progress, today: date, *, may_train: bool = False) -> di
 
 
 def _hours(value: float) -> str:
+    if not math.isfinite(value) or value > LABEL_MAX_HOURS:
+        return f"> {LABEL_MAX_HOURS}"  # a broken record stored before issue 11, not a measurement
     return f"{value:.1f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.0f}"
 
 
@@ -248,15 +253,47 @@ def _search(db: Session, site_id: int, text: str) -> list[Person]:
     return list(db.scalars(query.limit(SEARCH_LIMIT)))
 
 
+def present_reviews(rows: list[MachineSession]) -> list[dict[str, Any]]:
+    """The queue of supervised sessions awaiting confirmation, for the trainer's page."""
+    now = datetime.now(UTC)
+    return [
+        {
+            "id": row.id,
+            "person_id": row.person_id,
+            "person": row.person.name if row.person else "",
+            "machine": row.machine.name,
+            "when": when_label(row.started_at or row.ended_at or row.created_at, now),
+            "duration": duration_label(row.unlocked_s or 0.0),
+            "claimed_trainer": row.claimed_trainer.name if row.claimed_trainer else None,
+        }
+        for row in rows
+    ]
+
+
+def people_page(*, error: str | None = None, status: int = 200) -> ResponseReturnValue:
+    actor = _actor()
+    form = SearchForm(request.args)
+    text = str(form.q.data or "") if form.validate() else ""
+    db = get_db()
+    found = _search(db, actor.user.site_id, text)
+    reviews = present_reviews(supervision.pending(db, actor.person, today_for(actor.user)))
+    return (
+        render_template(
+            "training/people.html",
+            form=form,
+            people=found,
+            searched=bool(text.strip()),
+            reviews=reviews,
+            error=error,
+        ),
+        status,
+    )
+
+
 @bp.get("/people")
 @trainer_required
 def people() -> ResponseReturnValue:
-    user = current()
-    assert user is not None
-    form = SearchForm(request.args)
-    text = str(form.q.data or "") if form.validate() else ""
-    found = _search(get_db(), user.site_id, text)
-    return render_template("training/people.html", form=form, people=found, searched=bool(text.strip()))
+    return people_page()
 
 
 @dataclass
@@ -435,3 +472,55 @@ def renew(person_id: int) -> ResponseReturnValue:
 @trainer_required
 def revoke(person_id: int) -> ResponseReturnValue:
     return _apply(person_id, "revoke")
+
+
+def _review(session_id: str, verdict: str) -> ResponseReturnValue:
+    """Confirm or reject one supervised session of the queue; a refusal re-shows the page (400)."""
+    actor = _actor()
+    db = get_db()
+    session = db.get(MachineSession, session_id)
+    if session is None or session.person is None or session.person.site_id != actor.user.site_id:
+        abort(404)
+    person, machine = session.person.name, session.machine.name
+    now = datetime.now(UTC)
+    today = today_for(actor.user)
+    try:
+        if verdict == "confirm":
+            granted = supervision.confirm(db, session, actor.person, now, today)
+            message = _(
+                "Confirmed: the session of %(person)s on %(machine)s counts as supervised.",
+                person=person,
+                machine=machine,
+            )
+            for entry in granted:
+                message += " " + _(
+                    "%(person)s now holds %(competency)s at level %(level)s.",
+                    person=person,
+                    competency=entry.competency.display_name(current_language()),
+                    level=level_label(entry.level),
+                )
+        else:
+            supervision.reject(db, session, actor.person, now, today)
+            message = _(
+                "Rejected: the session of %(person)s on %(machine)s does not count as supervised.",
+                person=person,
+                machine=machine,
+            )
+    except TrainingError as refused:
+        db.rollback()
+        return people_page(error=error_text(refused), status=400)
+    db.commit()
+    flash(message, "success")
+    return redirect(url_for("training.people"))
+
+
+@bp.post("/sessions/<session_id>/confirm")
+@trainer_required
+def confirm_session(session_id: str) -> ResponseReturnValue:
+    return _review(session_id, "confirm")
+
+
+@bp.post("/sessions/<session_id>/reject")
+@trainer_required
+def reject_session(session_id: str) -> ResponseReturnValue:
+    return _review(session_id, "reject")

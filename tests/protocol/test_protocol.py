@@ -20,6 +20,7 @@ from werkbank_protocol.messages import (
     decode_as,
     decode_event,
     encode,
+    request_id,
 )
 from werkbank_protocol.mqtt import parse_mqtt_url
 from werkbank_protocol.topics import Suffix, parse_topic, subscription, topic
@@ -142,6 +143,46 @@ def _doc(**over: object) -> dict[str, object]:
     }
     doc.update(over)
     return doc
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 5000 + b"]" * 5000,
+        b'{"v":1,"x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"v":2,"x":' + b"[" * 3000 + b"]" * 3000 + b"}",  # a wrong version makes it explain itself
+    ],
+    ids=["bare", "in-a-field", "explained"],
+)
+def test_messages_nested_too_deep_is_invalid_on_both_sides(payload: bytes) -> None:
+    """The shared decoder refuses JSON nested deeper than any message (issue 11: a RecursionError
+    went up to the bridge as `internal`); the agent decodes through it too."""
+    for kind in (AuthReq, Status):
+        with pytest.raises(ProtocolError) as err:
+            decode_as(kind, payload)
+        assert err.value.code == "invalid" and "nested too deep" in err.value.detail
+    with pytest.raises(ProtocolError) as err:
+        decode_event(payload)
+    assert err.value.code == "invalid"
+    assert request_id(payload) is None
+
+
+def test_messages_request_id_of_a_garbled_request() -> None:
+    rid = str(uuid.uuid4())
+    assert request_id(json.dumps({"v": 1, "id": rid, "badge": "nope"}).encode()) == rid
+    assert request_id(json.dumps({"v": 1, "id": 42}).encode()) is None
+    assert request_id(b"[1, 2]") is None
+    assert request_id(b"not json") is None
+    too_big = json.dumps({"id": rid, "pad": "x" * 20_000}).encode()
+    assert request_id(too_big) is None, "not read at all"
+
+
+def test_allowlist_nested_too_deep_is_refused() -> None:
+    signed = sign(KEY, _doc())
+    payload = json.dumps(signed).encode()[:-1] + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with pytest.raises(ProtocolError) as err:
+        verify(KEY, payload, NOW)
+    assert err.value.code == "invalid"
 
 
 def test_allowlist_signed_list_verifies() -> None:

@@ -52,6 +52,25 @@ def _certify(db: Database, device_id: str, badge: str, now: datetime, trainer: s
         return row.response
 
 
+def _supervise(db: Database, device_id: str, badge: str, trainer_badge: str, now: datetime) -> str:
+    """An auth/req in mode supervise answered (allowed) by the bridge; the session id it handed out."""
+    bridge = Bridge(db, "mqtt://127.0.0.1:9", clock=lambda: now)  # never connected: answers go nowhere
+    request = AuthReq(
+        v=1,
+        id=str(uuid.uuid4()),
+        ts=format_ts(now),
+        badge=badge,
+        mode="supervise",
+        trainer_badge=trainer_badge,
+    )
+    bridge._answer_taps([(device_id, request)])
+    with db.session() as s:
+        row = s.get(AccessDecision, request.id)
+        assert row is not None and row.decision == "allow", row and row.response
+        assert row.session_id is not None
+        return row.session_id
+
+
 def _grant(db: Database, name: str, slug: str, level: Level) -> None:
     with db.session() as s:
         person = s.scalar(select(Person).where(Person.name == name))
@@ -135,9 +154,11 @@ def test_training_certify_refused_in_one_competency_records_none(trainer_lab: Da
 
 def test_training_supervised_hours_count_in_any_event_order(trainer_lab: Database, clock) -> None:
     """session_ended may arrive before session_started (a replayed outbox): the level follows
-    whichever completes the session."""
-    session = str(uuid.uuid4())
+    whichever completes the session. The session is one the server decided (mode supervise with
+    Tina): before issue 11 this test fed a session no decision stood behind, which no longer
+    grants anything on the device's word (tests/server/test_device_claims.py)."""
     start = clock() - timedelta(minutes=10)
+    session = _supervise(trainer_lab, "pi-printer-1", BEA, TINA, start)
     ended = SessionEnded(
         v=1,
         id=str(uuid.uuid4()),

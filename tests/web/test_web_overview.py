@@ -194,3 +194,21 @@ def test_overview_lists_only_the_latest_20_sessions(client: FlaskClient, auth: A
     # Newest first: the seeded recent ones, then the bulk from ten days ago in order.
     assert sessions[0]["id"] == lab.laser_session_id
     assert [row["id"] for row in sessions[4:7]] == ["bulk-00", "bulk-01", "bulk-02"]
+
+
+def test_overview_hours_label_stays_short_for_a_broken_record(
+    client: FlaskClient, auth: AuthActions, lab: Lab
+) -> None:
+    """A session stored before issue 11 may hold unlocked_s = 1e300 (a device's word); ingestion
+    refuses such numbers now, and the label of one already stored says so in a few characters
+    instead of 300 digits."""
+    from server.models import MachineSession
+
+    with db.session() as s:
+        s.execute(update(MachineSession).where(MachineSession.id == "s-laser-old").values(unlocked_s=1e300))
+        s.commit()
+    auth.login(lab.trainer)
+    laser = _tiles(client)["laser-1"]
+    assert laser["hours_total_label"] == "over 1000000 h"
+    html = client.get("/").get_data(as_text=True)
+    assert not re.search(r"\d{20}", html)

@@ -361,3 +361,173 @@ def test_training_reminder_shows_on_the_participant_page_until_read(
     assert ids
     client.post("/notifications/read", data={"id": ids[0], "next": "/me"})
     assert "News for you" not in client.get("/me").get_data(as_text=True)
+
+
+# -- supervised sessions a machine reported without the server (issue 11) --------------------------
+
+ADA_BADGE = "04A1B2C3D4E5F6"
+
+
+def _brief(person_id: int, trainer_id: int, slug: str = "laser") -> None:
+    with db.session() as s:
+        s.add(
+            Qualification(
+                person_id=person_id,
+                competency_id=_competency_id(slug),
+                action=QualificationAction.GRANTED,
+                level=Level.BRIEFED,
+                valid_until=date.today() + timedelta(days=300),
+                granted_by_id=trainer_id,
+            )
+        )
+        s.commit()
+
+
+def _reported_supervised(device_id: str, badge: str = ADA_BADGE, hours: float = 1.0) -> str:
+    """A Pi reports a supervised session it opened offline, through the real ingestion."""
+    from server.services.ingest import ingest_event
+    from werkbank_protocol import format_ts
+    from werkbank_protocol.messages import SessionEnded, SessionStarted
+
+    now = datetime.now(UTC)
+    session = str(uuid.uuid4())
+    events = [
+        SessionStarted(
+            v=1,
+            id=str(uuid.uuid4()),
+            ts=format_ts(now - timedelta(hours=hours)),
+            session=session,
+            badge=badge,
+            offline=True,
+            mode="supervise",
+        ),
+        SessionEnded(
+            v=1,
+            id=str(uuid.uuid4()),
+            ts=format_ts(now),
+            session=session,
+            reason="tap_out",
+            unlocked_s=hours * 3600,
+        ),
+    ]
+    from server.models import Device
+
+    with db.session() as s:
+        device = s.get(Device, device_id)
+        assert device is not None
+        for event in events:
+            assert ingest_event(s, device, event, now).new
+        s.commit()
+    return session
+
+
+def _session_row(session_id: str) -> tuple[str, str | None, str | None]:
+    with db.session() as s:
+        row = s.get(MachineSession, session_id)
+        assert row is not None
+        return row.mode, row.trainer.name if row.trainer else None, row.review
+
+
+def test_training_trainer_confirms_a_reported_supervised_session(
+    client: FlaskClient, auth: AuthActions, trained_lab: Lab
+) -> None:
+    ada_id, tina_id, _steps = _ids(trained_lab)
+    _brief(ada_id, tina_id)
+    session = _reported_supervised("pi-laser-1")
+    # Reported, not yet confirmed: no supervised hours, no level.
+    assert _history(ada_id) == [("laser", "granted", "briefed")]
+    auth.login(trained_lab.trainer)
+    page = client.get("/training/people").get_data(as_text=True)
+    assert "Supervised sessions awaiting confirmation" in page
+    queue = page.split('id="reviews"', 1)[1].split("</section>", 1)[0]
+    assert "Ada Lovelace" in queue and "Laser 1" in queue and "1 h 00 min" in queue
+    assert "0 of 1 h done" in client.get(f"/training/people/{ada_id}").get_data(as_text=True)
+
+    confirmed = client.post(f"/training/sessions/{session}/confirm", follow_redirects=True)
+    assert confirmed.status_code == 200
+    text = confirmed.get_data(as_text=True)
+    assert "Confirmed: the session of Ada Lovelace on Laser 1 counts as supervised." in text
+    assert "Ada Lovelace now holds Laser cutting at level Supervised." in text
+    assert 'id="reviews"' not in text, "the queue is empty now"
+    assert _history(ada_id)[-1] == ("laser", "granted", "supervised")
+    assert _session_row(session) == ("supervise", "Tina Trainer", "confirmed")
+    with db.session() as s:
+        entry = s.scalars(select(AuditLog).where(AuditLog.action == "session.supervision_confirmed")).one()
+        assert entry.actor_label.startswith("Tina Trainer") and entry.detail["session"] == session
+        granted = s.scalars(select(Qualification).order_by(Qualification.id.desc()).limit(1)).one()
+        assert granted.granted_by_id == tina_id
+
+
+def test_training_trainer_rejects_a_reported_session_in_german(
+    client: FlaskClient, auth: AuthActions, trained_lab: Lab
+) -> None:
+    ada_id, tina_id, _steps = _ids(trained_lab)
+    _brief(ada_id, tina_id)
+    session = _reported_supervised("pi-laser-1")
+    with db.session() as s:
+        tina = s.get(Person, tina_id)
+        assert tina is not None
+        tina.language = "de"
+        s.commit()
+    auth.login(trained_lab.trainer)
+    page = client.get("/training/people").get_data(as_text=True)
+    assert "Betreute Sitzungen, die auf Bestätigung warten" in page
+    assert "Bestätigen" in page and "Ablehnen" in page
+    rejected = client.post(f"/training/sessions/{session}/reject", follow_redirects=True)
+    assert rejected.status_code == 200
+    assert "Abgelehnt: Die Sitzung von Ada Lovelace an Laser 1 zählt nicht als betreut." in rejected.get_data(
+        as_text=True
+    )
+    assert _history(ada_id) == [("laser", "granted", "briefed")]
+    assert _session_row(session) == ("use", None, "rejected")
+    with db.session() as s:
+        entry = s.scalars(select(AuditLog).where(AuditLog.action == "session.supervision_rejected")).one()
+        assert entry.actor_label.startswith("Tina Trainer")
+
+
+def test_training_reported_session_is_only_for_trainers_of_that_machine(
+    client: FlaskClient, auth: AuthActions, trained_lab: Lab
+) -> None:
+    """Tina trains lasers only: a session reported at a printer is not hers to confirm."""
+    ada_id, _tina_id, _steps = _ids(trained_lab)
+    session = _reported_supervised("pi-prusa-a")
+    auth.login(trained_lab.trainer)
+    assert 'id="reviews"' not in client.get("/training/people").get_data(as_text=True)
+    refused = client.post(f"/training/sessions/{session}/confirm")
+    assert refused.status_code == 400
+    assert "You are not a trainer for Prusa A." in refused.get_data(as_text=True)
+    assert _session_row(session) == ("use", None, "pending")
+    assert _history(ada_id) == []
+
+
+def test_training_reported_session_of_another_site_is_not_found(
+    client: FlaskClient, auth: AuthActions, trained_lab: Lab
+) -> None:
+    from server.models import Site
+
+    with db.session() as s:
+        west = Site(slug="west", name="West", timezone="Europe/Berlin")
+        s.add(west)
+        s.flush()
+        stranger = Person(site_id=west.id, name="Far Away")
+        s.add(stranger)
+        s.flush()
+        s.add(Badge(uid="FA4AFA4A", person_id=stranger.id))
+        s.commit()
+    session = _reported_supervised("pi-laser-1", badge="FA4AFA4A")
+    auth.login(trained_lab.trainer)
+    assert "Far Away" not in client.get("/training/people").get_data(as_text=True)
+    assert client.post(f"/training/sessions/{session}/confirm").status_code == 404
+    assert _session_row(session) == ("use", None, "pending")
+
+
+def test_training_participant_cannot_confirm_their_own_reported_session(
+    client: FlaskClient, auth: AuthActions, trained_lab: Lab
+) -> None:
+    ada_id, tina_id, _steps = _ids(trained_lab)
+    _brief(ada_id, tina_id)
+    session = _reported_supervised("pi-laser-1")
+    auth.login(trained_lab.participant)
+    assert client.post(f"/training/sessions/{session}/confirm").status_code == 403
+    assert _session_row(session) == ("use", None, "pending")
+    assert _history(ada_id) == [("laser", "granted", "briefed")]
