@@ -139,7 +139,8 @@ def test_supervision_review_is_refused_outside_a_trainers_rights(
             row = s.get(MachineSession, session)
             assert row is not None and (row.mode, row.review) == ("use", SessionReview.PENDING)
             # No review was recorded (the reconciliation of the offline session may be audited).
-            assert s.scalars(select(AuditLog).where(AuditLog.action.like("session.supervision_%"))).all() == []
+            reviews = select(AuditLog).where(AuditLog.action.like("session.supervision_%"))
+            assert s.scalars(reviews).all() == []
 
 
 def test_supervision_rejected_session_stays_hours_of_use_and_is_audited(
