@@ -78,6 +78,7 @@ from werkbank_protocol.messages import (
     Ack,
     AuthReq,
     AuthResp,
+    CheckinTap,
     Cmd,
     EndReason,
     Event,
@@ -150,6 +151,11 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
         "de": "Freigabe entzogen: Die Maschine sperrt (ein laufender Auftrag wird noch fertig). "
         "Bitte Trainer fragen.",
         "en": "Access withdrawn: the machine locks (a running job finishes first). Please ask a trainer.",
+    },
+    # An entrance reader (`[reader] mode = "checkin"`) without an answer: the tap is kept.
+    "checkin_stored": {
+        "de": "Server nicht erreichbar: Ihr Kommen/Gehen ist gespeichert und wird nachgetragen.",
+        "en": "Server unreachable: your check-in or check-out is stored and will be counted.",
     },
     "job_running_handover": {
         "de": "Ein Auftrag läuft. Betreuung erst starten, wenn er fertig ist.",
@@ -688,6 +694,9 @@ class Agent:
             self.indicators.denied()
             self._decided(Decision(uid, "denied", "unreadable", LOCAL_MESSAGES["unreadable"]))
             return
+        if self.config.reader_mode == "checkin":
+            self._checkin_tap(uid)
+            return
         if session is not None:
             self._close_window_if_over(mono)  # a tap may come before the timer's tick
             window = self._window
@@ -752,6 +761,30 @@ class Agent:
         else:
             self.indicators.denied()
             self._decided(Decision(uid, "denied", "offline_denied", LOCAL_MESSAGES["offline_denied"], True))
+
+    def _checkin_tap(self, uid: str) -> None:
+        """An entrance reader: the server checks the badge in or out; no relay ever closes.
+        Without an answer the tap goes to the outbox as a ``checkin`` event, counted later."""
+        answer = self._ask_server(uid, "checkin")
+        if answer is not None:
+            response, _arrived = answer
+            if response.decision != "allow":
+                self.indicators.denied()
+            outcome: Outcome = "recorded" if response.decision == "allow" else "denied"
+            self._decided(Decision(uid, outcome, response.reason, response.message, language=response.lang))
+            return
+        now = self.clock.now()
+        self._emit(
+            CheckinTap(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=format_ts(now),
+                badge=uid,
+                boot=self._boot,
+                mono_s=_seconds(self.clock.monotonic()),
+            )
+        )
+        self._decided(Decision(uid, "recorded", "checkin_stored", LOCAL_MESSAGES["checkin_stored"], True))
 
     def _tap_out(self, uid: str, session: _Session) -> None:
         session_id = session.record.id

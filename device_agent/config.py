@@ -428,6 +428,15 @@ SCHEMA: tuple[Key, ...] = (
     ),
     Key(
         "reader",
+        "mode",
+        str,
+        '"machine": taps unlock the machine; "checkin": an entrance reader, taps check people in and '
+        "out (no relay; the server must know the device as its site's entrance).",
+        default="machine",
+        check=_one_of(("machine", "checkin")),
+    ),
+    Key(
+        "reader",
         "poll_hz",
         float,
         "How often the reader is asked for a badge, per second.",
@@ -566,6 +575,7 @@ class AgentConfig:
     allowlist_key: str
     storage_dir: str
     reader_backend: str
+    reader_mode: str
     reader_poll_hz: float
     reader_spi_bus: int
     reader_spi_device: int

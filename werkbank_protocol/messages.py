@@ -32,7 +32,8 @@ Seconds = Annotated[float, Meta(ge=0)]
 BootId = Annotated[str, Meta(max_length=64)]
 ShortText = Annotated[str, Meta(max_length=500)]
 
-Mode = Literal["use", "supervise", "certify"]
+# Addition (docs/protocol.md): "checkin", a tap at an entrance reader (no relay, no session).
+Mode = Literal["use", "supervise", "certify", "checkin"]
 MachineState = Literal["locked", "unlocked", "running", "draining", "fault", "maintenance"]
 Reason = Literal[
     "ok",
@@ -85,7 +86,7 @@ class AuthReq(Struct, kw_only=True):
     mono_s: Seconds | None = None
 
     def __post_init__(self) -> None:
-        if self.mode != "use" and self.trainer_badge is None:
+        if self.mode in ("supervise", "certify") and self.trainer_badge is None:
             raise ValueError(f"mode {self.mode!r} needs the trainer's badge in `trainer_badge`")
 
 
@@ -115,6 +116,9 @@ class AuthResp(Struct, kw_only=True):
     # machine cannot stretch or cut the unlock; without it the agent takes `until` minus its own
     # clock, once, at that moment.
     until_s: Seconds | None = None
+    # Addition (docs/protocol.md): the answer to a `checkin` tap: the person is now checked in
+    # ("in"), checked out ("out"), or tapped twice within a minute of checking in ("repeat").
+    attendance: Literal["in", "out", "repeat"] | None = None
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):
@@ -169,7 +173,14 @@ class LockDeferred(_Event, tag="lock_deferred"):
     why: Annotated[str, Meta(max_length=64)] = "job_running"
 
 
-Event = SessionStarted | SessionEnded | JobStarted | JobFinished | Fault | LockDeferred
+class CheckinTap(_Event, tag="checkin"):
+    """Addition (docs/protocol.md): a tap at an entrance reader that the server did not answer;
+    the agent's outbox reports it later and the server checks the badge in or out then."""
+
+    badge: Badge
+
+
+Event = SessionStarted | SessionEnded | JobStarted | JobFinished | Fault | LockDeferred | CheckinTap
 EVENT_TYPES: tuple[str, ...] = (
     "session_started",
     "session_ended",
@@ -177,6 +188,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "job_finished",
     "fault",
     "lock_deferred",
+    "checkin",
 )
 
 

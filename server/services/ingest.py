@@ -21,9 +21,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.models import Badge, Device, Job, Machine, MachineSession, StoredEvent
-from server.services import bookings, training
+from server.services import attendance, bookings, training
 from werkbank_protocol import ProtocolError, parse_ts
 from werkbank_protocol.messages import (
+    CheckinTap,
     Event,
     Fault,
     JobFinished,
@@ -45,6 +46,8 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
 
     ``now`` is when the server learns it (the time of a level a supervised session completes).
     """
+    if isinstance(event, CheckinTap):
+        return _checkin(db, device, event)
     if device.machine is None:
         raise ProtocolError("unassigned_device", f"device {device.id!r} serves no machine; assign it first")
     if db.get(StoredEvent, event.id) is not None:
@@ -96,6 +99,32 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
             job.filament_g = event.filament_g
         case Fault() | LockDeferred():
             pass  # kept in the ledger; shown on the machine page
+    return IngestResult(event.id, new=True)
+
+
+def _checkin(db: Session, device: Device, event: CheckinTap) -> IngestResult:
+    """A tap the entrance reader stored while the server did not answer: check the badge in or
+    out at its time, flagged offline. Only an entrance reader may report one."""
+    site = attendance.entrance_site(db, device.id)
+    if site is None:
+        raise ProtocolError(
+            "not_an_entrance", f"device {device.id!r} reported a check-in but is no entrance reader"
+        )
+    if db.get(StoredEvent, event.id) is not None:
+        return IngestResult(event.id, new=False)
+    ts = parse_ts(event.ts)
+    db.add(
+        StoredEvent(
+            id=event.id,
+            device_id=device.id,
+            type="checkin",
+            session_id=None,
+            ts=ts,
+            payload=msgspec.to_builtins(event),
+        )
+    )
+    db.flush()
+    attendance.tap(db, site, event.badge, ts, device.id, offline=True)
     return IngestResult(event.id, new=True)
 
 
