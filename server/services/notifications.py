@@ -50,6 +50,8 @@ TRAINEE_EXPIRED = "trainee_expired"
 # Bookings (server.services.bookings): a reminder before one, and notice that one was released.
 BOOKING_REMINDER = "booking_reminder"
 BOOKING_RELEASED = "booking_released"
+# Outcomes (server.services.outcomes): six months after an exit, ask where the person stands.
+FOLLOW_UP_DUE = "follow_up_due"
 QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
 
 TEXTS: dict[str, str] = {
@@ -63,6 +65,9 @@ TEXTS: dict[str, str] = {
         "Your booking of {machine} on {date} at {start} was released: you had not tapped in "
         "{minutes} minutes after its start. Missed bookings can block new ones for a while."
     ),
+    FOLLOW_UP_DUE: N_(
+        "{person} left the programme six months ago ({date}). Please record where they stand now."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -72,6 +77,7 @@ SUBJECTS: dict[str, str] = {
     TRAINEE_EXPIRED: N_("{person}'s {competency} has expired"),
     BOOKING_REMINDER: N_("Your booking of {machine} at {start}"),
     BOOKING_RELEASED: N_("Your booking of {machine} was released"),
+    FOLLOW_UP_DUE: N_("Six-month follow-up for {person}"),
 }
 
 

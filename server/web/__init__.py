@@ -2,7 +2,8 @@
 trainer pages (``training``, under /training), "mark read" for notifications
 (``notifications``), the admin pages (``admin``, under /admin) and the booking pages with
 the calendar feeds (``bookings``, under /bookings), the utilisation and learning dashboards
-(``dashboards``, under /dashboards) and the funder report (``reports``, under /reports).
+(``dashboards``, under /dashboards), the funder report (``reports``, under /reports) and the
+attendance sheets (``attendance``, under /attendance).
 
 ``init_app`` registers the blueprints and binds Flask-Login to our user adapter.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from flask import Flask
 
-from server.web import admin, auth, bookings, dashboards, notifications, reports, training
+from server.web import admin, attendance, auth, bookings, dashboards, notifications, reports, training
 from server.web.auth import current
 from server.web.common import security_headers
 from server.web.l10n import current_language
@@ -35,6 +36,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bookings.bp, url_prefix="/bookings")
     app.register_blueprint(dashboards.bp, url_prefix="/dashboards")
     app.register_blueprint(reports.bp, url_prefix="/reports")
+    app.register_blueprint(attendance.bp, url_prefix="/attendance")
     app.context_processor(_template_globals)
 
 
