@@ -27,24 +27,24 @@ class DocumentError(RuntimeError):
     """The PDF could not be made (WeasyPrint or its system libraries missing: `make pdf`)."""
 
 
-def _fetch(url: str, timeout: int = 10, ssl_context: Any = None) -> dict[str, Any]:
-    """WeasyPrint's URL fetcher: our static files and data: URLs only."""
-    if url.startswith("data:"):
-        from weasyprint.urls import default_url_fetcher
+def _fetcher() -> Any:
+    """WeasyPrint's URL fetcher, confined to our static files and data: URLs."""
+    from weasyprint.urls import URLFetcher, URLFetcherResponse
 
-        result: dict[str, Any] = default_url_fetcher(url)
-        return result
-    path = urlparse(url).path
-    marker = "/static/"
-    if marker in path:
-        name = path.split(marker, 1)[1]
-        file = (STATIC / name).resolve()
-        if file.is_file() and STATIC.resolve() in file.parents:
-            return {
-                "string": file.read_bytes(),
-                "mime_type": mimetypes.guess_type(file.name)[0] or "application/octet-stream",
-            }
-    raise ValueError(f"documents load only the server's static files, not {url!r}")
+    class StaticOnly(URLFetcher):  # type: ignore[misc]
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            if url.startswith("data:"):
+                return super().fetch(url, headers)
+            path = urlparse(url).path
+            marker = "/static/"
+            if marker in path:
+                file = (STATIC / path.split(marker, 1)[1]).resolve()
+                if file.is_file() and STATIC.resolve() in file.parents:
+                    mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+                    return URLFetcherResponse(url, file.read_bytes(), {"Content-Type": mime})
+            raise ValueError(f"documents load only the server's static files, not {url!r}")
+
+    return StaticOnly(allowed_protocols=("data", "http"), allow_redirects=False)
 
 
 def pdf(html: str) -> bytes:
@@ -53,7 +53,7 @@ def pdf(html: str) -> bytes:
         from weasyprint import HTML
     except (ImportError, OSError) as exc:  # OSError: pango missing
         raise DocumentError(f"WeasyPrint cannot run here ({exc}); run `make pdf` to install it") from exc
-    document: bytes = HTML(string=html, base_url="http://werkbank.invalid/", url_fetcher=_fetch).write_pdf()
+    document: bytes = HTML(string=html, base_url="http://werkbank.invalid/", url_fetcher=_fetcher()).write_pdf()
     return document
 
 
