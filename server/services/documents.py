@@ -53,7 +53,9 @@ def pdf(html: str) -> bytes:
         from weasyprint import HTML
     except (ImportError, OSError) as exc:  # OSError: pango missing
         raise DocumentError(f"WeasyPrint cannot run here ({exc}); run `make pdf` to install it") from exc
-    document: bytes = HTML(string=html, base_url="http://werkbank.invalid/", url_fetcher=_fetcher()).write_pdf()
+    document: bytes = HTML(
+        string=html, base_url="http://werkbank.invalid/", url_fetcher=_fetcher()
+    ).write_pdf()
     return document
 
 

@@ -181,7 +181,11 @@ def test_attendance_presence_merges_stays_and_machine_sessions(entrance: Databas
         site, quinn = _site(s), person(s, "Quinn Qualified")
         printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
         assert printer is not None
-        s.add(Attendance(person_id=quinn.id, site_id=site.id, checked_in_at=at(day, 9), checked_out_at=at(day, 12)))
+        s.add(
+            Attendance(
+                person_id=quinn.id, site_id=site.id, checked_in_at=at(day, 9), checked_out_at=at(day, 12)
+            )
+        )
         # Printing 11:00-13:30 overlaps the stay: 9:00-13:30 = 4.5 h, not 5.5 h.
         s.add(
             MachineSession(

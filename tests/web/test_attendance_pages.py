@@ -80,7 +80,13 @@ def test_attendance_sheet_pdf_has_lab_programme_hours_and_signature_lines(
     response = client.get("/attendance/sheet.pdf", query_string=args)
     assert response.status_code == 200 and response.mimetype == "application/pdf"
     text = pdf_text(response.data, tmp_path)
-    for expected in ("Attendance sheet", "Lernwerkstatt Nord", "Hafenstraße 1", "Jobcenter Nord", "Kohorte 1"):
+    for expected in (
+        "Attendance sheet",
+        "Lernwerkstatt Nord",
+        "Hafenstraße 1",
+        "Jobcenter Nord",
+        "Kohorte 1",
+    ):
         assert expected in text
     ada_line = next(line for line in text.splitlines() if "Ada Lovelace" in line)
     bob_line = next(line for line in text.splitlines() if "Bob Builder" in line)
@@ -115,7 +121,10 @@ def test_attendance_sheet_refuses_a_bad_month_and_unknown_cohort(client: FlaskCl
 
 def test_attendance_participants_see_no_sheets(client: FlaskClient, lab: Lab, cohort: date) -> None:
     _login(client, lab.participant)
-    assert client.get("/attendance/sheet.pdf", query_string={"month": cohort.strftime("%Y-%m")}).status_code == 403
+    assert (
+        client.get("/attendance/sheet.pdf", query_string={"month": cohort.strftime("%Y-%m")}).status_code
+        == 403
+    )
 
 
 def test_attendance_trainer_corrects_a_day_with_a_reason(client: FlaskClient, lab: Lab, cohort: date) -> None:
@@ -177,7 +186,9 @@ def test_attendance_trainers_act_only_at_their_site(client: FlaskClient, lab: La
 
 def test_attendance_admin_sets_a_timetable(client: FlaskClient, lab: Lab, cohort: date) -> None:
     _login(client, lab.admin)
-    response = client.post("/attendance/timetable", data={"cohort": "Kohorte 1", "hours": "mo,mi 09:00-13:00"})
+    response = client.post(
+        "/attendance/timetable", data={"cohort": "Kohorte 1", "hours": "mo,mi 09:00-13:00"}
+    )
     assert response.status_code == 302
     with db.session() as s:
         assert sorted(t.weekday for t in attendance.timetable(s, lab.site_id, "Kohorte 1")) == [0, 2]
