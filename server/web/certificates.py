@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask, abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import force_locale  # type: ignore[import-untyped,unused-ignore]
+from markupsafe import Markup
 
 from server import get_db
 from server.models import Certificate, CertificateKind, Level, Person, Site
@@ -107,7 +108,10 @@ def render_certificates(items: list[Certificate]) -> str:
     parts = []
     for certificate in items:
         with force_locale(certificate.language):
-            parts.append(render_template("documents/_certificate.html", c=certificate_context(certificate)))
+            # Our own template's output, escaped as it was rendered.
+            parts.append(
+                Markup(render_template("documents/_certificate.html", c=certificate_context(certificate)))
+            )  # noqa: S704
     language = items[0].language if items else current_language()
     return render_template("documents/certificates.html", parts=parts, doc_language=language)
 
