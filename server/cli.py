@@ -339,7 +339,7 @@ def device_entrance_cmd(device_id: str, site: str) -> None:
         device.machine_id = None
         device.entrance_site_id = found.id
         session.add(device)
-    click.echo(f"{device_id} is the entrance reader of {found.name}; set [reader] mode = \"checkin\" on it")
+    click.echo(f'{device_id} is the entrance reader of {found.name}; set [reader] mode = "checkin" on it')
 
 
 @click.group("token")
