@@ -121,7 +121,8 @@ def main() -> int:
         ok = worst <= TARGETS[name]
         failed |= not ok
         print(
-            f"{name:32} {statistics.median(values):7.2f}s {worst:7.2f}s {TARGETS[name]:7.1f}s {'ok' if ok else 'MISSED'}"
+            f"{name:32} {statistics.median(values):7.2f}s {worst:7.2f}s {TARGETS[name]:7.1f}s "
+            + ("ok" if ok else "MISSED")
         )
     return 1 if failed else 0
 
