@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test faults lint typecheck unit bench bench-dashboards translations extract browser octoprint moonraker mosquitto clean
+.PHONY: install run test faults lint typecheck unit bench bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -45,6 +45,17 @@ browser:
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)) \
 	  || { echo "could not install chromium: run 'apt-get install -y chromium' as root"; exit 1; }; }
 
+# Certificates and attendance sheets are PDFs made by WeasyPrint, which needs Debian's pango; the
+# tests read the PDFs back with poppler's pdftotext and pdftoppm. Install them when missing.
+pdf:
+	@{ [ -e /usr/lib/x86_64-linux-gnu/libpango-1.0.so.0 ] || ls /usr/lib/*/libpango-1.0.so.0 >/dev/null 2>&1; } && \
+	  { ls /usr/lib/*/libpangoft2-1.0.so.0 >/dev/null 2>&1; } && \
+	  command -v pdftotext >/dev/null && command -v pdftoppm >/dev/null && fc-list | grep -qi dejavu || \
+	  { echo "installing pango, fonts and poppler-utils for the PDF documents"; \
+	  (apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils >/dev/null 2>&1 || \
+	   (apt-get update -q && apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils)) \
+	  || { echo "could not install them: run 'apt-get install -y libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils' as root"; exit 1; }; }
+
 # The shipped broker config (deploy/mosquitto) is tested with Debian's Mosquitto itself, which
 # Debian puts in /usr/sbin (often not on a user's PATH); install it when missing. Its own service
 # listens on loopback port 1883 only, which the tests never use.
@@ -65,7 +76,7 @@ octoprint:
 moonraker:
 	sh tests/agent/install_moonraker.sh
 
-unit: install browser octoprint moonraker mosquitto
+unit: install browser octoprint moonraker mosquitto pdf
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit
@@ -86,6 +97,10 @@ bench: install
 SCALE ?= small
 bench-dashboards: install
 	$(BIN)/python bench/dashboards.py --scale $(SCALE) $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
+
+# Certificates and attendance sheets on the demo history (bench/documents.py; SCALE=small|full).
+bench-documents: install pdf
+	$(BIN)/python bench/documents.py --scale $(SCALE)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -82,6 +82,7 @@ from werkbank_protocol.messages import (
     AuthReq,
     AuthResp,
     BadgeEnrolled,
+    CheckinTap,
     Cmd,
     EndReason,
     Event,
@@ -160,6 +161,11 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
     "badge_not_genuine": {
         "de": "Diese Karte ist kein gültiger Ausweis. Bitte am Empfang fragen.",
         "en": "This card is not a valid badge. Please ask at the front desk.",
+    },
+    # An entrance reader (`[reader] mode = "checkin"`) without an answer: the tap is kept.
+    "checkin_stored": {
+        "de": "Server nicht erreichbar: Ihr Kommen/Gehen ist gespeichert und wird nachgetragen.",
+        "en": "Server unreachable: your check-in or check-out is stored and will be counted.",
     },
     "job_running_handover": {
         "de": "Ein Auftrag läuft. Betreuung erst starten, wenn er fertig ist.",
@@ -719,6 +725,8 @@ class Agent:
             self.indicators.denied()
             self._decided(Decision(uid, "denied", "unreadable", LOCAL_MESSAGES["unreadable"]))
             return
+        if self.config.reader_mode == "checkin":
+            self._checkin_tap(uid)
         if session is not None and not self.allowlist.genuine(self._tap_card_auth):
             # A copy of the badge in use must not end (or hand over) its session either.
             self.indicators.denied()
@@ -794,6 +802,30 @@ class Agent:
         else:
             self.indicators.denied()
             self._decided(Decision(uid, "denied", "offline_denied", LOCAL_MESSAGES["offline_denied"], True))
+
+    def _checkin_tap(self, uid: str) -> None:
+        """An entrance reader: the server checks the badge in or out; no relay ever closes.
+        Without an answer the tap goes to the outbox as a ``checkin`` event, counted later."""
+        answer = self._ask_server(uid, "checkin")
+        if answer is not None:
+            response, _arrived = answer
+            if response.decision != "allow":
+                self.indicators.denied()
+            outcome: Outcome = "recorded" if response.decision == "allow" else "denied"
+            self._decided(Decision(uid, outcome, response.reason, response.message, language=response.lang))
+            return
+        now = self.clock.now()
+        self._emit(
+            CheckinTap(
+                v=1,
+                id=str(uuid.uuid4()),
+                ts=format_ts(now),
+                badge=uid,
+                boot=self._boot,
+                mono_s=_seconds(self.clock.monotonic()),
+            )
+        )
+        self._decided(Decision(uid, "recorded", "checkin_stored", LOCAL_MESSAGES["checkin_stored"], True))
 
     def _tap_out(self, uid: str, session: _Session) -> None:
         session_id = session.record.id

@@ -389,6 +389,18 @@ SCHEMA: tuple[Key, ...] = (
     ),
     Key(
         "reader",
+        "mode",
+        str,
+        '"machine": taps unlock the machine. "checkin": an entrance reader, taps check people in and '
+        'out (no relay; the server must know the device as its site\'s entrance). "enrol": this reader '
+        "is an enrolment station; it writes the keys of new secure badges (an admin starts each one on "
+        "the person's page) and never unlocks; it needs the mfrc522 backend and the device flagged as a "
+        "station on the server.",
+        default="machine",
+        check=_one_of(("machine", "checkin", "enrol")),
+    ),
+    Key(
+        "reader",
         "poll_hz",
         float,
         "How often the reader is asked for a badge, per second.",
@@ -426,16 +438,6 @@ SCHEMA: tuple[Key, ...] = (
         'mfrc522: how reset_pin is numbered: "BOARD" (header pin) or "BCM" (GPIO number).',
         default="BOARD",
         check=_one_of(("BOARD", "BCM")),
-    ),
-    Key(
-        "reader",
-        "mode",
-        str,
-        '"use": badges unlock the machine. "enrol": this reader is an enrolment station; it writes '
-        "the keys of new secure badges (an admin starts each one on the person's page) and never "
-        "unlocks. Enrolment needs the mfrc522 backend and the device flagged as a station on the server.",
-        default="use",
-        check=_one_of(("use", "enrol")),
     ),
     Key("relay", "pin", int, "BCM GPIO number driving the relay board's IN.", default=17, check=_pin),
     Key(
@@ -541,12 +543,12 @@ class AgentConfig:
     allowlist_key: str
     storage_dir: str
     reader_backend: str
+    reader_mode: str
     reader_poll_hz: float
     reader_spi_bus: int
     reader_spi_device: int
     reader_reset_pin: int
     reader_pin_mode: str
-    reader_mode: str
     relay_pin: int
     relay_active_high: bool
     indicators_green_pin: int | None

@@ -58,7 +58,7 @@ from server.models import (
     Requirement,
     StepKind,
 )
-from server.services import allowlists, booking_starts, cards, clocks, reconcile, training
+from server.services import allowlists, attendance, booking_starts, cards, clocks, reconcile, training
 from server.services.decision import Decider, MachineFacts, PersonFacts, Tap, Verdict
 from server.services.devices import apply_status, apply_telemetry
 from server.services.ingest import ingest_event
@@ -558,10 +558,17 @@ class Bridge:
             # for every microsecond the ORM's bookkeeping would add.
             with self.db.engine.begin() as db:
                 now = self.clock()
-                taps = [Tap(d, r.badge, r.mode, r.trainer_badge, r.card_auth) for d, r in todo]
-                results = self.decider.decide(db, taps, now, self.max_open_sessions) if todo else []
                 rows: list[dict[str, Any]] = []
                 audits: list[dict[str, Any]] = []
+                # Entrance taps are not machine decisions: the attendance service answers them.
+                for device_id, req in (item for item in todo if item[1].mode == "checkin"):
+                    checked = self._checkin(db, device_id, req, now)
+                    if checked is not None:
+                        rows.append(checked[0])
+                        fresh[req.id] = checked[1]
+                todo = [item for item in todo if item[1].mode != "checkin"]
+                taps = [Tap(d, r.badge, r.mode, r.trainer_badge, r.card_auth) for d, r in todo]
+                results = self.decider.decide(db, taps, now, self.max_open_sessions) if todo else []
                 for (device_id, req), result in zip(todo, results, strict=True):
                     if isinstance(result, ProtocolError):
                         self.reject(topic(device_id, Suffix.AUTH_REQ), result)
@@ -691,6 +698,57 @@ class Bridge:
                 message = render("signoff_recorded", tz, name=name)
         log.info("sign-off recorded at machine %s for person %s", machine.id, verdict.person.id)
         return Verdict(True, "ok", message, person=verdict.person, trainer=verdict.trainer)
+
+    def _checkin(
+        self, db: Connection, device_id: str, req: AuthReq, now: datetime
+    ) -> tuple[dict[str, Any], bytes] | None:
+        """Check the badge in or out at the site whose entrance ``device_id`` reads, in the tap's
+        transaction. A device that is no entrance reader is refused (counted, no answer)."""
+        with Session(bind=db, join_transaction_mode="rollback_only") as orm:
+            site = attendance.entrance_site(orm, device_id)
+            if site is None:
+                self.reject(
+                    topic(device_id, Suffix.AUTH_REQ),
+                    ProtocolError(
+                        "not_an_entrance",
+                        f"device {device_id!r} asked for a check-in but is no entrance reader",
+                    ),
+                )
+                return None
+            result = attendance.tap(orm, site, req.badge, now, device_id)
+            tz = site.timezone
+            person = result.person
+            if result.allowed and person is not None:
+                keys = {"in": "checked_in", "out": "checked_out"}
+                key = keys.get(result.direction or "", "checked_in_already")
+                message = render(key, tz, name=person.first_name, time=now)
+            else:
+                message = render(result.reason, tz)
+            orm.flush()
+            response = AuthResp(
+                v=1,
+                req=req.id,
+                decision="allow" if result.allowed else "deny",
+                reason=result.reason,  # type: ignore[arg-type]
+                message=message,
+                person=person.first_name if person is not None and result.allowed else None,
+                lang=person.language if person is not None and person.language in message else None,
+                attendance=result.direction if result.allowed else None,  # type: ignore[arg-type]
+            )
+            row = {
+                "id": req.id,
+                "device_id": device_id,
+                "machine_id": None,
+                "badge_uid": req.badge,
+                "person_id": person.id if person is not None else None,
+                "mode": req.mode,
+                "decision": response.decision,
+                "reason": result.reason,
+                "session_id": None,
+                "decided_at": now,
+                "response": {k: v for k, v in to_builtins(response).items() if k != "v"},
+            }
+        return row, encode(response)
 
     def _record(
         self, device_id: str, req: AuthReq, now: datetime, machine: MachineFacts, verdict: Verdict

@@ -329,6 +329,30 @@ def device_provision_cmd(
 
 
 # -- API tokens ----------------------------------------------------------------------------
+@device_group.command("entrance")
+@click.argument("device_id")
+@click.argument("site")
+def device_entrance_cmd(device_id: str, site: str) -> None:
+    """Register DEVICE_ID as the entrance reader of SITE (its taps check people in and out).
+
+    The Pi runs the agent with `[reader] mode = "checkin"`; its broker account is made like a
+    machine's (docs/deploy.md). A device that served a machine stops serving it."""
+    from sqlalchemy import select
+
+    from server.extensions import db
+    from server.models import Device, Site
+
+    with db.session() as session:
+        found = session.scalar(select(Site).where(Site.slug == site))
+        if found is None:
+            raise click.ClickException(f"no site {site!r}")
+        device = session.get(Device, device_id) or Device(id=device_id)
+        device.machine_id = None
+        device.entrance_site_id = found.id
+        session.add(device)
+    click.echo(f'{device_id} is the entrance reader of {found.name}; set [reader] mode = "checkin" on it')
+
+
 @click.group("token")
 def token_group() -> None:
     """Tokens for the JSON API (/api/v1): each acts as its person, with that person's rights."""

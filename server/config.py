@@ -64,6 +64,11 @@ class Config:
     SMTP_PASSWORD: str | None = os.environ.get("WERKBANK_SMTP_PASSWORD") or None
     SMTP_FROM: str = os.environ.get("WERKBANK_SMTP_FROM") or "werkbank@localhost"
     SMTP_STARTTLS: bool = _bool("WERKBANK_SMTP_STARTTLS", True)
+    # Certificates are signed with this key (HMAC-SHA256); unset: a key derived from SECRET_KEY.
+    CERTIFICATE_KEY: str | None = os.environ.get("WERKBANK_CERTIFICATE_KEY") or None
+    # The address people reach the server at (https://lab.example.org), for the verification URL
+    # and QR code printed on certificates; unset: the address of the request that made them.
+    PUBLIC_URL: str | None = os.environ.get("WERKBANK_PUBLIC_URL") or None
     WEB_HOST: str = os.environ.get("WERKBANK_HOST", "127.0.0.1")
     WEB_PORT: int = _int("WERKBANK_PORT", 5000)
     # How many reverse proxies (nginx, Caddy) stand in front of the web app: their

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from server.broker import EmbeddedBroker, free_port, wait_for_port
 from server.config import VAR_DIR
 from server.demo.history import add_recent_history
+from server.demo.proof import add_proof_demo
 from server.extensions import db
 from server.migrate import upgrade
 from server.models import Device
@@ -92,6 +93,9 @@ def run_demo(app: Flask, data: Path) -> int:
         added = add_recent_history(session, weeks=4, seed=1, now=datetime.now(UTC))
     if added:
         print(f"werkbank up: added {added} demo sessions of the last four weeks", flush=True)
+    with db.session() as session:
+        # Check-ins, briefings with signatures, exits and targets for the proof documents.
+        add_proof_demo(session, datetime.now(UTC))
 
     broker: EmbeddedBroker | None = None
     mqtt_url = app.config["MQTT_URL"]

@@ -150,6 +150,10 @@ class Site(Base):
     # leaves the server: machines get per-card keys diversified from it (werkbank_protocol.cardkeys).
     card_master_key: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The letterhead of the site's documents (certificates, attendance sheets): postal address
+    # (lines) and a logo as a data URL (PNG or SVG, kept small), both optional.
+    address: Mapped[str | None] = mapped_column(Text)
+    logo: Mapped[str | None] = mapped_column(Text)
 
     machines: Mapped[list[Machine]] = relationship(back_populates="site")
 
@@ -295,6 +299,9 @@ class TrainingStep(Base):
     name: Mapped[str] = mapped_column(String(200))
     leads_to: Mapped[Level] = mapped_column(_enum(Level))
     hours: Mapped[float | None] = mapped_column(Float)
+    # Briefings: the version of what is briefed (e.g. "2026-1"); each record keeps the version
+    # that was briefed, so an inspector sees who heard which content.
+    content_version: Mapped[str | None] = mapped_column(String(40))
 
     competency: Mapped[Competency] = relationship(back_populates="steps")
 
@@ -413,6 +420,9 @@ class Device(Base):
     # bridge measures it from message times (server.services.clocks); None: never measured.
     clock_offset_s: Mapped[float | None] = mapped_column(Float)
     clock_measured_at: Mapped[datetime | None] = mapped_column()
+    # A reader at a site's entrance (agent `[reader] mode = "checkin"`): its taps check people
+    # in and out; it serves no machine and switches no relay.
+    entrance_site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     machine: Mapped[Machine | None] = relationship(back_populates="device")
@@ -838,3 +848,207 @@ class PersonUsageMonthly(Base):
     run_s: Mapped[float] = mapped_column(Float, default=0.0)
     supervised_s: Mapped[float] = mapped_column(Float, default=0.0)
     jobs: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# --- Proof for participants, Jobcenters and funders (issue 19) ----------------------------
+
+
+class Attendance(Base):
+    """One stay at a site: a check-in tap at the entrance until the check-out tap, or until the
+    site's closing time when the person forgot to tap out (``auto_closed``)."""
+
+    __tablename__ = "attendance"
+    __table_args__ = (Index("ix_attendance_person_in", "person_id", "checked_in_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    checked_in_at: Mapped[datetime] = mapped_column()
+    checked_out_at: Mapped[datetime | None] = mapped_column()
+    auto_closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The entrance reader, and whether it decided offline (its outbox reported the tap later).
+    device_id: Mapped[str | None] = mapped_column(String(40))
+    offline: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    person: Mapped[Person] = relationship()
+
+
+class AttendanceCorrection(Base):
+    """A trainer's correction of one person's day: the time present that counts from now on
+    (0 = absent), excused or not, with a reason. Appended, never updated: the newest counts."""
+
+    __tablename__ = "attendance_corrections"
+    __table_args__ = (Index("ix_attendance_corrections_person_day", "person_id", "day"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    day: Mapped[date] = mapped_column(Date)
+    present_s: Mapped[float] = mapped_column(Float, default=0.0)
+    excused: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text)
+    corrected_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    corrected_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CohortTimetable(Base):
+    """When a cohort of a site is expected: one row per weekday and time span."""
+
+    __tablename__ = "cohort_timetables"
+    __table_args__ = (Index("ix_cohort_timetables_site_cohort", "site_id", "cohort"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    cohort: Mapped[str] = mapped_column(String(100))
+    weekday: Mapped[int] = mapped_column(Integer)  # Monday = 0
+    starts: Mapped[time] = mapped_column(Time)
+    ends: Mapped[time] = mapped_column(Time)
+
+
+class CertificateKind(enum.StrEnum):
+    PARTICIPATION = "participation"
+    COMPETENCE = "competence"
+
+
+class Certificate(Base):
+    """An issued certificate: the facts as they stood, signed (server.services.certificates),
+    under a short code that its verification URL and QR code carry."""
+
+    __tablename__ = "certificates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    kind: Mapped[CertificateKind] = mapped_column(_enum(CertificateKind))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    language: Mapped[str] = mapped_column(String(8))
+    facts: Mapped[dict[str, Any]] = mapped_column()
+    signature: Mapped[str] = mapped_column(String(128))
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    issued_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    revoke_reason: Mapped[str | None] = mapped_column(Text)
+
+    person: Mapped[Person] = relationship(foreign_keys=[person_id])
+    site: Mapped[Site] = relationship()
+
+
+class BriefingConfirmation(Base):
+    """The participant's confirmation of a safety briefing (DGUV Vorschrift 1 §4): the content
+    version briefed and the signature drawn on the trainer's tablet, kept with the step record."""
+
+    __tablename__ = "briefing_confirmations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    step_record_id: Mapped[int] = mapped_column(ForeignKey("step_records.id"), unique=True)
+    content_version: Mapped[str | None] = mapped_column(String(40))
+    # A data: URL (image/png or image/svg+xml) as the signature pad posted it.
+    signature: Mapped[str] = mapped_column(Text)
+    signed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    record: Mapped[StepRecord] = relationship()
+
+
+class ExitReason(enum.StrEnum):
+    EMPLOYMENT = "employment"
+    APPRENTICESHIP = "apprenticeship"
+    FURTHER_TRAINING = "further_training"
+    OTHER = "other"
+
+
+class FollowUpStatus(enum.StrEnum):
+    EMPLOYED = "employed"
+    APPRENTICESHIP = "apprenticeship"
+    FURTHER_TRAINING = "further_training"
+    UNEMPLOYED = "unemployed"
+    UNKNOWN = "unknown"
+
+
+class ParticipantExit(Base):
+    """How a participant left the programme, and where they stood six months later."""
+
+    __tablename__ = "participant_exits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), unique=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    # The programme at the exit (the person's may change or be erased later).
+    programme: Mapped[str | None] = mapped_column(String(100))
+    left_on: Mapped[date] = mapped_column(Date)
+    reason: Mapped[ExitReason] = mapped_column(_enum(ExitReason))
+    note: Mapped[str | None] = mapped_column(Text)
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    follow_up_due: Mapped[date] = mapped_column(Date)
+    follow_up_status: Mapped[FollowUpStatus | None] = mapped_column(_enum(FollowUpStatus))
+    follow_up_on: Mapped[date | None] = mapped_column(Date)
+    follow_up_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+
+    person: Mapped[Person] = relationship(foreign_keys=[person_id])
+
+
+class ProgrammeTarget(Base):
+    """A programme's target of integrations (exits into employment or apprenticeship) in a year."""
+
+    __tablename__ = "programme_targets"
+    __table_args__ = (UniqueConstraint("programme", "year"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    programme: Mapped[str] = mapped_column(String(100))
+    year: Mapped[int] = mapped_column(Integer)
+    integrations: Mapped[int] = mapped_column(Integer)
+
+
+class ProgrammeField(Base):
+    """A piece of participant data a programme asks for. ``special``: a special category of
+    personal data (GDPR Art. 9, e.g. health): kept apart, seen only by admins."""
+
+    __tablename__ = "programme_fields"
+    __table_args__ = (UniqueConstraint("programme", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    programme: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(40))
+    label: Mapped[str] = mapped_column(String(200))
+    label_de: Mapped[str | None] = mapped_column(String(200))
+    required: Mapped[bool] = mapped_column(Boolean, default=False)
+    special: Mapped[bool] = mapped_column(Boolean, default=False)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+    def display_name(self, language: str) -> str:
+        return in_language(self.label, self.label_de, language)
+
+
+class ParticipantValue(Base):
+    """A person's answer to an ordinary programme field."""
+
+    __tablename__ = "participant_values"
+
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), primary_key=True)
+    field_id: Mapped[int] = mapped_column(ForeignKey("programme_fields.id"), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class SpecialValue(Base):
+    """A person's answer to a special-category field: a table of its own, read only by the
+    admins' pages and the pseudonymised export."""
+
+    __tablename__ = "special_values"
+
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), primary_key=True)
+    field_id: Mapped[int] = mapped_column(ForeignKey("programme_fields.id"), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Consent(Base):
+    """What a person agreed to for a programme's data, and when (appended; withdrawn stays)."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    programme: Mapped[str] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)
+    agreed_at: Mapped[datetime] = mapped_column()
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    withdrawn_at: Mapped[datetime | None] = mapped_column()

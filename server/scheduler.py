@@ -27,7 +27,17 @@ from sqlalchemy.orm import Session
 
 from server.db import Database
 from server.models import Device, Machine, Site
-from server.services import allowlists, bookings, mail, notifications, privacy, training, usage
+from server.services import (
+    allowlists,
+    attendance,
+    bookings,
+    mail,
+    notifications,
+    outcomes,
+    privacy,
+    training,
+    usage,
+)
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x5765726B  # "Werk"
@@ -180,6 +190,28 @@ def remind_bookings(database: Database, now: datetime | None = None) -> int:
     return made
 
 
+def close_forgotten_checkins(database: Database, now: datetime | None = None) -> int:
+    """Close stays at a site still open after its closing time, at that time, marked as closed
+    by the system (the person forgot to tap out at the entrance)."""
+    now = now or datetime.now(UTC)
+    with database.session() as db:
+        closed = attendance.close_forgotten(db, now)
+    if closed:
+        log.info("%d forgotten check-outs closed at closing time", len(closed))
+    return len(closed)
+
+
+def prompt_follow_ups(database: Database, now: datetime | None = None) -> int:
+    """Ask the admins of a site for the six-month follow-up of each participant who left six
+    months ago (once per exit)."""
+    now = now or datetime.now(UTC)
+    with database.session() as db:
+        made = outcomes.prompt_follow_ups(db, site_today(db, now))
+    if made:
+        log.info("%d follow-up prompts made", made)
+    return made
+
+
 def email_notifications(
     database: Database, settings: mail.SmtpSettings, now: datetime | None = None
 ) -> mail.MailReport:
@@ -219,6 +251,15 @@ def build_scheduler(database: Database, config: Mapping[str, Any] | None = None)
         next_run_time=start + timedelta(seconds=10),
     )
     scheduler.add_job(release_no_shows, "interval", minutes=1, args=[database], id="release_no_shows")
+    scheduler.add_job(
+        close_forgotten_checkins,
+        "interval",
+        minutes=10,
+        args=[database],
+        id="close_forgotten_checkins",
+        next_run_time=start + timedelta(seconds=20),
+    )
+    scheduler.add_job(prompt_follow_ups, "cron", hour=7, minute=3, args=[database], id="prompt_follow_ups")
     scheduler.add_job(remind_bookings, "interval", minutes=1, args=[database], id="remind_bookings")
     retention = int((config or {}).get("RETENTION_MONTHS") or 0)
     if retention > 0:

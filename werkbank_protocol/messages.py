@@ -32,10 +32,11 @@ Seconds = Annotated[float, Meta(ge=0)]
 BootId = Annotated[str, Meta(max_length=64)]
 ShortText = Annotated[str, Meta(max_length=500)]
 
-Mode = Literal["use", "supervise", "certify"]
+# Addition (docs/protocol.md): "checkin", a tap at an entrance reader (no relay, no session).
+Mode = Literal["use", "supervise", "certify", "checkin"]
 # Addition (docs/protocol.md): "enrol" asks an enrolment station's server for the keys to write
 # onto the new secure badge lying on its reader (the answer's `enrolment`).
-ReqMode = Literal["use", "supervise", "certify", "enrol"]
+ReqMode = Literal["use", "supervise", "certify", "checkin", "enrol"]
 # Addition (docs/protocol.md): how the tapped card proved itself at the reader. "ok": it holds
 # the key the reader asked for; "failed": asked, it could not (a clone); "none": not asked
 # (the reader has no key for this UID). Left out by readers that only read UIDs.
@@ -143,6 +144,9 @@ class AuthResp(Struct, kw_only=True):
     until_s: Seconds | None = None
     # Addition (docs/protocol.md): mode "enrol", allowed: what to write onto the card.
     enrolment: EnrolGrant | None = None
+    # Addition (docs/protocol.md): the answer to a `checkin` tap: the person is now checked in
+    # ("in"), checked out ("out"), or tapped twice within a minute of checking in ("repeat").
+    attendance: Literal["in", "out", "repeat"] | None = None
 
 
 class _Event(Struct, kw_only=True, tag_field="type"):
@@ -205,7 +209,23 @@ class BadgeEnrolled(_Event, tag="badge_enrolled"):
     badge: Badge
 
 
-Event = SessionStarted | SessionEnded | JobStarted | JobFinished | Fault | LockDeferred | BadgeEnrolled
+class CheckinTap(_Event, tag="checkin"):
+    """Addition (docs/protocol.md): a tap at an entrance reader that the server did not answer;
+    the agent's outbox reports it later and the server checks the badge in or out then."""
+
+    badge: Badge
+
+
+Event = (
+    SessionStarted
+    | SessionEnded
+    | JobStarted
+    | JobFinished
+    | Fault
+    | LockDeferred
+    | BadgeEnrolled
+    | CheckinTap
+)
 EVENT_TYPES: tuple[str, ...] = (
     "session_started",
     "session_ended",
@@ -214,6 +234,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "fault",
     "lock_deferred",
     "badge_enrolled",
+    "checkin",
 )
 
 

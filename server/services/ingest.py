@@ -27,11 +27,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.models import Badge, Device, Job, Machine, MachineSession, SessionReview, StoredEvent
-from server.services import bookings, cards, clocks, device_claims, reconcile, training
+from server.services import attendance, bookings, cards, clocks, device_claims, reconcile, training
 from server.services.device_claims import Decided, Refusal
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.messages import (
     BadgeEnrolled,
+    CheckinTap,
     Event,
     Fault,
     JobFinished,
@@ -60,6 +61,8 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
     ``refused`` set and changes nothing; a ProtocolError means "not now" (an unassigned device,
     a device over its rate): the agent re-sends it later.
     """
+    if isinstance(event, CheckinTap):
+        return _checkin(db, device, event)
     if device.machine is None:
         raise ProtocolError("unassigned_device", f"device {device.id!r} serves no machine; assign it first")
     if db.get(StoredEvent, event.id) is not None:
@@ -132,6 +135,32 @@ def ingest_event(db: Session, device: Device, event: Event, now: datetime | None
     if time_corrected and isinstance(event, SessionStarted | SessionEnded):
         _session(db, device, machine, event.session, decided).time_corrected = True
     return result
+
+
+def _checkin(db: Session, device: Device, event: CheckinTap) -> IngestResult:
+    """A tap the entrance reader stored while the server did not answer: check the badge in or
+    out at its time, flagged offline. Only an entrance reader may report one."""
+    site = attendance.entrance_site(db, device.id)
+    if site is None:
+        raise ProtocolError(
+            "not_an_entrance", f"device {device.id!r} reported a check-in but is no entrance reader"
+        )
+    if db.get(StoredEvent, event.id) is not None:
+        return IngestResult(event.id, new=False)
+    ts, _corrected = clocks.event_time(db, device, event)
+    db.add(
+        StoredEvent(
+            id=event.id,
+            device_id=device.id,
+            type="checkin",
+            session_id=None,
+            ts=ts,
+            payload=msgspec.to_builtins(event),
+        )
+    )
+    db.flush()
+    attendance.tap(db, site, event.badge, ts, device.id, offline=True)
+    return IngestResult(event.id, new=True)
 
 
 def _session(

@@ -43,6 +43,10 @@ MESSAGES: dict[str, str] = {
     "signoff_recorded": N_("Sign-off recorded for {name}."),
     "signoff_recorded_level": N_("Sign-off recorded for {name}: now {level} in {competency}."),
     "nothing_to_sign_off": N_("{name} has no practical sign-off due on this machine."),
+    # The entrance reader (mode checkin).
+    "checked_in": N_("Welcome, {name}! Checked in at {time}. Tap again when you leave."),
+    "checked_out": N_("Goodbye, {name}! Checked out at {time}."),
+    "checked_in_already": N_("You are checked in, {name}. Tap again when you leave."),
 }
 
 

@@ -50,6 +50,8 @@ TRAINEE_EXPIRED = "trainee_expired"
 # Bookings (server.services.bookings): a reminder before one, and notice that one was released.
 BOOKING_REMINDER = "booking_reminder"
 BOOKING_RELEASED = "booking_released"
+# Outcomes (server.services.outcomes): six months after an exit, ask where the person stands.
+FOLLOW_UP_DUE = "follow_up_due"
 QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
 # For admins: an offline session of someone who was not allowed (server.services.reconcile).
 OFFLINE_NOT_ALLOWED = "offline_not_allowed"
@@ -81,6 +83,9 @@ TEXTS: dict[str, str] = {
         "{reason}. If the session still runs, the machine locks once a running job ends. Please talk "
         "to {person}."
     ),
+    FOLLOW_UP_DUE: N_(
+        "{person} left the programme six months ago ({date}). Please record where they stand now."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -91,6 +96,7 @@ SUBJECTS: dict[str, str] = {
     BOOKING_REMINDER: N_("Your booking of {machine} at {start}"),
     BOOKING_RELEASED: N_("Your booking of {machine} was released"),
     OFFLINE_NOT_ALLOWED: N_("{person} used {machine} without being allowed"),
+    FOLLOW_UP_DUE: N_("Six-month follow-up for {person}"),
 }
 
 

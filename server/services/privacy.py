@@ -243,6 +243,7 @@ def erase(db: Session, person: Person, actor: Person | None, now: datetime) -> s
         entry.reason = None
     for booking in db.scalars(select(Booking).where(Booking.person_id == person.id)):
         booking.note = None
+    _erase_proof(db, person, now)
     db.execute(delete(Notification).where(Notification.person_id == person.id))
     db.execute(delete(ApiToken).where(ApiToken.person_id == person.id))
     if terms:
@@ -274,6 +275,36 @@ def erase(db: Session, person: Person, actor: Person | None, now: datetime) -> s
     db.flush()
     audit.record(db, actor, "person.erase", f"person:{person.id}", {"pseudonym": label}, at=now)
     return label
+
+
+def _erase_proof(db: Session, person: Person, now: datetime) -> None:
+    """Certificates, briefing signatures, programme data and consents of an erased person: the
+    facts and pictures go; hours, exits and the dates of briefings stay under the pseudonym."""
+    from server.models import (
+        AttendanceCorrection,
+        BriefingConfirmation,
+        Consent,
+        ParticipantExit,
+        ParticipantValue,
+        SpecialValue,
+    )
+    from server.services import certificates
+
+    certificates.forget(db, person, now)
+    records = select(StepRecord.id).where(StepRecord.person_id == person.id)
+    for confirmation in db.scalars(
+        select(BriefingConfirmation).where(BriefingConfirmation.step_record_id.in_(records))
+    ):
+        confirmation.signature = ""
+    for correction in db.scalars(
+        select(AttendanceCorrection).where(AttendanceCorrection.person_id == person.id)
+    ):
+        correction.reason = "-"
+    for exit_ in db.scalars(select(ParticipantExit).where(ParticipantExit.person_id == person.id)):
+        exit_.note = None
+    db.execute(delete(ParticipantValue).where(ParticipantValue.person_id == person.id))
+    db.execute(delete(SpecialValue).where(SpecialValue.person_id == person.id))
+    db.execute(delete(Consent).where(Consent.person_id == person.id))
 
 
 def last_activity(db: Session, person: Person) -> datetime:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,6 +32,7 @@ from server.models import (
     StepRecord,
     in_language,
 )
+from server.services.outcomes import ProgrammeOutcomes, outcomes
 from server.services.privacy import pseudonym
 
 MAX_MONTHS = 60  # five years: the longest period a report covers
@@ -149,6 +150,8 @@ class FunderReport:
     groups: list[GroupRow]
     qualifications: list[GrantedQualification]
     totals: Totals
+    # Exits by programme in the period, with integrations against the programmes' yearly targets.
+    outcomes: list[ProgrammeOutcomes] = field(default_factory=list)
 
     @property
     def months(self) -> int:
@@ -428,6 +431,15 @@ def funder_report(
             usage=total_usage,
             unlocked_by_type=dict(total_by_type),
             qualifications=len(qualifications),
+        ),
+        outcomes=outcomes(
+            db,
+            start,
+            add_months(end, 1).replace(day=1) - timedelta(days=1),
+            site_id=site_id,
+            programme=programme,
+            cohort=cohort,
+            today=(now or datetime.now(UTC)).date(),
         ),
     )
 

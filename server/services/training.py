@@ -95,7 +95,7 @@ log = logging.getLogger(__name__)
 
 # Refusals of the staff rule: about who asks, not about the person being trained (the API
 # answers them 403, the web pages too).
-STAFF_RULE_CODES = frozenset({"own_training", "other_site", "not_a_trainer", "admin_only"})
+STAFF_RULE_CODES = frozenset({"own_training", "own_records", "other_site", "not_a_trainer", "admin_only"})
 
 # Staff-rule refusals by code in this process (the audit log holds every process's).
 REFUSALS: Counter[str] = Counter()
@@ -351,6 +351,25 @@ def check_staff(
             N_("You are not a trainer for {competency}."),
             attempt=attempt,
             competency=competency.name,
+        )
+
+
+def check_records(actor: Person, person: Person, change: str) -> None:
+    """The staff rule for a person's records outside their qualifications (a day's attendance,
+    a certificate, an exit): raise a :class:`TrainingError` (``forbidden``) unless ``actor`` is
+    an active trainer or admin, not ``person``, and (unless an admin) of ``person``'s site."""
+    attempt = Attempt(change, actor.id, person.id, person.name, "")
+    if not actor.active or not (actor.is_trainer or actor.is_admin):
+        raise TrainingError(
+            "not_a_trainer", N_("Only trainers and admins can do this."), attempt=attempt, competency=""
+        )
+    if person.id == actor.id:
+        raise TrainingError(
+            "own_records", N_("You cannot change your own records. Ask another trainer."), attempt=attempt
+        )
+    if not serves(actor, person):
+        raise TrainingError(
+            "other_site", N_("This person belongs to another site. Ask a trainer there."), attempt=attempt
         )
 
 

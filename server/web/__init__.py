@@ -2,7 +2,10 @@
 trainer pages (``training``, under /training), "mark read" for notifications
 (``notifications``), the admin pages (``admin``, under /admin) and the booking pages with
 the calendar feeds (``bookings``, under /bookings), the utilisation and learning dashboards
-(``dashboards``, under /dashboards) and the funder report (``reports``, under /reports).
+(``dashboards``, under /dashboards), the funder report (``reports``, under /reports) and the
+attendance sheets (``attendance``, under /attendance), certificates (``certificates``, under
+/certificates) their public verification page (``verify``, under /v), safety briefings on record
+(``briefings``, under /briefings) and exits with programme targets (``outcomes``, under /outcomes).
 
 ``init_app`` registers the blueprints and binds Flask-Login to our user adapter.
 """
@@ -13,7 +16,19 @@ from typing import Any
 
 from flask import Flask
 
-from server.web import admin, auth, bookings, dashboards, notifications, reports, training
+from server.web import (
+    admin,
+    attendance,
+    auth,
+    bookings,
+    briefings,
+    certificates,
+    dashboards,
+    notifications,
+    outcomes,
+    reports,
+    training,
+)
 from server.web.auth import current
 from server.web.common import security_headers
 from server.web.l10n import current_language
@@ -35,6 +50,10 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bookings.bp, url_prefix="/bookings")
     app.register_blueprint(dashboards.bp, url_prefix="/dashboards")
     app.register_blueprint(reports.bp, url_prefix="/reports")
+    app.register_blueprint(attendance.bp, url_prefix="/attendance")
+    certificates.init_app(app)
+    app.register_blueprint(briefings.bp, url_prefix="/briefings")
+    app.register_blueprint(outcomes.bp, url_prefix="/outcomes")
     app.context_processor(_template_globals)
 
 

@@ -116,12 +116,12 @@ def _number(digits: int, unit: str, comma: bool) -> Callable[[float], str]:
 # chart's whole input (labels in the reader's language included); the nonce is added per response.
 @lru_cache(maxsize=256)
 def _svg(kind: str, title: str, labels: tuple[str, ...], series: Series, comma: bool) -> str:
-    if kind == "machine_bars":
+    if kind in ("machine_bars", "count_bars"):
         # pygal draws the first label at the bottom: reversed, the chart reads like the table.
         chart = pygal.HorizontalBar(
             **_config(
                 height=max(220, 70 + 46 * len(labels)),
-                value_formatter=_number(1, " h", comma),
+                value_formatter=_number(1, " h", comma) if kind == "machine_bars" else _number(0, "", comma),
                 max_scale=6,
             )
         )
@@ -184,6 +184,13 @@ def machine_bars(
     ``comma`` writes the axis numbers with a decimal comma (German).
     """
     return with_nonce(_svg("machine_bars", title, tuple(names), _series(series), comma), nonce)
+
+
+def count_bars(
+    title: str, names: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], nonce: str | None
+) -> Markup:
+    """Horizontal bars of counts, one group per name (e.g. integrations and target per programme)."""
+    return with_nonce(_svg("count_bars", title, tuple(names), _series(series, 0), False), nonce)
 
 
 def trend_line(

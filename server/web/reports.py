@@ -22,11 +22,13 @@ import flask_babel  # type: ignore[import-untyped,unused-ignore]
 from babel.numbers import get_decimal_symbol, get_group_symbol
 from flask import Response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from markupsafe import Markup
 from sqlalchemy import select
 
 from server import get_db
 from server.models import Level, Person, QualificationAction, Site
 from server.services import audit
+from server.services.outcomes import REASON_LABELS
 from server.services.reports import (
     MAX_MONTHS,
     FunderReport,
@@ -39,11 +41,15 @@ from server.services.reports import (
     months_between,
 )
 from server.services.training import LEVEL_LABELS
+from server.web import charts, dashboards
 from server.web.auth import admin_required, current
 from server.web.common import web_blueprint
 from server.web.l10n import LABEL_MAX_HOURS, _, current_language
 
 bp = web_blueprint("reports", __name__)
+# The outcomes chart is inline SVG with a <style>: the dashboards' nonce policy, one owner.
+bp.before_request(dashboards._nonce)
+bp.after_request(dashboards._policy)
 
 MONTH = re.compile(r"(\d{4})-(\d{2})")
 HOUR = 3600.0
@@ -367,6 +373,8 @@ def _helpers() -> dict[str, Callable[..., Any]]:
         "yes_no": yes_no,
         "status_label": status_label,
         "participant_cells": participant_cells,
+        "outcome_table": outcome_table,
+        "outcome_chart": outcome_chart,
         "made_label": lambda when: flask_babel.format_datetime(when, "medium"),
     }
 
@@ -622,6 +630,65 @@ def funder_qualifications_csv() -> ResponseReturnValue:
     return _download(_csv(header, rows), "text/csv", f"funder-qualifications_{query.slug()}.csv")
 
 
+@bp.get("/funder-outcomes.csv")
+@admin_required
+def funder_outcomes_csv() -> ResponseReturnValue:
+    """One row per programme: exits by reason, integrations, target and progress."""
+    made = _checked("csv-outcomes")
+    if isinstance(made, list):
+        return _refused(made)
+    query, report = made
+    header, rows = outcome_table(report)
+    return _download(_csv(header, rows), "text/csv", f"funder-outcomes_{query.slug()}.csv")
+
+
+def outcome_table(report: FunderReport) -> tuple[list[str], list[list[Cell]]]:
+    header = [
+        _("Programme"),
+        *[_(label) for label in REASON_LABELS.values()],
+        _("Exits"),
+        _("Integrations"),
+        _("Target of the year"),
+        _("Integrations in the year"),
+        _("Target reached (%)"),
+        _("Follow-ups recorded"),
+        _("Follow-ups due"),
+    ]
+    rows: list[list[Cell]] = []
+    for o in report.outcomes:
+        rows.append(
+            [
+                o.programme or _("No programme"),
+                *[o.by_reason.get(reason, 0) for reason in REASON_LABELS],
+                o.exits,
+                o.integrations,
+                o.target if o.target is not None else "",
+                o.year_integrations,
+                round(100 * o.progress, 1) if o.progress is not None else "",
+                sum(o.follow_ups.values()),
+                o.follow_ups_due,
+            ]
+        )
+    return header, rows
+
+
+def outcome_chart(report: FunderReport) -> Markup | None:
+    """Integrations against the target per programme (bars), when there is something to show."""
+    shown = [o for o in report.outcomes if o.target or o.integrations]
+    if not shown:
+        return None
+    names = [o.programme or _("No programme") for o in shown]
+    return charts.count_bars(
+        _("Integrations against the target"),
+        names,
+        [
+            (_("Integrations in the year"), [float(o.year_integrations) for o in shown]),
+            (_("Target of the year"), [float(o.target or 0) for o in shown]),
+        ],
+        dashboards._csp_nonce(),
+    )
+
+
 @bp.get("/funder.xlsx")
 @admin_required
 def funder_xlsx() -> ResponseReturnValue:
@@ -677,6 +744,7 @@ def workbook(query: ReportQuery, report: FunderReport) -> bytes:
     sheet("Participants", *participant_table(report))
     sheet("Qualifications", *qualification_table(report))
     sheet("Hours by group", *group_table(report))
+    sheet("Outcomes", *outcome_table(report))
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()

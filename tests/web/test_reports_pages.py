@@ -235,7 +235,7 @@ def test_reports_xlsx_sheets_numbers_and_dates(admin: FlaskClient, setup: Setup)
     assert response.mimetype == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     assert 'filename="funder-report_nord_2026-01_2026-03.xlsx"' in response.headers["Content-Disposition"]
     book = load_workbook(io.BytesIO(response.data))
-    assert book.sheetnames == ["Summary", "Participants", "Qualifications", "Hours by group"]
+    assert book.sheetnames == ["Summary", "Participants", "Qualifications", "Hours by group", "Outcomes"]
     for ws in book.worksheets:
         assert ws.freeze_panes == "A2"
         assert all(cell.font.bold for cell in ws[1])

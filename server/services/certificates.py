@@ -1,0 +1,349 @@
+"""Certificates people can use: a participation certificate and a competence pass, signed by
+the lab and verifiable by anyone under a short URL.
+
+A certificate stores its *facts* as they stood when it was issued (names, period, hours,
+competencies with level, date, trainer, supervised hours and steps), as plain JSON, and an
+HMAC-SHA256 over their canonical form (sorted keys, no spaces, UTF-8) under the lab's
+certificate key (``WERKBANK_CERTIFICATE_KEY``, else derived from ``SECRET_KEY``). The
+verification page recomputes the HMAC: an edited row in the database no longer verifies, and
+a revoked certificate says so. The code in the URL is 10 random characters (50 bits): it
+cannot be guessed, so the page needs no login.
+
+Issuing follows the staff rule (``training.check_records``: trainers at their own site,
+admins anywhere, nobody for themselves); every issue and revocation is audited. When a person
+is erased (server.services.privacy) their certificates' facts are erased too and the
+certificates read as withdrawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.i18n import N_
+from server.models import (
+    Certificate,
+    CertificateKind,
+    Competency,
+    MachineSession,
+    ParticipantExit,
+    Person,
+    Qualification,
+    QualificationAction,
+    StepKind,
+    StepRecord,
+)
+from server.services import attendance, audit, training
+from server.services.training import TrainingError
+
+# Crockford's base32 without I, L, O, U: nothing to misread on paper.
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_LENGTH = 10
+LANGUAGES = ("de", "en")
+ERASED = "erased"
+
+
+def signing_key(config: Any) -> bytes:
+    """The key certificates are signed with: its own setting, else one derived from SECRET_KEY
+    (so changing SECRET_KEY without setting this one makes issued certificates fail to verify)."""
+    own = config.get("CERTIFICATE_KEY")
+    if own:
+        return str(own).encode()
+    return hmac.new(str(config["SECRET_KEY"]).encode(), b"werkbank certificates", hashlib.sha256).digest()
+
+
+def canonical(facts: dict[str, Any]) -> bytes:
+    return json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(facts: dict[str, Any], key: bytes) -> str:
+    return hmac.new(key, canonical(facts), hashlib.sha256).hexdigest()
+
+
+def new_code() -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def pretty_code(code: str) -> str:
+    """``ABCD-EFGH-JK``: easier to type from paper."""
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+def normal_code(text: str) -> str:
+    """What someone typed (lower case, dashes, O for 0) as the stored code."""
+    cleaned = (
+        text.upper().replace("-", "").replace(" ", "").replace("O", "0").replace("I", "1").replace("L", "1")
+    )
+    return cleaned
+
+
+# -- facts ----------------------------------------------------------------------------------------
+
+
+def _day(when: datetime, tz: str) -> date:
+    return when.astimezone(ZoneInfo(tz)).date()
+
+
+def participation_facts(
+    db: Session, person: Person, now: datetime, first: date | None = None, last: date | None = None
+) -> dict[str, Any]:
+    """The period (default: from the person's start to their exit, or today), the days and hours
+    present in it, the programme and cohort."""
+    tz = person.site.timezone
+    exit_ = db.scalar(select(ParticipantExit).where(ParticipantExit.person_id == person.id))
+    if first is None:
+        first_seen = db.scalar(
+            select(func.min(MachineSession.started_at)).where(MachineSession.person_id == person.id)
+        )
+        first = min(_day(person.created_at, tz), _day(first_seen, tz) if first_seen else _day(now, tz))
+    if last is None:
+        last = exit_.left_on if exit_ is not None else _day(now, tz)
+    if last < first:
+        raise TrainingError("bad_period", N_("The period ends before it starts."))
+    days = attendance.presence(db, [person.id], first, last, tz, now).get(person.id, {})
+    present = [d for d in days.values() if d.present]
+    return {
+        "kind": CertificateKind.PARTICIPATION.value,
+        "person": person.name,
+        "lab": person.site.name,
+        "programme": person.programme,
+        "cohort": person.cohort,
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "days": len(present),
+        "hours": round(sum(d.present_s for d in present) / 3600.0, 1),
+    }
+
+
+def competence_facts(db: Session, person: Person, now: datetime) -> dict[str, Any]:
+    """Each competency the person holds (not revoked): its level, since when, granted by whom,
+    valid until, the supervised hours and the steps done with date and trainer."""
+    tz = person.site.timezone
+    today = _day(now, tz)
+    items = []
+    for competency in db.scalars(select(Competency).order_by(Competency.name)):
+        entry = training.newest(db, person.id, competency.id)
+        state = training.state_of(entry, today)
+        if entry is None or state is None or state.revoked:
+            continue
+        # The date and trainer of the level held: the newest grant (a renewal keeps the level).
+        granted = (
+            db.scalar(
+                select(Qualification)
+                .where(
+                    Qualification.person_id == person.id,
+                    Qualification.competency_id == competency.id,
+                    Qualification.action == QualificationAction.GRANTED,
+                    Qualification.level == entry.level,
+                )
+                .order_by(Qualification.id.desc())
+                .limit(1)
+            )
+            or entry
+        )
+        trainer = db.get(Person, granted.granted_by_id) if granted.granted_by_id else None
+        steps = []
+        for record in db.scalars(
+            select(StepRecord)
+            .where(StepRecord.person_id == person.id, StepRecord.competency_id == competency.id)
+            .order_by(StepRecord.recorded_at)
+        ):
+            if record.step.kind == StepKind.SUPERVISED_HOURS:
+                continue
+            steps.append(
+                {
+                    "step": record.step.name,
+                    "kind": record.step.kind,
+                    "on": _day(record.recorded_at, tz).isoformat(),
+                    "trainer": record.recorded_by.name if record.recorded_by else None,
+                }
+            )
+        items.append(
+            {
+                "competency": competency.name,
+                "competency_de": competency.name_de or competency.name,
+                "level": entry.level.value,
+                "since": _day(granted.created_at, tz).isoformat(),
+                "trainer": trainer.name if trainer is not None else None,
+                "valid_until": state.valid_until.isoformat() if state.valid_until else None,
+                "expired": state.expired,
+                "supervised_hours": round(training.supervised_hours(db, person.id, competency.id), 1),
+                "steps": steps,
+            }
+        )
+    return {
+        "kind": CertificateKind.COMPETENCE.value,
+        "person": person.name,
+        "lab": person.site.name,
+        "programme": person.programme,
+        "competencies": items,
+    }
+
+
+# -- issuing ----------------------------------------------------------------------------------------
+
+
+def issue(
+    db: Session,
+    actor: Person,
+    person: Person,
+    kind: CertificateKind,
+    language: str,
+    key: bytes,
+    now: datetime,
+    *,
+    first: date | None = None,
+    last: date | None = None,
+) -> Certificate:
+    training.check_records(actor, person, "certificate")
+    if language not in LANGUAGES:
+        raise TrainingError("bad_language", N_("Certificates are made in German or English."))
+    if person.erased_at is not None:
+        raise TrainingError("erased", N_("This person's data was erased."))
+    if kind == CertificateKind.PARTICIPATION:
+        facts = participation_facts(db, person, now, first, last)
+    else:
+        facts = competence_facts(db, person, now)
+        if not facts["competencies"]:
+            raise TrainingError(
+                "no_competencies",
+                N_("{person} holds no competency yet: there is nothing to certify."),
+                person=person.name,
+            )
+    facts["issued"] = _day(now, person.site.timezone).isoformat()
+    facts["issued_by"] = actor.name
+    code = new_code()
+    while db.scalar(select(Certificate.id).where(Certificate.code == code)) is not None:
+        code = new_code()  # pragma: no cover - 50 bits rarely collide
+    facts["code"] = code
+    certificate = Certificate(
+        code=code,
+        kind=kind,
+        person_id=person.id,
+        site_id=person.site_id,
+        language=language,
+        facts=facts,
+        signature=sign(facts, key),
+        issued_at=now,
+        issued_by_id=actor.id,
+    )
+    db.add(certificate)
+    audit.record(
+        db,
+        actor,
+        "certificate.issued",
+        f"person:{person.id}",
+        {"person": person.name, "kind": kind.value, "code": code, "language": language},
+        at=now,
+    )
+    db.flush()
+    return certificate
+
+
+def issue_for_cohort(
+    db: Session,
+    actor: Person,
+    site_id: int,
+    cohort: str,
+    kind: CertificateKind,
+    language: str,
+    key: bytes,
+    now: datetime,
+) -> tuple[list[Certificate], list[tuple[Person, TrainingError]]]:
+    """One certificate for each active participant of the cohort at the site; those that cannot
+    have one (no competency yet) are returned with the reason instead."""
+    people = db.scalars(
+        select(Person)
+        .where(
+            Person.site_id == site_id,
+            Person.cohort == cohort,
+            Person.is_participant.is_(True),
+            Person.erased_at.is_(None),
+        )
+        .order_by(Person.name)
+    ).all()
+    issued: list[Certificate] = []
+    skipped: list[tuple[Person, TrainingError]] = []
+    for person in people:
+        try:
+            issued.append(issue(db, actor, person, kind, language, key, now))
+        except TrainingError as refused:
+            if refused.forbidden:
+                raise
+            skipped.append((person, refused))
+    return issued, skipped
+
+
+def revoke(db: Session, actor: Person, certificate: Certificate, reason: str | None, now: datetime) -> None:
+    training.check_records(actor, certificate.person, "certificate")
+    text = (reason or "").strip()
+    if not text:
+        raise TrainingError("reason_required", N_("Please give a reason."))
+    if certificate.revoked_at is None:
+        certificate.revoked_at = now
+        certificate.revoked_by_id = actor.id
+        certificate.revoke_reason = text
+        audit.record(
+            db,
+            actor,
+            "certificate.revoked",
+            f"person:{certificate.person_id}",
+            {"code": certificate.code, "reason": text},
+            at=now,
+        )
+        db.flush()
+
+
+def of_person(db: Session, person_id: int) -> list[Certificate]:
+    return list(
+        db.scalars(
+            select(Certificate).where(Certificate.person_id == person_id).order_by(Certificate.id.desc())
+        )
+    )
+
+
+def by_code(db: Session, code: str) -> Certificate | None:
+    return db.scalar(select(Certificate).where(Certificate.code == normal_code(code)))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the public page tells an employer."""
+
+    certificate: Certificate | None
+    genuine: bool  # the signature matches the stored facts
+    revoked: bool
+    erased: bool
+
+    @property
+    def valid(self) -> bool:
+        return self.certificate is not None and self.genuine and not self.revoked
+
+
+def verify(db: Session, code: str, key: bytes) -> Verification:
+    certificate = by_code(db, code)
+    if certificate is None:
+        return Verification(None, False, False, False)
+    erased = certificate.revoke_reason == ERASED
+    genuine = not erased and hmac.compare_digest(certificate.signature, sign(certificate.facts, key))
+    return Verification(certificate, genuine, certificate.revoked_at is not None, erased)
+
+
+def forget(db: Session, person: Person, now: datetime) -> int:
+    """The person is being erased: their certificates keep no facts and read as withdrawn."""
+    count = 0
+    for certificate in db.scalars(select(Certificate).where(Certificate.person_id == person.id)):
+        certificate.facts = {}
+        certificate.revoked_at = certificate.revoked_at or now
+        certificate.revoke_reason = ERASED
+        count += 1
+    return count

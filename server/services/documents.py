@@ -1,0 +1,69 @@
+"""PDF documents from HTML (WeasyPrint) and QR codes (segno), without any network.
+
+The templates are the print views the browser shows too; WeasyPrint reads their stylesheets
+straight from ``server/static`` and data: URLs (logos, QR codes), and nothing else: a document
+never makes the server fetch a URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import mimetypes
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+# WeasyPrint logs every CSS property it does not know (the screen styles have some) at WARNING.
+logging.getLogger("weasyprint").setLevel(logging.ERROR)
+logging.getLogger("fontTools").setLevel(logging.ERROR)
+
+
+class DocumentError(RuntimeError):
+    """The PDF could not be made (WeasyPrint or its system libraries missing: `make pdf`)."""
+
+
+def _fetcher() -> Any:
+    """WeasyPrint's URL fetcher, confined to our static files and data: URLs."""
+    from weasyprint.urls import URLFetcher, URLFetcherResponse
+
+    class StaticOnly(URLFetcher):  # type: ignore[misc]
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            if url.startswith("data:"):
+                return super().fetch(url, headers)
+            path = urlparse(url).path
+            marker = "/static/"
+            if marker in path:
+                file = (STATIC / path.split(marker, 1)[1]).resolve()
+                if file.is_file() and STATIC.resolve() in file.parents:
+                    mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+                    return URLFetcherResponse(url, file.read_bytes(), {"Content-Type": mime})
+            raise ValueError(f"documents load only the server's static files, not {url!r}")
+
+    return StaticOnly(allowed_protocols=("data", "http"), allow_redirects=False)
+
+
+def pdf(html: str) -> bytes:
+    """The PDF of an HTML page whose stylesheets are under /static/."""
+    try:
+        from weasyprint import HTML
+    except (ImportError, OSError) as exc:  # OSError: pango missing
+        raise DocumentError(f"WeasyPrint cannot run here ({exc}); run `make pdf` to install it") from exc
+    document: bytes = HTML(
+        string=html, base_url="http://werkbank.invalid/", url_fetcher=_fetcher()
+    ).write_pdf()
+    return document
+
+
+def qr_data_url(text: str) -> str:
+    """A QR code of ``text`` as an SVG data: URL (error correction M, as phones read it best)."""
+    import segno
+
+    code = segno.make(text, error="m", micro=False)
+    out = io.BytesIO()
+    code.save(out, kind="svg", scale=4, border=2, xmldecl=False, svgns=True)
+    return "data:image/svg+xml;base64," + base64.b64encode(out.getvalue()).decode()

@@ -1,0 +1,44 @@
+"""The demo lab on first start has what the proof documents need: a month's attendance for its
+cohort, briefings with signatures for the laser's proof list, and outcomes against a target."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from server.db import Database
+from server.demo.history import add_recent_history
+from server.demo.proof import add_proof_demo
+from server.models import Attendance, BriefingConfirmation, MachineType, Site
+from server.services import attendance, briefings, outcomes
+from server.services.loader import load, parse
+
+DEMO = Path(__file__).resolve().parents[2] / "server" / "demo" / "demo.yaml"
+
+
+def test_proof_demo_fills_sheet_briefings_and_outcomes(database: Database) -> None:
+    now = datetime.now(UTC)
+    with database.session() as s:
+        load(s, parse(DEMO.read_text(encoding="utf-8")))
+    with database.session() as s:
+        add_recent_history(s, weeks=4, seed=1, now=now)
+    with database.session() as s:
+        added = add_proof_demo(s, now)
+    assert added["check-ins"] > 0 and added["exits"] > 0 and added["targets"] > 0
+    with database.session() as s:
+        assert add_proof_demo(s, now) == {}  # once only
+        site = s.scalars(select(Site)).first()
+        assert site is not None and site.address and site.logo
+        cohort = attendance.cohorts(s, site.id)[0]
+        last_month = (now.date().replace(day=1) - timedelta(days=1)).replace(day=1)
+        sheet = attendance.month_sheet(s, site, last_month, now, cohort=cohort)
+        assert sheet.rows and sum(r.days_present for r in sheet.rows) > 0
+        assert s.scalar(select(func.count(Attendance.id))) == added["check-ins"]
+        laser = s.scalar(select(MachineType).where(MachineType.slug.contains("laser")))
+        assert laser is not None
+        rows = briefings.proof_list(s, site.id, laser, now.date())
+        assert rows and s.scalar(select(func.count(BriefingConfirmation.id))) == added.get("signatures", 0)
+        result = outcomes.outcomes(s, now.date().replace(month=1, day=1), now.date(), site_id=site.id)
+        assert result and result[0].target and result[0].integrations > 0

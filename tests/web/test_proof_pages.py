@@ -1,0 +1,442 @@
+"""Certificates (issue, PDF, public verification, revocation, cohorts), safety briefings on
+record (signature pad, due list, proof list PDF) and exits against a programme's target, through
+the pages, under the staff rule."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image, ImageDraw
+from sqlalchemy import select
+
+from server.extensions import db
+from server.models import (
+    AuditLog,
+    BriefingConfirmation,
+    Certificate,
+    Competency,
+    Level,
+    MachineType,
+    Notification,
+    ParticipantExit,
+    Person,
+    ProgrammeTarget,
+    Qualification,
+    QualificationAction,
+    Requirement,
+    Site,
+    StepRecord,
+    TrainingStep,
+)
+from server.scheduler import prompt_follow_ups
+from server.services import privacy
+from server.web.reports import CSV_DELIMITER
+from tests.web.conftest import Lab, english, sign_in
+from tests.web.documents_support import ink, pdf_pages, pdf_text
+
+
+def _id(email: str) -> int:
+    with db.session() as s:
+        found = s.scalar(select(Person.id).where(Person.email == email))
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+def trained(lab: Lab) -> dict[str, int]:
+    """Laser safety (briefing v2026-1, sign-off) required by the laser; Tina trains it, Ada holds
+    it (granted by Tina, briefed by Tina 13 months ago), Bob holds nothing."""
+    now = datetime.now(UTC)
+    with db.session() as s:
+        safety = Competency(
+            slug="laser-safety", name="Laser safety", name_de="Lasersicherheit", validity_months=12
+        )
+        s.add(safety)
+        s.flush()
+        briefing = TrainingStep(
+            competency_id=safety.id,
+            position=0,
+            kind="briefing",
+            name="Laser briefing",
+            leads_to=Level.BRIEFED,
+            content_version="2026-1",
+        )
+        signoff = TrainingStep(
+            competency_id=safety.id,
+            position=1,
+            kind="signoff",
+            name="Laser sign-off",
+            leads_to=Level.INDEPENDENT,
+        )
+        s.add_all([briefing, signoff])
+        laser = s.scalar(select(MachineType).where(MachineType.slug == "laser"))
+        assert laser is not None
+        s.add(Requirement(machine_type_id=laser.id, competency_id=safety.id, min_level=Level.INDEPENDENT))
+        tina = s.scalar(select(Person).where(Person.email == lab.trainer))
+        ada = s.scalar(select(Person).where(Person.email == lab.participant))
+        assert tina is not None and ada is not None
+        ada.programme, ada.cohort = "Jobcenter Nord", "Kohorte 1"
+        s.add(
+            Qualification(
+                person_id=tina.id,
+                competency_id=safety.id,
+                action=QualificationAction.GRANTED,
+                level=Level.TRAINER,
+                valid_until=date(2099, 1, 1),
+                created_at=now - timedelta(days=900),
+            )
+        )
+        s.flush()
+        s.add(
+            StepRecord(
+                person_id=ada.id,
+                competency_id=safety.id,
+                step_id=briefing.id,
+                recorded_by_id=tina.id,
+                recorded_at=now - timedelta(days=400),
+            )
+        )
+        s.add(
+            Qualification(
+                person_id=ada.id,
+                competency_id=safety.id,
+                action=QualificationAction.GRANTED,
+                level=Level.INDEPENDENT,
+                valid_until=(now + timedelta(days=60)).date(),
+                granted_by_id=tina.id,
+                created_at=now - timedelta(days=300),
+            )
+        )
+        s.flush()
+        return {"safety": safety.id, "briefing": briefing.id, "tina": tina.id, "ada": ada.id}
+
+
+def _signature(blank: bool = False) -> str:
+    image = Image.new("RGB", (600, 200), "white")
+    if not blank:
+        ImageDraw.Draw(image).line([(40, 150), (200, 60), (380, 140), (560, 50)], fill="black", width=4)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def _issue(
+    client: FlaskClient, person_id: int, kind: str = "competence", language: str = "en"
+) -> Certificate:
+    response = client.post(
+        f"/certificates/people/{person_id}/issue", data={"kind": kind, "language": language}
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    with db.session() as s:
+        certificate = s.scalars(select(Certificate).order_by(Certificate.id.desc())).first()
+        assert certificate is not None
+        s.expunge(certificate)
+    return certificate
+
+
+# -- certificates ---------------------------------------------------------------------------------
+
+
+def test_certificates_competence_pass_pdf_has_the_facts_and_a_verification_code(
+    client: FlaskClient, lab: Lab, trained: dict[str, int], tmp_path: Path
+) -> None:
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"])
+    response = client.get(f"/certificates/{certificate.code}.pdf")
+    assert response.status_code == 200 and response.mimetype == "application/pdf"
+    text = pdf_text(response.data, tmp_path)
+    for expected in (
+        "Competence pass",
+        "Ada Lovelace",
+        "Laser safety",
+        "Independent",
+        "Tina Trainer",
+        "Laser briefing",
+    ):
+        assert expected in text, expected
+    code = certificate.code
+    assert f"{code[:4]}-{code[4:8]}-{code[8:]}" in text and f"/v/{code[:4]}-" in text
+    pages = pdf_pages(response.data, tmp_path)
+    assert len(pages) == 1 and ink(pages[0]) > 0.01
+    with db.session() as s:
+        issued = s.scalar(select(AuditLog).where(AuditLog.action == "certificate.issued"))
+        assert issued is not None and issued.detail["code"] == code
+
+
+def test_certificates_in_german(
+    client: FlaskClient, lab: Lab, trained: dict[str, int], tmp_path: Path
+) -> None:
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"], language="de")
+    text = pdf_text(client.get(f"/certificates/{certificate.code}.pdf").data, tmp_path)
+    assert "Kompetenzpass" in text and "Lasersicherheit" in text and "Selbstständig" in text
+
+
+def test_certificates_participation_has_period_days_and_hours(
+    client: FlaskClient, lab: Lab, trained: dict[str, int], tmp_path: Path
+) -> None:
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"], kind="participation")
+    text = pdf_text(client.get(f"/certificates/{certificate.code}.pdf").data, tmp_path)
+    assert "Certificate of participation" in text and "Jobcenter Nord" in text
+    assert certificate.facts["days"] >= 1 and certificate.facts["hours"] > 0  # the seeded sessions
+
+
+def test_certificates_verification_page_tells_genuine_revoked_tampered_and_unknown(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"])
+    employer = english(client.application.test_client())
+    code = certificate.code
+    page = employer.get(f"/v/{code[:4]}-{code[4:8]}-{code[8:]}".lower())
+    assert page.status_code == 200 and 'data-verdict="valid"' in page.get_data(as_text=True)
+    assert "Ada Lovelace" in page.get_data(as_text=True) and page.headers["X-Robots-Tag"] == "noindex"
+    assert employer.get("/v/ZZZZ-ZZZZ-ZZ").status_code == 404
+
+    # Someone edits the stored facts (a level raised in the database): no longer genuine.
+    with db.session() as s:
+        row = s.get(Certificate, certificate.id)
+        assert row is not None
+        facts = dict(row.facts)
+        facts["competencies"] = [{**facts["competencies"][0], "level": "trainer"}]
+        row.facts = facts
+    assert 'data-verdict="tampered"' in employer.get(f"/v/{code}").get_data(as_text=True)
+    with db.session() as s:
+        row = s.get(Certificate, certificate.id)
+        assert row is not None
+        row.facts = certificate.facts
+
+    assert (
+        client.post(f"/certificates/{code}/revoke", data={"reason": "issued by mistake"}).status_code == 302
+    )
+    assert 'data-verdict="revoked"' in employer.get(f"/v/{code}").get_data(as_text=True)
+
+
+def test_certificates_staff_rule_own_and_other_site_refused_and_audited(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    sign_in(client, trained["tina"])
+    own = client.post(
+        f"/certificates/people/{trained['tina']}/issue", data={"kind": "competence", "language": "en"}
+    )
+    assert own.status_code == 403
+    with db.session() as s:
+        other = s.scalar(select(Site).where(Site.slug == "sued"))
+        assert other is not None
+        far = Person(site_id=other.id, name="Sam South")
+        s.add(far)
+        s.flush()
+        far_id = far.id
+    assert (
+        client.post(f"/certificates/people/{far_id}/issue", data={"kind": "participation"}).status_code == 403
+    )
+    with db.session() as s:
+        assert s.scalars(select(Certificate)).all() == []
+        codes = [
+            e.detail["code"] for e in s.scalars(select(AuditLog).where(AuditLog.action == "training.refused"))
+        ]
+        assert codes == ["own_records", "other_site"]
+
+
+def test_certificates_holder_downloads_own_but_not_others(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"])
+    sign_in(client, trained["ada"])
+    assert client.get(f"/certificates/{certificate.code}.pdf").status_code == 200
+    sign_in(client, _id(lab.other_participant))
+    assert client.get(f"/certificates/{certificate.code}.pdf").status_code == 404
+    assert client.post(f"/certificates/{certificate.code}/revoke", data={"reason": "x"}).status_code == 403
+
+
+def test_certificates_for_a_cohort_in_one_pdf(
+    client: FlaskClient, lab: Lab, trained: dict[str, int], tmp_path: Path
+) -> None:
+    with db.session() as s:
+        bob = s.scalar(select(Person).where(Person.email == lab.other_participant))
+        assert bob is not None
+        bob.cohort = "Kohorte 1"
+    sign_in(client, trained["tina"])
+    response = client.post(
+        "/certificates/cohort", data={"cohort": "Kohorte 1", "kind": "participation", "language": "de"}
+    )
+    assert response.status_code == 200 and response.mimetype == "application/pdf"
+    text = pdf_text(response.data, tmp_path)
+    assert text.count("Teilnahmebescheinigung") == 2 and "Ada Lovelace" in text and "Bob Builder" in text
+    assert len(pdf_pages(response.data, tmp_path)) == 2
+    # A competence pass only for who holds a competency: Bob is skipped, Ada gets hers.
+    passes = client.post(
+        "/certificates/cohort", data={"cohort": "Kohorte 1", "kind": "competence", "language": "en"}
+    )
+    assert passes.status_code == 200 and passes.headers["X-Werkbank-Skipped"] == "1"
+
+
+def test_certificates_of_an_erased_person_read_as_withdrawn(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"])
+    with db.session() as s:
+        ada = s.get(Person, trained["ada"])
+        assert ada is not None
+        privacy.erase(s, ada, None, datetime.now(UTC))
+    page = english(client.application.test_client()).get(f"/v/{certificate.code}")
+    text = page.get_data(as_text=True)
+    assert 'data-verdict="erased"' in text and "Ada" not in text
+
+
+# -- briefings --------------------------------------------------------------------------------------
+
+
+def test_briefings_recorded_with_signature_and_content_version(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    sign_in(client, trained["tina"])
+    page = client.get(f"/briefings/people/{trained['ada']}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "signature.js" in html and "<canvas" in html and "<script>" not in html
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    response = client.post(
+        f"/briefings/people/{trained['ada']}",
+        data={"step_id": trained["briefing"], "signature": _signature()},
+    )
+    assert response.status_code == 302
+    with db.session() as s:
+        confirmation = s.scalars(select(BriefingConfirmation)).one()
+        assert confirmation.content_version == "2026-1"
+        assert confirmation.signature.startswith("data:image/png;base64,")
+        assert confirmation.record.recorded_by_id == trained["tina"]
+    assert "2026-1" in client.get(f"/briefings/people/{trained['ada']}").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("signature", "message"),
+    [
+        ("", "Please let the participant sign on the pad."),
+        ("data:image/svg+xml;base64,PHN2Zy8+", "Please let the participant sign on the pad."),
+        ("data:image/png;base64,bm90IGEgcG5n", "Please let the participant sign on the pad."),
+        (None, "The pad is empty. Please let the participant sign."),
+    ],
+)
+def test_briefings_refuse_a_missing_blank_or_forged_signature(
+    client: FlaskClient, lab: Lab, trained: dict[str, int], signature: str | None, message: str
+) -> None:
+    sign_in(client, trained["tina"])
+    data = {
+        "step_id": trained["briefing"],
+        "signature": _signature(blank=True) if signature is None else signature,
+    }
+    response = client.post(f"/briefings/people/{trained['ada']}", data=data)
+    assert response.status_code == 400 and message in response.get_data(as_text=True)
+    with db.session() as s:
+        assert s.scalars(select(BriefingConfirmation)).all() == []
+
+
+def test_briefings_due_list_and_inspection_proof_pdf(
+    client: FlaskClient, lab: Lab, trained: dict[str, int], tmp_path: Path
+) -> None:
+    sign_in(client, trained["tina"])
+    due = client.get("/briefings/due").get_data(as_text=True)
+    assert "Ada Lovelace" in due and "overdue" in due  # briefed 400 days ago
+    client.post(
+        f"/briefings/people/{trained['ada']}",
+        data={"step_id": trained["briefing"], "signature": _signature()},
+    )
+    assert "Ada Lovelace" not in client.get("/briefings/due").get_data(as_text=True)
+
+    response = client.get("/briefings/proof.pdf", query_string={"machine_type": "laser"})
+    assert response.status_code == 200
+    text = pdf_text(response.data, tmp_path)
+    assert "Proof of safety briefings" in text and "CO2 laser cutter" in text and "DGUV" in text
+    assert "Ada Lovelace" in text and "2026-1" in text and "Tina Trainer" in text
+    assert ink(pdf_pages(response.data, tmp_path, dpi=72)[0]) > 0.01
+    with db.session() as s:
+        assert s.scalar(select(AuditLog).where(AuditLog.action == "briefing.proof")) is not None
+
+
+def test_briefings_nobody_signs_off_their_own_briefing(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    sign_in(client, trained["tina"])
+    response = client.post(
+        f"/briefings/people/{trained['tina']}",
+        data={"step_id": trained["briefing"], "signature": _signature()},
+    )
+    assert response.status_code == 403
+    with db.session() as s:
+        assert s.scalars(select(BriefingConfirmation)).all() == []
+
+
+# -- outcomes -----------------------------------------------------------------------------------------
+
+
+def test_outcomes_exit_follow_up_and_report_against_target(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    year = datetime.now(UTC).year
+    left = date(year, 1, 15)
+    sign_in(client, trained["tina"])
+    response = client.post(
+        f"/outcomes/people/{trained['ada']}/exit", data={"on": left.isoformat(), "reason": "employment"}
+    )
+    assert response.status_code == 302
+    sign_in(client, _id(lab.admin))
+    assert (
+        client.post(
+            "/outcomes/targets", data={"programme": "Jobcenter Nord", "year": year, "integrations": 4}
+        ).status_code
+        == 302
+    )
+    args = {"site": "nord", "from": f"{year}-01", "to": f"{year}-12"}
+    page = client.get("/reports/funder", query_string=args)
+    html = page.get_data(as_text=True)
+    assert 'data-table="outcomes"' in html and "Integrations against the target" in html
+    body = client.get("/reports/funder-outcomes.csv", query_string=args).data.decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(body), delimiter=CSV_DELIMITER))
+    header, row = rows[0], rows[1]
+    values = dict(zip(header, row, strict=True))
+    assert values["Programme"] == "Jobcenter Nord" and values["Employment"] == "1"
+    assert values["Integrations"] == "1" and values["Target of the year"] == "4"
+    assert values["Target reached (%)"] == "25.0"
+
+    # Six months after the exit the site's admins are asked for the follow-up, once.
+    assert prompt_follow_ups(db, datetime(year, 7, 16, 8, tzinfo=UTC)) == 1
+    assert prompt_follow_ups(db, datetime(year, 7, 17, 8, tzinfo=UTC)) == 0
+    with db.session() as s:
+        note = s.scalars(select(Notification).where(Notification.kind == "follow_up_due")).one()
+        assert note.person_id == _id(lab.admin)
+    assert (
+        client.post(
+            f"/outcomes/people/{trained['ada']}/follow-up", data={"on": f"{year}-07-20", "status": "employed"}
+        ).status_code
+        == 302
+    )
+    with db.session() as s:
+        entry = s.scalars(select(ParticipantExit)).one()
+        assert (
+            entry.follow_up_status == "employed"
+            and s.scalars(select(ProgrammeTarget)).one().integrations == 4
+        )
+
+
+def test_outcomes_participants_cannot_record_exits(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    sign_in(client, trained["ada"])
+    assert (
+        client.post(
+            f"/outcomes/people/{trained['ada']}/exit", data={"on": "2026-01-01", "reason": "employment"}
+        ).status_code
+        == 403
+    )
+    with db.session() as s:
+        assert s.scalars(select(ParticipantExit)).all() == []
