@@ -141,6 +141,10 @@ class MachineFacts:
     allowlist_dirty: bool = True
     guard_min: int = 15
     booking_seq: int = 0  # bumped by every booking change of the machine: the bookings cache key
+    type_name_de: str | None = None
+
+    def type_display_name(self, language: str) -> str:
+        return in_language(self.type_name, self.type_name_de, language)
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ _MACHINE_COLUMNS = (
     _machines.c.booking_seq,
     _sites.c.timezone,
     _types.c.name,
+    _types.c.name_de,
 )
 _MACHINE_JOINS = (
     _devices.outerjoin(_machines, _machines.c.id == _devices.c.machine_id)
@@ -375,6 +380,7 @@ def _machine_of(device_id: str, row: Any | None, hours: tuple[Hours, ...]) -> Ma
         allowlist_dirty=row.allowlist_dirty,
         guard_min=row.guard_min,
         booking_seq=row.booking_seq,
+        type_name_de=row.name_de,
     )
 
 
@@ -435,6 +441,7 @@ def _machine_facts(db: Session, machine: Machine) -> MachineFacts:
         allowlist_dirty=machine.allowlist_dirty,
         guard_min=machine.guard_min,
         booking_seq=machine.booking_seq,
+        type_name_de=machine.machine_type.name_de,
     )
 
 
@@ -657,7 +664,7 @@ def _check_qualified(
     for req in requirements:
         state = states.get(req.competency_id)
         if state is None or state.level is None or state.revoked:
-            return _deny("not_qualified", tz, person=person, machine=machine.type_name)
+            return _deny("not_qualified", tz, person=person, machine=machine.type_display_name)
         if state.expired:
             return _deny(
                 "qualification_expired",
@@ -684,7 +691,9 @@ def _check_briefed(
     for req in requirements:
         state = states.get(req.competency_id)
         if state is None or state.level is None or state.revoked:
-            return _deny("not_qualified", tz, "briefing_required", person=person, machine=machine.type_name)
+            return _deny(
+                "not_qualified", tz, "briefing_required", person=person, machine=machine.type_display_name
+            )
         if state.expired:
             return _deny(
                 "qualification_expired",

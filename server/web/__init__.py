@@ -15,7 +15,7 @@ from flask import Flask
 
 from server.web import admin, auth, bookings, dashboards, notifications, reports, training
 from server.web.auth import current
-from server.web.l10n import current_language
+from server.web.l10n import current_language, local_name
 from server.web.views import bp
 
 __all__ = ["bp", "init_app"]
@@ -34,6 +34,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(dashboards.bp, url_prefix="/dashboards")
     app.register_blueprint(reports.bp, url_prefix="/reports")
     app.context_processor(_template_globals)
+    # {{ site | local_name }}: sites, machine types, competencies and steps in the reader's language.
+    app.add_template_filter(local_name)
 
 
 def _template_globals() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from server import get_db
-from server.i18n import N_
+from server.i18n import N_, Localised
 from server.models import (
     Booking,
     BookingStatus,
@@ -38,7 +38,7 @@ from server.models import (
 )
 from server.services import audit
 from server.services import bookings as service
-from server.services.bookings import BookingError, LocalName, Policy
+from server.services.bookings import BookingError, Policy
 from server.web.admin.base import paginate
 from server.web.auth import User, current, login_required, public, safe_next, staff_required
 from server.web.common import web_blueprint
@@ -92,7 +92,7 @@ def error_text(error: BookingError, tz: ZoneInfo) -> str:
             params[key] = f"{day_label(value.astimezone(tz).date())} {time_label(value, tz)}"
         elif isinstance(value, date):
             params[key] = date_label(value)
-        elif isinstance(value, LocalName):
+        elif isinstance(value, Localised):
             params[key] = value.in_language(current_language())
         else:
             params[key] = value

@@ -154,6 +154,7 @@ def _step_values(form: StepForm) -> dict[str, Any]:
     return {
         "kind": form.kind.data,
         "name": form.name.data.strip(),
+        "name_de": text_or_none(form.name_de.data),
         "leads_to": Level(form.leads_to.data),
         "hours": form.hours.data,
     }

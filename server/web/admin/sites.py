@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from server import get_db
 from server.models import Device, Machine, OpeningHours, Person, Site
 from server.services import audit, opening_hours
-from server.web.admin.base import acting_admin, apply_changes, bp, form_page
+from server.web.admin.base import acting_admin, apply_changes, bp, form_page, text_or_none
 from server.web.admin.forms import SiteForm
 from server.web.auth import admin_required
 from server.web.l10n import _
@@ -89,7 +89,12 @@ def _site_form(site: Site | None) -> ResponseReturnValue:
         if taken is not None and (site is None or taken != site.id):
             form.add_error("slug", _("Another site already has this short name."))
         else:
-            values = {"slug": slug, "name": form.name.data.strip(), "timezone": form.timezone.data.strip()}
+            values = {
+                "slug": slug,
+                "name": form.name.data.strip(),
+                "name_de": text_or_none(form.name_de.data),
+                "timezone": form.timezone.data.strip(),
+            }
             if site is None:
                 site = Site(**values)
                 db.add(site)
