@@ -404,7 +404,15 @@ def site_day() -> ResponseReturnValue:
     rows = _union(g.slot_minutes(day) for g in grids)
     table = [(_row_label(m), [g.cell(day, m, actor, now, None) for g in grids]) for m in rows]
     # Today's rows that are over everywhere only push the free times down on a phone.
-    table = [row for row in table if not all(c.state == "past" for c in row[1])]
+    upcoming = [row for row in table if not all(c.state == "past" for c in row[1])]
+    # Nothing left of an open day is not a closed day: say which it is.
+    if not table:
+        empty = _("Closed on this day.")
+    elif day < _today(tz, now):
+        empty = _("This day is over.")
+    else:
+        empty = _("Today's times are over. Book from tomorrow on.")
+    table = upcoming
     return render_template(
         "bookings/site.html",
         site=site,
@@ -419,6 +427,7 @@ def site_day() -> ResponseReturnValue:
             for g in grids
         ],
         table=table,
+        empty=empty,
         prev_url=url_for("bookings.site_day", day=(day - timedelta(days=1)).isoformat()),
         next_url=url_for("bookings.site_day", day=(day + timedelta(days=1)).isoformat()),
         today_url=url_for("bookings.site_day"),
