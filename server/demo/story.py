@@ -570,6 +570,9 @@ def populate(db: Session, seed: int, now: datetime) -> int:
 
     total = _history(story, trainees)
     _coming_bookings(story, trainees, now)
+    # Today's coming bookings count in today's booked hours now, not at the scheduler's next run.
+    for plan in story.machines:
+        usage.recompute(db, plan.machine_id, now.astimezone(story.sites[plan.site_id].tz).date(), now)
     return total
 
 

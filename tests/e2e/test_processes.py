@@ -115,7 +115,7 @@ def test_e2e_demo_answers_http_and_a_simulated_tap_becomes_a_session(tmp_path: P
 
         def agents_online() -> bool:
             with engine.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM devices WHERE online")).scalar() == 2
+                return conn.execute(text("SELECT count(*) FROM devices WHERE online")).scalar() == 6
 
         assert eventually(agents_online, timeout=30)
 
