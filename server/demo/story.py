@@ -390,6 +390,8 @@ class Trainee:
         steps = {s.kind: s for s in comp.steps}
         if not trainers or not machines or StepKind.BRIEFING not in steps:
             return None
+        if target == "briefed":  # still collecting hours: briefed in the last weeks
+            begin = max(begin, story.until - rng.uniform(6, 20) * 86400)
         trainer = rng.choice(trainers)
         slot = story.slot(site, begin, 1800, [self.person.id, trainer])
         if slot is None:
@@ -416,7 +418,7 @@ class Trainee:
             story.crowd.take(self.person.id, *slot)
             story.crowd.take(trainer, *slot)
             done += length
-            at = slot[1] + rng.uniform(1, 4) * 86400
+            at = slot[1] + rng.uniform(1, 8) * 86400
             if done >= needed and needed:
                 # What advance_after_session grants when the session that completed the hours ends.
                 level_at = slot[1]
@@ -427,7 +429,7 @@ class Trainee:
         if target != "independent" or done < needed or StepKind.SIGNOFF not in steps:
             return None
         trainer = rng.choice(trainers)
-        slot = story.slot(site, level_at + rng.uniform(1, 6) * 86400, 1800, [self.person.id, trainer])
+        slot = story.slot(site, level_at + rng.uniform(2, 18) * 86400, 1800, [self.person.id, trainer])
         if slot is None:
             return None
         story.crowd.take(trainer, *slot)
@@ -449,15 +451,16 @@ def _choose(rng: random.Random, targets: Targets) -> str | None:
     return targets[-1][0]
 
 
-def _new_people(story: Story, cohort: Cohort, taken: set[str], start: float) -> list[Person]:
+def _new_people(story: Story, cohort: Cohort, taken: set[str], named: set[str], start: float) -> list[Person]:
     rng = story.rng
     slugs = {s.slug: s.id for s in story.sites.values()}
     people = []
     for site_slug, count in cohort.members:
         for _ in range(count):
             while True:
-                name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
-                if name not in taken:
+                first = rng.choice(FIRST)
+                name = f"{first} {rng.choice(LAST)}"
+                if name not in taken and first not in named:
                     taken.add(name)
                     break
             person = Person(
@@ -491,6 +494,8 @@ def populate(db: Session, seed: int, now: datetime) -> int:
     trainees: list[Trainee] = []
     uid = 0
     taken = set(db.scalars(select(Person.name)))
+    # Nobody generated shares a first name with the people the banner names.
+    named = {name.split(" ", 1)[0] for name in taken}
 
     def trainee(person: Person) -> Trainee:
         nonlocal uid
@@ -533,14 +538,14 @@ def populate(db: Session, seed: int, now: datetime) -> int:
     # The cohorts' other members, each at their own pace.
     for cohort in COHORTS:
         start = begin[cohort.name]
-        for n, person in enumerate(_new_people(story, cohort, taken, start)):
+        for n, person in enumerate(_new_people(story, cohort, taken, named, start)):
             who = trainee(person)
             for slug, targets, after_days in cohort.plan:
                 competency = story.competencies.get(slug)
                 goal = _choose(rng, targets)
                 if competency is None or goal is None:
                     continue
-                independent = who.train(competency, start + (after_days + rng.uniform(0, 5)) * 86400, goal)
+                independent = who.train(competency, start + (after_days + rng.uniform(0, 21)) * 86400, goal)
                 if independent is not None and competency.validity_months and n == 0:
                     # One of them broke a safety rule: the qualification was taken away.
                     at = independent + rng.uniform(3, 10) * 86400
@@ -555,15 +560,20 @@ def populate(db: Session, seed: int, now: datetime) -> int:
                             "Schutzbrille nicht getragen",
                             who.entries[competency.id][-1].valid_until,
                         )
-            if cohort.weeks_ago >= 10 and n == 1:
-                # A laser course from last winter, valid a few more weeks: "expires soon".
-                laser = story.competencies.get("laser-safety")
-                if laser is not None and laser.id not in who.entries:
-                    at = now.timestamp() - 345 * 86400
-                    trainer = story.trainers[(person.site_id, laser.id)][0]
-                    who.grant(
-                        laser, QualificationAction.GRANTED, Level.INDEPENDENT, at, trainer, "Laserkurs 2025"
-                    )
+    # Someone of the first cohort took a laser course last winter, valid a few more weeks.
+    laser = story.competencies.get("laser-safety")
+    for who in trainees:
+        if (
+            laser is None
+            or who.person.email
+            or who.person.cohort != COHORTS[0].name
+            or laser.id in who.entries
+        ):
+            continue
+        trainer = story.trainers[(who.person.site_id, laser.id)][0]
+        at = now.timestamp() - 345 * 86400
+        who.grant(laser, QualificationAction.GRANTED, Level.INDEPENDENT, at, trainer, "Laserkurs 2025")
+        break
     for who in trainees:
         who.finish(forever)
     db.flush()
