@@ -734,7 +734,8 @@ def machine_history(
                 length = rng.randint(*spec.minutes) * 60 + rng.randint(0, 59)
                 if t + 300 > end:
                     break
-                s_start, s_end = float(int(t)), float(int(min(t + length, end + 1800, now)))
+                # The decision unlocks at most until closing time: no session outlasts it.
+                s_start, s_end = float(int(t)), float(int(min(t + length, end, now)))
                 after = clash(s_start, s_end) if blocked else None
                 if after is not None:
                     t = busy_until = after

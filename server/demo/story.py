@@ -536,9 +536,10 @@ def populate(db: Session, seed: int, now: datetime) -> int:
             who.train(story.competencies[slug], start + after_days * 86400, target)
 
     # The cohorts' other members, each at their own pace.
+    signed_off: list[tuple[float, Trainee, Competency]] = []
     for cohort in COHORTS:
         start = begin[cohort.name]
-        for n, person in enumerate(_new_people(story, cohort, taken, named, start)):
+        for person in _new_people(story, cohort, taken, named, start):
             who = trainee(person)
             for slug, targets, after_days in cohort.plan:
                 competency = story.competencies.get(slug)
@@ -546,20 +547,22 @@ def populate(db: Session, seed: int, now: datetime) -> int:
                 if competency is None or goal is None:
                     continue
                 independent = who.train(competency, start + (after_days + rng.uniform(0, 21)) * 86400, goal)
-                if independent is not None and competency.validity_months and n == 0:
-                    # One of them broke a safety rule: the qualification was taken away.
-                    at = independent + rng.uniform(3, 10) * 86400
-                    if at < story.until:
-                        trainer = story.trainers[(person.site_id, competency.id)][0]
-                        who.grant(
-                            competency,
-                            QualificationAction.REVOKED,
-                            Level.INDEPENDENT,
-                            at,
-                            trainer,
-                            "Schutzbrille nicht getragen",
-                            who.entries[competency.id][-1].valid_until,
-                        )
+                if independent is not None and competency.validity_months:
+                    signed_off.append((independent, who, competency))
+    # One of them broke a laser safety rule: the qualification was taken away again.
+    if signed_off:
+        independent, who, competency = min(signed_off, key=lambda found: found[0])
+        at = min(independent + rng.uniform(3, 10) * 86400, (independent + story.until) / 2)
+        trainer = story.trainers[(who.person.site_id, competency.id)][0]
+        who.grant(
+            competency,
+            QualificationAction.REVOKED,
+            Level.INDEPENDENT,
+            at,
+            trainer,
+            "Schutzbrille nicht getragen",
+            who.entries[competency.id][-1].valid_until,
+        )
     # Someone of the first cohort took a laser course last winter, valid a few more weeks.
     laser = story.competencies.get("laser-safety")
     for who in trainees:
