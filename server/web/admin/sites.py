@@ -14,7 +14,7 @@ from server.services import audit, opening_hours
 from server.web.admin.base import acting_admin, apply_changes, bp, form_page, text_or_none
 from server.web.admin.forms import SiteForm
 from server.web.auth import admin_required
-from server.web.l10n import _
+from server.web.l10n import _, current_language
 
 
 @bp.get("/")
@@ -106,7 +106,9 @@ def _site_form(site: Site | None) -> ResponseReturnValue:
                     audit.record(db, acting_admin(), "site.update", f"site:{site.id}", changes)
             save_hours(site.id, None, form.opening_hours, old_hours, f"site:{site.id}")
             db.commit()
-            flash(_("Site %(name)s saved.", name=site.name), "info")
+            flash(_("Site %(name)s saved.", name=site.display_name(current_language())), "info")
             return redirect(url_for("admin.sites"))
-    title = _("New site") if site is None else _("Edit site %(name)s", name=site.name)
+    title = (
+        _("New site") if site is None else _("Edit site %(name)s", name=site.display_name(current_language()))
+    )
     return form_page("admin/form.html", form, title=title, back=url_for("admin.sites"))
