@@ -36,7 +36,7 @@ def _terms() -> list[tuple[str, list[str], list[str]]]:
 
 def _stem(word: str) -> str:
     """Enough of a German word to match its inflections (Ausweis-e, Sitzung-en, verlänger-t)."""
-    word = word.split("/")[0]
+    word = word.split("/", maxsplit=1)[0]
     return word[:-1] if word.endswith(("n", "e")) and len(word) > 6 else word
 
 

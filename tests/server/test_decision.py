@@ -90,7 +90,9 @@ def test_decision_outside_opening_hours_says_when_it_opens(lab: Database) -> Non
     decision = _decide(lab, "printer-1", "04A224B2C35E80", saturday)
     assert decision.reason == "outside_opening_hours"
     # Dates and times in each reader's locale formats (Babel's), never a pattern of our own.
-    assert decision.message["de"] == "Die Werkstatt ist jetzt geschlossen. Wieder offen ab Mo., 23. Nov., 08:00."
+    assert (
+        decision.message["de"] == "Die Werkstatt ist jetzt geschlossen. Wieder offen ab Mo., 23. Nov., 08:00."
+    )
     assert decision.message["en"] == "The lab is closed now. It opens again at Mon, Nov 23, 8:00\u202fAM."
     evening = datetime(2026, 11, 18, 19, 30, tzinfo=UTC)  # 20:30 in Berlin
     assert _decide(lab, "printer-1", "04A224B2C35E80", evening).reason == "outside_opening_hours"

@@ -129,4 +129,3 @@ def test_demo_data_the_make_run_lab_history_matches_a_recompute_once(database: D
         assert populate(s, seed=1, now=now) == 0, "only on the first start"
     usage.rebuild(database, since=first, now=now)
     assert _snapshot(database) == generated
-
