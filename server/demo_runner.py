@@ -16,18 +16,21 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import yaml
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from server.broker import EmbeddedBroker, free_port, wait_for_port
 from server.config import VAR_DIR
-from server.demo.history import add_recent_history
 from server.demo.proof import add_proof_demo
+from server.demo.story import ALONE, BANNER, WITH_TRAINER, populate
 from server.extensions import db
 from server.migrate import upgrade
-from server.models import Device
+from server.models import Device, Machine
+from server.services import decision
 from server.services.loader import load, parse
 from server.services.provisioning import agent_config
 
@@ -54,31 +57,66 @@ def _secret_key() -> str:
     return path.read_text().strip()
 
 
-def _banner(url: str, mqtt_url: str, data: Path) -> str:
+VERDICT_WORDS = {
+    ALONE: "unlocks",
+    WITH_TRAINER: "only with a trainer",
+    "not_qualified": "refused: not trained",
+    "qualification_expired": "refused: briefing expired",
+}
+
+
+def _opening_line(session: Session, now: datetime) -> str:
+    """Whether the first demo machine's lab is open now, as the decision sees it."""
+    machine = session.scalar(select(Machine).join(Device).order_by(Machine.id).limit(1))
+    if machine is None:
+        return ""
+    is_open, closes_at, next_open = decision.opening_window(session, machine, now)
+    tz = ZoneInfo(machine.site.timezone)
+    site = machine.site.name
+    if is_open:
+        until = f" until {closes_at.astimezone(tz):%H:%M}" if closes_at else ""
+        return f"  {site} is open now{until}."
+    if next_open is None:
+        return f"  {site} is closed now: every tap is refused."
+    return (
+        f"  {site} is closed now: taps are refused until it opens {next_open.astimezone(tz):%a %d %b, %H:%M}."
+    )
+
+
+def _banner(url: str, mqtt_url: str, data: Path, opening: str = "") -> str:
+    """Where to look and who to log in as, with what each demo person can do (story.BANNER,
+    which tests/server/test_demo_story.py checks against the decision and the bookings)."""
     raw = yaml.safe_load(data.read_text(encoding="utf-8")) or {}
+    people = {p.get("email"): p for p in raw.get("people", [])}
     lines = [
         "",
-        "=" * 72,
+        "=" * 78,
         f"  Werkbank is running:  {url}",
         f"  MQTT broker:         {mqtt_url}",
         f"  Trainer pages:       {url}training/people    Admin: {url}admin",
         f"  JSON API:            {url}api/v1/openapi.json (tokens: werkbank token create)",
-        "",
-        "  Logins:",
     ]
-    for person in raw.get("people", []):
-        if person.get("email") and person.get("password"):
-            roles = ", ".join(person.get("roles", ["participant"]))
-            lines.append(f"    {person['email']:<32} {person['password']:<18} ({roles})")
+    if opening:
+        lines += ["", opening]
+    lines += ["", "  Logins (e-mail, password, who):"]
+    for entry in BANNER:
+        person = people.get(entry.email)
+        if person is None or not person.get("password"):
+            continue
+        lines.append(f"    {entry.email:<30} {person['password']:<17} {person['name']}: {entry.says}")
     lines += ["", "  Badges (tap one in another terminal):"]
-    for person in raw.get("people", []):
+    for entry in BANNER:
+        person = people.get(entry.email)
+        if person is None or not entry.claims:
+            continue
         for badge in person.get("badges", []):
             uid = badge if isinstance(badge, str) else badge.get("uid")
-            lines.append(f"    {uid:<22} {person['name']}")
+            says = ", ".join(f"{c.machine} {VERDICT_WORDS.get(c.verdict, c.verdict)}" for c in entry.claims)
+            lines.append(f"    {uid:<16} {person['name']:<14} {says}")
     machines = [m["slug"] for m in raw.get("machines", []) if m.get("device")]
     if machines:
         lines += ["", f"    .venv/bin/werkbank tap {machines[0]} <UID>    (machines: {', '.join(machines)})"]
-    lines += ["", "  Ctrl-C stops everything.", "=" * 72, ""]
+    lines += ["", "  Ctrl-C stops everything.", "=" * 78, ""]
     return "\n".join(lines)
 
 
@@ -89,10 +127,11 @@ def run_demo(app: Flask, data: Path) -> int:
     with db.session() as session:
         load(session, parse(data.read_text(encoding="utf-8")), source=data.name, actor_label="werkbank up")
     with db.session() as session:
-        # A few weeks of generated use, so the dashboards have something to show (first start only).
-        added = add_recent_history(session, weeks=4, seed=1, now=datetime.now(UTC))
+        # Three cohorts' training and three months of use, so every page has something true
+        # to show (first start only).
+        added = populate(session, seed=1, now=datetime.now(UTC))
     if added:
-        print(f"werkbank up: added {added} demo sessions of the last four weeks", flush=True)
+        print(f"werkbank up: added the demo's participants and {added} sessions of their use", flush=True)
     with db.session() as session:
         # Check-ins, briefings with signatures, exits and targets for the proof documents.
         add_proof_demo(session, datetime.now(UTC))
@@ -148,7 +187,9 @@ def run_demo(app: Flask, data: Path) -> int:
             # Own process group: Ctrl-C reaches only us, and we stop the children in order.
             children[name] = subprocess.Popen(cmd, env=env, start_new_session=True)
         wait_for_port("127.0.0.1", web_port, timeout=30)
-        print(_banner(f"http://127.0.0.1:{web_port}/", mqtt_url, data), flush=True)
+        with db.session() as session:
+            opening = _opening_line(session, datetime.now(UTC))
+        print(_banner(f"http://127.0.0.1:{web_port}/", mqtt_url, data, opening), flush=True)
         while not stopping:
             for name, child in children.items():
                 if child.poll() is not None:

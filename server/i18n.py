@@ -6,12 +6,16 @@ catalogue (server/translations) directly through Babel.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
-from babel.dates import format_date, format_datetime, format_time
+from babel import Locale
+from babel.dates import format_date, format_skeleton, format_time
+from babel.numbers import format_decimal
 from babel.support import NullTranslations, Translations
 
 CATALOG_DIR = Path(__file__).resolve().parent / "translations"
@@ -20,6 +24,27 @@ LANGUAGES = ("de", "en")
 
 def N_(text: str) -> str:
     return text
+
+
+@runtime_checkable
+class Localised(Protocol):
+    """A placeholder value that knows its words in every language (a name with its German
+    form, a catalogue text): formatted for the reader when the reader is known."""
+
+    def in_language(self, language: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class CatalogText:
+    """A catalogue text (``N_``) used as a placeholder value, e.g. a level's label."""
+
+    msgid: str
+
+    def __str__(self) -> str:
+        return self.msgid
+
+    def in_language(self, language: str) -> str:
+        return gettext_in(language, self.msgid)
 
 
 @lru_cache(maxsize=8)
@@ -32,14 +57,24 @@ def gettext_in(language: str, msgid: str) -> str:
 
 
 def local_time(when: datetime, language: str, tz: str) -> str:
-    """``14:30`` today, else ``Mo., 14:30`` within a week, in the site's time zone."""
+    """``14:30`` today, else ``Mo., 7. Dez., 14:30`` / ``Mon, Dec 7, 2:30 PM``, in the site's
+    time zone, in the reader's locale formats (never a pattern of our own)."""
     local = when.astimezone(ZoneInfo(tz))
     today = datetime.now(ZoneInfo(tz)).date()
+    clock = format_time(local, "short", locale=language)
     if local.date() == today:
-        return format_time(local, "HH:mm", locale=language)
-    return format_datetime(local, "EEE d MMM, HH:mm", locale=language)
+        return clock
+    day = format_skeleton("MMMEd", local, locale=language)
+    pattern: str = Locale.parse(language).datetime_formats["short"]  # "{1}, {0}": date, time
+    return pattern.format(clock, day)
 
 
 def local_date(day: date, language: str) -> str:
-    """``3. März 2026`` / ``3 March 2026``."""
-    return format_date(day, "d. MMMM yyyy" if language == "de" else "d MMMM yyyy", locale=language)
+    """``3. März 2026`` / ``March 3, 2026``."""
+    return format_date(day, "long", locale=language)
+
+
+def local_number(value: float, language: str, digits: int = 1) -> str:
+    """``3,5`` / ``3.5``: at most ``digits`` decimals, none when the value is whole."""
+    pattern = "#,##0." + "#" * digits if digits > 0 else "#,##0"
+    return format_decimal(value, format=pattern, locale=language)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -52,8 +53,26 @@ def new_uuid() -> str:
 
 
 def in_language(name: str, name_de: str | None, language: str) -> str:
-    """A name for a reader: its German form for German readers when it has one, else English."""
+    """A name for a reader: its German form for German readers when it has one, else English.
+
+    The one place that picks: every page, machine message, notification, e-mail and export
+    that names a site, machine type, competency or training step goes through here."""
     return name_de if language == "de" and name_de else name
+
+
+@dataclass(frozen=True)
+class LocalName:
+    """A name with its German form, carried until the reader is known (a refusal's or a
+    message's placeholder): ``in_language`` then, English where no reader is (``str``, logs)."""
+
+    en: str
+    de: str | None = None
+
+    def __str__(self) -> str:
+        return self.en
+
+    def in_language(self, language: str) -> str:
+        return in_language(self.en, self.de, language)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -142,6 +161,7 @@ class Site(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(40), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    name_de: Mapped[str | None] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64), default="Europe/Berlin")
     card_security: Mapped[CardSecurity] = mapped_column(
         _enum(CardSecurity), default=CardSecurity.UID, server_default=CardSecurity.UID.value
@@ -156,6 +176,13 @@ class Site(Base):
     logo: Mapped[str | None] = mapped_column(Text)
 
     machines: Mapped[list[Machine]] = relationship(back_populates="site")
+
+    def display_name(self, language: str) -> str:
+        return in_language(self.name, self.name_de, language)
+
+    @property
+    def local_name(self) -> LocalName:
+        return LocalName(self.name, self.name_de)
 
 
 class Person(Base):
@@ -241,6 +268,10 @@ class MachineType(Base):
     def display_name(self, language: str) -> str:
         return in_language(self.name, self.name_de, language)
 
+    @property
+    def local_name(self) -> LocalName:
+        return LocalName(self.name, self.name_de)
+
 
 class Competency(Base):
     __tablename__ = "competencies"
@@ -260,6 +291,10 @@ class Competency(Base):
 
     def display_name(self, language: str) -> str:
         return in_language(self.name, self.name_de, language)
+
+    @property
+    def local_name(self) -> LocalName:
+        return LocalName(self.name, self.name_de)
 
 
 class Requirement(Base):
@@ -297,6 +332,7 @@ class TrainingStep(Base):
     position: Mapped[int] = mapped_column(Integer, default=0)
     kind: Mapped[str] = mapped_column(String(32))  # briefing | supervised_hours | signoff
     name: Mapped[str] = mapped_column(String(200))
+    name_de: Mapped[str | None] = mapped_column(String(200))
     leads_to: Mapped[Level] = mapped_column(_enum(Level))
     hours: Mapped[float | None] = mapped_column(Float)
     # Briefings: the version of what is briefed (e.g. "2026-1"); each record keeps the version
@@ -304,6 +340,13 @@ class TrainingStep(Base):
     content_version: Mapped[str | None] = mapped_column(String(40))
 
     competency: Mapped[Competency] = relationship(back_populates="steps")
+
+    def display_name(self, language: str) -> str:
+        return in_language(self.name, self.name_de, language)
+
+    @property
+    def local_name(self) -> LocalName:
+        return LocalName(self.name, self.name_de)
 
 
 class Qualification(Base):

@@ -9,6 +9,7 @@ aggregates are computed in memory by the same pure function the scheduler uses
 
 from __future__ import annotations
 
+import bisect
 import math
 import queue
 import random
@@ -392,6 +393,15 @@ class MachinePlan:
     machine_type_id: int
     spec: TypeSpec
     device_id: str
+    # (competency id, minimum level rank) the machine type requires, as the decision reads them.
+    requires: tuple[tuple[int, int], ...] = ()
+    # Trainers of the site who may supervise here (trainer level in every required competency).
+    trainers: tuple[int, ...] = ()
+
+
+# A level a person could use at a time: (from, until, level rank), UTC epoch seconds.
+Span = tuple[float, float, int]
+NONE = -1  # no usable level
 
 
 @dataclass
@@ -401,6 +411,78 @@ class PersonPlan:
     joined: date
     leaves: date
     uid: str
+    # competency id -> when the person held a usable level of it (see :func:`abilities`)
+    abilities: dict[int, list[Span]] = field(default_factory=dict)
+
+    def level(self, competency_id: int, at: float) -> int:
+        for start, until, rank in self.abilities.get(competency_id, ()):
+            if start <= at < until:
+                return rank
+        return NONE
+
+    def mode(self, requires: Sequence[tuple[int, int]], at: float, supervised_from: int) -> str | None:
+        """How the decision would have let the person in at ``at``: "use" alone, "supervise"
+        with a trainer (held below the required level, at least ``supervised_from``), or not."""
+        if not requires:
+            return "use"
+        levels = [(self.level(cid, at), need) for cid, need in requires]
+        if all(have >= need for have, need in levels):
+            return "use"
+        if all(have >= supervised_from for have, _need in levels):
+            return "supervise"
+        return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One qualification history entry, as generated (``order``: the insert order, which is
+    what "newest" means to the decision)."""
+
+    order: int
+    at: float
+    action: QualificationAction
+    level: Level
+    valid_until: date | None
+
+
+def abilities(entries: Sequence[Entry], timezone: str, forever: float) -> list[Span]:
+    """When the person could use one competency and at which level, from its history: at any
+    time the newest entry so far decides, a granted or renewed one until its validity ends
+    (the decision's rule, ``qualification_state``)."""
+    tz = ZoneInfo(timezone)
+    ends = {
+        e.order: datetime.combine(e.valid_until + timedelta(days=1), time(0), tzinfo=tz).timestamp()
+        for e in entries
+        if e.valid_until is not None
+    }
+    cuts = sorted({e.at for e in entries} | set(ends.values()))
+    spans: list[Span] = []
+    for i, start in enumerate(cuts):
+        until = cuts[i + 1] if i + 1 < len(cuts) else forever
+        known = [e for e in entries if e.at <= start]
+        if not known or until <= start:
+            continue
+        top = max(known, key=lambda e: e.order)
+        usable = top.action in (QualificationAction.GRANTED, QualificationAction.RENEWED) and (
+            top.order not in ends or start < ends[top.order]
+        )
+        if not usable:
+            continue
+        if spans and spans[-1][1] == start and spans[-1][2] == top.level.rank:
+            spans[-1] = (spans[-1][0], until, top.level.rank)
+        else:
+            spans.append((start, until, top.level.rank))
+    return spans
+
+
+@dataclass(frozen=True)
+class FixedSession:
+    """A session planned before the machine's day is filled (a supervised training hour)."""
+
+    person: PersonPlan
+    start: float
+    end: float
+    trainer_id: int | None
 
 
 def _uuid(rng: random.Random) -> str:
@@ -420,22 +502,84 @@ def _poisson(rng: random.Random, mean: float) -> int:
         k += 1
 
 
+# Nobody gets this many no-shows within the policy's window (default: 3 in 30 days block):
+# the generated people are never blocked from booking.
+NO_SHOWS_AT_MOST = 2
+NO_SHOW_WINDOW = 30 * 86400
+PICK_TRIES = 8
+
+
+@dataclass
+class Crowd:
+    """Who is where when, across all machines of one generation run: nobody is in two
+    sessions at once, nobody collects enough no-shows to be blocked."""
+
+    busy: dict[int, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+    no_shows: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    track_busy: bool = True
+
+    def free(self, person_id: int, start: float, end: float) -> bool:
+        if not self.track_busy:
+            return True
+        return all(e <= start or s >= end for s, e in self.busy.get(person_id, ()))
+
+    def take(self, person_id: int, start: float, end: float) -> None:
+        if self.track_busy:
+            self.busy[person_id].append((start, end))
+
+    def may_miss(self, person_id: int, at: float) -> bool:
+        recent = [t for t in self.no_shows.get(person_id, ()) if abs(t - at) < NO_SHOW_WINDOW]
+        return len(recent) < NO_SHOWS_AT_MOST
+
+
+def _pick(
+    rng: random.Random,
+    pool: Sequence[PersonPlan],
+    plan: MachinePlan,
+    start: float,
+    end: float,
+    supervised_from: int,
+    crowd: Crowd,
+) -> tuple[PersonPlan, str, int | None] | None:
+    """Someone the decision would have let in for [start, end), with the mode and trainer."""
+    for _ in range(PICK_TRIES):
+        person = rng.choice(pool)
+        mode = person.mode(plan.requires, start, supervised_from)
+        if mode is None or (mode == "supervise" and not plan.trainers):
+            continue
+        if not crowd.free(person.person_id, start, end):
+            continue
+        trainer = rng.choice(plan.trainers) if mode == "supervise" else None
+        return person, mode, trainer
+    return None
+
+
 def machine_history(
     rng: random.Random,
     plan: MachinePlan,
     facts: usage.MachineFacts,
     days: Sequence[date],
     people_by_month: dict[date, list[PersonPlan]],
-    trainers: Sequence[int],
     first: date,
     now: float,
     tables: Tables,
     rate: float = SESSIONS_PER_DAY,
     use_hours: tuple[tuple[int, time, time], ...] = (),
+    fixed: Sequence[FixedSession] = (),
+    supervised_from: int = Level.BRIEFED.rank,
+    crowd: Crowd | None = None,
+    maintenance: bool = True,
 ) -> int:
     """Generate one machine's history over ``days`` (from ``first`` on), queue its rows and its
     aggregates. Returns the number of sessions. ``use_hours`` (default: the opening hours)
-    are when people come."""
+    are when people come.
+
+    Every session is one the decision would have allowed: its person held the machine type's
+    competencies then (alone), or held them below the required level but at least at
+    ``supervised_from`` and came with one of ``plan.trainers`` (supervised). ``fixed``
+    sessions (planned training hours) come as they are; the others are fitted around them.
+    """
+    crowd = crowd or Crowd(track_busy=False)
     tz = ZoneInfo(facts.timezone)
     spec = plan.spec
     hours: dict[int, list[tuple[time, time]]] = defaultdict(list)
@@ -450,6 +594,123 @@ def machine_history(
     first_year = days[0].year
     busy_until = 0.0
     suffix = "gcode" if spec.job_kind == "print" else "svg"
+    # Maintenance about three times a year (1-4 days), offline spells about monthly (minutes to
+    # hours). Nobody uses a machine in maintenance; offline, the agent goes on by itself.
+    blocked: list[tuple[float, float]] = [(f.start, f.end) for f in fixed]
+    d_rows = tables.rows["machine_downtime"]
+    span_days = max(1, (days[-1] - first).days)
+    begin = datetime.combine(first, time(0), tzinfo=tz).timestamp()
+    for _ in range(_poisson(rng, span_days / 120) if maintenance else 0):
+        at = float(int(begin + rng.random() * span_days * 86400))
+        until = min(at + rng.uniform(1, 4) * 86400, now)
+        if at < now:
+            d_rows.append(
+                (plan.machine_id, rng.choice(("maintenance", "out_of_order")), at, until, "demo data")
+            )
+            downtime.append(usage.DowntimeFact(False, at, until))
+            blocked.append((at, until))
+    for _ in range(_poisson(rng, span_days / 30)):
+        at = float(int(begin + rng.random() * span_days * 86400))
+        until = min(at + rng.uniform(600, 8 * 3600), now)
+        if at < now:
+            d_rows.append((plan.machine_id, "offline", at, until, None))
+            downtime.append(usage.DowntimeFact(True, at, until))
+
+    blocked.sort()
+    blocked_starts = [b[0] for b in blocked]
+    longest = max((e - b for b, e in blocked), default=0.0)
+
+    def clash(start: float, end: float) -> float | None:
+        """The end of a planned session or maintenance overlapping [start, end), if any."""
+        lo = bisect.bisect_left(blocked_starts, start - longest)
+        for _b_start, b_end in blocked[lo : bisect.bisect_left(blocked_starts, end)]:
+            if b_end > start:
+                return b_end
+        return None
+
+    def emit(person: PersonPlan, s_start: float, s_end: float, mode: str, trainer: int | None) -> None:
+        cohorts[person.person_id] = person.cohort
+        crowd.take(person.person_id, s_start, s_end)
+        sid = _uuid(rng)
+        unlocked = s_end - s_start
+        run = 0.0
+        n_jobs = rng.randint(*spec.jobs)
+        j_at = s_start + 60
+        for _j in range(n_jobs):
+            if j_at >= s_end - 60:
+                break
+            dur = float(int(rng.uniform(0.3, 0.9) * (s_end - j_at)))
+            if dur < 30:
+                break
+            roll = rng.random()
+            status = "completed" if roll < 0.88 else "failed" if roll < 0.95 else "cancelled"
+            grams = round(rng.uniform(*spec.grams), 1) if spec.grams[1] else None
+            j_rows.append(
+                (
+                    _uuid(rng),
+                    sid,
+                    plan.machine_id,
+                    spec.job_kind,
+                    f"part-{rng.randint(1, 999):03d}.{suffix}",
+                    dur * rng.uniform(0.9, 1.2),
+                    j_at,
+                    j_at + dur,
+                    status,
+                    dur,
+                    None if grams is None else grams * 330,
+                    grams,
+                )
+            )
+            jobs.append(usage.JobFact(person.person_id, j_at, status != "completed", grams or 0.0))
+            run += dur
+            j_at += dur + 30
+        if n_jobs == 0:
+            run = unlocked * rng.uniform(0.3, 0.8)
+        s_rows.append(
+            (
+                sid,
+                plan.machine_id,
+                plan.device_id,
+                person.person_id,
+                trainer,
+                person.uid,
+                mode,
+                rng.random() < 0.02,
+                s_start,
+                s_end,
+                rng.choice(("tap_out", "tap_out", "tap_out", "idle_timeout", "max_time")),
+                unlocked,
+                run,
+                s_start,
+            )
+        )
+        sessions.append(usage.SessionFact(person.person_id, s_start, s_end, run, mode == "supervise"))
+        if rng.random() < 0.3:  # came with a booking on the half-hour grid (supervised: with the trainer)
+            b_start = s_start - (s_start % 1800)
+            b_end = b_start + max(1800.0, math.ceil((s_end - b_start) / 1800) * 1800)
+            b_rows.append(
+                (
+                    _uuid(rng),
+                    plan.machine_id,
+                    person.person_id,
+                    trainer,
+                    b_start,
+                    b_end,
+                    "booked",
+                    b_start - 86400 * rng.randint(1, 7),
+                    person.person_id if trainer is None else trainer,
+                    None,
+                    s_start,
+                    None,
+                    False,
+                )
+            )
+            bookings.append(usage.BookingFact(person.person_id, b_start, b_end, False))
+
+    for f in sorted(fixed, key=lambda f: f.start):
+        if f.end <= now:
+            emit(f.person, f.start, f.end, "supervise" if f.trainer_id else "use", f.trainer_id)
+
     for day in days:
         if day < first or day in facts.closed:
             continue
@@ -473,104 +734,39 @@ def machine_history(
                 length = rng.randint(*spec.minutes) * 60 + rng.randint(0, 59)
                 if t + 300 > end:
                     break
-                s_start, s_end = float(int(t)), float(int(min(t + length, end + 1800, now)))
+                # The decision unlocks at most until closing time: no session outlasts it.
+                s_start, s_end = float(int(t)), float(int(min(t + length, end, now)))
+                after = clash(s_start, s_end) if blocked else None
+                if after is not None:
+                    t = busy_until = after
+                    continue
+                picked = _pick(rng, pool, plan, s_start, s_end, supervised_from, crowd)
+                if picked is None:
+                    continue
                 t = s_end
                 busy_until = s_end
-                person = rng.choice(pool)
-                cohorts[person.person_id] = person.cohort
-                supervised = rng.random() < 0.12
-                trainer = rng.choice(trainers) if supervised and trainers else None
-                sid = _uuid(rng)
-                unlocked = s_end - s_start
-                run = 0.0
-                n_jobs = rng.randint(*spec.jobs)
-                j_at = s_start + 60
-                for _j in range(n_jobs):
-                    if j_at >= s_end - 60:
-                        break
-                    dur = float(int(rng.uniform(0.3, 0.9) * (s_end - j_at)))
-                    if dur < 30:
-                        break
-                    roll = rng.random()
-                    status = "completed" if roll < 0.88 else "failed" if roll < 0.95 else "cancelled"
-                    grams = round(rng.uniform(*spec.grams), 1) if spec.grams[1] else None
-                    j_rows.append(
-                        (
-                            _uuid(rng),
-                            sid,
-                            plan.machine_id,
-                            spec.job_kind,
-                            f"part-{rng.randint(1, 999):03d}.{suffix}",
-                            dur * rng.uniform(0.9, 1.2),
-                            j_at,
-                            j_at + dur,
-                            status,
-                            dur,
-                            None if grams is None else grams * 330,
-                            grams,
-                        )
-                    )
-                    jobs.append(usage.JobFact(person.person_id, j_at, status != "completed", grams or 0.0))
-                    run += dur
-                    j_at += dur + 30
-                if n_jobs == 0:
-                    run = unlocked * rng.uniform(0.3, 0.8)
-                s_rows.append(
-                    (
-                        sid,
-                        plan.machine_id,
-                        plan.device_id,
-                        person.person_id,
-                        trainer,
-                        person.uid,
-                        "supervise" if supervised else "use",
-                        rng.random() < 0.02,
-                        s_start,
-                        s_end,
-                        rng.choice(("tap_out", "tap_out", "tap_out", "idle_timeout", "max_time")),
-                        unlocked,
-                        run,
-                        s_start,
-                    )
-                )
-                sessions.append(usage.SessionFact(person.person_id, s_start, s_end, run, supervised))
-                if rng.random() < 0.3:  # came with a booking on the half-hour grid
-                    b_start = s_start - (s_start % 1800)
-                    b_end = b_start + max(1800.0, math.ceil((s_end - b_start) / 1800) * 1800)
-                    b_rows.append(
-                        (
-                            _uuid(rng),
-                            plan.machine_id,
-                            person.person_id,
-                            trainer,
-                            b_start,
-                            b_end,
-                            "booked",
-                            b_start - 86400 * rng.randint(1, 7),
-                            person.person_id,
-                            None,
-                            s_start,
-                            None,
-                            False,
-                        )
-                    )
-                    bookings.append(usage.BookingFact(person.person_id, b_start, b_end, False))
-            # Bookings nobody came to (released by the scheduler), and cancelled ones.
+                emit(*picked[:1], s_start, s_end, picked[1], picked[2])
+            # Bookings nobody came to (released by the scheduler), and cancelled ones: only by
+            # people who could have booked the machine then.
             for _ in range(_poisson(rng, mean * 0.04)):
-                person = rng.choice(pool)
-                cohorts[person.person_id] = person.cohort
                 b_start = start + 1800 * rng.randint(0, max(0, int((end - start) / 1800) - 2))
+                picked = _pick(rng, pool, plan, b_start, b_start + 3600, supervised_from, crowd)
+                if picked is None or not crowd.may_miss(picked[0].person_id, b_start):
+                    continue
+                person, _mode, trainer = picked
+                crowd.no_shows[person.person_id].append(b_start)
+                cohorts[person.person_id] = person.cohort
                 b_rows.append(
                     (
                         _uuid(rng),
                         plan.machine_id,
                         person.person_id,
-                        None,
+                        trainer,
                         b_start,
                         b_start + 3600,
                         "released",
                         b_start - 86400 * 2,
-                        person.person_id,
+                        person.person_id if trainer is None else trainer,
                         None,
                         None,
                         b_start + 900,
@@ -579,44 +775,28 @@ def machine_history(
                 )
                 bookings.append(usage.BookingFact(person.person_id, b_start, b_start + 3600, True))
             for _ in range(_poisson(rng, mean * 0.03)):
-                person = rng.choice(pool)
                 b_start = start + 1800 * rng.randint(0, max(0, int((end - start) / 1800) - 2))
+                picked = _pick(rng, pool, plan, b_start, b_start + 3600, supervised_from, crowd)
+                if picked is None:
+                    continue
+                person, _mode, trainer = picked
                 b_rows.append(
                     (
                         _uuid(rng),
                         plan.machine_id,
                         person.person_id,
-                        None,
+                        trainer,
                         b_start,
                         b_start + 3600,
                         "cancelled",
                         b_start - 86400 * 3,
-                        person.person_id,
+                        person.person_id if trainer is None else trainer,
                         b_start - 86400,
                         None,
                         None,
                         False,
                     )
                 )
-    # Maintenance about three times a year (1-4 days), offline spells about monthly (minutes to hours).
-    d_rows = tables.rows["machine_downtime"]
-    span_days = max(1, (days[-1] - first).days)
-    begin = datetime.combine(first, time(0), tzinfo=tz).timestamp()
-    for _ in range(_poisson(rng, span_days / 120)):
-        at = float(int(begin + rng.random() * span_days * 86400))
-        until = min(at + rng.uniform(1, 4) * 86400, now)
-        if at < now:
-            d_rows.append(
-                (plan.machine_id, rng.choice(("maintenance", "out_of_order")), at, until, "demo data")
-            )
-            downtime.append(usage.DowntimeFact(False, at, until))
-    for _ in range(_poisson(rng, span_days / 30)):
-        at = float(int(begin + rng.random() * span_days * 86400))
-        until = min(at + rng.uniform(600, 8 * 3600), now)
-        if at < now:
-            d_rows.append((plan.machine_id, "offline", at, until, None))
-            downtime.append(usage.DowntimeFact(True, at, until))
-
     agg = usage.compute(facts, days, sessions, jobs, bookings, downtime, cohorts, now)
     queue_aggregates(tables, agg)
     return len(sessions)
@@ -803,11 +983,13 @@ def create_lab(db: Session, rng: random.Random, sites: int, machines: int, first
                     uid = f"D{uid_counter:07X}"
                     db.add(Badge(uid=uid, person_id=person.id))
                     plan = PersonPlan(person.id, cohort, joined, leaves, uid)
+                    entries = _qualify(db, rng, person.id, joined, comps, site_trainers, last)
+                    forever = datetime.combine(last + timedelta(days=400), time(0), tzinfo=UTC).timestamp()
+                    plan.abilities = {cid: abilities(e, tz, forever) for cid, e in entries.items()}
                     month = joined.replace(day=1)
                     while month <= min(leaves, last):
                         months[month].append(plan)
                         month = (month + timedelta(days=32)).replace(day=1)
-                    _qualify(db, rng, person.id, joined, comps, site_trainers, last)
                 n_people += len(members)
         by_site[site.id] = months
         # Machines of this site.
@@ -832,7 +1014,18 @@ def create_lab(db: Session, rng: random.Random, sites: int, machines: int, first
                 id=f"pi-{slug}"[:40], machine_id=machine.id, online=rng.random() < 0.9, state="idle"
             )
             db.add(device)
-            plans.append(MachinePlan(machine.id, slug, site.id, machine.machine_type_id, spec, device.id))
+            plans.append(
+                MachinePlan(
+                    machine.id,
+                    slug,
+                    site.id,
+                    machine.machine_type_id,
+                    spec,
+                    device.id,
+                    requires=((comps[spec.competency].id, Level.INDEPENDENT.rank),),
+                    trainers=tuple(site_trainers),  # every trainer holds every competency here
+                )
+            )
             facts[machine.id] = usage.MachineFacts(
                 machine_id=machine.id,
                 site_id=site.id,
@@ -853,10 +1046,19 @@ def _qualify(
     comps: dict[str, Competency],
     trainers: Sequence[int],
     last: date,
-) -> None:
-    """briefed → supervised → independent on one to three competencies, as trainers grant them."""
+) -> dict[int, list[Entry]]:
+    """briefed → supervised → independent on one to three competencies, as trainers grant them.
+    Returns each competency's entries, for :func:`abilities`."""
+    out: dict[int, list[Entry]] = {}
     for slug in rng.sample(list(comps), rng.randint(1, 3)):
         comp = comps[slug]
+
+        def add(entry: Qualification) -> None:
+            db.add(entry)
+            entries = out.setdefault(entry.competency_id, [])
+            at = entry.created_at.timestamp()
+            entries.append(Entry(len(entries), at, entry.action, entry.level, entry.valid_until))
+
         at = joined + timedelta(days=rng.randint(1, 10))
         for level, go_on in ((Level.BRIEFED, 0.85), (Level.SUPERVISED, 0.7), (Level.INDEPENDENT, 0.0)):
             if at > last:
@@ -864,7 +1066,7 @@ def _qualify(
             valid = None
             if comp.validity_months:
                 valid = at + timedelta(days=30 * comp.validity_months)
-            db.add(
+            add(
                 Qualification(
                     person_id=person_id,
                     competency_id=comp.id,
@@ -877,7 +1079,7 @@ def _qualify(
                 )
             )
             if valid is not None and valid < last and rng.random() < 0.7:
-                db.add(
+                add(
                     Qualification(
                         person_id=person_id,
                         competency_id=comp.id,
@@ -889,7 +1091,7 @@ def _qualify(
                     )
                 )
             if rng.random() < 0.02:
-                db.add(
+                add(
                     Qualification(
                         person_id=person_id,
                         competency_id=comp.id,
@@ -904,6 +1106,7 @@ def _qualify(
             if rng.random() > go_on:
                 break
             at += timedelta(days=rng.randint(7, 40))
+    return out
 
 
 @dataclass
@@ -971,7 +1174,6 @@ def generate(
                 facts,
                 days,
                 lab.people_by_site_month[plan.site_id],
-                lab.trainers[plan.site_id],
                 first,
                 now.timestamp(),
                 tables,
@@ -995,67 +1197,3 @@ def generate(
             conn.exec_driver_sql("ANALYZE")
             conn.commit()
     return Summary(sites, len(lab.machines), lab.people, sessions, dict(totals), clock.monotonic() - begun)
-
-
-def add_recent_history(db: Session, weeks: int, seed: int, now: datetime) -> int:
-    """A few weeks of history for the machines of an existing lab (``werkbank up``'s demo):
-    only when they have no sessions yet. Returns the number of sessions added."""
-    from server.models import MachineSession
-
-    if db.scalar(select(MachineSession.id).limit(1)) is not None:
-        return 0
-    rng = random.Random(seed)
-    participants = list(
-        db.scalars(select(Person).where(Person.is_participant.is_(True), Person.erased_at.is_(None)))
-    )
-    machines = list(db.scalars(select(Machine)))
-    if not participants or not machines:
-        return 0
-    badges = {b.person_id: b.uid for b in db.scalars(select(Badge))}
-    last = (now - timedelta(days=1)).date()
-    first = last - timedelta(weeks=weeks)
-    tables = Tables()
-    total = 0
-    specs = {t.slug: t for t in TYPES}
-    for machine in machines:
-        facts = usage.machine_facts(db, machine.id)
-        tz = ZoneInfo(facts.timezone)
-        month = first.replace(day=1)
-        days = [month + timedelta(days=i) for i in range((now.astimezone(tz).date() - month).days + 1)]
-        facts = usage.machine_facts(db, machine.id, days)
-        # A lab without opening hours is always open; people still come on weekdays 9-18.
-        use_hours = facts.hours or tuple((d, time(9), time(18)) for d in range(5))
-        pool = [
-            PersonPlan(p.id, p.cohort or "", first, last, badges.get(p.id, "00000000"))
-            for p in participants
-            if p.site_id == machine.site_id
-        ]
-        by_month: dict[date, list[PersonPlan]] = {d.replace(day=1): pool for d in days}
-        mtype = db.get(MachineType, machine.machine_type_id)
-        spec = specs.get(mtype.slug if mtype else "", TYPES[0])
-        trainers = list(
-            db.scalars(
-                select(Person.id).where(Person.is_trainer.is_(True), Person.site_id == machine.site_id)
-            )
-        )
-        device = db.scalar(select(Device.id).where(Device.machine_id == machine.id)) or f"pi-{machine.slug}"
-        plan = MachinePlan(machine.id, machine.slug, machine.site_id, machine.machine_type_id, spec, device)
-        total += machine_history(
-            rng,
-            plan,
-            facts,
-            days,
-            by_month,
-            trainers,
-            first,
-            now.timestamp(),
-            tables,
-            rate=6.0,
-            use_hours=use_hours,
-        )
-    # The history replaces whatever aggregates these days had (none, on a fresh demo).
-    conn = db.connection()
-    for table in ("usage_daily", "usage_hourly", "machine_day_stats", "person_usage_monthly"):
-        conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - our table names
-    write(conn, tables)
-    return total

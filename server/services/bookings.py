@@ -45,12 +45,12 @@ from server.models import (
     ClosedDay,
     CohortQuota,
     Level,
+    LocalName,
     Machine,
     MachineSession,
     Notification,
     OpeningHours,
     Person,
-    in_language,
 )
 from server.services import audit, notifications, training
 from server.services.decision import load_requirements
@@ -65,21 +65,6 @@ class BookingError(ValueError):
         self.message = message
         self.params = params
         super().__init__(f"{code}: {message.format(**{k: str(v) for k, v in params.items()})}")
-
-
-@dataclass(frozen=True)
-class LocalName:
-    """A name with its German form, for a refusal's placeholders: the reader's language on the
-    pages (``in_language``), English where no reader is known (``str``, the API)."""
-
-    en: str
-    de: str | None = None
-
-    def __str__(self) -> str:
-        return self.en
-
-    def in_language(self, language: str) -> str:
-        return in_language(self.en, self.de, language)
 
 
 @dataclass(frozen=True)
@@ -225,16 +210,23 @@ def is_open(db: Session, machine: Machine, start: datetime, end: datetime) -> bo
 
 
 def booking_eligibility(
-    db: Session, machine: Machine, person: Person, trainer: Person | None, day: date
+    db: Session,
+    machine: Machine,
+    person: Person,
+    trainer: Person | None,
+    day: date,
+    reader: Person | None = None,
 ) -> BookingError | None:
     """Would the decision let ``person`` use ``machine`` on ``day``? (None: yes.)
 
     Alone: every competency the machine type requires, valid on that day, at its level.
     With a trainer (a supervised booking): the trainer holds each at trainer level and the
-    person is at least briefed, as at the machine.
+    person is at least briefed, as at the machine. The refusal speaks to ``reader`` (who
+    asked): "you" when they book for themselves, the person's name when staff book for them.
     """
     reqs = load_requirements(db, machine.machine_type_id)
-    machine_name = LocalName(machine.machine_type.name, machine.machine_type.name_de)
+    machine_name = machine.machine_type.local_name
+    yours = reader is None or reader.id == person.id
     if trainer is not None:
         if trainer.id == person.id or not (trainer.active and trainer.is_trainer):
             return BookingError(
@@ -251,30 +243,40 @@ def booking_eligibility(
                 )
     for req in reqs:
         state = training.state_of(training.newest(db, person.id, req.competency_id), day)
+        competency = LocalName(req.competency_name, req.competency_name_de)
         if state is None or state.level is None or state.revoked:
             if trainer is not None:
                 return BookingError(
                     "briefing_required",
-                    N_("{person} needs the safety briefing for the {machine} first."),
+                    N_("You need the safety briefing for the {machine} first. Ask a trainer.")
+                    if yours
+                    else N_("{person} needs the safety briefing for the {machine} first."),
                     person=person.name,
                     machine=machine_name,
                 )
             return BookingError(
                 "not_qualified",
-                N_("{person} is not trained on the {machine} yet. Ask a trainer for a briefing."),
+                N_("You are not trained on the {machine} yet. Ask a trainer for a briefing.")
+                if yours
+                else N_("{person} is not trained on the {machine} yet. Ask a trainer for a briefing."),
                 person=person.name,
                 machine=machine_name,
             )
         if state.expired:
             return BookingError(
                 "qualification_expired",
-                N_("{competency} is no longer valid on that day. Ask a trainer to renew it."),
-                competency=LocalName(req.competency_name, req.competency_name_de),
+                N_("Your {competency} is no longer valid on that day. Ask a trainer to renew it.")
+                if yours
+                else N_("{competency} is no longer valid on that day. Ask a trainer to renew it."),
+                person=person.name,
+                competency=competency,
             )
         if trainer is None and state.level.rank < Level(req.min_level).rank:
             return BookingError(
                 "trainer_required",
-                N_("{person} may use the {machine} only with a trainer. Book together with a trainer."),
+                N_("You may use the {machine} only with a trainer. Ask a trainer to book it with you.")
+                if yours
+                else N_("{person} may use the {machine} only with a trainer. Book together with a trainer."),
                 person=person.name,
                 machine=machine_name,
             )
@@ -327,7 +329,13 @@ def _check(
     if ends_at <= starts_at:
         raise BookingError("bad_times", N_("The end must be after the start."))
     if not person.active:
-        raise BookingError("person_inactive", N_("{person} is not active."), person=person.name)
+        raise BookingError(
+            "person_inactive",
+            N_("Your account is not active. Please ask at the front desk.")
+            if actor.id == person.id
+            else N_("{person} is not active."),
+            person=person.name,
+        )
     if length_min < policy.min_slot_min:
         raise BookingError(
             "too_short", N_("A booking lasts at least {minutes} minutes."), minutes=policy.min_slot_min
@@ -360,7 +368,7 @@ def _check(
         raise BookingError(
             "closed", N_("The lab is closed at that time. Please choose a time in the opening hours.")
         )
-    refusal = booking_eligibility(db, machine, person, trainer, starts_at.astimezone(tz).date())
+    refusal = booking_eligibility(db, machine, person, trainer, starts_at.astimezone(tz).date(), actor)
     if refusal is not None:
         raise refusal
     if not staff:
@@ -634,14 +642,15 @@ def _notify(db: Session, booking: Booking, kind: str, key: str, at: datetime, **
     )
     if known:
         return False
-    tz = ZoneInfo(booking.machine.site.timezone)
-    start, end = booking.starts_at.astimezone(tz), booking.ends_at.astimezone(tz)
+    start = booking.starts_at.astimezone(ZoneInfo(booking.machine.site.timezone))
     params: dict[str, Any] = {
         "booking_id": booking.id,
         "machine": booking.machine.name,
         "date": start.date().isoformat(),
-        "start": start.strftime("%H:%M"),
-        "end": end.strftime("%H:%M"),
+        # The reader's clock format is chosen when the notification is shown or e-mailed.
+        "starts_at": booking.starts_at.astimezone(UTC).isoformat(),
+        "ends_at": booking.ends_at.astimezone(UTC).isoformat(),
+        "tz": booking.machine.site.timezone,
         **extra,
     }
     db.add(Notification(person_id=person.id, kind=kind, key=key, params=params, created_at=at))

@@ -26,6 +26,7 @@ from server.models import (
     Competency,
     Device,
     Level,
+    LocalName,
     Machine,
     MachineDayStats,
     MachineType,
@@ -91,7 +92,7 @@ class MachineUsage:
     slug: str
     name: str
     type_slug: str
-    type_name: str
+    type_name: LocalName
     figures: UsageFigures
 
 
@@ -189,7 +190,9 @@ def utilisation(
         hourly.append(UsageHourly.cohort == cohort)
 
     machine_query = (
-        select(Machine.id, Machine.slug, Machine.name, MachineType.slug, MachineType.name)
+        select(
+            Machine.id, Machine.slug, Machine.name, MachineType.slug, MachineType.name, MachineType.name_de
+        )
         .join(MachineType, MachineType.id == Machine.machine_type_id)
         .order_by(MachineType.name, Machine.name, Machine.id)
     )
@@ -233,7 +236,7 @@ def utilisation(
 
     rows: list[MachineUsage] = []
     totals = UsageFigures()
-    for machine_id, slug, name, type_slug, type_name in machines:
+    for machine_id, slug, name, type_slug, type_name, type_name_de in machines:
         u = use.get(machine_id, {})
         open_s, maintenance_s, offline_s = stats.get(machine_id, (0.0, 0.0, 0.0))
         figures = UsageFigures(
@@ -250,7 +253,9 @@ def utilisation(
             maintenance_h=maintenance_s / HOUR,
             offline_h=offline_s / HOUR,
         )
-        rows.append(MachineUsage(machine_id, slug, name, type_slug, type_name, figures))
+        rows.append(
+            MachineUsage(machine_id, slug, name, type_slug, LocalName(type_name, type_name_de), figures)
+        )
         totals = totals.plus(figures)
 
     heatmap = [[0.0] * 24 for _ in range(7)]
@@ -326,7 +331,7 @@ class LiveTile:
     machine_id: int
     slug: str
     name: str
-    type_name: str
+    type_name: LocalName
     state: LiveState
     live_state: str | None  # what the agent last reported (locked, unlocked, running, ...)
     running: bool
@@ -340,7 +345,7 @@ class LiveTile:
 def live_tiles(db: Session, site_id: int | None, machine_type_id: int | None = None) -> list[LiveTile]:
     """Each machine's state and its device's status, from the machine and device rows only."""
     query = (
-        select(Machine, Device, MachineType.name)
+        select(Machine, Device, MachineType.name, MachineType.name_de)
         .join(MachineType, MachineType.id == Machine.machine_type_id)
         .outerjoin(Device, Device.machine_id == Machine.id)
         .order_by(Machine.name, Machine.id)
@@ -350,14 +355,14 @@ def live_tiles(db: Session, site_id: int | None, machine_type_id: int | None = N
     if machine_type_id is not None:
         query = query.where(Machine.machine_type_id == machine_type_id)
     out = []
-    for machine, device, type_name in db.execute(query):
+    for machine, device, type_name, type_name_de in db.execute(query):
         state = live_state(machine, device)
         out.append(
             LiveTile(
                 machine_id=machine.id,
                 slug=machine.slug,
                 name=machine.name,
-                type_name=type_name,
+                type_name=LocalName(type_name, type_name_de),
                 state=state,
                 live_state=machine.live_state,
                 running=machine.live_running and state != LiveState.OFFLINE,

@@ -145,6 +145,10 @@ class MachineFacts:
     guard_min: int = 15
     booking_seq: int = 0  # bumped by every booking change of the machine: the bookings cache key
     card_security: CardSecurity = CardSecurity.UID  # the site's rule for badges
+    type_name_de: str | None = None
+
+    def type_display_name(self, language: str) -> str:
+        return in_language(self.type_name, self.type_name_de, language)
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,7 @@ _MACHINE_COLUMNS = (
     _sites.c.timezone,
     _sites.c.card_security,
     _types.c.name,
+    _types.c.name_de,
 )
 _MACHINE_JOINS = (
     _devices.outerjoin(_machines, _machines.c.id == _devices.c.machine_id)
@@ -383,6 +388,7 @@ def _machine_of(device_id: str, row: Any | None, hours: tuple[Hours, ...]) -> Ma
         guard_min=row.guard_min,
         booking_seq=row.booking_seq,
         card_security=CardSecurity(row.card_security),
+        type_name_de=row.name_de,
     )
 
 
@@ -444,6 +450,7 @@ def _machine_facts(db: Session, machine: Machine) -> MachineFacts:
         guard_min=machine.guard_min,
         booking_seq=machine.booking_seq,
         card_security=machine.site.card_security,
+        type_name_de=machine.machine_type.name_de,
     )
 
 
@@ -670,7 +677,7 @@ def _check_qualified(
     for req in requirements:
         state = states.get(req.competency_id)
         if state is None or state.level is None or state.revoked:
-            return _deny("not_qualified", tz, person=person, machine=machine.type_name)
+            return _deny("not_qualified", tz, person=person, machine=machine.type_display_name)
         if state.expired:
             return _deny(
                 "qualification_expired",
@@ -697,7 +704,9 @@ def _check_briefed(
     for req in requirements:
         state = states.get(req.competency_id)
         if state is None or state.level is None or state.revoked:
-            return _deny("not_qualified", tz, "briefing_required", person=person, machine=machine.type_name)
+            return _deny(
+                "not_qualified", tz, "briefing_required", person=person, machine=machine.type_display_name
+            )
         if state.expired:
             return _deny(
                 "qualification_expired",

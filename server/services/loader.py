@@ -39,7 +39,7 @@ from server.models import (
     Site,
     TrainingStep,
 )
-from server.services import audit, opening_hours
+from server.services import audit, competencies, opening_hours
 from werkbank_protocol.messages import BADGE_PATTERN
 from werkbank_protocol.topics import DEVICE_ID_RE
 
@@ -96,6 +96,7 @@ class ClosedDaySpec(_Strict, kw_only=True):
 class SiteSpec(_Strict, kw_only=True):
     slug: Slug
     name: str
+    name_de: str | None = None
     timezone: str = "Europe/Berlin"
     card_security: Literal["uid", "secure", "secure_required"] = "uid"
     opening_hours: list[HoursSpec] = []
@@ -107,6 +108,7 @@ class SiteSpec(_Strict, kw_only=True):
 class StepSpec(_Strict, kw_only=True):
     kind: Literal["briefing", "supervised_hours", "signoff"]
     name: str
+    name_de: str | None = None
     leads_to: LevelName
     hours: Annotated[float, Meta(ge=0)] | None = None
 
@@ -365,7 +367,7 @@ def load(
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise LoadError(f"sites[{i}].timezone: unknown time zone {s.timezone!r}") from exc
         site = ld._one(Site, slug=s.slug) or Site(slug=s.slug)
-        site.name, site.timezone = s.name, s.timezone
+        site.name, site.name_de, site.timezone = s.name, s.name_de, s.timezone
         site.card_security = CardSecurity(s.card_security)
         db.add(site)
         db.flush()
@@ -386,19 +388,21 @@ def load(
         if c.prerequisite:
             comp.prerequisite = ld.competency(c.prerequisite, f"competencies[{i}].prerequisite")
         if c.steps:
-            for step in list(comp.steps):
-                db.delete(step)
+            # Updated in place by position: people's training records point at the steps, so a
+            # file loaded again (every `werkbank up`) must keep them.
+            existing = list(comp.steps)
             for pos, st in enumerate(c.steps):
-                db.add(
-                    TrainingStep(
-                        competency=comp,
-                        position=pos,
-                        kind=st.kind,
-                        name=st.name,
-                        leads_to=Level(st.leads_to),
-                        hours=st.hours,
+                step = existing[pos] if pos < len(existing) else TrainingStep(competency=comp)
+                step.position, step.kind, step.name, step.name_de = pos, st.kind, st.name, st.name_de
+                step.leads_to, step.hours = Level(st.leads_to), st.hours
+                db.add(step)
+            for step in existing[len(c.steps) :]:
+                if competencies.step_in_use(db, step):
+                    raise LoadError(
+                        f"competencies[{i}].steps: {step.name!r} has training records and cannot be "
+                        "removed; keep it in the file"
                     )
-                )
+                db.delete(step)
 
     for i, t in enumerate(lab.machine_types):
         mtype = ld._one(MachineType, slug=t.slug) or MachineType(slug=t.slug)

@@ -9,9 +9,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
-from babel.numbers import format_decimal
-
-from server.i18n import LANGUAGES, N_, gettext_in, local_date, local_time
+from server.i18n import LANGUAGES, N_, Localised, gettext_in, local_date, local_number, local_time
 
 MESSAGES: dict[str, str] = {
     "ok": N_("Hello {name}! Unlocked until {until}. Tap again when you are done."),
@@ -70,7 +68,9 @@ def _format(value: Any, language: str, tz: str) -> str:
     if isinstance(value, date):
         return local_date(value, language)
     if isinstance(value, float):  # "3,5" / "3.5" (supervised hours in a training rule's message)
-        return format_decimal(value, locale=language)
+        return local_number(value, language)
+    if isinstance(value, Localised):  # a name with its German form, a level's label
+        return value.in_language(language)
     if isinstance(value, dict):  # {"de": ..., "en": ...}: a name that has translations of its own
         return str(value.get(language) or value.get("en") or next(iter(value.values()), ""))
     if isinstance(value, Callable):  # type: ignore[arg-type]

@@ -23,7 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from babel.dates import format_time
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -119,12 +121,21 @@ def _values(notification: Notification, language: str) -> dict[str, str]:
         "competency": competency,
         "person": str(params.get("person", "")),
         "date": local_date(date.fromisoformat(day), language) if day else "",
-        # Bookings: the machine's name and local times ("14:30") as the booking service wrote them.
+        # Bookings: the machine's name and its times in the reader's locale, in the site's zone
+        # (older notifications carry the local times as text: "14:30").
         "machine": str(params.get("machine", "")),
-        "start": str(params.get("start", "")),
-        "end": str(params.get("end", "")),
+        "start": _clock(params, "starts_at", "start", language),
+        "end": _clock(params, "ends_at", "end", language),
         "minutes": str(params.get("minutes", "")),
     }
+
+
+def _clock(params: dict[str, Any], key: str, old_key: str, language: str) -> str:
+    when, tz = params.get(key), params.get("tz")
+    if not (isinstance(when, str) and isinstance(tz, str)):
+        return str(params.get(old_key, ""))
+    local = datetime.fromisoformat(when).astimezone(ZoneInfo(tz))
+    return format_time(local, "short", locale=language)
 
 
 def render(notification: Notification, language: str) -> str:

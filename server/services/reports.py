@@ -217,7 +217,7 @@ def funder_report(
     site_rows = db.scalars(
         select(Site).where(Site.id == site_id) if site_id is not None else select(Site)
     ).all()
-    sites = [ReportSite(s.id, s.slug, s.name, s.timezone) for s in site_rows]
+    sites = [ReportSite(s.id, s.slug, s.display_name(lang), s.timezone) for s in site_rows]
     if site_id is not None and not sites:
         raise ReportError("There is no such site.")
     tz_of = {s.id: ZoneInfo(s.timezone) for s in sites}

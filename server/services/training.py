@@ -47,7 +47,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.i18n import N_
+from server.i18n import N_, CatalogText
 from server.models import (
     Competency,
     Level,
@@ -350,7 +350,7 @@ def check_staff(
             "not_a_trainer",
             N_("You are not a trainer for {competency}."),
             attempt=attempt,
-            competency=competency.name,
+            competency=competency.local_name,
         )
 
 
@@ -492,7 +492,7 @@ def grant(
                 "prerequisite_missing",
                 N_("{person} needs {competency} first."),
                 person=person.name,
-                competency=competency.prerequisite.name,
+                competency=competency.prerequisite.local_name,
             )
     return _append(
         db,
@@ -511,7 +511,7 @@ def _held(db: Session, person: Person, competency: Competency, code: str, messag
     """The person's newest entry in ``competency`` unless there is none or it is a revocation."""
     entry = newest(db, person.id, competency.id)
     if entry is None or entry.action == QualificationAction.REVOKED:
-        raise TrainingError(code, message, person=person.name, competency=competency.name)
+        raise TrainingError(code, message, person=person.name, competency=competency.local_name)
     return entry
 
 
@@ -528,7 +528,7 @@ def renew(
     check_staff(db, actor, person, competency, today, "renew")
     if not competency.validity_months:
         raise TrainingError(
-            "does_not_expire", N_("{competency} does not expire."), competency=competency.name
+            "does_not_expire", N_("{competency} does not expire."), competency=competency.local_name
         )
     entry = _held(
         db,
@@ -597,7 +597,7 @@ def check_step(db: Session, person: Person, step: TrainingStep, actor: Person, t
             "prerequisite_missing",
             N_("{person} needs {competency} first."),
             person=person.name,
-            competency=now_progress.prerequisite_missing.name,
+            competency=now_progress.prerequisite_missing.local_name,
         )
     if now_progress.next_level is None or step.leads_to != now_progress.next_level:
         if now_progress.level is not None and step.leads_to.rank <= now_progress.level.rank:
@@ -605,12 +605,12 @@ def check_step(db: Session, person: Person, step: TrainingStep, actor: Person, t
                 "already_done",
                 N_("{person} already holds {competency} at this level."),
                 person=person.name,
-                competency=competency.name,
+                competency=competency.local_name,
             )
         raise TrainingError(
             "out_of_order",
             N_("Finish the steps for the level {level} first."),
-            level=now_progress.next_level.value if now_progress.next_level else "",
+            level=CatalogText(LEVEL_LABELS[now_progress.next_level]) if now_progress.next_level else "",
         )
     mine = next(s for s in now_progress.steps if s.step.id == step.id)
     if mine.done:
@@ -629,7 +629,7 @@ def check_step(db: Session, person: Person, step: TrainingStep, actor: Person, t
             raise TrainingError(
                 "step_missing",
                 N_("First record: {step}."),
-                step=other.step.name,
+                step=other.step.local_name,
             )
 
 

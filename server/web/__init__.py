@@ -31,7 +31,7 @@ from server.web import (
 )
 from server.web.auth import current
 from server.web.common import security_headers
-from server.web.l10n import current_language
+from server.web.l10n import current_language, local_name
 from server.web.views import bp
 
 __all__ = ["bp", "init_app"]
@@ -55,6 +55,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(briefings.bp, url_prefix="/briefings")
     app.register_blueprint(outcomes.bp, url_prefix="/outcomes")
     app.context_processor(_template_globals)
+    # {{ site | local_name }}: sites, machine types, competencies and steps in the reader's language.
+    app.add_template_filter(local_name)
 
 
 def _template_globals() -> dict[str, Any]:

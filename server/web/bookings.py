@@ -25,7 +25,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from server import get_db
-from server.i18n import N_
+from server.i18n import N_, Localised
 from server.models import (
     Booking,
     BookingStatus,
@@ -38,7 +38,7 @@ from server.models import (
 )
 from server.services import audit
 from server.services import bookings as service
-from server.services.bookings import BookingError, LocalName, Policy
+from server.services.bookings import BookingError, Policy
 from server.web.admin.base import paginate
 from server.web.auth import User, current, login_required, public, safe_next, staff_required
 from server.web.common import web_blueprint
@@ -92,7 +92,7 @@ def error_text(error: BookingError, tz: ZoneInfo) -> str:
             params[key] = f"{day_label(value.astimezone(tz).date())} {time_label(value, tz)}"
         elif isinstance(value, date):
             params[key] = date_label(value)
-        elif isinstance(value, LocalName):
+        elif isinstance(value, Localised):
             params[key] = value.in_language(current_language())
         else:
             params[key] = value
@@ -404,7 +404,15 @@ def site_day() -> ResponseReturnValue:
     rows = _union(g.slot_minutes(day) for g in grids)
     table = [(_row_label(m), [g.cell(day, m, actor, now, None) for g in grids]) for m in rows]
     # Today's rows that are over everywhere only push the free times down on a phone.
-    table = [row for row in table if not all(c.state == "past" for c in row[1])]
+    upcoming = [row for row in table if not all(c.state == "past" for c in row[1])]
+    # Nothing left of an open day is not a closed day: say which it is.
+    if not table:
+        empty = _("Closed on this day.")
+    elif day < _today(tz, now):
+        empty = _("This day is over.")
+    else:
+        empty = _("Today's times are over. Book from tomorrow on.")
+    table = upcoming
     return render_template(
         "bookings/site.html",
         site=site,
@@ -419,6 +427,7 @@ def site_day() -> ResponseReturnValue:
             for g in grids
         ],
         table=table,
+        empty=empty,
         prev_url=url_for("bookings.site_day", day=(day - timedelta(days=1)).isoformat()),
         next_url=url_for("bookings.site_day", day=(day + timedelta(days=1)).isoformat()),
         today_url=url_for("bookings.site_day"),

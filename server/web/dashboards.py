@@ -397,7 +397,7 @@ def _present_tile(t: service.LiveTile) -> dict[str, Any]:
     return {
         "slug": t.slug,
         "name": t.name,
-        "type": t.type_name,
+        "type": t.type_name.in_language(current_language()),
         "state": t.state.value,
         "state_label": _(STATE_LABELS[t.state]),
         "running": running,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import flask_babel  # type: ignore[import-untyped,unused-ignore]
@@ -30,6 +30,17 @@ def _l(msgid: str) -> Any:
 
 def current_language() -> str:
     return str(flask_babel.get_locale() or "en")
+
+
+class Named(Protocol):
+    """A site, machine type, competency or training step: a name with its German form."""
+
+    def display_name(self, language: str) -> str: ...
+
+
+def local_name(thing: Named) -> str:
+    """The name in the reader's language (the ``local_name`` filter in templates)."""
+    return thing.display_name(current_language())
 
 
 def local_date(when: datetime) -> str:

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from server.models import Device, Job, Machine, MachineSession, MachineStatus, Person
+from server.models import Device, Job, LocalName, Machine, MachineSession, MachineStatus, Person
 
 
 class LiveState(enum.StrEnum):
@@ -53,7 +53,7 @@ class MachineLive:
     id: int
     slug: str
     name: str
-    type_name: str
+    type_name: LocalName
     state: LiveState
     user_name: str | None  # who holds it now, when in use and known
     running: bool
@@ -118,7 +118,7 @@ def site_machines(db: Session, site_id: int, today_start: datetime) -> list[Mach
                 id=m.id,
                 slug=m.slug,
                 name=m.name,
-                type_name=m.machine_type.name,
+                type_name=m.machine_type.local_name,
                 state=state,
                 user_name=user,
                 running=m.live_running and state != LiveState.OFFLINE,

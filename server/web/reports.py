@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import flask
 import flask_babel  # type: ignore[import-untyped,unused-ignore]
-from babel.numbers import get_decimal_symbol, get_group_symbol
+from babel.numbers import format_decimal, get_decimal_symbol, get_group_symbol
 from flask import Response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup
@@ -531,7 +531,7 @@ def summary_table(query: ReportQuery, report: FunderReport) -> list[tuple[str, C
     t = report.totals
     return [
         (_("Report"), _("Funder report")),
-        (_("Site"), query.site.name if query.site else _("All sites")),
+        (_("Site"), query.site.display_name(current_language()) if query.site else _("All sites")),
         (_("Cohort"), query.cohort or _("All cohorts")),
         (_("Programme"), query.programme or _("All programmes")),
         (_("First month"), query.start),
@@ -564,14 +564,14 @@ def _tz(query: ReportQuery) -> ZoneInfo:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _csv_cell(value: Cell, decimal_comma: bool) -> str:
+def _csv_cell(value: Cell, language: str) -> str:
     if value is None:
         return ""
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     if isinstance(value, float):
-        text = f"{value:.1f}"
-        return text.replace(".", ",") if decimal_comma else text
+        # The reader's decimal sign (a German spreadsheet reads "3,5"), no grouping: "1234,5".
+        return format_decimal(value, format="0.0", locale=language)
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
@@ -580,10 +580,10 @@ def _csv_cell(value: Cell, decimal_comma: bool) -> str:
 def _csv(header: list[str], rows: Sequence[Sequence[Cell]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, delimiter=CSV_DELIMITER, lineterminator="\r\n")
-    decimal_comma = current_language() == "de"
+    language = current_language()
     writer.writerow(header)
     for row in rows:
-        writer.writerow([_csv_cell(v, decimal_comma) for v in row])
+        writer.writerow([_csv_cell(v, language) for v in row])
     return "\ufeff" + out.getvalue()  # the BOM: Excel then reads UTF-8
 
 

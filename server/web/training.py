@@ -24,6 +24,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
 from server import get_db
+from server.i18n import Localised, local_number
 from server.models import (
     Badge,
     Competency,
@@ -67,7 +68,17 @@ def today_for(user: User) -> date:
 
 def error_text(error: TrainingError) -> str:
     """The refusal in the reader's language."""
-    params = {k: date_label(v) if isinstance(v, date) else v for k, v in error.params.items()}
+    language = current_language()
+    params: dict[str, Any] = {}
+    for key, value in error.params.items():
+        if isinstance(value, date):
+            params[key] = date_label(value)
+        elif isinstance(value, Localised):
+            params[key] = value.in_language(language)
+        elif isinstance(value, float):
+            params[key] = local_number(value, language)
+        else:
+            params[key] = value
     return _(error.message).format(**params)
 
 
@@ -120,7 +131,7 @@ def present_progress(p: Progress, today: date, *, may_train: bool = False) -> di
         steps.append(
             {
                 "id": sp.step.id,
-                "name": sp.step.name,
+                "name": sp.step.display_name(language),
                 "kind": sp.step.kind,
                 "kind_label": _(STEP_KIND_LABELS.get(sp.step.kind, sp.step.kind)),
                 "done": sp.done,
@@ -141,11 +152,11 @@ def present_progress(p: Progress, today: date, *, may_train: bool = False) -> di
     elif next_step.step.kind == StepKind.SUPERVISED_HOURS:
         next_label = _(
             "Next: %(step)s. Work at the machine with a trainer: %(left)s h left.",
-            step=next_step.step.name,
+            step=next_step.step.display_name(language),
             left=_hours(max((next_step.hours_needed or 0.0) - (next_step.hours_done or 0.0), 0.0)),
         )
     else:
-        next_label = _("Next: %(step)s. Ask a trainer.", step=next_step.step.name)
+        next_label = _("Next: %(step)s. Ask a trainer.", step=next_step.step.display_name(language))
     return {
         "id": p.competency.id,
         "slug": p.competency.slug,
@@ -173,7 +184,7 @@ def present_progress(p: Progress, today: date, *, may_train: bool = False) -> di
 def _hours(value: float) -> str:
     if not math.isfinite(value) or value > LABEL_MAX_HOURS:
         return f"> {LABEL_MAX_HOURS}"  # a broken record stored before issue 11, not a measurement
-    return f"{value:.1f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.0f}"
+    return local_number(value, current_language())
 
 
 def present_history(entries: list[Qualification]) -> list[dict[str, Any]]:
@@ -399,7 +410,7 @@ def _apply(person_id: int, change: str) -> ResponseReturnValue:
             _record, granted = training.record_step(
                 db, subject, step, actor.person, now, today, note=form.note.data
             )
-            message = _("Recorded: %(step)s.", step=step.name)
+            message = _("Recorded: %(step)s.", step=step.display_name(current_language()))
             if granted is not None:
                 message += " " + _(
                     "%(person)s now holds %(competency)s at level %(level)s.",

@@ -16,12 +16,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server import get_db
-from server.i18n import N_
+from server.i18n import N_, local_number
 from server.models import Job, Site
 from server.services import training
 from server.web.auth import User, current, login_required, public, staff_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, ago_label, clock_label, duration_label, start_of_today, when_label
+from server.web.l10n import (
+    _,
+    ago_label,
+    clock_label,
+    current_language,
+    duration_label,
+    start_of_today,
+    when_label,
+)
 from server.web.live import (
     LiveState,
     MachineLive,
@@ -87,7 +95,7 @@ def present_machine(m: MachineLive, now: datetime) -> dict[str, Any]:
         "id": m.id,
         "slug": m.slug,
         "name": m.name,
-        "type": m.type_name,
+        "type": m.type_name.in_language(current_language()),
         "state": m.state.value,
         "state_label": _(STATE_LABELS[m.state]),
         "detail": detail,
@@ -138,7 +146,7 @@ def overview_data(user: User) -> dict[str, Any]:
     machines = site_machines(db, user.site_id, start_of_today(now))
     sessions = recent_sessions(db, site_id=user.site_id, limit=SESSIONS_ON_OVERVIEW)
     return {
-        "site": {"name": site.name if site else "", "timezone": user.timezone},
+        "site": {"name": site.display_name(current_language()) if site else "", "timezone": user.timezone},
         "updated_at": now.isoformat(),
         "updated_label": _("Updated %(time)s", time=clock_label(now)),
         "refresh_s": REFRESH_S,
@@ -205,9 +213,11 @@ def session_jobs(db: Session, session_ids: list[str]) -> dict[str, list[dict[str
     for job in rows:
         material = ""
         if job.filament_g is not None:
-            material = _("%(grams)s g filament", grams=f"{job.filament_g:.0f}")
+            material = _("%(grams)s g filament", grams=local_number(job.filament_g, current_language(), 0))
         elif job.filament_mm is not None:
-            material = _("%(metres)s m filament", metres=f"{job.filament_mm / 1000:.1f}")
+            material = _(
+                "%(metres)s m filament", metres=local_number(job.filament_mm / 1000, current_language())
+            )
         out.setdefault(job.session_id, []).append(
             {
                 "file": job.file or _("(no file name)"),

@@ -66,7 +66,7 @@ def test_booking_jobs_release_no_shows_tells_the_holder_once(lab: Database) -> N
         assert booking is not None
         assert (booking.status, booking.no_show) == (BookingStatus.RELEASED, True)
     assert texts(lab, "Quinn Qualified", "en") == [
-        "Your booking of Printer 1 on 18 November 2026 at 10:00 was released: you had not tapped in "
+        "Your booking of Printer 1 on November 18, 2026 at 10:00\u202fAM was released: you had not tapped in "
         "15 minutes after its start. Missed bookings can block new ones for a while."
     ]
     assert texts(lab, "Quinn Qualified", "de") == [
@@ -97,7 +97,8 @@ def test_booking_jobs_release_is_emailed(lab: Database, smtp_server: tuple[Inbox
     [message] = inbox.to("quinn@test.local")
     assert message["Subject"] == "Your booking of Printer 1 was released"
     assert _body(message).startswith(
-        "Hello Quinn Qualified,\n\nYour booking of Printer 1 on 18 November 2026 at 10:00 was released"
+        "Hello Quinn Qualified,\n\nYour booking of Printer 1 on November 18, 2026 "
+        "at 10:00\u202fAM was released"
     )
     assert email_notifications(lab, settings, at(17)).sent == 0
 
@@ -111,7 +112,7 @@ def test_booking_jobs_remind_once_before_the_booking(lab: Database) -> None:
     assert remind_bookings(lab, at(60)) == 1
     assert remind_bookings(lab, at(61)) == 0
     assert texts(lab, "Quinn Qualified", "en") == [
-        "Reminder: you booked Printer 1 on 18 November 2026 from 12:00 to 13:00."
+        "Reminder: you booked Printer 1 on November 18, 2026 from 12:00\u202fPM to 1:00\u202fPM."
     ]
     assert texts(lab, "Quinn Qualified", "de") == [
         "Erinnerung: Sie haben Printer 1 am 18. November 2026 von 12:00 bis 13:00 gebucht."
@@ -130,7 +131,7 @@ def test_booking_jobs_moved_booking_is_reminded_again(lab: Database) -> None:
         bookings.move(s, booking, at(240), at(300), _person(s, "Tina Trainer"), at(70))
     assert remind_bookings(lab, at(170)) == 0
     assert remind_bookings(lab, at(180)) == 1
-    assert texts(lab, "Quinn Qualified", "en")[0].endswith("from 14:00 to 15:00.")
+    assert texts(lab, "Quinn Qualified", "en")[0].endswith("from 2:00\u202fPM to 3:00\u202fPM.")
 
 
 def test_booking_jobs_no_reminder_for_cancelled_late_made_or_switched_off(lab: Database) -> None:
@@ -167,7 +168,7 @@ def test_booking_jobs_reminder_emailed_in_the_holders_language(
         "Erinnerung: Sie haben Printer 1 am 18. November 2026 von 12:00 bis 13:00 gebucht.\n"
     )
     [english] = inbox.to("quinn@test.local")
-    assert english["Subject"] == "Your booking of Laser 1 at 12:00"
+    assert english["Subject"] == "Your booking of Laser 1 at 12:00\u202fPM"
     with lab.session() as s:
         assert s.scalars(select(Notification.emailed_at)).all() == [at(61), at(61)]
 

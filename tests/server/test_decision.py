@@ -49,7 +49,7 @@ def test_decision_reason_per_rule(lab: Database, clock, machine: str, uid: str, 
 def test_decision_expired_message_names_competency_and_date(lab: Database, clock) -> None:
     decision = _decide(lab, "laser-1", "0BADCAFE", clock())
     assert "Laser safety briefing" in decision.message["en"]
-    assert "3 March 2026" in decision.message["en"]
+    assert "March 3, 2026" in decision.message["en"]
     assert "Laser-Sicherheitsunterweisung" in decision.message["de"]
     assert "3. März 2026" in decision.message["de"]
     assert "renew" in decision.message["en"]
@@ -89,7 +89,11 @@ def test_decision_outside_opening_hours_says_when_it_opens(lab: Database) -> Non
     saturday = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
     decision = _decide(lab, "printer-1", "04A224B2C35E80", saturday)
     assert decision.reason == "outside_opening_hours"
-    assert "08:00" in decision.message["en"]
+    # Dates and times in each reader's locale formats (Babel's), never a pattern of our own.
+    assert (
+        decision.message["de"] == "Die Werkstatt ist jetzt geschlossen. Wieder offen ab Mo., 23. Nov., 08:00."
+    )
+    assert decision.message["en"] == "The lab is closed now. It opens again at Mon, Nov 23, 8:00\u202fAM."
     evening = datetime(2026, 11, 18, 19, 30, tzinfo=UTC)  # 20:30 in Berlin
     assert _decide(lab, "printer-1", "04A224B2C35E80", evening).reason == "outside_opening_hours"
 
@@ -175,7 +179,9 @@ def test_decision_participant_needs_the_briefing(trainer_lab: Database, clock, m
     assert (decision.allowed, decision.reason) == (False, "not_qualified")
     expected = "You need the safety briefing for the CO2 laser cutter first. Ask a trainer."
     assert decision.message["en"] == expected
-    assert "Einweisung" in decision.message["de"]
+    assert decision.message["de"] == (
+        "Für CO2-Laserschneider brauchen Sie zuerst die Sicherheitseinweisung. Bitte das Trainer-Team fragen."
+    )
 
 
 def test_decision_participant_with_expired_briefing_is_refused(trainer_lab: Database, clock) -> None:
@@ -222,3 +228,11 @@ def test_decision_lowercase_uid_is_the_same_badge(lab: Database, clock) -> None:
 def test_decision_message_uses_first_name(lab: Database, clock) -> None:
     decision = _decide(lab, "printer-1", "04A224B2C35E80", clock())
     assert decision.message["en"].startswith("Hello Quinn")
+
+
+def test_decision_names_the_machine_type_in_the_readers_language(lab: Database, clock) -> None:
+    decision = _decide(lab, "laser-1", "DEADBEEF", clock())
+    assert decision.reason == "not_qualified"
+    assert "CO2-Laserschneider" in decision.message["de"]
+    assert "laser cutter" not in decision.message["de"]
+    assert "CO2 laser cutter" in decision.message["en"]

@@ -108,24 +108,24 @@ def test_demo_data_is_deterministic_by_seed_and_refuses_a_used_database(database
     other.dispose()
 
 
-def test_demo_data_recent_history_for_the_make_run_lab(database: Database) -> None:
-    """``werkbank up`` adds four weeks of use to its demo lab once, so the dashboards are not empty."""
+def test_demo_data_the_make_run_lab_history_matches_a_recompute_once(database: Database) -> None:
+    """``werkbank up`` writes its demo story once, with aggregates equal to a recompute."""
     from server.cli import DEMO_FILE
-    from server.demo.history import add_recent_history
+    from server.demo.story import populate
     from server.services.loader import load, parse
 
     with database.session() as s:
         load(s, parse(DEMO_FILE.read_text(encoding="utf-8")))
     now = datetime.now(UTC)
     with database.session() as s:
-        added = add_recent_history(s, weeks=4, seed=1, now=now)
-    assert added > 20
+        added = populate(s, seed=1, now=now)
+    assert added > 500
     with database.session() as s:
         assert s.scalar(select(func.count()).select_from(MachineSession)) == added
         first = s.scalar(select(func.min(MachineDayStats.day)))
     generated = _snapshot(database)
     assert generated["usage_daily"] and generated["person_usage_monthly"]
     with database.session() as s:
-        assert add_recent_history(s, weeks=4, seed=1, now=now) == 0, "only on the first start"
+        assert populate(s, seed=1, now=now) == 0, "only on the first start"
     usage.rebuild(database, since=first, now=now)
     assert _snapshot(database) == generated

@@ -77,11 +77,11 @@ def test_expiry_job_tells_the_holder_and_the_trainer(lab: Database, clock: Clock
         [mine] = notifications.unread(s, eddie)
         [theirs] = notifications.unread(s, tina)
         assert notifications.render(mine, "en") == (
-            "Your Laser safety briefing expired on 3 March 2026. Ask a trainer to renew it."
+            "Your Laser safety briefing expired on March 3, 2026. Ask a trainer to renew it."
         )
         assert notifications.render(mine, "de") == (
-            "Laser-Sicherheitsunterweisung: abgelaufen am 3. März 2026. "
-            "Bitte beim Trainer-Team erneuern lassen."
+            "Ihre Qualifikation Laser-Sicherheitsunterweisung ist am 3. März 2026 abgelaufen. "
+            "Bitte beim Trainer-Team verlängern lassen."
         )
         assert notifications.render(theirs, "de") == (
             "Eddie Expired: Laser-Sicherheitsunterweisung ist am 3. März 2026 abgelaufen."

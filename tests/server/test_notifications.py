@@ -58,13 +58,14 @@ def test_notifications_remind_holder_and_trainer_once(lab: Database) -> None:
     assert remind_expiring(lab, IN_WINDOW) == 2
     assert remind_expiring(lab, IN_WINDOW) == 0  # the next run: nobody hears it twice
     assert _texts(lab, "Eddie Expired", "en") == [
-        "Your Laser safety briefing expires on 3 March 2026. Ask a trainer to renew it."
+        "Your Laser safety briefing expires on March 3, 2026. Ask a trainer to renew it."
     ]
     assert _texts(lab, "Eddie Expired", "de") == [
-        "Laser-Sicherheitsunterweisung: läuft am 3. März 2026 ab. Bitte beim Trainer-Team erneuern lassen."
+        "Ihre Qualifikation Laser-Sicherheitsunterweisung läuft am 3. März 2026 ab. "
+        "Bitte beim Trainer-Team verlängern lassen."
     ]
     assert _texts(lab, "Tina Trainer", "en") == [
-        "Eddie Expired's Laser safety briefing expires on 3 March 2026."
+        "Eddie Expired's Laser safety briefing expires on March 3, 2026."
     ]
     assert _texts(lab, "Quinn Qualified", "en") == []
 
@@ -79,8 +80,8 @@ def test_notifications_expired_after_reminder_is_a_new_notification(lab: Databas
     remind_expiring(lab, IN_WINDOW)
     expire_qualifications(lab, clock.now)
     assert _texts(lab, "Eddie Expired", "en") == [
-        "Your Laser safety briefing expired on 3 March 2026. Ask a trainer to renew it.",
-        "Your Laser safety briefing expires on 3 March 2026. Ask a trainer to renew it.",
+        "Your Laser safety briefing expired on March 3, 2026. Ask a trainer to renew it.",
+        "Your Laser safety briefing expires on March 3, 2026. Ask a trainer to renew it.",
     ]
 
 
@@ -92,7 +93,7 @@ def test_notifications_renewal_is_reminded_again_next_year(lab: Database) -> Non
         assert notifications.remind_expiring(s, date(2026, 2, 21)) == 0  # the renewal is newest now
         assert notifications.remind_expiring(s, date(2027, 2, 1)) == 2
     assert _texts(lab, "Eddie Expired", "en")[0] == (
-        "Your Laser safety briefing expires on 20 February 2027. Ask a trainer to renew it."
+        "Your Laser safety briefing expires on February 20, 2027. Ask a trainer to renew it."
     )
 
 
@@ -130,7 +131,7 @@ def test_notifications_go_to_the_sites_trainers_else_its_admins(lab: Database) -
         ]
     remind_expiring(lab, IN_WINDOW)
     assert _texts(lab, "Alex Admin", "en") == [
-        "Pia Participant's Laser safety briefing expires on 1 March 2026."
+        "Pia Participant's Laser safety briefing expires on March 1, 2026."
     ]
     assert "Pia Participant's" not in " ".join(_texts(lab, "Tina Trainer", "en"))
 
@@ -251,13 +252,14 @@ def test_notifications_emailed_in_each_persons_language(
     assert german["Content-Language"] == "de"
     assert _body(german).startswith(
         "Hallo Eddie Expired,\n\n"
-        "Laser-Sicherheitsunterweisung: läuft am 3. März 2026 ab. Bitte beim Trainer-Team erneuern lassen.\n"
+        "Ihre Qualifikation Laser-Sicherheitsunterweisung läuft am 3. März 2026 ab. "
+        "Bitte beim Trainer-Team verlängern lassen.\n"
     )
     [english] = inbox.to("quinn@test.local")
     assert english["Subject"] == "Your Laser safety briefing expires soon"
     assert _body(english).startswith(
         "Hello Quinn Qualified,\n\n"
-        "Your Laser safety briefing expires on 20 January 2027. Ask a trainer to renew it.\n"
+        "Your Laser safety briefing expires on January 20, 2027. Ask a trainer to renew it.\n"
     )
     # Tina has no language of her own: German, the default.
     assert sorted(m["Subject"] for m in inbox.to("tina@test.local")) == [

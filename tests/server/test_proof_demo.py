@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from server.db import Database
-from server.demo.history import add_recent_history
 from server.demo.proof import add_proof_demo
+from server.demo.story import populate
 from server.models import Attendance, BriefingConfirmation, MachineType, Site
 from server.services import attendance, briefings, outcomes
 from server.services.loader import load, parse
@@ -23,7 +23,7 @@ def test_proof_demo_fills_sheet_briefings_and_outcomes(database: Database) -> No
     with database.session() as s:
         load(s, parse(DEMO.read_text(encoding="utf-8")))
     with database.session() as s:
-        add_recent_history(s, weeks=4, seed=1, now=now)
+        populate(s, seed=1, now=now)  # the demo's participants and their history, as `werkbank up`
     with database.session() as s:
         added = add_proof_demo(s, now)
     assert added["check-ins"] > 0 and added["exits"] > 0 and added["targets"] > 0

@@ -94,7 +94,7 @@ def test_notifications_partial_lists_unread_in_the_readers_language(
     auth.login(lab.participant)  # Ada reads English
     html = page_client.get("/_test/notifications").get_data(as_text=True)
     assert "News for you" in html
-    assert "Your Laser safety briefing expires on 28 November 2026. Ask a trainer to renew it." in html
+    assert "Your Laser safety briefing expires on November 28, 2026. Ask a trainer to renew it." in html
     [mine] = _unread(lab.participant)
     assert f'name="id" value="{mine.id}"' in html
     assert 'action="/notifications/read"' in html and 'name="csrf_token"' in html
@@ -104,7 +104,7 @@ def test_notifications_partial_lists_unread_in_the_readers_language(
     auth.login(lab.other_participant)  # Bob's profile says German
     html = page_client.get("/_test/notifications").get_data(as_text=True)
     assert "Neues für Sie" in html and "Als gelesen markieren" in html
-    assert "Laser-Sicherheitsunterweisung: läuft am 28. November 2026 ab." in html
+    assert "Ihre Qualifikation Laser-Sicherheitsunterweisung läuft am 28. November 2026 ab." in html
 
 
 def test_notifications_partial_is_empty_without_news(page_client: FlaskClient, password_hash: str) -> None:

@@ -191,7 +191,7 @@ def test_reports_page_in_german(app: Flask, setup: Setup) -> None:
     assert "<h1>Bericht für Fördergeber</h1>" in page
     assert "Januar 2026 bis März 2026: ganze Monate in der Ortszeit des Standorts." in page
     assert 'data-figure="hours">10,0<' in page
-    assert "Erteilte Qualifikationen" in page and "Eingewiesen" in page
+    assert "Vergebene Qualifikationen" in page and "Eingewiesen" in page
 
 
 def test_reports_qualifications_csv_names_trainers_unless_pseudonyms(

@@ -118,8 +118,8 @@ def test_browser_phone_overview_live_and_german(live_server: tuple[str, Lab]) ->
             expect(page.locator("[data-live-error]")).to_be_hidden()
             page.screenshot(path=str(ARTIFACTS / "overview-de-390.png"), full_page=True)
 
-            page.get_by_role("link", name="Meine Ausbildung").click()
-            expect(page.get_by_role("heading", name="Meine Ausbildung")).to_be_visible()
+            page.get_by_role("link", name="Meine Schulung").click()
+            expect(page.get_by_role("heading", name="Meine Schulung")).to_be_visible()
 
             # Wider screens get a grid of tiles and a real table.
             page.set_viewport_size({"width": 1280, "height": 900})
@@ -140,7 +140,7 @@ def test_browser_phone_overview_live_and_german(live_server: tuple[str, Lab]) ->
             page.get_by_label("Passwort").fill(PASSWORD)
             page.screenshot(path=str(ARTIFACTS / "login-de-390.png"), full_page=True)
             page.get_by_role("button", name="Anmelden").click()
-            expect(page.get_by_role("heading", name="Meine Ausbildung")).to_be_visible()
+            expect(page.get_by_role("heading", name="Meine Schulung")).to_be_visible()
             expect(page.get_by_role("link", name="Maschinen")).to_have_count(0)
             expect(page.locator("table.sessions")).not_to_contain_text("Bob Builder")
             page.screenshot(path=str(ARTIFACTS / "me-de-390.png"), full_page=True)

@@ -118,7 +118,7 @@ def test_i18n_language_choice_survives_login(client: FlaskClient, auth: AuthActi
 def test_i18n_profile_language_without_choice(client: FlaskClient, auth: AuthActions, lab: Lab) -> None:
     auth.login(lab.other_participant)  # Bob's profile says German
     html = client.get("/me").get_data(as_text=True)
-    assert "Meine Ausbildung" in html and "offline" in html
+    assert "Meine Schulung" in html and "offline" in html
 
 
 def test_i18n_unknown_language_is_404(client: FlaskClient) -> None:

@@ -314,7 +314,7 @@ def test_training_participant_page_in_german(
     # Bob reads German (his profile says so).
     auth.login(trained_lab.other_participant)
     me = client.get("/me").get_data(as_text=True)
-    assert "Meine Ausbildung" in me
+    assert "Meine Schulung" in me
     assert "Laserschneiden" in me
 
 

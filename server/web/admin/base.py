@@ -16,7 +16,7 @@ from server.models import Person, Site
 from server.web.admin.forms import choice
 from server.web.auth import current
 from server.web.common import web_blueprint
-from server.web.l10n import _
+from server.web.l10n import _, current_language
 
 bp = web_blueprint("admin", __name__)
 
@@ -56,7 +56,9 @@ def apply_changes(obj: Any, values: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def site_choices(db: Session) -> list[Any]:
-    return [choice(s.id, s.name) for s in db.scalars(select(Site).order_by(Site.name))]
+    return [
+        choice(s.id, s.display_name(current_language())) for s in db.scalars(select(Site).order_by(Site.name))
+    ]
 
 
 def text_or_none(value: Any) -> str | None:

@@ -97,7 +97,7 @@ def _save_competency(form: CompetencyForm, competency: Competency | None) -> Com
         if changes:
             audit.record(db, acting_admin(), "competency.update", f"competency:{competency.id}", changes)
     db.commit()
-    flash(_("Competency %(name)s saved.", name=competency.name), "info")
+    flash(_("Competency %(name)s saved.", name=competency.display_name(current_language())), "info")
     return competency
 
 
@@ -154,6 +154,7 @@ def _step_values(form: StepForm) -> dict[str, Any]:
     return {
         "kind": form.kind.data,
         "name": form.name.data.strip(),
+        "name_de": text_or_none(form.name_de.data),
         "leads_to": Level(form.leads_to.data),
         "hours": form.hours.data,
     }
@@ -173,7 +174,7 @@ def step_add(competency_id: int) -> ResponseReturnValue:
     detail = {**_step_values(form), "leads_to": step.leads_to.value, "competency": competency.slug}
     audit.record(db, acting_admin(), "step.create", f"step:{step.id}", detail)
     db.commit()
-    flash(_("Step %(name)s added.", name=step.name), "info")
+    flash(_("Step %(name)s added.", name=step.display_name(current_language())), "info")
     return redirect(url_for("admin.competency", competency_id=competency.id))
 
 
@@ -190,12 +191,12 @@ def step_edit(step_id: int) -> ResponseReturnValue:
         if changes:
             audit.record(db, acting_admin(), "step.update", f"step:{step.id}", changes)
         db.commit()
-        flash(_("Step %(name)s saved.", name=step.name), "info")
+        flash(_("Step %(name)s saved.", name=step.display_name(current_language())), "info")
         return redirect(url_for("admin.competency", competency_id=step.competency_id))
     return form_page(
         "admin/form.html",
         form,
-        title=_("Edit step %(name)s", name=step.name),
+        title=_("Edit step %(name)s", name=step.display_name(current_language())),
         back=url_for("admin.competency", competency_id=step.competency_id),
     )
 
@@ -244,5 +245,5 @@ def step_delete(step_id: int) -> ResponseReturnValue:
     for position, each in enumerate(competency.steps):
         each.position = position
     db.commit()
-    flash(_("Step %(name)s deleted.", name=step.name), "info")
+    flash(_("Step %(name)s deleted.", name=step.display_name(current_language())), "info")
     return redirect(url_for("admin.competency", competency_id=competency_id))

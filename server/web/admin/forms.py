@@ -105,7 +105,8 @@ class Form(FlaskForm):  # type: ignore[misc]  # Flask-WTF is untyped: its classe
 
 class SiteForm(Form):
     slug = _slug()
-    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=200)])
+    name = StringField(_l("Name (English)"), validators=[DataRequired(), Length(max=200)])
+    name_de = StringField(_l("Name (German)"), validators=[Optional(), Length(max=200)])
     timezone = StringField(
         _l("Time zone"),
         default="Europe/Berlin",
@@ -311,7 +312,8 @@ class StepForm(Form):
             choice(StepKind.SIGNOFF.value, _l("Practical sign-off")),
         ],
     )
-    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=200)])
+    name = StringField(_l("Name (English)"), validators=[DataRequired(), Length(max=200)])
+    name_de = StringField(_l("Name (German)"), validators=[Optional(), Length(max=200)])
     leads_to = SelectField(_l("Leads to level"), choices=level_choices())
     hours = FloatField(
         _l("Hours"),

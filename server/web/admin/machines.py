@@ -112,7 +112,7 @@ def _machine_type_form(machine_type: MachineType | None) -> ResponseReturnValue:
         if changes:
             audit.record(db, acting_admin(), action, f"machine_type:{machine_type.id}", changes)
         db.commit()
-        flash(_("Machine type %(name)s saved.", name=machine_type.name), "info")
+        flash(_("Machine type %(name)s saved.", name=machine_type.display_name(current_language())), "info")
         return redirect(url_for("admin.machine_types"))
     return form_page("admin/form.html", form, title=_title(machine_type), back=url_for("admin.machine_types"))
 
@@ -120,7 +120,7 @@ def _machine_type_form(machine_type: MachineType | None) -> ResponseReturnValue:
 def _title(machine_type: MachineType | None) -> str:
     if machine_type is None:
         return _("New machine type")
-    return _("Edit machine type %(name)s", name=machine_type.name)
+    return _("Edit machine type %(name)s", name=machine_type.display_name(current_language()))
 
 
 # -- machines ------------------------------------------------------------------------------------
@@ -157,7 +157,8 @@ def _machine_form(machine: Machine | None) -> ResponseReturnValue:
     form = MachineForm(obj=machine)
     form.site_id.choices = site_choices(db)
     form.machine_type_id.choices = [
-        choice(t.id, t.name) for t in db.scalars(select(MachineType).order_by(MachineType.name))
+        choice(t.id, t.display_name(current_language()))
+        for t in db.scalars(select(MachineType).order_by(MachineType.name))
     ]
     old_hours = "" if machine is None else site_hours_text(machine.site_id, machine.id)
     if not form.is_submitted():

@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 from server import get_db
 from server.models import CardSecurity, Device, Machine, OpeningHours, Person, Site
 from server.services import audit, cards, opening_hours
-from server.web.admin.base import acting_admin, apply_changes, bp, form_page
+from server.web.admin.base import acting_admin, apply_changes, bp, form_page, text_or_none
 from server.web.admin.forms import SiteForm
 from server.web.auth import admin_required
-from server.web.l10n import _
+from server.web.l10n import _, current_language
 
 
 @bp.get("/")
@@ -89,7 +89,12 @@ def _site_form(site: Site | None) -> ResponseReturnValue:
         if taken is not None and (site is None or taken != site.id):
             form.add_error("slug", _("Another site already has this short name."))
         else:
-            values = {"slug": slug, "name": form.name.data.strip(), "timezone": form.timezone.data.strip()}
+            values = {
+                "slug": slug,
+                "name": form.name.data.strip(),
+                "name_de": text_or_none(form.name_de.data),
+                "timezone": form.timezone.data.strip(),
+            }
             if site is None:
                 site = Site(**values)
                 db.add(site)
@@ -102,7 +107,9 @@ def _site_form(site: Site | None) -> ResponseReturnValue:
             cards.set_card_security(db, site, CardSecurity(form.card_security.data), acting_admin())
             save_hours(site.id, None, form.opening_hours, old_hours, f"site:{site.id}")
             db.commit()
-            flash(_("Site %(name)s saved.", name=site.name), "info")
+            flash(_("Site %(name)s saved.", name=site.display_name(current_language())), "info")
             return redirect(url_for("admin.sites"))
-    title = _("New site") if site is None else _("Edit site %(name)s", name=site.name)
+    title = (
+        _("New site") if site is None else _("Edit site %(name)s", name=site.display_name(current_language()))
+    )
     return form_page("admin/form.html", form, title=title, back=url_for("admin.sites"))
