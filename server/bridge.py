@@ -158,6 +158,7 @@ class Bridge:
         booking_interval: float = 1.0,
         message_limit: int = 64 * 1024,
         tap_max_age_s: float = clocks.TAP_MAX_AGE_S,
+        clock_settle_s: float = clocks.SETTLE_S,
         ingest_timeout_s: float = INGEST_TIMEOUT_S,
     ) -> None:
         self.db = database
@@ -166,7 +167,11 @@ class Bridge:
             # Brokers that require a login (and amqtt, see server/broker.py) get the client id.
             address = BrokerAddress(address.host, address.port, client_id, address.password, address.tls)
         self.address = address
-        self.client = make_client(client_id, address, clean_session=False, ca_file=ca_file)
+        # A bridge alone keeps a persistent session, so the broker holds events for it while it
+        # restarts. Bridges sharing the device topics must not: Mosquitto goes on routing a dead
+        # member's share of the taps to its persistent session, where they wait unanswered until
+        # it returns; with a clean session the living bridges take them all.
+        self.client = make_client(client_id, address, clean_session=shared, ca_file=ca_file)
         self.allowlist_days = allowlist_days
         self.max_open_sessions = max_open_sessions
         self.shared = shared
@@ -179,6 +184,7 @@ class Bridge:
         # and for flagged offline sessions still running (reconcile.py).
         self.booking_interval = booking_interval
         self.tap_max_age_s = tap_max_age_s
+        self.clock_settle_s = clock_settle_s
         self.ingest_timeout_s = ingest_timeout_s
         self._next_booking_check = 0.0
         # (booking id, session id) locks sent by this process; the audit log has them all.
@@ -412,8 +418,11 @@ class Bridge:
                 self._note_offset(db, device, item, sent)
 
     def _note_offset(self, db: Session, device: Device, item: Inbound, sent: datetime) -> None:
-        offset = self.offsets.add(device.id, item.arrived, sent)
-        clocks.record(db, device, offset, self.clock())
+        self.offsets.add(device.id, item.arrived, sent)
+        # Stored (and used on event times) only once it stands: see clocks.SETTLE_S.
+        settled = self.offsets.settled(device.id, self.clock_settle_s)
+        if settled is not None:
+            clocks.record(db, device, settled, self.clock())
 
     def _on_event(self, item: Inbound) -> None:
         event = decode_event(item.payload)
@@ -425,10 +434,10 @@ class Bridge:
         if result.refused is not None:
             # Refused for good, nothing stored: acknowledged, or the agent would re-send it forever.
             self.reject(topic(item.device_id, Suffix.EVENT), result.refused)
+        if not result.new and result.refused is None:
+            self._count(self.handled, "duplicate")  # before the ack: whoever waits for it sees the count
         # Committed: now, and only now, the agent may forget the event.
         self.publish(item.device_id, Suffix.ACK, encode(Ack(v=1, ids=[result.event_id])))
-        if not result.new and result.refused is None:
-            self._count(self.handled, "duplicate")
 
     def _on_allowlist(self, item: Inbound) -> None:
         """A copy of a device's allow-list on the broker: ours coming back, the retained one

@@ -44,6 +44,11 @@ TAP_MAX_AGE_S = AGENT_WAIT_S + 0.05
 # How long a sample counts. Long enough to outlast a backlog of late messages (they cannot lower
 # the minimum), short enough that a clock set back is followed within minutes.
 WINDOW_S = 15 * 60.0
+# An estimate is stored (and corrects event times) only once it has stood this long unbeaten: a
+# device back from a cut link first delivers its backlog (QoS 1 messages queued while the link was
+# dead, stamped up to an hour ago), and those samples say "an hour behind" until the first fresh
+# message beats them, seconds later. A real skew stands; a backlog's does not.
+SETTLE_S = 30.0
 # Samples kept per device at most (the window's minimum needs few: see ClockOffsets.add).
 MAX_SAMPLES = 256
 FAULT_CODE = "clock_skew"
@@ -81,6 +86,19 @@ class ClockOffsets:
                 return None
             self._trim(samples, self._monotonic())
             return samples[0][1]
+
+    def settled(self, device_id: str, settle_s: float = SETTLE_S) -> float | None:
+        """The estimate once it has stood unbeaten for ``settle_s`` (None before): what event
+        times may be corrected by. The deque's first sample is the minimum; a smaller sample
+        replaces it (and restarts the wait), so its age is how long it has stood."""
+        with self._lock:
+            samples = self._samples.get(device_id)
+            if not samples:
+                return None
+            now = self._monotonic()
+            self._trim(samples, now)
+            noted, sample = samples[0]
+            return sample if noted <= now - settle_s else None
 
     def seed(self, device_id: str, offset_s: float, age_s: float) -> None:
         """Start from a stored estimate (measured ``age_s`` ago) when nothing newer is known."""

@@ -41,7 +41,10 @@ QUINN = "04A224B2C35E80"
 @pytest.fixture
 def bridge(lab: Database, mqtt_url: str, clock) -> Iterator[Bridge]:  # type: ignore[no-untyped-def]
     clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
-    running = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
+    # Offsets count at once here (the wait for an estimate to stand is tested in test_clocks.py).
+    running = Bridge(
+        lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, clock_settle_s=0
+    ).start()
     assert running.connected.is_set()
     yield running
     running.stop()
@@ -145,7 +148,7 @@ def test_bridge_drops_taps_the_agent_stopped_waiting_for(
     lab: Database, mqtt_url: str, device: Peer, clock
 ) -> None:  # type: ignore[no-untyped-def]
     client_id = f"bridge-{uuid.uuid4().hex[:6]}"
-    first = Bridge(lab, mqtt_url, client_id=client_id, clock=clock).start()
+    first = Bridge(lab, mqtt_url, client_id=client_id, clock=clock, clock_settle_s=0).start()
     try:
         device.publish(f"{PRINTER}/status", _status("printer-1", clock()))  # a Pi in step with us
         assert wait_until(lambda: _online(lab, "pi-printer-1"))
@@ -155,7 +158,7 @@ def test_bridge_drops_taps_the_agent_stopped_waiting_for(
     for seconds in late:  # tapped while no bridge answered: each agent decided offline after 1.5 s
         device.publish(f"{PRINTER}/auth/req", _req(QUINN, clock() - timedelta(seconds=seconds))[1])
 
-    second = Bridge(lab, mqtt_url, client_id=client_id, clock=clock).start()
+    second = Bridge(lab, mqtt_url, client_id=client_id, clock=clock, clock_settle_s=0).start()
     try:
         rid, fresh = _req(QUINN, clock())
         device.publish(f"{PRINTER}/auth/req", fresh)

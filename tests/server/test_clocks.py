@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from server.db import Database
@@ -151,3 +152,27 @@ def test_clocks_ingest_corrects_skewed_times_and_starts_online_sessions_at_their
         )
         row = s.get(MachineSession, third)
         assert row is not None and (row.started_at, row.time_corrected) == (T0, False)
+
+
+def test_clocks_a_backlog_after_a_cut_link_never_settles_but_a_real_skew_does() -> None:
+    # Back from a cut link, a device first delivers what it queued: stamped a minute ago, it says
+    # "a minute behind" until its first fresh message, a few seconds later. Event times must not
+    # be moved by that (the fault suite's link-1min scenario stored starts 55 s off before this).
+    ticks = Ticks()
+    offsets = clocks.ClockOffsets(monotonic=ticks)
+    offsets.add("pi", _at(0), _at(-60))  # the backlog
+    ticks.now += 7
+    assert offsets.settled("pi", settle_s=30) is None
+    offsets.add("pi", _at(7.05), _at(7))  # its first fresh message
+    ticks.now += 29
+    assert offsets.settled("pi", settle_s=30) is None  # the fresh estimate has not stood long yet
+    ticks.now += 2
+    assert offsets.settled("pi", settle_s=30) == pytest.approx(0.05)
+    # A clock that is really an hour behind says so message after message: that settles.
+    offsets.forget("pi")
+    offsets.add("pi", _at(100), _at(100 - 3600))
+    for step in range(1, 4):
+        ticks.now += 10
+        offsets.add("pi", _at(100 + 10 * step + 0.01), _at(100 + 10 * step - 3600))
+    ticks.now += 1
+    assert offsets.settled("pi", settle_s=30) == 3600.0
