@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -164,6 +165,7 @@ class Bridge:
             # Brokers that require a login (and amqtt, see server/broker.py) get the client id.
             address = BrokerAddress(address.host, address.port, client_id, address.password, address.tls)
         self.address = address
+        self.client_id = client_id
         self.client = make_client(client_id, address, clean_session=False, ca_file=ca_file)
         self.allowlist_days = allowlist_days
         self.max_open_sessions = max_open_sessions
@@ -209,6 +211,7 @@ class Bridge:
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._publisher: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
         self._handlers: dict[Suffix, Callable[[Inbound], None]] = {
             Suffix.STATUS: self._on_status,
             Suffix.EVENT: self._on_event,
@@ -236,12 +239,26 @@ class Bridge:
             log.warning("bridge: broker %s not reachable yet; retrying in the background", self.address.url)
         self._publisher = threading.Thread(target=self._publish_loop, name="allowlist-publisher", daemon=True)
         self._publisher.start()
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._heartbeat.start()
         return self
+
+    def _heartbeat_loop(self) -> None:
+        """Tell the web's /readyz that this bridge runs and whether it hears the broker."""
+        from server.services.health import BEAT_S, beat
+
+        name = f"bridge {self.client_id}@{socket.gethostname()}"
+        while True:
+            beat(self.db, name, "bridge", {"connected": self.connected.is_set()}, self.clock())
+            if self._stop.wait(BEAT_S):
+                return
 
     def stop(self) -> None:
         self._stop.set()
         if self._publisher is not None:
             self._publisher.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
         # Disconnect first: no new message is queued after the workers' last one.
         self.client.disconnect()
         self.client.loop_stop()

@@ -810,3 +810,18 @@ class PersonUsageMonthly(Base):
     run_s: Mapped[float] = mapped_column(Float, default=0.0)
     supervised_s: Mapped[float] = mapped_column(Float, default=0.0)
     jobs: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProcessHeartbeat(Base):
+    """A server process (bridge, scheduler) saying it runs: written every few seconds, read by the
+    web's /readyz (docs/deploy.md, "Watching it"). One row per process name."""
+
+    __tablename__ = "process_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime]
+    # The bridge: whether it is connected; the scheduler: each job's last run.
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -16,18 +16,21 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from server.db import Database
 from server.models import Device, Machine, Site
 from server.services import allowlists, bookings, mail, notifications, privacy, training, usage
+from server.services.health import BEAT_S, beat
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x5765726B  # "Werk"
@@ -240,4 +243,29 @@ def build_scheduler(database: Database, config: Mapping[str, Any] | None = None)
             id="email_notifications",
             next_run_time=start + timedelta(seconds=30),
         )
+    runs = JobRuns()
+    scheduler.add_listener(runs.record, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    scheduler.add_job(
+        heartbeat, "interval", seconds=BEAT_S, args=[database, runs], id="heartbeat", next_run_time=start
+    )
     return scheduler
+
+
+class JobRuns:
+    """Each job's last run (time, success, error), as APScheduler reports them."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def record(self, event: Any) -> None:
+        if event.job_id == "heartbeat":
+            return
+        run: dict[str, Any] = {"at": event.scheduled_run_time.isoformat(), "ok": event.exception is None}
+        if event.exception is not None:
+            run["error"] = f"{type(event.exception).__name__}: {event.exception}"[:200]
+        self.last[event.job_id] = run
+
+
+def heartbeat(database: Database, runs: JobRuns, now: datetime | None = None) -> None:
+    """Tell the web's /readyz that the scheduler runs, with each job's last run."""
+    beat(database, f"scheduler@{socket.gethostname()}", "scheduler", {"jobs": dict(runs.last)}, now)

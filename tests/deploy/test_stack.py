@@ -17,15 +17,19 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import IO
 
 import pytest
 from sqlalchemy import delete, select
 
+from server.bridge import wait_until
 from server.broker import free_port, wait_for_port
 from server.db import Database
 from server.models import Machine, OpeningHours
@@ -313,6 +317,18 @@ def test_stack_as_shipped_serves_a_tap_at_the_agent_to_the_browser_over_https(
         wait_for_log(procs, "agent", "connected to mqtts://", 30)
         procs.alive()
 
+        # Ready through nginx, over TLS checked against the test CA: database, broker, a bridge
+        # and the scheduler (their heartbeats).
+        tls = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+
+        def ready() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{ports[443]}/readyz", context=tls) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        assert wait_until(lambda: ready()[0] == 200, 20), ready()
         # Plain http is sent to https (on port 443, which this test moved: so no browser here).
         redirect = http.client.HTTPConnection("127.0.0.1", ports[80], timeout=5)
         redirect.request("GET", "/login", headers={"Host": "werkbank.lab"})
