@@ -146,7 +146,7 @@ def bridge_cmd() -> None:
 def scheduler_cmd() -> None:
     """Run the timed jobs (only one scheduler runs at a time; a second one waits)."""
     from server.extensions import db
-    from server.scheduler import build_scheduler, singleton_lock
+    from server.scheduler import LOCK_RETRY_S, build_scheduler, singleton_lock
 
     url = current_app.config["DATABASE_URL"]
     while True:
@@ -163,7 +163,7 @@ def scheduler_cmd() -> None:
                 scheduler.start()
                 return
         log.info("another scheduler holds the lock; waiting")
-        time.sleep(30)
+        time.sleep(LOCK_RETRY_S)
 
 
 # -- simulation ----------------------------------------------------------------------------

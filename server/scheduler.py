@@ -34,6 +34,9 @@ from server.services.health import BEAT_S, beat
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x5765726B  # "Werk"
+# A waiting scheduler tries the lock this often: when the running one dies (its database
+# connection, and with it the lock, goes at once), the next takes over within this time.
+LOCK_RETRY_S = 10
 OFFLINE_AFTER = timedelta(minutes=5)
 
 

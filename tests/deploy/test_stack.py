@@ -390,3 +390,31 @@ def test_stack_compose_runs_the_units_command_lines() -> None:
         argv[0] = Path(argv[0]).name
         expected = [arg.replace("127.0.0.1:", "0.0.0.0:") for arg in argv]
         assert shlex.split(services[service]["command"]) == expected, service
+
+
+def test_stack_a_second_scheduler_takes_over_within_a_minute_when_the_first_is_killed(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two hosts run werkbank-scheduler.service; the one holding the lock dies (kill -9): the other
+    runs the jobs within a minute, and until then it only waits."""
+    root = tmp_path / "host"
+    settings = settings_file(root, {"DATABASE_URL": database_url, "WERKBANK_VAR_DIR": f"{root}/var"})
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"} | env_file(
+        settings.read_text()
+    )
+    argv = command_line("werkbank-scheduler.service", root, {})
+    procs = Processes(tmp_path / "logs")
+    try:
+        first = procs.start("first", argv, env, ROOT)
+        wait_for_log(procs, "first", "scheduler running", 30)
+        procs.start("second", argv, env, ROOT)
+        wait_for_log(procs, "second", "another scheduler holds the lock", 30)
+        first.kill()
+        first.wait(timeout=5)
+        killed = time.monotonic()
+        del procs.procs["first"]
+        wait_for_log(procs, "second", "scheduler running", 60)
+        assert time.monotonic() - killed < 60
+        assert procs.log("second").count("scheduler running") == 1
+    finally:
+        procs.stop()
