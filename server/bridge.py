@@ -207,6 +207,12 @@ class Bridge:
         self._on_broker: dict[str, int] = {}
         self._republish_all = threading.Event()
         self.handled: Counter[str] = Counter()
+        # Answered taps by reason, and their latency (server/metrics.py serves both).
+        self.decisions: Counter[str] = Counter()
+        from server.metrics import BridgeMetrics
+
+        self.metrics = BridgeMetrics()
+        self.metrics.watch(self)
         # Set when the broker has acknowledged our subscriptions: from then on nothing is missed.
         self.connected = threading.Event()
         self._stop = threading.Event()
@@ -550,6 +556,8 @@ class Bridge:
 
     def _answer_taps(self, batch: list[tuple[str, AuthReq]]) -> None:
         """Decide ``batch``, record it in one transaction, then publish the answers."""
+        started = time.monotonic()
+        reasons: list[str] = []  # of the taps decided in this batch
         fresh: dict[str, bytes] = {}  # request id -> answer decided in this batch
         todo: list[tuple[str, AuthReq]] = []
         seen: set[str] = set()
@@ -579,6 +587,7 @@ class Bridge:
                         row, answer = self._record(device_id, req, now, machine, verdict)
                         rows.append(row)
                         fresh[req.id] = answer
+                        reasons.append(verdict.reason)
                         if verdict.reason == "badge_not_genuine":
                             audits.append(_not_genuine(device_id, req, machine, now))
                 if rows:
@@ -614,6 +623,10 @@ class Bridge:
             known = fresh.get(req.id) or self._recent_answer(req.id)
             if known is not None:
                 self.publish(device_id, Suffix.AUTH_RESP, known)
+        elapsed = time.monotonic() - started
+        for reason in reasons:
+            self._count(self.decisions, reason)
+            self.metrics.decision_seconds.observe(elapsed)
 
     def _certify(self, db: Connection, machine: MachineFacts, verdict: Verdict, now: datetime) -> Verdict:
         """Record the practical sign-off an allowed ``certify`` tap stands for, in the tap's

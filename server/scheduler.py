@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -193,7 +194,9 @@ def email_notifications(
     return mail.send_pending(database, settings, now)
 
 
-def build_scheduler(database: Database, config: Mapping[str, Any] | None = None) -> Any:
+def build_scheduler(
+    database: Database, config: Mapping[str, Any] | None = None, runs: JobRuns | None = None
+) -> Any:
     """The jobs, on a blocking scheduler; ``config`` (the app's) says whether to e-mail."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -246,7 +249,7 @@ def build_scheduler(database: Database, config: Mapping[str, Any] | None = None)
             id="email_notifications",
             next_run_time=start + timedelta(seconds=30),
         )
-    runs = JobRuns()
+    runs = runs if runs is not None else JobRuns()
     scheduler.add_listener(runs.record, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     scheduler.add_job(
         heartbeat, "interval", seconds=BEAT_S, args=[database, runs], id="heartbeat", next_run_time=start
@@ -259,6 +262,8 @@ class JobRuns:
 
     def __init__(self) -> None:
         self.last: dict[str, dict[str, Any]] = {}
+        self.counts: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
 
     def record(self, event: Any) -> None:
         if event.job_id == "heartbeat":
@@ -267,6 +272,9 @@ class JobRuns:
         if event.exception is not None:
             run["error"] = f"{type(event.exception).__name__}: {event.exception}"[:200]
         self.last[event.job_id] = run
+        self.counts[event.job_id] += 1
+        if event.exception is not None:
+            self.failures[event.job_id] += 1
 
 
 def heartbeat(database: Database, runs: JobRuns, now: datetime | None = None) -> None:

@@ -233,6 +233,19 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@bp.get("/metrics")
+@public
+def metrics() -> ResponseReturnValue:
+    """Prometheus text format: what the database says (the same from every worker). nginx lets
+    only the host itself scrape it (deploy/nginx-werkbank.conf)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from server.extensions import db
+    from server.metrics import web_registry
+
+    return generate_latest(web_registry(db)), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+
 @bp.get("/readyz")
 @public
 def readyz() -> ResponseReturnValue:

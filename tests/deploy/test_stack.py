@@ -40,6 +40,7 @@ from tests.web.test_web_browser import CHROMIUM, CHROMIUM_ARGS
 pytestmark = pytest.mark.browser
 
 UNITS = DEPLOY / "systemd"
+MONITORING = DEPLOY / "monitoring"
 NGINX = Path("/usr/sbin/nginx")
 VENV_BIN = Path(sys.executable).parent
 INSTALL_DIR = "/opt/werkbank"  # where the units expect the checkout and its .venv
@@ -260,6 +261,8 @@ def test_stack_as_shipped_serves_a_tap_at_the_agent_to_the_browser_over_https(
             "MQTT_CA_FILE": f"{root}/etc/werkbank/ca.crt",
             "SECRET_KEY": os.urandom(32).hex(),
             "WERKBANK_VAR_DIR": f"{root}/var/lib/werkbank",
+            "WERKBANK_BRIDGE_METRICS_PORT": str(bridge_metrics := free_port()),
+            "WERKBANK_SCHEDULER_METRICS_PORT": str(scheduler_metrics := free_port()),
         },
     )
     (root / "var/lib/werkbank").mkdir(parents=True)
@@ -361,6 +364,28 @@ def test_stack_as_shipped_serves_a_tap_at_the_agent_to_the_browser_over_https(
                 browser.close()
         assert problems == []
         procs.alive()
+
+        # Prometheus: the bridge counted the allowed tap and its latency, the scheduler its job
+        # runs, the web (through nginx, from this host) the device online.
+        bridge_text = _get(f"http://127.0.0.1:{bridge_metrics}/metrics")
+        assert 'werkbank_decisions_total{reason="ok"} 1.0' in bridge_text, bridge_text
+        assert "werkbank_decision_seconds_count 1.0" in bridge_text, bridge_text
+        assert "werkbank_bridge_connected 1.0" in bridge_text
+        scheduler_text = _get(f"http://127.0.0.1:{scheduler_metrics}/metrics")
+        assert re.search(r'werkbank_job_runs_total\{job="refresh_usage"\} [1-9]', scheduler_text), (
+            scheduler_text
+        )
+        assert 'werkbank_job_failures_total{job="refresh_usage"} 0.0' in scheduler_text
+        web_text = _get(f"https://127.0.0.1:{ports[443]}/metrics", tls)
+        assert "werkbank_devices_online 1.0" in web_text, web_text
+        # The shipped alert rules and dashboard ask only for metrics these processes export.
+        exported = bridge_text + scheduler_text + web_text
+        for shipped in (MONITORING / "werkbank-alerts.yaml", MONITORING / "grafana-werkbank.json"):
+            names = set(re.findall(r"werkbank_[a-z_]+", shipped.read_text()))
+            assert names, shipped
+            assert {n for n in names if f"{n} " not in exported and f"{n}{{" not in exported} == set(), (
+                shipped
+            )
         assert "Traceback" not in procs.log("werkbank-bridge"), procs.log("werkbank-bridge")
     except BaseException:
         print(procs.report(), "\n--- mosquitto\n", broker.log()[-3000:])
@@ -368,6 +393,12 @@ def test_stack_as_shipped_serves_a_tap_at_the_agent_to_the_browser_over_https(
     finally:
         procs.stop()
         broker.stop()
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> str:
+    with urllib.request.urlopen(url, context=context, timeout=5) as resp:
+        body: bytes = resp.read()
+    return body.decode()
 
 
 def _tap(stdin: IO[bytes] | None, uid: str) -> None:

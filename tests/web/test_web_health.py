@@ -12,12 +12,15 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from flask import Flask
+from sqlalchemy import select
 
 from server.bridge import Bridge, wait_until
 from server.broker import free_port
 from server.extensions import db
+from server.models import Device
 from server.scheduler import JobRuns, heartbeat
 from server.services.health import STALE_S
+from tests.web.conftest import Lab
 
 
 def _ready(app: Flask) -> tuple[int, dict[str, object]]:
@@ -69,3 +72,22 @@ def test_readyz_lists_a_job_whose_last_run_failed(make_app: Callable[..., Flask]
     _status, body = _ready(app)
     assert body["failed_jobs"] == ["remind_bookings"]
     assert body["checks"]["scheduler"] is True
+
+
+def test_metrics_count_the_devices_online_the_same_from_any_worker(
+    make_app: Callable[..., Flask], lab: Lab
+) -> None:
+    with db.session() as s:
+        devices = list(s.scalars(select(Device).where(Device.machine_id.is_not(None)).order_by(Device.id)))
+        for device in devices:
+            device.online = False
+        devices[0].online = True
+        total = len(devices)
+    # Two apps stand for two gunicorn workers: both read the database, so both say the same.
+    for app in (make_app(), make_app()):
+        response = app.test_client().get("/metrics")
+        assert response.status_code == 200
+        assert response.content_type.startswith("text/plain")
+        text = response.get_data(as_text=True)
+        assert "werkbank_devices_online 1.0" in text, text
+        assert f"werkbank_devices {float(total)}" in text, text
