@@ -194,6 +194,17 @@ def email_notifications(
     return mail.send_pending(database, settings, now)
 
 
+def notify_offline_devices(database: Database, now: datetime | None = None) -> int:
+    """Admins hear of devices offline too long while their lab is open (app; e-mail follows)."""
+    from server.services.devices import notify_offline
+
+    with database.session() as db:
+        made = notify_offline(db, now or datetime.now(UTC))
+    if made:
+        log.info("%d notification(s) of offline devices", made)
+    return made
+
+
 def build_scheduler(
     database: Database, config: Mapping[str, Any] | None = None, runs: JobRuns | None = None
 ) -> Any:
@@ -227,6 +238,7 @@ def build_scheduler(
         id="remind_expiring",
         next_run_time=start + timedelta(seconds=10),
     )
+    scheduler.add_job(notify_offline_devices, "interval", minutes=1, args=[database], id="offline_devices")
     scheduler.add_job(release_no_shows, "interval", minutes=1, args=[database], id="release_no_shows")
     scheduler.add_job(remind_bookings, "interval", minutes=1, args=[database], id="remind_bookings")
     retention = int((config or {}).get("RETENTION_MONTHS") or 0)

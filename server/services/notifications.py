@@ -53,6 +53,8 @@ BOOKING_RELEASED = "booking_released"
 QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
 # For admins: an offline session of someone who was not allowed (server.services.reconcile).
 OFFLINE_NOT_ALLOWED = "offline_not_allowed"
+# For admins: a device silent too long while its lab is open (server.services.devices).
+DEVICE_OFFLINE = "device_offline"
 
 # Why an offline session was not allowed, completing OFFLINE_NOT_ALLOWED's text.
 OFFLINE_REASONS: dict[str, str] = {
@@ -81,6 +83,10 @@ TEXTS: dict[str, str] = {
         "{reason}. If the session still runs, the machine locks once a running job ends. Please talk "
         "to {person}."
     ),
+    DEVICE_OFFLINE: N_(
+        "The device at {machine} has been offline since {start} on {date}, while the lab is open. "
+        "Check its power and network; until it is back, nobody can unlock {machine}."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -91,6 +97,7 @@ SUBJECTS: dict[str, str] = {
     BOOKING_REMINDER: N_("Your booking of {machine} at {start}"),
     BOOKING_RELEASED: N_("Your booking of {machine} was released"),
     OFFLINE_NOT_ALLOWED: N_("{person} used {machine} without being allowed"),
+    DEVICE_OFFLINE: N_("{machine} is offline"),
 }
 
 
