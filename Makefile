@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test faults lint typecheck unit bench bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto clean
+.PHONY: install run test faults lint typecheck unit bench bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -66,6 +66,14 @@ mosquitto:
 	  (apt-get install -y -q mosquitto >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q mosquitto)) \
 	  || { echo "could not install mosquitto: run 'apt-get install -y mosquitto' as root"; exit 1; }; }
 
+# The production stack test (tests/deploy/test_stack.py) runs deploy/nginx-werkbank.conf with
+# Debian's nginx as a private process on free ports; install it when missing (its own service,
+# if it starts, listens on port 80, which the tests never use).
+nginx:
+	@[ -x /usr/sbin/nginx ] || { echo "installing Debian's nginx for the stack test"; \
+	  (apt-get install -y -q nginx >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q nginx)) \
+	  || { echo "could not install nginx: run 'apt-get install -y nginx' as root"; exit 1; }; }
+
 # The OctoPrint monitor is tested against a real OctoPrint (its bundled virtual printer), in a
 # virtualenv of its own so its pinned dependencies never decide ours.
 octoprint:
@@ -76,7 +84,7 @@ octoprint:
 moonraker:
 	sh tests/agent/install_moonraker.sh
 
-unit: install browser octoprint moonraker mosquitto pdf
+unit: install browser octoprint moonraker mosquitto pdf nginx
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit

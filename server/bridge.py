@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -167,6 +168,7 @@ class Bridge:
             # Brokers that require a login (and amqtt, see server/broker.py) get the client id.
             address = BrokerAddress(address.host, address.port, client_id, address.password, address.tls)
         self.address = address
+        self.client_id = client_id
         # A bridge alone keeps a persistent session, so the broker holds events for it while it
         # restarts. Bridges sharing the device topics must not: Mosquitto goes on routing a dead
         # member's share of the taps to its persistent session, where they wait unanswered until
@@ -213,10 +215,17 @@ class Bridge:
         self._on_broker: dict[str, int] = {}
         self._republish_all = threading.Event()
         self.handled: Counter[str] = Counter()
+        # Answered taps by reason, and their latency (server/metrics.py serves both).
+        self.decisions: Counter[str] = Counter()
+        from server.metrics import BridgeMetrics
+
+        self.metrics = BridgeMetrics()
+        self.metrics.watch(self)
         # Set when the broker has acknowledged our subscriptions: from then on nothing is missed.
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._publisher: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
         self._handlers: dict[Suffix, Callable[[Inbound], None]] = {
             Suffix.STATUS: self._on_status,
             Suffix.EVENT: self._on_event,
@@ -244,12 +253,26 @@ class Bridge:
             log.warning("bridge: broker %s not reachable yet; retrying in the background", self.address.url)
         self._publisher = threading.Thread(target=self._publish_loop, name="allowlist-publisher", daemon=True)
         self._publisher.start()
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._heartbeat.start()
         return self
+
+    def _heartbeat_loop(self) -> None:
+        """Tell the web's /readyz that this bridge runs and whether it hears the broker."""
+        from server.services.health import BEAT_S, beat
+
+        name = f"bridge {self.client_id}@{socket.gethostname()}"
+        while True:
+            beat(self.db, name, "bridge", {"connected": self.connected.is_set()}, self.clock())
+            if self._stop.wait(BEAT_S):
+                return
 
     def stop(self) -> None:
         self._stop.set()
         if self._publisher is not None:
             self._publisher.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
         # Disconnect first: no new message is queued after the workers' last one.
         self.client.disconnect()
         self.client.loop_stop()
@@ -555,6 +578,8 @@ class Bridge:
 
     def _answer_taps(self, batch: list[tuple[str, AuthReq]]) -> None:
         """Decide ``batch``, record it in one transaction, then publish the answers."""
+        started = time.monotonic()
+        reasons: list[str] = []  # of the taps decided in this batch
         fresh: dict[str, bytes] = {}  # request id -> answer decided in this batch
         todo: list[tuple[str, AuthReq]] = []
         seen: set[str] = set()
@@ -591,6 +616,7 @@ class Bridge:
                         row, answer = self._record(device_id, req, now, machine, verdict)
                         rows.append(row)
                         fresh[req.id] = answer
+                        reasons.append(verdict.reason)
                         if verdict.reason == "badge_not_genuine":
                             audits.append(_not_genuine(device_id, req, machine, now))
                 if rows:
@@ -626,6 +652,10 @@ class Bridge:
             known = fresh.get(req.id) or self._recent_answer(req.id)
             if known is not None:
                 self.publish(device_id, Suffix.AUTH_RESP, known)
+        elapsed = time.monotonic() - started
+        for reason in reasons:
+            self._count(self.decisions, reason)
+            self.metrics.decision_seconds.observe(elapsed)
 
     def _certify(self, db: Connection, machine: MachineFacts, verdict: Verdict, now: datetime) -> Verdict:
         """Record the practical sign-off an allowed ``certify`` tap stands for, in the tap's

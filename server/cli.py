@@ -135,6 +135,10 @@ def bridge_cmd() -> None:
         tap_max_age_s=cfg["TAP_MAX_AGE_MS"] / 1000,
         ingest_timeout_s=cfg["INGEST_TIMEOUT_S"],
     ).start()
+    if cfg["BRIDGE_METRICS_PORT"]:
+        from server.metrics import serve
+
+        serve(bridge.metrics.registry, cfg["BRIDGE_METRICS_PORT"])
     try:
         _wait_for_signal()
     finally:
@@ -146,13 +150,19 @@ def bridge_cmd() -> None:
 def scheduler_cmd() -> None:
     """Run the timed jobs (only one scheduler runs at a time; a second one waits)."""
     from server.extensions import db
-    from server.scheduler import build_scheduler, singleton_lock
+    from server.scheduler import LOCK_RETRY_S, build_scheduler, singleton_lock
 
     url = current_app.config["DATABASE_URL"]
     while True:
         with singleton_lock(db, url) as held:
             if held:
-                scheduler: Any = build_scheduler(db, current_app.config)
+                from server.metrics import scheduler_registry, serve
+                from server.scheduler import JobRuns
+
+                runs = JobRuns()
+                scheduler: Any = build_scheduler(db, current_app.config, runs)
+                if current_app.config["SCHEDULER_METRICS_PORT"]:
+                    serve(scheduler_registry(runs), current_app.config["SCHEDULER_METRICS_PORT"])
 
                 def shutdown(*_: object, running: Any = scheduler) -> None:
                     running.shutdown(wait=False)
@@ -163,7 +173,7 @@ def scheduler_cmd() -> None:
                 scheduler.start()
                 return
         log.info("another scheduler holds the lock; waiting")
-        time.sleep(30)
+        time.sleep(LOCK_RETRY_S)
 
 
 # -- simulation ----------------------------------------------------------------------------

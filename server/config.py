@@ -51,6 +51,9 @@ class Config:
     # The bridge drops taps older than this: the agent has decided offline (raise it with the
     # agents' auth_timeout_s). And how long its event statements may wait on a lock (PostgreSQL).
     TAP_MAX_AGE_MS: int = _int("WERKBANK_TAP_MAX_AGE_MS", 1550)
+    # Prometheus metrics of the bridge and the scheduler on 127.0.0.1:PORT (0: not served).
+    BRIDGE_METRICS_PORT: int = _int("WERKBANK_BRIDGE_METRICS_PORT", 0)
+    SCHEDULER_METRICS_PORT: int = _int("WERKBANK_SCHEDULER_METRICS_PORT", 0)
     INGEST_TIMEOUT_S: int = _int("WERKBANK_INGEST_TIMEOUT_S", 5)
     BABEL_DEFAULT_LOCALE: str = os.environ.get("WERKBANK_DEFAULT_LANGUAGE", "de")
     BABEL_DEFAULT_TIMEZONE: str = os.environ.get("WERKBANK_TIMEZONE", "Europe/Berlin")

@@ -1095,3 +1095,18 @@ class Consent(Base):
     agreed_at: Mapped[datetime] = mapped_column()
     recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
     withdrawn_at: Mapped[datetime | None] = mapped_column()
+
+
+class ProcessHeartbeat(Base):
+    """A server process (bridge, scheduler) saying it runs: written every few seconds, read by the
+    web's /readyz (docs/deploy.md, "Watching it"). One row per process name."""
+
+    __tablename__ = "process_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime]
+    # The bridge: whether it is connected; the scheduler: each job's last run.
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -16,12 +16,15 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
@@ -38,9 +41,13 @@ from server.services import (
     training,
     usage,
 )
+from server.services.health import BEAT_S, beat
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x5765726B  # "Werk"
+# A waiting scheduler tries the lock this often: when the running one dies (its database
+# connection, and with it the lock, goes at once), the next takes over within this time.
+LOCK_RETRY_S = 10
 OFFLINE_AFTER = timedelta(minutes=5)
 
 
@@ -219,7 +226,20 @@ def email_notifications(
     return mail.send_pending(database, settings, now)
 
 
-def build_scheduler(database: Database, config: Mapping[str, Any] | None = None) -> Any:
+def notify_offline_devices(database: Database, now: datetime | None = None) -> int:
+    """Admins hear of devices offline too long while their lab is open (app; e-mail follows)."""
+    from server.services.devices import notify_offline
+
+    with database.session() as db:
+        made = notify_offline(db, now or datetime.now(UTC))
+    if made:
+        log.info("%d notification(s) of offline devices", made)
+    return made
+
+
+def build_scheduler(
+    database: Database, config: Mapping[str, Any] | None = None, runs: JobRuns | None = None
+) -> Any:
     """The jobs, on a blocking scheduler; ``config`` (the app's) says whether to e-mail."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -250,6 +270,7 @@ def build_scheduler(database: Database, config: Mapping[str, Any] | None = None)
         id="remind_expiring",
         next_run_time=start + timedelta(seconds=10),
     )
+    scheduler.add_job(notify_offline_devices, "interval", minutes=1, args=[database], id="offline_devices")
     scheduler.add_job(release_no_shows, "interval", minutes=1, args=[database], id="release_no_shows")
     scheduler.add_job(
         close_forgotten_checkins,
@@ -281,4 +302,34 @@ def build_scheduler(database: Database, config: Mapping[str, Any] | None = None)
             id="email_notifications",
             next_run_time=start + timedelta(seconds=30),
         )
+    runs = runs if runs is not None else JobRuns()
+    scheduler.add_listener(runs.record, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    scheduler.add_job(
+        heartbeat, "interval", seconds=BEAT_S, args=[database, runs], id="heartbeat", next_run_time=start
+    )
     return scheduler
+
+
+class JobRuns:
+    """Each job's last run (time, success, error), as APScheduler reports them."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, dict[str, Any]] = {}
+        self.counts: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+
+    def record(self, event: Any) -> None:
+        if event.job_id == "heartbeat":
+            return
+        run: dict[str, Any] = {"at": event.scheduled_run_time.isoformat(), "ok": event.exception is None}
+        if event.exception is not None:
+            run["error"] = f"{type(event.exception).__name__}: {event.exception}"[:200]
+        self.last[event.job_id] = run
+        self.counts[event.job_id] += 1
+        if event.exception is not None:
+            self.failures[event.job_id] += 1
+
+
+def heartbeat(database: Database, runs: JobRuns, now: datetime | None = None) -> None:
+    """Tell the web's /readyz that the scheduler runs, with each job's last run."""
+    beat(database, f"scheduler@{socket.gethostname()}", "scheduler", {"jobs": dict(runs.last)}, now)

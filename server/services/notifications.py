@@ -57,6 +57,8 @@ FOLLOW_UP_DUE = "follow_up_due"
 QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
 # For admins: an offline session of someone who was not allowed (server.services.reconcile).
 OFFLINE_NOT_ALLOWED = "offline_not_allowed"
+# For admins: a device silent too long while its lab is open (server.services.devices).
+DEVICE_OFFLINE = "device_offline"
 
 # Why an offline session was not allowed, completing OFFLINE_NOT_ALLOWED's text.
 OFFLINE_REASONS: dict[str, str] = {
@@ -88,6 +90,10 @@ TEXTS: dict[str, str] = {
     FOLLOW_UP_DUE: N_(
         "{person} left the programme six months ago ({date}). Please record where they stand now."
     ),
+    DEVICE_OFFLINE: N_(
+        "The device at {machine} has been offline since {start} on {date}, while the lab is open. "
+        "Check its power and network; until it is back, nobody can unlock {machine}."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -99,6 +105,7 @@ SUBJECTS: dict[str, str] = {
     BOOKING_RELEASED: N_("Your booking of {machine} was released"),
     OFFLINE_NOT_ALLOWED: N_("{person} used {machine} without being allowed"),
     FOLLOW_UP_DUE: N_("Six-month follow-up for {person}"),
+    DEVICE_OFFLINE: N_("{machine} is offline"),
 }
 
 

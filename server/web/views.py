@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import jsonify, redirect, render_template, url_for
+from flask import current_app, jsonify, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -239,4 +239,29 @@ JOB_STATUS_LABELS = {
 @bp.get("/healthz")
 @public
 def healthz() -> dict[str, str]:
+    """The web process answers (nothing else is checked: see /readyz)."""
     return {"status": "ok"}
+
+
+@bp.get("/metrics")
+@public
+def metrics() -> ResponseReturnValue:
+    """Prometheus text format: what the database says (the same from every worker). nginx lets
+    only the host itself scrape it (deploy/nginx-werkbank.conf)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from server.extensions import db
+    from server.metrics import web_registry
+
+    return generate_latest(web_registry(db)), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+
+@bp.get("/readyz")
+@public
+def readyz() -> ResponseReturnValue:
+    """200 when the database, the broker, a connected bridge and the scheduler are there, else 503;
+    the body names each check (no secrets: process names stay in the database)."""
+    from server.services.health import readiness
+
+    result = readiness(get_db(), current_app.config["MQTT_URL"] or "")
+    return jsonify(result), 200 if result["ready"] else 503

@@ -1,0 +1,132 @@
+"""Prometheus metrics (docs/deploy.md, "Metrics").
+
+Each process serves what it knows itself: the bridge its decisions, latencies and ingested or
+rejected messages, the scheduler its job runs (each on its own loopback port), the web what the
+database says (devices online), so several gunicorn workers need no shared state: any worker
+reads the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from server.db import Database
+from server.models import Device, ProcessHeartbeat
+
+if TYPE_CHECKING:
+    from server.bridge import Bridge
+    from server.scheduler import JobRuns
+
+# Taps are answered in a few ms; the agent gives up after about 1.5 s.
+DECISION_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5)
+
+
+class BridgeMetrics:
+    """The bridge's registry: its counters read at scrape time, and the decision latency."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.decision_seconds = Histogram(
+            "werkbank_decision_seconds",
+            "Time from a tap request's dequeue to its answer being published.",
+            buckets=DECISION_BUCKETS,
+            registry=self.registry,
+        )
+
+    def watch(self, bridge: Bridge) -> None:
+        self.registry.register(_BridgeCollector(bridge))
+
+
+class _BridgeCollector(Collector):
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def describe(self) -> Iterator[Any]:
+        # Registered while the bridge is still being built: do not collect yet.
+        return iter(())
+
+    def collect(self) -> Iterator[Any]:
+        decisions = CounterMetricFamily(
+            "werkbank_decisions", "Tap decisions answered, by reason (ok = allowed).", labels=["reason"]
+        )
+        handled = CounterMetricFamily(
+            "werkbank_messages_handled", "Device messages handled, by kind.", labels=["kind"]
+        )
+        rejected = CounterMetricFamily(
+            "werkbank_messages_rejected",
+            "Device messages refused, by reason.",
+            labels=["reason"],
+        )
+        for family, counter in (
+            (decisions, self.bridge.decisions),
+            (handled, self.bridge.handled),
+            (rejected, self.bridge.rejected),
+        ):
+            for key, value in sorted(dict(counter).items()):
+                family.add_metric([key], value)
+        connected = GaugeMetricFamily("werkbank_bridge_connected", "1 while the bridge hears the broker.")
+        connected.add_metric([], 1.0 if self.bridge.connected.is_set() else 0.0)
+        yield from (decisions, handled, rejected, connected)
+
+
+class _SchedulerCollector(Collector):
+    def __init__(self, runs: JobRuns) -> None:
+        self.runs = runs
+
+    def collect(self) -> Iterator[Any]:
+        total = CounterMetricFamily("werkbank_job_runs", "Scheduler job runs, by job.", labels=["job"])
+        failed = CounterMetricFamily("werkbank_job_failures", "Failed job runs.", labels=["job"])
+        for job, count in sorted(self.runs.counts.items()):
+            total.add_metric([job], count)
+            failed.add_metric([job], self.runs.failures.get(job, 0))
+        yield from (total, failed)
+
+
+def scheduler_registry(runs: JobRuns) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_SchedulerCollector(runs))
+    return registry
+
+
+class _DatabaseCollector(Collector):
+    """What the database knows, the same from every gunicorn worker."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def collect(self) -> Iterator[Any]:
+        online = GaugeMetricFamily("werkbank_devices_online", "Devices that are online.")
+        known = GaugeMetricFamily("werkbank_devices", "Devices serving a machine.")
+        beats = GaugeMetricFamily(
+            "werkbank_heartbeat_age_seconds",
+            "Seconds since a process last beat.",
+            labels=["name"],
+        )
+        now = datetime.now(UTC)
+        with self.database.session() as session:
+            serving = Device.machine_id.is_not(None)
+            online.add_metric(
+                [], session.scalar(select(func.count()).where(serving, Device.online.is_(True))) or 0
+            )
+            known.add_metric([], session.scalar(select(func.count()).where(serving)) or 0)
+            for name, seen_at in session.execute(select(ProcessHeartbeat.name, ProcessHeartbeat.seen_at)):
+                beats.add_metric([name], (now - seen_at).total_seconds())
+        yield from (online, known, beats)
+
+
+def web_registry(database: Database) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_DatabaseCollector(database))
+    return registry
+
+
+def serve(registry: CollectorRegistry, port: int) -> None:
+    """Serve ``registry`` on 127.0.0.1:``port`` (a scrape from the host only; a daemon thread)."""
+    start_http_server(port, addr="127.0.0.1", registry=registry)
