@@ -441,11 +441,13 @@ class Bridge:
                 self._note_offset(db, device, item, sent)
 
     def _note_offset(self, db: Session, device: Device, item: Inbound, sent: datetime) -> None:
-        self.offsets.add(device.id, item.arrived, sent)
-        # Stored (and used on event times) only once it stands: see clocks.SETTLE_S.
+        estimate = self.offsets.add(device.id, item.arrived, sent)
+        # Stored (and used on event times) once it stands (clocks.SETTLE_S): a cut link's backlog
+        # must not move them. A device never measured takes its first estimate at once, so that a
+        # bridge restarted soon after can still tell which queued taps are stale.
         settled = self.offsets.settled(device.id, self.clock_settle_s)
-        if settled is not None:
-            clocks.record(db, device, settled, self.clock())
+        if settled is not None or device.clock_offset_s is None:
+            clocks.record(db, device, settled if settled is not None else estimate, self.clock())
 
     def _on_event(self, item: Inbound) -> None:
         event = decode_event(item.payload)
