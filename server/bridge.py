@@ -94,6 +94,9 @@ MAX_TAPS_PER_COMMIT = 100
 # Messages waiting for the ingest thread, at most; past it a message is
 # dropped unacknowledged (counted ``busy``): the agent sends its events again.
 MAX_WAITING = 10_000
+# Telemetry is live state: per device the newest within this window is written, all devices
+# together in one transaction (docs/performance.md).
+TELEMETRY_WINDOW_S = 1.0
 # How long the ingest thread's statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
@@ -133,6 +136,16 @@ class Inbound:
     payload: bytes
     arrived: datetime
     retained: bool
+
+
+@dataclass
+class _PendingTelemetry:
+    """The newest telemetry of one device waiting to be written, and how many it stands for."""
+
+    item: Inbound
+    telemetry: Telemetry
+    sent: datetime
+    messages: int
 
 
 class _Version(msgspec.Struct):
@@ -220,7 +233,6 @@ class Bridge:
         self._handlers: dict[Suffix, Callable[[Inbound], None]] = {
             Suffix.STATUS: self._on_status,
             Suffix.EVENT: self._on_event,
-            Suffix.TELEMETRY: self._on_telemetry,
             Suffix.ALLOWLIST: self._on_allowlist,
         }
         self._subscribe_mid: int | None = None
@@ -331,12 +343,83 @@ class Bridge:
             log.exception("bridge: unexpected error on %s", msg.topic)
 
     def _ingest_loop(self) -> None:
-        """The ingest thread: one message after the other, until stopped."""
+        """The ingest thread: one message after the other, until stopped. Telemetry is
+        coalesced: per device the newest wins within ``TELEMETRY_WINDOW_S``, and the live state
+        of all devices heard from is written in one transaction. Any other message writes the
+        telemetry waiting first, so that the order of what the devices said is kept."""
+        pending: dict[str, _PendingTelemetry] = {}
+        deadline = 0.0
         while True:
-            item = self._inbox.get()
+            try:
+                timeout = max(0.0, deadline - time.monotonic()) if pending else None
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                self._flush_telemetry(pending)
+                continue
             if item is None:
+                self._flush_telemetry(pending)
                 return
-            self._handle(item)
+            if item.suffix is not Suffix.TELEMETRY:
+                self._flush_telemetry(pending)
+                self._handle(item)
+                continue
+            if not pending:
+                deadline = time.monotonic() + TELEMETRY_WINDOW_S
+            self._take_telemetry(pending, item)
+
+    def _take_telemetry(self, pending: dict[str, _PendingTelemetry], item: Inbound) -> None:
+        where = topic(item.device_id, Suffix.TELEMETRY)
+        try:
+            telemetry = decode_as(Telemetry, item.payload)
+            sent = parse_ts(telemetry.ts)
+        except ProtocolError as exc:
+            self.reject(where, exc)
+            return
+        held = pending.get(item.device_id)
+        if held is None:
+            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, 1)
+        elif sent >= held.sent:
+            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, held.messages + 1)
+        else:  # overtaken by a newer one already waiting
+            held.messages += 1
+
+    def _flush_telemetry(self, pending: dict[str, _PendingTelemetry]) -> None:
+        """Write the newest telemetry of every device in ``pending`` (one transaction), then
+        empty it. An unknown device is refused alone; a database error costs this window's
+        live state only (the next telemetry brings it again)."""
+        if not pending:
+            return
+        waiting = dict(pending)
+        pending.clear()
+        try:
+            now = self.clock()
+            with self._bounded_session() as db:
+                devices = {d.id: d for d in db.scalars(select(Device).where(Device.id.in_(sorted(waiting))))}
+                for device_id, held in waiting.items():
+                    device = devices.get(device_id)
+                    if device is None:
+                        self.reject(
+                            topic(device_id, Suffix.TELEMETRY),
+                            ProtocolError(
+                                "unknown_device",
+                                f"device {device_id!r} is not registered; provision it first",
+                            ),
+                        )
+                        continue
+                    apply_telemetry(db, device, held.telemetry, now)
+                    if not held.item.retained:
+                        self._note_offset(db, device, held.item, held.sent)
+            self._count(
+                self.handled,
+                "telemetry",
+                sum(h.messages for h in waiting.values() if h.item.device_id in devices),
+            )
+        except SQLAlchemyError:
+            self._count(self.rejected, "database")
+            log.exception("bridge: database error on the telemetry of %d device(s)", len(waiting))
+        except Exception:  # a bug must not stop the bridge; it is logged and counted
+            self._count(self.rejected, "internal")
+            log.exception("bridge: unexpected error on the telemetry of %d device(s)", len(waiting))
 
     def _handle(self, item: Inbound) -> None:
         where = f"werkbank/v1/dev/{item.device_id}/{item.suffix.value}"
@@ -401,15 +484,6 @@ class Bridge:
                     self.offsets.forget(device.id)  # restarted: its clock may have jumped
                 self._note_offset(db, device, item, sent)
             self._offer_allowlist(device, status.allowlist_version)
-
-    def _on_telemetry(self, item: Inbound) -> None:
-        telemetry = decode_as(Telemetry, item.payload)
-        sent = parse_ts(telemetry.ts)
-        with self._bounded_session() as db:
-            device = self._device(db, item.device_id)
-            apply_telemetry(db, device, telemetry, self.clock())
-            if not item.retained:
-                self._note_offset(db, device, item, sent)
 
     def _note_offset(self, db: Session, device: Device, item: Inbound, sent: datetime) -> None:
         offset = self.offsets.add(device.id, item.arrived, sent)

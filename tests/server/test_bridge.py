@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text
@@ -526,3 +526,45 @@ def test_bridge_recovery_end_never_replaces_the_real_end(
     with lab.session() as s:
         row = s.get(MachineSession, session)
         assert row is not None and (row.end_reason, row.unlocked_s) == ("tap_out", 1800)
+
+
+# -- telemetry at fleet scale: newest state per device, written together --------------------------
+
+
+def _telemetry(ts: datetime, **fields: object) -> bytes:
+    return json.dumps({"v": 1, "ts": format_ts(ts), **fields}).encode()
+
+
+def test_bridge_telemetry_keeps_each_devices_newest_state_and_refuses_strangers_alone(
+    bridge: Bridge, device: Peer, lab: Database, clock: Clock
+) -> None:
+    for i in range(20):
+        sent = clock.now + timedelta(seconds=i)
+        device.publish(f"{PRINTER}/telemetry", _telemetry(sent, running=True, power_w=100.0 + i, progress=i))
+    # One that arrives late but was sent first: it does not overwrite the newer state.
+    device.publish(f"{PRINTER}/telemetry", _telemetry(clock.now, running=False, power_w=1.0))
+    device.publish(f"{LASER}/telemetry", _telemetry(clock.now, running=False, power_w=5.0))
+    device.publish("werkbank/v1/dev/pi-unknown-9/telemetry", _telemetry(clock.now, running=True))
+    assert wait_until(lambda: bridge.handled["telemetry"] == 22, timeout=10)
+    assert bridge.rejected["unknown_device"] == 1
+    with lab.session() as s:
+        live = {m.slug: (m.live_running, m.live_power_w, m.live_progress) for m in s.scalars(select(Machine))}
+    assert live["printer-1"] == (True, 119.0, 19.0)
+    assert live["laser-1"] == (False, 5.0, None)
+
+
+def test_bridge_an_event_after_telemetry_is_not_overtaken_by_it(
+    bridge: Bridge, device: Peer, lab: Database, clock: Clock
+) -> None:
+    # The telemetry waiting is written before the event that followed it: the order holds.
+    device.publish(f"{PRINTER}/telemetry", _telemetry(clock.now, running=True, power_w=80.0))
+    session = str(uuid.uuid4())
+    eid, started = _event(
+        "session_started", session, "2026-11-18T09:00:00.000Z", badge="04A224B2C35E80", offline=True
+    )
+    device.publish(f"{PRINTER}/event", started)
+    assert decode_as(Ack, device.next(f"{PRINTER}/ack")).ids == [eid]
+    assert bridge.handled["telemetry"] == 1  # written before the event, not a window later
+    with lab.session() as s:
+        printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        assert printer is not None and printer.live_power_w == 80.0
