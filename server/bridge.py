@@ -395,7 +395,7 @@ class Bridge:
             now = self.clock()
             with self._bounded_session() as db:
                 devices = {d.id: d for d in db.scalars(select(Device).where(Device.id.in_(sorted(waiting))))}
-                for device_id, held in waiting.items():
+                for device_id, held in sorted(waiting.items()):  # one lock order for every writer
                     device = devices.get(device_id)
                     if device is None:
                         self.reject(
