@@ -42,7 +42,7 @@ import msgspec
 import paho.mqtt.client as mqtt
 from sqlalchemy import Connection, Table, insert, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.pool import StaticPool
 
 from server.db import Database
@@ -394,7 +394,17 @@ class Bridge:
         try:
             now = self.clock()
             with self._bounded_session() as db:
-                devices = {d.id: d for d in db.scalars(select(Device).where(Device.id.in_(sorted(waiting))))}
+                # Machines loaded with their devices, and no flush until the commit: one SELECT,
+                # then the UPDATEs of the whole window together (executemany), not one per device.
+                devices = {
+                    d.id: d
+                    for d in db.scalars(
+                        select(Device)
+                        .where(Device.id.in_(sorted(waiting)))
+                        .options(selectinload(Device.machine))
+                    )
+                }
+                db.autoflush = False
                 for device_id, held in sorted(waiting.items()):  # one lock order for every writer
                     device = devices.get(device_id)
                     if device is None:
