@@ -43,7 +43,8 @@ import msgspec
 import paho.mqtt.client as mqtt
 from sqlalchemy import Connection, Table, insert, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.pool import StaticPool
 
 from server.db import Database
 from server.i18n import gettext_in
@@ -60,7 +61,7 @@ from server.models import (
     StepKind,
 )
 from server.services import allowlists, attendance, booking_starts, cards, clocks, reconcile, training
-from server.services.decision import Decider, MachineFacts, PersonFacts, Tap, Verdict
+from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
 from server.services.devices import apply_status, apply_telemetry
 from server.services.ingest import ingest_event
 from server.services.messages import render, render_text
@@ -74,6 +75,7 @@ from werkbank_protocol.messages import (
     AuthResp,
     Cmd,
     EnrolGrant,
+    SessionStarted,
     Status,
     Telemetry,
     decode_as,
@@ -95,6 +97,9 @@ MAX_TAPS_PER_COMMIT = 100
 # Messages waiting for the ingest thread, at most; past it a message is
 # dropped unacknowledged (counted ``busy``): the agent sends its events again.
 MAX_WAITING = 10_000
+# Telemetry is live state: per device the newest within this window is written, all devices
+# together in one transaction (docs/performance.md).
+TELEMETRY_WINDOW_S = 1.0
 # How long the ingest thread's statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
@@ -134,6 +139,16 @@ class Inbound:
     payload: bytes
     arrived: datetime
     retained: bool
+
+
+@dataclass
+class _PendingTelemetry:
+    """The newest telemetry of one device waiting to be written, and how many it stands for."""
+
+    item: Inbound
+    telemetry: Telemetry
+    sent: datetime
+    messages: int
 
 
 class _Version(msgspec.Struct):
@@ -209,6 +224,12 @@ class Bridge:
         self._workers: list[threading.Thread] = []
         self._answers: OrderedDict[str, bytes] = OrderedDict()
         self._answers_lock = threading.Lock()
+        # The decider thread's connection (see _tap_connection), and how far the decision log
+        # is behind the answers published: batches published and written, in order.
+        self._tap_conn: Connection | None = None
+        self._log_state = threading.Condition()
+        self._log_published = 0
+        self._log_written = 0
         # Allow-lists: the newest version this process published per device, and the version
         # last seen on each device's topic (our own copy coming back, or -1: cleared).
         self._published: dict[str, int] = {}
@@ -229,7 +250,6 @@ class Bridge:
         self._handlers: dict[Suffix, Callable[[Inbound], None]] = {
             Suffix.STATUS: self._on_status,
             Suffix.EVENT: self._on_event,
-            Suffix.TELEMETRY: self._on_telemetry,
             Suffix.ALLOWLIST: self._on_allowlist,
         }
         self._subscribe_mid: int | None = None
@@ -360,12 +380,93 @@ class Bridge:
             log.exception("bridge: unexpected error on %s", msg.topic)
 
     def _ingest_loop(self) -> None:
-        """The ingest thread: one message after the other, until stopped."""
+        """The ingest thread: one message after the other, until stopped. Telemetry is
+        coalesced: per device the newest wins within ``TELEMETRY_WINDOW_S``, and the live state
+        of all devices heard from is written in one transaction. Any other message writes the
+        telemetry waiting first, so that the order of what the devices said is kept."""
+        pending: dict[str, _PendingTelemetry] = {}
+        deadline = 0.0
         while True:
-            item = self._inbox.get()
+            try:
+                timeout = max(0.0, deadline - time.monotonic()) if pending else None
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                self._flush_telemetry(pending)
+                continue
             if item is None:
+                self._flush_telemetry(pending)
                 return
-            self._handle(item)
+            if item.suffix is not Suffix.TELEMETRY:
+                self._flush_telemetry(pending)
+                self._handle(item)
+                continue
+            if not pending:
+                deadline = time.monotonic() + TELEMETRY_WINDOW_S
+            self._take_telemetry(pending, item)
+
+    def _take_telemetry(self, pending: dict[str, _PendingTelemetry], item: Inbound) -> None:
+        where = topic(item.device_id, Suffix.TELEMETRY)
+        try:
+            telemetry = decode_as(Telemetry, item.payload)
+            sent = parse_ts(telemetry.ts)
+        except ProtocolError as exc:
+            self.reject(where, exc)
+            return
+        held = pending.get(item.device_id)
+        if held is None:
+            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, 1)
+        elif sent >= held.sent:
+            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, held.messages + 1)
+        else:  # overtaken by a newer one already waiting
+            held.messages += 1
+
+    def _flush_telemetry(self, pending: dict[str, _PendingTelemetry]) -> None:
+        """Write the newest telemetry of every device in ``pending`` (one transaction), then
+        empty it. An unknown device is refused alone; a database error costs this window's
+        live state only (the next telemetry brings it again)."""
+        if not pending:
+            return
+        waiting = dict(pending)
+        pending.clear()
+        try:
+            now = self.clock()
+            with self._bounded_session() as db:
+                # Machines loaded with their devices, and no flush until the commit: one SELECT,
+                # then the UPDATEs of the whole window together (executemany), not one per device.
+                devices = {
+                    d.id: d
+                    for d in db.scalars(
+                        select(Device)
+                        .where(Device.id.in_(sorted(waiting)))
+                        .options(selectinload(Device.machine))
+                    )
+                }
+                db.autoflush = False
+                for device_id, held in sorted(waiting.items()):  # one lock order for every writer
+                    device = devices.get(device_id)
+                    if device is None:
+                        self.reject(
+                            topic(device_id, Suffix.TELEMETRY),
+                            ProtocolError(
+                                "unknown_device",
+                                f"device {device_id!r} is not registered; provision it first",
+                            ),
+                        )
+                        continue
+                    apply_telemetry(db, device, held.telemetry, now)
+                    if not held.item.retained:
+                        self._note_offset(db, device, held.item, held.sent)
+            self._count(
+                self.handled,
+                "telemetry",
+                sum(h.messages for h in waiting.values() if h.item.device_id in devices),
+            )
+        except SQLAlchemyError:
+            self._count(self.rejected, "database")
+            log.exception("bridge: database error on the telemetry of %d device(s)", len(waiting))
+        except Exception:  # a bug must not stop the bridge; it is logged and counted
+            self._count(self.rejected, "internal")
+            log.exception("bridge: unexpected error on the telemetry of %d device(s)", len(waiting))
 
     def _handle(self, item: Inbound) -> None:
         where = f"werkbank/v1/dev/{item.device_id}/{item.suffix.value}"
@@ -431,15 +532,6 @@ class Bridge:
                 self._note_offset(db, device, item, sent)
             self._offer_allowlist(device, status.allowlist_version)
 
-    def _on_telemetry(self, item: Inbound) -> None:
-        telemetry = decode_as(Telemetry, item.payload)
-        sent = parse_ts(telemetry.ts)
-        with self._bounded_session() as db:
-            device = self._device(db, item.device_id)
-            apply_telemetry(db, device, telemetry, self.clock())
-            if not item.retained:
-                self._note_offset(db, device, item, sent)
-
     def _note_offset(self, db: Session, device: Device, item: Inbound, sent: datetime) -> None:
         estimate = self.offsets.add(device.id, item.arrived, sent)
         # Stored (and used on event times) once it stands (clocks.SETTLE_S): a cut link's backlog
@@ -451,6 +543,9 @@ class Bridge:
 
     def _on_event(self, item: Inbound) -> None:
         event = decode_event(item.payload)
+        if isinstance(event, SessionStarted) and not event.offline:
+            # Its start time is its decision's: let the log catch up with the answer first.
+            self.wait_for_decision_log()
         with self._bounded_session() as db:
             device = self._device(db, item.device_id)
             result = ingest_event(db, device, event, self.clock())
@@ -516,6 +611,13 @@ class Bridge:
         """Answer taps in batches: all taps waiting when the thread gets to them share one
         transaction (one commit), then their answers go out. This thread alone answers taps,
         so taps never wait on each other's database locks."""
+        try:
+            self._decide_batches()
+        finally:
+            # Not back into the pool: its session settings are the decider's alone.
+            self._drop_tap_connection()
+
+    def _decide_batches(self) -> None:
         while True:
             first = self._taps.get()
             if first is None:
@@ -579,16 +681,152 @@ class Bridge:
         return current
 
     def _answer_taps(self, batch: list[tuple[str, AuthReq]]) -> None:
-        """Decide ``batch``, record it in one transaction, then publish the answers."""
+        """Decide ``batch`` and publish the answers, then write the decision log.
+
+        The reply path costs one query (see Decider) on the decider's own connection, read in
+        autocommit: no BEGIN, no COMMIT, no pool check-out. The ``access_decisions`` rows are
+        written right after the answers went out, without waiting for the disk on PostgreSQL
+        (``synchronous_commit = off``): a crash can cost the last few rows of the log, never
+        an event, a session or an ack (docs/performance.md). Whatever must be durable before
+        the answer still is: a ``certify`` tap's sign-off and a not-genuine card's audit."""
         started = time.monotonic()
         reasons: list[str] = []  # of the taps decided in this batch
-        fresh: dict[str, bytes] = {}  # request id -> answer decided in this batch
         todo: list[tuple[str, AuthReq]] = []
         seen: set[str] = set()
         for device_id, req in batch:
             if req.id not in seen and self._recent_answer(req.id) is None:
                 todo.append((device_id, req))
             seen.add(req.id)
+        if any(req.mode in ("certify", "checkin") for _d, req in todo):
+            # A sign-off or a check-in changes more than the decision log: one durable transaction.
+            self._answer_taps_durably(batch, todo)
+            return
+        fresh: dict[str, bytes] = {}  # request id -> answer decided (or found recorded) now
+        rows: list[dict[str, Any]] = []
+        audits: list[dict[str, Any]] = []
+        if todo:
+            try:
+                db = self._tap_connection()
+                now = self.clock()
+                taps = [Tap(d, r.badge, r.mode, r.trainer_badge, r.card_auth, r.id) for d, r in todo]
+                results = self.decider.decide(db, taps, now, self.max_open_sessions)
+                db.commit()  # no round trip in autocommit; ends the read otherwise
+            except SQLAlchemyError:
+                # The database is down or busy: no answer goes out, the agent decides offline.
+                self._drop_tap_connection()
+                self._count(self.rejected, "database", len(batch))
+                log.exception("bridge: database error on %d tap(s); devices fall back to offline", len(batch))
+                return
+            for (device_id, req), result in zip(todo, results, strict=True):
+                if isinstance(result, Recorded):
+                    # Answered before (by this bridge before a restart, or another one): it stands.
+                    fresh[req.id] = encode(AuthResp(v=1, **result.response))
+                elif isinstance(result, ProtocolError):
+                    self.reject(topic(device_id, Suffix.AUTH_REQ), result)
+                elif isinstance(result, Exception):  # a bug must not stop the bridge
+                    self._count(self.rejected, "internal")
+                    log.error("bridge: unexpected error on a tap at %s", device_id, exc_info=result)
+                else:
+                    machine, verdict = result
+                    row, answer = self._record(device_id, req, now, machine, verdict)
+                    rows.append(row)
+                    fresh[req.id] = answer
+                    reasons.append(verdict.reason)
+                    if verdict.reason == "badge_not_genuine":
+                        audits.append(_not_genuine(device_id, req, machine, now))
+        if audits:
+            # A refused forgery is audited before anyone hears of it: durably, log and all.
+            try:
+                self._count(self.rejected, "badge_not_genuine", len(audits))
+                with self.db.engine.begin() as durable:
+                    durable.execute(_RECORD_DECISION, rows)
+                    durable.execute(_RECORD_AUDIT, audits)
+                rows = []
+            except SQLAlchemyError:
+                self._count(self.rejected, "database", len(batch))
+                log.exception("bridge: could not audit %d refused card(s); no answer goes out", len(audits))
+                return
+        with self._log_state:
+            self._log_published += 1
+            mark = self._log_published
+        try:
+            for request_id, answer in fresh.items():
+                self._remember_answer(request_id, answer)
+            for device_id, req in batch:
+                known = fresh.get(req.id) or self._recent_answer(req.id)
+                if known is not None:
+                    self.publish(device_id, Suffix.AUTH_RESP, known)
+            elapsed = time.monotonic() - started
+            for reason in reasons:
+                self._count(self.decisions, reason)
+                self.metrics.decision_seconds.observe(elapsed)
+            if rows:
+                self._write_decision_log(rows)
+        finally:
+            with self._log_state:
+                self._log_written = max(self._log_written, mark)
+                self._log_state.notify_all()
+
+    def _tap_connection(self) -> Connection:
+        """The decider thread's own connection, kept open: in autocommit, so that a read is one
+        round trip, and on PostgreSQL with ``synchronous_commit = off`` for the decision log."""
+        if self._tap_conn is None:
+            conn = self.db.engine.connect()
+            if not isinstance(self.db.engine.pool, StaticPool):
+                # (An in-memory SQLite database shares its one connection with every thread:
+                # that one keeps its transactions, committed after each use.)
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SET synchronous_commit = off"))
+            self._tap_conn = conn
+        return self._tap_conn
+
+    def _drop_tap_connection(self) -> None:
+        if self._tap_conn is not None:
+            try:
+                self._tap_conn.invalidate()
+                self._tap_conn.close()
+            except SQLAlchemyError:
+                pass
+            self._tap_conn = None
+
+    def _write_decision_log(self, rows: list[dict[str, Any]]) -> None:
+        """Write the ``access_decisions`` rows of answers already sent. A row that is there
+        already (another bridge recorded the same request id in the same few milliseconds)
+        is left as it is, and counted."""
+        try:
+            db = self._tap_connection()
+            try:
+                db.execute(_RECORD_DECISION, rows)
+                db.commit()
+            except IntegrityError:
+                db.rollback()
+                for row in rows:  # each row on its own: the others still go in
+                    try:
+                        db.execute(_RECORD_DECISION, [row])
+                        db.commit()
+                    except IntegrityError:
+                        db.rollback()
+                        self._count(self.rejected, "duplicate_decision")
+                        log.warning("bridge: request %s was recorded by another bridge too", row["id"])
+        except SQLAlchemyError:
+            self._drop_tap_connection()
+            self._count(self.rejected, "decision_log", len(rows))
+            log.exception("bridge: %d decision log row(s) could not be written", len(rows))
+
+    def wait_for_decision_log(self, timeout: float = 1.0) -> bool:
+        """Wait until the decision log holds every answer published so far (a session that
+        starts right after its answer needs the row; it is a few milliseconds behind)."""
+        with self._log_state:
+            mark = self._log_published
+            return self._log_state.wait_for(lambda: self._log_written >= mark, timeout)
+
+    def _answer_taps_durably(self, batch: list[tuple[str, AuthReq]], todo: list[tuple[str, AuthReq]]) -> None:
+        """Decide ``batch``, record it in one transaction, then publish the answers: for taps
+        that change more than the decision log (a ``certify`` tap's sign-off, a check-in)."""
+        started = time.monotonic()
+        reasons: list[str] = []  # of the taps decided in this batch
+        fresh: dict[str, bytes] = {}  # request id -> answer decided in this batch
         try:
             # A Core connection, not an ORM session: nothing here needs the ORM, and a tap waits
             # for every microsecond the ORM's bookkeeping would add.
@@ -603,10 +841,12 @@ class Bridge:
                         rows.append(checked[0])
                         fresh[req.id] = checked[1]
                 todo = [item for item in todo if item[1].mode != "checkin"]
-                taps = [Tap(d, r.badge, r.mode, r.trainer_badge, r.card_auth) for d, r in todo]
+                taps = [Tap(d, r.badge, r.mode, r.trainer_badge, r.card_auth, r.id) for d, r in todo]
                 results = self.decider.decide(db, taps, now, self.max_open_sessions) if todo else []
                 for (device_id, req), result in zip(todo, results, strict=True):
-                    if isinstance(result, ProtocolError):
+                    if isinstance(result, Recorded):
+                        fresh[req.id] = encode(AuthResp(v=1, **result.response))
+                    elif isinstance(result, ProtocolError):
                         self.reject(topic(device_id, Suffix.AUTH_REQ), result)
                     elif isinstance(result, Exception):  # a bug must not stop the bridge
                         self._count(self.rejected, "internal")

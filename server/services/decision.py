@@ -51,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from server.models import (
+    AccessDecision,
     Badge,
     BadgeKind,
     BadgeStatus,
@@ -239,6 +240,7 @@ _reqs = Requirement.__table__
 _comps = Competency.__table__
 _sessions = MachineSession.__table__
 _bookings = Booking.__table__
+_decisions = AccessDecision.__table__
 
 _MACHINE_COLUMNS = (
     _devices.c.id.label("device_id"),
@@ -285,6 +287,12 @@ _MACHINE_AND_HOURS = (
         )
         .scalar_subquery()
         .label("open_sessions"),
+        # The answer already given to this request id, if any (a retry after a restart, or
+        # one another bridge answered): it stands, and asking costs no extra round trip.
+        select(_decisions.c.response)
+        .where(_decisions.c.id == bindparam("request_id"))
+        .scalar_subquery()
+        .label("recorded"),
         *_HOURS_COLUMNS,
     )
     .select_from(
@@ -297,6 +305,9 @@ _MACHINE_AND_HOURS = (
         )
     )
     .where(_devices.c.id == bindparam("device_id"))
+)
+_RECORDED = select(_decisions.c.id, _decisions.c.response).where(
+    _decisions.c.id.in_(bindparam("request_ids", expanding=True))
 )
 _MACHINES = (
     select(*_MACHINE_COLUMNS)
@@ -393,18 +404,31 @@ def _machine_of(device_id: str, row: Any | None, hours: tuple[Hours, ...]) -> Ma
 
 
 def load_machine(
-    db: Reader, device_id: str, now: datetime, person_id: int | None = None
-) -> tuple[MachineFacts | ProtocolError, int]:
-    """One device's machine with its opening hours, and the open sessions of ``person_id``
-    (0 without one), in one round trip."""
-    params = {"device_id": device_id, "person_id": person_id, "since": now - STALE_SESSION}
+    db: Reader, device_id: str, now: datetime, person_id: int | None = None, request_id: str | None = None
+) -> tuple[MachineFacts | ProtocolError, int, dict[str, Any] | None]:
+    """One device's machine with its opening hours, the open sessions of ``person_id``
+    (0 without one) and the answer recorded for ``request_id`` (None: none), in one round trip."""
+    params = {
+        "device_id": device_id,
+        "person_id": person_id,
+        "since": now - STALE_SESSION,
+        "request_id": request_id,
+    }
     rows = db.execute(_MACHINE_AND_HOURS, params).all()
     if not rows:
-        return _machine_of(device_id, None, ()), 0
+        return _machine_of(device_id, None, ()), 0, None
     own, site = _hours_by_owner(rows)
     first = rows[0]
     hours = tuple(own.get(first.id) or site.get(first.site_id) or ())
-    return _machine_of(device_id, first, hours), int(first.open_sessions or 0)
+    return _machine_of(device_id, first, hours), int(first.open_sessions or 0), first.recorded
+
+
+def load_recorded(db: Reader, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The answers already recorded for these request ids (the others are not in the result)."""
+    wanted = sorted(set(request_ids))
+    if not wanted:
+        return {}
+    return {row.id: row.response for row in db.execute(_RECORDED, {"request_ids": wanted})}
 
 
 def load_machines(
@@ -788,6 +812,16 @@ class Tap:
     mode: str = "use"
     trainer_badge: str | None = None
     card_auth: str | None = None
+    # The request id, when an answer recorded for it earlier should stand (see Recorded).
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A tap whose request id was answered already: that answer (AuthResp fields without
+    ``v``) stands, whatever the rules say now."""
+
+    response: dict[str, Any]
 
 
 class Decider:
@@ -897,21 +931,27 @@ class Decider:
 
     def decide(
         self, db: Reader, taps: Sequence[Tap], now: datetime, max_open_sessions: int = 2
-    ) -> list[tuple[MachineFacts, Verdict] | Exception]:
-        """(machine, verdict) per tap, in order; a ProtocolError for a tap at an unknown or
-        unassigned device, any other exception for a tap the rules failed on."""
+    ) -> list[tuple[MachineFacts, Verdict] | Recorded | Exception]:
+        """(machine, verdict) per tap, in order; Recorded for a tap whose ``request_id`` has
+        an answer recorded already; a ProtocolError for a tap at an unknown or unassigned
+        device, any other exception for a tap the rules failed on."""
         counts: dict[int, int] = {}
+        recorded: dict[str, dict[str, Any]] = {}
         if len(taps) == 1:
-            # A single tap (a quiet lab): the person's open sessions come with the machine,
-            # for whoever the cache says the badge belongs to (checked below like any entry).
+            # A single tap (a quiet lab): the person's open sessions and any answer recorded
+            # for the request come with the machine, for whoever the cache says the badge
+            # belongs to (checked below like any entry).
             tap = taps[0]
             person_id = self._cached_person(tap.badge.upper())
-            machine, count = load_machine(db, tap.device_id, now, person_id)
+            machine, count, stored = load_machine(db, tap.device_id, now, person_id, tap.request_id)
             machines = {tap.device_id: machine}
             if person_id is not None:
                 counts[person_id] = count
+            if stored is not None and tap.request_id is not None:
+                recorded[tap.request_id] = stored
         else:
             machines = load_machines(db, (t.device_id for t in taps), now)
+            recorded = load_recorded(db, (t.request_id for t in taps if t.request_id is not None))
         generation = self._check(m for m in machines.values() if isinstance(m, MachineFacts))
         uids = {t.badge.upper() for t in taps} | {t.trainer_badge.upper() for t in taps if t.trainer_badge}
         badges = self._load_badges(db, uids, generation)
@@ -930,8 +970,11 @@ class Decider:
                 counts.update(count_open_sessions(db, [person_id], now))
             return counts[person_id]
 
-        results: list[tuple[MachineFacts, Verdict] | Exception] = []
+        results: list[tuple[MachineFacts, Verdict] | Recorded | Exception] = []
         for tap in taps:
+            if tap.request_id is not None and tap.request_id in recorded:
+                results.append(Recorded(recorded[tap.request_id]))
+                continue
             machine = machines[tap.device_id]
             if isinstance(machine, ProtocolError):
                 results.append(machine)

@@ -122,11 +122,17 @@ def _relay_closed(system: System) -> bool:
 
 
 def _answer(system: System, session_id: str) -> dict[str, object]:
-    """What the bridge answered to the tap that opened ``session_id``."""
-    with system.db.session() as s:
-        row = s.scalar(select(AccessDecision).where(AccessDecision.session_id == session_id))
-        assert row is not None
-        return dict(row.response)
+    """What the bridge answered to the tap that opened ``session_id`` (the decision log is
+    written a few milliseconds after the answer went out: docs/performance.md)."""
+
+    def logged() -> AccessDecision | None:
+        with system.db.session() as s:
+            return s.scalar(select(AccessDecision).where(AccessDecision.session_id == session_id))
+
+    assert eventually(lambda: logged() is not None)
+    row = logged()
+    assert row is not None
+    return dict(row.response)
 
 
 def _end_reason(system: System, session_id: str) -> str | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from server.bridge import Bridge, wait_until
 from server.db import Database
@@ -102,6 +104,7 @@ def test_bridge_answers_a_tap_with_decision_and_both_languages(
         "not_qualified",
         None,
     )
+    assert bridge.wait_for_decision_log()
     with lab.session() as s:
         assert s.scalar(select(func.count()).select_from(AccessDecision)) == 2
 
@@ -131,8 +134,92 @@ def test_bridge_repeated_request_gets_the_same_answer_once_recorded(
     device.publish(f"{PRINTER}/auth/req", payload)
     second = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
     assert first == second
+    assert bridge.wait_for_decision_log()
     with lab.session() as s:
         assert s.scalar(select(func.count()).select_from(AccessDecision)) == 1
+
+
+# -- the decision log, written right after the answer (docs/performance.md) ---------------------
+
+
+def test_bridge_logs_each_answer_as_it_was_sent(bridge: Bridge, device: Peer, lab: Database) -> None:
+    rid, payload = _req("04A224B2C35E80")
+    device.publish(f"{PRINTER}/auth/req", payload)
+    resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+    assert bridge.wait_for_decision_log()
+    with lab.session() as s:
+        row = s.get(AccessDecision, rid)
+        assert row is not None
+        assert (row.device_id, row.decision, row.reason, row.session_id) == (
+            "pi-printer-1",
+            "allow",
+            "ok",
+            resp.session,
+        )
+        assert AuthResp(v=1, **row.response) == resp
+
+
+def test_bridge_after_a_restart_a_repeated_request_gets_the_logged_answer(
+    lab: Database, mqtt_url: str, device: Peer, clock: Clock
+) -> None:
+    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1"])
+    rid, payload = _req("04A224B2C35E80")
+    first = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
+    try:
+        device.publish(f"{PRINTER}/auth/req", payload)
+        answer = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+    finally:
+        first.stop()
+    # A new process with nothing in memory: deciding again would open another session.
+    second = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
+    try:
+        device.publish(f"{PRINTER}/auth/req", payload)
+        again = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+        assert again == answer and again.req == rid
+        assert second.wait_for_decision_log()
+    finally:
+        second.stop()
+    with lab.session() as s:
+        assert s.scalar(select(func.count()).select_from(AccessDecision)) == 1
+
+
+@contextmanager
+def _decision_log_held(lab: Database, seconds: float) -> Iterator[None]:
+    """Keep every write to access_decisions waiting for ``seconds`` (reads go on)."""
+    conn = lab.engine.connect()
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # WAL: readers are not blocked
+    else:
+        conn.execute(text("LOCK TABLE access_decisions IN EXCLUSIVE MODE"))  # SELECTs still pass
+    release = threading.Timer(seconds, conn.commit)
+    release.start()
+    try:
+        yield
+    finally:
+        release.join()
+        conn.close()
+
+
+def test_bridge_a_session_started_before_its_decision_is_logged_starts_at_the_decision(
+    bridge: Bridge, device: Peer, lab: Database, clock: Clock
+) -> None:
+    # The answer goes out before its log row is written: the agent's session_started may
+    # arrive first. The session must still start when the server allowed it.
+    with _decision_log_held(lab, 0.4):
+        rid, payload = _req("04A224B2C35E80")
+        device.publish(f"{PRINTER}/auth/req", payload)
+        resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+        assert resp.decision == "allow" and resp.session is not None
+        eid, started = _event(
+            "session_started", resp.session, "2026-11-18T08:59:58.000Z", badge="04A224B2C35E80", offline=False
+        )
+        device.publish(f"{PRINTER}/event", started)
+        assert decode_as(Ack, device.next(f"{PRINTER}/ack")).ids == [eid]
+    with lab.session() as s:
+        session = s.get(MachineSession, resp.session)
+        decision = s.get(AccessDecision, rid)
+        assert session is not None and decision is not None
+        assert session.started_at == decision.decided_at == clock.now
 
 
 def test_bridge_session_events_become_machine_hours_and_are_acked(
@@ -358,6 +445,10 @@ def test_bridge_does_not_send_an_allowlist_the_broker_would_drop(
     # The shipped broker drops messages over message_size_limit without a word, and the Pi would
     # keep an old list until it expires: the bridge says so instead (MQTT_MESSAGE_LIMIT).
     clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
+    for base in (PRINTER, LASER):
+        # Up to the clearing: an earlier test's bridge may have left a list the device got on subscribing.
+        while device.next(f"{base}/allowlist") != b"":
+            pass
     for t in ("cmd", "allowlist"):
         device.subscribe(f"werkbank/v1/dev/pi-printer-2/{t}")
     # 300 bytes: the empty list of printer-2 (in maintenance) fits, a list with badges does not.
@@ -435,3 +526,45 @@ def test_bridge_recovery_end_never_replaces_the_real_end(
     with lab.session() as s:
         row = s.get(MachineSession, session)
         assert row is not None and (row.end_reason, row.unlocked_s) == ("tap_out", 1800)
+
+
+# -- telemetry at fleet scale: newest state per device, written together --------------------------
+
+
+def _telemetry(ts: datetime, **fields: object) -> bytes:
+    return json.dumps({"v": 1, "ts": format_ts(ts), **fields}).encode()
+
+
+def test_bridge_telemetry_keeps_each_devices_newest_state_and_refuses_strangers_alone(
+    bridge: Bridge, device: Peer, lab: Database, clock: Clock
+) -> None:
+    for i in range(20):
+        sent = clock.now + timedelta(seconds=i)
+        device.publish(f"{PRINTER}/telemetry", _telemetry(sent, running=True, power_w=100.0 + i, progress=i))
+    # One that arrives late but was sent first: it does not overwrite the newer state.
+    device.publish(f"{PRINTER}/telemetry", _telemetry(clock.now, running=False, power_w=1.0))
+    device.publish(f"{LASER}/telemetry", _telemetry(clock.now, running=False, power_w=5.0))
+    device.publish("werkbank/v1/dev/pi-unknown-9/telemetry", _telemetry(clock.now, running=True))
+    assert wait_until(lambda: bridge.handled["telemetry"] == 22, timeout=10)
+    assert bridge.rejected["unknown_device"] == 1
+    with lab.session() as s:
+        live = {m.slug: (m.live_running, m.live_power_w, m.live_progress) for m in s.scalars(select(Machine))}
+    assert live["printer-1"] == (True, 119.0, 19.0)
+    assert live["laser-1"] == (False, 5.0, None)
+
+
+def test_bridge_an_event_after_telemetry_is_not_overtaken_by_it(
+    bridge: Bridge, device: Peer, lab: Database, clock: Clock
+) -> None:
+    # The telemetry waiting is written before the event that followed it: the order holds.
+    device.publish(f"{PRINTER}/telemetry", _telemetry(clock.now, running=True, power_w=80.0))
+    session = str(uuid.uuid4())
+    eid, started = _event(
+        "session_started", session, "2026-11-18T09:00:00.000Z", badge="04A224B2C35E80", offline=True
+    )
+    device.publish(f"{PRINTER}/event", started)
+    assert decode_as(Ack, device.next(f"{PRINTER}/ack")).ids == [eid]
+    assert bridge.handled["telemetry"] == 1  # written before the event, not a window later
+    with lab.session() as s:
+        printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        assert printer is not None and printer.live_power_w == 80.0

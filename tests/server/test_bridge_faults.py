@@ -165,6 +165,7 @@ def test_bridge_drops_taps_the_agent_stopped_waiting_for(
         resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
         assert resp.req == rid  # the first answer is the fresh tap's: the late ones got none
         assert device.drain(f"{PRINTER}/auth/resp") == []
+        assert second.wait_for_decision_log()  # written just after the answer went out
         with lab.session() as s:
             assert [d.id for d in s.scalars(select(AccessDecision))] == [rid]  # no phantom "allow"
         assert second.rejected["stale"] == len(late)

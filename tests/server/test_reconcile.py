@@ -104,7 +104,7 @@ def test_reconcile_notifies_the_sites_admins_in_their_language_and_is_audited(la
         assert len(notes) == 2
         note = next(n for n in notes if n.params["session_id"] == row.id)
         assert notifications.render(note, "en") == (
-            "Eddie Expired used Laser 1 on 18 November 2026 at 10:00 while it was offline, but was not "
+            "Eddie Expired used Laser 1 on November 18, 2026 at 10:00 while it was offline, but was not "
             "allowed to: Laser safety briefing had expired. If the session still runs, the machine locks "
             "once a running job ends. Please talk to Eddie Expired."
         )
