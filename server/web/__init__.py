@@ -15,7 +15,7 @@ from flask import Flask
 
 from server.web import admin, auth, bookings, dashboards, notifications, reports, training
 from server.web.auth import current
-from server.web.common import security_headers
+from server.web.common import register_error_pages, security_headers
 from server.web.l10n import current_language
 from server.web.views import bp
 
@@ -24,6 +24,7 @@ __all__ = ["bp", "init_app"]
 
 def init_app(app: Flask) -> None:
     app.after_request(security_headers)
+    register_error_pages(app)
     auth.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(bp)
