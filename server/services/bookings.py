@@ -314,19 +314,9 @@ def booking_eligibility(
     reqs = load_requirements(db, machine.machine_type_id)
     machine_name = LocalName(machine.machine_type.name, machine.machine_type.name_de)
     if trainer is not None:
-        if trainer.id == person.id or not (trainer.active and trainer.is_trainer):
-            return BookingError(
-                "trainer_invalid", N_("{trainer} cannot supervise this booking."), trainer=trainer.name
-            )
-        for req in reqs:
-            state = training.state_of(training.newest(db, trainer.id, req.competency_id), day)
-            if state is None or not state.usable or state.level != Level.TRAINER:
-                return BookingError(
-                    "trainer_invalid",
-                    N_("{trainer} is not a trainer for the {machine}."),
-                    trainer=trainer.name,
-                    machine=machine_name,
-                )
+        refusal = _supervisor_refusal(db, reqs, machine_name, trainer, person, day)
+        if refusal is not None:
+            return refusal
     for req in reqs:
         state = training.state_of(training.newest(db, person.id, req.competency_id), day)
         if state is None or state.level is None or state.revoked:
@@ -357,6 +347,53 @@ def booking_eligibility(
                 machine=machine_name,
             )
     return None
+
+
+def _supervisor_refusal(
+    db: Session, reqs: Sequence[Any], machine_name: LocalName, trainer: Person, person: Person, day: date
+) -> BookingError | None:
+    """May ``trainer`` supervise ``person`` on a machine with these requirements on ``day``?"""
+    if trainer.id == person.id or not (trainer.active and trainer.is_trainer):
+        return BookingError(
+            "trainer_invalid", N_("{trainer} cannot supervise this booking."), trainer=trainer.name
+        )
+    for req in reqs:
+        state = training.state_of(training.newest(db, trainer.id, req.competency_id), day)
+        if state is None or not state.usable or state.level != Level.TRAINER:
+            return BookingError(
+                "trainer_invalid",
+                N_("{trainer} is not a trainer for the {machine}."),
+                trainer=trainer.name,
+                machine=machine_name,
+            )
+    return None
+
+
+def supervisors(db: Session, machine: Machine, person: Person, day: date) -> list[Person]:
+    """The trainers of the machine's site who may supervise ``person`` on it on ``day``: those a
+    supervised booking would accept."""
+    reqs = load_requirements(db, machine.machine_type_id)
+    machine_name = LocalName(machine.machine_type.name, machine.machine_type.name_de)
+    trainers = db.scalars(
+        select(Person)
+        .where(Person.site_id == machine.site_id, Person.active.is_(True), Person.is_trainer.is_(True))
+        .order_by(Person.name)
+    )
+    return [t for t in trainers if _supervisor_refusal(db, reqs, machine_name, t, person, day) is None]
+
+
+def block_refusal(db: Session, person: Person, now: datetime) -> BookingError | None:
+    """The refusal a person blocked for repeated no-shows meets (None: not blocked)."""
+    policy = policy_for(db, person.site_id)
+    blocked = no_show_block(db, person.id, policy, now)
+    if blocked is None:
+        return None
+    return BookingError(
+        "no_show_block",
+        N_("You missed {count} bookings. You can book again from {date}."),
+        count=policy.no_show_limit,
+        date=blocked.astimezone(ZoneInfo(person.site.timezone)).date(),
+    )
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -442,14 +479,9 @@ def _check(
     if refusal is not None:
         raise refusal
     if not staff:
-        blocked = no_show_block(db, person.id, policy, now)
+        blocked = block_refusal(db, person, now)
         if blocked is not None:
-            raise BookingError(
-                "no_show_block",
-                N_("You missed {count} bookings. You can book again from {date}."),
-                count=policy.no_show_limit,
-                date=blocked.astimezone(tz).date(),
-            )
+            raise blocked
         quota = weekly_quota(db, person, policy)
         used = booked_hours_in_week(db, person.id, local.date(), tz, exclude=exclude)
         if used + length_min / 60 > quota + 1e-9:
@@ -468,6 +500,27 @@ def _check(
             start=first.starts_at.astimezone(tz),
             end=first.ends_at.astimezone(tz),
         )
+
+
+def precheck(
+    db: Session,
+    person: Person,
+    machine: Machine,
+    starts_at: datetime,
+    ends_at: datetime,
+    actor: Person,
+    now: datetime,
+    *,
+    trainer: Person | None = None,
+    exclude: str | None = None,
+) -> BookingError | None:
+    """What :func:`create` (or :func:`move`, with ``exclude``) would refuse now, without booking:
+    for pages that show a refusal before the person taps "Book"."""
+    try:
+        _check(db, person, machine, starts_at, ends_at, actor, now, trainer, exclude)
+    except BookingError as refused:
+        return refused
+    return None
 
 
 def create(
