@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from flask import g, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import Select, SQLColumnExpression, select
 
 from server import get_db
 from server.api.errors import ApiError
@@ -104,7 +104,9 @@ def require_sight(person: Person, resource: Resource, person_id: int | None) -> 
     raise ApiError(403, "forbidden", f"This token may read only its own person's {resource}.")
 
 
-def visible(query: Select[T], person: Person, resource: Resource, person_id: ColumnElement[int]) -> Select[T]:
+def visible(
+    query: Select[T], person: Person, resource: Resource, person_id: SQLColumnExpression[Any]
+) -> Select[T]:
     """``query`` cut down to the rows ``person`` may read, by the row's person (``person_id``)."""
     seen = sight(person, resource)
     if seen == "all":
@@ -120,8 +122,8 @@ def visible_at_machines(
     query: Select[T],
     person: Person,
     resource: Resource,
-    person_id: ColumnElement[int | None],
-    machine_id: ColumnElement[int],
+    person_id: SQLColumnExpression[Any],
+    machine_id: SQLColumnExpression[int],
 ) -> Select[T]:
     """Like :func:`visible`, for what happens at machines (sessions, bookings): trainers read
     those of their own site's machines, as the overview and the bookings pages show them."""

@@ -867,7 +867,8 @@ def blocked() -> ResponseReturnValue:
         site=site,
         rows=rows,
         rule=_(
-            "%(count)d no-shows within %(window)d days block new bookings for %(days)d days after the last one.",
+            "%(count)d no-shows within %(window)d days block new bookings for %(days)d days "
+            "after the last one.",
             count=policy.no_show_limit,
             window=policy.no_show_window_days,
             days=policy.no_show_block_days,

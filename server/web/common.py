@@ -62,7 +62,10 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
 def _error_text(code: int, error: HTTPException) -> tuple[str, str]:
     """The page's heading and what to do next, in the reader's language."""
     if code == 403:
-        return _("You are not allowed to see this page."), _("Log in with another account, or ask the lab staff.")
+        return (
+            _("You are not allowed to see this page."),
+            _("Log in with another account, or ask the lab staff."),
+        )
     if code == 404:
         return (
             _("This page does not exist."),
@@ -106,13 +109,13 @@ def _crash_page(error: InternalServerError) -> ResponseReturnValue:
     if session_ is not None:
         try:
             session_.rollback()
-        except Exception:  # noqa: BLE001 - the page must come out whatever the database does
+        except Exception:  # the page must come out whatever the database does
             log.warning("rollback after a crash failed", exc_info=True)
     if request.path.startswith(API_PREFIX):
         return error
     try:
         return _http_error(error)
-    except Exception:  # noqa: BLE001 - the page itself needs the database (who is logged in)
+    except Exception:  # the page itself needs the database (who is logged in)
         log.exception("the error page failed too")
         message, hint = _error_text(500, error)
         body = f"<!doctype html><title>500</title><h1>{escape(message)}</h1><p>{escape(hint)}</p>"

@@ -4,19 +4,26 @@ says what to do, also the taps the agent decides alone without asking the server
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
+import pytest
 from click.testing import Result
-from flask import Flask
+from flask.testing import FlaskCliRunner
 
 from device_agent.agent import Agent
 from device_agent.config import load_config
+from server import create_app
+from server.config import TestConfig
 from server.models import MachineSession
 from tests.e2e.conftest import System, eventually
-from tests.web.conftest import make_app  # noqa: F401 - a fixture, used by name
 
 QUINN = "04A224B2C35E80"  # qualified on printers
 OTHER = "A1B2C3D4"  # Tina, a trainer, also allowed on printers
+
+
+@pytest.fixture
+def runner(system: System, database_url: str, mqtt_url: str) -> FlaskCliRunner:
+    """The `werkbank` commands on the system's database and broker, as a second terminal has them."""
+    return create_app(TestConfig, DATABASE_URL=database_url, MQTT_URL=mqtt_url).test_cli_runner()
 
 
 def _agent_with_grace(system: System, device_id: str, grace_s: float) -> Agent:
@@ -30,13 +37,10 @@ def _agent_with_grace(system: System, device_id: str, grace_s: float) -> Agent:
     return agent
 
 
-def test_e2e_cli_tap_pasted_twice_explains_the_ignored_repeat(
-    system: System, make_app: Callable[..., Flask], mqtt_url: str
-) -> None:
+def test_e2e_cli_tap_pasted_twice_explains_the_ignored_repeat(system: System, runner: FlaskCliRunner) -> None:
     system.start_bridge()
     agent = _agent_with_grace(system, "pi-printer-1", 2.0)
     system.wait_allowlist(agent)
-    runner = make_app(MQTT_URL=mqtt_url).test_cli_runner()
 
     def tap(uid: str) -> Result:
         return runner.invoke(args=["tap", "printer-1", uid, "--timeout", "3"])
@@ -68,11 +72,8 @@ def test_e2e_cli_tap_pasted_twice_explains_the_ignored_repeat(
     assert eventually(ended)
 
 
-def test_e2e_cli_tap_without_agent_says_to_start_it(
-    system: System, make_app: Callable[..., Flask], mqtt_url: str
-) -> None:
+def test_e2e_cli_tap_without_agent_says_to_start_it(system: System, runner: FlaskCliRunner) -> None:
     system.start_bridge()
-    runner = make_app(MQTT_URL=mqtt_url).test_cli_runner()
     result = runner.invoke(args=["tap", "printer-1", QUINN, "--timeout", "1"])
     assert result.exit_code != 0
     assert "agent" in result.output and "not connected" in result.output
