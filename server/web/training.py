@@ -24,6 +24,8 @@ from wtforms.validators import DataRequired, Length, Optional
 from server import get_db
 from server.models import (
     Badge,
+    BadgeStatus,
+    BookingStatus,
     Competency,
     Level,
     Person,
@@ -32,7 +34,7 @@ from server.models import (
     StepKind,
     TrainingStep,
 )
-from server.services import training
+from server.services import bookings, training
 from server.services.training import (
     LEVEL_LABELS,
     STEP_KIND_LABELS,
@@ -41,8 +43,11 @@ from server.services.training import (
     TrainingError,
 )
 from server.web.auth import User, current, trainer_required
+from server.web.bookings import STATUS_LABELS, span_label
+from server.web.bookings import error_text as booking_error_text
 from server.web.common import web_blueprint
-from server.web.l10n import _, _l, current_language, date_label, when_label
+from server.web.l10n import _, _l, current_language, date_label, duration_label, when_label
+from server.web.live import person_hours
 
 bp = web_blueprint("training", __name__)
 
@@ -297,9 +302,10 @@ def person_page(
         render_template(
             "training/person.html",
             person=person,
-            badges=sorted(person.badges, key=lambda b: b.issued_at, reverse=True),
+            badges=present_badges(person, show_uid=actor.user.is_admin),
             cards=cards,
             history=history,
+            **_use_of(db, person, actor),
             step_form=StepForm(formdata=None),
             grant_form=GrantForm(formdata=None),
             reason_form=ReasonForm(formdata=None),
@@ -308,6 +314,68 @@ def person_page(
         ),
         status,
     )
+
+
+BADGE_LABELS: dict[BadgeStatus, str] = {
+    BadgeStatus.ACTIVE: _l("Active"),
+    BadgeStatus.LOST: _l("Lost"),
+    BadgeStatus.BLOCKED: _l("Blocked"),
+}
+
+
+def present_badges(person: Person, *, show_uid: bool) -> list[dict[str, str]]:
+    """The person's badges, newest first. Trainers see only a UID's last four characters:
+    enough to tell two cards apart, not enough to copy one (the whole UID stays with admins)."""
+    return [
+        {
+            "uid": b.uid if show_uid else f"\u2022\u2022\u2022\u2022\u202f{b.uid[-4:]}",
+            "status": b.status.value,
+            "status_label": str(BADGE_LABELS[b.status]),
+            "issued": date_label(b.issued_at.date()),
+            "note": (b.note or "") if show_uid else "",
+        }
+        for b in sorted(person.badges, key=lambda b: b.issued_at, reverse=True)
+    ]
+
+
+def _use_of(db: Session, person: Person, actor: _Actor) -> dict[str, Any]:
+    """What a trainer needs besides training: machine hours, sessions (paged), bookings, and a
+    no-show block with the button that lifts it."""
+    # Imported here: the session pages (views) import this module for the competency cards.
+    from server.web.views import present_session, session_jobs, sessions_page
+
+    now = datetime.now(UTC)
+    tz = ZoneInfo(person.site.timezone)
+    per_machine = person_hours(db, person.id)
+    page = sessions_page(db, person.id)
+    found = bookings.of_person(db, person.id, now - timedelta(days=30), limit=50)
+    block = bookings.block_refusal(db, person, now)
+    return {
+        "hours_total": duration_label(sum(seconds for _name, seconds in per_machine)),
+        "hours_per_machine": [(name, duration_label(seconds)) for name, seconds in per_machine],
+        "sessions": [present_session(row, now) for row in page.items],
+        "sessions_page": page,
+        "jobs": session_jobs(db, [row.id for row in page.items]),
+        "bookings": [
+            {
+                "machine": b.machine.name,
+                "when": span_label(b.starts_at, b.ends_at, tz),
+                "status": b.status.value,
+                "status_label": _(STATUS_LABELS[b.status]),
+                "trainer": b.trainer.name if b.trainer else "",
+                "upcoming": b.status == BookingStatus.BOOKED and b.ends_at > now,
+            }
+            for b in reversed(found)
+        ],
+        "block": _block_text(block, tz) if block is not None else None,
+        "may_lift": block is not None and person.id != actor.person.id,
+    }
+
+
+def _block_text(block: bookings.BookingError, tz: ZoneInfo) -> str:
+    text = booking_error_text(block, tz)
+    # The service speaks to the blocked person ("You missed"); here a trainer reads it.
+    return _("Blocked for no-shows: %(reason)s", reason=text)
 
 
 @bp.get("/people/<int:person_id>")
