@@ -279,10 +279,8 @@ def present_availability(
         label = _("In use by you")
     elif m.state == LiveState.AVAILABLE and current is not None:
         state = "booked"
-        if current.person_id == viewer_id:
-            label = _("Your booking")
-        else:
-            label = _(AVAILABILITY_LABELS["booked"])
+        mine = current.person_id == viewer_id
+        label = _("Your booking") if mine else _(AVAILABILITY_LABELS["booked"])
         detail = _("until %(time)s", time=clock(current.ends_at))
     elif m.state == LiveState.AVAILABLE and upcoming is not None:
         detail = _("Free until %(time)s, then booked", time=clock(upcoming.starts_at))

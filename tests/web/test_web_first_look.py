@@ -142,7 +142,7 @@ def test_first_look_trainer_sees_badges_sessions_hours_and_bookings(
     assert "E5F6" in badges and "04A1B2C3D4E5F6" not in badges  # trainers see the end of a UID only
     assert "Lost" in badges
     hours = html.split('id="hours"')[1].split("</section>")[0]
-    assert "3 h 05 min" in hours  # 30 + 15 min seeded, 14 × 10 min added (the open session adds nothing)
+    assert "3 h 05 min" in hours  # 30 + 15 min seeded, 14 x 10 min added (the open session adds nothing)
     sessions = html.split('id="sessions"')[1].split("</section>")[0]
     assert sessions.count("<tr data-flag") == 10 and "Page 1 of 2" in sessions
     bookings = html.split('id="bookings"')[1].split("</section>")[0]
