@@ -75,7 +75,7 @@ SENTENCES: dict[str, str] = {
     "qualification.revoked": N_("Revoked %(competency)s of %(person)s."),
     "qualification.expired": N_("%(competency)s of %(person)s expired."),
     "training.step": N_("Recorded “%(step)s” (%(competency)s) for %(person)s."),
-    "training.refused": N_("Refused to %(change)s %(competency)s for %(person)s: %(code)s."),
+    "training.refused": N_("Refused the %(change)s of %(competency)s for %(person)s (%(code)s)."),
     "booking.create": N_("Booked %(machine)s for %(person)s, %(when)s."),
     "booking.cancel": N_("Cancelled the booking of %(person)s on %(machine)s, %(when)s."),
     "booking.move": N_("Moved the booking of %(person)s on %(machine)s to %(when)s."),
@@ -119,9 +119,9 @@ SENTENCES: dict[str, str] = {
 
 CHANGE_WORDS: dict[str, str] = {
     "grant": N_("grant"),
-    "renew": N_("renew"),
-    "revoke": N_("revoke"),
-    "step": N_("record a step of"),
+    "renew": N_("renewal"),
+    "revoke": N_("revocation"),
+    "step": N_("training step"),
 }
 
 STATUS_WORDS: dict[str, str] = {
