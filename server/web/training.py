@@ -44,7 +44,6 @@ from server.services.training import (
 )
 from server.web.auth import User, current, trainer_required
 from server.web.bookings import STATUS_LABELS, span_label
-from server.web.bookings import error_text as booking_error_text
 from server.web.common import web_blueprint
 from server.web.l10n import _, _l, current_language, date_label, duration_label, when_label
 from server.web.live import person_hours
@@ -373,9 +372,13 @@ def _use_of(db: Session, person: Person, actor: _Actor) -> dict[str, Any]:
 
 
 def _block_text(block: bookings.BookingError, tz: ZoneInfo) -> str:
-    text = booking_error_text(block, tz)
-    # The service speaks to the blocked person ("You missed"); here a trainer reads it.
-    return _("Blocked for no-shows: %(reason)s", reason=text)
+    """The block as a trainer reads it (the service's own words speak to the blocked person)."""
+    until = block.params.get("date")
+    return _(
+        "Blocked for no-shows: %(count)s missed bookings, may book again from %(date)s.",
+        count=block.params.get("count", ""),
+        date=date_label(until) if isinstance(until, date) else "",
+    )
 
 
 @bp.get("/people/<int:person_id>")

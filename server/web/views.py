@@ -294,7 +294,8 @@ def present_availability(
         "state": state,
         "state_label": label,
         "detail": detail,
-        "book_url": url_for("bookings.machine_week", slug=m.slug),
+        # A machine in maintenance takes no bookings (the booking service refuses them).
+        "book_url": url_for("bookings.machine_week", slug=m.slug) if m.state != LiveState.MAINTENANCE else "",
     }
 
 
