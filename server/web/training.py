@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 from wtforms import HiddenField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
@@ -42,6 +42,7 @@ from server.services.training import (
     Progress,
     TrainingError,
 )
+from server.web.admin.base import paginate
 from server.web.auth import User, current, trainer_required
 from server.web.bookings import STATUS_LABELS, span_label
 from server.web.common import web_blueprint
@@ -233,8 +234,10 @@ class SearchForm(FlaskForm):  # type: ignore[misc]
 # -- views -----------------------------------------------------------------------------------------
 
 
-def _search(db: Session, site_id: int, text: str) -> list[Person]:
-    query = select(Person).where(Person.site_id == site_id).order_by(Person.active.desc(), Person.name)
+def _search(site_id: int, text: str) -> Select[tuple[Person]]:
+    query = (
+        select(Person).where(Person.site_id == site_id).order_by(Person.active.desc(), Person.name, Person.id)
+    )
     text = text.strip()
     if text:
         like = f"%{text.lower()}%"
@@ -249,7 +252,7 @@ def _search(db: Session, site_id: int, text: str) -> list[Person]:
         )
     else:
         query = query.where(Person.is_participant.is_(True), Person.active.is_(True))
-    return list(db.scalars(query.limit(SEARCH_LIMIT)))
+    return query
 
 
 @bp.get("/people")
@@ -259,8 +262,10 @@ def people() -> ResponseReturnValue:
     assert user is not None
     form = SearchForm(request.args)
     text = str(form.q.data or "") if form.validate() else ""
-    found = _search(get_db(), user.site_id, text)
-    return render_template("training/people.html", form=form, people=found, searched=bool(text.strip()))
+    page = paginate(get_db(), _search(user.site_id, text), per_page=SEARCH_LIMIT)
+    return render_template(
+        "training/people.html", form=form, people=page.items, page=page, searched=bool(text.strip())
+    )
 
 
 @dataclass

@@ -163,3 +163,19 @@ def test_first_look_trainer_of_another_site_does_not_see_the_person(
         s.commit()
     auth.login(lab.trainer)
     assert client.get(f"/training/people/{_person('sam@lab.test').id}").status_code == 404
+
+
+def test_first_look_trainer_pages_through_many_people(
+    client: FlaskClient, auth: AuthActions, lab: Lab
+) -> None:
+    with db.session() as s:
+        for i in range(58):
+            s.add(Person(site_id=lab.site_id, name=f"Zoe {i:02d}", language="en"))
+        s.commit()
+    auth.login(lab.trainer)
+    first = client.get("/training/people").get_data(as_text=True)
+    assert first.count("/training/people/") == 50 and "Page 1 of 2" in first
+    second = client.get("/training/people?page=2").get_data(as_text=True)
+    # 58 + Ada and Bob: 60 active participants (inactive Ina is not listed without a search).
+    assert second.count("/training/people/") == 10 and "Zoe 57" in second
+    assert "q=Zoe" in client.get("/training/people?q=Zoe").get_data(as_text=True)
