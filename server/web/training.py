@@ -234,7 +234,7 @@ class SearchForm(FlaskForm):  # type: ignore[misc]
 # -- views -----------------------------------------------------------------------------------------
 
 
-def _search(site_id: int, text: str) -> Select[tuple[Person]]:
+def _search(site_id: int, text: str) -> Select[Person]:
     query = (
         select(Person).where(Person.site_id == site_id).order_by(Person.active.desc(), Person.name, Person.id)
     )
