@@ -13,8 +13,9 @@ import sys
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask, current_app
@@ -23,6 +24,9 @@ from flask.cli import FlaskGroup, with_appcontext
 from server import create_app
 from server.config import VAR_DIR
 from werkbank_protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger("werkbank")
 DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo.yaml"
@@ -191,6 +195,7 @@ def tap_cmd(machine: str, uid: str, timeout: float) -> None:
     from werkbank_protocol.messages import (
         BADGE_PATTERN,
         AuthResp,
+        LockDeferred,
         SessionEnded,
         SimTap,
         decode_as,
@@ -231,6 +236,8 @@ def tap_cmd(machine: str, uid: str, timeout: float) -> None:
             event = decode_event(msg.payload)
             if isinstance(event, SessionEnded):
                 answers.put(f"session ended ({event.reason}) after {event.unlocked_s:.0f} s")
+            elif isinstance(event, LockDeferred):
+                answers.put("tap-out noted: a job is running, the machine locks when it ends")
 
     subscribed = threading.Event()
     client.message_callback_add(topic(device_id, Suffix.AUTH_RESP), on_resp)
@@ -245,17 +252,63 @@ def tap_cmd(machine: str, uid: str, timeout: float) -> None:
         if not subscribed.wait(timeout):
             raise click.ClickException(f"broker {address.url} did not answer")
         tap = encode(SimTap(v=1, badge=uid))
+        sent = datetime.now(UTC)
         client.publish(topic(device_id, Suffix.SIM_TAP), tap, qos=1).wait_for_publish(timeout)
         try:
             click.echo(answers.get(timeout=timeout))
         except queue.Empty:
-            raise click.ClickException(
-                "no answer: is the machine's simulated agent running, and `werkbank bridge`? "
-                "(a machine in use by someone else refuses other badges by itself)"
-            ) from None
+            with db.session() as session:
+                why = _why_no_answer(session, machine, uid, sent)
+            raise click.ClickException(f"no answer: {why}") from None
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _why_no_answer(db: Session, machine: str, uid: str, sent: datetime) -> str:
+    """Why the agent said nothing the CLI can hear, from what the server knows: some taps the
+    agent decides alone, without asking the server (a repeat of the unlocking badge, another
+    badge while the machine is in use)."""
+    from sqlalchemy import select
+
+    from server.models import Device, Machine, MachineSession
+
+    found = db.execute(
+        select(Machine, Device).join(Device, Device.machine_id == Machine.id).where(Machine.slug == machine)
+    ).first()
+    if found is None:
+        return f"no device serves machine {machine!r}"
+    row, device = found
+    if not device.online:
+        return (
+            f"the agent of {machine} ({device.id}) is not connected to the broker: start it "
+            "(`werkbank up` starts the demo's agents) and `werkbank bridge`, then tap again"
+        )
+    session = db.get(MachineSession, row.live_session_id) if row.live_session_id else None
+    if session is None:
+        return (
+            f"the agent of {machine} is connected but did not answer: is `werkbank bridge` running? "
+            "Then tap again"
+        )
+    if session.badge_uid != uid:
+        return (
+            f"{machine} is in use by another badge, and its agent refuses other badges by itself "
+            "without asking the server. Let that person tap out first, then tap again"
+        )
+    started = session.started_at
+    since = (sent - started).total_seconds() if started is not None else None
+    # The agent's config caps its tap-out grace at 60 s: a repeat later than that is no repeat.
+    if since is not None and since < 60:
+        return (
+            f"the agent ignored this tap. This badge unlocked {machine} {since:.1f} s before, and the "
+            "reader ignores the same badge for a moment after unlocking ([session] tap_out_grace_s, "
+            "2 s by default), so that a card left on the reader does not end the session. "
+            "Tap again after a moment to tap out"
+        )
+    return (
+        f"this badge holds {machine}, but its agent did not answer the tap-out: is it still "
+        "running? Tap again"
+    )
 
 
 @click.command("up")

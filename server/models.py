@@ -210,6 +210,9 @@ class Person(Base):
     # Part of every web login's session: raising it ends all of the person's web sessions at
     # once (logout, a new password, a deactivation), whichever browser or worker holds them.
     session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When staff last lifted the person's no-show block: no-shows released before it no longer
+    # count towards a block (server.services.bookings); the no-shows themselves stay as they were.
+    no_show_block_lifted_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     site: Mapped[Site] = relationship()

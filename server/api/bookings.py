@@ -18,7 +18,13 @@ from sqlalchemy.orm import Session, selectinload
 
 from server import get_db
 from server.api import schemas as s
-from server.api.auth import api_access, current_person, require_sight, sees_everyone
+from server.api.auth import (
+    api_access,
+    current_person,
+    may_see_at_machine,
+    require_sight,
+    visible_at_machines,
+)
 from server.api.common import answer, bp, page, paged, read_body, read_query
 from server.api.errors import ApiError
 from server.models import Booking, BookingStatus, Machine, Person, utcnow
@@ -57,8 +63,7 @@ def list_bookings() -> ResponseReturnValue:
     if q.from_ is not None and q.to is not None and q.to <= q.from_:
         raise ApiError(400, "invalid_query", "`to` is not after `from`.", {"to": "not after from"})
     query = select(Booking).options(selectinload(Booking.machine)).order_by(Booking.starts_at, Booking.id)
-    if not sees_everyone(me, "bookings"):
-        query = query.where(Booking.person_id == me.id)
+    query = visible_at_machines(query, me, "bookings", Booking.person_id, Booking.machine_id)
     if q.person_id is not None:
         query = query.where(Booking.person_id == q.person_id)
     if q.machine is not None:
@@ -78,7 +83,10 @@ def _booking(db: Session, booking_id: str) -> Booking:
     found = db.get(Booking, booking_id) if len(booking_id) <= 36 and "\x00" not in booking_id else None
     if found is None:
         raise ApiError(404, "not_found", f"No booking {booking_id!r}.")
-    require_sight(current_person(), "bookings", found.person_id)
+    me = current_person()
+    if not may_see_at_machine(me, "bookings", found.person_id, found.machine.site_id):
+        require_sight(me, "bookings", found.person_id)  # the 403 with its reason
+        raise ApiError(403, "forbidden", "This token may read only the bookings of its own site.")
     return found
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import selectinload
 
 from server import get_db
 from server.api import schemas as s
-from server.api.auth import api_access, current_person, require_sight, sees_everyone
+from server.api.auth import api_access, current_person, require_sight, visible_at_machines
 from server.api.common import answer, bp, machine_out, page, paged, read_query, session_out
 from server.api.errors import ApiError
 from server.models import (
@@ -79,8 +79,7 @@ def list_sessions() -> ResponseReturnValue:
         # and the id as tie-break: a total order, so offset pages neither skip nor repeat.
         .order_by(MachineSession.started_at, MachineSession.created_at, MachineSession.id)
     )
-    if not sees_everyone(me, "sessions"):
-        query = query.where(MachineSession.person_id == me.id)
+    query = visible_at_machines(query, me, "sessions", MachineSession.person_id, MachineSession.machine_id)
     if q.person_id is not None:
         query = query.where(MachineSession.person_id == q.person_id)
     if q.machine is not None:

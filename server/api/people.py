@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from server import get_db
 from server.api import schemas as s
-from server.api.auth import api_access, current_person, require_sight, sees_everyone
+from server.api.auth import api_access, current_person, require_sight, visible
 from server.api.common import (
     ROLES,
     answer,
@@ -41,8 +41,7 @@ def list_people() -> ResponseReturnValue:
     me = current_person()
     db = get_db()
     query = select(Person).options(selectinload(Person.site)).order_by(Person.id)
-    if not sees_everyone(me, "people"):
-        query = query.where(Person.id == me.id)
+    query = visible(query, me, "people", Person.id)
     if q.site is not None:
         query = query.join(Site, Site.id == Person.site_id).where(Site.slug == q.site)
     if q.role is not None:
@@ -214,9 +213,7 @@ def list_badges() -> ResponseReturnValue:
     q = read_query(s.BadgesQuery)
     me = current_person()
     require_sight(me, "badges", q.person_id)
-    query = select(Badge).order_by(Badge.id)
-    if not sees_everyone(me, "badges"):
-        query = query.where(Badge.person_id == me.id)
+    query = visible(select(Badge).order_by(Badge.id), me, "badges", Badge.person_id)
     if q.person_id is not None:
         query = query.where(Badge.person_id == q.person_id)
     if q.status is not None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from server import get_db
 from server.api import schemas as s
-from server.api.auth import api_access, current_person, require_sight, sees_everyone
+from server.api.auth import api_access, current_person, require_sight, visible
 from server.api.common import (
     answer,
     bp,
@@ -49,8 +49,7 @@ def list_qualifications() -> ResponseReturnValue:
     require_sight(me, "qualifications", q.person_id)
     db = get_db()
     query = select(Qualification).options(selectinload(Qualification.competency)).order_by(Qualification.id)
-    if not sees_everyone(me, "qualifications"):
-        query = query.where(Qualification.person_id == me.id)
+    query = visible(query, me, "qualifications", Qualification.person_id)
     if q.person_id is not None:
         query = query.where(Qualification.person_id == q.person_id)
     if q.competency is not None:

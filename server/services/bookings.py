@@ -154,22 +154,100 @@ def booked_hours_in_week(
     return sum(b.hours for b in db.scalars(query))
 
 
-def no_show_block(db: Session, person_id: int, policy: Policy, now: datetime) -> datetime | None:
-    """Until when the person may not book because of repeated no-shows (None: may book)."""
+def _block_until(
+    released: Sequence[datetime], policy: Policy, now: datetime, lifted_at: datetime | None
+) -> tuple[datetime, int] | None:
+    """The no-show rule: ``no_show_limit`` no-shows released within ``no_show_window_days`` (and
+    after staff last lifted a block) block new bookings for ``no_show_block_days`` after the
+    last one. (Until when, how many counted), or None: not blocked."""
     since = now - timedelta(days=policy.no_show_window_days)
-    released = list(
-        db.scalars(
-            select(Booking.released_at)
-            .where(Booking.person_id == person_id, Booking.no_show.is_(True), Booking.released_at >= since)
-            .order_by(Booking.released_at)
+    counted = sorted(t for t in released if t >= since and (lifted_at is None or t > lifted_at))
+    if policy.no_show_limit <= 0 or len(counted) < policy.no_show_limit:
+        return None
+    until = counted[-1] + timedelta(days=policy.no_show_block_days)
+    return (until, len(counted)) if until > now else None
+
+
+def _released_no_shows(db: Session, person_ids: Sequence[int], since: datetime) -> dict[int, list[datetime]]:
+    found: dict[int, list[datetime]] = {}
+    rows = db.execute(
+        select(Booking.person_id, Booking.released_at).where(
+            Booking.person_id.in_(person_ids), Booking.no_show.is_(True), Booking.released_at >= since
         )
     )
-    if len(released) < policy.no_show_limit or policy.no_show_limit <= 0:
-        return None
-    last = released[-1]
-    assert last is not None
-    until = last + timedelta(days=policy.no_show_block_days)
-    return until if until > now else None
+    for person_id, released_at in rows:
+        if released_at is not None:
+            found.setdefault(person_id, []).append(released_at)
+    return found
+
+
+def no_show_block(db: Session, person_id: int, policy: Policy, now: datetime) -> datetime | None:
+    """Until when the person may not book because of repeated no-shows (None: may book)."""
+    lifted_at = db.scalar(select(Person.no_show_block_lifted_at).where(Person.id == person_id))
+    since = now - timedelta(days=policy.no_show_window_days)
+    released = _released_no_shows(db, [person_id], since).get(person_id, [])
+    block = _block_until(released, policy, now, lifted_at)
+    return block[0] if block is not None else None
+
+
+@dataclass(frozen=True)
+class NoShowBlock:
+    """A person who may not book for now: how many no-shows counted, the last one, until when."""
+
+    person: Person
+    no_shows: int
+    last: datetime
+    until: datetime
+
+
+def blocked_people(db: Session, site_id: int, now: datetime) -> list[NoShowBlock]:
+    """Everyone of the site blocked from booking by repeated no-shows, soonest free last."""
+    policy = policy_for(db, site_id)
+    since = now - timedelta(days=policy.no_show_window_days)
+    candidates = select(Booking.person_id).where(Booking.no_show.is_(True), Booking.released_at >= since)
+    people = {
+        p.id: p
+        for p in db.scalars(select(Person).where(Person.site_id == site_id, Person.id.in_(candidates)))
+    }
+    released = _released_no_shows(db, list(people), since)
+    out = []
+    for person_id, times in released.items():
+        person = people[person_id]
+        block = _block_until(times, policy, now, person.no_show_block_lifted_at)
+        if block is not None:
+            out.append(NoShowBlock(person, block[1], max(times), block[0]))
+    return sorted(out, key=lambda b: (-b.until.timestamp(), b.person.name))
+
+
+def lift_block(db: Session, person: Person, actor: Person, now: datetime) -> NoShowBlock:
+    """Staff let a blocked person book again at once (audited). The no-shows stay recorded (the
+    dashboards and reports count them); they just no longer count towards a block."""
+    if not (actor.is_admin or actor.is_trainer) or actor.id == person.id:
+        raise BookingError("not_staff", N_("Only trainers and admins can lift someone else's block."))
+    if not training.serves(actor, person):
+        raise BookingError("not_staff", N_("This person belongs to another site. Ask a trainer there."))
+    policy = policy_for(db, person.site_id)
+    since = now - timedelta(days=policy.no_show_window_days)
+    times = _released_no_shows(db, [person.id], since).get(person.id, [])
+    block = _block_until(times, policy, now, person.no_show_block_lifted_at)
+    if block is None:
+        raise BookingError("not_blocked", N_("{person} is not blocked."), person=person.name)
+    person.no_show_block_lifted_at = now
+    lifted = NoShowBlock(person, block[1], max(times), block[0])
+    audit.record(
+        db,
+        actor,
+        "booking.block_lifted",
+        f"person:{person.id}",
+        {
+            "person": person.name,
+            "no_shows": lifted.no_shows,
+            "until": lifted.until.astimezone(UTC).isoformat(),
+        },
+        at=now,
+    )
+    db.flush()
+    return lifted
 
 
 def is_open(db: Session, machine: Machine, start: datetime, end: datetime) -> bool:
@@ -228,19 +306,9 @@ def booking_eligibility(
     machine_name = machine.machine_type.local_name
     yours = reader is None or reader.id == person.id
     if trainer is not None:
-        if trainer.id == person.id or not (trainer.active and trainer.is_trainer):
-            return BookingError(
-                "trainer_invalid", N_("{trainer} cannot supervise this booking."), trainer=trainer.name
-            )
-        for req in reqs:
-            state = training.state_of(training.newest(db, trainer.id, req.competency_id), day)
-            if state is None or not state.usable or state.level != Level.TRAINER:
-                return BookingError(
-                    "trainer_invalid",
-                    N_("{trainer} is not a trainer for the {machine}."),
-                    trainer=trainer.name,
-                    machine=machine_name,
-                )
+        refusal = _supervisor_refusal(db, reqs, machine_name, trainer, person, day)
+        if refusal is not None:
+            return refusal
     for req in reqs:
         state = training.state_of(training.newest(db, person.id, req.competency_id), day)
         competency = LocalName(req.competency_name, req.competency_name_de)
@@ -281,6 +349,53 @@ def booking_eligibility(
                 machine=machine_name,
             )
     return None
+
+
+def _supervisor_refusal(
+    db: Session, reqs: Sequence[Any], machine_name: LocalName, trainer: Person, person: Person, day: date
+) -> BookingError | None:
+    """May ``trainer`` supervise ``person`` on a machine with these requirements on ``day``?"""
+    if trainer.id == person.id or not (trainer.active and trainer.is_trainer):
+        return BookingError(
+            "trainer_invalid", N_("{trainer} cannot supervise this booking."), trainer=trainer.name
+        )
+    for req in reqs:
+        state = training.state_of(training.newest(db, trainer.id, req.competency_id), day)
+        if state is None or not state.usable or state.level != Level.TRAINER:
+            return BookingError(
+                "trainer_invalid",
+                N_("{trainer} is not a trainer for the {machine}."),
+                trainer=trainer.name,
+                machine=machine_name,
+            )
+    return None
+
+
+def supervisors(db: Session, machine: Machine, person: Person, day: date) -> list[Person]:
+    """The trainers of the machine's site who may supervise ``person`` on it on ``day``: those a
+    supervised booking would accept."""
+    reqs = load_requirements(db, machine.machine_type_id)
+    machine_name = LocalName(machine.machine_type.name, machine.machine_type.name_de)
+    trainers = db.scalars(
+        select(Person)
+        .where(Person.site_id == machine.site_id, Person.active.is_(True), Person.is_trainer.is_(True))
+        .order_by(Person.name)
+    )
+    return [t for t in trainers if _supervisor_refusal(db, reqs, machine_name, t, person, day) is None]
+
+
+def block_refusal(db: Session, person: Person, now: datetime) -> BookingError | None:
+    """The refusal a person blocked for repeated no-shows meets (None: not blocked)."""
+    policy = policy_for(db, person.site_id)
+    blocked = no_show_block(db, person.id, policy, now)
+    if blocked is None:
+        return None
+    return BookingError(
+        "no_show_block",
+        N_("You missed {count} bookings. You can book again from {date}."),
+        count=policy.no_show_limit,
+        date=blocked.astimezone(ZoneInfo(person.site.timezone)).date(),
+    )
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -372,14 +487,9 @@ def _check(
     if refusal is not None:
         raise refusal
     if not staff:
-        blocked = no_show_block(db, person.id, policy, now)
+        blocked = block_refusal(db, person, now)
         if blocked is not None:
-            raise BookingError(
-                "no_show_block",
-                N_("You missed {count} bookings. You can book again from {date}."),
-                count=policy.no_show_limit,
-                date=blocked.astimezone(tz).date(),
-            )
+            raise blocked
         quota = weekly_quota(db, person, policy)
         used = booked_hours_in_week(db, person.id, local.date(), tz, exclude=exclude)
         if used + length_min / 60 > quota + 1e-9:
@@ -398,6 +508,27 @@ def _check(
             start=first.starts_at.astimezone(tz),
             end=first.ends_at.astimezone(tz),
         )
+
+
+def precheck(
+    db: Session,
+    person: Person,
+    machine: Machine,
+    starts_at: datetime,
+    ends_at: datetime,
+    actor: Person,
+    now: datetime,
+    *,
+    trainer: Person | None = None,
+    exclude: str | None = None,
+) -> BookingError | None:
+    """What :func:`create` (or :func:`move`, with ``exclude``) would refuse now, without booking:
+    for pages that show a refusal before the person taps "Book"."""
+    try:
+        _check(db, person, machine, starts_at, ends_at, actor, now, trainer, exclude)
+    except BookingError as refused:
+        return refused
+    return None
 
 
 def create(

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, func, select, true
 from sqlalchemy.orm import Session
 
 from server.i18n import N_, CatalogText
@@ -327,6 +327,12 @@ def all_progress(db: Session, person_id: int, today: date) -> list[Progress]:
 def serves(actor: Person, person: Person) -> bool:
     """Is ``person`` one of the people ``actor`` may train: of the trainer's own site (admins: any)?"""
     return actor.is_admin or person.site_id == actor.site_id
+
+
+def serves_site(actor: Person, site_id: SQLColumnExpression[int]) -> ColumnElement[bool]:
+    """:func:`serves` as a condition on a site column, for lists: rows of the trainer's own
+    site (admins: every row)."""
+    return true() if actor.is_admin else site_id == actor.site_id
 
 
 def check_staff(

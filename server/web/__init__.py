@@ -30,7 +30,7 @@ from server.web import (
     training,
 )
 from server.web.auth import current
-from server.web.common import security_headers
+from server.web.common import register_error_pages, security_headers
 from server.web.l10n import current_language, local_name
 from server.web.views import bp
 
@@ -39,6 +39,7 @@ __all__ = ["bp", "init_app"]
 
 def init_app(app: Flask) -> None:
     app.after_request(security_headers)
+    register_error_pages(app)
     auth.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(bp)

@@ -36,7 +36,7 @@ from server.models import (
     Person,
     Site,
 )
-from server.services import audit
+from server.services import audit, training
 from server.services import bookings as service
 from server.services.bookings import BookingError, Policy
 from server.web.admin.base import paginate
@@ -177,6 +177,25 @@ def _booking_or_404(booking_id: str, user: User) -> Booking:
     if booking.person_id != user.id and not (user.is_staff and booking.machine.site_id == user.site_id):
         abort(404)
     return booking
+
+
+def _block_text(actor: Actor, now: datetime) -> str | None:
+    """The no-show block that stops a participant from booking, in their words (staff: none)."""
+    if actor.user.is_staff:
+        return None
+    refusal = service.block_refusal(get_db(), actor.person, now)
+    if refusal is None:
+        return None
+    return error_text(refusal, ZoneInfo(actor.person.site.timezone))
+
+
+def _unlinked(table: list[tuple[str, list[Cell]]]) -> list[tuple[str, list[Cell]]]:
+    """The grid for someone who cannot book now: free slots shown, but leading nowhere."""
+    for _label, cells in table:
+        for c in cells:
+            if c.state == "free":
+                c.href = None
+    return table
 
 
 # -- the grid ------------------------------------------------------------------------------------------
@@ -348,6 +367,9 @@ def machine_week(slug: str) -> ResponseReturnValue:
     grid = MachineDays.load(db, machine, days[0], days[-1])
     rows = _union(grid.slot_minutes(d) for d in days)
     table = [(_row_label(m), [grid.cell(d, m, actor, now, moving) for d in days]) for m in rows]
+    block = _block_text(actor, now)
+    if block is not None:
+        table = _unlinked(table)
     move_id = moving.id if moving is not None else None  # None: left out of the URL
     return render_template(
         "bookings/week.html",
@@ -371,6 +393,7 @@ def machine_week(slug: str) -> ResponseReturnValue:
         ),
         available=machine.status == MachineStatus.AVAILABLE,
         moving=_present(moving, actor, now) if moving is not None else None,
+        no_show_block=block,
     )
 
 
@@ -413,8 +436,12 @@ def site_day() -> ResponseReturnValue:
     else:
         empty = _("Today's times are over. Book from tomorrow on.")
     table = upcoming
+    block = _block_text(actor, now)
+    if block is not None:
+        table = _unlinked(table)
     return render_template(
         "bookings/site.html",
+        no_show_block=block,
         site=site,
         day_title=day_label(day),
         is_today=day == _today(tz, now),
@@ -528,6 +555,32 @@ def _confirm_page(
     staff = actor.user.is_staff and moving is None
     person_id = _int_or_none(request.form.get("person_id")) or actor.user.id
     trainer_id = _int_or_none(request.form.get("trainer_id"))
+    # A participant learns what stops them before tapping "Book" (staff choose whom they book
+    # for on this page, so their refusal can only come after).
+    stop: str | None = None
+    supervisors: list[Choice] = []
+    if not actor.user.is_staff and durations:
+        refusal = service.precheck(
+            db,
+            actor.person,
+            machine,
+            start,
+            start + timedelta(minutes=int(durations[0].value)),
+            actor.person,
+            _now(),
+            trainer=moving.trainer if moving is not None else None,
+            exclude=moving.id if moving is not None else None,
+        )
+        if refusal is not None and refusal.code == "trainer_required" and moving is None:
+            day = start.astimezone(grid.tz).date()
+            supervisors = [
+                Choice(str(t.id), t.name, t.id == trainer_id)
+                for t in service.supervisors(db, machine, actor.person, day)
+            ]
+            if not supervisors:
+                stop = _("No trainer can supervise you on this machine. Please ask the lab staff.")
+        elif refusal is not None:
+            stop = error_text(refusal, grid.tz)
     week = week_code(start.astimezone(grid.tz).date())
     back = url_for("bookings.machine_week", slug=machine.slug, week=week, move=moving.id if moving else None)
     return (
@@ -546,6 +599,8 @@ def _confirm_page(
             else url_for("bookings.book", slug=machine.slug),
             back=back,
             error=error,
+            stop=stop,
+            supervisors=supervisors,
             form=ButtonForm(formdata=None),
         ),
         status,
@@ -572,13 +627,14 @@ def book(slug: str) -> ResponseReturnValue:
     if not form.validate() or minutes is None or not 0 < minutes <= 24 * 60:
         return _confirm_page(actor, machine, start, error=_("Please choose how long."), status=400)
     person, trainer = actor.person, None
+    trainer_id = _int_or_none(request.form.get("trainer_id"))
     if actor.user.is_staff:
         person_id = _int_or_none(request.form.get("person_id"))
-        trainer_id = _int_or_none(request.form.get("trainer_id"))
         if person_id is not None:
             person = _site_person_or_400(db, person_id, machine.site_id)
-        if trainer_id is not None:
-            trainer = _site_person_or_400(db, trainer_id, machine.site_id)
+    # A participant who needs a trainer names one too; the service checks they may supervise.
+    if trainer_id is not None:
+        trainer = _site_person_or_400(db, trainer_id, machine.site_id)
     end = start + timedelta(minutes=minutes)
     try:
         booking = service.create(db, person, machine, start, end, actor.person, _now(), trainer=trainer)
@@ -642,6 +698,7 @@ def mine() -> ResponseReturnValue:
         recent=list(reversed([r for r in rows if not r["upcoming"]])),
         feed_url=url_for("bookings.person_feed", token=token, _external=True) if token else None,
         form=ButtonForm(formdata=None),
+        no_show_block=_block_text(actor, now),
     )
 
 
@@ -790,6 +847,66 @@ def all_bookings() -> ResponseReturnValue:
         ],
         here=here,
     )
+
+
+@bp.get("/blocked")
+@staff_required
+def blocked() -> ResponseReturnValue:
+    """Who of the site may not book for now because of repeated no-shows; staff lift a block."""
+    actor = _actor()
+    db = get_db()
+    site = db.get(Site, actor.user.site_id)
+    assert site is not None
+    tz = ZoneInfo(site.timezone)
+    policy = service.policy_for(db, site.id)
+    rows = [
+        {
+            "id": b.person.id,
+            "name": b.person.name,
+            "cohort": b.person.cohort or "",
+            "no_shows": b.no_shows,
+            "last": date_label(b.last.astimezone(tz).date()),
+            "until": date_label(b.until.astimezone(tz).date()),
+            "own": b.person.id == actor.user.id,
+        }
+        for b in service.blocked_people(db, site.id, _now())
+    ]
+    return render_template(
+        "bookings/blocked.html",
+        site=site,
+        rows=rows,
+        rule=_(
+            "%(count)d no-shows within %(window)d days block new bookings for %(days)d days "
+            "after the last one.",
+            count=policy.no_show_limit,
+            window=policy.no_show_window_days,
+            days=policy.no_show_block_days,
+        ),
+        form=ButtonForm(formdata=None),
+    )
+
+
+@bp.post("/blocked/<int:person_id>/lift")
+@staff_required
+def lift_block(person_id: int) -> ResponseReturnValue:
+    actor = _actor()
+    db = get_db()
+    if not ButtonForm().validate():
+        abort(400)
+    person = db.get(Person, person_id)
+    # Someone else's site's people are not even found, as on the trainer pages.
+    if person is None or not training.serves(actor.person, person):
+        abort(404)
+    back = _back(url_for("bookings.blocked"))
+    try:
+        service.lift_block(db, person, actor.person, _now())
+    except BookingError as refused:
+        db.rollback()
+        flash(error_text(refused, ZoneInfo(person.site.timezone)), "error")
+        return redirect(back)
+    db.commit()
+    flash(_("Block lifted: %(name)s can book again.", name=person.name), "success")
+    return redirect(back)
 
 
 # -- calendar feeds ------------------------------------------------------------------------------------

@@ -77,6 +77,68 @@ def _config(**options: Any) -> dict[str, Any]:
     return base
 
 
+# Machine names on the bar charts' axis are shortened to this many characters (the table beside
+# the chart and the label's <title> tooltip carry the whole name): a long name would otherwise
+# take the chart's width and leave the bars a sliver.
+LABEL_CHARS = 24
+LEGEND_COLUMNS = 2
+_NICE_STEPS = (1, 2, 5)
+
+
+def short_label(name: str, limit: int = LABEL_CHARS) -> str:
+    """``name`` in at most about ``limit`` characters: its first and last words around an
+    ellipsis ("Trotec Speedy … room 2.14"), so that names differing at the end stay apart."""
+    name = " ".join(name.split())
+    if len(name) <= limit:
+        return name
+    words = name.split(" ")
+    head_room = (limit - 2) * 3 // 5
+    tail_room = limit - 2 - head_room
+    head, tail = "", ""
+    while words and len((head + " " + words[0]).strip()) <= head_room:
+        head = (head + " " + words.pop(0)).strip()
+    while words and len((words[-1] + " " + tail).strip()) <= tail_room:
+        tail = (words.pop() + " " + tail).strip()
+    if not head:
+        head = name[:head_room]
+    if not tail:
+        tail = name[-tail_room:]
+    return f"{head} \u2026 {tail}"
+
+
+def count_ticks(top: float, most: int = 6) -> list[int]:
+    """Whole-number axis labels from 0 to at least ``top``, at most ``most`` + 1 of them, on a
+    1-2-5 step: counts of people are never "0.5"."""
+    top = max(int(-(-top // 1)), 1)
+    magnitude = 1
+    while True:
+        for nice in _NICE_STEPS:
+            step = nice * magnitude
+            if -(-top // step) <= most:
+                end = -(-top // step) * step
+                return list(range(0, end + 1, step))
+        magnitude *= 10
+
+
+def _legend(series: int, columns: int = LEGEND_COLUMNS) -> dict[str, Any]:
+    """A bottom legend with room for every row: pygal reserves ``series // columns`` rows, one
+    too few when the series do not fill the last row, and the last entries are cut off."""
+    columns = min(columns, max(series, 1))
+    missing = -(-series // columns) - series // columns
+    line = max(STYLE.legend_font_size, 12) * 1.5
+    return {"legend_at_bottom_columns": columns, "margin_bottom": 12 + round(missing * line)}
+
+
+def _titled(svg: str, labels: dict[str, str]) -> str:
+    """Give each shortened axis label its whole name as an SVG <title> (a tooltip, and what a
+    screen reader reads)."""
+    for short, full in labels.items():
+        svg = svg.replace(
+            f">{escape(short)}</text>", f">{escape(short)}<title>{escape(full)}</title></text>", 1
+        )
+    return svg
+
+
 def clean_svg(svg: str, title: str) -> str:
     """pygal's SVG, made safe to inline under our Content-Security-Policy (nonce added later)."""
     svg = _DECLARATION.sub("", svg)
@@ -116,16 +178,27 @@ def _number(digits: int, unit: str, comma: bool) -> Callable[[float], str]:
 # chart's whole input (labels in the reader's language included); the nonce is added per response.
 @lru_cache(maxsize=256)
 def _svg(kind: str, title: str, labels: tuple[str, ...], series: Series, comma: bool) -> str:
+    shortened: dict[str, str] = {}
     if kind in ("machine_bars", "count_bars"):
+        shown = [short_label(name) for name in labels] if kind == "machine_bars" else list(labels)
+        if len(set(shown)) < len(shown):  # shortening made two names alike: keep them whole
+            shown = list(labels)
+        shortened = {short: full for short, full in zip(shown, labels, strict=True) if short != full}
         # pygal draws the first label at the bottom: reversed, the chart reads like the table.
         chart = pygal.HorizontalBar(
             **_config(
                 height=max(220, 70 + 46 * len(labels)),
                 value_formatter=_number(1, " h", comma) if kind == "machine_bars" else _number(0, "", comma),
-                max_scale=6,
+                # Few value labels, and room at the right for the last: the names leave the
+                # plot narrow, and "12.0 h" labels would run into each other.
+                max_scale=4,
+                margin_right=30,
+                # One entry a row: the machine names take the left, and the columns of the
+                # plot's width would cut a longer entry ("Used of booked") at the right edge.
+                **_legend(len(series), columns=1),
             )
         )
-        chart.x_labels = list(reversed(labels))
+        chart.x_labels = list(reversed(shown))
         for label, values in series:
             chart.add(label, list(reversed(values)))
     elif kind == "trend":
@@ -138,6 +211,7 @@ def _svg(kind: str, title: str, labels: tuple[str, ...], series: Series, comma: 
                 stroke_style={"width": 2.5},
                 max_scale=6,
                 value_formatter=_number(1, " h", comma),
+                **_legend(len(series)),
             )
         )
         chart.x_labels = list(labels)
@@ -145,27 +219,38 @@ def _svg(kind: str, title: str, labels: tuple[str, ...], series: Series, comma: 
         for label, values in series:
             chart.add(label, list(values))
     elif kind == "funnel":
+        ticks = count_ticks(max((v for _label, values in series for v in values), default=0))
         chart = pygal.HorizontalBar(
             **_config(
                 height=max(200, 80 + 50 * len(labels)),
                 show_legend=False,
                 print_values=True,
                 value_formatter=_number(0, "", comma),
+                y_labels=ticks,
+                range=(0, ticks[-1]),
             )
         )
         chart.x_labels = list(reversed(labels))
         for label, values in series:
             chart.add(label, list(reversed(values)))
     elif kind == "stacked":
+        totals = [sum(values[i] for _label, values in series) for i in range(len(labels))]
+        ticks = count_ticks(max(totals, default=0))
         chart = pygal.StackedBar(
-            **_config(x_label_rotation=-45 if len(labels) > 6 else 0, value_formatter=_number(0, "", comma))
+            **_config(
+                x_label_rotation=-45 if len(labels) > 6 else 0,
+                value_formatter=_number(0, "", comma),
+                y_labels=ticks,
+                range=(0, ticks[-1]),
+                **_legend(len(series)),
+            )
         )
         chart.x_labels = list(labels)
         for label, values in series:
             chart.add(label, list(values))
     else:  # pragma: no cover - the functions below name every kind
         raise ValueError(kind)
-    return clean_svg(chart.render(is_unicode=True), title)
+    return _titled(clean_svg(chart.render(is_unicode=True), title), shortened)
 
 
 def _series(series: Sequence[tuple[str, Sequence[float]]], digits: int = 2) -> Series:

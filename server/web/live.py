@@ -56,6 +56,7 @@ class MachineLive:
     type_name: LocalName
     state: LiveState
     user_name: str | None  # who holds it now, when in use and known
+    user_id: int | None  # the holder's person id (the trainer's, for a session without a person)
     running: bool
     progress: float | None  # percent, as the agent reports it
     device_id: str | None
@@ -111,8 +112,10 @@ def site_machines(db: Session, site_id: int, today_start: datetime) -> list[Mach
         state = live_state(m, m.device)
         holder = holders.get(m.live_session_id or "")
         user = None
+        user_id = None
         if state == LiveState.IN_USE and holder is not None:
             user = _name(holder.person) or _name(holder.trainer)
+            user_id = holder.person_id or holder.trainer_id
         out.append(
             MachineLive(
                 id=m.id,
@@ -121,6 +124,7 @@ def site_machines(db: Session, site_id: int, today_start: datetime) -> list[Mach
                 type_name=m.machine_type.local_name,
                 state=state,
                 user_name=user,
+                user_id=user_id,
                 running=m.live_running and state != LiveState.OFFLINE,
                 progress=m.live_progress,
                 device_id=m.device.id if m.device else None,
@@ -158,10 +162,21 @@ def person_hours(db: Session, person_id: int) -> list[tuple[str, float]]:
     return [(name, float(total or 0.0)) for name, total in rows]
 
 
+def count_sessions(db: Session, person_id: int) -> int:
+    """How many sessions one person has: for paging :func:`recent_sessions`."""
+    found = db.scalar(select(func.count(MachineSession.id)).where(MachineSession.person_id == person_id))
+    return int(found or 0)
+
+
 def recent_sessions(
-    db: Session, *, site_id: int | None = None, person_id: int | None = None, limit: int = 20
+    db: Session,
+    *,
+    site_id: int | None = None,
+    person_id: int | None = None,
+    limit: int = 20,
+    offset: int = 0,
 ) -> list[SessionRow]:
-    """The latest sessions of a site or of one person, newest first."""
+    """The latest sessions of a site or of one person, newest first (``offset``: for paging)."""
     query = select(MachineSession).options(
         selectinload(MachineSession.machine),
         selectinload(MachineSession.person),
@@ -173,7 +188,7 @@ def recent_sessions(
         query = query.where(MachineSession.person_id == person_id)
     # A session whose "ended" event came before its "started" one has no start yet.
     newest = func.coalesce(MachineSession.started_at, MachineSession.ended_at, MachineSession.created_at)
-    sessions = db.scalars(query.order_by(newest.desc(), MachineSession.id).limit(limit)).all()
+    sessions = db.scalars(query.order_by(newest.desc(), MachineSession.id).limit(limit).offset(offset)).all()
     job_counts = db.execute(
         select(Job.session_id, func.count(Job.id))
         .where(Job.session_id.in_([s.id for s in sessions]))

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 from wtforms import HiddenField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
@@ -27,6 +27,8 @@ from server import get_db
 from server.i18n import Localised, local_number
 from server.models import (
     Badge,
+    BadgeStatus,
+    BookingStatus,
     Competency,
     Level,
     MachineSession,
@@ -36,7 +38,7 @@ from server.models import (
     StepKind,
     TrainingStep,
 )
-from server.services import supervision, training
+from server.services import bookings, supervision, training
 from server.services.training import (
     LEVEL_LABELS,
     STEP_KIND_LABELS,
@@ -44,9 +46,12 @@ from server.services.training import (
     Progress,
     TrainingError,
 )
+from server.web.admin.base import paginate
 from server.web.auth import User, current, trainer_required
+from server.web.bookings import STATUS_LABELS, span_label
 from server.web.common import web_blueprint
 from server.web.l10n import LABEL_MAX_HOURS, _, _l, current_language, date_label, duration_label, when_label
+from server.web.live import person_hours
 
 bp = web_blueprint("training", __name__)
 
@@ -245,8 +250,10 @@ class SearchForm(FlaskForm):  # type: ignore[misc]
 # -- views -----------------------------------------------------------------------------------------
 
 
-def _search(db: Session, site_id: int, text: str) -> list[Person]:
-    query = select(Person).where(Person.site_id == site_id).order_by(Person.active.desc(), Person.name)
+def _search(site_id: int, text: str) -> Select[Person]:
+    query = (
+        select(Person).where(Person.site_id == site_id).order_by(Person.active.desc(), Person.name, Person.id)
+    )
     text = text.strip()
     if text:
         like = f"%{text.lower()}%"
@@ -261,7 +268,7 @@ def _search(db: Session, site_id: int, text: str) -> list[Person]:
         )
     else:
         query = query.where(Person.is_participant.is_(True), Person.active.is_(True))
-    return list(db.scalars(query.limit(SEARCH_LIMIT)))
+    return query
 
 
 def present_reviews(rows: list[MachineSession]) -> list[dict[str, Any]]:
@@ -286,13 +293,14 @@ def people_page(*, error: str | None = None, status: int = 200) -> ResponseRetur
     form = SearchForm(request.args)
     text = str(form.q.data or "") if form.validate() else ""
     db = get_db()
-    found = _search(db, actor.user.site_id, text)
+    page = paginate(db, _search(actor.user.site_id, text), per_page=SEARCH_LIMIT)
     reviews = present_reviews(supervision.pending(db, actor.person, today_for(actor.user)))
     return (
         render_template(
             "training/people.html",
             form=form,
-            people=found,
+            people=page.items,
+            page=page,
             searched=bool(text.strip()),
             reviews=reviews,
             error=error,
@@ -345,9 +353,10 @@ def person_page(
         render_template(
             "training/person.html",
             person=person,
-            badges=sorted(person.badges, key=lambda b: b.issued_at, reverse=True),
+            badges=present_badges(person, show_uid=actor.user.is_admin),
             cards=cards,
             history=history,
+            **_use_of(db, person, actor),
             step_form=StepForm(formdata=None),
             grant_form=GrantForm(formdata=None),
             reason_form=ReasonForm(formdata=None),
@@ -355,6 +364,72 @@ def person_page(
             is_admin=actor.user.is_admin,
         ),
         status,
+    )
+
+
+BADGE_LABELS: dict[BadgeStatus, str] = {
+    BadgeStatus.ACTIVE: _l("Active"),
+    BadgeStatus.LOST: _l("Lost"),
+    BadgeStatus.BLOCKED: _l("Blocked"),
+}
+
+
+def present_badges(person: Person, *, show_uid: bool) -> list[dict[str, str]]:
+    """The person's badges, newest first. Trainers see only a UID's last four characters:
+    enough to tell two cards apart, not enough to copy one (the whole UID stays with admins)."""
+    return [
+        {
+            "uid": b.uid if show_uid else f"\u2022\u2022\u2022\u2022\u202f{b.uid[-4:]}",
+            "status": b.status.value,
+            "status_label": str(BADGE_LABELS[b.status]),
+            "issued": date_label(b.issued_at.date()),
+            "note": (b.note or "") if show_uid else "",
+        }
+        for b in sorted(person.badges, key=lambda b: b.issued_at, reverse=True)
+    ]
+
+
+def _use_of(db: Session, person: Person, actor: _Actor) -> dict[str, Any]:
+    """What a trainer needs besides training: machine hours, sessions (paged), bookings, and a
+    no-show block with the button that lifts it."""
+    # Imported here: the session pages (views) import this module for the competency cards.
+    from server.web.views import present_session, session_jobs, sessions_page
+
+    now = datetime.now(UTC)
+    tz = ZoneInfo(person.site.timezone)
+    per_machine = person_hours(db, person.id)
+    page = sessions_page(db, person.id)
+    found = bookings.of_person(db, person.id, now - timedelta(days=30), limit=50)
+    block = bookings.block_refusal(db, person, now)
+    return {
+        "hours_total": duration_label(sum(seconds for _name, seconds in per_machine)),
+        "hours_per_machine": [(name, duration_label(seconds)) for name, seconds in per_machine],
+        "sessions": [present_session(row, now) for row in page.items],
+        "sessions_page": page,
+        "jobs": session_jobs(db, [row.id for row in page.items]),
+        "bookings": [
+            {
+                "machine": b.machine.name,
+                "when": span_label(b.starts_at, b.ends_at, tz),
+                "status": b.status.value,
+                "status_label": _(STATUS_LABELS[b.status]),
+                "trainer": b.trainer.name if b.trainer else "",
+                "upcoming": b.status == BookingStatus.BOOKED and b.ends_at > now,
+            }
+            for b in reversed(found)
+        ],
+        "block": _block_text(block, tz) if block is not None else None,
+        "may_lift": block is not None and person.id != actor.person.id,
+    }
+
+
+def _block_text(block: bookings.BookingError, tz: ZoneInfo) -> str:
+    """The block as a trainer reads it (the service's own words speak to the blocked person)."""
+    until = block.params.get("date")
+    return _(
+        "Blocked for no-shows: %(count)s missed bookings, may book again from %(date)s.",
+        count=block.params.get("count", ""),
+        date=date_label(until) if isinstance(until, date) else "",
     )
 
 

@@ -7,9 +7,11 @@ polling script reads exactly like a freshly loaded page.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from babel.dates import format_time
 from flask import current_app, jsonify, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
@@ -17,8 +19,9 @@ from sqlalchemy.orm import Session
 
 from server import get_db
 from server.i18n import N_, local_number
-from server.models import Job, Site
-from server.services import training
+from server.models import Booking, Job, MachineType, Site, in_language
+from server.services import bookings, training
+from server.web.admin.base import Page, page_number
 from server.web.auth import User, current, login_required, public, staff_required
 from server.web.common import web_blueprint
 from server.web.l10n import (
@@ -34,6 +37,7 @@ from server.web.live import (
     LiveState,
     MachineLive,
     SessionRow,
+    count_sessions,
     person_hours,
     recent_sessions,
     site_machines,
@@ -45,7 +49,7 @@ bp = web_blueprint("web", __name__)
 # How often the overview asks for fresh state (the script reads it from the page).
 REFRESH_S = 3
 SESSIONS_ON_OVERVIEW = 20
-SESSIONS_ON_ME = 50
+SESSIONS_PER_PAGE = 10  # on "My training" and a person's page: a phone scrolls through ten
 NO_VALUE = "\u2013"  # an en dash, in cells that have no value yet
 
 STATE_LABELS: dict[LiveState, str] = {
@@ -191,7 +195,8 @@ def me() -> ResponseReturnValue:
     soon = [c for c in mine if c["status"] in ("soon", "expired")]
     per_machine = person_hours(db, user.id)
     total = sum(seconds for _name, seconds in per_machine)
-    sessions = recent_sessions(db, person_id=user.id, limit=SESSIONS_ON_ME)
+    page = sessions_page(db, user.id)
+    sessions = page.items
     return render_template(
         "me.html",
         cards=mine,
@@ -200,8 +205,114 @@ def me() -> ResponseReturnValue:
         total_label=duration_label(total),
         per_machine=[(name, duration_label(seconds)) for name, seconds in per_machine],
         sessions=[present_session(s, now) for s in sessions],
+        page=page,
         jobs=session_jobs(db, [s.id for s in sessions]),
     )
+
+
+def sessions_page(db: Session, person_id: int) -> Page:
+    """One page of a person's sessions, newest first (``?page=``)."""
+    total = count_sessions(db, person_id)
+    number = page_number(total, SESSIONS_PER_PAGE)
+    rows = recent_sessions(
+        db, person_id=person_id, limit=SESSIONS_PER_PAGE, offset=(number - 1) * SESSIONS_PER_PAGE
+    )
+    return Page(list(rows), number, total, SESSIONS_PER_PAGE)
+
+
+# -- machines now, for everyone ----------------------------------------------------------------------
+
+AVAILABILITY_LABELS: dict[str, str] = {
+    "available": N_("Free"),
+    "booked": N_("Booked"),
+    "in_use": N_("In use"),
+    "offline": N_("Offline"),
+    "maintenance": N_("Maintenance"),
+    "fault": N_("Fault"),
+}
+
+
+def availability_data(user: User) -> dict[str, Any]:
+    """Every bookable machine of the person's site and whether it is free now. Names nobody:
+    a participant reads "in use" or "booked", and "yours" for their own."""
+    db = get_db()
+    now = _now()
+    tz = ZoneInfo(user.timezone)
+    machines = [
+        m for m in site_machines(db, user.site_id, start_of_today(now)) if m.state != LiveState.DISABLED
+    ]
+    end_of_day = datetime.combine(now.astimezone(tz).date() + timedelta(days=1), time(0), tzinfo=tz)
+    booked: dict[int, list[Booking]] = {}
+    for b in bookings.active(db, [m.id for m in machines], now, end_of_day):
+        booked.setdefault(b.machine_id, []).append(b)
+    type_names = {
+        t.name: in_language(t.name, t.name_de, current_language()) for t in db.scalars(select(MachineType))
+    }
+    return {
+        "updated_at": now.isoformat(),
+        "updated_label": _("Updated %(time)s", time=clock_label(now)),
+        "refresh_s": REFRESH_S,
+        "machines": [
+            present_availability(m, booked.get(m.id, []), user.id, now, tz, type_names) for m in machines
+        ],
+        "sessions": [],
+    }
+
+
+def present_availability(
+    m: MachineLive,
+    booked: list[Booking],
+    viewer_id: int,
+    now: datetime,
+    tz: ZoneInfo,
+    type_names: dict[str, str],
+) -> dict[str, Any]:
+    def clock(when: datetime) -> str:
+        return str(format_time(when.astimezone(tz), "short", locale=current_language()))
+
+    state = m.state.value
+    detail = ""
+    current = next((b for b in booked if b.starts_at <= now), None)
+    upcoming = next((b for b in booked if b.starts_at > now), None)
+    label = _(AVAILABILITY_LABELS.get(state, N_("Offline")))
+    if m.state == LiveState.IN_USE and m.user_id == viewer_id:
+        label = _("In use by you")
+    elif m.state == LiveState.AVAILABLE and current is not None:
+        state = "booked"
+        mine = current.person_id == viewer_id
+        label = _("Your booking") if mine else _(AVAILABILITY_LABELS["booked"])
+        detail = _("until %(time)s", time=clock(current.ends_at))
+    elif m.state == LiveState.AVAILABLE and upcoming is not None:
+        detail = _("Free until %(time)s, then booked", time=clock(upcoming.starts_at))
+    elif m.state == LiveState.AVAILABLE:
+        detail = _("Free for the rest of the day")
+    return {
+        "id": m.id,
+        "slug": m.slug,
+        "name": m.name,
+        "type": m.type_name.in_language(current_language()),
+        "state": state,
+        "state_label": label,
+        "detail": detail,
+        # A machine in maintenance takes no bookings (the booking service refuses them).
+        "book_url": url_for("bookings.machine_week", slug=m.slug) if m.state != LiveState.MAINTENANCE else "",
+    }
+
+
+@bp.get("/machines/now")
+@login_required
+def availability() -> ResponseReturnValue:
+    user = current()
+    assert user is not None  # login_required
+    return render_template("availability.html", data=availability_data(user))
+
+
+@bp.get("/machines/now.json")
+@login_required
+def availability_json() -> ResponseReturnValue:
+    user = current()
+    assert user is not None  # login_required
+    return jsonify(availability_data(user))
 
 
 def session_jobs(db: Session, session_ids: list[str]) -> dict[str, list[dict[str, str]]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from flask import Flask
@@ -16,8 +16,11 @@ from sqlalchemy import func, select
 from server.extensions import db
 from server.models import (
     AuditLog,
+    Booking,
     Competency,
     Level,
+    Machine,
+    MachineSession,
     Person,
     Qualification,
     QualificationAction,
@@ -308,3 +311,60 @@ def test_staff_rule_holds_at_the_service_for_any_caller(staff_lab: ApiLab) -> No
         with pytest.raises(training.TrainingError) as elsewhere:
             training.grant(s, sam, laser, Level.BRIEFED, tina, "x", datetime.now(UTC), today)
         assert elsewhere.value.code == "other_site"
+
+
+def test_staff_trainer_reads_only_people_of_their_site_over_the_api(api: Api, staff_lab: ApiLab) -> None:
+    """Trainers read people, qualifications, sessions and bookings of their own site only (the
+    web pages answer 404 for the others); admins read every site, participants themselves."""
+    sam = staff_lab.people["sam"]
+    with db.session() as s:
+        printer_2 = s.scalar(select(Machine).where(Machine.slug == "printer-2"))
+        assert printer_2 is not None
+        start = datetime.now(UTC) - timedelta(days=1)
+        s.add(
+            MachineSession(
+                id="s-sam-1",
+                machine_id=printer_2.id,
+                device_id="pi-printer-2",
+                person_id=sam,
+                started_at=start,
+                ended_at=start + timedelta(hours=1),
+                unlocked_s=3600.0,
+            )
+        )
+        booking = Booking(
+            machine_id=printer_2.id,
+            person_id=sam,
+            starts_at=start + timedelta(days=3),
+            ends_at=start + timedelta(days=3, hours=1),
+            created_by_id=sam,
+        )
+        s.add(booking)
+        s.flush()
+        sams_booking = booking.id
+
+    def ids(path: str, role: str, key: str = "id", **params: object) -> list[object]:
+        answer = api.get(path, as_=role, limit=200, **params)
+        assert answer.status_code == 200, answer.get_json()
+        return [item[key] for item in answer.get_json()["items"]]
+
+    assert sam not in ids("/people", "trainer")
+    assert sam in ids("/people", "admin")
+    assert ids("/people", "trainer", site="sued") == []
+    refused = api.get(f"/people/{sam}", as_="trainer")
+    assert refused.status_code == 403 and error_code(refused) == "forbidden"
+    assert api.get(f"/people/{staff_lab.people['ada']}", as_="trainer").status_code == 200
+    assert api.get(f"/people/{sam}", as_="admin").status_code == 200
+
+    assert sam not in ids("/qualifications", "trainer", key="person_id")
+    assert sam in ids("/qualifications", "admin", key="person_id")
+    assert api.get("/qualifications", as_="trainer", person_id=sam).status_code == 403
+    assert ids("/qualifications", "trainer", key="person_id", person_id=staff_lab.people["ada"])
+
+    assert "s-sam-1" not in ids("/sessions", "trainer")
+    assert "s-sam-1" in ids("/sessions", "admin")
+    assert api.get("/sessions", as_="trainer", person_id=sam).status_code == 403
+    assert sams_booking not in ids("/bookings", "trainer")
+    assert sams_booking in ids("/bookings", "admin")
+    assert api.get(f"/bookings/{sams_booking}", as_="trainer").status_code == 403
+    assert api.get(f"/bookings/{staff_lab.bookings['ada']}", as_="trainer").status_code == 200

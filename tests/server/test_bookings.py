@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from server.db import Database
 from server.models import (
+    AuditLog,
     Booking,
     BookingPolicy,
     BookingStatus,
@@ -602,3 +603,37 @@ def test_bookings_release_does_not_overwrite_a_check_in_of_the_same_moment(train
     assert results == [[]]
     booking = _get(trainer_lab, booking_id)
     assert (booking.status, booking.no_show, booking.checked_in_at) == (BookingStatus.BOOKED, False, at(14))
+
+
+def test_bookings_staff_see_and_lift_a_no_show_block(trainer_lab: Database) -> None:
+    for day in (0, 1, 2):
+        book(trainer_lab, "Quinn Qualified", at(0, day), at(30, day), actor="Tina Trainer")
+        assert len(release(trainer_lab, at(15, day))) == 1
+    now = at(30, 2)
+    with trainer_lab.session() as s:
+        site_id = _person(s, "Quinn Qualified").site_id
+        blocked = bookings.blocked_people(s, site_id, now)
+        assert [(b.person.name, b.no_shows, b.until) for b in blocked] == [
+            ("Quinn Qualified", 3, at(15, 2) + timedelta(days=14))
+        ]
+        quinn = _person(s, "Quinn Qualified")
+        # Nobody lifts their own block, and a participant lifts nobody's.
+        assert refused(lambda: bookings.lift_block(s, quinn, quinn, now)) == "not_staff"
+        bookings.lift_block(s, quinn, _person(s, "Tina Trainer"), now)
+        s.commit()
+    with trainer_lab.session() as s:
+        assert bookings.blocked_people(s, site_id, now) == []
+        entry = s.scalar(select(AuditLog).where(AuditLog.action == "booking.block_lifted"))
+        assert entry is not None and entry.subject == f"person:{_person(s, 'Quinn Qualified').id}"
+        assert entry.detail["no_shows"] == 3 and entry.actor_label.startswith("Tina Trainer")
+        assert (
+            refused(
+                lambda: bookings.lift_block(s, _person(s, "Quinn Qualified"), _person(s, "Tina Trainer"), now)
+            )
+            == "not_blocked"
+        )
+    book(trainer_lab, "Quinn Qualified", at(60, 5), at(90, 5), now=now)  # may book again at once
+    # The no-shows before the lift no longer count: two more (Monday's, Tuesday's) do not block.
+    book(trainer_lab, "Quinn Qualified", at(0, 6), at(30, 6), actor="Tina Trainer", now=now)
+    assert len(release(trainer_lab, at(15, 6))) == 2
+    book(trainer_lab, "Quinn Qualified", at(60, 7), at(90, 7), now=at(16, 6))

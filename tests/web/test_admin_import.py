@@ -170,3 +170,16 @@ def test_admin_import_example_file_imports(admin: FlaskClient, lab: Lab) -> None
     example = admin.get("/admin/people/import/example.csv")
     assert example.mimetype == "text/csv" and example.data.startswith(b"\xef\xbb\xbf")
     assert upload(admin, lab, example.data).status_code == 200
+
+
+def test_admin_import_counts_read_right_in_the_singular(admin: FlaskClient, lab: Lab) -> None:
+    one_bad = "name,email\n,nobody@lab.test\n"
+    html = upload(admin, lab, one_bad).get_data(as_text=True)
+    assert "1 problem found." in html and "1 problems" not in html
+    admin.environ_base["HTTP_ACCEPT_LANGUAGE"] = "de"
+    admin.get("/language/de")
+    german = upload(admin, lab, one_bad).get_data(as_text=True)
+    assert "1 Problem gefunden." in german and "1 Probleme" not in german
+    admin.get("/language/en")
+    done = upload(admin, lab, "name,badge\nGrace Hopper,CAFEBABE\n").get_data(as_text=True)
+    assert "1 person imported, 0 updated, 1 badge assigned" in done

@@ -105,7 +105,8 @@ def test_roles_every_route_for(role: str, app: Flask, lab: Lab) -> None:
                 wrong.append(
                     f"{method} {rule.rule}: {role} refused ({response.status_code}), access {access}"
                 )
-            elif response.status_code >= 500:
+            elif response.status_code >= 500 and not (rule.rule == "/readyz" and response.status_code == 503):
+                # /readyz says 503 "not ready" here by design: no bridge or scheduler runs.
                 wrong.append(f"{method} {rule.rule}: {role} got {response.status_code}")
         elif role == "anonymous":
             if not (to_login or response.status_code == 401):

@@ -88,11 +88,16 @@ class Page:
         return self.number < self.pages
 
 
+def page_number(total: int, per_page: int = PER_PAGE) -> int:
+    """The page ``?page=`` names, within 1 and the last page (1 when missing or wrong)."""
+    number = request.args.get("page", 1, type=int) or 1
+    return min(max(number, 1), max(1, -(-total // per_page)))
+
+
 def paginate(db: Session, query: Select[Any], per_page: int = PER_PAGE) -> Page:
     """The page of ``query`` named by ``?page=`` (1 when missing or wrong)."""
-    number = request.args.get("page", 1, type=int) or 1
     total = db.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
-    number = min(max(number, 1), max(1, -(-total // per_page)))
+    number = page_number(total, per_page)
     items = list(db.scalars(query.limit(per_page).offset((number - 1) * per_page)))
     return Page(items, number, total, per_page)
 

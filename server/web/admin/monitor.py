@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from flask import render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, String, cast, func, literal, or_, select
 from sqlalchemy.orm import selectinload
 
 from server import get_db
-from server.models import AuditLog, Device, Machine
+from server.models import AuditLog, Badge, Booking, Device, Machine, Person
 from server.services import clocks
+from server.web.admin.audit_text import action_label, describe
 from server.web.admin.base import bp, paginate
-from server.web.auth import admin_required
+from server.web.auth import admin_required, current
 from server.web.l10n import _, ago_label, span_label, when_label
 
 
@@ -54,13 +56,73 @@ def _clock_note(offset_s: float | None) -> str | None:
 @bp.get("/audit")
 @admin_required
 def audit_log() -> ResponseReturnValue:
+    """The audit log, newest first, filtered by person (name or e-mail: what they did and what
+    was done to them, their bookings and badges included), action and local days."""
     db = get_db()
-    now = datetime.now(UTC)
-    action = request.args.get("action", "")
+    user = current()
+    assert user is not None  # admin_required
+    tz = ZoneInfo(user.timezone)
+    args = request.args
+    action = args.get("action", "")[:64]
+    person_text = args.get("person", "").strip()[:100]
+    raw_from, raw_to = args.get("from", "")[:10], args.get("to", "")[:10]
     actions = list(db.scalars(select(AuditLog.action).distinct().order_by(AuditLog.action)))
     query = select(AuditLog).order_by(AuditLog.at.desc(), AuditLog.id.desc())
+    error = None
+    try:
+        first, last = _day(raw_from), _day(raw_to)
+    except ValueError as bad:
+        error, first, last = str(bad), None, None
     if action:
         query = query.where(AuditLog.action == action)
+    if person_text:
+        query = query.where(_about_people(person_text))
+    if first is not None:
+        query = query.where(AuditLog.at >= datetime.combine(first, time(0), tzinfo=tz))
+    if last is not None:
+        query = query.where(AuditLog.at < datetime.combine(last + timedelta(days=1), time(0), tzinfo=tz))
     page = paginate(db, query)
-    entries = [{"entry": e, "when": when_label(e.at, now)} for e in page.items]
-    return render_template("admin/audit.html", page=page, entries=entries, actions=actions, action=action)
+    now = datetime.now(UTC)
+    entries = [
+        {"entry": e, "when": when_label(e.at, now), "line": line}
+        for e, line in zip(page.items, describe(db, page.items), strict=True)
+    ]
+    return (
+        render_template(
+            "admin/audit.html",
+            page=page,
+            entries=entries,
+            actions=sorted(((a, action_label(a)) for a in actions), key=lambda pair: pair[1].lower()),
+            action=action,
+            person=person_text,
+            filters={"from": raw_from, "to": raw_to},
+            error=error,
+        ),
+        400 if error else 200,
+    )
+
+
+def _day(raw: str) -> date | None:
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(_("“%(value)s” is not a date (YYYY-MM-DD).", value=raw)) from None
+
+
+def _about_people(text: str) -> ColumnElement[bool]:
+    """Entries by or about the people whose name or e-mail holds ``text``."""
+    like = f"%{text.lower()}%"
+    people = select(Person.id).where(
+        or_(func.lower(Person.name).like(like), func.lower(Person.email).like(like))
+    )
+    return or_(
+        AuditLog.actor_id.in_(people),
+        AuditLog.subject.in_(
+            select(literal("person:") + cast(Person.id, String)).where(Person.id.in_(people))
+        ),
+        AuditLog.subject.in_(select(literal("booking:") + Booking.id).where(Booking.person_id.in_(people))),
+        AuditLog.subject.in_(select(literal("badge:") + Badge.uid).where(Badge.person_id.in_(people))),
+        func.lower(AuditLog.actor_label).like(like),
+    )
