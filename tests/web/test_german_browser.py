@@ -41,7 +41,7 @@ WALKERS = (
 )
 PAGES_PER_WALKER = 40
 # Not pages: downloads, feeds, the language switch, logging out.
-SKIP = re.compile(r"\.(csv|xlsx|ics|json|txt)$|/logout|/language/|/static/|/feed/")
+SKIP = re.compile(r"\.(csv|xlsx|ics|json|txt|pdf)$|/logout|/language/|/static/|/feed/")
 
 
 def _english_catalogue() -> tuple[set[str], list[re.Pattern[str]]]:
