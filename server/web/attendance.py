@@ -207,7 +207,7 @@ def render_sheet(sheet: attendance.MonthSheet, now: datetime, *, paper: bool) ->
 
 def letterhead(site: Site) -> dict[str, Any]:
     return {
-        "name": site.name,
+        "name": site.display_name(current_language()),
         "address": [line for line in (site.address or "").splitlines() if line.strip()],
         "logo": site.logo if site.logo and site.logo.startswith("data:image/") else None,
     }

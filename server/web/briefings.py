@@ -51,7 +51,7 @@ def present(briefed: briefings.Briefed, person: Person) -> dict[str, Any]:
     return {
         "on": _local_day(record.recorded_at, person),
         "competency": record.step.competency.display_name(current_language()),
-        "step": record.step.name,
+        "step": record.step.display_name(current_language()),
         "version": (confirmation.content_version if confirmation else None) or "-",
         "trainer": record.recorded_by.name if record.recorded_by else _("the system"),
         "signature": confirmation.signature if confirmation and confirmation.signature else None,
@@ -66,7 +66,7 @@ def person_page(
     steps = [
         {
             "id": s.id,
-            "name": s.name,
+            "name": s.display_name(current_language()),
             "competency": s.competency.display_name(current_language()),
             "version": s.content_version or "-",
             "level": level_label(s.leads_to),

@@ -159,6 +159,8 @@ class _Names:
     machines_by_slug: dict[str, str]
     competencies: dict[str, str]
     sites: dict[int, str]
+    # A site's English name, as details written at the time hold it -> its name for the reader.
+    site_names: dict[str, str]
 
 
 def describe(db: Session, entries: Iterable[AuditLog]) -> list[Line]:
@@ -196,7 +198,14 @@ def _names(db: Session, entries: list[AuditLog]) -> _Names:
             c.slug: in_language(c.name, c.name_de, language) for c in db.scalars(select(Competency))
         },
         sites={
-            sid: name for sid, name in db.execute(select(Site.id, Site.name).where(Site.id.in_(site_ids)))
+            sid: in_language(name, name_de, language)
+            for sid, name, name_de in db.execute(
+                select(Site.id, Site.name, Site.name_de).where(Site.id.in_(site_ids))
+            )
+        },
+        site_names={
+            name: in_language(name, name_de, language)
+            for name, name_de in db.execute(select(Site.name, Site.name_de))
         },
     )
 
@@ -278,12 +287,16 @@ class _Reader:
             return "; ".join(f"{_key_label(k)}: {self.value(k, v)}" for k, v in value.items())
         if value is None:
             return ""
+        if isinstance(value, str) and value in self.names.site_names:
+            return self.names.site_names[value]
         return str(value)
 
 
 def _key_label(key: str) -> str:
     words = key.replace("_", " ").strip()
-    return words[:1].upper() + words[1:]
+    # The catalogue has most detail keys as labels elsewhere ("People", "Month"): in the reader's
+    # language where it does, else as written.
+    return str(flask_babel.gettext(words[:1].upper() + words[1:]))
 
 
 def _parse_time(text: str) -> datetime | None:
