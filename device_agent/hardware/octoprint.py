@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How long a print OctoPrint reports without a file name waits for it before it starts anyway.
+NAMELESS_WAIT_S = 3.0
+
 # OctoPrint's printer flags that mean "a job is under way" (cutting power now would spoil it),
 # and those of them in which the printer is not actually working.
 _JOB_FLAGS = ("printing", "paused", "pausing", "resuming", "cancelling", "finishing")
@@ -104,6 +107,8 @@ class OctoPrintMonitor(ThreadedMonitor):
         self.filament_density_g_cm3 = filament_density_g_cm3
         self._client: Any = None
         self._print: _Print | None = None
+        # When a print was first seen without its file's name (see read()).
+        self._nameless_at: float | None = None
         super().__init__("octoprint-monitor", "octoprint_unreachable", poll_s, retry_max_s, lost_hold_s)
         self._start()
 
@@ -153,6 +158,11 @@ class OctoPrintMonitor(ThreadedMonitor):
 
     # ------------------------------------------------------------------ reading
 
+    def _nameless_since(self, now: float) -> float:
+        if self._nameless_at is None:
+            self._nameless_at = now
+        return self._nameless_at
+
     def read(self) -> None:
         job, printer = self._fetch()
         now = time.monotonic()
@@ -174,7 +184,15 @@ class OctoPrintMonitor(ThreadedMonitor):
         details = job.get("job") or {}
 
         current = self._print
+        file = (details.get("file") or {}).get("name")
+        if not active:
+            self._nameless_at = None
+        if current is None and active and file is None and now - self._nameless_since(now) < NAMELESS_WAIT_S:
+            # OctoPrint reports "Printing" a moment before the job names its file (seen on a
+            # freshly started OctoPrint): start the job at the next read, with its file.
+            active = working = False
         if current is None and active:
+            self._nameless_at = None
             current = self._print = _Print(
                 first_seen=now,
                 elapsed_s=_number(progress.get("printTime")) or 0.0,
