@@ -5,10 +5,12 @@ Only the hardware is faked, at the lowest level (gpiozero's MockFactory pins, th
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
@@ -22,6 +24,7 @@ from server.models import Device as DeviceRow
 from server.models import OpeningHours
 from server.services.provisioning import agent_config
 from tests.mqtt_peer import clear_retained
+from werkbank_protocol.mqtt import parse_mqtt_url
 
 RELAY_PINS = {"pi-printer-1": 17, "pi-laser-1": 27, "pi-printer-2": 22}
 
@@ -42,6 +45,21 @@ def pins() -> Iterator[MockFactory]:
     yield factory
     factory.reset()
     Device.pin_factory = previous
+
+
+def forget_session(mqtt_url: str, client_id: str) -> None:
+    """End the broker's persistent session of ``client_id`` (and whatever waits in it)."""
+    address = parse_mqtt_url(mqtt_url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    connected = threading.Event()
+    client.on_connect = lambda *_args: connected.set()
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        assert connected.wait(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class System:
@@ -66,6 +84,9 @@ class System:
             self.bridge = None
 
     def config_file(self, device_id: str) -> Path:
+        # A fresh agent: nothing an earlier test left queued for this client id on the shared
+        # broker (a tap, a command) reaches it.
+        forget_session(self.mqtt_url, device_id)
         with self.db.session() as s:
             row = s.get(DeviceRow, device_id)
             assert row is not None
