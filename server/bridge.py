@@ -750,16 +750,7 @@ class Bridge:
             self._log_published += 1
             mark = self._log_published
         try:
-            for request_id, answer in fresh.items():
-                self._remember_answer(request_id, answer)
-            for device_id, req in batch:
-                known = fresh.get(req.id) or self._recent_answer(req.id)
-                if known is not None:
-                    self.publish(device_id, Suffix.AUTH_RESP, known)
-            elapsed = time.monotonic() - started
-            for reason in reasons:
-                self._count(self.decisions, reason)
-                self.metrics.decision_seconds.observe(elapsed)
+            self._send_answers(batch, fresh, reasons, started)
             if rows:
                 self._write_decision_log(rows)
         finally:
@@ -888,6 +879,13 @@ class Bridge:
             log.exception("bridge: database error on %d tap(s); the devices fall back to offline", len(batch))
             return
         # Committed: now the answers may go out, duplicates with the same answer as the first.
+        self._send_answers(batch, fresh, reasons, started)
+
+    def _send_answers(
+        self, batch: list[tuple[str, AuthReq]], fresh: dict[str, bytes], reasons: list[str], started: float
+    ) -> None:
+        """Publish the answers of ``batch`` (a duplicate gets the first answer again) and count
+        the decisions made, with the time the batch took."""
         for request_id, answer in fresh.items():
             self._remember_answer(request_id, answer)
         for device_id, req in batch:
