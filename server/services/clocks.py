@@ -52,6 +52,10 @@ SETTLE_S = 30.0
 # Samples kept per device at most (the window's minimum needs few: see ClockOffsets.add).
 MAX_SAMPLES = 256
 FAULT_CODE = "clock_skew"
+# A stored estimate is rewritten only when it moves this much, or when it is this old (a bridge
+# restarted later seeds from it, so it must stay within WINDOW_S).
+RECORD_STEP_S = 0.05
+RECORD_EVERY = timedelta(seconds=60)
 
 
 class ClockOffsets:
@@ -132,6 +136,9 @@ def record(db: Session, device: Device, offset_s: float, now: datetime) -> None:
     """Store ``device``'s estimated offset; when it goes past the tolerance, a ``clock_skew``
     fault goes into the events ledger (like an agent's own fault), once per excursion."""
     was_skewed = skewed(device.clock_offset_s)
+    unchanged = device.clock_offset_s is not None and abs(device.clock_offset_s - offset_s) < RECORD_STEP_S
+    if unchanged and device.clock_measured_at is not None and now - device.clock_measured_at < RECORD_EVERY:
+        return  # the same estimate again (each telemetry window brings one): no write
     device.clock_offset_s = round(offset_s, 3)
     device.clock_measured_at = now
     if skewed(offset_s) and not was_skewed:
