@@ -84,8 +84,11 @@ octoprint:
 moonraker:
 	sh tests/agent/install_moonraker.sh
 
+# Three worker processes (pytest-xdist), each with its own database and brokers; TEST_WORKERS=0
+# runs the suite in one process.
+TEST_WORKERS ?= 3
 unit: install browser octoprint moonraker mosquitto pdf nginx
-	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

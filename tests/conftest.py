@@ -16,13 +16,18 @@ from server.broker import EmbeddedBroker, MosquittoProcess, find_program
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
 
-@pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker | MosquittoProcess]:
+def _start_broker() -> EmbeddedBroker | MosquittoProcess:
     kind = os.environ.get("WERKBANK_TEST_BROKER", "auto")
     if kind == "mosquitto" or (kind == "auto" and MosquittoProcess.available()):
-        running: EmbeddedBroker | MosquittoProcess = MosquittoProcess().start()
-    else:
-        running = EmbeddedBroker().start()
+        return MosquittoProcess().start()
+    return EmbeddedBroker().start()
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker | MosquittoProcess]:
+    """A broker for this test alone (about 0.2 s with Mosquitto): nothing retained or queued by an
+    earlier test (statuses of devices that test made up, a persistent session's messages) reaches it."""
+    running = _start_broker()
     yield running
     running.stop()
 
@@ -48,7 +53,9 @@ def mosquitto_passwd_bin() -> str:
 
 @pytest.fixture
 def mqtt_url(broker: EmbeddedBroker | MosquittoProcess) -> str:
-    """The broker's URL (mqtt://host:port, no credentials)."""
+    """The URL (mqtt://host:port, no credentials) of a broker of this test's own: nothing retained
+    or queued by another test (statuses of made-up devices, a persistent session's messages) reaches
+    it. On a shared broker those piled up over a run and the bridge spent seconds refusing them."""
     return broker.url
 
 

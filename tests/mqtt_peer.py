@@ -63,14 +63,3 @@ class Peer:
         # disconnect first: it wakes the network thread, so loop_stop need not wait out select()
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def clear_retained(url: str, device_ids: list[str]) -> None:
-    """Remove retained status and allow-lists an earlier test left on the shared test broker."""
-    peer = Peer(url)
-    try:
-        for device_id in device_ids:
-            for suffix in ("status", "allowlist"):
-                peer.publish(f"werkbank/v1/dev/{device_id}/{suffix}", b"", retain=True)
-    finally:
-        peer.close()

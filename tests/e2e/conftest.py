@@ -5,12 +5,10 @@ Only the hardware is faked, at the lowest level (gpiozero's MockFactory pins, th
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
@@ -23,8 +21,6 @@ from server.db import Database
 from server.models import Device as DeviceRow
 from server.models import OpeningHours
 from server.services.provisioning import agent_config
-from tests.mqtt_peer import clear_retained
-from werkbank_protocol.mqtt import parse_mqtt_url
 
 RELAY_PINS = {"pi-printer-1": 17, "pi-laser-1": 27, "pi-printer-2": 22}
 
@@ -45,21 +41,6 @@ def pins() -> Iterator[MockFactory]:
     yield factory
     factory.reset()
     Device.pin_factory = previous
-
-
-def forget_session(mqtt_url: str, client_id: str) -> None:
-    """End the broker's persistent session of ``client_id`` (and whatever waits in it)."""
-    address = parse_mqtt_url(mqtt_url)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    connected = threading.Event()
-    client.on_connect = lambda *_args: connected.set()
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
-        assert connected.wait(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 class System:
@@ -84,9 +65,6 @@ class System:
             self.bridge = None
 
     def config_file(self, device_id: str) -> Path:
-        # A fresh agent: nothing an earlier test left queued for this client id on the shared
-        # broker (a tap, a command) reaches it.
-        forget_session(self.mqtt_url, device_id)
         with self.db.session() as s:
             row = s.get(DeviceRow, device_id)
             assert row is not None
@@ -135,7 +113,6 @@ def trainer_system(
     e2e_trainer_lab: Database, mqtt_url: str, tmp_path: Path, pins: MockFactory
 ) -> Iterator[System]:
     """:func:`system` on the trainer lab (with Bea Briefed and Pete Printtrainer)."""
-    clear_retained(mqtt_url, list(RELAY_PINS))
     running = System(e2e_trainer_lab, mqtt_url, tmp_path, pins)
     yield running
     running.close()
@@ -143,7 +120,6 @@ def trainer_system(
 
 @pytest.fixture
 def system(e2e_lab: Database, mqtt_url: str, tmp_path: Path, pins: MockFactory) -> Iterator[System]:
-    clear_retained(mqtt_url, list(RELAY_PINS))
     running = System(e2e_lab, mqtt_url, tmp_path, pins)
     yield running
     running.close()

@@ -238,10 +238,16 @@ def test_e2e_printer_trainer_cannot_supervise_on_the_laser(trainer_system: Syste
     assert laser.tap(BEA).reason == "in_use"
     assert laser.tap(PETE).reason == "tap_out"
     assert not system.relay_closed("pi-laser-1")
+    # The session's events and the decision log reach the database just after the answers.
+    assert eventually(lambda: len(_sessions(system)) == 1)
     assert _sessions(system)[0].person_id == _person_id(system, "Pete Printtrainer")
-    with system.db.session() as s:
-        modes = list(s.scalars(select(AccessDecision.mode).where(AccessDecision.device_id == "pi-laser-1")))
-        assert sorted(modes) == ["supervise", "use"]
+
+    def modes() -> list[str]:
+        with system.db.session() as s:
+            where = AccessDecision.device_id == "pi-laser-1"
+            return sorted(s.scalars(select(AccessDecision.mode).where(where)))
+
+    assert eventually(lambda: modes() == ["supervise", "use"]), modes()
 
     # On the printers he trains: the window opens.
     assert printer.tap(PETE).outcome == "unlocked" and printer.trainer_window == "supervise"

@@ -30,7 +30,7 @@ from server.scheduler import close_forgotten_checkins
 from server.services import attendance
 from server.services.training import REFUSALS, TrainingError, audit_refusal
 from tests.conftest import Clock
-from tests.mqtt_peer import Peer, clear_retained
+from tests.mqtt_peer import Peer
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import AuthResp, decode_as
 
@@ -60,7 +60,6 @@ def entrance(lab: Database) -> Database:
 
 @pytest.fixture
 def bridge(entrance: Database, mqtt_url: str, clock: Clock) -> Iterator[Bridge]:
-    clear_retained(mqtt_url, ["entrance-1", "pi-printer-1"])
     running = Bridge(entrance, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
     assert running.connected.is_set()
     yield running

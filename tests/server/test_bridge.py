@@ -27,7 +27,7 @@ from server.models import (
     StoredEvent,
 )
 from tests.conftest import Clock
-from tests.mqtt_peer import Peer, clear_retained
+from tests.mqtt_peer import Peer
 from werkbank_protocol import format_ts, parse_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
 from werkbank_protocol.messages import Ack, AuthResp, decode_as
@@ -39,7 +39,6 @@ LASER = "werkbank/v1/dev/pi-laser-1"
 
 @pytest.fixture
 def bridge(lab: Database, mqtt_url: str, clock) -> Iterator[Bridge]:  # type: ignore[no-untyped-def]
-    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
     running = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
     assert running.connected.is_set()
     yield running
@@ -162,7 +161,6 @@ def test_bridge_logs_each_answer_as_it_was_sent(bridge: Bridge, device: Peer, la
 def test_bridge_after_a_restart_a_repeated_request_gets_the_logged_answer(
     lab: Database, mqtt_url: str, device: Peer, clock: Clock
 ) -> None:
-    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1"])
     rid, payload = _req("04A224B2C35E80")
     first = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
     try:
@@ -444,7 +442,6 @@ def test_bridge_does_not_send_an_allowlist_the_broker_would_drop(
 ) -> None:
     # The shipped broker drops messages over message_size_limit without a word, and the Pi would
     # keep an old list until it expires: the bridge says so instead (MQTT_MESSAGE_LIMIT).
-    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
     for base in (PRINTER, LASER):
         # Up to the clearing: an earlier test's bridge may have left a list the device got on subscribing.
         while device.next(f"{base}/allowlist") != b"":
@@ -464,7 +461,7 @@ def test_bridge_does_not_send_an_allowlist_the_broker_would_drop(
         bridge.stop()
 
     def lists(base: str) -> list[bytes]:
-        return [m for m in device.drain(f"{base}/allowlist") if m]  # b"": clear_retained's
+        return [m for m in device.drain(f"{base}/allowlist") if m]
 
     assert len(lists("werkbank/v1/dev/pi-printer-2")) == 1
     assert lists(PRINTER) == [] and lists(LASER) == []

@@ -28,7 +28,7 @@ from server.models import (
     StoredEvent,
 )
 from server.services import notifications, training
-from tests.mqtt_peer import Peer, clear_retained
+from tests.mqtt_peer import Peer
 from werkbank_protocol import format_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
 from werkbank_protocol.messages import Ack, AuthResp, Cmd, decode_as
@@ -40,7 +40,6 @@ QUINN = "04A224B2C35E80"
 
 @pytest.fixture
 def bridge(lab: Database, mqtt_url: str, clock) -> Iterator[Bridge]:  # type: ignore[no-untyped-def]
-    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
     # Offsets count at once here (the wait for an estimate to stand is tested in test_clocks.py).
     running = Bridge(
         lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, clock_settle_s=0
@@ -294,7 +293,6 @@ def test_bridge_answers_taps_while_the_events_table_is_locked(
 def test_bridge_gives_up_on_a_locked_event_after_its_timeout_and_takes_it_again_later(
     lab: Database, mqtt_url: str, device: Peer, clock
 ) -> None:  # type: ignore[no-untyped-def]
-    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
     bridge = Bridge(
         lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, ingest_timeout_s=1
     )

@@ -32,7 +32,7 @@ from server.models import (
 from server.services import training
 from server.services.device_claims import UNCHECKED_MAX
 from tests.conftest import BEA, LARA, OTTO, TINA
-from tests.mqtt_peer import Peer, clear_retained
+from tests.mqtt_peer import Peer
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import Ack, AuthResp, decode_as
 
@@ -43,7 +43,6 @@ QUINN = "04A224B2C35E80"
 
 @pytest.fixture
 def bridge(claims_lab: Database, mqtt_url: str, clock: Any) -> Iterator[Bridge]:
-    clear_retained(mqtt_url, ["pi-printer-1", "pi-laser-1", "pi-printer-2"])
     running = Bridge(claims_lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock).start()
     assert running.connected.is_set()
     yield running
