@@ -26,5 +26,25 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def head_revision() -> str | None:
+    """The newest migration this version of Werkbank has."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def known_revision(revision: str | None) -> bool:
+    """Whether this version of Werkbank has the migration ``revision`` (a newer one has more)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if revision is None:
+        return False
+    try:
+        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def revision(url: str, message: str) -> None:
     command.revision(alembic_config(url), message=message, autogenerate=True)

@@ -59,6 +59,8 @@ QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
 OFFLINE_NOT_ALLOWED = "offline_not_allowed"
 # For admins: a device silent too long while its lab is open (server.services.devices).
 DEVICE_OFFLINE = "device_offline"
+# For admins: a backup run failed (server.backup).
+BACKUP_FAILED = "backup_failed"
 
 # Why an offline session was not allowed, completing OFFLINE_NOT_ALLOWED's text.
 OFFLINE_REASONS: dict[str, str] = {
@@ -94,6 +96,11 @@ TEXTS: dict[str, str] = {
         "The device at {machine} has been offline since {start} on {date}, while the lab is open. "
         "Check its power and network; until it is back, nobody can unlock {machine}."
     ),
+    BACKUP_FAILED: N_(
+        "The backup on {date} at {start} failed: {error}. Until a backup succeeds, a lost server "
+        "would lose everything since the last good one. On the server, backup-status.json in the "
+        "backup folder and `journalctl -u werkbank-backup` say more."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -106,6 +113,7 @@ SUBJECTS: dict[str, str] = {
     OFFLINE_NOT_ALLOWED: N_("{person} used {machine} without being allowed"),
     FOLLOW_UP_DUE: N_("Six-month follow-up for {person}"),
     DEVICE_OFFLINE: N_("{machine} is offline"),
+    BACKUP_FAILED: N_("The backup failed"),
 }
 
 
@@ -134,6 +142,7 @@ def _values(notification: Notification, language: str) -> dict[str, str]:
         "start": _clock(params, "starts_at", "start", language),
         "end": _clock(params, "ends_at", "end", language),
         "minutes": str(params.get("minutes", "")),
+        "error": str(params.get("error", "")),
     }
 
 
@@ -351,3 +360,25 @@ def notify_expired(db: Session, entries: Iterable[Qualification], today: date) -
         about = _About(entry.id, entry.person, entry.competency, entry.valid_until)
         made += _notify(db, about, EXPIRED, TRAINEE_EXPIRED, f"expired:{entry.id}", today)
     return made
+
+
+# -- backups ---------------------------------------------------------------------------------------
+
+
+def backup_failed(db: Session, at: datetime, error: str, tz: str) -> int:
+    """Tell every active admin that the backup run of ``at`` failed (``error`` says why, as the
+    system reported it). Returns how many were told."""
+    admins = db.scalars(
+        select(Person).where(Person.is_admin.is_(True), Person.active.is_(True)).order_by(Person.id)
+    ).all()
+    key = f"backup_failed:{at.isoformat()}"
+    params = {
+        "date": at.astimezone(ZoneInfo(tz)).date().isoformat(),
+        "starts_at": at.isoformat(),
+        "tz": tz,
+        "error": error,
+    }
+    for admin in admins:
+        db.add(Notification(person_id=admin.id, kind=BACKUP_FAILED, key=key, params=params, created_at=at))
+    db.flush()
+    return len(admins)
