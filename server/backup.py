@@ -455,12 +455,15 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 def _set_name(directory: Path, now: datetime) -> str:
-    base = SET_PREFIX + now.strftime("%Y%m%dT%H%M%SZ")
-    name, n = base, 1
-    while (directory / name).exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
+    """``werkbank-<UTC second>``, with ``-2``, ``-3`` … after the highest number that second has had
+    (not after a gap: rotation may have removed ``-1`` already, and the new set must sort last)."""
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    taken = [
+        int(match.group(2) or 1)
+        for p in directory.iterdir()
+        if (match := SET_RE.match(p.name)) and match.group(1) == stamp
+    ]
+    return f"{SET_PREFIX}{stamp}" + (f"-{max(taken) + 1}" if taken else "")
 
 
 def _set_order(path: Path) -> tuple[str, int]:
@@ -479,15 +482,16 @@ def backup_sets(directory: Path) -> list[Path]:
     return sorted(found, key=_set_order)
 
 
-def rotate(directory: Path, keep: int) -> list[str]:
-    """Remove all but the newest ``keep`` sets, and leftovers of killed runs. Returns the names removed."""
+def rotate(directory: Path, keep: int, made: str | None = None) -> list[str]:
+    """Remove all but the newest ``keep`` sets, and leftovers of killed runs. The set just ``made``
+    stays whatever its name (a clock set back would make it sort older). Returns the names removed."""
     if keep < 1:
         raise BackupError("keep at least one backup (--keep 1 or more)")
-    removed = []
     for leftover in directory.glob(PARTIAL_PREFIX + "*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    sets = backup_sets(directory)
-    for old in sets[: max(0, len(sets) - keep)]:
+    others = [p for p in backup_sets(directory) if p.name != made]
+    removed = []
+    for old in others[: max(0, len(others) - (keep - 1 if made else keep))]:
         shutil.rmtree(old)
         removed.append(old.name)
     return removed
@@ -563,7 +567,7 @@ def create_backup(
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        removed = rotate(directory, settings.keep)
+        removed = rotate(directory, settings.keep, made=name)
     size = sum(p.stat().st_size for p in (directory / name).iterdir())
     return BackupResult(directory / name, size, time.monotonic() - begun, dumped.counts, removed)
 

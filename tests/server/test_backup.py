@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,40 +44,83 @@ BACKENDS = ["sqlite", *(["postgresql"] if SERVER_URL.startswith("postgres") else
 BRIDGE_URL = "mqtt://werkbank-bridge:bridge-secret-pw@127.0.0.1:1883"
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def new_database(backend: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
-    """Makes empty databases of this test's own: new SQLite files, or new PostgreSQL databases on
-    the TEST_DATABASE_URL server (dropped at the end)."""
-    made: list[str] = []
-    admin = None
-    if backend == "postgresql":
-        base = make_url(normalise_url(SERVER_URL))
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+def _server() -> Any:
+    return create_engine(make_url(normalise_url(SERVER_URL)), isolation_level="AUTOCOMMIT")
 
-    def new() -> str:
-        if admin is None:
-            made.append("")
-            return f"sqlite:///{tmp_path / f'database-{len(made)}.sqlite'}"
-        name = f"wb_backup_{os.getpid()}_{secrets.token_hex(3)}"
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        made.append(name)
-        return base.set(database=name).render_as_string(hide_password=False)
+
+def _scratch_name() -> str:
+    return f"wb_backup_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+@dataclass
+class Scratch:
+    names: list[str]
+    empty: str | None = None
+
+
+@pytest.fixture(scope="module")
+def scratch(backend: str) -> Iterator[Scratch]:
+    """The PostgreSQL databases this module made: dropped together at its end (each DROP
+    DATABASE makes PostgreSQL write a checkpoint, seconds on a busy server)."""
+    made = Scratch([])
+    yield made
+    if made.names:
+        server = _server()
+        with server.connect() as conn:
+            for name in made.names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+
+
+def _create(scratch: list[str], template: str | None = None) -> str:
+    name = _scratch_name()
+    server = _server()
+    try:
+        with server.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    finally:
+        server.dispose()
+    scratch.append(name)
+    return make_url(normalise_url(SERVER_URL)).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="module")
+def filled_template(backend: str, scratch: Scratch, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database filled once per module (:func:`fill`); tests get copies of it."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('template') / 'filled.sqlite'}"
+    else:
+        url = _create(scratch.names)
+    fill(url)
+    return url
+
+
+@pytest.fixture
+def new_database(
+    backend: str, filled_template: str, scratch: Scratch, tmp_path: Path
+) -> Iterator[Callable[..., str]]:
+    """Makes databases of this test's own: empty, or (``filled=True``) a copy of the filled
+    template. New SQLite files, or new PostgreSQL databases on the TEST_DATABASE_URL server."""
+    files: list[Path] = []
+
+    def new(filled: bool = False) -> str:
+        if backend == "postgresql":
+            return _create(scratch.names, make_url(filled_template).database if filled else None)
+        path = tmp_path / f"database-{len(files)}.sqlite"
+        files.append(path)
+        if filled:
+            shutil.copy(filled_template.removeprefix("sqlite:///"), path)
+        return f"sqlite:///{path}"
 
     yield new
     from server.extensions import db
 
     db.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            for name in made:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @dataclass
@@ -117,8 +162,16 @@ def run(url: str, *args: str, **config: Any) -> Result:
         db.dispose()
 
 
+@pytest.fixture(scope="module")
+def module_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    key = tmp_path_factory.mktemp("key") / "backup.key"
+    result = run("sqlite://", "backup-key", "--out", str(key))
+    assert result.exit_code == 0, result.output
+    return key
+
+
 @pytest.fixture
-def kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kit:
+def kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module_key: Path) -> Kit:
     etc = tmp_path / "etc"
     (etc / "mosquitto").mkdir(parents=True)
     passwd = etc / "mosquitto" / "werkbank.passwd"
@@ -127,8 +180,7 @@ def kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kit:
     ca = etc / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n")
     kit = Kit(tmp_path, tmp_path / "backups", etc / "backup.key", passwd, ca)
-    result = run("sqlite://", "backup-key", "--out", str(kit.key))
-    assert result.exit_code == 0, result.output
+    shutil.copy(module_key, kit.key)  # the admin's key, the same in every test of the module
     # The server's settings from its environment file, as systemd's EnvironmentFile sets them.
     monkeypatch.setenv("MQTT_URL", BRIDGE_URL)
     monkeypatch.setenv("WERKBANK_TIMEZONE", "Europe/Berlin")
@@ -203,10 +255,9 @@ def untouched(url: str) -> bool:
 
 
 def test_backup_restores_into_an_empty_database_with_every_row(
-    backend: str, new_database: Callable[[], str], kit: Kit, tmp_path: Path
+    backend: str, new_database: Callable[..., str], kit: Kit, tmp_path: Path
 ) -> None:
-    source = new_database()
-    fill(source)
+    source = new_database(filled=True)
     before = snapshot(source)
     for name in ("people", "sessions", "qualifications", "audit_log", "badges", "bookings"):
         assert before[name], f"the demo history has no {name}"
@@ -306,6 +357,13 @@ def test_sqlite_backup_is_consistent_while_the_server_writes(kit: Kit, tmp_path:
     writer transaction adds two audit entries, so a torn copy would hold an odd number."""
     source = f"sqlite:///{tmp_path / 'live.sqlite'}"
     upgrade(source)
+    # Some megabytes, so that copying them takes a while during which the writer commits.
+    with sqlite3.connect(tmp_path / "live.sqlite") as conn:
+        conn.executemany(
+            "INSERT INTO audit_log (at, actor_label, action, subject, detail) VALUES (?, 'old', 'old', ?, ?)",
+            [(datetime.now(UTC).isoformat(), f"#{n}", json.dumps({"pad": "x" * 999})) for n in range(8_000)],
+        )
+    conn.close()
     stop = threading.Event()
     commits = [0]
 
@@ -322,6 +380,7 @@ def test_sqlite_backup_is_consistent_while_the_server_writes(kit: Kit, tmp_path:
                             (datetime.now(UTC).isoformat(), f"pair {commits[0]} #{n}"),
                         )
                 commits[0] += 1
+                time.sleep(0.002)  # a busy server, not one that holds the GIL all the time
         finally:
             conn.close()
 
@@ -374,16 +433,56 @@ def test_rotation_keeps_the_newest_sets_and_a_failure_removes_none(kit: Kit, tmp
     assert len(kit.sets()) == 1 and not (kit.backups / ".partial-killed").exists()
 
 
+def test_sets_made_within_one_second_or_after_the_clock_went_back_are_kept(kit: Kit, tmp_path: Path) -> None:
+    """The newest set is the one just made, even when the clock says otherwise: four runs in one
+    second get -2, -3, -4 (never a name rotation freed), and a run after the clock was set back
+    is not rotated away as the oldest."""
+    from server.backup import BackupSettings, create_backup
+
+    source = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    upgrade(source)
+    config = {name: getattr(TestConfig, name) for name in dir(TestConfig) if name.isupper()} | kit.config()
+    settings = BackupSettings.from_config(config, keep=2)
+    second = datetime(2026, 11, 18, 2, 30, tzinfo=UTC)
+    made = [create_backup(source, settings, config, second).path.name for _ in range(4)]
+    stamp = "werkbank-20261118T023000Z"
+    assert made == [stamp, f"{stamp}-2", f"{stamp}-3", f"{stamp}-4"]
+    assert [p.name for p in kit.sets()] == made[-2:]
+    back = create_backup(source, settings, config, datetime(2026, 11, 17, 2, 30, tzinfo=UTC))
+    assert back.path.is_dir() and back.removed == [f"{stamp}-3"]
+    assert sorted(p.name for p in kit.sets()) == sorted([back.path.name, f"{stamp}-4"])
+
+
 # -- what a restore refuses -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_backup(new_database: Callable[[], str], kit: Kit) -> Path:
-    source = new_database()
-    fill(source)
-    result = run(source, "backup", **kit.config())
+@pytest.fixture(scope="module")
+def pristine_backup(filled_template: str, module_key: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One backup set of the filled database per module; tests damage copies of it."""
+    folder = tmp_path_factory.mktemp("pristine")
+    result = run(filled_template, "backup", "--dir", str(folder), BACKUP_KEY_FILE=str(module_key))
     assert result.exit_code == 0, result.output
-    return kit.sets()[0]
+    [made] = folder.glob("werkbank-*")
+    return made
+
+
+@pytest.fixture
+def one_backup(pristine_backup: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copied" / pristine_backup.name
+    shutil.copytree(pristine_backup, copy)
+    return copy
+
+
+@pytest.fixture
+def empty_target(backend: str, scratch: Scratch, tmp_path: Path) -> str:
+    """A database a refused restore must leave empty: a SQLite path of this test's own, or one
+    empty PostgreSQL database the module's refusal tests share (each checks it is still empty)."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'target.sqlite'}"
+    if scratch.empty is None:
+        scratch.empty = _create(scratch.names)
+    assert untouched(scratch.empty), "an earlier test wrote into the shared empty database"
+    return scratch.empty
 
 
 def _restore(target: str, backup_set: Path, key: Path, secrets_dir: Path) -> Result:
@@ -391,11 +490,11 @@ def _restore(target: str, backup_set: Path, key: Path, secrets_dir: Path) -> Res
 
 
 def test_restore_with_the_wrong_key_is_refused_and_changes_nothing(
-    one_backup: Path, new_database: Callable[[], str], kit: Kit, tmp_path: Path
+    one_backup: Path, empty_target: str, tmp_path: Path
 ) -> None:
     other = tmp_path / "other.key"
     assert run("sqlite://", "backup-key", "--out", str(other)).exit_code == 0
-    target = new_database()
+    target = empty_target
     result = _restore(target, one_backup, other, tmp_path / "secrets")
     assert result.exit_code == 1
     assert "wrong key" in result.output and "Nothing was changed" in result.output
@@ -438,7 +537,8 @@ def test_restore_of_a_damaged_backup_is_refused_and_changes_nothing(
     damage: str,
     said: str,
     one_backup: Path,
-    new_database: Callable[[], str],
+    empty_target: str,
+    filled_template: str,
     kit: Kit,
     tmp_path: Path,
 ) -> None:
@@ -451,16 +551,14 @@ def test_restore_of_a_damaged_backup_is_refused_and_changes_nothing(
     elif damage.startswith("secrets"):
         _flip(one_backup / SECRETS, 60)
     elif damage.startswith("database of another set"):
-        source = new_database()
-        upgrade(source)
-        assert run(source, "backup", "--dir", str(tmp_path / "other"), **kit.config()).exit_code == 0
+        assert run(filled_template, "backup", "--dir", str(tmp_path / "other"), **kit.config()).exit_code == 0
         [other] = sorted((tmp_path / "other").glob("werkbank-*"))
         database.write_bytes((other / DATABASE).read_bytes())
     elif damage == "manifest missing":
         (one_backup / MANIFEST).unlink()
     if "manifest fixed" in damage:
         _fix_manifest(one_backup)
-    target = new_database()
+    target = empty_target
     result = _restore(target, one_backup, kit.key, tmp_path / "secrets")
     assert result.exit_code == 1, result.output
     assert said in result.output
@@ -468,12 +566,11 @@ def test_restore_of_a_damaged_backup_is_refused_and_changes_nothing(
 
 
 def test_restore_into_a_database_that_is_not_empty_is_refused_and_changes_nothing(
-    one_backup: Path, new_database: Callable[[], str], kit: Kit, tmp_path: Path
+    one_backup: Path, new_database: Callable[..., str], kit: Kit, tmp_path: Path
 ) -> None:
     schema_only = new_database()
     upgrade(schema_only)  # `werkbank db upgrade` by habit, before the restore
-    lab = new_database()
-    fill(lab)
+    lab = new_database(filled=True)
     for target in (schema_only, lab):
         before = snapshot(target)
         result = _restore(target, one_backup, kit.key, tmp_path / "secrets")
@@ -499,64 +596,49 @@ def test_restore_into_another_kind_of_database_is_refused(one_backup: Path, kit:
 
 
 def test_backup_without_pg_dump_says_what_to_install_and_changes_nothing(
-    kit: Kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    backend: str,
+    new_database: Callable[..., str],
+    kit: Kit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With PostgreSQL at hand the failure is also audited and told; without, the URL goes
-    nowhere, and the status file alone records it."""
-    if "postgresql" in BACKENDS:
-        base = make_url(normalise_url(SERVER_URL))
-        name = f"wb_backup_{os.getpid()}_{secrets.token_hex(3)}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = base.set(database=name).render_as_string(hide_password=False)
-        fill(url)
+    """On a PostgreSQL run the failure is also audited and told; on a SQLite run the PostgreSQL
+    URL goes nowhere, and the status file alone records it."""
+    if backend == "postgresql":
+        url = new_database(filled=True)
     else:
         url = "postgresql+psycopg://nobody@127.0.0.1:9/none"
     empty_path = tmp_path / "bin"
     empty_path.mkdir()
     monkeypatch.setenv("PATH", str(empty_path))
-    try:
-        result = run(url, "backup", **kit.config())
-        assert result.exit_code == 1
-        assert "pg_dump is not installed" in result.output and "postgresql-client" in result.output
-        assert kit.sets() == [] and [p.name for p in kit.backups.iterdir()] == [STATUS_FILE]
-        status = kit.status()
-        assert (
-            status["last_run"]["ok"] is False
-            and "pg_dump is not installed" in status["last_failure"]["message"]
-        )
-        if "postgresql" in BACKENDS:
-            with _session(url) as s:
-                entry = s.scalar(select(AuditLog).where(AuditLog.action == "backup.failed"))
-                assert entry is not None and "pg_dump" in entry.detail["error"]
-                assert s.scalar(select(func.count()).select_from(Notification)) == 1
-    finally:
-        if "postgresql" in BACKENDS:
-            from server.extensions import db
-
-            db.dispose()
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    result = run(url, "backup", **kit.config())
+    assert result.exit_code == 1
+    assert "pg_dump is not installed" in result.output and "postgresql-client" in result.output
+    assert kit.sets() == [] and [p.name for p in kit.backups.iterdir()] == [STATUS_FILE]
+    status = kit.status()
+    assert status["last_run"]["ok"] is False
+    assert "pg_dump is not installed" in status["last_failure"]["message"]
+    if backend == "postgresql":
+        with _session(url) as s:
+            entry = s.scalar(select(AuditLog).where(AuditLog.action == "backup.failed"))
+            assert entry is not None and "pg_dump" in entry.detail["error"]
+            assert s.scalar(select(func.count()).select_from(Notification)) == 1
 
 
 def test_restore_without_pg_restore_says_what_to_install(
     backend: str,
     one_backup: Path,
-    new_database: Callable[[], str],
+    empty_target: str,
     kit: Kit,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    target = empty_target
+    monkeypatch.setenv("PATH", str(tmp_path))
     if backend != "postgresql":
         # SQLite needs no tool beyond Python: the same restore goes through without PATH.
-        monkeypatch.setenv("PATH", str(tmp_path))
-        target = new_database()
         assert _restore(target, one_backup, kit.key, tmp_path / "secrets").exit_code == 0
         return
-    target = new_database()
-    monkeypatch.setenv("PATH", str(tmp_path))
     result = _restore(target, one_backup, kit.key, tmp_path / "secrets")
     assert result.exit_code == 1
     assert "pg_restore is not installed" in result.output and "postgresql-client" in result.output
@@ -564,14 +646,13 @@ def test_restore_without_pg_restore_says_what_to_install(
 
 
 def test_a_failed_backup_leaves_the_status_file_an_audit_entry_and_a_notice(
-    new_database: Callable[[], str],
+    new_database: Callable[..., str],
     kit: Kit,
     tmp_path: Path,
     smtp_server: tuple[Inbox, SmtpSettings],  # noqa: F811 - the fixture imported above
 ) -> None:
     inbox, smtp = smtp_server
-    source = new_database()
-    fill(source)
+    source = new_database(filled=True)
     mail = {
         "SMTP_HOST": smtp.host,
         "SMTP_PORT": smtp.port,
