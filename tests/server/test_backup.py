@@ -720,6 +720,62 @@ def test_a_backup_that_fails_half_way_leaves_no_partial_set(kit: Kit, tmp_path: 
     assert kit.status()["last_run"]["ok"] is False
 
 
+# -- after a restore ------------------------------------------------------------------------------
+
+
+def test_a_pi_holding_a_newer_allowlist_than_the_restored_database_takes_the_next_one(
+    new_database: Callable[..., str], kit: Kit, tmp_path: Path, mqtt_url: str
+) -> None:
+    """The old server issued lists after the last backup; a Pi holds one of those when the new
+    server starts on the restored database. The agent ignores a lower version as a replay, so the
+    restored server numbers its next list above the one the Pi reports it holds."""
+    import uuid
+
+    from server.bridge import Bridge
+    from server.models import Device, Machine
+    from tests.mqtt_peer import Peer
+    from werkbank_protocol import format_ts
+    from werkbank_protocol.allowlist import key_bytes, verify
+
+    source = new_database(filled=True)
+    with _session(source) as s:
+        device = s.scalar(select(Device).where(Device.machine_id.is_not(None)).order_by(Device.id))
+        machine = s.get(Machine, device.machine_id)
+        machine.allowlist_version = 7  # what the old server had issued at the backup
+        device_id, slug, key = device.id, machine.slug, key_bytes(machine.allowlist_key)
+    assert run(source, "backup", **kit.config()).exit_code == 0
+    target = new_database()
+    [made] = kit.sets()
+    assert _restore(target, made, kit.key, tmp_path / "secrets").exit_code == 0
+
+    lists = f"werkbank/v1/dev/{device_id}/allowlist"
+    pi = Peer(mqtt_url)
+    pi.subscribe(lists)
+    restored = Database()
+    restored.init(target)
+    bridge = Bridge(restored, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}")
+    bridge.start()
+    try:
+        # The Pi reconnects holding version 12, issued by the old server after the backup.
+        status = {
+            "v": 1,
+            "online": True,
+            "state": "locked",
+            "allowlist_version": 12,
+            "ts": format_ts(datetime.now(UTC)),
+        }
+        pi.publish(f"werkbank/v1/dev/{device_id}/status", json.dumps(status))
+        versions = []
+        while not versions or versions[-1] <= 12:
+            payload = pi.next(lists, timeout=10)
+            versions.append(verify(key, payload, datetime.now(UTC), machine=slug).version)
+        assert versions[-1] == 13, versions
+    finally:
+        bridge.stop()
+        pi.close()
+        restored.dispose()
+
+
 # -- the key --------------------------------------------------------------------------------------
 
 
