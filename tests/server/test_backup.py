@@ -695,6 +695,19 @@ def test_a_failed_backup_leaves_the_status_file_an_audit_entry_and_a_notice(
     assert "no backup key at" in str(message.get_body(preferencelist=("plain",)).get_content())  # type: ignore[union-attr]
 
 
+def test_a_backup_missing_a_file_it_is_told_to_keep_fails_and_names_it(kit: Kit, tmp_path: Path) -> None:
+    """A set without Mosquitto's password file would leave every Pi locked out after a restore:
+    a file named in WERKBANK_BACKUP_FILES that is not there fails the run."""
+    source = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    upgrade(source)
+    kit.passwd.unlink()
+    result = run(source, "backup", **kit.config())
+    assert result.exit_code == 1
+    assert f"{kit.passwd} is missing" in result.output and "WERKBANK_BACKUP_FILES" in result.output
+    assert kit.sets() == []
+    assert kit.status()["last_failure"]["message"].startswith(f"{kit.passwd} is missing")
+
+
 def test_a_backup_that_fails_half_way_leaves_no_partial_set(kit: Kit, tmp_path: Path) -> None:
     """A damaged SQLite file is found while it is copied: the run fails, nothing half-written stays
     in the backup folder, the older backup is still there."""
