@@ -50,13 +50,13 @@ import paho.mqtt.client as mqtt
 
 from device_agent import agent_version
 from device_agent.allowlist_store import AllowlistStore
+from device_agent.cards import CardAuth
 from device_agent.cards.secure import CardVerifier
 from device_agent.clock import Clock, SystemClock
 from device_agent.config import AgentConfig
 from device_agent.enrolment import EnrolmentStation
 from device_agent.hardware import create_reader, create_switch
 from device_agent.hardware.base import (
-    CardAuth,
     Indicators,
     JobStatus,
     MachineMonitor,

@@ -1,4 +1,6 @@
-"""The ``werkbank`` command (built on Flask's CLI): processes, database, data, demo."""
+"""The ``werkbank`` command's subcommands (Flask CLI): processes, database, data, demo.
+
+server/__main__.py builds the command itself; server/app.py puts these on every app."""
 
 from __future__ import annotations
 
@@ -19,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import with_appcontext
 
-from server import create_app
 from server.config import VAR_DIR
 from werkbank_protocol import ProtocolError
 
@@ -31,20 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("werkbank")
 DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo.yaml"
 BROKER_URL_FILE = VAR_DIR / "broker.url"
-
-
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("amqtt").setLevel(logging.WARNING)
-    logging.getLogger("transitions").setLevel(logging.WARNING)
-
-
-def _app() -> Flask:
-    _setup_logging(os.environ.get("WERKBANK_LOG_LEVEL", "INFO"))
-    return create_app()
-
-
-cli = FlaskGroup(create_app=_app, help="Werkbank: machine access and booking for maker spaces.")
 
 
 def _mqtt_url() -> str:
@@ -321,7 +308,7 @@ def _why_no_answer(db: Session, machine: str, uid: str, sent: datetime) -> str:
 )
 def up_cmd(data: Path) -> None:
     """Start everything for a demo: broker, web, bridge, scheduler, simulated agents."""
-    from server.demo_runner import run_demo
+    from server.demo.runner import run_demo
 
     sys.exit(run_demo(current_app._get_current_object(), data))  # type: ignore[attr-defined]
 
@@ -585,7 +572,3 @@ def register(app: Flask) -> None:
     """Put the commands on ``app.cli`` (so ``werkbank`` and Flask's test runner both see them)."""
     for command in COMMANDS:
         app.cli.add_command(command)
-
-
-def main() -> None:
-    cli.main(prog_name="werkbank")

@@ -14,7 +14,6 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from server import get_db
 from server.api import schemas as s
 from server.api.auth import api_access, current_person, require_sight, visible
 from server.api.common import (
@@ -29,6 +28,7 @@ from server.api.common import (
     step_record_out,
 )
 from server.api.errors import ApiError
+from server.extensions import get_db
 from server.models import (
     Competency,
     Level,

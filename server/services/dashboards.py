@@ -41,7 +41,7 @@ from server.models import (
 from server.services.decision import qualification_state
 
 # The overview's rule for a machine's state, so the tiles and the overview always agree.
-from server.web.live import LiveState, live_state
+from server.services.live import LiveState, live_state
 
 HOUR = 3600.0
 EXPIRY_WINDOW_DAYS = 30

@@ -15,7 +15,7 @@ from flask import Response, abort, flash, redirect, render_template, request, ur
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from server import get_db
+from server.extensions import get_db
 from server.models import Person, Site
 from server.services import attendance, audit, documents, opening_hours, training
 from server.services.training import TrainingError

@@ -24,7 +24,7 @@ from icalendar import Calendar, Event
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from server import get_db
+from server.extensions import get_db
 from server.i18n import N_, Localised
 from server.models import (
     Booking,

@@ -16,7 +16,7 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from server import get_db
+from server.extensions import get_db
 from server.models import MachineType, Person, TrainingStep
 from server.services import audit, briefings, documents, training
 from server.services.training import TrainingError

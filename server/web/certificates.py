@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from flask_babel import force_locale  # type: ignore[import-untyped,unused-ignore]
 from markupsafe import Markup
 
-from server import get_db
+from server.extensions import get_db
 from server.models import Certificate, CertificateKind, Level, Person, Site
 from server.services import attendance, certificates, documents, training
 from server.services.certificates import pretty_code

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from server import get_db
+from server.extensions import get_db
 from server.models import ExitReason, FollowUpStatus, Person
 from server.services import outcomes, training
 from server.services.outcomes import FOLLOW_UP_LABELS, REASON_LABELS

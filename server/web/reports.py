@@ -25,7 +25,7 @@ from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 from sqlalchemy import select
 
-from server import get_db
+from server.extensions import get_db
 from server.models import Level, Person, QualificationAction, Site
 from server.services import audit
 from server.services.outcomes import REASON_LABELS

@@ -195,7 +195,7 @@ def test_demo_story_history_agrees_with_every_qualification(database: Database) 
 
 
 def test_demo_story_banner_people_can_do_what_the_banner_says(database: Database) -> None:
-    from server.demo_runner import VERDICT_WORDS, _banner
+    from server.demo.runner import VERDICT_WORDS, _banner
 
     now = datetime.now(UTC)
     _demo(database, now)
