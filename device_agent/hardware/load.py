@@ -9,7 +9,13 @@ import logging
 import time
 from abc import abstractmethod
 
-from device_agent.hardware.base import JobStatus, MonitorJobFinished, MonitorJobStarted, MonitorReadings
+from device_agent.hardware.base import (
+    JobKind,
+    JobStatus,
+    MonitorJobFinished,
+    MonitorJobStarted,
+    MonitorReadings,
+)
 from device_agent.hardware.monitors import ThreadedMonitor
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,7 @@ class LoadMonitor(ThreadedMonitor):
     """
 
     unit = ""
+    job_kind: JobKind = "cut"
 
     def __init__(
         self,
@@ -106,13 +113,13 @@ class LoadMonitor(ThreadedMonitor):
         self._run_ended = None
         if self._job_started is None:
             self._job_started = since
-            log.info("load at or above %g %s: a cut job starts", self.threshold, self.unit)
-            self._emit(MonitorJobStarted(kind="cut"))
+            log.info("load at or above %g %s: a %s job starts", self.threshold, self.unit, self.job_kind)
+            self._emit(MonitorJobStarted(kind=self.job_kind))
 
     def _end_job(self, status: JobStatus, duration_s: float) -> None:
         self._job_started = None
         self._run_ended = None
-        log.info("cut job %s after %.1f s", status, duration_s)
+        log.info("%s job %s after %.1f s", self.job_kind, status, duration_s)
         self._emit(MonitorJobFinished(status=status, duration_s=round(max(duration_s, 0.0), 3)))
 
     def give_up_job(self) -> None:
