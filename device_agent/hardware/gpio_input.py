@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from device_agent.hardware.base import JobKind, MachineMonitor, MonitorReadings
-from device_agent.hardware.load import LoadMonitor
+from device_agent.hardware.load import LoadMonitor, timing
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
 from device_agent.schema import Key, between, one_of
@@ -128,12 +128,7 @@ def _create(config: Any) -> MachineMonitor:
         pin=config.option("monitor_busy_pin"),
         active=config.option("monitor_busy_active"),
         job_kind=cast(JobKind, config.option("monitor_busy_job")),
-        min_on_s=config.monitor_min_on_s,
-        min_off_s=config.monitor_min_off_s,
-        job_gap_s=config.monitor_job_gap_s,
-        poll_s=config.monitor_poll_s,
-        retry_max_s=config.monitor_retry_max_s,
-        lost_hold_s=config.monitor_lost_hold_s,
+        **timing(config),
     )
 
 

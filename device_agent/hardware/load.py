@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
+from typing import Any
 
 from device_agent.hardware.base import (
     JobKind,
@@ -128,3 +129,15 @@ class LoadMonitor(ThreadedMonitor):
             self._end_job("failed", end - self._job_started)
         self._set_running(False)
         self._first = True  # when the sensor is back, take its first reading as it is
+
+
+def timing(config: Any) -> dict[str, float]:
+    """The ``[monitor]`` timing keys every load monitor takes, from a checked config."""
+    return {
+        "min_on_s": config.monitor_min_on_s,
+        "min_off_s": config.monitor_min_off_s,
+        "job_gap_s": config.monitor_job_gap_s,
+        "poll_s": config.monitor_poll_s,
+        "retry_max_s": config.monitor_retry_max_s,
+        "lost_hold_s": config.monitor_lost_hold_s,
+    }
