@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date
 
 from flask.typing import ResponseReturnValue
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from server.api import schemas as s
@@ -38,7 +38,7 @@ from server.models import (
     TrainingStep,
     utcnow,
 )
-from server.services import training
+from server.services import qualifications, training
 
 
 @bp.get("/qualifications")
@@ -66,13 +66,8 @@ def list_qualifications() -> ResponseReturnValue:
 
 def _in_force(query: Select[Qualification], today: date) -> Select[Qualification]:
     """Only each person's newest entry per competency, and only if it is held today."""
-    newest = (
-        select(func.max(Qualification.id))
-        .group_by(Qualification.person_id, Qualification.competency_id)
-        .scalar_subquery()
-    )
     return query.where(
-        Qualification.id.in_(newest),
+        Qualification.id.in_(qualifications.newest_ids()),
         Qualification.action.in_((QualificationAction.GRANTED, QualificationAction.RENEWED)),
         or_(Qualification.valid_until.is_(None), Qualification.valid_until >= today),
     )

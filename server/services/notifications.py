@@ -26,7 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_time
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from server.i18n import LANGUAGES, N_, gettext_in, local_date
@@ -39,7 +39,8 @@ from server.models import (
     QualificationAction,
     utcnow,
 )
-from server.services.decision import qualification_state
+from server.services import qualifications
+from server.services.qualifications import qualification_state
 
 REMIND_DAYS = 30
 
@@ -233,13 +234,9 @@ def trainers_for(db: Session, holder: Person, competency: Competency, today: dat
     ).all()
     if not candidates:
         return []
-    newest = (
-        select(func.max(Qualification.id))
-        .where(
-            Qualification.competency_id == competency.id,
-            Qualification.person_id.in_([p.id for p in candidates]),
-        )
-        .group_by(Qualification.person_id)
+    newest = qualifications.newest_ids(
+        Qualification.competency_id == competency.id,
+        Qualification.person_id.in_([p.id for p in candidates]),
     )
     trainer_ids = {
         entry.person_id
@@ -280,11 +277,7 @@ def remind_expiring(db: Session, today: date, within_days: int = REMIND_DAYS) ->
     day from ``today`` to ``today + within_days``. Returns how many notifications were made
     (0 when run again the same day).
     """
-    latest = (
-        select(func.max(Qualification.id).label("id"))
-        .group_by(Qualification.person_id, Qualification.competency_id)
-        .subquery()
-    )
+    latest = qualifications.newest_entries()
     due = db.scalars(
         select(Qualification)
         .join(latest, latest.c.id == Qualification.id)
@@ -324,12 +317,7 @@ def settle_renewed(db: Session, today: date, now: datetime | None = None) -> int
             about = int(params["qualification_id"])
         except (KeyError, TypeError, ValueError):
             continue
-        newest = db.scalar(
-            select(Qualification)
-            .where(Qualification.person_id == person_id, Qualification.competency_id == competency_id)
-            .order_by(Qualification.id.desc())
-            .limit(1)
-        )
+        newest = qualifications.newest(db, person_id, competency_id)
         if (
             newest is not None
             and newest.id > about

@@ -35,8 +35,8 @@ from server.models import (
     UsageDaily,
 )
 from server.services import bookings, decision, training
-from server.services.decision import qualification_state
 from server.services.loader import load, parse
+from server.services.qualifications import QualificationState, qualification_state
 from server.services.training import STEPS_COMPLETE
 
 TRAINER_BADGE = "A1B2C3D4"
@@ -63,7 +63,7 @@ def _open_time(database: Database, now: datetime) -> datetime:
     return next_open + timedelta(minutes=1)
 
 
-def _state_at(history: list[Qualification], at: datetime, today: date) -> decision.QualificationState | None:
+def _state_at(history: list[Qualification], at: datetime, today: date) -> QualificationState | None:
     """What the decision would have read at ``at``: the newest entry written by then."""
     known = [q for q in history if q.created_at <= at]
     if not known:
