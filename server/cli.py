@@ -37,6 +37,8 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     logging.getLogger("transitions").setLevel(logging.WARNING)
+    # Seven lines at every start (the schema check reads the migration scripts), saying nothing.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _app() -> Flask:
@@ -370,8 +372,13 @@ def _why_no_answer(db: Session, machine: str, uid: str, sent: datetime) -> str:
 def up_cmd(data: Path) -> None:
     """Start everything for a demo: broker, web, bridge, scheduler, simulated agents."""
     from server.demo_runner import run_demo
+    from server.migrate import ForeignKeyViolation, SchemaError
 
-    sys.exit(run_demo(current_app._get_current_object(), data))  # type: ignore[attr-defined]
+    try:
+        code = run_demo(current_app._get_current_object(), data)  # type: ignore[attr-defined]
+    except (SchemaError, ForeignKeyViolation) as exc:  # its database, from another Werkbank
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
 
 
 # -- devices -------------------------------------------------------------------------------
