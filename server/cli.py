@@ -92,8 +92,8 @@ def db_upgrade(revision: str) -> None:
         click.echo(f"computed the usage aggregates from the history: {result.rebuilt_days} machine-days")
     if result.rebuild_pending:
         click.echo(
-            "the usage aggregates are new in this schema: upgrade to the newest schema "
-            "(`werkbank db upgrade`), which computes them from the history"
+            "the usage aggregates are new in this schema: once the database is at the newest schema, "
+            "run `werkbank usage rebuild` to compute them from the history"
         )
 
 

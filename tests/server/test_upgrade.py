@@ -538,6 +538,21 @@ def test_upgrade_on_sqlite_with_rows_pointing_nowhere_changes_nothing(tmp_path: 
     db.dispose()
 
 
+def test_an_upgrade_that_stops_before_the_newest_says_how_to_fill_the_aggregates(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    upgrade(url, "0005")
+    result = _app(url).test_cli_runner().invoke(args=["db", "upgrade", "--revision", "0006"])
+    assert result.exit_code == 0, result.output
+    assert "upgraded the database schema from 0005 to 0006 (1 migrations)" in result.output
+    assert "run `werkbank usage rebuild`" in result.output
+    unknown = _app(url).test_cli_runner().invoke(args=["db", "upgrade", "--revision", "0042"])
+    assert unknown.exit_code == 1 and "'0042'" in unknown.output and "Nothing was changed" in unknown.output
+    assert schema_state(url).revisions == ("0006",)
+    from server.extensions import db
+
+    db.dispose()
+
+
 def _sqlite_schema(raw: sqlite3.Connection) -> list[tuple[str, str]]:
     return raw.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
 
