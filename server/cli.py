@@ -53,12 +53,57 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
+@with_appcontext
 def db_upgrade(revision: str) -> None:
-    """Bring the database schema up to date."""
-    from server.migrate import upgrade
+    """Bring the database schema up to date (refuses a schema newer than this Werkbank)."""
+    from alembic.util import CommandError
 
-    upgrade(current_app.config["DATABASE_URL"], revision)
-    click.echo("database is up to date")
+    from server.migrate import ForeignKeyViolation, SchemaError, upgrade
+
+    try:
+        result = upgrade(current_app.config["DATABASE_URL"], revision)
+    except (SchemaError, ForeignKeyViolation) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except CommandError as exc:  # e.g. --revision names no migration, or one older than the database's
+        raise click.ClickException(f"{exc}. Nothing was changed.") from exc
+    if not result.applied:
+        click.echo(f"database is up to date (schema {result.before.describe()})")
+        return
+    click.echo(
+        f"upgraded the database schema from {result.before.describe()} to {result.applied[-1]} "
+        f"({len(result.applied)} migrations)"
+    )
+    if result.rebuilt_days is not None:
+        click.echo(f"computed the usage aggregates from the history: {result.rebuilt_days} machine-days")
+    if result.rebuild_pending:
+        click.echo(
+            "the usage aggregates are new in this schema: once the database is at the newest schema, "
+            "run `werkbank usage rebuild` to compute them from the history"
+        )
+
+
+@db_group.command("status")
+@with_appcontext
+def db_status() -> None:
+    """Say whether the database's schema is this Werkbank's (exit code 1 if not)."""
+    from server.migrate import problem, schema_state
+
+    state = schema_state(current_app.config["DATABASE_URL"])
+    click.echo(f"database schema: {state.describe()}; this Werkbank's: {', '.join(state.heads)}")
+    wrong = problem(state)
+    if wrong is not None:
+        raise click.ClickException(f"{wrong}.")
+    click.echo("the schema is current")
+
+
+def _require_schema(process: str) -> None:
+    """Refuse to start on a schema that is not this code's (README, "Upgrading")."""
+    from server.migrate import SchemaError, require_current
+
+    try:
+        require_current(current_app.config["DATABASE_URL"], process)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command("load")
@@ -94,6 +139,7 @@ def web_cmd(host: str | None, port: int | None) -> None:
     """Serve the web pages and API (threaded; put gunicorn + nginx in front in production)."""
     from werkzeug.serving import run_simple
 
+    _require_schema("web")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     run_simple(
         host or app.config["WEB_HOST"], port or app.config["WEB_PORT"], app, threaded=True, use_reloader=False
@@ -113,6 +159,7 @@ def bridge_cmd() -> None:
     from server.bridge import Bridge
     from server.extensions import db
 
+    _require_schema("bridge")
     cfg = current_app.config
     bridge = Bridge(
         db,
@@ -144,6 +191,7 @@ def scheduler_cmd() -> None:
     from server.scheduler import LOCK_RETRY_S, build_scheduler, singleton_lock
 
     url = current_app.config["DATABASE_URL"]
+    _require_schema("scheduler")
     while True:
         with singleton_lock(db, url) as held:
             if held:
@@ -309,8 +357,13 @@ def _why_no_answer(db: Session, machine: str, uid: str, sent: datetime) -> str:
 def up_cmd(data: Path) -> None:
     """Start everything for a demo: broker, web, bridge, scheduler, simulated agents."""
     from server.demo.runner import run_demo
+    from server.migrate import ForeignKeyViolation, SchemaError
 
-    sys.exit(run_demo(current_app._get_current_object(), data))  # type: ignore[attr-defined]
+    try:
+        code = run_demo(current_app._get_current_object(), data)  # type: ignore[attr-defined]
+    except (SchemaError, ForeignKeyViolation) as exc:  # its database, from another Werkbank
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
 
 
 # -- devices -------------------------------------------------------------------------------
