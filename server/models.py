@@ -470,6 +470,18 @@ class Device(Base):
     # in and out; it serves no machine and switches no relay.
     entrance_site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Its health as its last live status said (docs/protocol.md; None from agents that do not
+    # report it): events in its outbox not yet acknowledged, how long the oldest has waited (its
+    # boot clock; None when none waits), how old its offline allow-list is, and when (server
+    # clock) that status arrived.
+    outbox_depth: Mapped[int | None] = mapped_column(Integer)
+    outbox_oldest_s: Mapped[float | None] = mapped_column(Float)
+    allowlist_age_s: Mapped[float | None] = mapped_column(Float)
+    health_reported_at: Mapped[datetime | None] = mapped_column()
+    # Since when its events have been stuck / its allow-list old, as the scheduler found it (the
+    # admins were told then); None when not (server.services.devices.notify_health).
+    outbox_stuck_since: Mapped[datetime | None] = mapped_column()
+    allowlist_old_since: Mapped[datetime | None] = mapped_column()
 
     machine: Mapped[Machine | None] = relationship(back_populates="device")
 

@@ -60,6 +60,9 @@ QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
 OFFLINE_NOT_ALLOWED = "offline_not_allowed"
 # For admins: a device silent too long while its lab is open (server.services.devices).
 DEVICE_OFFLINE = "device_offline"
+# For admins: a device's events wait unstored, or its offline allow-list is old (devices.notify_health).
+DEVICE_OUTBOX_STUCK = "device_outbox_stuck"
+DEVICE_ALLOWLIST_OLD = "device_allowlist_old"
 
 # Why an offline session was not allowed, completing OFFLINE_NOT_ALLOWED's text.
 OFFLINE_REASONS: dict[str, str] = {
@@ -95,6 +98,18 @@ TEXTS: dict[str, str] = {
         "The device at {machine} has been offline since {start} on {date}, while the lab is open. "
         "Check its power and network; until it is back, nobody can unlock {machine}."
     ),
+    DEVICE_OUTBOX_STUCK: N_(
+        "Events of the device at {machine} have waited {minutes} minutes for the server to store "
+        "them ({count} waiting). The machine still works, but its sessions are missing from hours "
+        "and reports until they arrive. Check that the bridge runs and hears the device (its log, "
+        "/readyz)."
+    ),
+    DEVICE_ALLOWLIST_OLD: N_(
+        "The device at {machine} holds an offline allow-list issued {hours} hours ago (version "
+        "{version}); the server issues a new one every 6 hours. While the server is unreachable "
+        "the machine decides by this list, so a badge blocked or a qualification revoked since may "
+        "still unlock it. Check the bridge's log for {machine}."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -107,6 +122,8 @@ SUBJECTS: dict[str, str] = {
     OFFLINE_NOT_ALLOWED: N_("{person} used {machine} without being allowed"),
     FOLLOW_UP_DUE: N_("Six-month follow-up for {person}"),
     DEVICE_OFFLINE: N_("{machine} is offline"),
+    DEVICE_OUTBOX_STUCK: N_("{machine}: events are not arriving"),
+    DEVICE_ALLOWLIST_OLD: N_("{machine}: the offline allow-list is old"),
 }
 
 
@@ -135,6 +152,10 @@ def _values(notification: Notification, language: str) -> dict[str, str]:
         "start": _clock(params, "starts_at", "start", language),
         "end": _clock(params, "ends_at", "end", language),
         "minutes": str(params.get("minutes", "")),
+        # Device health notices: events waiting, hours, the allow-list's version.
+        "count": str(params.get("count", "")),
+        "hours": str(params.get("hours", "")),
+        "version": str(params.get("version", "")),
     }
 
 
