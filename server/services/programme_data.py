@@ -105,7 +105,9 @@ class ProgrammeDataError(ValueError):
     def __init__(self, problems: list[Problem], *, reason: str) -> None:
         self.problems = problems
         self.reason = reason
-        super().__init__(f"{reason}: " + "; ".join(p.message for p in problems))
+        # In English with the values filled in, for logs and tests; pages translate each problem.
+        texts = [p.message.format(**{k: str(v) for k, v in p.params.items()}) for p in problems]
+        super().__init__(f"{reason}: " + "; ".join(texts))
 
 
 ValueTable = type[ParticipantValue] | type[SpecialValue]
