@@ -77,6 +77,8 @@ YES, NO = "yes", "no"
 # Control characters (a NUL byte would make PostgreSQL refuse the row; none belongs in a value).
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
+SPECIAL_ONLY = N_("Only admins see and change special categories of personal data.")
+
 KIND_LABELS: dict[FieldKind, str] = {
     FieldKind.TEXT: N_("Text"),
     FieldKind.DATE: N_("Date"),
@@ -542,7 +544,7 @@ def check_special(actor: Person, person: Person, change: str) -> None:
     if not (actor.active and actor.is_admin):
         raise TrainingError(
             "admin_only",
-            N_("Only admins see and change special categories of personal data."),
+            SPECIAL_ONLY,
             attempt=Attempt(change, actor.id, person.id, person.name, ""),
             competency="",
         )

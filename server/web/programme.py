@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from server import get_db
 from server.i18n import N_
-from server.models import FieldKind, Person, ProgrammeField
+from server.models import Consent, FieldKind, Person, ProgrammeField
 from server.services import programme_data, training
 from server.services.programme_data import Answer, Problem, ProgrammeDataError
 from server.services.training import Attempt, TrainingError
@@ -57,7 +57,7 @@ def special_required(view: Callable[P, ResponseReturnValue]) -> Callable[P, Resp
             subject = db.get(Person, person_id)
             refused = TrainingError(
                 "admin_only",
-                "special categories",
+                programme_data.SPECIAL_ONLY,
                 attempt=Attempt("special_view", user.id, person_id, subject.name if subject else "", ""),
             )
             training.audit_refusal(db, refused, source="web")
@@ -198,7 +198,7 @@ def person_page(
                 for code, label in (("de", _("German")), ("en", _("English")))
                 if current_text and (current_text.text_de if code == "de" else current_text.text)
             ],
-            history=[_consent_row(c, names) for c in history],
+            history=[_consent_row(c, names, programme) for c in history],
             outdated=consent is not None
             and current_text is not None
             and (consent.version or 0) < current_text.version,
@@ -212,9 +212,11 @@ def person_page(
     )
 
 
-def _consent_row(consent: Any, names: dict[int, str]) -> dict[str, Any]:
+def _consent_row(consent: Consent, names: dict[int, str], current: str | None) -> dict[str, Any]:
     return {
         "programme": consent.programme,
+        # A consent for an earlier programme that still stands: withdrawn from the list itself.
+        "withdrawable": consent.withdrawn_at is None and consent.programme != current,
         "version": consent.version,
         "language": {"de": _("German"), "en": _("English")}.get(consent.language or "", ""),
         "agreed": date_label(flask_local_date(consent.agreed_at)),
@@ -347,11 +349,11 @@ def record_consent(person_id: int) -> ResponseReturnValue:
 @bp.post("/people/<int:person_id>/consent/withdraw")
 @trainer_required
 def withdraw_consent(person_id: int) -> ResponseReturnValue:
+    """Withdraw the person's consent for the programme the form names: their current one, or an
+    earlier one whose consent still stands (listed under "Consents so far")."""
     subject = _subject(person_id)
-    stale = _stale(subject, person_page)
-    if stale is not None:
-        return stale
-    if request.form.get("confirm") != "1":
+    programme = (request.form.get("programme") or "").strip()
+    if request.form.get("confirm") != "1" or not programme:
         error = programme_data.refuse(
             [Problem("", N_("Tick the box to confirm: the answers that need the consent are erased."))],
             "withdrawal_unconfirmed",
@@ -362,7 +364,7 @@ def withdraw_consent(person_id: int) -> ResponseReturnValue:
         return person_page(subject, problems=error.problems, status=400)
     db = get_db()
     try:
-        programme_data.withdraw_consent(db, _actor(), subject, subject.programme or "", datetime.now(UTC))
+        programme_data.withdraw_consent(db, _actor(), subject, programme, datetime.now(UTC))
     except (TrainingError, ProgrammeDataError) as refused:
         return _refused(subject, refused, person_page)
     db.commit()

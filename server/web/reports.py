@@ -789,9 +789,10 @@ def funder_xlsx() -> ResponseReturnValue:
 
 
 def workbook(query: ReportQuery, report: FunderReport) -> bytes:
-    """Sheets Summary, Participants, Qualifications, Hours by group, Outcomes and Programme data
-    (names fixed, so scripts find them; headers in the reader's language). Special categories are
-    never in the workbook: they leave only through their own pseudonymised CSV."""
+    """Sheets Summary, Participants, Qualifications, Hours by group, Outcomes, and Programme data
+    when the report's programmes ask for any (names fixed, so scripts find them; headers in the
+    reader's language). Special categories are never in the workbook: they leave only through
+    their own pseudonymised CSV."""
     from openpyxl import Workbook
     from openpyxl.styles import Font
     from openpyxl.utils import get_column_letter
@@ -831,8 +832,9 @@ def workbook(query: ReportQuery, report: FunderReport) -> bytes:
     sheet("Qualifications", *qualification_table(report))
     sheet("Hours by group", *group_table(report))
     sheet("Outcomes", *outcome_table(report))
-    header, rows, _table = programme_data_table(report, special=False)
-    sheet("Programme data", header, rows)
+    header, rows, table = programme_data_table(report, special=False)
+    if table.fields:  # only when the report's programmes ask for something
+        sheet("Programme data", header, rows)
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()

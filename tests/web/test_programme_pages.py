@@ -211,11 +211,7 @@ def test_programme_pages_trainer_enters_values_and_consent(
         as_text=True
     )
     page = tina.get(f"/programme/people/{ids['ada']}").get_data(as_text=True)
-    assert (
-        "Customer number" in page
-        and "No consent recorded." in page
-        and "Ich willige ein." not in page
-    )
+    assert "Customer number" in page and "No consent recorded." in page and "Ich willige ein." not in page
     assert "I agree to the data above." in page  # Ada reads English: the text in her language
     # Special categories: not even their label for a trainer.
     assert "Health" not in page and "Special categories" not in page
@@ -536,3 +532,32 @@ def test_programme_pages_demo_lab_shows_one_programme(app: Flask) -> None:
         assert admin is not None and holder is not None
     page = client_for(app, admin).get(f"/programme/people/{holder}").get_data(as_text=True)
     assert "Höchster Schulabschluss" in page or "Highest school qualification" in page
+
+
+def test_programme_pages_consent_of_an_earlier_programme_is_withdrawn_from_the_list(
+    app: Flask, ids: dict[str, int], fields: dict[str, int]
+) -> None:
+    _consent(app, ids)
+    tina = client_for(app, ids["tina"])
+    tina.post(
+        f"/programme/people/{ids['ada']}/values",
+        data={
+            "programme": ESF,
+            f"field-{fields['customer_number']}": "123",
+            f"field-{fields['school']}": "none",
+        },
+    )
+    with db.session() as s:
+        ada = s.get(Person, ids["ada"])
+        assert ada is not None
+        ada.programme = "Jugend digital"
+        s.commit()
+    page = tina.get(f"/programme/people/{ids['ada']}").get_data(as_text=True)
+    assert f'name="programme" value="{ESF}"' in page
+    response = tina.post(
+        f"/programme/people/{ids['ada']}/consent/withdraw", data={"programme": ESF, "confirm": "1"}
+    )
+    assert response.status_code == 302
+    with db.session() as s:
+        assert [v.field_id for v in s.scalars(select(ParticipantValue))] == [fields["customer_number"]]
+        assert s.scalars(select(Consent)).one().withdrawn_at is not None
