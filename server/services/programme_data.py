@@ -128,7 +128,6 @@ def _rows(db: Session, table: ValueTable, *where: Any) -> list[ParticipantValue 
 
 def refuse(problems: list[Problem], reason: str, subject: str) -> ProgrammeDataError:
     """The error for a refused form, logged (where, never the values) and counted by ``reason``."""
-    """The error for a refused form, logged (where, never the values) and counted by ``reason``."""
     with _rejected_lock:
         REJECTED[reason] += 1
     log.warning(
@@ -905,6 +904,7 @@ def export_table(
 def audit_special_export(
     db: Session, actor: Person | None, table: ExportTable, people: int, detail: dict[str, Any]
 ) -> None:
+    """Special categories left the lab (pseudonymised): which fields, for how many people."""
     audit.record(
         db,
         actor,
