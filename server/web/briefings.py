@@ -23,8 +23,8 @@ from server.services.training import TrainingError
 from server.web.attendance import letterhead, pdf_response
 from server.web.auth import current, trainer_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, current_language, date_label
-from server.web.training import error_text, level_label
+from server.web.l10n import _, current_language, date_label, error_text
+from server.web.training import level_label
 
 bp = web_blueprint("briefings", __name__)
 

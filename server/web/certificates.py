@@ -23,8 +23,7 @@ from server.services.training import LEVEL_LABELS, STEP_KIND_LABELS, TrainingErr
 from server.web.attendance import letterhead, pdf_response
 from server.web.auth import current, login_required, public, trainer_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, current_language
-from server.web.training import error_text
+from server.web.l10n import _, current_language, error_text
 
 bp = web_blueprint("certificates", __name__)
 verify_bp = web_blueprint("verify", __name__)

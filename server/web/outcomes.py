@@ -17,8 +17,7 @@ from server.services.outcomes import FOLLOW_UP_LABELS, REASON_LABELS
 from server.services.training import TrainingError
 from server.web.auth import admin_required, current, trainer_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, date_label
-from server.web.training import error_text
+from server.web.l10n import _, date_label, error_text
 
 bp = web_blueprint("outcomes", __name__)
 

@@ -24,7 +24,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
 from server.extensions import get_db
-from server.i18n import Localised, local_number
+from server.i18n import local_number
 from server.models import (
     Badge,
     BadgeStatus,
@@ -51,7 +51,16 @@ from server.web.admin.base import paginate
 from server.web.auth import User, current, trainer_required
 from server.web.bookings import STATUS_LABELS, span_label
 from server.web.common import web_blueprint
-from server.web.l10n import LABEL_MAX_HOURS, _, _l, current_language, date_label, duration_label, when_label
+from server.web.l10n import (
+    LABEL_MAX_HOURS,
+    _,
+    _l,
+    current_language,
+    date_label,
+    duration_label,
+    error_text,
+    when_label,
+)
 from server.web.session_list import present_session, session_jobs, sessions_page
 
 bp = web_blueprint("training", __name__)
@@ -70,22 +79,6 @@ ACTION_LABELS: dict[QualificationAction, str] = {
 
 def today_for(user: User) -> date:
     return datetime.now(UTC).astimezone(ZoneInfo(user.timezone)).date()
-
-
-def error_text(error: TrainingError) -> str:
-    """The refusal in the reader's language."""
-    language = current_language()
-    params: dict[str, Any] = {}
-    for key, value in error.params.items():
-        if isinstance(value, date):
-            params[key] = date_label(value)
-        elif isinstance(value, Localised):
-            params[key] = value.in_language(language)
-        elif isinstance(value, float):
-            params[key] = local_number(value, language)
-        else:
-            params[key] = value
-    return _(error.message).format(**params)
 
 
 # -- presenting ------------------------------------------------------------------------------------
