@@ -50,13 +50,13 @@ import paho.mqtt.client as mqtt
 
 from device_agent import agent_version
 from device_agent.allowlist_store import AllowlistStore
+from device_agent.cards import CardAuth
 from device_agent.cards.secure import CardVerifier
 from device_agent.clock import Clock, SystemClock
 from device_agent.config import AgentConfig
 from device_agent.enrolment import EnrolmentStation
 from device_agent.hardware import create_reader, create_switch
 from device_agent.hardware.base import (
-    CardAuth,
     Indicators,
     JobStatus,
     MachineMonitor,
@@ -78,6 +78,8 @@ from werkbank_protocol import ProtocolError, format_ts, parse_ts
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.messages import (
     BADGE_PATTERN,
+    MAX_HEALTH_AGE_S,
+    MAX_OUTBOX_DEPTH,
     Ack,
     AuthReq,
     AuthResp,
@@ -278,6 +280,11 @@ class Agent:
     # SQLite transaction each (the SD-card budget is in firmware_config/agent-config.md).
     ALIVE_S = 10.0
     TELEMETRY_S = 10.0
+    # While connected, status goes out at least this often, with the outbox's and the
+    # allow-list's health (docs/protocol.md): the server sees events that do not arrive and an
+    # old list within a minute, and an idle machine stays "seen" (the scheduler shows a device
+    # silent for 5 minutes offline). One small retained message a minute per machine.
+    STATUS_S = 60.0
     # At start, how long to wait for the monitor's first reading before deciding about a
     # session the last run left open (OctoPrint answers within its request timeout).
     RESUME_WAIT_S = 10.0
@@ -298,8 +305,9 @@ class Agent:
         self.clock: Clock = clock or SystemClock()
         storage = Path(config.storage_dir)
         storage.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(storage / "outbox.sqlite")
         self._boot = self.clock.boot_id()
+        # Each event is stamped with the boot clock, so the oldest one's wait is measured on it.
+        self.outbox = Outbox(storage / "outbox.sqlite", self._boot, self.clock.monotonic)
         # Read before the relay is made: a session left open means the relay is (or was, until
         # this process started) closed, and it must be made closed at once, so that the pin
         # never toggles (see _recover).
@@ -361,6 +369,12 @@ class Agent:
         self._resend_at: float | None = None
         self._next_alive = 0.0
         self._next_telemetry = 0.0
+        self._next_status = 0.0
+        # The held allow-list's `issued`, and (boot clock, its age) when it was taken: its age
+        # grows on the boot clock from there, so a wall-clock step later does not move it.
+        self._allowlist_issued: str | None = None
+        self._allowlist_taken: tuple[float, float] = (0.0, 0.0)
+        self._note_allowlist()
         self._subscribe_mid: int | None = None
         self._client = self._make_client()
 
@@ -544,8 +558,9 @@ class Agent:
         if (self._session is not None or self.monitor.running()) and mono >= self._next_telemetry:
             self._next_telemetry = mono + self.TELEMETRY_S
             self._send_telemetry()
-        if self._ready.is_set() and self.state != self._published_state:
-            self._publish_status()  # running ⇄ unlocked changes with the machine, not with a tap
+        if self._ready.is_set() and (self.state != self._published_state or mono >= self._next_status):
+            # running ⇄ unlocked changes with the machine, not with a tap; and once a minute the health.
+            self._publish_status()
         self._resend_if_due(mono)
 
     def _warn_if_ending(self, session: _Session | None) -> None:
@@ -1477,6 +1492,10 @@ class Agent:
         if not self._ready.is_set():
             return  # on_connect publishes it
         self._published_state = self.state
+        mono = self.clock.monotonic()
+        self._next_status = mono + self.STATUS_S
+        depth, oldest_s = self.outbox.health()
+        allowlist_age_s = self._allowlist_age(mono)
         status = Status(
             v=1,
             online=True,
@@ -1487,9 +1506,33 @@ class Agent:
             allowlist_version=self.allowlist.version,
             ts=format_ts(self.clock.now()),
             boot=self._boot,
-            mono_s=_seconds(self.clock.monotonic()),
+            mono_s=_seconds(mono),
+            # Within the protocol's ceilings, which the server refuses beyond.
+            outbox_depth=min(depth, MAX_OUTBOX_DEPTH),
+            outbox_oldest_s=None if oldest_s is None else round(min(oldest_s, MAX_HEALTH_AGE_S), 3),
+            allowlist_age_s=None
+            if allowlist_age_s is None
+            else round(min(allowlist_age_s, MAX_HEALTH_AGE_S), 3),
         )
         self._publish(Suffix.STATUS, _compact(status))
+
+    def _note_allowlist(self) -> None:
+        """Remember when the held allow-list was taken (at start, and whenever a new one is)."""
+        issued = self.allowlist.issued
+        if issued is None or issued == self._allowlist_issued:
+            return
+        self._allowlist_issued = issued
+        # Its age at this moment: the one reading of the wall clock, never below 0 (a Pi whose
+        # clock is behind the server's); from here on the boot clock counts.
+        age = (self.clock.now() - parse_ts(issued)).total_seconds()
+        self._allowlist_taken = (self.clock.monotonic(), max(0.0, age))
+
+    def _allowlist_age(self, mono: float) -> float | None:
+        """Seconds since the held allow-list's ``issued``; None when none is held."""
+        if self._allowlist_issued is None:
+            return None
+        taken_mono, age = self._allowlist_taken
+        return max(0.0, age + mono - taken_mono)
 
     def _send_telemetry(self) -> None:
         if self._ready.is_set():
@@ -1677,6 +1720,7 @@ class Agent:
         if not self.allowlist.offer(payload, self.clock.now()):
             self.rejected["allowlist:refused"] += 1  # the store logged why
             return
+        self._note_allowlist()
         if self.allowlist.version != before:
             self._publish_status()
         self._recheck_offline_session()

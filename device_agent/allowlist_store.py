@@ -45,6 +45,11 @@ class AllowlistStore:
     def version(self) -> int | None:
         return self._list.version if self._list else None
 
+    @property
+    def issued(self) -> str | None:
+        """When the server issued the held list (its ``issued``, RFC 3339), None when none is held."""
+        return self._list.issued if self._list else None
+
     def _load(self) -> None:
         try:
             raw = self.path.read_bytes()

@@ -22,11 +22,11 @@ from typing import Any
 
 from device_agent import AgentError
 from device_agent.hardware.plugins import plugin_keys as _plugin_keys
-from device_agent.pinmap import check_config_pins
 from device_agent.schema import Key, between, existing_file, http_url, matches, one_of
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.mqtt import parse_mqtt_url
+from werkbank_protocol.pinmap import check_config_pins
 from werkbank_protocol.topics import DEVICE_ID_RE
 
 # The shared checks under the names this module has always used.
@@ -703,7 +703,7 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     for found in all_plugins():
         if found.check is not None:
             errors.extend(found.check(values))
-    # No GPIO twice, none on the SPI or reader-reset pins (device_agent/pinmap.toml).
+    # No GPIO twice, none on the SPI or reader-reset pins (werkbank_protocol/pinmap.toml).
     errors.extend(_reader_pin_problems(values))
     errors.extend(check_config_pins(_pins_in_bcm(values)))
     return errors

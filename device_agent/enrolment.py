@@ -14,9 +14,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from device_agent.cards import CardError, CardGone
+from device_agent.cards import CardAuth, CardError, CardGone
 from device_agent.cards.ntag424 import Transport, write_keys
-from device_agent.hardware.base import CardAuth
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.cardkeys import unwrap
 from werkbank_protocol.messages import AuthResp

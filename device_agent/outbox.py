@@ -7,6 +7,10 @@ in WAL mode with ``synchronous=FULL``: a committed ``put`` survives SIGKILL and 
 The same file holds the open session's record (:class:`~device_agent.storage.OpenSession`),
 so a session's start or end and its events are one transaction (:meth:`Outbox.record`): a
 crash leaves either the session open and no end event, or the end event stored and no session.
+
+Each event is stamped with the boot clock (and the boot) it was stored at, so that the agent can
+say how long the oldest unacknowledged one has waited (:meth:`Outbox.health`, sent in ``status``)
+without trusting the wall clock, across restarts of the agent within one boot.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -30,7 +34,9 @@ _SCHEMA = (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL UNIQUE,
         payload BLOB NOT NULL,
-        created REAL NOT NULL
+        created REAL NOT NULL,
+        boot TEXT,
+        mono REAL
     )
     """,
     # At most one row: the open session.
@@ -43,14 +49,27 @@ _SCHEMA = (
 )
 
 
+# Added to outbox files of agents before the boot-clock stamps: (column, SQL type).
+_ADDED_COLUMNS = (("boot", "TEXT"), ("mono", "REAL"))
+
+
 class Outbox:
     """Events not yet acknowledged by the server, oldest first, and the open session.
 
-    Safe to use from several threads.
+    ``boot`` and ``monotonic`` are the agent's boot id and boot clock (device_agent.clock): each
+    event is stored with them. Without them (tools that only read the file) events are stored
+    unstamped and count from when the outbox was opened. Safe to use from several threads.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, boot: str | None = None, monotonic: Callable[[], float] | None = None
+    ) -> None:
         self.path = Path(path)
+        self._boot = boot
+        self._monotonic = monotonic or time.monotonic
+        # Events stored before this process started by another boot, or by an agent that did not
+        # stamp them, have waited at least since now: their age counts from here (a lower bound).
+        self._opened_mono = self._monotonic()
         self._lock = threading.Lock()
         # isolation_level=None: autocommit, so each statement is its own durable transaction;
         # record() opens one explicitly for several.
@@ -59,6 +78,10 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         for statement in _SCHEMA:
             self._db.execute(statement)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for column, kind in _ADDED_COLUMNS:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
 
     def put(self, event_id: str, payload: bytes) -> None:
         """Store an event (call before publishing it). The same id again is a no-op."""
@@ -72,12 +95,13 @@ class Outbox:
         if session is not None and close:
             raise ValueError("record() takes a session to store or close=True, not both")
         created = time.time()
+        mono = self._monotonic() if self._boot is not None else None
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO outbox (id, payload, created) VALUES (?, ?, ?)",
-                    [(event_id, payload, created) for event_id, payload in events],
+                    "INSERT OR IGNORE INTO outbox (id, payload, created, boot, mono) VALUES (?, ?, ?, ?, ?)",
+                    [(event_id, payload, created, self._boot, mono) for event_id, payload in events],
                 )
                 if session is not None:
                     self._db.execute(
@@ -119,6 +143,22 @@ class Outbox:
                 "SELECT id, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
         return [(str(i), bytes(p)) for i, p in rows]
+
+    def health(self) -> tuple[int, float | None]:
+        """``(events waiting, seconds the oldest has waited)``; the age is None when none waits.
+
+        The age is measured on the boot clock: exact for an event stored in this boot (also by an
+        agent process before this one), and counted from when this outbox was opened for one
+        stored in an earlier boot (a power loss) or without a stamp, which have waited longer.
+        """
+        with self._lock:
+            (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+            oldest = self._db.execute("SELECT boot, mono FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        if oldest is None:
+            return int(count), None
+        boot, mono = oldest
+        stored = mono if boot is not None and boot == self._boot and mono is not None else self._opened_mono
+        return int(count), max(0.0, self._monotonic() - stored)
 
     def __len__(self) -> int:
         with self._lock:

@@ -62,7 +62,7 @@ from server.models import (
 )
 from server.services import allowlists, attendance, booking_starts, cards, clocks, reconcile, training
 from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
-from server.services.devices import apply_status, apply_telemetry
+from server.services.devices import apply_health, apply_status, apply_telemetry
 from server.services.ingest import ingest_event
 from server.services.messages import render, render_text
 from werkbank_protocol import ProtocolError, format_ts, now_ts, parse_ts
@@ -531,7 +531,8 @@ class Bridge:
             came_online = status.online and not device.online
             apply_status(db, device, status, self.clock())
             if item.retained or not status.online:
-                return  # from the broker's store: neither its time nor its list is news
+                return  # from the broker's store: neither its time, its health nor its list is news
+            apply_health(device, status, self.clock())
             if sent is not None:
                 if came_online:
                     self.offsets.forget(device.id)  # restarted: its clock may have jumped

@@ -1,4 +1,6 @@
-"""The ``werkbank`` command (built on Flask's CLI): processes, database, data, demo."""
+"""The ``werkbank`` command's subcommands (Flask CLI): processes, database, data, demo.
+
+server/__main__.py builds the command itself; server/app.py puts these on every app."""
 
 from __future__ import annotations
 
@@ -19,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import with_appcontext
 
-from server import create_app
 from server.config import VAR_DIR
 from werkbank_protocol import ProtocolError
 
@@ -31,20 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("werkbank")
 DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo.yaml"
 BROKER_URL_FILE = VAR_DIR / "broker.url"
-
-
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("amqtt").setLevel(logging.WARNING)
-    logging.getLogger("transitions").setLevel(logging.WARNING)
-
-
-def _app() -> Flask:
-    _setup_logging(os.environ.get("WERKBANK_LOG_LEVEL", "INFO"))
-    return create_app()
-
-
-cli = FlaskGroup(create_app=_app, help="Werkbank: machine access and booking for maker spaces.")
 
 
 def _mqtt_url() -> str:
@@ -66,12 +53,57 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
+@with_appcontext
 def db_upgrade(revision: str) -> None:
-    """Bring the database schema up to date."""
-    from server.migrate import upgrade
+    """Bring the database schema up to date (refuses a schema newer than this Werkbank)."""
+    from alembic.util import CommandError
 
-    upgrade(current_app.config["DATABASE_URL"], revision)
-    click.echo("database is up to date")
+    from server.migrate import ForeignKeyViolation, SchemaError, upgrade
+
+    try:
+        result = upgrade(current_app.config["DATABASE_URL"], revision)
+    except (SchemaError, ForeignKeyViolation) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except CommandError as exc:  # e.g. --revision names no migration, or one older than the database's
+        raise click.ClickException(f"{exc}. Nothing was changed.") from exc
+    if not result.applied:
+        click.echo(f"database is up to date (schema {result.before.describe()})")
+        return
+    click.echo(
+        f"upgraded the database schema from {result.before.describe()} to {result.applied[-1]} "
+        f"({len(result.applied)} migrations)"
+    )
+    if result.rebuilt_days is not None:
+        click.echo(f"computed the usage aggregates from the history: {result.rebuilt_days} machine-days")
+    if result.rebuild_pending:
+        click.echo(
+            "the usage aggregates are new in this schema: once the database is at the newest schema, "
+            "run `werkbank usage rebuild` to compute them from the history"
+        )
+
+
+@db_group.command("status")
+@with_appcontext
+def db_status() -> None:
+    """Say whether the database's schema is this Werkbank's (exit code 1 if not)."""
+    from server.migrate import problem, schema_state
+
+    state = schema_state(current_app.config["DATABASE_URL"])
+    click.echo(f"database schema: {state.describe()}; this Werkbank's: {', '.join(state.heads)}")
+    wrong = problem(state)
+    if wrong is not None:
+        raise click.ClickException(f"{wrong}.")
+    click.echo("the schema is current")
+
+
+def _require_schema(process: str) -> None:
+    """Refuse to start on a schema that is not this code's (README, "Upgrading")."""
+    from server.migrate import SchemaError, require_current
+
+    try:
+        require_current(current_app.config["DATABASE_URL"], process)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command("load")
@@ -202,7 +234,7 @@ def restore_cmd(backup_set: Path, key_file: Path, database_url: str | None, secr
     """Restore the backup set BACKUP (a werkbank-<time> folder) into an empty database."""
     from server import backup
     from server.db import Database
-    from server.migrate import head_revision, known_revision
+    from server.migrate import problem, schema_state
     from server.services import audit
 
     url = database_url or current_app.config["DATABASE_URL"]
@@ -229,17 +261,9 @@ def restore_cmd(backup_set: Path, key_file: Path, database_url: str | None, secr
     rows = _row_counts(result.counts)
     click.echo(f"restored {result.name} (made {result.created}) into {backup._safe(url)}: {rows}")
     click.echo(f"settings and files in {result.secrets_dir}: put them in place as its RESTORE.txt says")
-    if result.revision != head_revision():
-        if known_revision(result.revision):
-            click.echo(
-                f"the backup's schema is {result.revision}, older than this Werkbank's: "
-                "run `werkbank db upgrade`"
-            )
-        else:
-            click.echo(
-                f"the backup's schema {result.revision} is newer than this Werkbank knows: install the "
-                "version that made the backup (its manifest.json names it) before you start the server"
-            )
+    wrong = problem(schema_state(url))
+    if wrong is not None:  # a backup of an older (or newer) Werkbank
+        click.echo(f"before you start the server: {wrong}")
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -250,6 +274,7 @@ def web_cmd(host: str | None, port: int | None) -> None:
     """Serve the web pages and API (threaded; put gunicorn + nginx in front in production)."""
     from werkzeug.serving import run_simple
 
+    _require_schema("web")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     run_simple(
         host or app.config["WEB_HOST"], port or app.config["WEB_PORT"], app, threaded=True, use_reloader=False
@@ -269,6 +294,7 @@ def bridge_cmd() -> None:
     from server.bridge import Bridge
     from server.extensions import db
 
+    _require_schema("bridge")
     cfg = current_app.config
     bridge = Bridge(
         db,
@@ -300,6 +326,7 @@ def scheduler_cmd() -> None:
     from server.scheduler import LOCK_RETRY_S, build_scheduler, singleton_lock
 
     url = current_app.config["DATABASE_URL"]
+    _require_schema("scheduler")
     while True:
         with singleton_lock(db, url) as held:
             if held:
@@ -464,9 +491,14 @@ def _why_no_answer(db: Session, machine: str, uid: str, sent: datetime) -> str:
 )
 def up_cmd(data: Path) -> None:
     """Start everything for a demo: broker, web, bridge, scheduler, simulated agents."""
-    from server.demo_runner import run_demo
+    from server.demo.runner import run_demo
+    from server.migrate import ForeignKeyViolation, SchemaError
 
-    sys.exit(run_demo(current_app._get_current_object(), data))  # type: ignore[attr-defined]
+    try:
+        code = run_demo(current_app._get_current_object(), data)  # type: ignore[attr-defined]
+    except (SchemaError, ForeignKeyViolation) as exc:  # its database, from another Werkbank
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -731,7 +763,3 @@ def register(app: Flask) -> None:
     """Put the commands on ``app.cli`` (so ``werkbank`` and Flask's test runner both see them)."""
     for command in COMMANDS:
         app.cli.add_command(command)
-
-
-def main() -> None:
-    cli.main(prog_name="werkbank")

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from server.db import Database
-from server.models import Device, ProcessHeartbeat
+from server.models import Device, Machine, ProcessHeartbeat
 
 if TYPE_CHECKING:
     from server.bridge import Bridge
@@ -109,6 +109,22 @@ class _DatabaseCollector(Collector):
             "Seconds since a process last beat.",
             labels=["name"],
         )
+        labels = ["device", "machine"]
+        depth = GaugeMetricFamily(
+            "werkbank_device_outbox_events",
+            "Events waiting in an online device's outbox for the server's ack, as it last reported.",
+            labels=labels,
+        )
+        oldest = GaugeMetricFamily(
+            "werkbank_device_outbox_oldest_seconds",
+            "How long the oldest of them has waited (device's boot clock; 0 when none waits).",
+            labels=labels,
+        )
+        allowlist = GaugeMetricFamily(
+            "werkbank_device_allowlist_age_seconds",
+            "Age of an online device's offline allow-list (since its issue), as it last reported.",
+            labels=labels,
+        )
         now = datetime.now(UTC)
         with self.database.session() as session:
             serving = Device.machine_id.is_not(None)
@@ -118,7 +134,28 @@ class _DatabaseCollector(Collector):
             known.add_metric([], session.scalar(select(func.count()).where(serving)) or 0)
             for name, seen_at in session.execute(select(ProcessHeartbeat.name, ProcessHeartbeat.seen_at)):
                 beats.add_metric([name], (now - seen_at).total_seconds())
-        yield from (online, known, beats)
+            # Online devices only: an offline device's last report is old news, and
+            # werkbank_devices_online already says it is gone.
+            health = session.execute(
+                select(
+                    Device.id,
+                    Machine.slug,
+                    Device.outbox_depth,
+                    Device.outbox_oldest_s,
+                    Device.allowlist_age_s,
+                )
+                .outerjoin(Machine, Machine.id == Device.machine_id)
+                .where(Device.online.is_(True), Device.health_reported_at.is_not(None))
+                .order_by(Device.id)
+            )
+            for device_id, slug, waiting, oldest_s, age_s in health:
+                values = [device_id, slug or ""]
+                if waiting is not None:
+                    depth.add_metric(values, waiting)
+                    oldest.add_metric(values, oldest_s or 0.0)
+                if age_s is not None:
+                    allowlist.add_metric(values, age_s)
+        yield from (online, known, beats, depth, oldest, allowlist)
 
 
 def web_registry(database: Database) -> CollectorRegistry:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
@@ -470,6 +471,18 @@ class Device(Base):
     # in and out; it serves no machine and switches no relay.
     entrance_site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Its health as its last live status said (docs/protocol.md; None from agents that do not
+    # report it): events in its outbox not yet acknowledged, how long the oldest has waited (its
+    # boot clock; None when none waits), how old its offline allow-list is, and when (server
+    # clock) that status arrived.
+    outbox_depth: Mapped[int | None] = mapped_column(Integer)
+    outbox_oldest_s: Mapped[float | None] = mapped_column(Float)
+    allowlist_age_s: Mapped[float | None] = mapped_column(Float)
+    health_reported_at: Mapped[datetime | None] = mapped_column()
+    # Since when its events have been stuck / its allow-list old, as the scheduler found it (the
+    # admins were told then); None when not (server.services.devices.notify_health).
+    outbox_stuck_since: Mapped[datetime | None] = mapped_column()
+    allowlist_old_since: Mapped[datetime | None] = mapped_column()
 
     machine: Mapped[Machine | None] = relationship(back_populates="device")
 
@@ -1045,24 +1058,46 @@ class ProgrammeTarget(Base):
     integrations: Mapped[int] = mapped_column(Integer)
 
 
+class FieldKind(enum.StrEnum):
+    """What a programme field asks for (the form's input and the check of its value)."""
+
+    TEXT = "text"
+    DATE = "date"
+    CHOICE = "choice"
+    YES_NO = "yes_no"
+
+
 class ProgrammeField(Base):
-    """A piece of participant data a programme asks for. ``special``: a special category of
-    personal data (GDPR Art. 9, e.g. health): kept apart, seen only by admins."""
+    """A piece of participant data a programme asks for (server.services.programme_data).
+    ``special``: a special category of personal data (GDPR Art. 9, e.g. health): its values are
+    kept apart (:class:`SpecialValue`) and seen only by admins. ``needs_consent``: a value is
+    kept only while the person's consent for the programme stands (special ones always)."""
 
     __tablename__ = "programme_fields"
     __table_args__ = (UniqueConstraint("programme", "key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     programme: Mapped[str] = mapped_column(String(100))
+    # Stable name in exports and the audit log (made from the first English label).
     key: Mapped[str] = mapped_column(String(40))
     label: Mapped[str] = mapped_column(String(200))
     label_de: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[FieldKind] = mapped_column(
+        _enum(FieldKind), default=FieldKind.TEXT, server_default=FieldKind.TEXT.value
+    )
+    # A choice's options, in order: [{"key": "none", "en": "None", "de": "Keiner"}, ...].
+    options: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
     required: Mapped[bool] = mapped_column(Boolean, default=False)
     special: Mapped[bool] = mapped_column(Boolean, default=False)
+    needs_consent: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     position: Mapped[int] = mapped_column(Integer, default=0)
 
     def display_name(self, language: str) -> str:
         return in_language(self.label, self.label_de, language)
+
+    @property
+    def local_name(self) -> LocalName:
+        return LocalName(self.label, self.label_de)
 
 
 class ParticipantValue(Base):
@@ -1073,17 +1108,46 @@ class ParticipantValue(Base):
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), primary_key=True)
     field_id: Mapped[int] = mapped_column(ForeignKey("programme_fields.id"), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime | None] = mapped_column()
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
 
 
 class SpecialValue(Base):
     """A person's answer to a special-category field: a table of its own, read only by the
-    admins' pages and the pseudonymised export."""
+    admins' pages, the person's own GDPR export and the pseudonymised export."""
 
     __tablename__ = "special_values"
 
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), primary_key=True)
     field_id: Mapped[int] = mapped_column(ForeignKey("programme_fields.id"), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime | None] = mapped_column()
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+
+
+class ConsentText(Base):
+    """One version of what a programme asks participants to agree to. Never edited: a changed
+    text is a new version, so every consent keeps pointing at what was agreed."""
+
+    __tablename__ = "consent_texts"
+    __table_args__ = (UniqueConstraint("programme", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    programme: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    # At least one of the two; a reader gets theirs, else the other.
+    text: Mapped[str | None] = mapped_column(Text)
+    text_de: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+
+    def in_language(self, language: str) -> tuple[str, str]:
+        """(language, text): the reader's language when the version has it, else the other."""
+        if language == "de" and self.text_de:
+            return "de", self.text_de
+        if self.text:
+            return "en", self.text
+        return "de", self.text_de or ""
 
 
 class Consent(Base):
@@ -1094,10 +1158,16 @@ class Consent(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
     programme: Mapped[str] = mapped_column(String(100))
+    # The words agreed to, as shown (a copy: the proof does not depend on another row).
     text: Mapped[str] = mapped_column(Text)
+    consent_text_id: Mapped[int | None] = mapped_column(ForeignKey("consent_texts.id"))
+    version: Mapped[int | None] = mapped_column(Integer)
+    language: Mapped[str | None] = mapped_column(String(8))
     agreed_at: Mapped[datetime] = mapped_column()
     recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    recorded_at: Mapped[datetime | None] = mapped_column()
     withdrawn_at: Mapped[datetime | None] = mapped_column()
+    withdrawn_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
 
 
 class ProcessHeartbeat(Base):

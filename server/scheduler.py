@@ -7,7 +7,8 @@ Qualifications expire and reminders are made by jobs that run every hour and onc
 start (so a restart catches up); each is idempotent, so running more often than daily only
 means "shortly after midnight" wherever a site is. Notifications are e-mailed every few
 minutes when ``WERKBANK_SMTP_HOST`` is set. Every minute, bookings whose holder did not tap
-in are released as no-shows, and holders are reminded of bookings that start soon.
+in are released as no-shows, holders are reminded of bookings that start soon, and admins hear
+of devices offline, with events not arriving or with an old allow-list.
 """
 
 from __future__ import annotations
@@ -237,6 +238,18 @@ def notify_offline_devices(database: Database, now: datetime | None = None) -> i
     return made
 
 
+def notify_device_health(database: Database, now: datetime | None = None) -> int:
+    """Admins hear of devices whose events are not arriving or whose allow-list is old, once per
+    episode (app; e-mail follows); a device that recovered ends its episode."""
+    from server.services.devices import notify_health
+
+    with database.session() as db:
+        made = notify_health(db, now or datetime.now(UTC))
+    if made:
+        log.info("%d notification(s) of device health", made)
+    return made
+
+
 def build_scheduler(
     database: Database, config: Mapping[str, Any] | None = None, runs: JobRuns | None = None
 ) -> Any:
@@ -271,6 +284,7 @@ def build_scheduler(
         next_run_time=start + timedelta(seconds=10),
     )
     scheduler.add_job(notify_offline_devices, "interval", minutes=1, args=[database], id="offline_devices")
+    scheduler.add_job(notify_device_health, "interval", minutes=1, args=[database], id="device_health")
     scheduler.add_job(release_no_shows, "interval", minutes=1, args=[database], id="release_no_shows")
     scheduler.add_job(
         close_forgotten_checkins,

@@ -52,3 +52,21 @@ def test_docs_every_fault_code_of_a_plugin_is_documented() -> None:
     for code in sorted(codes):
         assert f"`{code}`" in PROTOCOL, code
         assert f"`{code}`" in reference, code
+
+
+def test_docs_every_status_field_is_documented() -> None:
+    """A field `status` carries is in the contract's status line or in docs/protocol.md's additions."""
+    import msgspec
+
+    from werkbank_protocol.messages import Status
+
+    contract = CONTRACT.read_text()
+    additions = (ROOT / "docs" / "protocol.md").read_text()
+    for field in msgspec.structs.fields(Status):
+        assert (
+            f'"{field.name}"' in contract
+            or f"| `status` | `{field.name}`" in additions
+            or (f"`{field.name}`" in additions)
+        ), field.name
+    for added in ("outbox_depth", "outbox_oldest_s", "allowlist_age_s"):
+        assert f"| `status` | `{added}`" in additions, added

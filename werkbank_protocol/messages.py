@@ -66,6 +66,12 @@ EndReason = Literal[
 ]
 END_REASONS: tuple[str, ...] = EndReason.__args__  # type: ignore[attr-defined]
 
+# Addition (docs/protocol.md): ceilings of the health figures in `status`. Far above anything
+# real (a million events is years of a machine offline; ten years of age is older than the
+# Pi), so a value beyond them is a bug at the sender (an epoch time sent as an age), refused.
+MAX_OUTBOX_DEPTH = 1_000_000
+MAX_HEALTH_AGE_S = 10 * 365.25 * 86400
+
 # Largest payload accepted on any topic but `allowlist` (a list for hundreds of people).
 MAX_PAYLOAD = 16 * 1024
 MAX_ALLOWLIST_PAYLOAD = 4 * 1024 * 1024
@@ -83,6 +89,13 @@ class Status(Struct, kw_only=True):
     # Addition (docs/protocol.md): when `ts` was taken, on the agent's boot clock.
     boot: BootId | None = None
     mono_s: Seconds | None = None
+    # Addition (docs/protocol.md): the agent's health, so the server can tell that events are
+    # not arriving or that the offline allow-list is old. Events in the outbox not yet
+    # acknowledged; how long the oldest of them has waited, on the agent's boot clock (absent
+    # when none waits); and how old the held allow-list is (absent when none is held).
+    outbox_depth: Annotated[int, Meta(ge=0, le=MAX_OUTBOX_DEPTH)] | None = None
+    outbox_oldest_s: Annotated[float, Meta(ge=0, le=MAX_HEALTH_AGE_S)] | None = None
+    allowlist_age_s: Annotated[float, Meta(ge=0, le=MAX_HEALTH_AGE_S)] | None = None
 
 
 class AuthReq(Struct, kw_only=True):

@@ -7,7 +7,13 @@ protocol's ``card_auth`` value.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from device_agent import AgentError
+
+# How a tapped card proved itself (the protocol's `card_auth`): "ok" it holds its key,
+# "failed" it was asked to and could not, "none" it was not asked (no key known for its UID).
+CardAuth = Literal["ok", "failed", "none"]
 
 
 class CardError(AgentError):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from device_agent.cards import CardError, CardGone
+from device_agent.cards import CardAuth, CardError, CardGone
 from device_agent.cards.ntag424 import Transport, authenticate, select_application
-from device_agent.hardware.base import CardAuth
 
 log = logging.getLogger(__name__)
 

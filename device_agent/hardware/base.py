@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from device_agent import AgentError
+from device_agent.cards import CardAuth
 
 if TYPE_CHECKING:
     from device_agent.cards.ntag424 import Transport
 
-# How a tapped card proved itself (the protocol's `card_auth`): "ok" it holds its key,
-# "failed" it was asked to and could not, "none" it was not asked (no key known for its UID).
-CardAuth = Literal["ok", "failed", "none"]
 # Asked once per tap with the card's UID and a function that opens an ISO 14443-4 link to it.
 CardCheck = Callable[[str, Callable[[], "Transport"]], CardAuth]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from device_agent.hardware.base import MonitorReadings
-from device_agent.hardware.load import LoadMonitor
+from device_agent.hardware.load import LoadMonitor, timing
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
 
@@ -143,14 +143,9 @@ def _create(config: AgentConfig) -> CurrentMonitor:
         amps_per_volt=config.monitor_amps_per_volt,
         threshold_a=config.monitor_threshold_a,
         release_a=config.monitor_release_a,
-        min_on_s=config.monitor_min_on_s,
-        min_off_s=config.monitor_min_off_s,
-        job_gap_s=config.monitor_job_gap_s,
         mains_v=config.monitor_mains_v,
         window_s=config.monitor_window_s,
-        poll_s=config.monitor_poll_s,
-        retry_max_s=config.monitor_retry_max_s,
-        lost_hold_s=config.monitor_lost_hold_s,
+        **timing(config),
     )
 
 

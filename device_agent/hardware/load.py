@@ -8,8 +8,15 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
+from typing import Any
 
-from device_agent.hardware.base import JobStatus, MonitorJobFinished, MonitorJobStarted, MonitorReadings
+from device_agent.hardware.base import (
+    JobKind,
+    JobStatus,
+    MonitorJobFinished,
+    MonitorJobStarted,
+    MonitorReadings,
+)
 from device_agent.hardware.monitors import ThreadedMonitor
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,7 @@ class LoadMonitor(ThreadedMonitor):
     """
 
     unit = ""
+    job_kind: JobKind = "cut"
 
     def __init__(
         self,
@@ -106,13 +114,13 @@ class LoadMonitor(ThreadedMonitor):
         self._run_ended = None
         if self._job_started is None:
             self._job_started = since
-            log.info("load at or above %g %s: a cut job starts", self.threshold, self.unit)
-            self._emit(MonitorJobStarted(kind="cut"))
+            log.info("load at or above %g %s: a %s job starts", self.threshold, self.unit, self.job_kind)
+            self._emit(MonitorJobStarted(kind=self.job_kind))
 
     def _end_job(self, status: JobStatus, duration_s: float) -> None:
         self._job_started = None
         self._run_ended = None
-        log.info("cut job %s after %.1f s", status, duration_s)
+        log.info("%s job %s after %.1f s", self.job_kind, status, duration_s)
         self._emit(MonitorJobFinished(status=status, duration_s=round(max(duration_s, 0.0), 3)))
 
     def give_up_job(self) -> None:
@@ -121,3 +129,15 @@ class LoadMonitor(ThreadedMonitor):
             self._end_job("failed", end - self._job_started)
         self._set_running(False)
         self._first = True  # when the sensor is back, take its first reading as it is
+
+
+def timing(config: Any) -> dict[str, float]:
+    """The ``[monitor]`` timing keys every load monitor takes, from a checked config."""
+    return {
+        "min_on_s": config.monitor_min_on_s,
+        "min_off_s": config.monitor_min_off_s,
+        "job_gap_s": config.monitor_job_gap_s,
+        "poll_s": config.monitor_poll_s,
+        "retry_max_s": config.monitor_retry_max_s,
+        "lost_hold_s": config.monitor_lost_hold_s,
+    }

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from device_agent.cards import CardError, CardGone
-from device_agent.hardware.base import CardAuth, CardCheck, Reader, ReaderFault
+from device_agent.cards import CardAuth, CardError, CardGone
+from device_agent.hardware.base import CardCheck, Reader, ReaderFault
 from device_agent.hardware.iso14443 import IsoDep
 
 if TYPE_CHECKING:

@@ -14,12 +14,13 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from device_agent.hardware.base import MonitorEvent, MonitorFault, MonitorFaultCleared, Relay
-from device_agent.schema import Key, between, existing_file, http_url, secret_pair
+from device_agent.hardware.plugins import Plugin
+from device_agent.schema import Key, between, existing_file, http_url, read_secret, secret_pair
 
 log = logging.getLogger(__name__)
 
@@ -412,3 +413,31 @@ def switch_settings(config: Any) -> dict[str, Any]:
         "poll_s": config.option("switch_poll_s"),
         "retry_max_s": max(30.0, config.option("switch_confirm_s")),
     }
+
+
+def plug_plugin(name: str, summary: str, make: Callable[..., HttpPlug]) -> Plugin:
+    """The switch plug-in of one plug make: ``make(url=, channel=, user=, password=, timeout_s=)``
+    is its client class. Keys, checks, faults and the switch are the same for every make."""
+
+    def client(config: Any) -> HttpPlug:
+        return make(
+            url=config.option("switch_url"),
+            channel=config.option("switch_channel"),
+            user=config.option("switch_user"),
+            password=read_secret(config.option("switch_password"), config.option("switch_password_file")),
+            timeout_s=config.option("switch_timeout_s"),
+        )
+
+    def create(config: Any, closed: bool) -> Relay:
+        return NetworkSwitch(client(config), closed=closed, **switch_settings(config))
+
+    return Plugin(
+        kind="switch",
+        name=name,
+        summary=summary,
+        faults=("switch_unconfirmed", "switch_unreachable", "switch_auth_rejected", "switch_state_changed"),
+        keys=PLUG_KEYS,
+        check=lambda values: plug_checks(values, name),
+        create_switch=create,
+        meter=client,
+    )

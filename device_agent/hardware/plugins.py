@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from device_agent.schema import Key
@@ -54,12 +55,12 @@ def paragraph(*parts: str) -> tuple[str, ...]:
 @cache
 def all_plugins() -> tuple[Plugin, ...]:
     """Every plug-in of every module in this package, in module order."""
-    from device_agent import hardware
-
+    # The package's own folder, not ``import device_agent.hardware``: the package imports this
+    # module, and the plug-ins are found by looking, not by a list anyone must keep.
     found: list[Plugin] = []
-    for module in sorted(pkgutil.iter_modules(hardware.__path__), key=lambda m: m.name):
+    for module in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
         # Backends import their libraries lazily, so importing each module here is cheap.
-        loaded = importlib.import_module(f"{hardware.__name__}.{module.name}")
+        loaded = importlib.import_module(f"{__package__}.{module.name}")
         found.extend(getattr(loaded, "PLUGINS", ()))
     return tuple(found)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from device_agent.hardware.base import MachineMonitor, MonitorReadings
-from device_agent.hardware.load import LoadMonitor
+from device_agent.hardware.load import LoadMonitor, timing
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plug import PlugClient, PlugError
 from device_agent.hardware.plugins import Plugin, paragraph, plugin
@@ -122,12 +122,7 @@ def _create(config: Any) -> MachineMonitor:
         meter=found.meter(config),
         threshold_w=config.option("monitor_threshold_w"),
         release_w=config.option("monitor_release_w"),
-        min_on_s=config.monitor_min_on_s,
-        min_off_s=config.monitor_min_off_s,
-        job_gap_s=config.monitor_job_gap_s,
-        poll_s=config.monitor_poll_s,
-        retry_max_s=config.monitor_retry_max_s,
-        lost_hold_s=config.monitor_lost_hold_s,
+        **timing(config),
     )
 
 

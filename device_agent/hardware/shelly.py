@@ -11,22 +11,13 @@ on models that meter). With a password set, the device asks for HTTP digest auth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from device_agent.hardware.base import Relay
 from device_agent.hardware.plug import (
-    PLUG_KEYS,
     HttpPlug,
-    NetworkSwitch,
     PlugError,
     PlugStatus,
     number,
-    plug_checks,
-    switch_settings,
+    plug_plugin,
 )
-from device_agent.hardware.plugins import Plugin
-from device_agent.schema import read_secret
 
 
 class ShellyPlug(HttpPlug):
@@ -64,33 +55,10 @@ class ShellyPlug(HttpPlug):
         )
 
 
-def make_plug(config: Any) -> ShellyPlug:
-    return ShellyPlug(
-        url=config.option("switch_url"),
-        channel=config.option("switch_channel"),
-        user=config.option("switch_user"),
-        password=read_secret(config.option("switch_password"), config.option("switch_password_file")),
-        timeout_s=config.option("switch_timeout_s"),
-    )
-
-
-def _create(config: Any, closed: bool) -> Relay:
-    return NetworkSwitch(make_plug(config), closed=closed, **switch_settings(config))
-
-
-def _check(values: Mapping[str, Any]) -> list[str]:
-    return plug_checks(values, "shelly")
-
-
 PLUGINS = (
-    Plugin(
-        kind="switch",
-        name="shelly",
-        summary="a Shelly Gen2+ plug or relay (Plus Plug S, Plus 1PM, Pro 1PM) over its local RPC API",
-        faults=("switch_unconfirmed", "switch_unreachable", "switch_auth_rejected", "switch_state_changed"),
-        keys=PLUG_KEYS,
-        check=_check,
-        create_switch=_create,
-        meter=make_plug,
+    plug_plugin(
+        "shelly",
+        "a Shelly Gen2+ plug or relay (Plus Plug S, Plus 1PM, Pro 1PM) over its local RPC API",
+        ShellyPlug,
     ),
 )

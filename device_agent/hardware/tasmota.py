@@ -11,22 +11,15 @@ Tasmota's command and JSON status documentation (Tasmota 12 to 14).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from device_agent.hardware.base import Relay
 from device_agent.hardware.plug import (
-    PLUG_KEYS,
     HttpPlug,
-    NetworkSwitch,
     PlugError,
     PlugStatus,
     number,
-    plug_checks,
-    switch_settings,
+    plug_plugin,
 )
-from device_agent.hardware.plugins import Plugin
-from device_agent.schema import read_secret
 
 
 class TasmotaPlug(HttpPlug):
@@ -86,33 +79,4 @@ class TasmotaPlug(HttpPlug):
         )
 
 
-def make_plug(config: Any) -> TasmotaPlug:
-    return TasmotaPlug(
-        url=config.option("switch_url"),
-        channel=config.option("switch_channel"),
-        user=config.option("switch_user"),
-        password=read_secret(config.option("switch_password"), config.option("switch_password_file")),
-        timeout_s=config.option("switch_timeout_s"),
-    )
-
-
-def _create(config: Any, closed: bool) -> Relay:
-    return NetworkSwitch(make_plug(config), closed=closed, **switch_settings(config))
-
-
-def _check(values: Mapping[str, Any]) -> list[str]:
-    return plug_checks(values, "tasmota")
-
-
-PLUGINS = (
-    Plugin(
-        kind="switch",
-        name="tasmota",
-        summary="a plug running Tasmota, over its HTTP command interface",
-        faults=("switch_unconfirmed", "switch_unreachable", "switch_auth_rejected", "switch_state_changed"),
-        keys=PLUG_KEYS,
-        check=_check,
-        create_switch=_create,
-        meter=make_plug,
-    ),
-)
+PLUGINS = (plug_plugin("tasmota", "a plug running Tasmota, over its HTTP command interface", TasmotaPlug),)

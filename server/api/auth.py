@@ -22,9 +22,9 @@ from flask import g, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Select, SQLColumnExpression, select
 
-from server import get_db
 from server.api.errors import ApiError
 from server.api.schemas import MAX_ID
+from server.extensions import get_db
 from server.models import Machine, Person, utcnow
 from server.services import tokens, training
 

@@ -16,7 +16,6 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from server import get_db
 from server.api import schemas as s
 from server.api.auth import (
     api_access,
@@ -27,6 +26,7 @@ from server.api.auth import (
 )
 from server.api.common import answer, bp, page, paged, read_body, read_query
 from server.api.errors import ApiError
+from server.extensions import get_db
 from server.models import Booking, BookingStatus, Machine, Person, utcnow
 from server.services import bookings
 

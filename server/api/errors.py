@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, request
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from server import get_db
+from server.extensions import get_db
 from server.services.bookings import BookingError
 from server.services.training import TrainingError, audit_refusal
 

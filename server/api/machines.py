@@ -8,11 +8,11 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from server import get_db
 from server.api import schemas as s
 from server.api.auth import api_access, current_person, require_sight, visible_at_machines
 from server.api.common import answer, bp, machine_out, page, paged, read_query, session_out
 from server.api.errors import ApiError
+from server.extensions import get_db
 from server.models import (
     Machine,
     MachineSession,

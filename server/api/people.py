@@ -11,7 +11,6 @@ from msgspec import UNSET, UnsetType
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from server import get_db
 from server.api import schemas as s
 from server.api.auth import api_access, current_person, require_sight, visible
 from server.api.common import (
@@ -27,6 +26,7 @@ from server.api.common import (
     roles_of,
 )
 from server.api.errors import ApiError
+from server.extensions import get_db
 from server.models import Badge, BadgeStatus, Person, Site, utcnow
 from server.services import audit
 from werkbank_protocol.messages import BADGE_PATTERN

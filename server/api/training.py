@@ -11,10 +11,9 @@ from __future__ import annotations
 from datetime import date
 
 from flask.typing import ResponseReturnValue
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from server import get_db
 from server.api import schemas as s
 from server.api.auth import api_access, current_person, require_sight, visible
 from server.api.common import (
@@ -29,6 +28,7 @@ from server.api.common import (
     step_record_out,
 )
 from server.api.errors import ApiError
+from server.extensions import get_db
 from server.models import (
     Competency,
     Level,
@@ -38,7 +38,7 @@ from server.models import (
     TrainingStep,
     utcnow,
 )
-from server.services import training
+from server.services import qualifications, training
 
 
 @bp.get("/qualifications")
@@ -66,13 +66,8 @@ def list_qualifications() -> ResponseReturnValue:
 
 def _in_force(query: Select[Qualification], today: date) -> Select[Qualification]:
     """Only each person's newest entry per competency, and only if it is held today."""
-    newest = (
-        select(func.max(Qualification.id))
-        .group_by(Qualification.person_id, Qualification.competency_id)
-        .scalar_subquery()
-    )
     return query.where(
-        Qualification.id.in_(newest),
+        Qualification.id.in_(qualifications.newest_ids()),
         Qualification.action.in_((QualificationAction.GRANTED, QualificationAction.RENEWED)),
         or_(Qualification.valid_until.is_(None), Qualification.valid_until >= today),
     )

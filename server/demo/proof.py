@@ -1,7 +1,8 @@
 """Demo data for the proof documents (docs/proof.md): a letterhead per site, cohort timetables,
 check-ins at the entrance for the last months, briefings with signatures, exits with follow-ups
 and programme targets, so that the attendance sheet, the certificates, the briefing proof list
-and the funder report's outcomes have something to show on first start.
+and the funder report's outcomes have something to show on first start; and one programme that
+asks a few optional questions with a consent text (docs/privacy.md, "Programme data").
 
 One function, :func:`add_proof_demo`, on any lab (the demo lab of ``werkbank up`` or the years of
 ``werkbank demo-data``); it adds nothing when the database has check-ins already (idempotent).
@@ -22,13 +23,19 @@ from sqlalchemy.orm import Session
 from server.models import (
     Attendance,
     BriefingConfirmation,
+    Consent,
+    ConsentText,
     ExitReason,
+    FieldKind,
     FollowUpStatus,
     MachineSession,
     ParticipantExit,
+    ParticipantValue,
     Person,
+    ProgrammeField,
     ProgrammeTarget,
     Site,
+    SpecialValue,
     StepKind,
     StepRecord,
     TrainingStep,
@@ -63,7 +70,7 @@ def signature_png(rng: random.Random) -> str:
 
 def add_proof_demo(db: Session, now: datetime, seed: int = 19, months: int = 2) -> dict[str, int]:
     """Add the demo's proof data; returns what was added (all zero when it was there already)."""
-    added: Counter[str] = Counter()
+    added: Counter[str] = _programme_data(db, now)
     if db.scalar(select(func.count(Attendance.id))):
         return dict(added)
     rng = random.Random(seed)
@@ -269,4 +276,115 @@ def _targets(db: Session) -> Counter[str]:
             base = exits.get((programme, year)) or exits.get((programme, year - 1)) or 4
             db.add(ProgrammeTarget(programme=programme, year=year, integrations=max(1, round(base * 0.5))))
             added["targets"] += 1
+    return added
+
+
+CONSENT_DE = (
+    "Ich bin damit einverstanden, dass die Einrichtung meine Angaben zu Schulabschluss, "
+    "Arbeitslosigkeit und Unterstützungsbedarf für die Durchführung und den Nachweis der Maßnahme "
+    "speichert und dem Fördergeber nur unter einem Pseudonym meldet. Ich kann diese Einwilligung "
+    "jederzeit widerrufen; die Angaben werden dann gelöscht."
+)
+CONSENT_EN = (
+    "I agree that the lab stores my school qualification, how long I have been out of work and my "
+    "support needs to run and report the programme, and reports them to the funder only under a "
+    "pseudonym. I can withdraw this consent at any time; the data are then erased."
+)
+SCHOOL = [
+    {"key": "none", "en": "None", "de": "Ohne Abschluss"},
+    {"key": "lower_secondary", "en": "Lower secondary", "de": "Hauptschulabschluss"},
+    {"key": "intermediate", "en": "Intermediate", "de": "Mittlerer Schulabschluss"},
+    {"key": "upper_secondary", "en": "Upper secondary", "de": "Abitur oder Fachabitur"},
+    {"key": "abroad", "en": "From abroad", "de": "Im Ausland erworben"},
+]
+
+
+def _programme_data(db: Session, now: datetime) -> Counter[str]:
+    """The programme most participants are in asks four optional questions (one a special
+    category) under a consent text; three of its participants agreed and have answers. Nothing
+    is required: the other programmes ask for nothing. Once only (no fields yet)."""
+    added: Counter[str] = Counter()
+    if db.scalar(select(func.count(ProgrammeField.id))):
+        return added
+    counts = db.execute(
+        select(Person.programme, func.count())
+        .where(Person.programme.is_not(None), Person.is_participant.is_(True), Person.erased_at.is_(None))
+        .group_by(Person.programme)
+    ).all()
+    if not counts:
+        return added
+    programme = sorted(counts, key=lambda row: (-row[1], row[0]))[0][0]
+    fields = [
+        ProgrammeField(
+            programme=programme,
+            key="jobcenter_customer_number",
+            label="Jobcenter customer number",
+            label_de="Kundennummer beim Jobcenter",
+            kind=FieldKind.TEXT,
+            needs_consent=False,  # the programme's contract with the Jobcenter is the basis
+            position=0,
+        ),
+        ProgrammeField(
+            programme=programme,
+            key="school",
+            label="Highest school qualification",
+            label_de="Höchster Schulabschluss",
+            kind=FieldKind.CHOICE,
+            options=SCHOOL,
+            position=1,
+        ),
+        ProgrammeField(
+            programme=programme,
+            key="unemployed_since",
+            label="Out of work since",
+            label_de="Arbeitslos seit",
+            kind=FieldKind.DATE,
+            position=2,
+        ),
+        ProgrammeField(
+            programme=programme,
+            key="support_needs",
+            label="Needs support because of a disability or illness",
+            label_de="Unterstützungsbedarf wegen Behinderung oder Erkrankung",
+            kind=FieldKind.YES_NO,
+            special=True,
+            position=3,
+        ),
+    ]
+    db.add_all(fields)
+    text = ConsentText(programme=programme, version=1, text=CONSENT_EN, text_de=CONSENT_DE, created_at=now)
+    db.add(text)
+    db.flush()
+    added["programme fields"] = len(fields)
+    people = db.scalars(
+        select(Person)
+        .where(Person.programme == programme, Person.is_participant.is_(True), Person.active.is_(True))
+        .order_by(Person.id)
+        .limit(3)
+    ).all()
+    for number, person in enumerate(people):
+        agreed = now - timedelta(days=30 + number)
+        db.add(
+            Consent(
+                person_id=person.id,
+                programme=programme,
+                text=CONSENT_DE if person.language == "de" else CONSENT_EN,
+                consent_text_id=text.id,
+                version=1,
+                language="de" if person.language == "de" else "en",
+                agreed_at=agreed,
+                recorded_at=agreed,
+            )
+        )
+        answers = {
+            fields[0].id: f"123D{4567 + number:05d}",
+            fields[1].id: SCHOOL[(number + 1) % len(SCHOOL)]["key"],
+            fields[2].id: (agreed.date() - timedelta(days=400 + 90 * number)).isoformat(),
+        }
+        for field_id, value in answers.items():
+            db.add(ParticipantValue(person_id=person.id, field_id=field_id, value=value, recorded_at=agreed))
+        if number == 0:
+            db.add(SpecialValue(person_id=person.id, field_id=fields[3].id, value="yes", recorded_at=agreed))
+        added["consents"] += 1
+    db.flush()
     return added

@@ -61,7 +61,8 @@ from server.models import (
     TrainingStep,
 )
 from server.services import usage
-from server.services.training import STEPS_COMPLETE, VALIDITY_ENDED, add_months, newest, state_of
+from server.services.qualifications import newest, state_of
+from server.services.training import STEPS_COMPLETE, VALIDITY_ENDED, add_months
 
 # Sessions per machine and open nine hours, before weekday and season factors (history.py).
 RATE = 18.0

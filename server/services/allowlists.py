@@ -28,7 +28,7 @@ from server.models import (
     Site,
 )
 from server.services import cards
-from server.services.decision import QualificationState, qualification_state
+from server.services.qualifications import QualificationState, qualification_state
 from werkbank_protocol import format_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, sign
 

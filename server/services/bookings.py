@@ -49,10 +49,9 @@ from server.models import (
     Machine,
     MachineSession,
     Notification,
-    OpeningHours,
     Person,
 )
-from server.services import audit, notifications, training
+from server.services import audit, notifications, opening_hours, qualifications, training
 from server.services.decision import load_requirements
 
 
@@ -267,14 +266,7 @@ def is_open(db: Session, machine: Machine, start: datetime, end: datetime) -> bo
     )
     if closed:
         return False
-    own = list(db.scalars(select(OpeningHours).where(OpeningHours.machine_id == machine.id)))
-    hours = own or list(
-        db.scalars(
-            select(OpeningHours).where(
-                OpeningHours.site_id == machine.site_id, OpeningHours.machine_id.is_(None)
-            )
-        )
-    )
+    hours = opening_hours.machine_hours(db, machine)
     if not hours:
         return True
     for h in hours:
@@ -310,7 +302,7 @@ def booking_eligibility(
         if refusal is not None:
             return refusal
     for req in reqs:
-        state = training.state_of(training.newest(db, person.id, req.competency_id), day)
+        state = qualifications.state_of(qualifications.newest(db, person.id, req.competency_id), day)
         competency = LocalName(req.competency_name, req.competency_name_de)
         if state is None or state.level is None or state.revoked:
             if trainer is not None:
@@ -360,7 +352,7 @@ def _supervisor_refusal(
             "trainer_invalid", N_("{trainer} cannot supervise this booking."), trainer=trainer.name
         )
     for req in reqs:
-        state = training.state_of(training.newest(db, trainer.id, req.competency_id), day)
+        state = qualifications.state_of(qualifications.newest(db, trainer.id, req.competency_id), day)
         if state is None or not state.usable or state.level != Level.TRAINER:
             return BookingError(
                 "trainer_invalid",

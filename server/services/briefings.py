@@ -33,7 +33,7 @@ from server.models import (
     StepRecord,
     TrainingStep,
 )
-from server.services import audit, training
+from server.services import audit, qualifications, training
 from server.services.training import TrainingError, add_months
 
 REPEAT_MONTHS = 12
@@ -190,7 +190,7 @@ def due(db: Session, site_id: int, today: date, within_days: int = 30) -> list[D
     records = history(db, [p.id for p in people], [c.id for c in competencies])
     for person in people:
         for competency in competencies:
-            state = training.state_of(training.newest(db, person.id, competency.id), today)
+            state = qualifications.state_of(qualifications.newest(db, person.id, competency.id), today)
             if state is None or state.revoked:
                 continue
             mine = [b for b in records.get(person.id, []) if b.record.competency_id == competency.id]
@@ -230,7 +230,10 @@ def proof_list(db: Session, site_id: int, machine_type: MachineType, today: date
         repeat_months(c) for c in db.scalars(select(Competency).where(Competency.id.in_(competency_ids)))
     )
     for person in holders:
-        state = [training.state_of(training.newest(db, person.id, cid), today) for cid in competency_ids]
+        state = [
+            qualifications.state_of(qualifications.newest(db, person.id, cid), today)
+            for cid in competency_ids
+        ]
         if all(s is None or s.revoked for s in state):
             continue
         mine = records.get(person.id, [])

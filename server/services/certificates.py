@@ -42,7 +42,7 @@ from server.models import (
     StepKind,
     StepRecord,
 )
-from server.services import attendance, audit, training
+from server.services import attendance, audit, qualifications, training
 from server.services.training import TrainingError
 
 # Crockford's base32 without I, L, O, U: nothing to misread on paper.
@@ -131,8 +131,8 @@ def competence_facts(db: Session, person: Person, now: datetime) -> dict[str, An
     today = _day(now, tz)
     items = []
     for competency in db.scalars(select(Competency).order_by(Competency.name)):
-        entry = training.newest(db, person.id, competency.id)
-        state = training.state_of(entry, today)
+        entry = qualifications.newest(db, person.id, competency.id)
+        state = qualifications.state_of(entry, today)
         if entry is None or state is None or state.revoked:
             continue
         # The date and trainer of the level held: the newest grant (a renewal keeps the level).

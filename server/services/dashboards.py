@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Date, Integer, and_, case, cast, func, literal, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from server.models import (
@@ -38,10 +38,11 @@ from server.models import (
     UsageDaily,
     UsageHourly,
 )
-from server.services.decision import qualification_state
+from server.services import qualifications
 
 # The overview's rule for a machine's state, so the tiles and the overview always agree.
-from server.web.live import LiveState, live_state
+from server.services.live import LiveState, live_state
+from server.services.qualifications import qualification_state
 
 HOUR = 3600.0
 EXPIRY_WINDOW_DAYS = 30
@@ -496,7 +497,7 @@ def learning(
     The period's participants are the site's participants who used a machine in it (per
     person and month), got a qualification entry in it, or were added in it. Levels are taken
     from each person's newest history entry per competency up to the end of the period (or
-    today, if earlier), with :func:`server.services.decision.qualification_state` (as
+    today, if earlier), with :func:`server.services.qualifications.qualification_state` (as
     :func:`server.services.training.state_of` does): revoked means
     no level, an expiry date before that day means expired.
     """
@@ -554,15 +555,10 @@ def learning(
     competency_ids = [c.id for c in competencies]
 
     # Each participant's newest entry per competency up to the end of the period.
-    newest = (
-        select(func.max(Qualification.id).label("id"))
-        .where(
-            Qualification.person_id.in_(participants),
-            Qualification.created_at < as_of_end,
-            Qualification.competency_id.in_(competency_ids),
-        )
-        .group_by(Qualification.person_id, Qualification.competency_id)
-        .subquery()
+    newest = qualifications.newest_entries(
+        Qualification.person_id.in_(participants),
+        Qualification.created_at < as_of_end,
+        Qualification.competency_id.in_(competency_ids),
     )
     entries = db.execute(
         select(
@@ -686,16 +682,6 @@ def _expiring(
     """Valid qualifications (newest entry a grant or renewal) whose validity ends within 30 days."""
     # Candidates first (few: valid until within the window), then "no newer entry" through the
     # (person, competency, id) index, instead of the newest entry of everyone at the site.
-    later = aliased(Qualification)
-    newer = (
-        select(later.id)
-        .where(
-            later.person_id == Qualification.person_id,
-            later.competency_id == Qualification.competency_id,
-            later.id > Qualification.id,
-        )
-        .exists()
-    )
     rows = db.execute(
         select(
             Person.id,
@@ -713,7 +699,7 @@ def _expiring(
             Qualification.valid_until.is_not(None),
             Qualification.valid_until >= today,
             Qualification.valid_until <= today + timedelta(days=EXPIRY_WINDOW_DAYS),
-            ~newer,
+            qualifications.no_newer_entry(),
         )
         .order_by(Qualification.valid_until, Person.name)
     ).all()

@@ -73,7 +73,8 @@ from server.models import (
     Site,
     in_language,
 )
-from server.services import messages
+from server.services import messages, opening_hours
+from server.services.qualifications import QualificationState, qualification_state
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.cardkeys import card_genuine
 
@@ -100,28 +101,6 @@ class Decision:
     # Allowed, and ``until`` is where a booking begins or ends (the agent ends the session
     # with reason ``booking_end``; AuthResp ``until_reason``).
     until_booking: bool = False
-
-
-@dataclass(frozen=True)
-class QualificationState:
-    """A person's current standing in one competency, derived from the newest history entry."""
-
-    level: Level | None
-    valid_until: date | None
-    revoked: bool
-    expired: bool
-
-    @property
-    def usable(self) -> bool:
-        return self.level is not None and not self.revoked and not self.expired
-
-
-def qualification_state(
-    level: Level | None, action: QualificationAction, valid_until: date | None, today: date
-) -> QualificationState:
-    revoked = action == QualificationAction.REVOKED
-    expired = action == QualificationAction.EXPIRED or (valid_until is not None and valid_until < today)
-    return QualificationState(level, valid_until, revoked, expired)
 
 
 # -- facts -------------------------------------------------------------------------------------
@@ -419,7 +398,7 @@ def load_machine(
         return _machine_of(device_id, None, ()), 0, None
     own, site = _hours_by_owner(rows)
     first = rows[0]
-    hours = tuple(own.get(first.id) or site.get(first.site_id) or ())
+    hours = tuple(opening_hours.effective(own.get(first.id, []), site.get(first.site_id, [])))
     return _machine_of(device_id, first, hours), int(first.open_sessions or 0), first.recorded
 
 
@@ -453,7 +432,7 @@ def load_machines(
         row = rows.get(device_id)
         hours: tuple[Hours, ...] = ()
         if row is not None and row.id is not None:
-            hours = tuple(own.get(row.id) or site.get(row.site_id) or ())
+            hours = tuple(opening_hours.effective(own.get(row.id, []), site.get(row.site_id, [])))
         out[device_id] = _machine_of(device_id, row, hours)
     return out
 
@@ -468,7 +447,7 @@ def _machine_facts(db: Session, machine: Machine) -> MachineFacts:
         machine_type_id=machine.machine_type_id,
         type_name=machine.machine_type.name,
         max_session_min=machine.max_session_min,
-        hours=tuple(own.get(machine.id) or site.get(machine.site_id) or ()),
+        hours=tuple(opening_hours.effective(own.get(machine.id, []), site.get(machine.site_id, []))),
         allowlist_version=machine.allowlist_version,
         allowlist_dirty=machine.allowlist_dirty,
         guard_min=machine.guard_min,

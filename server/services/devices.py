@@ -1,21 +1,31 @@
-"""Device presence and live machine state from ``status`` and ``telemetry``.
+"""Device presence, health and live machine state from ``status`` and ``telemetry``; the admins'
+notices about devices (offline while the lab is open, events not arriving, an old allow-list).
 
 A change of ``Device.online`` (a last will, a status, telemetry after silence) opens or closes
 the machine's offline downtime period in the usage flush hook (server.services.usage), from
 the device's ``last_seen``: nothing here needs to remember it.
+
+Health (docs/deploy.md, "Device health"): agents report in every live ``status`` (at least once a
+minute) how many events wait in their outbox, how long the oldest has waited, and how old their
+offline allow-list is. :func:`notify_health` turns a report that stays bad into one notice per
+episode for the site's admins, and ends the episode when a report is good again.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from server.models import Device, Notification
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.messages import Status, Telemetry
+
+log = logging.getLogger(__name__)
 
 
 def apply_status(db: Session, device: Device, status: Status, now: datetime) -> None:
@@ -36,6 +46,17 @@ def apply_status(db: Session, device: Device, status: Status, now: datetime) -> 
     if machine is not None:
         machine.live_state = status.state if status.online else "offline"
         machine.live_updated_at = max(now, machine.live_updated_at or now)
+
+
+def apply_health(device: Device, status: Status, now: datetime) -> None:
+    """Store the health figures of a live ``status`` (the protocol's decoder has checked their
+    ranges: a status with a negative or absurd one is refused whole before it gets here). A
+    status without them (an older agent) clears them: nothing is known then."""
+    device.outbox_depth = status.outbox_depth
+    device.outbox_oldest_s = status.outbox_oldest_s
+    device.allowlist_age_s = status.allowlist_age_s
+    reported = status.outbox_depth is not None or status.allowlist_age_s is not None
+    device.health_reported_at = now if reported else None
 
 
 def apply_telemetry(db: Session, device: Device, telemetry: Telemetry, now: datetime) -> None:
@@ -93,4 +114,108 @@ def notify_offline(db: Session, now: datetime, after: timedelta = OFFLINE_NOTICE
                 )
             )
             made += 1
+    return made
+
+
+# The oldest event in a device's outbox has waited this long: the server is not storing its events
+# (an agent re-sends every 2-60 s and the bridge acknowledges in milliseconds).
+OUTBOX_NOTICE_AFTER_S = 10 * 60.0
+# A device's offline allow-list is this old: the server's reissue (every 6 hours) does not reach it.
+ALLOWLIST_NOTICE_AFTER_S = 24 * 3600.0
+# Only a report this recent counts (agents report every minute while connected): what an offline
+# device last said is neither a new episode nor the end of one.
+HEALTH_FRESH = timedelta(minutes=5)
+
+
+def notify_health(db: Session, now: datetime) -> int:
+    """Tell admins about devices whose events are not arriving or whose allow-list is old.
+
+    One notice per episode: the first run that finds a device's condition records since when it
+    holds (``Device.outbox_stuck_since``, ``allowlist_old_since``) and tells the admins of its site;
+    later runs are quiet while it holds. A fresh report without it ends the episode and marks its
+    unread notices read (nothing to act on any more; not e-mailed later either), so the next time
+    it happens is told again. Returns how many notifications were made."""
+    from server.services import notifications
+
+    made = 0
+    reporting = db.scalars(
+        select(Device)
+        .where(Device.online.is_(True), Device.health_reported_at >= now - HEALTH_FRESH)
+        .order_by(Device.id)
+    )
+    for device in reporting:
+        machine = device.machine
+        site_id = machine.site_id if machine is not None else device.entrance_site_id
+        if site_id is None:
+            continue
+        where = machine.name if machine is not None else device.id
+        oldest, depth = device.outbox_oldest_s, device.outbox_depth or 0
+        made += _episode(
+            db,
+            device,
+            site_id,
+            notifications.DEVICE_OUTBOX_STUCK,
+            "outbox_stuck_since",
+            oldest is not None and oldest >= OUTBOX_NOTICE_AFTER_S,
+            {"machine": where, "count": depth, "minutes": int((oldest or 0) // 60)},
+            now,
+        )
+        age = device.allowlist_age_s
+        made += _episode(
+            db,
+            device,
+            site_id,
+            notifications.DEVICE_ALLOWLIST_OLD,
+            "allowlist_old_since",
+            age is not None and age >= ALLOWLIST_NOTICE_AFTER_S,
+            {"machine": where, "hours": int((age or 0) // 3600), "version": device.allowlist_version},
+            now,
+        )
+    return made
+
+
+def _episode(
+    db: Session,
+    device: Device,
+    site_id: int,
+    kind: str,
+    since_attr: str,
+    holds: bool,
+    params: dict[str, Any],
+    now: datetime,
+) -> int:
+    """Begin (and tell), keep, or end one device's episode of ``kind``; returns notices made."""
+    from server.services.reconcile import _admins
+
+    since: datetime | None = getattr(device, since_attr)
+    prefix = f"{kind}:{device.id}:"
+    if not holds:
+        if since is not None:
+            setattr(device, since_attr, None)
+            settled = db.execute(
+                update(Notification)
+                .where(
+                    Notification.kind == kind,
+                    Notification.key.startswith(prefix, autoescape=True),
+                    Notification.read_at.is_(None),
+                )
+                .values(read_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            log.info(
+                "device %s: %s is over (%d unread notice(s) settled)",
+                device.id,
+                kind,
+                int(getattr(settled, "rowcount", 0) or 0),
+            )
+        return 0
+    if since is not None:
+        return 0  # told when it began
+    setattr(device, since_attr, now)
+    key = f"{prefix}{now.isoformat()}"
+    made = 0
+    for admin in _admins(db, site_id):
+        db.add(Notification(person_id=admin.id, kind=kind, key=key, params=dict(params)))
+        made += 1
+    log.warning("device %s: %s (%s); %d admin(s) told", device.id, kind, params, made)
     return made

@@ -26,7 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_time
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from server.i18n import LANGUAGES, N_, gettext_in, local_date
@@ -39,7 +39,8 @@ from server.models import (
     QualificationAction,
     utcnow,
 )
-from server.services.decision import qualification_state
+from server.services import qualifications
+from server.services.qualifications import qualification_state
 
 REMIND_DAYS = 30
 
@@ -61,6 +62,9 @@ OFFLINE_NOT_ALLOWED = "offline_not_allowed"
 DEVICE_OFFLINE = "device_offline"
 # For admins: a backup run failed (server.backup).
 BACKUP_FAILED = "backup_failed"
+# For admins: a device's events wait unstored, or its offline allow-list is old (devices.notify_health).
+DEVICE_OUTBOX_STUCK = "device_outbox_stuck"
+DEVICE_ALLOWLIST_OLD = "device_allowlist_old"
 
 # Why an offline session was not allowed, completing OFFLINE_NOT_ALLOWED's text.
 OFFLINE_REASONS: dict[str, str] = {
@@ -101,6 +105,18 @@ TEXTS: dict[str, str] = {
         "would lose everything since the last good one. On the server, backup-status.json in the "
         "backup folder and `journalctl -u werkbank-backup` say more."
     ),
+    DEVICE_OUTBOX_STUCK: N_(
+        "Events of the device at {machine} have waited {minutes} minutes for the server to store "
+        "them ({count} waiting). The machine still works, but its sessions are missing from hours "
+        "and reports until they arrive. Check that the bridge runs and hears the device (its log, "
+        "/readyz)."
+    ),
+    DEVICE_ALLOWLIST_OLD: N_(
+        "The device at {machine} holds an offline allow-list issued {hours} hours ago (version "
+        "{version}); the server issues a new one every 6 hours. While the server is unreachable "
+        "the machine decides by this list, so a badge blocked or a qualification revoked since may "
+        "still unlock it. Check the bridge's log for {machine}."
+    ),
 }
 
 SUBJECTS: dict[str, str] = {
@@ -114,6 +130,8 @@ SUBJECTS: dict[str, str] = {
     FOLLOW_UP_DUE: N_("Six-month follow-up for {person}"),
     DEVICE_OFFLINE: N_("{machine} is offline"),
     BACKUP_FAILED: N_("The backup failed"),
+    DEVICE_OUTBOX_STUCK: N_("{machine}: events are not arriving"),
+    DEVICE_ALLOWLIST_OLD: N_("{machine}: the offline allow-list is old"),
 }
 
 
@@ -143,6 +161,10 @@ def _values(notification: Notification, language: str) -> dict[str, str]:
         "end": _clock(params, "ends_at", "end", language),
         "minutes": str(params.get("minutes", "")),
         "error": str(params.get("error", "")),
+        # Device health notices: events waiting, hours, the allow-list's version.
+        "count": str(params.get("count", "")),
+        "hours": str(params.get("hours", "")),
+        "version": str(params.get("version", "")),
     }
 
 
@@ -242,13 +264,9 @@ def trainers_for(db: Session, holder: Person, competency: Competency, today: dat
     ).all()
     if not candidates:
         return []
-    newest = (
-        select(func.max(Qualification.id))
-        .where(
-            Qualification.competency_id == competency.id,
-            Qualification.person_id.in_([p.id for p in candidates]),
-        )
-        .group_by(Qualification.person_id)
+    newest = qualifications.newest_ids(
+        Qualification.competency_id == competency.id,
+        Qualification.person_id.in_([p.id for p in candidates]),
     )
     trainer_ids = {
         entry.person_id
@@ -289,11 +307,7 @@ def remind_expiring(db: Session, today: date, within_days: int = REMIND_DAYS) ->
     day from ``today`` to ``today + within_days``. Returns how many notifications were made
     (0 when run again the same day).
     """
-    latest = (
-        select(func.max(Qualification.id).label("id"))
-        .group_by(Qualification.person_id, Qualification.competency_id)
-        .subquery()
-    )
+    latest = qualifications.newest_entries()
     due = db.scalars(
         select(Qualification)
         .join(latest, latest.c.id == Qualification.id)
@@ -333,12 +347,7 @@ def settle_renewed(db: Session, today: date, now: datetime | None = None) -> int
             about = int(params["qualification_id"])
         except (KeyError, TypeError, ValueError):
             continue
-        newest = db.scalar(
-            select(Qualification)
-            .where(Qualification.person_id == person_id, Qualification.competency_id == competency_id)
-            .order_by(Qualification.id.desc())
-            .limit(1)
-        )
+        newest = qualifications.newest(db, person_id, competency_id)
         if (
             newest is not None
             and newest.id > about

@@ -1,4 +1,5 @@
-"""Opening hours as a few lines of text, for the admin pages.
+"""Opening hours: the one rule of whose hours apply to a machine, and the hours as a few lines
+of text for the admin pages.
 
 One line per set of days, e.g.::
 
@@ -19,18 +20,41 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import time
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from server.i18n import N_
-from server.models import OpeningHours
+from server.models import Machine, OpeningHours
 
 DAY_NAMES: dict[str, int] = {
     **{name: i for i, name in enumerate(("mon", "tue", "wed", "thu", "fri", "sat", "sun"))},
     **{name: i for i, name in enumerate(("mo", "di", "mi", "do", "fr", "sa", "so"))},
 }
+H = TypeVar("H")
+
+
+def effective(own: Sequence[H], site: Sequence[H]) -> Sequence[H]:
+    """The rule: a machine's own opening hours when it has any, else its site's. Every reader of
+    opening hours (the decision, bookings, usage, the booking grid) goes through here."""
+    return own or site
+
+
+def machine_hours(db: Session, machine: Machine) -> list[OpeningHours]:
+    """The opening hours that apply to ``machine`` (:func:`effective`), in one query."""
+    rows = db.scalars(
+        select(OpeningHours).where(
+            or_(
+                OpeningHours.machine_id == machine.id,
+                and_(OpeningHours.site_id == machine.site_id, OpeningHours.machine_id.is_(None)),
+            )
+        )
+    ).all()
+    own = [r for r in rows if r.machine_id == machine.id]
+    return list(effective(own, [r for r in rows if r.machine_id is None]))
+
+
 SHORT = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _LINE = re.compile(
     r"^(?P<days>[a-zA-Z,\-\u2013 ]+?)\s+"

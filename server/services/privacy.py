@@ -1,5 +1,8 @@
 """Personal data (GDPR): export everything stored about a person, erase a person, purge by retention.
 
+The export includes the person's programme data, special categories and consents
+(server.services.programme_data); erasing deletes them.
+
 Erasing keeps what the lab must report (machine hours, sessions, jobs, bookings and the
 qualification history, counted per person) under a pseudonym and removes what identifies
 the person: name, email, password, programme number, calendar and API tokens, badges and
@@ -34,7 +37,7 @@ from server.models import (
     StepRecord,
     StoredEvent,
 )
-from server.services import audit
+from server.services import audit, programme_data
 
 FORMAT_VERSION = 1
 
@@ -182,7 +185,10 @@ def export(db: Session, person: Person, actor: Person | None, now: datetime) -> 
         ],
         "audit_log": [_row(e, ("at", "actor_label", "action", "subject", "detail")) for e in entries],
     }
-    audit.record(db, actor, "person.export", f"person:{person.id}", {"sections": sorted(data)}, at=now)
+    # The programme's data about the person, special categories included: it is theirs.
+    data |= programme_data.export_person(db, person)
+    detail = {"sections": sorted(data), "special_categories": len(data["special_categories"])}
+    audit.record(db, actor, "person.export", f"person:{person.id}", detail, at=now)
     return data
 
 

@@ -25,6 +25,7 @@ from server.config import ROOT
 from server.models import AuditLog, Device, Machine
 from server.security import hash_password
 from werkbank_protocol.mqtt import parse_mqtt_url
+from werkbank_protocol.pinmap import load_pinmap
 from werkbank_protocol.topics import DEVICE_ID_RE
 
 TomlValue = str | int | float | bool
@@ -284,8 +285,6 @@ def provision_device(
     )
     # Database problems surface here, before any file is written.
     session.flush()
-
-    from device_agent.pinmap import load_pinmap
 
     pins = load_pinmap().defaults()
     relay_pin = pins["relay"]["pin"]

@@ -37,7 +37,7 @@ from server.models import (
     Notification,
     Person,
 )
-from server.services import audit, notifications, training
+from server.services import audit, notifications, qualifications, training
 from server.services.decision import STALE_SESSION, load_requirements
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def refusal_at(db: Session, session: MachineSession, at: datetime) -> Refusal | 
     for req in load_requirements(db, machine.machine_type_id):
         made = [q for q in training.history(db, person.id, req.competency_id) if q.created_at <= at]
         entry = max(made, key=lambda q: (q.created_at, q.id)) if made else None
-        state = training.state_of(entry, day)
+        state = qualifications.state_of(entry, day)
         competency = db.get(Competency, req.competency_id)
         if state is None or state.level is None:
             return Refusal("not_qualified", competency)

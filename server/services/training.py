@@ -62,7 +62,12 @@ from server.models import (
     TrainingStep,
 )
 from server.services import audit
-from server.services.decision import QualificationState, qualification_state
+from server.services.qualifications import (
+    QualificationState,
+    newest,
+    newest_entries,
+    state_of,
+)
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 
@@ -152,21 +157,6 @@ def valid_until(competency: Competency, day: date) -> date | None:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-
-
-def newest(db: Session, person_id: int, competency_id: int) -> Qualification | None:
-    return db.scalar(
-        select(Qualification)
-        .where(Qualification.person_id == person_id, Qualification.competency_id == competency_id)
-        .order_by(Qualification.id.desc())
-        .limit(1)
-    )
-
-
-def state_of(entry: Qualification | None, today: date) -> QualificationState | None:
-    if entry is None:
-        return None
-    return qualification_state(entry.level, entry.action, entry.valid_until, today)
 
 
 def history(db: Session, person_id: int, competency_id: int | None = None) -> Sequence[Qualification]:
@@ -743,11 +733,7 @@ def advance_after_session(
 
 def expire_due(db: Session, now: datetime, today: date) -> list[Qualification]:
     """Append an ``expired`` entry for every qualification whose validity ended before today."""
-    latest = (
-        select(func.max(Qualification.id).label("id"))
-        .group_by(Qualification.person_id, Qualification.competency_id)
-        .subquery()
-    )
+    latest = newest_entries()
     due = db.scalars(
         select(Qualification)
         .join(latest, latest.c.id == Qualification.id)

@@ -48,6 +48,7 @@ from server.models import (
     UsageHourly,
     utcnow,
 )
+from server.services import opening_hours
 
 # A session open (or spanning) longer than this is taken as lost: it marks and counts at most
 # this many days, so one forgotten session cannot make every refresh rescan a year.
@@ -412,18 +413,7 @@ def machine_facts(db: Session, machine_id: int, days: Sequence[date] = ()) -> Ma
     if machine is None:
         raise LookupError(f"no machine {machine_id}")
     tz = db.scalar(select(Site.timezone).where(Site.id == machine.site_id)) or "UTC"
-    hours = (
-        db.execute(
-            select(OpeningHours.weekday, OpeningHours.opens, OpeningHours.closes).where(
-                OpeningHours.machine_id == machine_id
-            )
-        ).all()
-        or db.execute(
-            select(OpeningHours.weekday, OpeningHours.opens, OpeningHours.closes).where(
-                OpeningHours.site_id == machine.site_id, OpeningHours.machine_id.is_(None)
-            )
-        ).all()
-    )
+    hours = [(h.weekday, h.opens, h.closes) for h in opening_hours.machine_hours(db, machine)]
     closed: frozenset[date] = frozenset()
     if days:
         closed = frozenset(

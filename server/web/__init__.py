@@ -5,7 +5,8 @@ the calendar feeds (``bookings``, under /bookings), the utilisation and learning
 (``dashboards``, under /dashboards), the funder report (``reports``, under /reports) and the
 attendance sheets (``attendance``, under /attendance), certificates (``certificates``, under
 /certificates) their public verification page (``verify``, under /v), safety briefings on record
-(``briefings``, under /briefings) and exits with programme targets (``outcomes``, under /outcomes).
+(``briefings``, under /briefings), exits with programme targets (``outcomes``, under /outcomes)
+and the data a programme asks of its participants with their consent (``programme``, under /programme).
 
 ``init_app`` registers the blueprints and binds Flask-Login to our user adapter.
 """
@@ -26,6 +27,7 @@ from server.web import (
     dashboards,
     notifications,
     outcomes,
+    programme,
     reports,
     training,
 )
@@ -55,6 +57,7 @@ def init_app(app: Flask) -> None:
     certificates.init_app(app)
     app.register_blueprint(briefings.bp, url_prefix="/briefings")
     app.register_blueprint(outcomes.bp, url_prefix="/outcomes")
+    app.register_blueprint(programme.bp, url_prefix="/programme")
     app.context_processor(_template_globals)
     # {{ site | local_name }}: sites, machine types, competencies and steps in the reader's language.
     app.add_template_filter(local_name)

@@ -15,14 +15,13 @@ from flask import Response, abort, flash, redirect, render_template, request, ur
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from server import get_db
+from server.extensions import get_db
 from server.models import Person, Site
 from server.services import attendance, audit, documents, opening_hours, training
 from server.services.training import TrainingError
 from server.web.auth import admin_required, current, trainer_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, current_language, date_label
-from server.web.training import error_text
+from server.web.l10n import _, current_language, date_label, error_text
 
 bp = web_blueprint("attendance", __name__)
 

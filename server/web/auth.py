@@ -34,8 +34,7 @@ from sqlalchemy import func, select, update
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from server import get_db
-from server.extensions import login_manager
+from server.extensions import get_db, login_manager
 from server.i18n import N_
 from server.models import Person, utcnow
 from server.security import verify_password

@@ -24,7 +24,7 @@ from icalendar import Calendar, Event
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from server import get_db
+from server.extensions import get_db
 from server.i18n import N_, Localised
 from server.models import (
     Booking,
@@ -36,7 +36,7 @@ from server.models import (
     Person,
     Site,
 )
-from server.services import audit, training
+from server.services import audit, opening_hours, training
 from server.services import bookings as service
 from server.services.bookings import BookingError, Policy
 from server.web.admin.base import paginate
@@ -229,14 +229,7 @@ class MachineDays:
     def load(cls, db: Session, machine: Machine, first: date, last: date) -> MachineDays:
         tz = ZoneInfo(machine.site.timezone)
         policy = service.policy_for(db, machine.site_id)
-        own = list(db.scalars(select(OpeningHours).where(OpeningHours.machine_id == machine.id)))
-        hours = own or list(
-            db.scalars(
-                select(OpeningHours).where(
-                    OpeningHours.site_id == machine.site_id, OpeningHours.machine_id.is_(None)
-                )
-            )
-        )
+        hours = opening_hours.machine_hours(db, machine)
         closed = set(
             db.scalars(
                 select(ClosedDay.day).where(

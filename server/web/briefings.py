@@ -16,15 +16,15 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from server import get_db
+from server.extensions import get_db
 from server.models import MachineType, Person, TrainingStep
 from server.services import audit, briefings, documents, training
 from server.services.training import TrainingError
 from server.web.attendance import letterhead, pdf_response
 from server.web.auth import current, trainer_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, current_language, date_label
-from server.web.training import error_text, level_label
+from server.web.l10n import _, current_language, date_label, error_text
+from server.web.training import level_label
 
 bp = web_blueprint("briefings", __name__)
 

@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from flask_babel import force_locale  # type: ignore[import-untyped,unused-ignore]
 from markupsafe import Markup
 
-from server import get_db
+from server.extensions import get_db
 from server.models import Certificate, CertificateKind, Level, Person, Site
 from server.services import attendance, certificates, documents, training
 from server.services.certificates import pretty_code
@@ -23,8 +23,7 @@ from server.services.training import LEVEL_LABELS, STEP_KIND_LABELS, TrainingErr
 from server.web.attendance import letterhead, pdf_response
 from server.web.auth import current, login_required, public, trainer_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, current_language
-from server.web.training import error_text
+from server.web.l10n import _, current_language, error_text
 
 bp = web_blueprint("certificates", __name__)
 verify_bp = web_blueprint("verify", __name__)

@@ -20,7 +20,7 @@ from flask import Response, abort, g, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from server import get_db
+from server.extensions import get_db
 from server.i18n import N_
 from server.models import Competency, Level, MachineType, Site, in_language
 from server.services import dashboards as service

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 import flask_babel  # type: ignore[import-untyped,unused-ignore]
 
+from server.i18n import Localised, local_number
+
 
 def _(msgid: str, **variables: Any) -> str:
     """Translate now (inside a request), with ``%(name)s`` variables."""
@@ -95,3 +97,27 @@ def start_of_today(now: datetime) -> datetime:
 def date_label(day: date) -> str:
     """A calendar day the way the reader writes it: ``18.11.2026`` / ``Nov 18, 2026``."""
     return str(flask_babel.format_date(day, "medium"))
+
+
+class Refusal(Protocol):
+    """What services raise when their rules refuse (e.g. ``TrainingError``)."""
+
+    message: str
+    params: dict[str, Any]
+
+
+def error_text(error: Refusal) -> str:
+    """A service's refusal (``message`` a ``N_`` template with ``{name}`` placeholders, ``params``)
+    in the reader's language."""
+    language = current_language()
+    params: dict[str, Any] = {}
+    for key, value in error.params.items():
+        if isinstance(value, date):
+            params[key] = date_label(value)
+        elif isinstance(value, Localised):
+            params[key] = value.in_language(language)
+        elif isinstance(value, float):
+            params[key] = local_number(value, language)
+        else:
+            params[key] = value
+    return _(error.message).format(**params)

@@ -11,7 +11,7 @@ from typing import Any
 from flask import redirect, request
 from flask.typing import ResponseReturnValue
 
-from server import get_db
+from server.extensions import get_db
 from server.models import utcnow
 from server.services import notifications
 from server.web.auth import current, home_url, login_required, safe_next

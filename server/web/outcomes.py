@@ -10,15 +10,14 @@ from datetime import UTC, date, datetime
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from server import get_db
+from server.extensions import get_db
 from server.models import ExitReason, FollowUpStatus, Person
 from server.services import outcomes, training
 from server.services.outcomes import FOLLOW_UP_LABELS, REASON_LABELS
 from server.services.training import TrainingError
 from server.web.auth import admin_required, current, trainer_required
 from server.web.common import web_blueprint
-from server.web.l10n import _, date_label
-from server.web.training import error_text
+from server.web.l10n import _, date_label, error_text
 
 bp = web_blueprint("outcomes", __name__)
 

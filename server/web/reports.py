@@ -1,5 +1,6 @@
 """The funder report's pages, under /reports, admins only: the report with its filters, a
-print view, and the exports (CSV of participants, CSV of qualifications, XLSX).
+print view, and the exports (CSV of participants, of qualifications, of outcomes, of programme
+data, the pseudonymised CSV of special categories, and XLSX).
 
 The figures come from server.services.reports; this module reads the query string, renders
 and writes files. Every print view and export is in the audit log. Layouts: docs/reports.md.
@@ -25,10 +26,13 @@ from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 from sqlalchemy import select
 
-from server import get_db
-from server.models import Level, Person, QualificationAction, Site
-from server.services import audit
+from server.extensions import get_db
+from server.i18n import N_
+from server.models import FieldKind, Level, Person, QualificationAction, Site
+from server.services import audit, programme_data
 from server.services.outcomes import REASON_LABELS
+from server.services.privacy import pseudonym
+from server.services.programme_data import Problem
 from server.services.reports import (
     MAX_MONTHS,
     FunderReport,
@@ -642,6 +646,87 @@ def funder_outcomes_csv() -> ResponseReturnValue:
     return _download(_csv(header, rows), "text/csv", f"funder-outcomes_{query.slug()}.csv")
 
 
+@bp.get("/funder-programme-data.csv")
+@admin_required
+def funder_programme_data_csv() -> ResponseReturnValue:
+    """One row per participant with the ordinary programme fields (names as the report has them)."""
+    made = _checked("csv-programme-data")
+    if isinstance(made, list):
+        return _refused(made)
+    query, report = made
+    header, rows, _table = programme_data_table(report, special=False)
+    return _download(_csv(header, rows), "text/csv", f"funder-programme-data_{query.slug()}.csv")
+
+
+@bp.get("/funder-special-categories.csv")
+@admin_required
+def funder_special_csv() -> ResponseReturnValue:
+    """The special categories (GDPR Art. 9), one row per participant: only under pseudonyms, and
+    with nothing but the pseudonym, cohort and programme beside them. Audited twice: as an export
+    of the report and as a view of special categories."""
+    now = _now()
+    query, errors = read_query(request.args, now)
+    if query is None:
+        return _refused(errors)
+    if not query.pseudonyms:
+        refused = programme_data.refuse(
+            [
+                Problem(
+                    "pseudonyms",
+                    N_("Special categories are exported only under pseudonyms: switch pseudonyms on."),
+                )
+            ],
+            "special_export_named",
+            "report:funder",
+        )
+        return _refused([_(p.message) for p in refused.problems])
+    report = _report(query, now)
+    header, rows, table = programme_data_table(report, special=True)
+    db = get_db()
+    user = current()
+    assert user is not None
+    actor = db.get(Person, user.id)
+    audit.record(db, actor, "report.export", "report:funder", query.audit_detail("csv-special"))
+    programme_data.audit_special_export(db, actor, table, len(rows), query.audit_detail("csv-special"))
+    db.commit()
+    return _download(_csv(header, rows), "text/csv", f"funder-special-categories_{query.slug()}.csv")
+
+
+def programme_data_table(
+    report: FunderReport, *, special: bool
+) -> tuple[list[str], list[list[Cell]], programme_data.ExportTable]:
+    """The programme data of the report's participants: one column per field of their programmes
+    (named "programme: label" when there are several). Special categories carry the pseudonym only,
+    whatever the report's names."""
+    ids = [r.person_id for r in report.participants]
+    table = programme_data.export_table(
+        get_db(), ids, {r.programme for r in report.participants}, special=special
+    )
+    language = current_language()
+    several = len({f.programme for f in table.fields}) > 1
+    w = Words.current()
+    header: list[str] = [_("Pseudonym") if special else _("Participant"), _("Cohort"), _("Programme")]
+    header += [
+        f"{f.programme}: {f.display_name(language)}" if several else f.display_name(language)
+        for f in table.fields
+    ]
+    rows: list[list[Cell]] = []
+    for r in report.participants:
+        row: list[Cell] = [pseudonym(r.person_id) if special else r.label, r.cohort, r.programme]
+        for f in table.fields:
+            value = table.values.get((r.person_id, f.id))
+            if value is None:
+                row.append(None)
+            elif f.kind == FieldKind.YES_NO:
+                row.append(w.yes if value == programme_data.YES else w.no)
+            elif f.kind == FieldKind.DATE:
+                row.append(date.fromisoformat(value))
+            else:
+                row.append(programme_data.option_label(f, value, language))
+        rows.append(row)
+    return header, rows, table
+
+
 def outcome_table(report: FunderReport) -> tuple[list[str], list[list[Cell]]]:
     header = [
         _("Programme"),
@@ -704,8 +789,10 @@ def funder_xlsx() -> ResponseReturnValue:
 
 
 def workbook(query: ReportQuery, report: FunderReport) -> bytes:
-    """Sheets Summary, Participants, Qualifications and Hours by group (names fixed, so
-    scripts find them; headers in the reader's language)."""
+    """Sheets Summary, Participants, Qualifications, Hours by group, Outcomes, and Programme data
+    when the report's programmes ask for any (names fixed, so scripts find them; headers in the
+    reader's language). Special categories are never in the workbook: they leave only through
+    their own pseudonymised CSV."""
     from openpyxl import Workbook
     from openpyxl.styles import Font
     from openpyxl.utils import get_column_letter
@@ -745,6 +832,9 @@ def workbook(query: ReportQuery, report: FunderReport) -> bytes:
     sheet("Qualifications", *qualification_table(report))
     sheet("Hours by group", *group_table(report))
     sheet("Outcomes", *outcome_table(report))
+    header, rows, table = programme_data_table(report, special=False)
+    if table.fields:  # only when the report's programmes ask for something
+        sheet("Programme data", header, rows)
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()

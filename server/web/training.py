@@ -23,8 +23,8 @@ from wtforms import HiddenField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
-from server import get_db
-from server.i18n import Localised, local_number
+from server.extensions import get_db
+from server.i18n import local_number
 from server.models import (
     Badge,
     BadgeStatus,
@@ -39,6 +39,7 @@ from server.models import (
     TrainingStep,
 )
 from server.services import bookings, supervision, training
+from server.services.live import person_hours
 from server.services.training import (
     LEVEL_LABELS,
     STEP_KIND_LABELS,
@@ -50,8 +51,17 @@ from server.web.admin.base import paginate
 from server.web.auth import User, current, trainer_required
 from server.web.bookings import STATUS_LABELS, span_label
 from server.web.common import web_blueprint
-from server.web.l10n import LABEL_MAX_HOURS, _, _l, current_language, date_label, duration_label, when_label
-from server.web.live import person_hours
+from server.web.l10n import (
+    LABEL_MAX_HOURS,
+    _,
+    _l,
+    current_language,
+    date_label,
+    duration_label,
+    error_text,
+    when_label,
+)
+from server.web.session_list import present_session, session_jobs, sessions_page
 
 bp = web_blueprint("training", __name__)
 
@@ -69,22 +79,6 @@ ACTION_LABELS: dict[QualificationAction, str] = {
 
 def today_for(user: User) -> date:
     return datetime.now(UTC).astimezone(ZoneInfo(user.timezone)).date()
-
-
-def error_text(error: TrainingError) -> str:
-    """The refusal in the reader's language."""
-    language = current_language()
-    params: dict[str, Any] = {}
-    for key, value in error.params.items():
-        if isinstance(value, date):
-            params[key] = date_label(value)
-        elif isinstance(value, Localised):
-            params[key] = value.in_language(language)
-        elif isinstance(value, float):
-            params[key] = local_number(value, language)
-        else:
-            params[key] = value
-    return _(error.message).format(**params)
 
 
 # -- presenting ------------------------------------------------------------------------------------
@@ -392,9 +386,6 @@ def present_badges(person: Person, *, show_uid: bool) -> list[dict[str, str]]:
 def _use_of(db: Session, person: Person, actor: _Actor) -> dict[str, Any]:
     """What a trainer needs besides training: machine hours, sessions (paged), bookings, and a
     no-show block with the button that lifts it."""
-    # Imported here: the session pages (views) import this module for the competency cards.
-    from server.web.views import present_session, session_jobs, sessions_page
-
     now = datetime.now(UTC)
     tz = ZoneInfo(person.site.timezone)
     per_machine = person_hours(db, person.id)

@@ -15,13 +15,18 @@ from babel.dates import format_time
 from flask import current_app, jsonify, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from server import get_db
-from server.i18n import N_, local_number
-from server.models import Booking, Job, MachineType, Site, in_language
+from server.extensions import get_db
+from server.i18n import N_
+from server.models import Booking, MachineType, Site, in_language
 from server.services import bookings, training
-from server.web.admin.base import Page, page_number
+from server.services.live import (
+    LiveState,
+    MachineLive,
+    person_hours,
+    recent_sessions,
+    site_machines,
+)
 from server.web.auth import User, current, login_required, public, staff_required
 from server.web.common import web_blueprint
 from server.web.l10n import (
@@ -31,17 +36,8 @@ from server.web.l10n import (
     current_language,
     duration_label,
     start_of_today,
-    when_label,
 )
-from server.web.live import (
-    LiveState,
-    MachineLive,
-    SessionRow,
-    count_sessions,
-    person_hours,
-    recent_sessions,
-    site_machines,
-)
+from server.web.session_list import iso, present_session, session_jobs, sessions_page
 from server.web.training import present_progress, today_for
 
 bp = web_blueprint("web", __name__)
@@ -49,8 +45,6 @@ bp = web_blueprint("web", __name__)
 # How often the overview asks for fresh state (the script reads it from the page).
 REFRESH_S = 3
 SESSIONS_ON_OVERVIEW = 20
-SESSIONS_PER_PAGE = 10  # on "My training" and a person's page: a phone scrolls through ten
-NO_VALUE = "\u2013"  # an en dash, in cells that have no value yet
 
 STATE_LABELS: dict[LiveState, str] = {
     LiveState.AVAILABLE: N_("Available"),
@@ -64,10 +58,6 @@ STATE_LABELS: dict[LiveState, str] = {
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat() if when is not None else None
 
 
 def present_machine(m: MachineLive, now: datetime) -> dict[str, Any]:
@@ -110,7 +100,7 @@ def present_machine(m: MachineLive, now: datetime) -> dict[str, Any]:
         "device": {
             "id": m.device_id,
             "online": m.device_online,
-            "last_seen": _iso(m.device_last_seen),
+            "last_seen": iso(m.device_last_seen),
             "label": device_label,
             "last_seen_label": last_seen_label,
         },
@@ -118,28 +108,6 @@ def present_machine(m: MachineLive, now: datetime) -> dict[str, Any]:
         "hours_total_s": m.hours_total_s,
         "hours_today_label": duration_label(m.hours_today_s),
         "hours_total_label": duration_label(m.hours_total_s),
-    }
-
-
-def present_session(s: SessionRow, now: datetime) -> dict[str, Any]:
-    duration = s.duration_s(now)
-    person = s.person_name or _("Unknown badge")
-    if s.trainer_name and s.trainer_name != s.person_name:
-        person = _("%(person)s with %(trainer)s", person=person, trainer=s.trainer_name)
-    return {
-        "id": s.id,
-        "machine": s.machine_name,
-        "person": person,
-        "started_at": _iso(s.started_at),
-        "ended_at": _iso(s.ended_at),
-        "started_label": when_label(s.started_at, now) if s.started_at else NO_VALUE,
-        "ended_label": when_label(s.ended_at, now) if s.ended_at else _("still open"),
-        "open": s.ended_at is None,
-        "duration_s": duration,
-        "duration_label": duration_label(duration) if duration is not None else NO_VALUE,
-        "offline": s.offline,
-        "offline_label": _("offline") if s.offline else "",
-        "jobs": s.jobs,
     }
 
 
@@ -208,16 +176,6 @@ def me() -> ResponseReturnValue:
         page=page,
         jobs=session_jobs(db, [s.id for s in sessions]),
     )
-
-
-def sessions_page(db: Session, person_id: int) -> Page:
-    """One page of a person's sessions, newest first (``?page=``)."""
-    total = count_sessions(db, person_id)
-    number = page_number(total, SESSIONS_PER_PAGE)
-    rows = recent_sessions(
-        db, person_id=person_id, limit=SESSIONS_PER_PAGE, offset=(number - 1) * SESSIONS_PER_PAGE
-    )
-    return Page(list(rows), number, total, SESSIONS_PER_PAGE)
 
 
 # -- machines now, for everyone ----------------------------------------------------------------------
@@ -313,38 +271,6 @@ def availability_json() -> ResponseReturnValue:
     user = current()
     assert user is not None  # login_required
     return jsonify(availability_data(user))
-
-
-def session_jobs(db: Session, session_ids: list[str]) -> dict[str, list[dict[str, str]]]:
-    """Each session's jobs as display text: file, status, duration, material."""
-    out: dict[str, list[dict[str, str]]] = {}
-    if not session_ids:
-        return out
-    rows = db.scalars(select(Job).where(Job.session_id.in_(session_ids)).order_by(Job.started_at))
-    for job in rows:
-        material = ""
-        if job.filament_g is not None:
-            material = _("%(grams)s g filament", grams=local_number(job.filament_g, current_language(), 0))
-        elif job.filament_mm is not None:
-            material = _(
-                "%(metres)s m filament", metres=local_number(job.filament_mm / 1000, current_language())
-            )
-        out.setdefault(job.session_id, []).append(
-            {
-                "file": job.file or _("(no file name)"),
-                "status": _(JOB_STATUS_LABELS.get(job.status or "", N_("running"))),
-                "duration": duration_label(job.duration_s) if job.duration_s is not None else NO_VALUE,
-                "material": material,
-            }
-        )
-    return out
-
-
-JOB_STATUS_LABELS = {
-    "completed": N_("completed"),
-    "cancelled": N_("cancelled"),
-    "failed": N_("failed"),
-}
 
 
 @bp.get("/healthz")

@@ -388,6 +388,8 @@ def test_agent_status_and_telemetry(
         # When `ts` was taken on the boot clock: what lets the server place this boot's events.
         "boot": agent.clock.boot_id(),
         "mono_s": status["mono_s"],
+        # Its health (tests/agent/test_health.py): nothing waits; no allow-list held yet.
+        "outbox_depth": 0,
     }
     assert abs(status["mono_s"] - agent.clock.monotonic()) < 5
     session = agent.tap(ADA).session

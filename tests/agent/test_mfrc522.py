@@ -145,7 +145,7 @@ def test_setup_board_table_matches_the_header() -> None:
     assert sorted(BOARD_TO_BCM.values()) == list(range(28))
     # Spot checks against the Pi's pinout: RC522 RST, SPI0 CE0/MOSI/MISO/SCLK, the relay's GPIO17.
     assert {22: 25, 24: 8, 19: 10, 21: 9, 23: 11, 11: 17}.items() <= BOARD_TO_BCM.items()
-    pinmap = pytest.importorskip("device_agent.pinmap")
+    pinmap = pytest.importorskip("werkbank_protocol.pinmap")
     for header, bcm in BOARD_TO_BCM.items():
         assert pinmap.load_pinmap().by_header(header).bcm == bcm
 

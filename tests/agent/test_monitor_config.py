@@ -58,8 +58,8 @@ def test_monitor_config_octoprint_needs_one_api_key(tmp_path: Path) -> None:
     [
         (
             {"backend": "printer"},
-            "[monitor] backend: is 'printer'; use one of: none, bambu, current, moonraker, octoprint, power,"
-            " prusalink",
+            "[monitor] backend: is 'printer'; use one of: none, bambu, current, gpio_input, moonraker,"
+            " octoprint, power, prusalink",
         ),
         ({"octoprint_url": "127.0.0.1:5000"}, "[monitor] octoprint_url: must be OctoPrint's address"),
         ({"adc_device": 2}, "[monitor] adc_device: is 2; use a value from 0 to 1"),

@@ -101,3 +101,72 @@ def test_outbox_an_unreadable_open_session_does_not_stop_the_start(tmp_path: Pat
     with sqlite3.connect(path) as db:
         db.execute("UPDATE open_session SET record = ?", (b'{"id": 5}',))
     assert Outbox(path).open_session() is None
+
+
+class BootClock:
+    """A boot clock moved by hand (the outbox reads nothing else)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.mono = start
+
+    def __call__(self) -> float:
+        return self.mono
+
+
+def test_outbox_health_counts_the_waiting_events_and_times_the_oldest_on_the_boot_clock(
+    tmp_path: Path,
+) -> None:
+    clock = BootClock()
+    outbox = Outbox(tmp_path / "outbox.sqlite", "boot-a", clock)
+    assert outbox.health() == (0, None)
+    outbox.put("first", b"1")
+    clock.mono += 30
+    outbox.put("second", b"2")
+    clock.mono += 600
+    assert outbox.health() == (2, 630.0)
+    outbox.ack(["first"])
+    assert outbox.health() == (1, 600.0)  # the oldest still waiting is the second
+    outbox.ack(["second"])
+    assert outbox.health() == (0, None)
+    outbox.close()
+
+
+def test_outbox_health_after_a_restart_and_after_a_reboot(tmp_path: Path) -> None:
+    clock = BootClock()
+    first = Outbox(tmp_path / "outbox.sqlite", "boot-a", clock)
+    first.put("kept", b"1")
+    first.close()
+    clock.mono += 120
+    # The agent restarted in the same boot: the boot clock went on, so the wait is exact.
+    again = Outbox(tmp_path / "outbox.sqlite", "boot-a", clock)
+    clock.mono += 10
+    assert again.health() == (1, 130.0)
+    again.close()
+    # After a reboot the boot clock starts again; the event has waited at least since the start.
+    rebooted_clock = BootClock(5.0)
+    rebooted = Outbox(tmp_path / "outbox.sqlite", "boot-b", rebooted_clock)
+    rebooted_clock.mono += 45
+    assert rebooted.health() == (1, 45.0)
+    rebooted.close()
+
+
+def test_outbox_of_an_older_agent_gets_the_stamps_and_its_events_count_from_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    old = sqlite3.connect(path)
+    # The table as agents before the boot-clock stamps made it.
+    old.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+        "payload BLOB NOT NULL, created REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO outbox (id, payload, created) VALUES ('old', x'01', 1.0)")
+    old.commit()
+    old.close()
+    clock = BootClock()
+    outbox = Outbox(path, "boot-a", clock)
+    clock.mono += 20
+    outbox.put("new", b"2")
+    assert [i for i, _ in outbox.pending()] == ["old", "new"]
+    assert outbox.health() == (2, 20.0)
+    outbox.ack(["old"])
+    assert outbox.health() == (1, 0.0)
+    outbox.close()

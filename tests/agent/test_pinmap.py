@@ -1,4 +1,4 @@
-"""The pin map (device_agent/pinmap.toml): its data, the config check built on it, its docs."""
+"""The pin map (werkbank_protocol/pinmap.toml): its data, the config check built on it, its docs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from device_agent.config import ConfigError, load_config
-from device_agent.pinmap import (
+from tests.agent.helpers import make_config
+from werkbank_protocol.pinmap import (
     PinMapError,
     check_pins,
     load_pinmap,
@@ -17,7 +18,6 @@ from device_agent.pinmap import (
     render_header,
     render_table,
 )
-from tests.agent.helpers import make_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def test_pinmap_defaults_are_the_example_configs_pins() -> None:
 
 def test_pinmap_defaults_pass_the_config_check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     defaults = load_pinmap().defaults()
-    with caplog.at_level(logging.WARNING, logger="device_agent.pinmap"):
+    with caplog.at_level(logging.WARNING, logger="werkbank_protocol.pinmap"):
         config = make_config(tmp_path, "mqtt://127.0.0.1:1883", **defaults)
     assert config.relay_pin == 17 and config.indicators_buzzer_pin == 24
     assert caplog.records == []
@@ -81,7 +81,7 @@ def test_pinmap_reserved_pin_on_an_led_is_refused_too(tmp_path: Path) -> None:
 def test_pinmap_i2c_uart_and_id_pins_only_warn(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, bcm: int, what: str
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="device_agent.pinmap"):
+    with caplog.at_level(logging.WARNING, logger="werkbank_protocol.pinmap"):
         config = make_config(tmp_path, "mqtt://127.0.0.1:1883", relay={"pin": bcm})
     assert config.relay_pin == bcm
     (record,) = caplog.records
@@ -102,7 +102,7 @@ def test_pinmap_counts_pin_keys_a_backend_adds() -> None:
 
 
 def test_pinmap_a_broken_map_is_refused() -> None:
-    good = tomllib.loads((ROOT / "device_agent/pinmap.toml").read_text())
+    good = tomllib.loads((ROOT / "werkbank_protocol/pinmap.toml").read_text())
     twice = {"pin": [*good["pin"], good["pin"][0]]}
     with pytest.raises(PinMapError, match="each header pin 1-40 exactly once"):
         parse_pinmap(twice)
@@ -129,10 +129,10 @@ def test_pinmap_a_config_file_is_checked_against_it(tmp_path: Path) -> None:
 
 def test_pinmap_docs_in_hardware_readme_are_current() -> None:
     readme = (ROOT / "hardware" / "README.md").read_text()
-    assert render_table() in readme, "regenerate with: python -m device_agent.pinmap --table"
-    assert render_header() in readme, "regenerate with: python -m device_agent.pinmap --header"
+    assert render_table() in readme, "regenerate with: python -m werkbank_protocol.pinmap --table"
+    assert render_header() in readme, "regenerate with: python -m werkbank_protocol.pinmap --header"
 
 
 def test_pinmap_ships_inside_the_package() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "pinmap.toml" in pyproject["tool"]["setuptools"]["package-data"]["device_agent"]
+    assert "pinmap.toml" in pyproject["tool"]["setuptools"]["package-data"]["werkbank_protocol"]

@@ -28,7 +28,7 @@ from server.models import (
     StepRecord,
 )
 from server.security import hash_password
-from server.services import training
+from server.services import qualifications, training
 from tests.api.conftest import ROLE_EMAILS, Api, ApiLab, error_code
 from tests.web.conftest import PASSWORD, english
 
@@ -182,13 +182,13 @@ def test_staff_own_renewal_leaves_the_trainer_level_as_it_was(
 ) -> None:
     """The finding as reported: the renewal would have moved Tina's trainer level a year on."""
     with db.session() as s:
-        before = training.newest(s, staff_lab.people["tina"], _competency(s, "laser-safety"))
+        before = qualifications.newest(s, staff_lab.people["tina"], _competency(s, "laser-safety"))
         assert before is not None
         until = before.valid_until
     for channel in CHANNELS:
         assert act(channel, "trainer", "renew", "tina", "laser-safety").status == 403
     with db.session() as s:
-        after = training.newest(s, staff_lab.people["tina"], _competency(s, "laser-safety"))
+        after = qualifications.newest(s, staff_lab.people["tina"], _competency(s, "laser-safety"))
         assert after is not None and after.id == before.id and after.valid_until == until
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from server.db import Database
 from server.models import Device, Level, Machine, MachineStatus, MachineType, Site
 from server.services import dashboards
-from server.web.live import LiveState
+from server.services.live import LiveState
 from tests.web.dashboard_support import Learners, add_learners, daily, day_stats, hourly
 
 TODAY = date(2026, 11, 18)  # a Wednesday

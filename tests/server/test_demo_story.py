@@ -35,8 +35,8 @@ from server.models import (
     UsageDaily,
 )
 from server.services import bookings, decision, training
-from server.services.decision import qualification_state
 from server.services.loader import load, parse
+from server.services.qualifications import QualificationState, qualification_state
 from server.services.training import STEPS_COMPLETE
 
 TRAINER_BADGE = "A1B2C3D4"
@@ -63,7 +63,7 @@ def _open_time(database: Database, now: datetime) -> datetime:
     return next_open + timedelta(minutes=1)
 
 
-def _state_at(history: list[Qualification], at: datetime, today: date) -> decision.QualificationState | None:
+def _state_at(history: list[Qualification], at: datetime, today: date) -> QualificationState | None:
     """What the decision would have read at ``at``: the newest entry written by then."""
     known = [q for q in history if q.created_at <= at]
     if not known:
@@ -195,7 +195,7 @@ def test_demo_story_history_agrees_with_every_qualification(database: Database) 
 
 
 def test_demo_story_banner_people_can_do_what_the_banner_says(database: Database) -> None:
-    from server.demo_runner import VERDICT_WORDS, _banner
+    from server.demo.runner import VERDICT_WORDS, _banner
 
     now = datetime.now(UTC)
     _demo(database, now)

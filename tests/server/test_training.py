@@ -24,7 +24,7 @@ from server.models import (
     StepKind,
     TrainingStep,
 )
-from server.services import training
+from server.services import qualifications, training
 from server.services.training import TrainingError, add_months
 
 NOW = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
@@ -199,7 +199,7 @@ def test_training_renew_extends_from_today_at_the_same_level(s: Session) -> None
     entry = training.renew(s, eddie, safety, tina, "Refresher done", NOW, TODAY)
     assert entry.action == QualificationAction.RENEWED
     assert entry.level == Level.INDEPENDENT and entry.valid_until == date(2027, 11, 18)
-    state = training.state_of(training.newest(s, eddie.id, safety.id), TODAY)
+    state = qualifications.state_of(qualifications.newest(s, eddie.id, safety.id), TODAY)
     assert state is not None and state.usable
 
 

@@ -91,3 +91,33 @@ def test_metrics_count_the_devices_online_the_same_from_any_worker(
         text = response.get_data(as_text=True)
         assert "werkbank_devices_online 1.0" in text, text
         assert f"werkbank_devices {float(total)}" in text, text
+
+
+def test_metrics_show_each_online_devices_outbox_and_allowlist_as_it_last_reported(
+    make_app: Callable[..., Flask], lab: Lab
+) -> None:
+    now = datetime.now(UTC)
+    with db.session() as s:
+        rows = {d.id: d for d in s.scalars(select(Device))}
+        for device in rows.values():
+            device.online = False
+        printer, laser = rows["pi-prusa-a"], rows["pi-laser-1"]
+        printer.online, printer.health_reported_at = True, now
+        printer.outbox_depth, printer.outbox_oldest_s, printer.allowlist_age_s = 4, 725.5, 90_000.0
+        laser.online, laser.health_reported_at = True, now
+        laser.outbox_depth, laser.outbox_oldest_s, laser.allowlist_age_s = 0, None, None  # no list yet
+        gone = rows["pi-prusa-b"]  # offline: what it said last is old news
+        gone.health_reported_at, gone.outbox_depth, gone.outbox_oldest_s = now, 9, 9999.0
+    text = make_app().test_client().get("/metrics").get_data(as_text=True)
+    found = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("werkbank_device_")
+    }
+    assert found == {
+        'werkbank_device_outbox_events{device="pi-laser-1",machine="laser-1"}': 0.0,
+        'werkbank_device_outbox_events{device="pi-prusa-a",machine="prusa-a"}': 4.0,
+        'werkbank_device_outbox_oldest_seconds{device="pi-laser-1",machine="laser-1"}': 0.0,
+        'werkbank_device_outbox_oldest_seconds{device="pi-prusa-a",machine="prusa-a"}': 725.5,
+        'werkbank_device_allowlist_age_seconds{device="pi-prusa-a",machine="prusa-a"}': 90_000.0,
+    }

@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from server.extensions import db
 from server.models import Device, Machine, MachineStatus
-from server.web.live import LiveState, live_state
+from server.services.live import LiveState, live_state
 from tests.web.conftest import AuthActions, Lab
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")

@@ -54,6 +54,17 @@ ACTION_LABELS: dict[str, str] = {
     "person.deactivate": N_("Person deactivated"),
     "person.export": N_("Personal data exported"),
     "person.erase": N_("Personal data erased"),
+    "programme.field_created": N_("Programme field added"),
+    "programme.field_changed": N_("Programme field changed"),
+    "programme.field_moved": N_("Programme field moved"),
+    "programme.field_deleted": N_("Programme field deleted"),
+    "programme.consent_text_added": N_("Consent text added"),
+    "programme.consent_recorded": N_("Consent recorded"),
+    "programme.consent_withdrawn": N_("Consent withdrawn"),
+    "programme.values_changed": N_("Programme data changed"),
+    "programme.special_changed": N_("Special categories changed"),
+    "programme.special_viewed": N_("Special categories viewed"),
+    "programme.special_exported": N_("Special categories exported"),
     "qualification.granted": N_("Qualification granted"),
     "qualification.renewed": N_("Qualification renewed"),
     "qualification.revoked": N_("Qualification revoked"),
@@ -114,6 +125,25 @@ SENTENCES: dict[str, str] = {
     "token.created": N_("Made the API token “%(name)s” for %(person)s."),
     "token.revoked": N_("Revoked the API token “%(name)s” of %(person)s."),
     "calendar.create": N_("%(person)s made a calendar link."),
+    "programme.field_created": N_("Added the field “%(label)s” to the programme %(programme)s."),
+    "programme.field_changed": N_("Changed the field “%(key)s” of the programme %(programme)s."),
+    "programme.field_deleted": N_(
+        "Deleted the field “%(label)s” of the programme %(programme)s with %(answers_deleted)s answers."
+    ),
+    "programme.consent_text_added": N_("Added version %(version)s of the consent text of %(programme)s."),
+    "programme.consent_recorded": N_(
+        "Recorded the consent of %(person)s to version %(version)s (%(programme)s)."
+    ),
+    "programme.consent_withdrawn": N_(
+        "%(person)s withdrew their consent (%(programme)s): %(erased)s answers and "
+        "%(erased_special)s special ones erased."
+    ),
+    "programme.values_changed": N_("Changed the programme data of %(person)s."),
+    "programme.special_changed": N_("Changed the special categories of %(person)s."),
+    "programme.special_viewed": N_("Viewed the special categories of %(person)s."),
+    "programme.special_exported": N_(
+        "Exported special categories of %(people)s participants (pseudonymised)."
+    ),
     "calendar.rotate": N_("%(person)s replaced their calendar link."),
 }
 

@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from server import get_db
+from server.extensions import get_db
 from server.models import Person, Site
 from server.web.admin.forms import choice
 from server.web.auth import current

@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from server import get_db
+from server.extensions import get_db
 from server.models import Competency, Level, TrainingStep
 from server.services import audit, competencies
 from server.web.admin.base import (

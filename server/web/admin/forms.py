@@ -26,7 +26,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from server.models import Level, MachineStatus, StepKind
+from server.models import FieldKind, Level, MachineStatus, StepKind
 from server.services import opening_hours
 from server.services.people_import import EMAIL
 from server.web.l10n import _, _l
@@ -339,3 +339,48 @@ class StepForm(Form):
 
 class ButtonForm(Form):
     """A button with nothing but the CSRF token (deactivate, unblock, move, delete)."""
+
+
+class ProgrammeFieldForm(Form):
+    """A field a programme asks of its participants (server.services.programme_data checks the rest)."""
+
+    label = StringField(_l("Label (English)"), validators=[DataRequired(), Length(max=200)])
+    label_de = StringField(_l("Label (German)"), validators=[Optional(), Length(max=200)])
+    kind = SelectField(
+        _l("Kind"),
+        choices=[
+            choice(FieldKind.TEXT.value, _l("Text")),
+            choice(FieldKind.DATE.value, _l("Date")),
+            choice(FieldKind.CHOICE.value, _l("Choice")),
+            choice(FieldKind.YES_NO.value, _l("Yes or no")),
+        ],
+    )
+    options = TextAreaField(
+        _l("Options (for a choice)"),
+        validators=[Optional(), Length(max=10000)],
+        description=_l("One option a line, English | German, e.g. None | Keiner."),
+        render_kw={"rows": 4},
+    )
+    required = BooleanField(_l("Required"))
+    special = BooleanField(
+        _l("Special category of personal data (GDPR Art. 9: health, ethnic origin, religion …)"),
+        description=_l("Kept apart, seen by admins only, exported only under pseudonyms."),
+    )
+    needs_consent = BooleanField(
+        _l("Needs the participant's consent"),
+        default=True,
+        description=_l(
+            "Untick only when the programme's contract or a law is the basis (e.g. a customer number)."
+        ),
+    )
+
+
+class ConsentTextForm(Form):
+    """A new version of a programme's consent text."""
+
+    text = TextAreaField(
+        _l("Text (English)"), validators=[Optional(), Length(max=20000)], render_kw={"rows": 6}
+    )
+    text_de = TextAreaField(
+        _l("Text (German)"), validators=[Optional(), Length(max=20000)], render_kw={"rows": 6}
+    )

@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
-from server import get_db
+from server.extensions import get_db
 from server.models import Competency, Level, Machine, MachineStatus, MachineType, OpeningHours, Requirement
 from server.services import audit
 from server.web.admin.base import (

@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import ColumnElement, String, cast, func, literal, or_, select
 from sqlalchemy.orm import selectinload
 
-from server import get_db
+from server.extensions import get_db
 from server.models import AuditLog, Badge, Booking, Device, Machine, Person
 from server.services import clocks
 from server.web.admin.audit_text import action_label, describe

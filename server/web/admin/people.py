@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
-from server import get_db
+from server.extensions import get_db
 from server.i18n import N_
 from server.models import ApiToken, Badge, BadgeEnrolment, BadgeStatus, Device, Person
 from server.security import hash_password

@@ -8,7 +8,7 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from server import get_db
+from server.extensions import get_db
 from server.models import CardSecurity, Device, Machine, OpeningHours, Person, Site
 from server.services import audit, cards, opening_hours
 from server.web.admin.base import acting_admin, apply_changes, bp, form_page, text_or_none

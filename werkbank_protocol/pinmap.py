@@ -1,8 +1,11 @@
-"""The Pi's 40-pin header as Werkbank wires it (data: ``device_agent/pinmap.toml``) and the pin rules.
+"""The Pi's 40-pin header as Werkbank wires it (data: ``werkbank_protocol/pinmap.toml``) and the pin rules.
+
+Shared by both sides: the agent's config check enforces it, the server's provisioning writes its
+default pins into a new device's agent.toml.
 
 The agent's config check calls :func:`check_config_pins`: no GPIO used twice, nothing on
 the pins kept for SPI or the reader's reset line, a warning for I2C, UART and ID EEPROM
-pins. ``python -m device_agent.pinmap --table`` / ``--header`` print the pin table and the
+pins. ``python -m werkbank_protocol.pinmap --table`` / ``--header`` print the pin table and the
 header drawing that hardware/README.md carries (a test keeps them in step with the data).
 """
 
@@ -18,8 +21,6 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
-from device_agent import AgentError
-
 log = logging.getLogger(__name__)
 
 Policy = Literal["free", "reserved", "avoid"]
@@ -27,7 +28,7 @@ _POLICIES: tuple[Policy, ...] = ("free", "reserved", "avoid")
 _FUNCTION_NAMES = {"3v3": "3.3 V", "5v": "5 V", "gnd": "GND"}
 
 
-class PinMapError(AgentError, ValueError):
+class PinMapError(ValueError):
     """The pin map file itself is broken (a packaging or editing mistake, never a user's config)."""
 
 
@@ -114,7 +115,7 @@ def parse_pinmap(data: Mapping[str, Any]) -> PinMap:
 @cache
 def load_pinmap() -> PinMap:
     """The pin map that ships with the agent (read once)."""
-    text = resources.files("device_agent").joinpath("pinmap.toml").read_text(encoding="utf-8")
+    text = resources.files("werkbank_protocol").joinpath("pinmap.toml").read_text(encoding="utf-8")
     return parse_pinmap(tomllib.loads(text))
 
 
@@ -208,7 +209,7 @@ def render_header(pinmap: PinMap | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m device_agent.pinmap", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m werkbank_protocol.pinmap", description=__doc__)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--table", action="store_true", help="print the Markdown pin table")
     group.add_argument("--header", action="store_true", help="print the ASCII drawing of the header")
