@@ -51,14 +51,9 @@ from server.i18n import gettext_in
 from server.models import (
     AccessDecision,
     AuditLog,
-    Competency,
     Device,
     Machine,
-    MachineSession,
     Person,
-    Qualification,
-    Requirement,
-    StepKind,
 )
 from server.services import allowlists, attendance, booking_starts, cards, clocks, reconcile, training
 from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
@@ -940,53 +935,14 @@ class Bridge:
             person = orm.get(Person, verdict.person.id)
             trainer = orm.get(Person, verdict.trainer.id)
             assert person is not None and trainer is not None
-            competencies = orm.scalars(
-                select(Competency)
-                .join(Requirement, Requirement.competency_id == Competency.id)
-                .where(Requirement.machine_type_id == machine.machine_type_id)
-                .order_by(Requirement.id)
-            ).all()
-            due = [
-                (competency, signoff)
-                for competency in competencies
-                if (signoff := training.pending_signoff(orm, person.id, competency, today)) is not None
-            ]
-            if not due:
-                # Nothing to sign off yet: say what is missing when it is supervised hours.
-                for competency in competencies:
-                    upcoming = training.progress(orm, person.id, competency, today).next_step
-                    if upcoming is not None and upcoming.step.kind == StepKind.SUPERVISED_HOURS:
-                        done = round(upcoming.hours_done or 0.0, 1)
-                        needed = upcoming.step.hours or 0.0
-                        return refused(render_text(training.HOURS_MISSING, tz, done=done, needed=needed))
-                return refused(render("nothing_to_sign_off", tz, name=name))
             try:
-                # Check all before writing any: no savepoint needed (SQLite's driver would
-                # commit the outer transaction when one is released).
-                for _competency, step in due:
-                    training.check_step(orm, person, step, trainer, today)
+                granted = training.sign_off_at_machine(
+                    orm, person, trainer, machine.machine_type_id, machine.id, now, today
+                )
             except training.TrainingError as exc:
-                training.audit_refusal(orm, exc, source="machine")
+                if exc.code == "nothing_to_sign_off":
+                    return refused(render("nothing_to_sign_off", tz, name=name))
                 return refused(render_text(exc.message, tz, **exc.params))
-            # The session the trainer has open here, to file the sign-off under.
-            session_id = orm.scalar(
-                select(MachineSession.id)
-                .where(
-                    MachineSession.machine_id == machine.id,
-                    MachineSession.person_id == trainer.id,
-                    MachineSession.ended_at.is_(None),
-                )
-                .order_by(MachineSession.started_at.desc())
-                .limit(1)
-            )
-            granted: list[Qualification] = []
-            for _competency, step in due:
-                _record, entry = training.record_step(
-                    orm, person, step, trainer, now, today, source="machine", session_id=session_id
-                )
-                if entry is not None:
-                    granted.append(entry)
-            orm.flush()
             if len(granted) == 1:
                 entry = granted[0]
                 level_label = training.LEVEL_LABELS[entry.level]

@@ -26,15 +26,16 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from server.db import Database
-from server.models import Device, Machine, Site
+from server.models import Site
 from server.services import (
     allowlists,
     attendance,
     bookings,
+    devices,
     mail,
     notifications,
     outcomes,
@@ -49,7 +50,6 @@ LOCK_KEY = 0x5765726B  # "Werk"
 # A waiting scheduler tries the lock this often: when the running one dies (its database
 # connection, and with it the lock, goes at once), the next takes over within this time.
 LOCK_RETRY_S = 10
-OFFLINE_AFTER = timedelta(minutes=5)
 
 
 @contextlib.contextmanager
@@ -89,31 +89,8 @@ def refresh_allowlists(database: Database) -> None:
 
 def mark_silent_devices_offline(database: Database, now: datetime | None = None) -> int:
     """A device that said nothing for 5 minutes is shown offline even if its last will got lost."""
-    now = now or datetime.now(UTC)
     with database.session() as db:
-        silent = db.execute(
-            select(Device.machine_id, Device.last_seen).where(
-                Device.online.is_(True), Device.last_seen < now - OFFLINE_AFTER
-            )
-        ).all()
-        result = db.execute(
-            update(Device)
-            .where(Device.online.is_(True), Device.last_seen < now - OFFLINE_AFTER)
-            .values(online=False)
-        )
-        count = int(getattr(result, "rowcount", 0) or 0)
-        # A Core UPDATE passes no flush hook: open the machines' offline periods here, from
-        # when they were last heard of.
-        for machine_id, last_seen in silent:
-            if machine_id is not None:
-                usage.set_offline(db, machine_id, True, last_seen or now)
-        if count:
-            db.execute(
-                update(Machine)
-                .where(Machine.id.in_(db.query(Device.machine_id).filter(Device.online.is_(False))))
-                .values(live_state="offline")
-            )
-    return count
+        return devices.mark_silent(db, now or datetime.now(UTC))
 
 
 def refresh_usage(database: Database, now: datetime | None = None) -> int:
@@ -229,10 +206,9 @@ def email_notifications(
 
 def notify_offline_devices(database: Database, now: datetime | None = None) -> int:
     """Admins hear of devices offline too long while their lab is open (app; e-mail follows)."""
-    from server.services.devices import notify_offline
 
     with database.session() as db:
-        made = notify_offline(db, now or datetime.now(UTC))
+        made = devices.notify_offline(db, now or datetime.now(UTC))
     if made:
         log.info("%d notification(s) of offline devices", made)
     return made
@@ -241,10 +217,9 @@ def notify_offline_devices(database: Database, now: datetime | None = None) -> i
 def notify_device_health(database: Database, now: datetime | None = None) -> int:
     """Admins hear of devices whose events are not arriving or whose allow-list is old, once per
     episode (app; e-mail follows); a device that recovered ends its episode."""
-    from server.services.devices import notify_health
 
     with database.session() as db:
-        made = notify_health(db, now or datetime.now(UTC))
+        made = devices.notify_health(db, now or datetime.now(UTC))
     if made:
         log.info("%d notification(s) of device health", made)
     return made

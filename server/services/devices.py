@@ -27,6 +27,10 @@ from werkbank_protocol.messages import Status, Telemetry
 
 log = logging.getLogger(__name__)
 
+# A device heard of neither by status, telemetry nor event for this long is offline (agents send
+# a status at least once a minute).
+SILENT_AFTER = timedelta(minutes=5)
+
 
 def apply_status(db: Session, device: Device, status: Status, now: datetime) -> None:
     machine = device.machine
@@ -35,7 +39,6 @@ def apply_status(db: Session, device: Device, status: Status, now: datetime) -> 
         raise ProtocolError(
             "wrong_machine", f"device {device.id!r} serves {served}, but its status names {status.machine!r}"
         )
-    device.online = status.online
     device.last_seen = now
     if status.online:
         device.state = status.state
@@ -43,9 +46,27 @@ def apply_status(db: Session, device: Device, status: Status, now: datetime) -> 
         device.config_hash = status.config or device.config_hash
         if status.allowlist_version is not None:
             device.allowlist_version = status.allowlist_version
+    set_presence(device, status.online, status.state, now)
+
+
+def set_presence(device: Device, online: bool, state: str | None, now: datetime) -> None:
+    """The one place a device goes online or offline, and its machine's live state with it. The
+    usage flush hook opens or closes the machine's offline period from ``device.last_seen``."""
+    device.online = online
+    machine = device.machine
     if machine is not None:
-        machine.live_state = status.state if status.online else "offline"
+        machine.live_state = state if online else "offline"
         machine.live_updated_at = max(now, machine.live_updated_at or now)
+
+
+def mark_silent(db: Session, now: datetime, after: timedelta = SILENT_AFTER) -> int:
+    """Devices that said nothing for ``after`` go offline even if their last will got lost (a
+    power cut at the switch, a broker restart); their offline period starts when they were last
+    heard of. Returns how many."""
+    silent = db.scalars(select(Device).where(Device.online.is_(True), Device.last_seen < now - after)).all()
+    for device in silent:
+        set_presence(device, False, "offline", now)
+    return len(silent)
 
 
 def apply_health(device: Device, status: Status, now: datetime) -> None:

@@ -759,3 +759,71 @@ def expire_due(db: Session, now: datetime, today: date) -> list[Qualification]:
             )
         )
     return out
+
+
+def sign_off_at_machine(
+    db: Session,
+    person: Person,
+    trainer: Person,
+    machine_type_id: int,
+    machine_id: int,
+    now: datetime,
+    today: date,
+) -> list[Qualification]:
+    """The practical sign-off a trainer's ``certify`` tap at a machine stands for: the sign-off step
+    of every competency the machine type requires whose next step it is, filed under the session
+    the trainer has open there. Returns the qualifications it granted.
+
+    Refuses with :class:`TrainingError`: ``hours_missing`` (a competency still waits for supervised
+    hours), ``nothing_to_sign_off``, or the step rules' own refusal (audited, source ``machine``).
+    All are checked before anything is written.
+    """
+    competencies = db.scalars(
+        select(Competency)
+        .join(Requirement, Requirement.competency_id == Competency.id)
+        .where(Requirement.machine_type_id == machine_type_id)
+        .order_by(Requirement.id)
+    ).all()
+    due = [
+        (competency, step)
+        for competency in competencies
+        if (step := pending_signoff(db, person.id, competency, today)) is not None
+    ]
+    if not due:
+        for competency in competencies:
+            upcoming = progress(db, person.id, competency, today).next_step
+            if upcoming is not None and upcoming.step.kind == StepKind.SUPERVISED_HOURS:
+                raise TrainingError(
+                    "hours_missing",
+                    HOURS_MISSING,
+                    done=round(upcoming.hours_done or 0.0, 1),
+                    needed=upcoming.step.hours or 0.0,
+                )
+        raise TrainingError("nothing_to_sign_off", N_("Nothing to sign off here yet."))
+    try:
+        # Check all before writing any: no savepoint needed (SQLite's driver would commit the
+        # outer transaction when one is released).
+        for _competency, step in due:
+            check_step(db, person, step, trainer, today)
+    except TrainingError as exc:
+        audit_refusal(db, exc, source="machine")
+        raise
+    session_id = db.scalar(
+        select(MachineSession.id)
+        .where(
+            MachineSession.machine_id == machine_id,
+            MachineSession.person_id == trainer.id,
+            MachineSession.ended_at.is_(None),
+        )
+        .order_by(MachineSession.started_at.desc())
+        .limit(1)
+    )
+    granted: list[Qualification] = []
+    for _competency, step in due:
+        _record, entry = record_step(
+            db, person, step, trainer, now, today, source="machine", session_id=session_id
+        )
+        if entry is not None:
+            granted.append(entry)
+    db.flush()
+    return granted
