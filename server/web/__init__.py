@@ -1,8 +1,9 @@
 """The web pages: login (``auth``), the overview and "my training" pages (``web``), the
 trainer pages (``training``, under /training), "mark read" for notifications
 (``notifications``), the admin pages (``admin``, under /admin) and the booking pages with
-the calendar feeds (``bookings``, under /bookings), the utilisation and learning dashboards
-(``dashboards``, under /dashboards), the funder report (``reports``, under /reports) and the
+the calendar feeds (``bookings`` and ``calendar_feeds``, under /bookings), the utilisation
+and learning dashboards (``dashboards``, under /dashboards), the funder report (``reports``,
+under /reports) and the
 attendance sheets (``attendance``, under /attendance), certificates (``certificates``, under
 /certificates) their public verification page (``verify``, under /v), safety briefings on record
 (``briefings``, under /briefings), exits with programme targets (``outcomes``, under /outcomes)
@@ -23,6 +24,7 @@ from server.web import (
     auth,
     bookings,
     briefings,
+    calendar_feeds,  # noqa: F401  # importing it adds the .ics routes to bookings.bp
     certificates,
     dashboards,
     notifications,
