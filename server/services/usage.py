@@ -86,7 +86,7 @@ class DowntimeFact(NamedTuple):
 
 
 @dataclass(frozen=True)
-class MachineFacts:
+class MachineUsageFacts:
     machine_id: int
     site_id: int
     machine_type_id: int
@@ -123,7 +123,7 @@ class PersonAcc:
 class Aggregates:
     """What :func:`compute` returns, as rows ready to insert (see :meth:`rows`)."""
 
-    machine: MachineFacts
+    machine: MachineUsageFacts
     days: list[date]
     daily: dict[tuple[date, str], DailyAcc] = field(default_factory=dict)
     hourly: dict[tuple[date, int, str], float] = field(default_factory=dict)
@@ -284,7 +284,7 @@ def local_days(start: datetime, end: datetime, timezone: str) -> list[date]:
 
 
 def compute(
-    machine: MachineFacts,
+    machine: MachineUsageFacts,
     days: Sequence[date],
     sessions: Iterable[SessionFact],
     jobs: Iterable[JobFact],
@@ -405,7 +405,7 @@ def _epoch(value: datetime) -> float:
     return value.timestamp()
 
 
-def machine_facts(db: Session, machine_id: int, days: Sequence[date] = ()) -> MachineFacts:
+def machine_facts(db: Session, machine_id: int, days: Sequence[date] = ()) -> MachineUsageFacts:
     machine = db.get(Machine, machine_id)
     if machine is None:
         raise LookupError(f"no machine {machine_id}")
@@ -423,7 +423,7 @@ def machine_facts(db: Session, machine_id: int, days: Sequence[date] = ()) -> Ma
                 )
             )
         )
-    return MachineFacts(
+    return MachineUsageFacts(
         machine_id=machine.id,
         site_id=machine.site_id,
         machine_type_id=machine.machine_type_id,
@@ -740,7 +740,7 @@ __all__ = [
     "BookingFact",
     "DowntimeFact",
     "JobFact",
-    "MachineFacts",
+    "MachineUsageFacts",
     "SessionFact",
     "compute",
     "mark_current",
