@@ -124,6 +124,12 @@ _STATEMENT_LIMITS = text(
 )
 
 
+# The highest allow-list version a device's status may move its machine's numbering to: far below
+# the 32-bit column's limit, so that a device reporting nonsense cannot make the next increment
+# fail (and with it the publishing of every machine's list).
+ALLOWLIST_VERSION_CEILING = 2**31 - 2**24
+
+
 @dataclass(frozen=True)
 class Inbound:
     """A message as the network thread hands it on: from which device, what, when it arrived
@@ -586,9 +592,26 @@ class Bridge:
 
     def _offer_allowlist(self, device: Device, held: int | None) -> None:
         """A device came online holding an older allow-list than its machine's (or none): when
-        the broker holds none for it (a new device id, a lost retained copy), publish one."""
+        the broker holds none for it (a new device id, a lost retained copy), publish one. One
+        holding a newer list than the database knows gets the next version above it."""
         machine = device.machine
-        if machine is None or machine.allowlist_dirty:
+        if machine is None:
+            return
+        if held is not None and machine.allowlist_version < held <= ALLOWLIST_VERSION_CEILING:
+            # The device holds a list this database never issued: the database was restored from
+            # a backup made before it (docs/deploy.md, "Recovery"). The agent ignores every lower
+            # version as a replay, so go on numbering above the one it holds.
+            log.warning(
+                "device %s holds allow-list version %d, the database knows %d (restored from a "
+                "backup?): the next list is numbered above it",
+                device.id,
+                held,
+                machine.allowlist_version,
+            )
+            machine.allowlist_version = held
+            machine.allowlist_dirty = True
+            return
+        if machine.allowlist_dirty:
             return
         if held is not None and held >= machine.allowlist_version:
             return
