@@ -55,11 +55,11 @@ from server.models import (
     Machine,
     Person,
 )
-from server.services import allowlists, attendance, booking_starts, cards, clocks, reconcile, training
+from server.services import allowlists, attendance, booking_locks, cards, clocks, reconcile, training
 from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
 from server.services.devices import apply_health, apply_status, apply_telemetry
 from server.services.ingest import ingest_event
-from server.services.messages import render, render_text
+from server.services.machine_texts import render, render_text
 from werkbank_protocol import ProtocolError, format_ts, now_ts, parse_ts
 from werkbank_protocol.clock import wall_now
 from werkbank_protocol.messages import (
@@ -197,8 +197,8 @@ class Bridge:
         self.allowlist_interval = allowlist_interval
         # The broker's message_size_limit (MQTT_MESSAGE_LIMIT): a bigger message is dropped unseen.
         self.message_limit = message_limit
-        # How often to look for walk-ins still there when a booking begins (booking_starts.py).
-        # How often to look for walk-ins still there when a booking begins (booking_starts.py),
+        # How often to look for walk-ins still there when a booking begins (booking_locks.py).
+        # How often to look for walk-ins still there when a booking begins (booking_locks.py),
         # and for flagged offline sessions still running (reconcile.py).
         self.booking_interval = booking_interval
         self.tap_max_age_s = tap_max_age_s
@@ -1179,11 +1179,11 @@ class Bridge:
     def lock_for_bookings(self) -> int:
         """A booking has begun and someone else's session still runs on its machine (a walk-in
         let in before the booking was made, or an offline session): send that session a ``lock``
-        with reason ``booking_end``, once (see server/services/booking_starts.py). Not forced: the
+        with reason ``booking_end``, once (see server/services/booking_locks.py). Not forced: the
         agent waits for a running job. Returns how many locks went out."""
         now = self.clock()
         with self.db.session() as db:
-            due = booking_starts.due_locks(db, now, skip=self._booking_locks_sent)
+            due = booking_locks.due_locks(db, now, skip=self._booking_locks_sent)
             # Sent before the commit: a crash in between sends it again, with the same command
             # id, which the agent ignores; the other order could lose the lock.
             for lock in due:

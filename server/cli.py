@@ -111,7 +111,7 @@ def _require_schema(process: str) -> None:
 def load_cmd(file: Path) -> None:
     """Load sites, people, badges, competencies, machines and devices from a YAML FILE."""
     from server.extensions import db
-    from server.services.loader import LoadError, load, parse
+    from server.services.lab_file import LoadError, load, parse
 
     try:
         lab = parse(file.read_text(encoding="utf-8"))

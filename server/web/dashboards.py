@@ -29,7 +29,7 @@ from server.web import charts
 from server.web.auth import User, current, staff_required
 from server.web.common import CONTENT_SECURITY_POLICY, web_blueprint
 from server.web.l10n import _, ago_label, clock_label, current_language, date_label
-from server.web.views import STATE_LABELS
+from server.web.overview import STATE_LABELS
 
 bp = web_blueprint("dashboards", __name__)
 

@@ -87,7 +87,7 @@ def demo_server(make_app: Callable[..., Flask]) -> Iterator[str]:
     """The demo lab of `make run` (loaded and populated as `werkbank up` does), served by werkzeug."""
     from server.cli import DEMO_FILE
     from server.demo.story import populate
-    from server.services.loader import load, parse
+    from server.services.lab_file import load, parse
 
     app = make_app()
     with db.session() as s:
