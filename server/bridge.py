@@ -486,7 +486,7 @@ class Bridge:
                                 ProtocolError(
                                     "implausible_energy",
                                     f"energy_wh jumped to {held.energy.first.counter_wh} Wh since "
-                                    f"session {session.id}'s last reading: nothing counted for it",
+                                    f"session {session.id}'s last reading: nothing of its window counted",
                                 ),
                             )
                     if not held.item.retained:

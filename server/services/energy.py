@@ -138,13 +138,12 @@ def source_of(old: str | None, window: Window) -> str | None:
 
 def settle(session: MachineSession, window: Window) -> Step | None:
     """Add one device's window to its machine's open session; the window's last reading becomes
-    the session's. Returns the step from the session's stored reading when it was implausible
-    (nothing counted for it), else None.
+    the session's. Returns the step from the session's stored reading when it was implausible:
+    then nothing of the window is stored. Else None.
 
     When the window starts at or before the stored reading (two bridges share the devices'
     messages, or a message came twice), only the stretch after the stored reading counts,
     so no interval is counted twice."""
-    refused: Step | None = None
     if session.energy_last_at is not None:
         stored = Reading(session.energy_last_at, session.energy_last_w, session.energy_last_wh)
         if window.last.at <= stored.at:
@@ -155,13 +154,15 @@ def settle(session: MachineSession, window: Window) -> Step | None:
         else:
             start = step(stored, window.first)
         if start.implausible:
-            refused = start
-        else:
-            window.add(start)
+            # Refused whole: the stored reading stays, so the next plausible one counts from
+            # it (a plug really swapped for one with a higher counter shows up as a gap once
+            # MAX_GAP_S has passed, and counts from then on).
+            return start
+        window.add(start)
     session.energy_wh = (session.energy_wh or 0.0) + window.wh
     session.energy_gap_s = (session.energy_gap_s or 0.0) + window.gap_s
     session.energy_source = source_of(session.energy_source, window)
     session.energy_last_at = window.last.at
     session.energy_last_w = window.last.power_w
     session.energy_last_wh = window.last.counter_wh
-    return refused
+    return None
