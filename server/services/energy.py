@@ -16,8 +16,9 @@ Per interval between two readings of the same device (their own timestamps):
 Nothing from the device is trusted beyond its own machine: a reading whose power is above
 :data:`MAX_POWER_W`, whose counter is absurd, or whose counter grew faster than
 :data:`MAX_POWER_W` could have made it, is refused (logged and counted by the bridge).
-Raw readings are kept nowhere: the last one of each session is stored on the session row,
-which is all the next window needs (also after a bridge restart, or with two bridges).
+Raw readings are kept nowhere: the last one of an open session is stored on the session row,
+which is all the next window needs (also after a bridge restart, or with two bridges), and
+:func:`close` forgets it when the session ends.
 """
 
 from __future__ import annotations
@@ -166,3 +167,11 @@ def settle(session: MachineSession, window: Window) -> Step | None:
     session.energy_last_w = window.last.power_w
     session.energy_last_wh = window.last.counter_wh
     return None
+
+
+def close(session: MachineSession) -> None:
+    """The session ended: its energy is final, and its last reading, the only raw reading
+    kept anywhere, is forgotten (docs/dashboards.md, "Energy": retention)."""
+    session.energy_last_at = None
+    session.energy_last_w = None
+    session.energy_last_wh = None

@@ -115,6 +115,10 @@ def test_energy_counter_difference_is_the_sessions_kwh_on_dashboard_and_report(
     _send(device, clock, [(700, {"power_w": 600.0, "energy_wh": 1110.0})])
     assert wait_until(lambda: bridge.handled["telemetry"] >= 12, timeout=10)
     assert _energy(lab, session) == (pytest.approx(100.0), 0.0, "counter")
+    with lab.session() as s:
+        ended = s.get(MachineSession, session)
+        assert ended is not None  # the last raw reading is not kept past the session's end
+        assert (ended.energy_last_at, ended.energy_last_w, ended.energy_last_wh) == (None, None, None)
 
     usage.refresh(lab, START + timedelta(hours=2))
     with lab.session() as s:
