@@ -15,7 +15,7 @@ from sqlalchemy import select
 from server.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import Machine, MachineSession, UsageDaily
-from server.services import dashboards, reports, usage
+from server.services import dashboards, energy, reports, usage
 from tests.conftest import Clock
 from tests.mqtt_peer import Peer
 from werkbank_protocol import format_ts
@@ -205,3 +205,34 @@ def test_energy_absurd_readings_are_refused_counted_and_change_nothing(
     with lab.session() as s:
         printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
         assert printer is not None and printer.live_power_w == 100.0  # never one of the absurd ones
+
+
+def _reading(seconds: float, counter: float | None = None, power: float | None = None) -> energy.Reading:
+    return energy.Reading(START + timedelta(seconds=seconds), power, counter)
+
+
+def test_energy_two_bridges_sharing_a_devices_readings_count_each_interval_once() -> None:
+    # With shared subscriptions one bridge gets readings 0, 2, 4 and the other 1, 3, 5 (a minute
+    # apart, 10 Wh each): whichever writes first, the session ends at 50 Wh, not about twice that.
+    row = MachineSession(id="s", machine_id=1, device_id="d")
+    odd = [_reading(60 * i, 1000.0 + 10 * i) for i in (1, 3, 5)]
+    even = [_reading(60 * i, 1000.0 + 10 * i) for i in (0, 2, 4)]
+    for readings in (even, odd):
+        window = energy.Window(readings[0], readings[0])
+        for r in readings[1:]:
+            window.take(r)
+        assert energy.settle(row, window) is None
+    assert row.energy_wh == pytest.approx(50.0)  # 0 to 4 minutes by one bridge, 4 to 5 by the other
+    assert row.energy_last_at == START + timedelta(seconds=300) and row.energy_source == "counter"
+
+
+def test_energy_a_session_across_midnight_splits_its_energy_by_time() -> None:
+    facts = usage.MachineFacts(machine_id=1, site_id=1, machine_type_id=1, timezone="UTC")
+    start = datetime(2026, 11, 18, 23, 0, tzinfo=UTC).timestamp()
+    session = usage.SessionFact(None, start, start + 4 * 3600, 4 * 3600, False, 800.0, 600.0)
+    agg = usage.compute(facts, [DAY, DAY + timedelta(days=1)], [session], [], [], [], {}, start + 5 * 3600)
+    by_day = {row["day"]: (row["energy_wh"], row["energy_gap_s"]) for row in agg.daily_rows()}
+    assert by_day == {
+        DAY: (pytest.approx(200.0), pytest.approx(150.0)),
+        DAY + timedelta(days=1): (600.0, 450.0),
+    }
