@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from server.models import MachineSession
 from werkbank_protocol import ProtocolError
@@ -44,8 +44,7 @@ COUNTER_SLACK_WH = 10.0
 Source = Literal["counter", "power"]
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):  # tuples: made once per telemetry message, so cheap to make
     """One sample: when the device took it (its own clock), power and counter if it had them."""
 
     at: datetime
@@ -53,8 +52,7 @@ class Reading:
     counter_wh: float | None
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """What the interval between two readings counts."""
 
     wh: float
@@ -99,7 +97,7 @@ def step(prev: Reading, cur: Reading) -> Step:
     return Step((p0 + p1) / 2 * dt / 3600, 0.0, "power")
 
 
-@dataclass
+@dataclass(slots=True)
 class Window:
     """What one device's readings of the current telemetry window add up to."""
 
