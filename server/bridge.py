@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -53,9 +53,10 @@ from server.models import (
     AuditLog,
     Device,
     Machine,
+    MachineSession,
     Person,
 )
-from server.services import allowlists, attendance, booking_locks, cards, clocks, reconcile, training
+from server.services import allowlists, attendance, booking_locks, cards, clocks, energy, reconcile, training
 from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
 from server.services.devices import apply_health, apply_status, apply_telemetry
 from server.services.ingest import ingest_event
@@ -150,6 +151,8 @@ class _PendingTelemetry:
     telemetry: Telemetry
     sent: datetime
     messages: int
+    # The energy the device's readings of this window measured (server.services.energy).
+    energy: energy.Window | None = None
 
 
 class _Version(msgspec.Struct):
@@ -410,16 +413,34 @@ class Bridge:
         try:
             telemetry = decode_as(Telemetry, item.payload)
             sent = parse_ts(telemetry.ts)
+            reading = energy.reading_of(telemetry, sent)
         except ProtocolError as exc:
             self.reject(where, exc)
             return
         held = pending.get(item.device_id)
+        window = held.energy if held is not None else None
+        # Every reading counts for energy, in the order the device took them (a retained one
+        # is old news: the broker kept it from before).
+        if not item.retained and (reading.power_w is not None or reading.counter_wh is not None):
+            if window is None:
+                window = energy.Window(reading, reading)
+            elif reading.at >= window.last.at and window.take(reading).implausible:
+                self.reject(
+                    where,
+                    ProtocolError(
+                        "implausible_energy",
+                        f"energy_wh went from {window.last.counter_wh} to {reading.counter_wh} Wh "
+                        f"in {(reading.at - window.last.at).total_seconds():.1f} s",
+                    ),
+                )
+                return
         if held is None:
-            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, 1)
+            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, 1, window)
         elif sent >= held.sent:
-            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, held.messages + 1)
+            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, held.messages + 1, window)
         else:  # overtaken by a newer one already waiting
             held.messages += 1
+            held.energy = window
 
     def _flush_telemetry(self, pending: dict[str, _PendingTelemetry]) -> None:
         """Write the newest telemetry of every device in ``pending`` (one transaction), then
@@ -442,6 +463,7 @@ class Bridge:
                         .options(selectinload(Device.machine))
                     )
                 }
+                sessions = self._open_sessions(db, devices.values(), waiting)
                 db.autoflush = False
                 for device_id, held in sorted(waiting.items()):  # one lock order for every writer
                     device = devices.get(device_id)
@@ -455,6 +477,18 @@ class Bridge:
                         )
                         continue
                     apply_telemetry(db, device, held.telemetry, now)
+                    session = sessions.get(device.machine_id) if device.machine_id is not None else None
+                    if held.energy is not None and session is not None:
+                        refused = energy.settle(session, held.energy)
+                        if refused is not None:
+                            self.reject(
+                                topic(device_id, Suffix.TELEMETRY),
+                                ProtocolError(
+                                    "implausible_energy",
+                                    f"energy_wh jumped to {held.energy.first.counter_wh} Wh since "
+                                    f"session {session.id}'s last reading: nothing of its window counted",
+                                ),
+                            )
                     if not held.item.retained:
                         self._note_offset(db, device, held.item, held.sent)
             self._count(
@@ -468,6 +502,26 @@ class Bridge:
         except Exception:  # a bug must not stop the bridge; it is logged and counted
             self._count(self.rejected, "internal")
             log.exception("bridge: unexpected error on the telemetry of %d device(s)", len(waiting))
+
+    def _open_sessions(
+        self, db: Session, devices: Iterable[Device], waiting: dict[str, _PendingTelemetry]
+    ) -> dict[int, MachineSession]:
+        """The open session of each machine whose device measured energy in this window, locked
+        (PostgreSQL) so that two bridges add their windows one after the other."""
+        machines = sorted(
+            {d.machine_id for d in devices if d.machine_id is not None and waiting[d.id].energy is not None}
+        )
+        if not machines:
+            return {}
+        found: dict[int, MachineSession] = {}
+        for session in db.scalars(
+            select(MachineSession)
+            .where(MachineSession.machine_id.in_(machines), MachineSession.ended_at.is_(None))
+            .order_by(MachineSession.machine_id, MachineSession.started_at)
+            .with_for_update()
+        ):
+            found[session.machine_id] = session  # the newest, should a lost one still be open
+        return found
 
     def _handle(self, item: Inbound) -> None:
         where = f"werkbank/v1/dev/{item.device_id}/{item.suffix.value}"

@@ -63,6 +63,8 @@ class SessionFact(NamedTuple):
     end: float | None  # None: still open (counts up to ``now``)
     run_s: float | None
     supervised: bool  # mode "supervise" or a trainer present
+    energy_wh: float = 0.0  # metered so far (server.services.energy)
+    energy_gap_s: float = 0.0  # time the meter could not count
 
 
 class JobFact(NamedTuple):
@@ -108,6 +110,8 @@ class DailyAcc:
     booked_s: float = 0.0
     booked_used_s: float = 0.0
     no_shows: int = 0
+    energy_wh: float = 0.0
+    energy_gap_s: float = 0.0
 
 
 @dataclass
@@ -334,10 +338,15 @@ def compute(
         if end <= cal.start or s.start >= cal.end:
             continue
         ratio = 0.0 if s.end is None or not s.run_s else min(1.0, s.run_s / (end - s.start))
+        # Energy and its gaps spread evenly over the unlocked time, like run time: telemetry
+        # keeps no per-day reading, and sessions across midnight are few.
+        span = end - s.start
         for day, seconds in cal.split_days(s.start, end):
             a = acc(day, cohort)
             a.unlocked_s += seconds
             a.run_s += seconds * ratio
+            a.energy_wh += s.energy_wh * seconds / span
+            a.energy_gap_s += s.energy_gap_s * seconds / span
             if s.supervised:
                 a.supervised_s += seconds
             if s.person_id is not None:
@@ -447,7 +456,17 @@ def load_facts(db: Session, machine_id: int, start: datetime, end: datetime) -> 
     current cohorts of the people in them."""
     s = MachineSession
     rows = db.execute(
-        select(s.id, s.person_id, s.trainer_id, s.mode, s.started_at, s.ended_at, s.run_s).where(
+        select(
+            s.id,
+            s.person_id,
+            s.trainer_id,
+            s.mode,
+            s.started_at,
+            s.ended_at,
+            s.run_s,
+            s.energy_wh,
+            s.energy_gap_s,
+        ).where(
             s.machine_id == machine_id,
             s.started_at < end,
             s.started_at >= start - MAX_SPAN,
@@ -456,7 +475,7 @@ def load_facts(db: Session, machine_id: int, start: datetime, end: datetime) -> 
     ).all()
     sessions: list[SessionFact] = []
     owner: dict[str, int | None] = {}
-    for sid, person_id, trainer_id, mode, started, ended, run_s in rows:
+    for sid, person_id, trainer_id, mode, started, ended, run_s, energy_wh, energy_gap_s in rows:
         if started is None:
             continue
         owner[sid] = person_id
@@ -467,10 +486,12 @@ def load_facts(db: Session, machine_id: int, start: datetime, end: datetime) -> 
                 None if ended is None else _epoch(ended),
                 run_s,
                 mode == "supervise" or trainer_id is not None,
+                energy_wh or 0.0,
+                energy_gap_s or 0.0,
             )
         )
     jobs: list[JobFact] = []
-    started_of = {sid: started for sid, _p, _t, _m, started, _e, _r in rows}
+    started_of = {row.id: row.started_at for row in rows}
     ids = list(owner)
     for chunk in range(0, len(ids), 500):
         for session_id, j_start, j_end, status, grams in db.execute(

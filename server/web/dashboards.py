@@ -187,6 +187,10 @@ def _hours(value: float) -> str:
     return _number(value, 1)
 
 
+def _kwh(value: float) -> str:
+    return _number(value, 1)
+
+
 def _de_number(value: float, digits: int) -> str:
     text = f"{value:,.{digits}f}"
     return text.replace(",", "\u202f").replace(".", ",")
@@ -371,6 +375,8 @@ def _present_figures(f: service.UsageFigures) -> dict[str, str]:
         "filament": _number(f.filament_g),
         "maintenance": _hours(f.maintenance_h),
         "offline": _hours(f.offline_h),
+        "energy": _kwh(f.energy_kwh),
+        "energy_gap": _hours(f.energy_gap_h),
     }
 
 
