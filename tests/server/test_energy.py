@@ -227,7 +227,7 @@ def test_energy_two_bridges_sharing_a_devices_readings_count_each_interval_once(
 
 
 def test_energy_a_session_across_midnight_splits_its_energy_by_time() -> None:
-    facts = usage.MachineFacts(machine_id=1, site_id=1, machine_type_id=1, timezone="UTC")
+    facts = usage.MachineUsageFacts(machine_id=1, site_id=1, machine_type_id=1, timezone="UTC")
     start = datetime(2026, 11, 18, 23, 0, tzinfo=UTC).timestamp()
     session = usage.SessionFact(None, start, start + 4 * 3600, 4 * 3600, False, 800.0, 600.0)
     agg = usage.compute(facts, [DAY, DAY + timedelta(days=1)], [session], [], [], [], {}, start + 5 * 3600)
