@@ -38,13 +38,12 @@ from server.models import (
     UsageDaily,
     UsageHourly,
 )
-from server.services.decision import qualification_state
+from server.services.decision import expiring_window, qualification_state
 
 # The overview's rule for a machine's state, so the tiles and the overview always agree.
 from server.web.live import LiveState, live_state
 
 HOUR = 3600.0
-EXPIRY_WINDOW_DAYS = 30
 # The levels the funnel follows (trainer level is staff, not a learning outcome).
 FUNNEL: tuple[Level, ...] = (Level.BRIEFED, Level.SUPERVISED, Level.INDEPENDENT)
 NO_COHORT = ""  # how the aggregates store "no participant group"
@@ -683,7 +682,8 @@ def learning(
 def _expiring(
     db: Session, base: Sequence[ColumnElement[bool]], competency_ids: list[int], today: date
 ) -> list[Expiring]:
-    """Valid qualifications (newest entry a grant or renewal) whose validity ends within 30 days."""
+    """Valid qualifications (newest entry a grant or renewal) that expire soon
+    (:func:`server.services.decision.expiring_window`)."""
     # Candidates first (few: valid until within the window), then "no newer entry" through the
     # (person, competency, id) index, instead of the newest entry of everyone at the site.
     later = aliased(Qualification)
@@ -711,8 +711,7 @@ def _expiring(
             Qualification.competency_id.in_(competency_ids),
             Qualification.action.in_((QualificationAction.GRANTED, QualificationAction.RENEWED)),
             Qualification.valid_until.is_not(None),
-            Qualification.valid_until >= today,
-            Qualification.valid_until <= today + timedelta(days=EXPIRY_WINDOW_DAYS),
+            Qualification.valid_until.between(*expiring_window(today)),
             ~newer,
         )
         .order_by(Qualification.valid_until, Person.name)

@@ -84,6 +84,11 @@ Reader = Session | Connection
 # reported (a Pi that died for good must not lock its last user out forever).
 STALE_SESSION = timedelta(hours=24)
 
+# What "expires soon" means everywhere: the person's page, the trainer's view, the learning
+# dashboard and the scheduler's reminders. A qualification valid until the last of these days is
+# still valid today; one whose validity has ended is expired, never "expires soon".
+EXPIRES_SOON_DAYS = 30
+
 
 @dataclass
 class Decision:
@@ -114,6 +119,16 @@ class QualificationState:
     @property
     def usable(self) -> bool:
         return self.level is not None and not self.revoked and not self.expired
+
+    def expires_soon(self, today: date) -> bool:
+        """Still usable today, and its validity ends within :data:`EXPIRES_SOON_DAYS`."""
+        return self.usable and self.valid_until is not None and self.valid_until <= expiring_window(today)[1]
+
+
+def expiring_window(today: date) -> tuple[date, date]:
+    """The first and last day a validity may end on for it to "expire soon" (the queries'
+    form of :meth:`QualificationState.expires_soon`): from today (still valid today) on."""
+    return today, today + timedelta(days=EXPIRES_SOON_DAYS)
 
 
 def qualification_state(

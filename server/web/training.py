@@ -55,8 +55,6 @@ from server.web.live import person_hours
 
 bp = web_blueprint("training", __name__)
 
-# What "expires soon" means on every page (the scheduler reminds at the same distance).
-EXPIRES_SOON = timedelta(days=30)
 SEARCH_LIMIT = 50
 
 ACTION_LABELS: dict[QualificationAction, str] = {
@@ -106,7 +104,7 @@ def present_progress(p: Progress, today: date, *, may_train: bool = False) -> di
             status, status_label = "revoked", _("Revoked")
         elif state.expired:
             status, status_label = "expired", _("Expired")
-        elif state.valid_until is not None and state.valid_until - today <= EXPIRES_SOON:
+        elif state.expires_soon(today):
             status, status_label = "soon", _("Expires soon")
         else:
             status, status_label = "valid", _("Valid")

@@ -181,8 +181,8 @@ def live_json() -> ResponseReturnValue:
 @bp.get("/me")
 @login_required
 def me() -> ResponseReturnValue:
-    """The participant's own page, phone first: competencies and what is next, what expires
-    soon, machine hours, sessions with their jobs."""
+    """The participant's own page, phone first: competencies and what is next, what has expired
+    and what expires soon, machine hours, sessions with their jobs."""
     user = current()
     assert user is not None  # login_required
     db = get_db()
@@ -192,7 +192,9 @@ def me() -> ResponseReturnValue:
     mine = [c for c in cards if c["started"]]
     # Competencies not started yet, but open to this person (prerequisites met): what to ask for.
     open_to_start = [c for c in cards if not c["started"] and c["next_level"] and c["steps"]]
-    soon = [c for c in mine if c["status"] in ("soon", "expired")]
+    # Expired and expiring soon are told apart: an ended qualification never "expires soon".
+    soon = [c for c in mine if c["status"] == "soon"]
+    expired = [c for c in mine if c["status"] == "expired"]
     per_machine = person_hours(db, user.id)
     total = sum(seconds for _name, seconds in per_machine)
     page = sessions_page(db, user.id)
@@ -202,6 +204,7 @@ def me() -> ResponseReturnValue:
         cards=mine,
         open_to_start=open_to_start,
         soon=soon,
+        expired=expired,
         total_label=duration_label(total),
         per_machine=[(name, duration_label(seconds)) for name, seconds in per_machine],
         sessions=[present_session(s, now) for s in sessions],
