@@ -162,6 +162,7 @@ def competence_facts(db: Session, person: Person, now: datetime) -> dict[str, An
             steps.append(
                 {
                     "step": record.step.name,
+                    "step_de": record.step.name_de or record.step.name,
                     "kind": record.step.kind,
                     "on": _day(record.recorded_at, tz).isoformat(),
                     "trainer": record.recorded_by.name if record.recorded_by else None,

@@ -79,7 +79,8 @@ def certificate_context(certificate: Certificate) -> dict[str, Any]:
                 "supervised_hours": item.get("supervised_hours", 0),
                 "steps": [
                     {
-                        "name": step["step"],
+                        # Certificates issued before the German name was kept have only "step".
+                        "name": step.get("step_de", step["step"]) if language == "de" else step["step"],
                         "kind": _(STEP_KIND_LABELS.get(step["kind"], step["kind"])),
                         "on": date_text(step["on"]),
                         "trainer": step.get("trainer") or "-",

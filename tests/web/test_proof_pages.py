@@ -64,6 +64,7 @@ def trained(lab: Lab) -> dict[str, int]:
             position=0,
             kind="briefing",
             name="Laser briefing",
+            name_de="Laserunterweisung",
             leads_to=Level.BRIEFED,
             content_version="2026-1",
         )
@@ -176,6 +177,8 @@ def test_certificates_in_german(
     certificate = _issue(client, trained["ada"], language="de")
     text = pdf_text(client.get(f"/certificates/{certificate.code}.pdf").data, tmp_path)
     assert "Kompetenzpass" in text and "Lasersicherheit" in text and "Selbstständig" in text
+    # The steps done, in German too (the step has a German name).
+    assert "Laserunterweisung" in text and "Laser briefing" not in text
 
 
 def test_certificates_participation_has_period_days_and_hours(
