@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 import flask_babel  # type: ignore[import-untyped,unused-ignore]
 
+from server.i18n import local_number
+
 
 def _(msgid: str, **variables: Any) -> str:
     """Translate now (inside a request), with ``%(name)s`` variables."""
@@ -41,6 +43,11 @@ class Named(Protocol):
 def local_name(thing: Named) -> str:
     """The name in the reader's language (the ``local_name`` filter in templates)."""
     return thing.display_name(current_language())
+
+
+def number(value: float, digits: int = 1) -> str:
+    """``3,5`` for German readers, ``3.5`` for English ones (the ``number`` filter in templates)."""
+    return local_number(float(value), current_language(), digits)
 
 
 def local_date(when: datetime) -> str:

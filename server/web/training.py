@@ -48,7 +48,7 @@ from server.services.training import (
 )
 from server.web.admin.base import paginate
 from server.web.auth import User, current, trainer_required
-from server.web.bookings import STATUS_LABELS, span_label
+from server.web.bookings import booking_status, span_label
 from server.web.common import web_blueprint
 from server.web.l10n import LABEL_MAX_HOURS, _, _l, current_language, date_label, duration_label, when_label
 from server.web.live import person_hours
@@ -409,12 +409,13 @@ def _use_of(db: Session, person: Person, actor: _Actor) -> dict[str, Any]:
             {
                 "machine": b.machine.name,
                 "when": span_label(b.starts_at, b.ends_at, tz),
-                "status": b.status.value,
-                "status_label": _(STATUS_LABELS[b.status]),
+                "status": status,
+                "status_label": label,
                 "trainer": b.trainer.name if b.trainer else "",
                 "upcoming": b.status == BookingStatus.BOOKED and b.ends_at > now,
             }
             for b in reversed(found)
+            for status, label in (booking_status(b, now),)
         ],
         "block": _block_text(block, tz) if block is not None else None,
         "may_lift": block is not None and person.id != actor.person.id,

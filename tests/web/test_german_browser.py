@@ -10,10 +10,8 @@ screenshot (JPEG) lands in var/screenshots/german/ (not in git) for a person to 
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -21,10 +19,10 @@ import pytest
 from babel.messages.pofile import read_po
 from flask import Flask
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from server.extensions import db
 from server.models import Competency, MachineType, Site, TrainingStep
+from tests.web.demo_support import served_demo
 from tests.web.test_web_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
@@ -85,23 +83,8 @@ def _english_names() -> list[tuple[str, re.Pattern[str]]]:
 @pytest.fixture
 def demo_server(make_app: Callable[..., Flask]) -> Iterator[str]:
     """The demo lab of `make run` (loaded and populated as `werkbank up` does), served by werkzeug."""
-    from server.cli import DEMO_FILE
-    from server.demo.story import populate
-    from server.services.loader import load, parse
-
-    app = make_app()
-    with db.session() as s:
-        load(s, parse(DEMO_FILE.read_text(encoding="utf-8")))
-    with db.session() as s:
-        populate(s, seed=1, now=datetime.now(UTC))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="werkbank-german-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with served_demo(make_app) as (base, _app):
+        yield base
 
 
 # The text of every element (its own text nodes), and the words of tooltips, labels and buttons.
