@@ -344,6 +344,13 @@ PAGE_JS = f"""([width, words]) => {{
     lang: document.documentElement.lang,
     wide: document.documentElement.scrollWidth,
     buttons: ({BUTTONS_JS})(width),
+    // Tables that scroll sideways in their box without their first column staying in view.
+    scrolled: Array.from(document.querySelectorAll('main *')).filter(el => {{
+      const o = getComputedStyle(el).overflowX;
+      if ((o !== 'auto' && o !== 'scroll') || el.scrollWidth <= el.clientWidth + 1) return false;
+      const first = el.querySelector('tbody tr > :first-child');
+      return !first || getComputedStyle(first).position !== 'sticky';
+    }}).map(el => (el.id || el.className || el.tagName) + ' ' + el.scrollWidth + '/' + el.clientWidth),
     texts: words ? ({TEXTS_JS})() : [],
     read: words ? ({READ_JS})() : [],
   }};
@@ -357,6 +364,7 @@ def _check(page: Page, width: int, english: English | None) -> list[str]:
     if seen["wide"] > width:
         found.append(f"{seen['wide']} px wide")
     found += seen["buttons"]
+    found += [f"scrolls sideways, its first column out of view: {box}" for box in seen["scrolled"]]
     if english is not None:
         found += english.found(seen["texts"], seen["read"])
     return found
