@@ -70,7 +70,8 @@ def add_proof_demo(db: Session, now: datetime, seed: int = 19, months: int = 2) 
     for step in db.scalars(select(TrainingStep).where(TrainingStep.kind == StepKind.BRIEFING)):
         step.content_version = step.content_version or CONTENT_VERSION
     for site in db.scalars(select(Site).order_by(Site.id)):
-        site.address = site.address or f"{site.name}\nWerkstraße 1\n10115 Berlin"
+        # A German lab's letterhead: its German name above the street.
+        site.address = site.address or f"{site.name_de or site.name}\nWerkstraße 1\n10115 Berlin"
         site.logo = site.logo or LOGO
         added += _site(db, site, now, rng, months)
     if not db.scalar(select(func.count(ParticipantExit.id))):

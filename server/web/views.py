@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server import get_db
-from server.i18n import N_, local_number
-from server.models import Booking, Job, MachineType, Site, in_language
-from server.services import bookings, training
+from server.i18n import N_, local_number, local_time
+from server.models import Booking, Job, Machine, MachineType, Site, in_language
+from server.services import bookings, decision, training
 from server.web.admin.base import Page, page_number
 from server.web.auth import User, current, login_required, public, staff_required
 from server.web.common import web_blueprint
@@ -227,6 +227,7 @@ def sessions_page(db: Session, person_id: int) -> Page:
 
 AVAILABILITY_LABELS: dict[str, str] = {
     "available": N_("Free"),
+    "closed": N_("Closed"),
     "booked": N_("Booked"),
     "in_use": N_("In use"),
     "offline": N_("Offline"),
@@ -251,12 +252,30 @@ def availability_data(user: User) -> dict[str, Any]:
     type_names = {
         t.name: in_language(t.name, t.name_de, current_language()) for t in db.scalars(select(MachineType))
     }
+    # Free but outside the opening hours is not free: the machine refuses every badge now.
+    opens: dict[int, datetime | None] = {}
+    for m in machines:
+        machine = db.get(Machine, m.id)
+        assert machine is not None
+        is_open, _closes, next_open = decision.opening_window(db, machine, now)
+        if not is_open:
+            opens[m.id] = next_open
     return {
         "updated_at": now.isoformat(),
         "updated_label": _("Updated %(time)s", time=clock_label(now)),
         "refresh_s": REFRESH_S,
         "machines": [
-            present_availability(m, booked.get(m.id, []), user.id, now, tz, type_names) for m in machines
+            present_availability(
+                m,
+                booked.get(m.id, []),
+                user.id,
+                now,
+                tz,
+                type_names,
+                closed=m.id in opens,
+                opens=opens.get(m.id),
+            )
+            for m in machines
         ],
         "sessions": [],
     }
@@ -269,7 +288,13 @@ def present_availability(
     now: datetime,
     tz: ZoneInfo,
     type_names: dict[str, str],
+    *,
+    closed: bool = False,
+    opens: datetime | None = None,
 ) -> dict[str, Any]:
+    """One machine as a participant sees it: free, booked, in use (by you), closed, …;
+    ``closed``: outside the opening hours now, ``opens``: when it next opens (if ever)."""
+
     def clock(when: datetime) -> str:
         return str(format_time(when.astimezone(tz), "short", locale=current_language()))
 
@@ -280,6 +305,13 @@ def present_availability(
     label = _(AVAILABILITY_LABELS.get(state, N_("Offline")))
     if m.state == LiveState.IN_USE and m.user_id == viewer_id:
         label = _("In use by you")
+    elif m.state == LiveState.AVAILABLE and closed:
+        state = "closed"
+        label = _(AVAILABILITY_LABELS["closed"])
+        if opens is not None and opens.astimezone(tz).date() == now.astimezone(tz).date():
+            detail = _("Opens at %(time)s", time=clock(opens))
+        elif opens is not None:
+            detail = _("Opens on %(when)s", when=local_time(opens, current_language(), str(tz)))
     elif m.state == LiveState.AVAILABLE and current is not None:
         state = "booked"
         mine = current.person_id == viewer_id

@@ -24,6 +24,7 @@ ADMIN = ("admin@demo.werkbank.local", "demo-admin")
 def served_demo(make_app: Callable[..., Flask]) -> Iterator[tuple[str, Flask]]:
     """(base URL, app) of the populated demo lab."""
     from server.cli import DEMO_FILE
+    from server.demo.proof import add_proof_demo
     from server.demo.story import populate
     from server.services.loader import load, parse
 
@@ -32,6 +33,8 @@ def served_demo(make_app: Callable[..., Flask]) -> Iterator[tuple[str, Flask]]:
         load(s, parse(DEMO_FILE.read_text(encoding="utf-8")))
     with db.session() as s:
         populate(s, seed=1, now=datetime.now(UTC))
+    with db.session() as s:  # check-ins, signed briefings, exits and targets, as `werkbank up`
+        add_proof_demo(s, datetime.now(UTC))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="werkbank-demo-server", daemon=True)
     thread.start()
