@@ -105,7 +105,10 @@ def _site(db: Session, site: Site, now: datetime, rng: random.Random, months: in
             weekdays = attendance.expected_weekdays(db, site.id, person.cohort)
             joined = datetime.combine(start, time(0), tzinfo=tz).astimezone(UTC)
             # A lab loaded just now: its participants joined at the start of the demo months.
-            person.created_at = min(person.created_at, joined)
+            # People whose joining the demo story wrote (a cohort that began last week) keep it:
+            # nobody new this week was present in the months before.
+            if person.created_at >= now - timedelta(days=1):
+                person.created_at = min(person.created_at, joined)
             day = max(start, person.created_at.astimezone(tz).date())
             while day < today:
                 if day.weekday() in weekdays and rng.random() < 0.85:
