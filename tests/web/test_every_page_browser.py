@@ -4,10 +4,11 @@
 The pages are the app's own list: every rule of Flask's ``url_map`` that answers GET, less the
 few that are no page (:data:`NOT_PAGES`: probes, JSON, downloads, the JSON API). A page route
 added without a visit in :func:`visits` fails the test before the browser starts. Each page must
-answer without an error, be no wider than the screen, cut off no button, log no error, load
-nothing from elsewhere and show no English (text of the catalogue, or the English name of data
-that has a German one). Screenshots land in var/screenshots/pages/ (not in git) for a person to
-look at: ``<who>-<endpoint>-<width>.png``.
+answer without an error, be no wider than the screen, cut off no button and draw none that is
+hard to read, scroll no table sideways without its first column in view, log no error, load
+nothing from elsewhere and show no English (text of the catalogue, the English name of data
+that has a German one, a number with a decimal point). Screenshots land in
+var/screenshots/pages/ (not in git) for a person to look at: ``<who>-<endpoint>-<width>.png``.
 """
 
 from __future__ import annotations
