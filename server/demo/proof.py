@@ -77,7 +77,8 @@ def add_proof_demo(db: Session, now: datetime, seed: int = 19, months: int = 2) 
     for step in db.scalars(select(TrainingStep).where(TrainingStep.kind == StepKind.BRIEFING)):
         step.content_version = step.content_version or CONTENT_VERSION
     for site in db.scalars(select(Site).order_by(Site.id)):
-        site.address = site.address or f"{site.name}\nWerkstraße 1\n10115 Berlin"
+        # A German lab's letterhead: its German name above the street.
+        site.address = site.address or f"{site.name_de or site.name}\nWerkstraße 1\n10115 Berlin"
         site.logo = site.logo or LOGO
         added += _site(db, site, now, rng, months)
     if not db.scalar(select(func.count(ParticipantExit.id))):
@@ -111,7 +112,10 @@ def _site(db: Session, site: Site, now: datetime, rng: random.Random, months: in
             weekdays = attendance.expected_weekdays(db, site.id, person.cohort)
             joined = datetime.combine(start, time(0), tzinfo=tz).astimezone(UTC)
             # A lab loaded just now: its participants joined at the start of the demo months.
-            person.created_at = min(person.created_at, joined)
+            # People whose joining the demo story wrote (a cohort that began last week) keep it:
+            # nobody new this week was present in the months before.
+            if person.created_at >= now - timedelta(days=1):
+                person.created_at = min(person.created_at, joined)
             day = max(start, person.created_at.astimezone(tz).date())
             while day < today:
                 if day.weekday() in weekdays and rng.random() < 0.85:

@@ -66,21 +66,28 @@ VERDICT_WORDS = {
 
 
 def _opening_line(session: Session, now: datetime) -> str:
-    """Whether the first demo machine's lab is open now, as the decision sees it."""
-    machine = session.scalar(select(Machine).join(Device).order_by(Machine.id).limit(1))
-    if machine is None:
-        return ""
-    is_open, closes_at, next_open = decision.opening_window(session, machine, now)
-    tz = ZoneInfo(machine.site.timezone)
-    site = machine.site.name
-    if is_open:
-        until = f" until {closes_at.astimezone(tz):%H:%M}" if closes_at else ""
-        return f"  {site} is open now{until}."
-    if next_open is None:
-        return f"  {site} is closed now: every tap is refused."
-    return (
-        f"  {site} is closed now: taps are refused until it opens {next_open.astimezone(tz):%a %d %b, %H:%M}."
-    )
+    """Whether each site's lab is open now, as the decision sees it (the first machine with a
+    device stands for its site): the badges below unlock only while theirs is open."""
+    lines = []
+    seen: set[int] = set()
+    for machine in session.scalars(select(Machine).join(Device).order_by(Machine.id)):
+        if machine.site_id in seen:
+            continue
+        seen.add(machine.site_id)
+        is_open, closes_at, next_open = decision.opening_window(session, machine, now)
+        tz = ZoneInfo(machine.site.timezone)
+        site = machine.site.name
+        if is_open:
+            until = f" until {closes_at.astimezone(tz):%H:%M}" if closes_at else ""
+            lines.append(f"  {site} is open now{until}.")
+        elif next_open is None:
+            lines.append(f"  {site} is closed now: every tap is refused.")
+        else:
+            lines.append(
+                f"  {site} is closed now: taps are refused until it opens "
+                f"{next_open.astimezone(tz):%a %d %b, %H:%M}."
+            )
+    return "\n".join(lines)
 
 
 def _banner(url: str, mqtt_url: str, data: Path, opening: str = "") -> str:

@@ -14,8 +14,9 @@ or an absence, excused or not, always with a reason; corrections are appended an
 under the staff rule (nobody on their own records, trainers only at their own site).
 
 A cohort may have a timetable (:class:`~server.models.CohortTimetable`): its weekdays are the
-*expected days*; an expected day (not a closed day of the site, not in the future, not before
-the person joined nor after their exit) without presence and without an excuse is an absence.
+*expected days*; an expected day (not a closed day of the site, not in the future, today only
+once the cohort's time of the day is over, not before the person joined nor after their exit)
+without presence and without an excuse is an absence.
 """
 
 from __future__ import annotations
@@ -301,6 +302,20 @@ def expected_weekdays(db: Session, site_id: int, cohort: str | None) -> set[int]
     )
 
 
+def timetable_ends(db: Session, site_id: int, cohort: str | None) -> dict[int, time]:
+    """When the cohort's expected time ends on each of its weekdays (the latest span's end)."""
+    if not cohort:
+        return {}
+    ends: dict[int, time] = {}
+    for weekday, end in db.execute(
+        select(CohortTimetable.weekday, CohortTimetable.ends).where(
+            CohortTimetable.site_id == site_id, CohortTimetable.cohort == cohort
+        )
+    ):
+        ends[weekday] = max(end, ends.get(weekday, end))
+    return ends
+
+
 def closed_days(db: Session, site_id: int, first: date, last: date) -> set[date]:
     return set(
         db.scalars(
@@ -394,12 +409,17 @@ def month_sheet(
         ).all()
     )
     weekdays_by_cohort: dict[str | None, set[int]] = {}
+    ends_by_cohort: dict[str | None, dict[int, time]] = {}
+    clock = now.astimezone(ZoneInfo(site.timezone)).time()
     rows: list[PersonMonth] = []
     for person in people:
         days = found.get(person.id, {})
         weekdays = weekdays_by_cohort.get(person.cohort)
         if weekdays is None:
             weekdays = weekdays_by_cohort[person.cohort] = expected_weekdays(db, site.id, person.cohort)
+            ends_by_cohort[person.cohort] = timetable_ends(db, site.id, person.cohort)
+        # Today is no absence before the cohort's time of the day is over.
+        today_over = clock >= ends_by_cohort[person.cohort].get(today.weekday(), time.max)
         joined = person.created_at.astimezone(ZoneInfo(site.timezone)).date()
         left = exits.get(person.id)
         row = PersonMonth(person)
@@ -409,7 +429,7 @@ def month_sheet(
             expected = (
                 day.weekday() in weekdays
                 and day not in closed
-                and day <= today
+                and (day < today or (day == today and today_over))
                 and day >= joined
                 and (left is None or day <= left)
             )

@@ -115,6 +115,7 @@ def participation_facts(
         "kind": CertificateKind.PARTICIPATION.value,
         "person": person.name,
         "lab": person.site.name,
+        "lab_de": person.site.name_de or person.site.name,
         "programme": person.programme,
         "cohort": person.cohort,
         "from": first.isoformat(),
@@ -162,6 +163,7 @@ def competence_facts(db: Session, person: Person, now: datetime) -> dict[str, An
             steps.append(
                 {
                     "step": record.step.name,
+                    "step_de": record.step.name_de or record.step.name,
                     "kind": record.step.kind,
                     "on": _day(record.recorded_at, tz).isoformat(),
                     "trainer": record.recorded_by.name if record.recorded_by else None,
@@ -184,6 +186,7 @@ def competence_facts(db: Session, person: Person, now: datetime) -> dict[str, An
         "kind": CertificateKind.COMPETENCE.value,
         "person": person.name,
         "lab": person.site.name,
+        "lab_de": person.site.name_de or person.site.name,
         "programme": person.programme,
         "competencies": items,
     }

@@ -45,7 +45,6 @@ from server.services.live import LiveState, live_state
 from server.services.qualifications import qualification_state
 
 HOUR = 3600.0
-EXPIRY_WINDOW_DAYS = 30
 # The levels the funnel follows (trainer level is staff, not a learning outcome).
 FUNNEL: tuple[Level, ...] = (Level.BRIEFED, Level.SUPERVISED, Level.INDEPENDENT)
 NO_COHORT = ""  # how the aggregates store "no participant group"
@@ -687,7 +686,8 @@ def learning(
 def _expiring(
     db: Session, base: Sequence[ColumnElement[bool]], competency_ids: list[int], today: date
 ) -> list[Expiring]:
-    """Valid qualifications (newest entry a grant or renewal) whose validity ends within 30 days."""
+    """Valid qualifications (newest entry a grant or renewal) that expire soon
+    (:func:`server.services.qualifications.expiring_window`)."""
     # Candidates first (few: valid until within the window), then "no newer entry" through the
     # (person, competency, id) index, instead of the newest entry of everyone at the site.
     rows = db.execute(
@@ -705,8 +705,7 @@ def _expiring(
             Qualification.competency_id.in_(competency_ids),
             Qualification.action.in_((QualificationAction.GRANTED, QualificationAction.RENEWED)),
             Qualification.valid_until.is_not(None),
-            Qualification.valid_until >= today,
-            Qualification.valid_until <= today + timedelta(days=EXPIRY_WINDOW_DAYS),
+            Qualification.valid_until.between(*qualifications.expiring_window(today)),
             qualifications.no_newer_entry(),
         )
         .order_by(Qualification.valid_until, Person.name)

@@ -40,9 +40,10 @@ from server.models import (
     utcnow,
 )
 from server.services import qualifications
-from server.services.qualifications import qualification_state
+from server.services.qualifications import EXPIRES_SOON_DAYS, qualification_state
 
-REMIND_DAYS = 30
+# Reminded when the pages start saying "expires soon".
+REMIND_DAYS = EXPIRES_SOON_DAYS
 
 # The holder's own reminder, and the one their trainers get.
 EXPIRING = "expiring"

@@ -61,7 +61,10 @@ def _row(obj: Any, fields: Iterable[str]) -> dict[str, Any]:
 
 
 def export(db: Session, person: Person, actor: Person | None, now: datetime) -> dict[str, Any]:
-    """Everything stored about ``person``, as plain JSON-ready data; the export is audited."""
+    """Everything stored about ``person``, as plain JSON-ready data; the export is audited.
+
+    Names of sites, competencies and training steps are given in the person's language."""
+    language = person.language or "en"
     uids = [b.uid for b in person.badges]
     sessions = list(db.scalars(select(MachineSession).where(MachineSession.person_id == person.id)))
     session_ids = [s.id for s in sessions]
@@ -101,18 +104,27 @@ def export(db: Session, person: Person, actor: Person | None, now: datetime) -> 
                 "created_at",
             ),
         )
-        | {"site": person.site.slug},
+        | {"site": person.site.slug, "site_name": person.site.display_name(language)},
         "badges": [
             _row(b, ("uid", "status", "issued_at", "status_changed_at", "note")) for b in person.badges
         ],
+        # Names that are data are in the person's own language (the export is theirs to read);
+        # the slugs beside them stay as they are, for a machine to read.
         "qualifications": [
             _row(q, ("action", "level", "valid_until", "reason", "created_at", "granted_by_id"))
-            | {"competency": q.competency.slug}
+            | {
+                "competency": q.competency.slug,
+                "competency_name": q.competency.display_name(language),
+            }
             for q in db.scalars(select(Qualification).where(Qualification.person_id == person.id))
         ],
         "training_steps": [
             _row(r, ("step_id", "source", "session_id", "note", "recorded_at", "recorded_by_id"))
-            | {"step": r.step.name}
+            | {
+                "step": r.step.display_name(language),
+                "competency": r.step.competency.slug,
+                "competency_name": r.step.competency.display_name(language),
+            }
             for r in db.scalars(select(StepRecord).where(StepRecord.person_id == person.id))
         ],
         "sessions": [

@@ -9,13 +9,19 @@ newest-entry queries).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, Subquery, func, select
 from sqlalchemy.orm import Session, aliased
 
 from server.models import Level, Qualification, QualificationAction
+
+
+# What "expires soon" means everywhere: the person's page, the trainer's view, the learning
+# dashboard and the scheduler's reminders. A qualification valid until the last of these days is
+# still valid today; one whose validity has ended is expired, never "expires soon".
+EXPIRES_SOON_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,16 @@ class QualificationState:
     @property
     def usable(self) -> bool:
         return self.level is not None and not self.revoked and not self.expired
+
+    def expires_soon(self, today: date) -> bool:
+        """Still usable today, and its validity ends within :data:`EXPIRES_SOON_DAYS`."""
+        return self.usable and self.valid_until is not None and self.valid_until <= expiring_window(today)[1]
+
+
+def expiring_window(today: date) -> tuple[date, date]:
+    """The first and last day a validity may end on for it to "expire soon" (the queries'
+    form of :meth:`QualificationState.expires_soon`): from today (still valid today) on."""
+    return today, today + timedelta(days=EXPIRES_SOON_DAYS)
 
 
 def qualification_state(

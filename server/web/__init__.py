@@ -38,7 +38,7 @@ from server.web import (
 )
 from server.web.auth import current
 from server.web.common import register_error_pages, security_headers
-from server.web.l10n import current_language, local_name
+from server.web.l10n import current_language, local_name, number
 
 __all__ = ["init_app"]
 
@@ -66,6 +66,8 @@ def init_app(app: Flask) -> None:
     app.context_processor(_template_globals)
     # {{ site | local_name }}: sites, machine types, competencies and steps in the reader's language.
     app.add_template_filter(local_name)
+    # {{ hours | number }}: a decimal number the way the reader writes it (3,5 / 3.5).
+    app.add_template_filter(number)
 
 
 def _template_globals() -> dict[str, Any]:

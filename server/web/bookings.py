@@ -551,12 +551,17 @@ def _site_person_or_400(db: Session, person_id: int, site_id: int) -> Person:
 # -- my bookings: cancel, move ---------------------------------------------------------------------------
 
 
+def booking_status(b: Booking, now: datetime) -> tuple[str, str]:
+    """(status, label): a booking whose time is past reads "Over", not "Booked"."""
+    if b.status == BookingStatus.BOOKED and b.ends_at <= now:
+        return "over", _("Over")
+    return b.status.value, _(STATUS_LABELS[b.status])
+
+
 def _present(b: Booking, actor: Actor, now: datetime) -> dict[str, Any]:
     tz = ZoneInfo(b.machine.site.timezone)
     upcoming = b.status == BookingStatus.BOOKED and b.ends_at > now
-    status = b.status.value
-    if b.status == BookingStatus.BOOKED and b.ends_at <= now:
-        status = "over"
+    status, status_label = booking_status(b, now)
     return {
         "id": b.id,
         "machine": b.machine.name,
@@ -565,7 +570,7 @@ def _present(b: Booking, actor: Actor, now: datetime) -> dict[str, Any]:
         "trainer": b.trainer.name if b.trainer else "",
         "when": span_label(b.starts_at, b.ends_at, tz),
         "status": status,
-        "status_label": _("Over") if status == "over" else _(STATUS_LABELS[b.status]),
+        "status_label": status_label,
         "upcoming": upcoming,
         "changeable": upcoming and b.starts_at > now,
         "mine": b.person_id == actor.user.id,

@@ -16,6 +16,7 @@ from flask_babel import force_locale  # type: ignore[import-untyped,unused-ignor
 from markupsafe import Markup
 
 from server.extensions import get_db
+from server.i18n import local_number
 from server.models import Certificate, CertificateKind, Level, Person, Site
 from server.services import attendance, certificates, documents, training
 from server.services.certificates import pretty_code
@@ -62,6 +63,16 @@ def level_text(value: str) -> str:
     return _(LEVEL_LABELS[Level(value)])
 
 
+def _validity(item: dict[str, Any]) -> str:
+    """ "Valid until 2 November 2026", or "Expired on …" once that day has passed when issued."""
+    if not item.get("valid_until"):
+        return ""
+    when = date_text(item["valid_until"])
+    if item.get("expired"):
+        return _("Expired on %(date)s", date=when)
+    return _("Valid until %(date)s", date=when)
+
+
 def certificate_context(certificate: Certificate) -> dict[str, Any]:
     """What the certificate template shows, in the current (the certificate's) language."""
     facts = certificate.facts
@@ -75,10 +86,12 @@ def certificate_context(certificate: Certificate) -> dict[str, Any]:
                 "since": date_text(item["since"]),
                 "trainer": item.get("trainer") or "-",
                 "valid_until": date_text(item.get("valid_until")),
-                "supervised_hours": item.get("supervised_hours", 0),
+                "validity": _validity(item),
+                "supervised_hours": local_number(float(item.get("supervised_hours", 0)), language),
                 "steps": [
                     {
-                        "name": step["step"],
+                        # Certificates issued before the German name was kept have only "step".
+                        "name": step.get("step_de", step["step"]) if language == "de" else step["step"],
                         "kind": _(STEP_KIND_LABELS.get(step["kind"], step["kind"])),
                         "on": date_text(step["on"]),
                         "trainer": step.get("trainer") or "-",
@@ -91,6 +104,9 @@ def certificate_context(certificate: Certificate) -> dict[str, Any]:
     return {
         "kind": certificate.kind.value,
         "facts": facts,
+        # Certificates issued before the German name was kept have only "lab".
+        "lab": facts.get("lab_de", facts.get("lab")) if language == "de" else facts.get("lab"),
+        "hours": local_number(float(facts.get("hours", 0)), language),
         "code": pretty_code(certificate.code),
         "from": date_text(facts.get("from")),
         "to": date_text(facts.get("to")),

@@ -45,6 +45,11 @@ def local_name(thing: Named) -> str:
     return thing.display_name(current_language())
 
 
+def number(value: float, digits: int = 1) -> str:
+    """``3,5`` for German readers, ``3.5`` for English ones (the ``number`` filter in templates)."""
+    return local_number(float(value), current_language(), digits)
+
+
 def local_date(when: datetime) -> str:
     """The calendar day of ``when`` in the user's (the site's) time zone, ISO format."""
     local: datetime = flask_babel.to_user_timezone(when)

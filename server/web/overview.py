@@ -20,9 +20,9 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from server.extensions import get_db
-from server.i18n import N_
-from server.models import Booking, MachineType, Site, in_language
-from server.services import bookings, training
+from server.i18n import N_, local_time
+from server.models import Booking, Machine, MachineType, Site, in_language
+from server.services import bookings, decision, training
 from server.services.live import (
     LiveState,
     MachineLive,
@@ -152,8 +152,8 @@ def live_json() -> ResponseReturnValue:
 @bp.get("/me")
 @login_required
 def me() -> ResponseReturnValue:
-    """The participant's own page, phone first: competencies and what is next, what expires
-    soon, machine hours, sessions with their jobs."""
+    """The participant's own page, phone first: competencies and what is next, what has expired
+    and what expires soon, machine hours, sessions with their jobs."""
     user = current()
     assert user is not None  # login_required
     db = get_db()
@@ -163,7 +163,9 @@ def me() -> ResponseReturnValue:
     mine = [c for c in cards if c["started"]]
     # Competencies not started yet, but open to this person (prerequisites met): what to ask for.
     open_to_start = [c for c in cards if not c["started"] and c["next_level"] and c["steps"]]
-    soon = [c for c in mine if c["status"] in ("soon", "expired")]
+    # Expired and expiring soon are told apart: an ended qualification never "expires soon".
+    soon = [c for c in mine if c["status"] == "soon"]
+    expired = [c for c in mine if c["status"] == "expired"]
     per_machine = person_hours(db, user.id)
     total = sum(seconds for _name, seconds in per_machine)
     page = sessions_page(db, user.id)
@@ -173,6 +175,7 @@ def me() -> ResponseReturnValue:
         cards=mine,
         open_to_start=open_to_start,
         soon=soon,
+        expired=expired,
         total_label=duration_label(total),
         per_machine=[(name, duration_label(seconds)) for name, seconds in per_machine],
         sessions=[present_session(s, now) for s in sessions],
@@ -185,6 +188,7 @@ def me() -> ResponseReturnValue:
 
 AVAILABILITY_LABELS: dict[str, str] = {
     "available": N_("Free"),
+    "closed": N_("Closed"),
     "booked": N_("Booked"),
     "in_use": N_("In use"),
     "offline": N_("Offline"),
@@ -209,12 +213,30 @@ def availability_data(user: User) -> dict[str, Any]:
     type_names = {
         t.name: in_language(t.name, t.name_de, current_language()) for t in db.scalars(select(MachineType))
     }
+    # Free but outside the opening hours is not free: the machine refuses every badge now.
+    opens: dict[int, datetime | None] = {}
+    for m in machines:
+        machine = db.get(Machine, m.id)
+        assert machine is not None
+        is_open, _closes, next_open = decision.opening_window(db, machine, now)
+        if not is_open:
+            opens[m.id] = next_open
     return {
         "updated_at": now.isoformat(),
         "updated_label": _("Updated %(time)s", time=clock_label(now)),
         "refresh_s": REFRESH_S,
         "machines": [
-            present_availability(m, booked.get(m.id, []), user.id, now, tz, type_names) for m in machines
+            present_availability(
+                m,
+                booked.get(m.id, []),
+                user.id,
+                now,
+                tz,
+                type_names,
+                closed=m.id in opens,
+                opens=opens.get(m.id),
+            )
+            for m in machines
         ],
         "sessions": [],
     }
@@ -227,7 +249,13 @@ def present_availability(
     now: datetime,
     tz: ZoneInfo,
     type_names: dict[str, str],
+    *,
+    closed: bool = False,
+    opens: datetime | None = None,
 ) -> dict[str, Any]:
+    """One machine as a participant sees it: free, booked, in use (by you), closed, …;
+    ``closed``: outside the opening hours now, ``opens``: when it next opens (if ever)."""
+
     def clock(when: datetime) -> str:
         return str(format_time(when.astimezone(tz), "short", locale=current_language()))
 
@@ -238,6 +266,13 @@ def present_availability(
     label = _(AVAILABILITY_LABELS.get(state, N_("Offline")))
     if m.state == LiveState.IN_USE and m.user_id == viewer_id:
         label = _("In use by you")
+    elif m.state == LiveState.AVAILABLE and closed:
+        state = "closed"
+        label = _(AVAILABILITY_LABELS["closed"])
+        if opens is not None and opens.astimezone(tz).date() == now.astimezone(tz).date():
+            detail = _("Opens at %(time)s", time=clock(opens))
+        elif opens is not None:
+            detail = _("Opens on %(when)s", when=local_time(opens, current_language(), str(tz)))
     elif m.state == LiveState.AVAILABLE and current is not None:
         state = "booked"
         mine = current.person_id == viewer_id

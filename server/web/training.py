@@ -49,7 +49,7 @@ from server.services.training import (
 )
 from server.web.admin.base import paginate
 from server.web.auth import User, current, trainer_required
-from server.web.bookings import STATUS_LABELS, span_label
+from server.web.bookings import booking_status, span_label
 from server.web.common import web_blueprint
 from server.web.l10n import (
     LABEL_MAX_HOURS,
@@ -65,8 +65,6 @@ from server.web.session_list import present_session, session_jobs, sessions_page
 
 bp = web_blueprint("training", __name__)
 
-# What "expires soon" means on every page (the scheduler reminds at the same distance).
-EXPIRES_SOON = timedelta(days=30)
 SEARCH_LIMIT = 50
 
 ACTION_LABELS: dict[QualificationAction, str] = {
@@ -100,7 +98,7 @@ def present_progress(p: Progress, today: date, *, may_train: bool = False) -> di
             status, status_label = "revoked", _("Revoked")
         elif state.expired:
             status, status_label = "expired", _("Expired")
-        elif state.valid_until is not None and state.valid_until - today <= EXPIRES_SOON:
+        elif state.expires_soon(today):
             status, status_label = "soon", _("Expires soon")
         else:
             status, status_label = "valid", _("Valid")
@@ -402,12 +400,13 @@ def _use_of(db: Session, person: Person, actor: _Actor) -> dict[str, Any]:
             {
                 "machine": b.machine.name,
                 "when": span_label(b.starts_at, b.ends_at, tz),
-                "status": b.status.value,
-                "status_label": _(STATUS_LABELS[b.status]),
+                "status": status,
+                "status_label": label,
                 "trainer": b.trainer.name if b.trainer else "",
                 "upcoming": b.status == BookingStatus.BOOKED and b.ends_at > now,
             }
             for b in reversed(found)
+            for status, label in (booking_status(b, now),)
         ],
         "block": _block_text(block, tz) if block is not None else None,
         "may_lift": block is not None and person.id != actor.person.id,

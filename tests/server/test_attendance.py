@@ -260,6 +260,12 @@ def test_attendance_absences_count_expected_days_only(entrance: Database) -> Non
         assert row.days_present == 1 and row.hours == 6.0
         assert row.absences == 4
         assert date(2026, 11, 23) not in row.days  # still to come
+        # Earlier on Wednesday 18, before the cohort's day (9 to 15) is over, it is no absence yet.
+        morning = attendance.month_sheet(
+            s, site, date(2026, 11, 1), at(date(2026, 11, 18), 8), cohort="Cohort A"
+        )
+        early = next(r for r in morning.rows if r.person.id == quinn.id)
+        assert early.absences == 3 and date(2026, 11, 18) not in early.days
 
 
 def test_attendance_correction_replaces_the_day_and_is_audited(entrance: Database) -> None:

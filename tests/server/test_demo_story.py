@@ -51,10 +51,11 @@ def _demo(database: Database, now: datetime) -> int:
         return populate(s, seed=1, now=now)
 
 
-def _open_time(database: Database, now: datetime) -> datetime:
-    """Now, when the demo lab is open; else a minute after it next opens."""
+def _open_time(database: Database, now: datetime, slug: str = "printer-1") -> datetime:
+    """Now, when the machine's lab is open; else a minute after it next opens (the two sites
+    keep different hours: the south is closed on Friday evenings and Saturdays)."""
     with database.session() as s:
-        machine = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        machine = s.scalar(select(Machine).where(Machine.slug == slug))
         assert machine is not None
         is_open, _closes, next_open = decision.opening_window(s, machine, now)
     if is_open:
@@ -199,7 +200,7 @@ def test_demo_story_banner_people_can_do_what_the_banner_says(database: Database
 
     now = datetime.now(UTC)
     _demo(database, now)
-    when = _open_time(database, now)
+    opens = {c.machine: _open_time(database, now, c.machine) for e in BANNER for c in e.claims}
     checked = 0
     with database.session() as s:
         for entry in BANNER:
@@ -209,6 +210,7 @@ def test_demo_story_banner_people_can_do_what_the_banner_says(database: Database
             for claim in entry.claims:
                 machine = s.scalar(select(Machine).where(Machine.slug == claim.machine))
                 assert machine is not None and badge is not None
+                when = opens[claim.machine]
                 alone = decision.decide(s, machine, badge, when)
                 where = f"{person.name} at {claim.machine}"
                 if claim.verdict == ALONE:
@@ -234,6 +236,21 @@ def test_demo_story_banner_people_can_do_what_the_banner_says(database: Database
         assert entry.email in banner and entry.says in banner
         for claim in entry.claims:
             assert f"{claim.machine} {VERDICT_WORDS[claim.verdict]}" in banner
+
+
+def test_demo_banner_tells_whether_each_site_is_open(database: Database) -> None:
+    """On a Saturday morning the north is open and the south is closed: the banner says both
+    (the badges of the south's trainer unlock nothing until Monday)."""
+    from server.demo_runner import _opening_line
+
+    _demo(database, datetime.now(UTC))
+    saturday = datetime(2026, 12, 12, 11, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    with database.session() as s:
+        line = _opening_line(s, saturday.astimezone(UTC))
+    assert line.splitlines() == [
+        "  Werkbank Demo Lab North is open now until 16:00.",
+        "  Werkbank Demo Lab South is closed now: taps are refused until it opens Mon 14 Dec, 09:00.",
+    ]
 
 
 def _free_hour(s: Session, machine: Machine, after: datetime) -> tuple[datetime, datetime]:

@@ -11,9 +11,19 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 
 from server.db import Database
-from server.models import AuditLog, Competency, Machine, Notification, Person, QualificationAction, Site
-from server.scheduler import build_scheduler, day_begun_at_every_site, expire_qualifications, singleton_lock
+from server.models import (
+    AuditLog,
+    Competency,
+    Level,
+    Machine,
+    Notification,
+    Person,
+    QualificationAction,
+    Site,
+)
+from server.scheduler import build_scheduler, expire_qualifications, singleton_lock, day_begun_at_every_site
 from server.services import allowlists, notifications, training
+from server.services.qualifications import expiring_window, qualification_state
 from tests.conftest import Clock
 from werkbank_protocol.allowlist import badge_hash, key_bytes
 
@@ -144,3 +154,29 @@ def test_scheduler_lock_lets_only_one_scheduler_run(tmp_path: Path) -> None:
             assert again
     finally:
         database.dispose()
+
+
+def test_expires_soon_ends_where_expired_begins() -> None:
+    """From the last valid day to 30 days ahead a qualification "expires soon"; the day after
+    its last valid day it is expired, and expired or revoked is never "expires soon"."""
+    today = date(2026, 3, 3)
+    granted, expired, revoked = (
+        QualificationAction.GRANTED,
+        QualificationAction.EXPIRED,
+        QualificationAction.REVOKED,
+    )
+
+    def soon(action: QualificationAction, until: date | None) -> tuple[bool, bool]:
+        state = qualification_state(Level.INDEPENDENT, action, until, today)
+        return state.expires_soon(today), state.expired
+
+    assert soon(granted, date(2026, 3, 2)) == (False, True)  # ended yesterday
+    assert soon(granted, date(2026, 3, 3)) == (True, False)  # its last day
+    assert soon(granted, date(2026, 4, 2)) == (True, False)  # 30 days ahead
+    assert soon(granted, date(2026, 4, 3)) == (False, False)  # 31 days ahead
+    assert soon(granted, None) == (False, False)  # never ends
+    # The scheduler's entry stays expired, whatever its date says (the demo's Jonas).
+    assert soon(expired, date(2026, 3, 10)) == (False, True)
+    assert soon(expired, date(2026, 3, 2)) == (False, True)
+    assert not soon(revoked, date(2026, 3, 10))[0]
+    assert expiring_window(today) == (date(2026, 3, 3), date(2026, 4, 2))

@@ -21,6 +21,7 @@ from server.models import (
     MachineSession,
     Notification,
     Person,
+    StepRecord,
 )
 from server.services import privacy, training
 from server.services.ingest import ingest_event
@@ -98,6 +99,49 @@ def test_privacy_export_holds_everything_and_is_audited(lab: Database) -> None:
     with lab.session() as s:
         entry = s.scalars(select(AuditLog).where(AuditLog.action == "person.export")).one()
         assert entry.subject == f"person:{quinn.id}" and entry.actor_id == tina.id
+
+
+def test_privacy_export_names_steps_and_competencies_in_the_persons_language(lab: Database) -> None:
+    """A German reader's export says "Sicherheits- und Slicer-Einweisung", an English one's
+    "Safety and slicer briefing"; the slugs stay the same for both."""
+    with lab.session() as s:
+        quinn, tina = _person(s, "Quinn Qualified"), _person(s, "Tina Trainer")
+        printing = s.scalar(select(Competency).where(Competency.slug == "fdm-printing"))
+        assert printing is not None
+        briefing = printing.steps[0]
+        briefing.name_de = "Sicherheits- und Slicer-Einweisung"
+        quinn.site.name_de = "Testwerkstatt"
+        s.add(
+            StepRecord(
+                person_id=quinn.id,
+                competency_id=printing.id,
+                step_id=briefing.id,
+                recorded_by_id=tina.id,
+                source="web",
+                recorded_at=NOW,
+            )
+        )
+        s.flush()
+        exported = {}
+        for language in ("de", "en"):
+            quinn.language = language
+            exported[language] = privacy.export(s, quinn, tina, NOW)
+    for language, step, competency, site in (
+        ("de", "Sicherheits- und Slicer-Einweisung", "FDM-3D-Druck", "Testwerkstatt"),
+        ("en", "Safety and slicer briefing", "FDM 3D printing", "Test Lab"),
+    ):
+        data = exported[language]
+        [record] = data["training_steps"]
+        assert (record["step"], record["competency"], record["competency_name"]) == (
+            step,
+            "fdm-printing",
+            competency,
+        ), language
+        names = {q["competency"]: q["competency_name"] for q in data["qualifications"]}
+        assert names["fdm-printing"] == competency, language
+        assert data["person"]["site_name"] == site
+    german = json.dumps(exported["de"], ensure_ascii=False)
+    assert "Safety and slicer briefing" not in german and "FDM 3D printing" not in german
 
 
 def test_privacy_erase_leaves_no_trace_but_keeps_the_hours(lab: Database) -> None:

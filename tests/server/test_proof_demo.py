@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from server.db import Database
 from server.demo.proof import add_proof_demo
 from server.demo.story import populate
-from server.models import Attendance, BriefingConfirmation, MachineType, Site
+from server.models import Attendance, BriefingConfirmation, MachineType, Person, Site
 from server.services import attendance, briefings, outcomes
 from server.services.lab_file import load, parse
 
@@ -36,6 +36,16 @@ def test_proof_demo_fills_sheet_briefings_and_outcomes(database: Database) -> No
         sheet = attendance.month_sheet(s, site, last_month, now, cohort=cohort)
         assert sheet.rows and sum(r.days_present for r in sheet.rows) > 0
         assert s.scalar(select(func.count(Attendance.id))) == added["check-ins"]
+        # Nobody checked in before they joined: the cohort that began last week (Lena's, "new this
+        # week" in the banner) has no presence in the months before.
+        early = s.execute(
+            select(Person.name, Attendance.checked_in_at)
+            .join(Person, Person.id == Attendance.person_id)
+            .where(Attendance.checked_in_at < Person.created_at)
+        ).all()
+        assert early == []
+        lena = s.scalar(select(Person).where(Person.email == "lena@demo.werkbank.local"))
+        assert lena is not None and lena.created_at > now - timedelta(days=8)
         laser = s.scalar(select(MachineType).where(MachineType.slug.contains("laser")))
         assert laser is not None
         rows = briefings.proof_list(s, site.id, laser, now.date())

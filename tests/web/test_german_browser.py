@@ -10,10 +10,8 @@ screenshot (JPEG) lands in var/screenshots/german/ (not in git) for a person to 
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -21,10 +19,10 @@ import pytest
 from babel.messages.pofile import read_po
 from flask import Flask
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from server.extensions import db
 from server.models import Competency, MachineType, Site, TrainingStep
+from tests.web.demo_support import served_demo
 from tests.web.test_web_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
@@ -44,13 +42,14 @@ PAGES_PER_WALKER = 40
 SKIP = re.compile(r"\.(csv|xlsx|ics|json|txt|pdf)$|/logout|/language/|/static/|/feed/")
 
 
-def _english_catalogue() -> tuple[set[str], list[re.Pattern[str]]]:
-    """(English texts an element may not read exactly, English phrases no page may contain)."""
+def _english_catalogue() -> tuple[set[str], list[tuple[str, re.Pattern[str]]]]:
+    """(English texts an element may not read exactly, English phrases no page may contain:
+    each as its words, a quick first test, and the pattern that finds them as whole words)."""
     with CATALOGUE.open("rb") as f:
         catalogue = read_po(f)
     german_words = " ".join(str(m.string) for m in catalogue if m.id)
     whole: set[str] = set()
-    phrases: list[re.Pattern[str]] = []
+    phrases: list[tuple[str, re.Pattern[str]]] = []
     for message in catalogue:
         if not message.id or not message.string:
             continue
@@ -65,7 +64,7 @@ def _english_catalogue() -> tuple[set[str], list[re.Pattern[str]]]:
                 part = piece.strip(" .,:;()-\u2013")
                 # Several words, not a name or a code that German uses too.
                 if part.count(" ") >= 1 and len(part) >= 10 and part not in german_words:
-                    phrases.append(re.compile(rf"(?<!\w){re.escape(part)}(?!\w)"))
+                    phrases.append((part, re.compile(rf"(?<!\w){re.escape(part)}(?!\w)")))
     # A German text that happens to be an English msgid too ("Details") is German here.
     whole -= {str(m.string).strip() for m in catalogue if m.id and isinstance(m.string, str)}
     return whole, phrases
@@ -85,23 +84,8 @@ def _english_names() -> list[tuple[str, re.Pattern[str]]]:
 @pytest.fixture
 def demo_server(make_app: Callable[..., Flask]) -> Iterator[str]:
     """The demo lab of `make run` (loaded and populated as `werkbank up` does), served by werkzeug."""
-    from server.cli import DEMO_FILE
-    from server.demo.story import populate
-    from server.services.lab_file import load, parse
-
-    app = make_app()
-    with db.session() as s:
-        load(s, parse(DEMO_FILE.read_text(encoding="utf-8")))
-    with db.session() as s:
-        populate(s, seed=1, now=datetime.now(UTC))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="werkbank-german-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with served_demo(make_app) as (base, _app):
+        yield base
 
 
 # The text of every element (its own text nodes), and the words of tooltips, labels and buttons.
@@ -181,7 +165,11 @@ def test_german_browser_every_page_in_german_for_participant_trainer_and_admin(d
                     body = "\n".join(texts)
                     where = f"{who} {urlsplit(url).path}"
                     found += [f"{where}: English text {t!r}" for t in texts if t in whole]
-                    found += [f"{where}: English phrase {p.pattern!r}" for p in phrases if p.search(body)]
+                    found += [
+                        f"{where}: English phrase {part!r}"
+                        for part, p in phrases
+                        if part in body and p.search(body)
+                    ]
                     found += [f"{where}: English name {n!r}" for n, p in names if p.search(body)]
                     page.screenshot(path=str(SHOTS / f"{who}-{count:02d}.jpg"), type="jpeg", quality=70)
                     for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)"):

@@ -64,6 +64,7 @@ def trained(lab: Lab) -> dict[str, int]:
             position=0,
             kind="briefing",
             name="Laser briefing",
+            name_de="Laserunterweisung",
             leads_to=Level.BRIEFED,
             content_version="2026-1",
         )
@@ -176,6 +177,44 @@ def test_certificates_in_german(
     certificate = _issue(client, trained["ada"], language="de")
     text = pdf_text(client.get(f"/certificates/{certificate.code}.pdf").data, tmp_path)
     assert "Kompetenzpass" in text and "Lasersicherheit" in text and "Selbstständig" in text
+    # The steps done, in German too (the step has a German name).
+    assert "Laserunterweisung" in text and "Laser briefing" not in text
+
+
+def test_certificates_verification_in_german_names_the_lab_in_german_and_tells_expired(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    """A German reader of the check page sees the lab's German name, hours with a decimal
+    comma, and a qualification that had expired when the pass was issued as expired."""
+    with db.session() as s:
+        site = s.get(Site, lab.site_id)
+        assert site is not None
+        site.name, site.name_de = "Test Lab North", "Testwerkstatt Nord"
+        s.add(
+            Qualification(
+                person_id=trained["ada"],
+                competency_id=trained["safety"],
+                action=QualificationAction.EXPIRED,
+                level=Level.INDEPENDENT,
+                valid_until=date(2026, 3, 3),
+            )
+        )
+        s.commit()
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"], language="de")
+    german = client.application.test_client()
+    german.environ_base["HTTP_ACCEPT_LANGUAGE"] = "de"
+    text = german.get(f"/v/{certificate.code}").get_data(as_text=True)
+    assert 'data-verdict="valid"' in text
+    assert "Testwerkstatt Nord" in text and "Test Lab North" not in text
+    assert "Abgelaufen am 3. März 2026" in text and "Gültig bis" not in text
+    # Hours present, with a decimal comma (the seeded sessions make 0.8 h).
+    attended = _issue(client, trained["ada"], kind="participation", language="de")
+    assert attended.facts["hours"] == 0.8
+    assert "<dd>0,8</dd>" in german.get(f"/v/{attended.code}").get_data(as_text=True)
+    english_text = english(client.application.test_client()).get(f"/v/{certificate.code}")
+    assert "Test Lab North" in english_text.get_data(as_text=True)
+    assert "Expired on March 3, 2026" in english_text.get_data(as_text=True)
 
 
 def test_certificates_participation_has_period_days_and_hours(

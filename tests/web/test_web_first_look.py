@@ -5,13 +5,15 @@ badges, sessions, hours and bookings (people of the trainer's own site only)."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from server.extensions import db
-from server.models import Badge, BadgeStatus, Booking, MachineSession, Person, Site
+from server.models import Badge, BadgeStatus, Booking, MachineSession, OpeningHours, Person, Site
 from tests.web.conftest import AuthActions, Lab
 
 
@@ -94,6 +96,36 @@ def test_first_look_a_booking_now_shows_as_booked(client: FlaskClient, auth: Aut
     prusa = next(m for m in client.get("/machines/now.json").get_json()["machines"] if m["slug"] == "prusa-a")
     assert prusa["state"] == "booked" and prusa["state_label"] == "Booked"
     assert "Ada" not in prusa["detail"]
+
+
+def test_first_look_outside_the_opening_hours_a_free_machine_reads_closed(
+    client: FlaskClient, auth: AuthActions, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 6 in the morning the lab (open 9 to 18 on weekdays) refuses every badge: no machine
+    is "free" then; the page says when it opens, today or on the next open day."""
+    import server.web.views
+
+    with db.session() as s:
+        for weekday in range(5):
+            s.add(OpeningHours(site_id=lab.site_id, weekday=weekday, opens=time(9), closes=time(18)))
+        s.commit()
+    berlin = ZoneInfo("Europe/Berlin")
+    auth.login(lab.other_participant)
+    client.get("/language/en")
+
+    def prusa_at(when: datetime) -> dict[str, str]:
+        monkeypatch.setattr(server.web.views, "_now", lambda: when.astimezone(UTC))
+        machines = client.get("/machines/now.json").get_json()["machines"]
+        found: dict[str, str] = next(m for m in machines if m["slug"] == "prusa-a")
+        return found
+
+    monday_early = prusa_at(datetime(2026, 11, 23, 6, 0, tzinfo=berlin))
+    assert (monday_early["state"], monday_early["state_label"]) == ("closed", "Closed")
+    assert monday_early["detail"] == "Opens at 9:00\u202fAM"
+    sunday = prusa_at(datetime(2026, 11, 22, 12, 0, tzinfo=berlin))
+    assert sunday["state"] == "closed" and sunday["detail"] == "Opens on Mon, Nov 23, 9:00\u202fAM"
+    monday_noon = prusa_at(datetime(2026, 11, 23, 12, 0, tzinfo=berlin))
+    assert (monday_noon["state"], monday_noon["state_label"]) == ("available", "Free")
 
 
 def test_first_look_machines_now_is_for_logged_in_people(client: FlaskClient, lab: Lab) -> None:

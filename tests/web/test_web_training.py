@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from flask.testing import FlaskClient
@@ -306,6 +307,40 @@ def test_training_participant_page_shows_next_step_and_expiring_soon(
     assert re.search(r"3D printing</strong>: Next: Printer briefing\. Ask a trainer\.", me)
     # Her sessions come with their jobs.
     assert "benchy.gcode" in me
+
+
+def test_training_participant_page_tells_expired_from_expiring_soon(
+    client: FlaskClient, auth: AuthActions, trained_lab: Lab
+) -> None:
+    """A validity that ended yesterday is listed as expired, one that ends today as expiring
+    soon (the participant's own calendar day, at her site)."""
+    ada_id, tina_id, _steps = _ids(trained_lab)
+    with db.session() as s:
+        ada = s.get(Person, ada_id)
+        assert ada is not None
+        today = datetime.now(ZoneInfo(ada.site.timezone)).date()
+        for slug, until in (("laser", today - timedelta(days=1)), ("printing", today)):
+            s.add(
+                Qualification(
+                    person_id=ada_id,
+                    competency_id=_competency_id(slug),
+                    action=QualificationAction.GRANTED,
+                    level=Level.BRIEFED if slug == "laser" else Level.INDEPENDENT,
+                    valid_until=until,
+                    granted_by_id=tina_id,
+                )
+            )
+        s.commit()
+    auth.login(trained_lab.participant)
+    me = client.get("/me").get_data(as_text=True)
+
+    def section(anchor: str) -> str:
+        found = re.search(rf'<section[^>]*id="{anchor}".*?</section>', me, re.S)
+        return found.group(0) if found else ""
+
+    assert "Laser cutting" in section("expired") and "Expired on" in section("expired")
+    assert "Laser cutting" not in section("expires-soon")
+    assert "3D printing" in section("expires-soon") and "3D printing" not in section("expired")
 
 
 def test_training_participant_page_in_german(
