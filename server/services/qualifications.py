@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session, aliased
 
 from server.models import Level, Qualification, QualificationAction
 
-
 # What "expires soon" means everywhere: the person's page, the trainer's view, the learning
 # dashboard and the scheduler's reminders. A qualification valid until the last of these days is
 # still valid today; one whose validity has ended is expired, never "expires soon".

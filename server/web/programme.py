@@ -301,20 +301,28 @@ def _submitted() -> dict[str, str]:
 @bp.post("/people/<int:person_id>/values")
 @trainer_required
 def save_values(person_id: int) -> ResponseReturnValue:
+    return _save(person_id, special=False)
+
+
+def _save(person_id: int, *, special: bool) -> ResponseReturnValue:
+    """Store the submitted answers (ordinary, or the special categories), or show the form again
+    with what the rules refused; the callers' decorators have checked the role."""
     subject = _subject(person_id)
-    stale = _stale(subject, person_page)
+    page = special_page if special else person_page
+    stale = _stale(subject, page)
     if stale is not None:
         return stale
     db = get_db()
     try:
         changed = programme_data.save_values(
-            db, _actor(), subject, _submitted(), datetime.now(UTC), special=False
+            db, _actor(), subject, _submitted(), datetime.now(UTC), special=special
         )
     except (TrainingError, ProgrammeDataError) as refused:
-        return _refused(subject, refused, person_page, submitted=_submitted())
+        return _refused(subject, refused, page, submitted=_submitted())
     db.commit()
-    flash(_("Programme data saved.") if changed else _("Nothing changed."), "success" if changed else "info")
-    return redirect(url_for("programme.person", person_id=subject.id))
+    saved = _("Special categories saved.") if special else _("Programme data saved.")
+    flash(saved if changed else _("Nothing changed."), "success" if changed else "info")
+    return redirect(url_for("programme.special" if special else "programme.person", person_id=subject.id))
 
 
 @bp.post("/people/<int:person_id>/consent")
@@ -416,19 +424,4 @@ def special(person_id: int) -> ResponseReturnValue:
 @bp.post("/people/<int:person_id>/special")
 @special_required
 def save_special(person_id: int) -> ResponseReturnValue:
-    subject = _subject(person_id)
-    stale = _stale(subject, special_page)
-    if stale is not None:
-        return stale
-    db = get_db()
-    try:
-        changed = programme_data.save_values(
-            db, _actor(), subject, _submitted(), datetime.now(UTC), special=True
-        )
-    except (TrainingError, ProgrammeDataError) as refused:
-        return _refused(subject, refused, special_page, submitted=_submitted())
-    db.commit()
-    flash(
-        _("Special categories saved.") if changed else _("Nothing changed."), "success" if changed else "info"
-    )
-    return redirect(url_for("programme.special", person_id=subject.id))
+    return _save(person_id, special=True)

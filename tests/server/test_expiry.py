@@ -21,7 +21,7 @@ from server.models import (
     QualificationAction,
     Site,
 )
-from server.scheduler import build_scheduler, expire_qualifications, singleton_lock, day_begun_at_every_site
+from server.scheduler import build_scheduler, day_begun_at_every_site, expire_qualifications, singleton_lock
 from server.services import allowlists, notifications, training
 from server.services.qualifications import expiring_window, qualification_state
 from tests.conftest import Clock
