@@ -16,6 +16,7 @@ news (jobs, faults, readings; the monitor reads the machine in its own thread) b
   waits, ``lock_deferred``), the timers, the tap-out grace and the trainer window;
 - :mod:`device_agent.jobs`: the session's jobs from the machine monitor's news;
 - :mod:`device_agent.recovery`: a session the last run left open, carried on or reported lost;
+- :mod:`device_agent.health`: the ``status`` and ``telemetry`` it sends (outbox and allow-list health);
 - :mod:`device_agent.texts`: what the agent says at the machine by itself.
 
 Every event is written to the outbox before it is published and stays there until the
@@ -50,7 +51,7 @@ from device_agent import agent_version
 from device_agent.allowlist_store import AllowlistStore
 from device_agent.cards import CardAuth
 from device_agent.cards.secure import CardVerifier
-from device_agent.clock import Clock, SystemClock
+from device_agent.clock import Clock, SystemClock, mono_s
 from device_agent.config import AgentConfig
 from device_agent.enrolment import EnrolmentStation
 from device_agent.hardware import create_reader, create_switch
@@ -70,19 +71,18 @@ from device_agent.hardware.base import (
 from device_agent.hardware.gpio import configure_pin_factory, create_indicators
 from device_agent.hardware.monitors import create_monitor
 from device_agent.hardware.simulated import SimulatedReader
-from device_agent.jobs import JobTracker, seconds
+from device_agent.health import AllowlistAge, status_message, telemetry_message
+from device_agent.jobs import JobTracker
 from device_agent.link import Link
 from device_agent.outbox import Outbox
 from device_agent.recovery import lost_events, resumed
 from device_agent.session_rules import Session, SessionRules, TrainerWindow, WindowMode, until_mono
 from device_agent.storage import OpenSession, StateFile
 from device_agent.texts import LOCAL_MESSAGES, ending_soon, trainer_greeting
-from werkbank_protocol import format_ts, parse_ts
+from werkbank_protocol import format_ts
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.messages import (
     BADGE_PATTERN,
-    MAX_HEALTH_AGE_S,
-    MAX_OUTBOX_DEPTH,
     AuthReq,
     AuthResp,
     BadgeEnrolled,
@@ -99,8 +99,6 @@ from werkbank_protocol.messages import (
     SessionEnded,
     SessionStarted,
     SimTap,
-    Status,
-    Telemetry,
     decode_as,
     encode,
 )
@@ -233,11 +231,9 @@ class Agent:
         self._next_alive = 0.0
         self._next_telemetry = 0.0
         self._next_status = 0.0
-        # The held allow-list's `issued`, and (boot clock, its age) when it was taken: its age
-        # grows on the boot clock from there, so a wall-clock step later does not move it.
-        self._allowlist_issued: str | None = None
-        self._allowlist_taken: tuple[float, float] = (0.0, 0.0)
-        self._note_allowlist()
+        # The held allow-list's age for status, counted on the boot clock from when it was taken.
+        self._allowlist_age = AllowlistAge(self.clock)
+        self._allowlist_age.note(self.allowlist.issued)
         self.link = Link(
             config,
             self.clock,
@@ -620,7 +616,7 @@ class Agent:
                 ts=format_ts(now),
                 badge=uid,
                 boot=self._boot,
-                mono_s=seconds(self.clock.monotonic()),
+                mono_s=mono_s(self.clock.monotonic()),
             )
         )
         self._decided(Decision(uid, "recorded", "checkin_stored", LOCAL_MESSAGES["checkin_stored"], True))
@@ -777,7 +773,7 @@ class Agent:
             mode=mode,
             trainer_badge=trainer_badge,
             boot=self._boot,
-            mono_s=seconds(self.clock.monotonic()),
+            mono_s=mono_s(self.clock.monotonic()),
             card_auth=self._tap_card_auth,
         )
         return self.link.ask(request)
@@ -846,7 +842,7 @@ class Agent:
             mode=record.mode,
             trainer_badge=record.trainer_badge,
             boot=record.boot,
-            mono_s=seconds(record.started_mono),
+            mono_s=mono_s(record.started_mono),
         )
 
     def _lock_due(self, reason: EndReason, force: bool = False) -> bool:
@@ -877,7 +873,7 @@ class Agent:
                 session=session.record.id,
                 why="job_running",
                 boot=self._boot,
-                mono_s=seconds(self.clock.monotonic()),
+                mono_s=mono_s(self.clock.monotonic()),
             )
             self._persist(session, [deferred])
             self._show_state()
@@ -906,7 +902,7 @@ class Agent:
                 unlocked_s=round(max(mono - session.started_mono, 0.0), 3),
                 run_s=round(session.run_s, 3),
                 boot=self._boot,
-                mono_s=seconds(mono),
+                mono_s=mono_s(mono),
             )
         )
         return events
@@ -1085,7 +1081,7 @@ class Agent:
                 code=code,
                 detail=detail[:500],
                 boot=self._boot,
-                mono_s=seconds(self.clock.monotonic()),
+                mono_s=mono_s(self.clock.monotonic()),
             )
         )
         self._publish_status()
@@ -1108,65 +1104,31 @@ class Agent:
         self._published_state = self.state
         mono = self.clock.monotonic()
         self._next_status = mono + self.STATUS_S
-        depth, oldest_s = self.outbox.health()
-        allowlist_age_s = self._allowlist_age(mono)
-        status = Status(
-            v=1,
-            online=True,
+        status = status_message(
             state=self.state,
             machine=self.config.device_machine,
             fw=self._fw,
-            config=self._config_hash,
+            config_hash=self._config_hash,
             allowlist_version=self.allowlist.version,
-            ts=format_ts(self.clock.now()),
+            now=self.clock.now(),
             boot=self._boot,
-            mono_s=seconds(mono),
-            # Within the protocol's ceilings, which the server refuses beyond.
-            outbox_depth=min(depth, MAX_OUTBOX_DEPTH),
-            outbox_oldest_s=None if oldest_s is None else round(min(oldest_s, MAX_HEALTH_AGE_S), 3),
-            allowlist_age_s=None
-            if allowlist_age_s is None
-            else round(min(allowlist_age_s, MAX_HEALTH_AGE_S), 3),
+            mono=mono,
+            outbox_health=self.outbox.health(),
+            allowlist_age_s=self._allowlist_age.seconds(mono),
         )
         self.link.publish_status(status)
 
-    def _note_allowlist(self) -> None:
-        """Remember when the held allow-list was taken (at start, and whenever a new one is)."""
-        issued = self.allowlist.issued
-        if issued is None or issued == self._allowlist_issued:
-            return
-        self._allowlist_issued = issued
-        # Its age at this moment: the one reading of the wall clock, never below 0 (a Pi whose
-        # clock is behind the server's); from here on the boot clock counts.
-        age = (self.clock.now() - parse_ts(issued)).total_seconds()
-        self._allowlist_taken = (self.clock.monotonic(), max(0.0, age))
-
-    def _allowlist_age(self, mono: float) -> float | None:
-        """Seconds since the held allow-list's ``issued``; None when none is held."""
-        if self._allowlist_issued is None:
-            return None
-        taken_mono, age = self._allowlist_taken
-        return max(0.0, age + mono - taken_mono)
-
     def _send_telemetry(self) -> None:
         if self.link.ready:
-            readings = self._readings
-            telemetry = Telemetry(
-                v=1,
-                ts=format_ts(self.clock.now()),
+            telemetry = telemetry_message(
+                now=self.clock.now(),
                 running=self.monitor.running(),
                 session=self.session_id,
-                power_w=self._power_w(readings),
-                energy_wh=None if self.relay.energy_wh is None else max(self.relay.energy_wh, 0.0),
-                progress=None if readings.progress is None else min(max(readings.progress, 0.0), 100.0),
-                temps=readings.temps,
+                readings=self._readings,
+                plug_power_w=self.relay.power_w,
+                plug_energy_wh=self.relay.energy_wh,
             )
             self.link.publish(Suffix.TELEMETRY, encode(telemetry))
-
-    def _power_w(self, readings: MonitorReadings) -> float | None:
-        """The monitor's power reading, else the smart plug's (a printer monitor measures none)."""
-        power = readings.power_w if readings.power_w is not None else self.relay.power_w
-        return None if power is None else max(power, 0.0)
 
     def _went_online(self) -> None:
         """Connected and subscribed (the link re-sends the outbox next)."""
@@ -1213,7 +1175,7 @@ class Agent:
         if not self.allowlist.offer(payload, self.clock.now()):
             self.rejected["allowlist:refused"] += 1  # the store logged why
             return
-        self._note_allowlist()
+        self._allowlist_age.note(self.allowlist.issued)
         if self.allowlist.version != before:
             self._publish_status()
         self._recheck_offline_session()

@@ -12,18 +12,13 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from device_agent.clock import Clock
+from device_agent.clock import Clock, mono_s
 from device_agent.hardware.base import JobStatus, MonitorJobFinished, MonitorJobStarted
 from device_agent.storage import OpenJob, OpenSession
 from werkbank_protocol import format_ts, parse_ts
 from werkbank_protocol.messages import Event, JobFinished, JobStarted
 
 log = logging.getLogger(__name__)
-
-
-def seconds(mono: float | None) -> float | None:
-    """A boot-clock reading as sent in ``mono_s`` (ms precision; None when not known)."""
-    return None if mono is None else round(max(mono, 0.0), 3)
 
 
 @dataclass
@@ -99,7 +94,7 @@ class JobTracker:
             file=record.file[:500] if record.file else None,
             estimated_s=None if record.estimated_s is None else max(record.estimated_s, 0.0),
             boot=boot,
-            mono_s=seconds(mono),
+            mono_s=mono_s(mono),
         )
 
     def finished(
@@ -123,7 +118,7 @@ class JobTracker:
             filament_mm=None if filament_mm is None else max(filament_mm, 0.0),
             filament_g=None if filament_g is None else max(filament_g, 0.0),
             boot=self.boot,
-            mono_s=seconds(self.clock.monotonic()),
+            mono_s=mono_s(self.clock.monotonic()),
         )
 
     @staticmethod
@@ -147,5 +142,5 @@ class JobTracker:
             status="failed",
             duration_s=round(max(0.0, ran), 3),
             boot=record.boot,
-            mono_s=seconds(record.alive_mono),
+            mono_s=mono_s(record.alive_mono),
         )

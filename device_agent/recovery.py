@@ -12,7 +12,8 @@ import logging
 import uuid
 from datetime import datetime
 
-from device_agent.jobs import Job, JobTracker, seconds
+from device_agent.clock import mono_s
+from device_agent.jobs import Job, JobTracker
 from device_agent.session_rules import Session
 from device_agent.storage import OpenSession
 from werkbank_protocol import parse_ts
@@ -105,7 +106,7 @@ def lost_events(record: OpenSession) -> list[Event]:
             unlocked_s=record.unlocked_s,
             run_s=record.run_s,
             boot=record.boot,
-            mono_s=seconds(record.alive_mono),
+            mono_s=mono_s(record.alive_mono),
         )
     )
     return events
