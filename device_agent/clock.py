@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
+def mono_s(mono: float | None) -> float | None:
+    """A boot-clock reading as messages carry it in ``mono_s`` (ms precision; None when not known)."""
+    return None if mono is None else round(max(mono, 0.0), 3)
+
+
 class Clock(Protocol):
     """Wall time for timestamps; the boot clock (seconds) for durations and deadlines.
 

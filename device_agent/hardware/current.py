@@ -122,7 +122,7 @@ class CurrentMonitor(LoadMonitor):
 
 
 # ---------------------------------------------------------------------- plug-in
-# Its keys are still fields of AgentConfig (device_agent/config.py, MONITOR_KEYS), as octoprint's.
+# Its keys are still fields of AgentConfig (device_agent/config/__init__.py, MONITOR_KEYS), as octoprint's.
 
 
 def _check(values: Mapping[str, Any]) -> list[str]:

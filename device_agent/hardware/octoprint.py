@@ -291,7 +291,7 @@ class OctoPrintMonitor(ThreadedMonitor):
 
 
 # ---------------------------------------------------------------------- plug-in
-# Its keys are still fields of AgentConfig (device_agent/config.py, MONITOR_KEYS): the monitor came
+# Its keys are still fields of AgentConfig (device_agent/config/__init__.py, MONITOR_KEYS): the monitor came
 # before the plug-ins, and moving them would rename the attributes other code reads.
 
 

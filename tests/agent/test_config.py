@@ -14,10 +14,10 @@ from device_agent.config import (
     AgentConfig,
     ConfigError,
     load_config,
-    main,
     parse_config,
-    render_docs,
 )
+from device_agent.config.__main__ import main
+from device_agent.config.reference import render_docs
 from tests.agent.helpers import KEY_HEX
 
 ROOT = Path(__file__).resolve().parents[2]
