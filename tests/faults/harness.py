@@ -1075,7 +1075,9 @@ class World:
         engine: Engine = create_engine(engine_url)
         try:
             with Session(engine) as db:
-                rows = db.execute(text("SELECT id, device_id, type, session_id FROM events")).all()
+                rows = db.execute(
+                    text("SELECT id, device_id, type, session_id, ts, received_at FROM events")
+                ).all()
         finally:
             engine.dispose()
         stored_ids = [str(r.id) for r in rows]
@@ -1092,6 +1094,20 @@ class World:
             r for r in rows if str(r.id) not in published and r.type in ("session_started", "session_ended")
         ]
         result = self.result
+        # How long after it happened the server stored each session event (the agent's clock is
+        # the bridge's here): a long lag is an event a dead bridge took with it, re-sent later.
+        lags = sorted(
+            ((r.received_at - r.ts).total_seconds(), r)
+            for r in rows
+            if r.type in ("session_started", "session_ended")
+        )
+        if lags:
+            result.figures.append(
+                f"session events stored {statistics.median(x for x, _ in lags):.2f} s (p50) / "
+                f"{lags[-1][0]:.2f} s (max) after they happened"
+            )
+            for lag, r in lags[-3:]:
+                result.notes.append(f"stored {lag:.1f} s late: {r.type} {r.device_id} {r.ts:%H:%M:%S.%f}")
         result.figures.append(
             f"events: {len(published)} published ({self._observer.event_copies} publications with "
             f"re-sends), {len(stored)} stored, {len(lost)} lost, "
