@@ -35,7 +35,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -106,6 +106,9 @@ MAX_WAITING = 10_000
 TELEMETRY_WINDOW_S = 1.0
 # How long the ingest thread's statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
+# Shared bridges: an allow-list version another bridge built this recently is taken to be on
+# its way to the broker, not missing (see Bridge._offer_allowlist).
+ALLOWLIST_IN_FLIGHT = timedelta(seconds=30)
 # Shared bridges: a session start claiming the server's answer whose decision row is not there
 # is left unacknowledged (the agent re-sends it) for this long after this bridge first saw it,
 # since the bridge that answered writes the row just after its answer. After that it is taken
@@ -613,6 +616,16 @@ class Bridge:
             return
         if machine.allowlist_version in (self._on_broker.get(device.id), self._published.get(device.id)):
             return  # the retained copy is there (or on its way): the device gets it from the broker
+        published = machine.allowlist_published_at
+        if (
+            self._on_broker.get(device.id, -1) >= 0
+            and published is not None
+            and self.clock() - published < ALLOWLIST_IN_FLIGHT
+        ):
+            # Another bridge (shared subscriptions) has just built this version and published it:
+            # its message is on its way to the broker and the device. Building one more here
+            # would make that bridge see a stale status in turn, and so on, many versions a second.
+            return
         machine.allowlist_dirty = True
         log.info(
             "device %s holds allow-list %s: publishing version %d+",

@@ -443,3 +443,44 @@ def test_shared_bridge_takes_a_start_whose_decision_never_comes_as_offline(
         assert bridge.rejected["claim_mismatch"] == 1
     finally:
         bridge.stop()
+
+
+def test_bridge_leaves_a_list_another_bridge_just_published_to_it(
+    bridge: Bridge, lab: Database, mqtt_url: str, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """Two bridges: one builds a new allow-list version and publishes it; a device's status sent
+    before the new list reached it still names the old one. The other bridge must not take that
+    for a device left without its list and build yet another version: with taps coming in, the
+    two bridges did so in turn, many versions a second, while session events waited."""
+
+    def version() -> int:
+        with lab.session() as s:
+            printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+            assert printer is not None
+            return printer.allowlist_version
+
+    # The start-up rounds are out and the broker holds the newest list.
+    assert wait_until(
+        lambda: bridge.publish_allowlists() == 0 and bridge._on_broker.get("pi-printer-1") == version()
+    )
+    time.sleep(0.5)
+    held = version()
+    assert bridge._on_broker.get("pi-printer-1") == held
+    with lab.session() as s:  # the other bridge built the next version; its message is on its way
+        printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        assert printer is not None
+        printer.allowlist_version = held + 1
+        printer.allowlist_published_at = clock()
+    pi = Peer(mqtt_url)
+    try:
+        pi.subscribe(f"{PRINTER}/allowlist")
+        time.sleep(0.3)
+        pi.drain(f"{PRINTER}/allowlist")  # the retained copy
+        pi.publish(f"{PRINTER}/status", _status("printer-1", clock(), allowlist_version=held))
+        time.sleep(1.5)
+        assert pi.drain(f"{PRINTER}/allowlist") == []
+        with lab.session() as s:
+            printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+            assert printer is not None and printer.allowlist_version == held + 1
+    finally:
+        pi.close()
