@@ -525,7 +525,7 @@ SCENARIOS = (
         "two bridges (shared subscriptions), kill -9 of one during 1,000 taps from six agents",
         CLEAN_S,
         bridges_kill_1000,
-        200,
+        290,
     ),
     Scenario("agent-kill-mid", "kill -9 of agents 5 s into a session", RESTART_S, agent_kill_mid_session, 40),
     Scenario(
