@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test faults lint typecheck unit bench bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx clean
+.PHONY: install run test faults lint typecheck unit bench bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx postgresql-client clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -75,6 +75,15 @@ nginx:
 	  (apt-get install -y -q nginx >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q nginx)) \
 	  || { echo "could not install nginx: run 'apt-get install -y nginx' as root"; exit 1; }; }
 
+# `werkbank backup` and `werkbank restore` of a PostgreSQL database run pg_dump and pg_restore
+# (tests/server/test_backup.py with TEST_DATABASE_URL); install Debian's postgresql-client when
+# missing (its client only: no server, no service).
+postgresql-client:
+	@{ command -v pg_dump >/dev/null && command -v pg_restore >/dev/null; } || \
+	  { echo "installing Debian's postgresql-client for the backup tests"; \
+	  (apt-get install -y -q postgresql-client >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q postgresql-client)) \
+	  || { echo "could not install postgresql-client: run 'apt-get install -y postgresql-client' as root"; exit 1; }; }
+
 # The OctoPrint monitor is tested against a real OctoPrint (its bundled virtual printer), in a
 # virtualenv of its own so its pinned dependencies never decide ours.
 octoprint:
@@ -88,7 +97,7 @@ moonraker:
 # Three worker processes (pytest-xdist), each with its own database and brokers; TEST_WORKERS=0
 # runs the suite in one process.
 TEST_WORKERS ?= 3
-unit: install browser octoprint moonraker mosquitto pdf nginx
+unit: install browser octoprint moonraker mosquitto pdf nginx postgresql-client
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -13,9 +13,9 @@ port by default, the embedded amqtt broker with ``--broker embedded``):
    second and lost responses (no answer within ``--timeout`` seconds).
 
 The database is migrated with the Alembic migrations and seeded through the YAML
-loader's structures with a generated lab: ``--people`` people with badges of all three
-UID lengths and qualification histories, ``--devices`` machines of five types with a
-device each; the taps mix allowed and denied badges (unknown, blocked, inactive,
+lab file's structures (server/services/lab_file.py) with a generated lab: ``--people``
+people with badges of all three UID lengths and qualification histories, ``--devices``
+machines of five types with a device each; the taps mix allowed and denied badges (unknown, blocked, inactive,
 not qualified, expired, trainer required). The bridge runs on a fixed clock (a
 Wednesday, 10:00 in Berlin, inside the opening hours) so the mix is the same any day.
 
@@ -74,7 +74,7 @@ from server.db import Database, normalise_url
 from server.migrate import upgrade
 from server.models import AccessDecision, Machine
 from server.services.decision import decide
-from server.services.loader import (
+from server.services.lab_file import (
     BadgeSpec,
     CompetencySpec,
     DeviceSpec,

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -53,22 +53,24 @@ from server.models import (
     AuditLog,
     Device,
     Machine,
+    MachineSession,
     Person,
 )
 from server.services import (
     allowlists,
     attendance,
-    booking_starts,
+    booking_locks,
     cards,
     clocks,
     device_claims,
+    energy,
     reconcile,
     training,
 )
 from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
 from server.services.devices import apply_health, apply_status, apply_telemetry
 from server.services.ingest import ingest_event
-from server.services.messages import render, render_text
+from server.services.machine_texts import render, render_text
 from werkbank_protocol import ProtocolError, format_ts, now_ts, parse_ts
 from werkbank_protocol.clock import wall_now
 from werkbank_protocol.messages import (
@@ -141,6 +143,12 @@ _STATEMENT_LIMITS = text(
 )
 
 
+# The highest allow-list version a device's status may move its machine's numbering to: far below
+# the 32-bit column's limit, so that a device reporting nonsense cannot make the next increment
+# fail (and with it the publishing of every machine's list).
+ALLOWLIST_VERSION_CEILING = 2**31 - 2**24
+
+
 @dataclass(frozen=True)
 class Inbound:
     """A message as the network thread hands it on: from which device, what, when it arrived
@@ -161,6 +169,8 @@ class _PendingTelemetry:
     telemetry: Telemetry
     sent: datetime
     messages: int
+    # The energy the device's readings of this window measured (server.services.energy).
+    energy: energy.Window | None = None
 
 
 class _Version(msgspec.Struct):
@@ -208,8 +218,8 @@ class Bridge:
         self.allowlist_interval = allowlist_interval
         # The broker's message_size_limit (MQTT_MESSAGE_LIMIT): a bigger message is dropped unseen.
         self.message_limit = message_limit
-        # How often to look for walk-ins still there when a booking begins (booking_starts.py).
-        # How often to look for walk-ins still there when a booking begins (booking_starts.py),
+        # How often to look for walk-ins still there when a booking begins (booking_locks.py).
+        # How often to look for walk-ins still there when a booking begins (booking_locks.py),
         # and for flagged offline sessions still running (reconcile.py).
         self.booking_interval = booking_interval
         self.tap_max_age_s = tap_max_age_s
@@ -424,16 +434,34 @@ class Bridge:
         try:
             telemetry = decode_as(Telemetry, item.payload)
             sent = parse_ts(telemetry.ts)
+            reading = energy.reading_of(telemetry, sent)
         except ProtocolError as exc:
             self.reject(where, exc)
             return
         held = pending.get(item.device_id)
+        window = held.energy if held is not None else None
+        # Every reading counts for energy, in the order the device took them (a retained one
+        # is old news: the broker kept it from before).
+        if not item.retained and (reading.power_w is not None or reading.counter_wh is not None):
+            if window is None:
+                window = energy.Window(reading, reading)
+            elif reading.at >= window.last.at and window.take(reading).implausible:
+                self.reject(
+                    where,
+                    ProtocolError(
+                        "implausible_energy",
+                        f"energy_wh went from {window.last.counter_wh} to {reading.counter_wh} Wh "
+                        f"in {(reading.at - window.last.at).total_seconds():.1f} s",
+                    ),
+                )
+                return
         if held is None:
-            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, 1)
+            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, 1, window)
         elif sent >= held.sent:
-            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, held.messages + 1)
+            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, held.messages + 1, window)
         else:  # overtaken by a newer one already waiting
             held.messages += 1
+            held.energy = window
 
     def _flush_telemetry(self, pending: dict[str, _PendingTelemetry]) -> None:
         """Write the newest telemetry of every device in ``pending`` (one transaction), then
@@ -456,6 +484,7 @@ class Bridge:
                         .options(selectinload(Device.machine))
                     )
                 }
+                sessions = self._open_sessions(db, devices.values(), waiting)
                 db.autoflush = False
                 for device_id, held in sorted(waiting.items()):  # one lock order for every writer
                     device = devices.get(device_id)
@@ -469,6 +498,18 @@ class Bridge:
                         )
                         continue
                     apply_telemetry(db, device, held.telemetry, now)
+                    session = sessions.get(device.machine_id) if device.machine_id is not None else None
+                    if held.energy is not None and session is not None:
+                        refused = energy.settle(session, held.energy)
+                        if refused is not None:
+                            self.reject(
+                                topic(device_id, Suffix.TELEMETRY),
+                                ProtocolError(
+                                    "implausible_energy",
+                                    f"energy_wh jumped to {held.energy.first.counter_wh} Wh since "
+                                    f"session {session.id}'s last reading: nothing of its window counted",
+                                ),
+                            )
                     if not held.item.retained:
                         self._note_offset(db, device, held.item, held.sent)
             self._count(
@@ -482,6 +523,26 @@ class Bridge:
         except Exception:  # a bug must not stop the bridge; it is logged and counted
             self._count(self.rejected, "internal")
             log.exception("bridge: unexpected error on the telemetry of %d device(s)", len(waiting))
+
+    def _open_sessions(
+        self, db: Session, devices: Iterable[Device], waiting: dict[str, _PendingTelemetry]
+    ) -> dict[int, MachineSession]:
+        """The open session of each machine whose device measured energy in this window, locked
+        (PostgreSQL) so that two bridges add their windows one after the other."""
+        machines = sorted(
+            {d.machine_id for d in devices if d.machine_id is not None and waiting[d.id].energy is not None}
+        )
+        if not machines:
+            return {}
+        found: dict[int, MachineSession] = {}
+        for session in db.scalars(
+            select(MachineSession)
+            .where(MachineSession.machine_id.in_(machines), MachineSession.ended_at.is_(None))
+            .order_by(MachineSession.machine_id, MachineSession.started_at)
+            .with_for_update()
+        ):
+            found[session.machine_id] = session  # the newest, should a lost one still be open
+        return found
 
     def _handle(self, item: Inbound) -> None:
         where = f"werkbank/v1/dev/{item.device_id}/{item.suffix.value}"
@@ -608,9 +669,26 @@ class Bridge:
 
     def _offer_allowlist(self, device: Device, held: int | None) -> None:
         """A device came online holding an older allow-list than its machine's (or none): when
-        the broker holds none for it (a new device id, a lost retained copy), publish one."""
+        the broker holds none for it (a new device id, a lost retained copy), publish one. One
+        holding a newer list than the database knows gets the next version above it."""
         machine = device.machine
-        if machine is None or machine.allowlist_dirty:
+        if machine is None:
+            return
+        if held is not None and machine.allowlist_version < held <= ALLOWLIST_VERSION_CEILING:
+            # The device holds a list this database never issued: the database was restored from
+            # a backup made before it (docs/deploy.md, "Recovery"). The agent ignores every lower
+            # version as a replay, so go on numbering above the one it holds.
+            log.warning(
+                "device %s holds allow-list version %d, the database knows %d (restored from a "
+                "backup?): the next list is numbered above it",
+                device.id,
+                held,
+                machine.allowlist_version,
+            )
+            machine.allowlist_version = held
+            machine.allowlist_dirty = True
+            return
+        if machine.allowlist_dirty:
             return
         if held is not None and held >= machine.allowlist_version:
             return
@@ -1212,11 +1290,11 @@ class Bridge:
     def lock_for_bookings(self) -> int:
         """A booking has begun and someone else's session still runs on its machine (a walk-in
         let in before the booking was made, or an offline session): send that session a ``lock``
-        with reason ``booking_end``, once (see server/services/booking_starts.py). Not forced: the
+        with reason ``booking_end``, once (see server/services/booking_locks.py). Not forced: the
         agent waits for a running job. Returns how many locks went out."""
         now = self.clock()
         with self.db.session() as db:
-            due = booking_starts.due_locks(db, now, skip=self._booking_locks_sent)
+            due = booking_locks.due_locks(db, now, skip=self._booking_locks_sent)
             # Sent before the commit: a crash in between sends it again, with the same command
             # id, which the agent ignores; the other order could lose the lock.
             for lock in due:

@@ -111,7 +111,7 @@ def _require_schema(process: str) -> None:
 def load_cmd(file: Path) -> None:
     """Load sites, people, badges, competencies, machines and devices from a YAML FILE."""
     from server.extensions import db
-    from server.services.loader import LoadError, load, parse
+    from server.services.lab_file import LoadError, load, parse
 
     try:
         lab = parse(file.read_text(encoding="utf-8"))
@@ -129,6 +129,141 @@ def _os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for the uid (a container)
         return f"uid {os.getuid()}"
+
+
+# -- backups -------------------------------------------------------------------------------
+@click.command("backup")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the backup sets (default: WERKBANK_BACKUP_DIR).",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep the newest N sets, remove older ones (default: WERKBANK_BACKUP_KEEP, 14).",
+)
+@with_appcontext
+def backup_cmd(directory: Path | None, keep: int | None) -> None:
+    """Back up the database and the secrets a restored server needs, encrypted (one set per run).
+
+    A failure exits non-zero and is recorded in backup-status.json beside the sets, in the audit
+    log, and told to every active admin (app and e-mail)."""
+    from server import backup
+    from server.extensions import db
+    from server.models import utcnow
+
+    cfg = current_app.config
+    settings = backup.BackupSettings.from_config(cfg, directory, keep)
+    now = utcnow()
+    actor = f"cli:{_os_user()}"
+    try:
+        result = backup.create_backup(cfg["DATABASE_URL"], settings, cfg, now)
+    except Exception as exc:
+        known = isinstance(exc, backup.BackupError | OSError)
+        message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        log.error("backup failed: %s", message, exc_info=not known)
+        for problem in backup.record_failure(db, cfg, settings.directory, now, message, actor):
+            log.error("backup failure: %s", problem)
+        raise click.ClickException(f"backup failed: {message}") from exc
+    backup.record_success(db, result, now, actor)
+    if not cfg.get("SECRET_KEY_FROM_ENV"):
+        log.warning("SECRET_KEY is not set: this server's key changes at every start (README, Settings)")
+    rows = _row_counts(result.counts)
+    click.echo(f"backup {result.path} ({result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s; {rows})")
+    if result.removed:
+        click.echo(f"removed older sets (keeping {settings.keep}): {', '.join(result.removed)}")
+
+
+def _row_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts.get(t, 0)} {t}" for t in ("people", "sessions", "qualifications", "audit_log"))
+
+
+@click.command("backup-key")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the key (default: WERKBANK_BACKUP_KEY_FILE).",
+)
+@with_appcontext
+def backup_key_cmd(out: Path | None) -> None:
+    """Make the key backups are encrypted with (mode 0600; never over an existing key)."""
+    from server import backup
+
+    path = out or Path(current_app.config["BACKUP_KEY_FILE"])
+    try:
+        kid = backup.create_key_file(path)
+    except backup.BackupError as exc:
+        raise click.ClickException(f"{exc}. Nothing was changed.") from exc
+    click.echo(f"backup key written to {path} (mode 0600, key id {kid})")
+    click.echo(
+        "Keep a copy AWAY from this server, e.g. in the lab's password manager or printed in a safe "
+        f"(its one line is the key: cat {path}). Without it no backup can be restored; with it anyone "
+        "who has a backup can read it."
+    )
+    click.echo(
+        "The nightly backup needs this file on the server (WERKBANK_BACKUP_KEY_FILE), readable by the "
+        f"user it runs as: sudo chown werkbank: {path}"
+    )
+
+
+@click.command("restore")
+@click.argument("backup_set", metavar="BACKUP", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The backup key file (`werkbank backup-key` made it).",
+)
+@click.option(
+    "--database-url", default=None, help="The EMPTY database to restore into (default: DATABASE_URL)."
+)
+@click.option(
+    "--secrets-to",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="New folder for the restored settings and files (default: ./werkbank-restore-<time>).",
+)
+@with_appcontext
+def restore_cmd(backup_set: Path, key_file: Path, database_url: str | None, secrets_to: Path | None) -> None:
+    """Restore the backup set BACKUP (a werkbank-<time> folder) into an empty database."""
+    from server import backup
+    from server.db import Database
+    from server.migrate import problem, schema_state
+    from server.services import audit
+
+    url = database_url or current_app.config["DATABASE_URL"]
+    try:
+        result = backup.restore_backup(backup_set, key_file, url, secrets_to)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    restored = Database()
+    restored.init(url)
+    try:
+        with restored.session() as session:
+            audit.record(
+                session,
+                None,
+                "backup.restored",
+                result.name,
+                {"created": result.created, "secrets_to": str(result.secrets_dir)},
+                actor_label=f"cli:{_os_user()}",
+            )
+    except Exception as exc:  # an older schema's audit log (before `werkbank db upgrade`)
+        log.warning("restore not written to the audit log: %s", str(exc).splitlines()[0])
+    finally:
+        restored.dispose()
+    rows = _row_counts(result.counts)
+    click.echo(f"restored {result.name} (made {result.created}) into {backup._safe(url)}: {rows}")
+    click.echo(f"settings and files in {result.secrets_dir}: put them in place as its RESTORE.txt says")
+    wrong = problem(schema_state(url))
+    if wrong is not None:  # a backup of an older (or newer) Werkbank
+        click.echo(f"before you start the server: {wrong}")
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -608,6 +743,9 @@ def demo_data_cmd(sites: int, machines: int, years: float, seed: int, database_u
 
 COMMANDS = (
     db_group,
+    backup_cmd,
+    backup_key_cmd,
+    restore_cmd,
     load_cmd,
     web_cmd,
     bridge_cmd,

@@ -72,6 +72,13 @@ class Config:
     # The address people reach the server at (https://lab.example.org), for the verification URL
     # and QR code printed on certificates; unset: the address of the request that made them.
     PUBLIC_URL: str | None = os.environ.get("WERKBANK_PUBLIC_URL") or None
+    # Backups (`werkbank backup`, docs/deploy.md "Backups"): where the sets go, the key they are
+    # encrypted with, how many are kept, and files beyond the database a restored server needs
+    # (Mosquitto's password file and key; separated by ":").
+    BACKUP_DIR: str = os.environ.get("WERKBANK_BACKUP_DIR") or str(VAR_DIR / "backups")
+    BACKUP_KEY_FILE: str = os.environ.get("WERKBANK_BACKUP_KEY_FILE") or str(VAR_DIR / "backup.key")
+    BACKUP_KEEP: int = _int("WERKBANK_BACKUP_KEEP", 14)
+    BACKUP_FILES: str = os.environ.get("WERKBANK_BACKUP_FILES", "")
     WEB_HOST: str = os.environ.get("WERKBANK_HOST", "127.0.0.1")
     WEB_PORT: int = _int("WERKBANK_PORT", 5000)
     # How many reverse proxies (nginx, Caddy) stand in front of the web app: their

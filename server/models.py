@@ -31,6 +31,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.engine import Dialect
@@ -552,6 +553,15 @@ class MachineSession(Base):
     review: Mapped[str | None] = mapped_column(String(16), index=True)  # SessionReview
     reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
     reviewed_at: Mapped[datetime | None] = mapped_column()
+    # Energy from the device's telemetry (server.services.energy): None = never metered. The gap
+    # is the time between readings too far apart to count; energy_last_* is the last reading
+    # counted (its device's clock), all the next telemetry window needs.
+    energy_wh: Mapped[float | None] = mapped_column(Float)
+    energy_gap_s: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    energy_source: Mapped[str | None] = mapped_column(String(8))  # counter, power or mixed
+    energy_last_at: Mapped[datetime | None] = mapped_column()
+    energy_last_w: Mapped[float | None] = mapped_column(Float)
+    energy_last_wh: Mapped[float | None] = mapped_column(Float)
 
     machine: Mapped[Machine] = relationship()
     person: Mapped[Person | None] = relationship(foreign_keys=[person_id])
@@ -859,6 +869,10 @@ class UsageDaily(Base):
     # Unlocked time of booking holders inside their own bookings.
     booked_used_s: Mapped[float] = mapped_column(Float, default=0.0)
     no_shows: Mapped[int] = mapped_column(Integer, default=0)
+    # Sessions' energy spread evenly over their unlocked time, and the gaps it could not count
+    # (server.services.energy); server defaults: bulk writers may leave them out.
+    energy_wh: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    energy_gap_s: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
 
 
 class UsageHourly(Base):

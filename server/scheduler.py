@@ -101,7 +101,7 @@ def refresh_usage(database: Database, now: datetime | None = None) -> int:
     return done
 
 
-def site_today(db: Session, now: datetime) -> date:
+def day_begun_at_every_site(db: Session, now: datetime) -> date:
     """The calendar day at the site whose midnight comes last (UTC's day when there is no site).
 
     ``training.expire_due`` takes one day for all sites: the earliest one never expires a
@@ -120,7 +120,7 @@ def expire_qualifications(database: Database, now: datetime | None = None) -> in
     the bridge reissues them. Returns how many expired (0 when run again)."""
     now = now or datetime.now(UTC)
     with database.session() as db:
-        today = site_today(db, now)
+        today = day_begun_at_every_site(db, now)
         expired = training.expire_due(db, now, today)
         notifications.notify_expired(db, expired, today)
     if expired:
@@ -133,7 +133,7 @@ def remind_expiring(database: Database, now: datetime | None = None) -> int:
     settle the reminders of qualifications renewed meanwhile."""
     now = now or datetime.now(UTC)
     with database.session() as db:
-        today = site_today(db, now)
+        today = day_begun_at_every_site(db, now)
         notifications.settle_renewed(db, today, now)
         made = notifications.remind_expiring(db, today)
     if made:
@@ -191,7 +191,7 @@ def prompt_follow_ups(database: Database, now: datetime | None = None) -> int:
     months ago (once per exit)."""
     now = now or datetime.now(UTC)
     with database.session() as db:
-        made = outcomes.prompt_follow_ups(db, site_today(db, now))
+        made = outcomes.prompt_follow_ups(db, day_begun_at_every_site(db, now))
     if made:
         log.info("%d follow-up prompts made", made)
     return made

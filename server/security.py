@@ -1,7 +1,7 @@
 """Password hashing for people's web logins and devices' broker passwords (argon2id).
 
-One hasher for the whole server, so the web login, the YAML loader and device
-provisioning all write hashes with the same parameters.
+One hasher for the whole server, so the web login, the lab file (``werkbank load``) and
+device provisioning all write hashes with the same parameters.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def database(database_url: str) -> Iterator[Database]:
 @pytest.fixture
 def lab(database: Database) -> Database:
     """The test lab of tests/data/lab.yaml loaded (sites, people, badges, machines, devices)."""
-    from server.services.loader import load, parse
+    from server.services.lab_file import load, parse
 
     with database.session() as session:
         load(session, parse((DATA / "lab.yaml").read_text()))

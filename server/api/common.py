@@ -105,7 +105,7 @@ def paged(items: list[Any], meta: dict[str, Any]) -> Response:
     return answer({"items": items, **meta})
 
 
-def site_today(person: Person, now: datetime) -> date:
+def today_at_site_of(person: Person, now: datetime) -> date:
     """Today at ``person``'s site: qualifications run out at the site's midnight."""
     return now.astimezone(ZoneInfo(person.site.timezone)).date()
 

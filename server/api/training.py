@@ -24,8 +24,8 @@ from server.api.common import (
     qualification_out,
     read_body,
     read_query,
-    site_today,
     step_record_out,
+    today_at_site_of,
 )
 from server.api.errors import ApiError
 from server.extensions import get_db
@@ -59,7 +59,7 @@ def list_qualifications() -> ResponseReturnValue:
     if q.action is not None:
         query = query.where(Qualification.action == QualificationAction(q.action))
     if q.current_only:
-        query = _in_force(query, site_today(me, utcnow()))
+        query = _in_force(query, today_at_site_of(me, utcnow()))
     rows, meta = page(db, query, q)
     return paged([qualification_out(e) for e in rows], meta)
 
@@ -99,7 +99,14 @@ def grant() -> ResponseReturnValue:
     person, competency = _person(db, body.person_id), _competency(db, body.competency)
     now = utcnow()
     entry = training.grant(
-        db, person, competency, Level(body.level), current_person(), body.reason, now, site_today(person, now)
+        db,
+        person,
+        competency,
+        Level(body.level),
+        current_person(),
+        body.reason,
+        now,
+        today_at_site_of(person, now),
     )
     db.commit()
     return answer(qualification_out(entry), 201)
@@ -113,7 +120,7 @@ def renew() -> ResponseReturnValue:
     person, competency = _person(db, body.person_id), _competency(db, body.competency)
     now = utcnow()
     entry = training.renew(
-        db, person, competency, current_person(), body.reason, now, site_today(person, now)
+        db, person, competency, current_person(), body.reason, now, today_at_site_of(person, now)
     )
     db.commit()
     return answer(qualification_out(entry), 201)
@@ -127,7 +134,7 @@ def revoke() -> ResponseReturnValue:
     person, competency = _person(db, body.person_id), _competency(db, body.competency)
     now = utcnow()
     entry = training.revoke(
-        db, person, competency, current_person(), body.reason, now, site_today(person, now)
+        db, person, competency, current_person(), body.reason, now, today_at_site_of(person, now)
     )
     db.commit()
     return answer(qualification_out(entry), 201)
@@ -146,7 +153,7 @@ def record_step() -> ResponseReturnValue:
         )
     now = utcnow()
     record, entry = training.record_step(
-        db, person, step, current_person(), now, site_today(person, now), source="api", note=body.note
+        db, person, step, current_person(), now, today_at_site_of(person, now), source="api", note=body.note
     )
     db.commit()
     return answer(

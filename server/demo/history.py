@@ -557,7 +557,7 @@ def _pick(
 def machine_history(
     rng: random.Random,
     plan: MachinePlan,
-    facts: usage.MachineFacts,
+    facts: usage.MachineUsageFacts,
     days: Sequence[date],
     people_by_month: dict[date, list[PersonPlan]],
     first: date,
@@ -858,7 +858,7 @@ def _types(db: Session, comps: dict[str, Competency]) -> dict[str, MachineType]:
 @dataclass
 class Lab:
     machines: list[MachinePlan]
-    facts: dict[int, usage.MachineFacts]
+    facts: dict[int, usage.MachineUsageFacts]
     people_by_site_month: dict[int, dict[date, list[PersonPlan]]]
     trainers: dict[int, list[int]]
     people: int
@@ -878,7 +878,7 @@ def create_lab(db: Session, rng: random.Random, sites: int, machines: int, first
     types = _types(db, comps)
     password = hash_password(ADMIN_PASSWORD)
     plans: list[MachinePlan] = []
-    facts: dict[int, usage.MachineFacts] = {}
+    facts: dict[int, usage.MachineUsageFacts] = {}
     by_site: dict[int, dict[date, list[PersonPlan]]] = {}
     trainers: dict[int, list[int]] = {}
     n_people = 0
@@ -1026,7 +1026,7 @@ def create_lab(db: Session, rng: random.Random, sites: int, machines: int, first
                     trainers=tuple(site_trainers),  # every trainer holds every competency here
                 )
             )
-            facts[machine.id] = usage.MachineFacts(
+            facts[machine.id] = usage.MachineUsageFacts(
                 machine_id=machine.id,
                 site_id=site.id,
                 machine_type_id=machine.machine_type_id,

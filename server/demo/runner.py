@@ -31,7 +31,7 @@ from server.extensions import db
 from server.migrate import upgrade
 from server.models import Device, Machine
 from server.services import decision
-from server.services.loader import load, parse
+from server.services.lab_file import load, parse
 from server.services.provisioning import agent_config
 
 DEMO_BROKER_PORT = 1884

@@ -70,6 +70,10 @@ class UsageFigures:
     open_h: float = 0.0
     maintenance_h: float = 0.0
     offline_h: float = 0.0
+    # Metered energy of the sessions (server.services.energy), and the session time between
+    # readings too far apart to count: energy is at least what is shown when that is above 0.
+    energy_kwh: float = 0.0
+    energy_gap_h: float = 0.0
 
     @property
     def utilisation(self) -> float | None:
@@ -216,6 +220,8 @@ def utilisation(
             func.sum(UsageDaily.jobs_failed).label("jobs_failed"),
             func.sum(UsageDaily.filament_g).label("filament_g"),
             func.sum(UsageDaily.no_shows).label("no_shows"),
+            func.sum(UsageDaily.energy_wh).label("energy_wh"),
+            func.sum(UsageDaily.energy_gap_s).label("energy_gap_s"),
         )
         .where(*daily)
         .group_by(UsageDaily.machine_id)
@@ -253,6 +259,8 @@ def utilisation(
             open_h=open_s / HOUR,
             maintenance_h=maintenance_s / HOUR,
             offline_h=offline_s / HOUR,
+            energy_kwh=u.get("energy_wh", 0.0) / 1000,
+            energy_gap_h=u.get("energy_gap_s", 0.0) / HOUR,
         )
         rows.append(
             MachineUsage(machine_id, slug, name, type_slug, LocalName(type_name, type_name_de), figures)

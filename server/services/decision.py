@@ -73,7 +73,7 @@ from server.models import (
     Site,
     in_language,
 )
-from server.services import messages, opening_hours
+from server.services import machine_texts, opening_hours
 from server.services.qualifications import QualificationState, qualification_state
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.cardkeys import card_genuine
@@ -87,7 +87,9 @@ STALE_SESSION = timedelta(hours=24)
 
 
 @dataclass
-class Decision:
+class AccessResult:
+    """What :func:`decide` answers for one tap: a :class:`Verdict` with the people as rows."""
+
     allowed: bool
     reason: str
     message: dict[str, str]
@@ -192,7 +194,8 @@ class RequirementFacts:
 
 @dataclass
 class Verdict:
-    """A decision in facts (what :class:`Decider` returns; :func:`decide` turns it into a Decision)."""
+    """A decision in facts (what :class:`Decider` returns; :func:`decide` turns it into an
+    :class:`AccessResult`)."""
 
     allowed: bool
     reason: str
@@ -203,7 +206,7 @@ class Verdict:
     until: datetime | None = None
     # Mode use, allowed: the person is a trainer for this machine type (AuthResp ``trainer``).
     trainer_here: bool = False
-    until_booking: bool = False  # as Decision.until_booking
+    until_booking: bool = False  # as AccessResult.until_booking
 
 
 # -- queries (Core, built once; the bridge runs them for every batch of taps) -------------------
@@ -554,7 +557,7 @@ def opening_window(
 def _deny(
     reason: str, tz: str, key: str | None = None, person: PersonFacts | None = None, **params: object
 ) -> Verdict:
-    return Verdict(False, reason, messages.render(key or reason, tz, **params), person=person)
+    return Verdict(False, reason, machine_texts.render(key or reason, tz, **params), person=person)
 
 
 def _rules(
@@ -608,7 +611,7 @@ def _rules(
             return Verdict(
                 True,
                 "ok",
-                messages.render("signoff_recorded", tz, name=person.first_name),
+                machine_texts.render("signoff_recorded", tz, name=person.first_name),
                 person=person,
                 trainer=trainer,
             )
@@ -642,12 +645,12 @@ def _rules(
     if count >= max_open_sessions:
         return _deny("session_limit", tz, person=person, count=count)
     if trainer is not None:
-        message = messages.render(
+        message = machine_texts.render(
             "supervised_ok", tz, name=person.first_name, trainer=trainer.first_name, until=until
         )
     else:
         key = "ok_until_booking" if booked_after and until_booking else "ok"
-        message = messages.render(key, tz, name=person.first_name, until=until)
+        message = machine_texts.render(key, tz, name=person.first_name, until=until)
     return Verdict(
         True,
         "ok",
@@ -749,7 +752,7 @@ def decide(
     trainer_badge: str | None = None,
     max_open_sessions: int = 2,
     card_auth: str | None = None,
-) -> Decision:
+) -> AccessResult:
     """Decide one tap. Reads only; the caller records the decision."""
     verdict = _rules(
         _machine_facts(db, machine),
@@ -765,7 +768,7 @@ def decide(
         lambda: load_bookings(db, machine.id, now),
         card_auth,
     )
-    return Decision(
+    return AccessResult(
         verdict.allowed,
         verdict.reason,
         verdict.message,

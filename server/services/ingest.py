@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.models import Badge, Device, Job, Machine, MachineSession, SessionReview, StoredEvent
-from server.services import attendance, bookings, cards, clocks, device_claims, reconcile, training
+from server.services import attendance, bookings, cards, clocks, device_claims, energy, reconcile, training
 from server.services.device_claims import Decided, Refusal
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.messages import (
@@ -271,6 +271,7 @@ def _session_ended(
     row.end_reason = event.reason
     row.unlocked_s = event.unlocked_s
     row.run_s = event.run_s
+    energy.close(row)
     if machine.live_session_id == row.id:
         machine.live_session_id = None
         machine.live_running = False

@@ -60,6 +60,8 @@ QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
 OFFLINE_NOT_ALLOWED = "offline_not_allowed"
 # For admins: a device silent too long while its lab is open (server.services.devices).
 DEVICE_OFFLINE = "device_offline"
+# For admins: a backup run failed (server.backup).
+BACKUP_FAILED = "backup_failed"
 # For admins: a device's events wait unstored, or its offline allow-list is old (devices.notify_health).
 DEVICE_OUTBOX_STUCK = "device_outbox_stuck"
 DEVICE_ALLOWLIST_OLD = "device_allowlist_old"
@@ -98,6 +100,11 @@ TEXTS: dict[str, str] = {
         "The device at {machine} has been offline since {start} on {date}, while the lab is open. "
         "Check its power and network; until it is back, nobody can unlock {machine}."
     ),
+    BACKUP_FAILED: N_(
+        "The backup on {date} at {start} failed: {error}. Until a backup succeeds, a lost server "
+        "would lose everything since the last good one. On the server, backup-status.json in the "
+        "backup folder and `journalctl -u werkbank-backup` say more."
+    ),
     DEVICE_OUTBOX_STUCK: N_(
         "Events of the device at {machine} have waited {minutes} minutes for the server to store "
         "them ({count} waiting). The machine still works, but its sessions are missing from hours "
@@ -122,6 +129,7 @@ SUBJECTS: dict[str, str] = {
     OFFLINE_NOT_ALLOWED: N_("{person} used {machine} without being allowed"),
     FOLLOW_UP_DUE: N_("Six-month follow-up for {person}"),
     DEVICE_OFFLINE: N_("{machine} is offline"),
+    BACKUP_FAILED: N_("The backup failed"),
     DEVICE_OUTBOX_STUCK: N_("{machine}: events are not arriving"),
     DEVICE_ALLOWLIST_OLD: N_("{machine}: the offline allow-list is old"),
 }
@@ -152,6 +160,7 @@ def _values(notification: Notification, language: str) -> dict[str, str]:
         "start": _clock(params, "starts_at", "start", language),
         "end": _clock(params, "ends_at", "end", language),
         "minutes": str(params.get("minutes", "")),
+        "error": str(params.get("error", "")),
         # Device health notices: events waiting, hours, the allow-list's version.
         "count": str(params.get("count", "")),
         "hours": str(params.get("hours", "")),
@@ -360,3 +369,25 @@ def notify_expired(db: Session, entries: Iterable[Qualification], today: date) -
         about = _About(entry.id, entry.person, entry.competency, entry.valid_until)
         made += _notify(db, about, EXPIRED, TRAINEE_EXPIRED, f"expired:{entry.id}", today)
     return made
+
+
+# -- backups ---------------------------------------------------------------------------------------
+
+
+def backup_failed(db: Session, at: datetime, error: str, tz: str) -> int:
+    """Tell every active admin that the backup run of ``at`` failed (``error`` says why, as the
+    system reported it). Returns how many were told."""
+    admins = db.scalars(
+        select(Person).where(Person.is_admin.is_(True), Person.active.is_(True)).order_by(Person.id)
+    ).all()
+    key = f"backup_failed:{at.isoformat()}"
+    params = {
+        "date": at.astimezone(ZoneInfo(tz)).date().isoformat(),
+        "starts_at": at.isoformat(),
+        "tz": tz,
+        "error": error,
+    }
+    for admin in admins:
+        db.add(Notification(person_id=admin.id, kind=BACKUP_FAILED, key=key, params=params, created_at=at))
+    db.flush()
+    return len(admins)

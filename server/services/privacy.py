@@ -129,6 +129,7 @@ def export(db: Session, person: Person, actor: Person | None, now: datetime) -> 
                     "end_reason",
                     "unlocked_s",
                     "run_s",
+                    "energy_wh",
                     "trainer_id",
                 ),
             )

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, aliased
 from server.models import (
     Competency,
     Level,
+    Machine,
     MachineType,
     Person,
     PersonUsageMonthly,
@@ -30,6 +31,7 @@ from server.models import (
     QualificationAction,
     Site,
     StepRecord,
+    UsageDaily,
     in_language,
 )
 from server.services.outcomes import ProgrammeOutcomes, outcomes
@@ -118,6 +120,19 @@ class GroupRow:
 
 
 @dataclass(frozen=True)
+class MachineRow:
+    """One machine's use and metered energy in the period (all its use: participants or not)."""
+
+    machine_id: int
+    name: str
+    type_name: str
+    sessions: int
+    unlocked_s: float
+    energy_wh: float
+    energy_gap_s: float  # session time the meter could not count: the energy is at least energy_wh
+
+
+@dataclass(frozen=True)
 class Totals:
     participants: int
     new: int
@@ -152,6 +167,16 @@ class FunderReport:
     totals: Totals
     # Exits by programme in the period, with integrations against the programmes' yearly targets.
     outcomes: list[ProgrammeOutcomes] = field(default_factory=list)
+    # Machines with use or energy in the period (docs/reports.md, "Machines and energy").
+    machines: list[MachineRow] = field(default_factory=list)
+
+    @property
+    def energy_wh(self) -> float:
+        return sum(m.energy_wh for m in self.machines)
+
+    @property
+    def energy_gap_s(self) -> float:
+        return sum(m.energy_gap_s for m in self.machines)
 
     @property
     def months(self) -> int:
@@ -441,7 +466,52 @@ def funder_report(
             cohort=cohort,
             today=(now or datetime.now(UTC)).date(),
         ),
+        machines=machine_rows(db, site_id, cohort, start, end_excl, lang),
     )
+
+
+def machine_rows(
+    db: Session, site_id: int | None, cohort: str | None, start: date, end_excl: date, lang: str
+) -> list[MachineRow]:
+    """Per machine: sessions, machine hours and energy from the daily aggregates of the local
+    days in [start, end_excl). The cohort filter applies (the aggregates keep the cohort);
+    the programme filter cannot (they do not keep it): docs/reports.md says so."""
+    u = UsageDaily
+    query = (
+        select(
+            Machine.id,
+            Machine.name,
+            MachineType.name,
+            MachineType.name_de,
+            func.sum(u.sessions),
+            func.sum(u.unlocked_s),
+            func.sum(u.energy_wh),
+            func.sum(u.energy_gap_s),
+        )
+        .join(Machine, Machine.id == u.machine_id)
+        .join(MachineType, MachineType.id == Machine.machine_type_id)
+        .where(u.day >= start, u.day < end_excl)
+        .group_by(Machine.id, Machine.name, MachineType.name, MachineType.name_de)
+    )
+    if site_id is not None:
+        query = query.where(u.site_id == site_id)
+    if cohort is not None:
+        query = query.where(u.cohort == cohort)
+    rows = [
+        MachineRow(
+            machine_id,
+            name,
+            in_language(type_name, type_name_de, lang),
+            int(sessions or 0),
+            float(unlocked or 0),
+            float(energy_wh or 0),
+            float(gap or 0),
+        )
+        for machine_id, name, type_name, type_name_de, sessions, unlocked, energy_wh, gap in db.execute(query)
+    ]
+    rows = [r for r in rows if r.sessions or r.unlocked_s or r.energy_wh]
+    rows.sort(key=lambda r: (r.type_name.casefold(), r.name.casefold(), r.machine_id))
+    return rows
 
 
 def filter_choices(db: Session, site_id: int | None = None) -> tuple[list[str], list[str]]:

@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, event, inspect, or_, select, text
+from sqlalchemy import delete, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,15 +31,12 @@ from server.models import (
     Booking,
     BookingStatus,
     ClosedDay,
-    Device,
     DowntimeKind,
     Job,
     Machine,
     MachineDayStats,
     MachineDowntime,
     MachineSession,
-    MachineStatus,
-    OpeningHours,
     Person,
     PersonUsageMonthly,
     Site,
@@ -66,6 +63,8 @@ class SessionFact(NamedTuple):
     end: float | None  # None: still open (counts up to ``now``)
     run_s: float | None
     supervised: bool  # mode "supervise" or a trainer present
+    energy_wh: float = 0.0  # metered so far (server.services.energy)
+    energy_gap_s: float = 0.0  # time the meter could not count
 
 
 class JobFact(NamedTuple):
@@ -89,7 +88,7 @@ class DowntimeFact(NamedTuple):
 
 
 @dataclass(frozen=True)
-class MachineFacts:
+class MachineUsageFacts:
     machine_id: int
     site_id: int
     machine_type_id: int
@@ -111,6 +110,8 @@ class DailyAcc:
     booked_s: float = 0.0
     booked_used_s: float = 0.0
     no_shows: int = 0
+    energy_wh: float = 0.0
+    energy_gap_s: float = 0.0
 
 
 @dataclass
@@ -126,7 +127,7 @@ class PersonAcc:
 class Aggregates:
     """What :func:`compute` returns, as rows ready to insert (see :meth:`rows`)."""
 
-    machine: MachineFacts
+    machine: MachineUsageFacts
     days: list[date]
     daily: dict[tuple[date, str], DailyAcc] = field(default_factory=dict)
     hourly: dict[tuple[date, int, str], float] = field(default_factory=dict)
@@ -287,7 +288,7 @@ def local_days(start: datetime, end: datetime, timezone: str) -> list[date]:
 
 
 def compute(
-    machine: MachineFacts,
+    machine: MachineUsageFacts,
     days: Sequence[date],
     sessions: Iterable[SessionFact],
     jobs: Iterable[JobFact],
@@ -337,10 +338,15 @@ def compute(
         if end <= cal.start or s.start >= cal.end:
             continue
         ratio = 0.0 if s.end is None or not s.run_s else min(1.0, s.run_s / (end - s.start))
+        # Energy and its gaps spread evenly over the unlocked time, like run time: telemetry
+        # keeps no per-day reading, and sessions across midnight are few.
+        span = end - s.start
         for day, seconds in cal.split_days(s.start, end):
             a = acc(day, cohort)
             a.unlocked_s += seconds
             a.run_s += seconds * ratio
+            a.energy_wh += s.energy_wh * seconds / span
+            a.energy_gap_s += s.energy_gap_s * seconds / span
             if s.supervised:
                 a.supervised_s += seconds
             if s.person_id is not None:
@@ -408,7 +414,7 @@ def _epoch(value: datetime) -> float:
     return value.timestamp()
 
 
-def machine_facts(db: Session, machine_id: int, days: Sequence[date] = ()) -> MachineFacts:
+def machine_facts(db: Session, machine_id: int, days: Sequence[date] = ()) -> MachineUsageFacts:
     machine = db.get(Machine, machine_id)
     if machine is None:
         raise LookupError(f"no machine {machine_id}")
@@ -426,7 +432,7 @@ def machine_facts(db: Session, machine_id: int, days: Sequence[date] = ()) -> Ma
                 )
             )
         )
-    return MachineFacts(
+    return MachineUsageFacts(
         machine_id=machine.id,
         site_id=machine.site_id,
         machine_type_id=machine.machine_type_id,
@@ -450,7 +456,17 @@ def load_facts(db: Session, machine_id: int, start: datetime, end: datetime) -> 
     current cohorts of the people in them."""
     s = MachineSession
     rows = db.execute(
-        select(s.id, s.person_id, s.trainer_id, s.mode, s.started_at, s.ended_at, s.run_s).where(
+        select(
+            s.id,
+            s.person_id,
+            s.trainer_id,
+            s.mode,
+            s.started_at,
+            s.ended_at,
+            s.run_s,
+            s.energy_wh,
+            s.energy_gap_s,
+        ).where(
             s.machine_id == machine_id,
             s.started_at < end,
             s.started_at >= start - MAX_SPAN,
@@ -459,7 +475,7 @@ def load_facts(db: Session, machine_id: int, start: datetime, end: datetime) -> 
     ).all()
     sessions: list[SessionFact] = []
     owner: dict[str, int | None] = {}
-    for sid, person_id, trainer_id, mode, started, ended, run_s in rows:
+    for sid, person_id, trainer_id, mode, started, ended, run_s, energy_wh, energy_gap_s in rows:
         if started is None:
             continue
         owner[sid] = person_id
@@ -470,10 +486,12 @@ def load_facts(db: Session, machine_id: int, start: datetime, end: datetime) -> 
                 None if ended is None else _epoch(ended),
                 run_s,
                 mode == "supervise" or trainer_id is not None,
+                energy_wh or 0.0,
+                energy_gap_s or 0.0,
             )
         )
     jobs: list[JobFact] = []
-    started_of = {sid: started for sid, _p, _t, _m, started, _e, _r in rows}
+    started_of = {row.id: row.started_at for row in rows}
     ids = list(owner)
     for chunk in range(0, len(ids), 500):
         for session_id, j_start, j_end, status, grams in db.execute(
@@ -567,7 +585,7 @@ def recompute(db: Session, machine_id: int, day: date, now: datetime | None = No
 
 
 # -- the dirty-day queue ----------------------------------------------------------------------
-def _upsert_dirty(conn: Any, pairs: Iterable[tuple[int, date]], at: datetime) -> None:
+def upsert_dirty(conn: Any, pairs: Iterable[tuple[int, date]], at: datetime) -> None:
     rows = [{"machine_id": m, "day": d, "marked_at": at} for m, d in pairs]
     if not rows:
         return
@@ -588,205 +606,7 @@ def _upsert_dirty(conn: Any, pairs: Iterable[tuple[int, date]], at: datetime) ->
 
 
 def mark_dirty(db: Session, machine_id: int, days: Iterable[date], at: datetime | None = None) -> None:
-    _upsert_dirty(db.connection(), {(machine_id, d) for d in days}, at or utcnow())
-
-
-def _history(obj: Any, name: str) -> list[Any]:
-    """The attribute's current value and, when it changed in this flush, its old one."""
-    hist = inspect(obj).attrs[name].history
-    values = [*hist.added, *hist.unchanged, *hist.deleted]
-    return [v for v in values if v is not None] or [None]
-
-
-def _changed(obj: Any, names: Sequence[str]) -> bool:
-    state = inspect(obj)
-    return bool(state.pending or state.deleted or any(state.attrs[n].history.has_changes() for n in names))
-
-
-_SESSION_FIELDS = ("started_at", "ended_at", "person_id", "trainer_id", "mode", "run_s", "machine_id")
-_JOB_FIELDS = ("started_at", "finished_at", "status", "filament_g", "session_id", "machine_id")
-_BOOKING_FIELDS = ("starts_at", "ends_at", "status", "no_show", "person_id", "machine_id")
-_DOWNTIME_FIELDS = ("started_at", "ended_at", "kind", "machine_id")
-
-
-def _spans(obj: Any, start: str, end: str, now: datetime) -> Iterator[tuple[int, datetime, datetime]]:
-    """(machine, start, end) of the object before and after this flush."""
-    starts = [v for v in _history(obj, start) if v is not None]
-    ends = [v for v in _history(obj, end) if v is not None]
-    if not starts:
-        starts = ends
-    if not starts:
-        return
-    first = min(starts)
-    last = max([*ends, *starts]) if ends and None not in _history(obj, end) else now
-    for machine_id in _history(obj, "machine_id"):
-        if machine_id is not None:
-            yield machine_id, first, max(first, last)
-
-
-@event.listens_for(Session, "before_flush")
-def _note_usage_changes(session: Session, _ctx: Any, _instances: Any) -> None:
-    """Collect what this flush changes about machine use (and open/close downtime periods)."""
-    now = utcnow()
-    spans: list[tuple[int, datetime, datetime]] = session.info.setdefault("usage_spans", [])
-    # (site, machine or None for all the site's machines, local day or None for today)
-    closed: list[tuple[int, int | None, date | None]] = session.info.setdefault("usage_closed", [])
-    with session.no_autoflush:
-        for obj in (*session.new, *session.dirty, *session.deleted):
-            if isinstance(obj, MachineSession) and _changed(obj, _SESSION_FIELDS):
-                spans.extend(_spans(obj, "started_at", "ended_at", now))
-            elif isinstance(obj, Job) and _changed(obj, _JOB_FIELDS):
-                for when in (*_history(obj, "started_at"), *_history(obj, "finished_at")):
-                    if when is not None and obj.machine_id is not None:
-                        spans.append((obj.machine_id, when, when))
-            elif isinstance(obj, Booking) and _changed(obj, _BOOKING_FIELDS):
-                spans.extend(_spans(obj, "starts_at", "ends_at", now))
-            elif isinstance(obj, MachineDowntime) and _changed(obj, _DOWNTIME_FIELDS):
-                spans.extend(_spans(obj, "started_at", "ended_at", now))
-            elif isinstance(obj, ClosedDay) and _changed(obj, ("day", "machine_id", "site_id")):
-                for day in _history(obj, "day"):
-                    if day is not None:
-                        closed.append((obj.site_id, obj.machine_id, day))
-            elif isinstance(obj, OpeningHours) and _changed(
-                obj, ("weekday", "opens", "closes", "machine_id")
-            ):
-                # New hours count from today on; past days keep the hours they had (rebuild to redo).
-                closed.append((obj.site_id, obj.machine_id, None))
-            elif isinstance(obj, Machine) and obj not in session.new and obj not in session.deleted:
-                if inspect(obj).attrs["status"].history.has_changes():
-                    spans.extend(_status_downtime(session, obj, now))
-            elif (
-                isinstance(obj, Device)
-                and obj not in session.deleted
-                and obj.machine_id is not None
-                and inspect(obj).attrs["online"].history.has_changes()
-            ):
-                at = obj.last_seen or now
-                spans.extend(set_offline(session, obj.machine_id, not obj.online, at))
-
-
-def _open_downtime(session: Session, machine_id: int, offline: bool) -> list[MachineDowntime]:
-    kinds = [DowntimeKind.OFFLINE] if offline else [DowntimeKind.MAINTENANCE, DowntimeKind.OUT_OF_ORDER]
-    found = list(
-        session.scalars(
-            select(MachineDowntime).where(
-                MachineDowntime.machine_id == machine_id,
-                MachineDowntime.ended_at.is_(None),
-                MachineDowntime.kind.in_(kinds),
-            )
-        )
-    )
-    # Periods opened earlier in this unit of work are not in the database yet.
-    found += [
-        o
-        for o in session.new
-        if isinstance(o, MachineDowntime)
-        and o.machine_id == machine_id
-        and o.ended_at is None
-        and o.kind in kinds
-        and o not in found
-    ]
-    return found
-
-
-def set_offline(
-    session: Session, machine_id: int, offline: bool, at: datetime
-) -> list[tuple[int, datetime, datetime]]:
-    """Open (or close) the machine's offline period; returns the spans it touched."""
-    spans: list[tuple[int, datetime, datetime]] = []
-    current = _open_downtime(session, machine_id, offline=True)
-    if offline and not current:
-        session.add(MachineDowntime(machine_id=machine_id, kind=DowntimeKind.OFFLINE, started_at=at))
-        spans.append((machine_id, at, at))
-    elif not offline:
-        for period in current:
-            period.ended_at = max(at, period.started_at)
-            spans.append((machine_id, period.started_at, period.ended_at))
-    return spans
-
-
-def _status_downtime(
-    session: Session, machine: Machine, now: datetime
-) -> list[tuple[int, datetime, datetime]]:
-    """An admin took the machine out of service (or back): open or close its downtime period."""
-    kind = {
-        MachineStatus.MAINTENANCE: DowntimeKind.MAINTENANCE,
-        MachineStatus.DISABLED: DowntimeKind.OUT_OF_ORDER,
-    }.get(MachineStatus(machine.status))
-    spans: list[tuple[int, datetime, datetime]] = []
-    for period in _open_downtime(session, machine.id, offline=False):
-        if period.kind == kind:
-            return spans  # already open (status set again to the same value)
-        period.ended_at = max(now, period.started_at)
-        spans.append((machine.id, period.started_at, period.ended_at))
-    if kind is not None:
-        session.add(MachineDowntime(machine_id=machine.id, kind=kind, started_at=now))
-        spans.append((machine.id, now, now))
-    return spans
-
-
-@event.listens_for(Session, "after_flush")
-def _mark_usage_dirty(session: Session, _ctx: Any) -> None:
-    spans: list[tuple[int, datetime, datetime]] = session.info.pop("usage_spans", [])
-    closed: list[tuple[int, int | None, date | None]] = session.info.pop("usage_closed", [])
-    if not spans and not closed:
-        return
-    conn = session.connection()
-    machines = {m for m, _s, _e in spans} | {m for _s, m, _d in closed if m is not None}
-    sites = {s for s, m, _d in closed if m is None}
-    zones: dict[int, str] = {}
-    by_site: dict[int, list[int]] = defaultdict(list)
-    query = select(Machine.id, Machine.site_id, Site.timezone).join(Site, Site.id == Machine.site_id)
-    query = query.where(or_(Machine.id.in_(machines or [-1]), Machine.site_id.in_(sites or [-1])))
-    for machine_id, site_id, tz in conn.execute(query):
-        zones[machine_id] = tz
-        by_site[site_id].append(machine_id)
-    pairs: set[tuple[int, date]] = set()
-    for machine_id, start, end in spans:
-        if machine_id in zones:
-            pairs.update((machine_id, d) for d in local_days(start, end, zones[machine_id]))
-    now = utcnow()
-    todays: set[tuple[int, date]] = set()
-    for site_id, only, day in closed:
-        for m in [only] if only is not None else by_site.get(site_id, []):
-            if m in zones:
-                if day is None:
-                    todays.add((m, now.astimezone(ZoneInfo(zones[m])).date()))
-                else:
-                    pairs.add((m, day))
-    if todays:
-        # New opening hours matter only where today is computed already; elsewhere the refresh
-        # marks today anyway (and reloading an unchanged lab file then leaves no trace).
-        have = conn.execute(
-            select(MachineDayStats.machine_id, MachineDayStats.day).where(
-                MachineDayStats.machine_id.in_(sorted({m for m, _d in todays})),
-                MachineDayStats.day.in_(sorted({d for _m, d in todays})),
-            )
-        )
-        pairs.update(todays & {(m, d) for m, d in have})
-    # Written at commit, not now: the queue's rows are the last thing a transaction locks.
-    # A booking holds its machine's row (booking_seq) and then marks the day; an ingestion
-    # marking the same day before it updates that machine's live state would wait for the
-    # booking while the booking waits for its mark: a deadlock (seen on PostgreSQL).
-    session.info.setdefault("usage_pending", set()).update(pairs)
-
-
-@event.listens_for(Session, "before_commit")
-def _write_usage_dirty(session: Session) -> None:
-    if session.info.get("usage_pending") is None and not (session.new or session.dirty or session.deleted):
-        return
-    session.flush()  # the changes still pending mark their days now, not after this hook
-    pairs: set[tuple[int, date]] = session.info.pop("usage_pending", set())
-    if pairs:
-        _upsert_dirty(session.connection(), pairs, utcnow())
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_usage_dirty(session: Session, transaction: Any) -> None:
-    # Only when the outermost transaction ends (a commit popped the marks already): a savepoint
-    # rolled back inside it (a duplicate event in ingestion) keeps the marks of the rest.
-    if transaction.parent is None:
-        session.info.pop("usage_pending", None)
+    upsert_dirty(db.connection(), {(machine_id, d) for d in days}, at or utcnow())
 
 
 # -- the scheduler job ------------------------------------------------------------------------
@@ -815,7 +635,7 @@ def mark_current(db: Session, now: datetime) -> int:
         ).all()
     )
     pairs = {(m, d) for m, d in today.items() if m in running or (m, d) not in have}
-    _upsert_dirty(db.connection(), pairs, now)
+    upsert_dirty(db.connection(), pairs, now)
     return len(pairs)
 
 
@@ -941,7 +761,7 @@ __all__ = [
     "BookingFact",
     "DowntimeFact",
     "JobFact",
-    "MachineFacts",
+    "MachineUsageFacts",
     "SessionFact",
     "compute",
     "mark_current",

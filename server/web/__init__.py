@@ -1,8 +1,10 @@
-"""The web pages: login (``auth``), the overview and "my training" pages (``web``), the
+"""The web pages: login (``auth``), the overview, "my training" and "machines now" pages
+(``overview``, blueprint ``web``), the health and metrics endpoints (``health``), the
 trainer pages (``training``, under /training), "mark read" for notifications
 (``notifications``), the admin pages (``admin``, under /admin) and the booking pages with
-the calendar feeds (``bookings``, under /bookings), the utilisation and learning dashboards
-(``dashboards``, under /dashboards), the funder report (``reports``, under /reports) and the
+the calendar feeds (``bookings`` and ``calendar_feeds``, under /bookings), the utilisation
+and learning dashboards (``dashboards``, under /dashboards), the funder report (``reports``,
+under /reports) and the
 attendance sheets (``attendance``, under /attendance), certificates (``certificates``, under
 /certificates) their public verification page (``verify``, under /v), safety briefings on record
 (``briefings``, under /briefings), exits with programme targets (``outcomes``, under /outcomes)
@@ -23,10 +25,13 @@ from server.web import (
     auth,
     bookings,
     briefings,
+    calendar_feeds,  # noqa: F401  # importing it adds the .ics routes to bookings.bp
     certificates,
     dashboards,
+    health,
     notifications,
     outcomes,
+    overview,
     programme,
     reports,
     training,
@@ -34,9 +39,8 @@ from server.web import (
 from server.web.auth import current
 from server.web.common import register_error_pages, security_headers
 from server.web.l10n import current_language, local_name
-from server.web.views import bp
 
-__all__ = ["bp", "init_app"]
+__all__ = ["init_app"]
 
 
 def init_app(app: Flask) -> None:
@@ -44,7 +48,8 @@ def init_app(app: Flask) -> None:
     register_error_pages(app)
     auth.init_app(app)
     app.register_blueprint(auth.bp)
-    app.register_blueprint(bp)
+    app.register_blueprint(overview.bp)
+    app.register_blueprint(health.bp)
     app.register_blueprint(training.bp, url_prefix="/training")
     app.register_blueprint(notifications.bp)
     # Pages include _notifications.html with notifications=notifications_for(user.id, language).

@@ -1,56 +1,42 @@
 """Booking pages, phone first: a machine's week, a site's day, book in two taps, my bookings
-(cancel, move), all bookings for staff, and the calendar feeds (.ics).
+(cancel, move), all bookings for staff, and who is blocked for no-shows.
 
 Thin views over :mod:`server.services.bookings`, which holds every rule: a refusal comes back
 as a :class:`BookingError` and is shown in the reader's language (HTTP 400, nothing changed).
-The grids only *show* what is free; whether a booking may be made is the service's answer.
+The grids only *show* what is free (:mod:`server.services.booking_grid` says what each slot
+is; here it gets its words and links); whether a booking may be made is the service's answer.
+The calendar feeds (.ics) of this blueprint are in :mod:`server.web.calendar_feeds`.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import flask_babel  # type: ignore[import-untyped,unused-ignore]
 from babel.dates import format_skeleton, format_time
-from flask import Response, abort, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
-from icalendar import Calendar, Event
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from server.extensions import get_db
 from server.i18n import N_, Localised
-from server.models import (
-    Booking,
-    BookingStatus,
-    ClosedDay,
-    Machine,
-    MachineStatus,
-    OpeningHours,
-    Person,
-    Site,
-)
-from server.services import audit, opening_hours, training
+from server.models import Booking, BookingStatus, Machine, MachineStatus, Person, Site
 from server.services import bookings as service
-from server.services.bookings import BookingError, Policy
+from server.services import training
+from server.services.booking_grid import MachineDays, site_machines, union
+from server.services.bookings import BookingError
 from server.web.admin.base import paginate
-from server.web.auth import User, current, login_required, public, safe_next, staff_required
+from server.web.auth import User, current, login_required, safe_next, staff_required
 from server.web.common import web_blueprint
 from server.web.l10n import _, current_language, date_label, duration_label
 
 bp = web_blueprint("bookings", __name__)
 
-# Days without opening hours are open all day (the service's rule); the grid then shows these.
-DEFAULT_DAY = (time(8, 0), time(20, 0))
 RECENT_DAYS = 30
-FEED_PAST_DAYS = 60
-FEED_LIMIT = 500
 
 STATUS_LABELS: dict[BookingStatus, str] = {
     BookingStatus.BOOKED: N_("Booked"),
@@ -153,7 +139,7 @@ class Actor:
     person: Person
 
 
-def _actor() -> Actor:
+def current_actor() -> Actor:
     user = current()
     assert user is not None  # login_required
     person = get_db().get(Person, user.id)
@@ -213,123 +199,57 @@ class Cell:
     first: bool = True  # the first slot of a booking carries its label
 
 
-@dataclass
-class MachineDays:
-    """What one machine's grid needs for some days: hours, closed days, bookings, policy."""
-
-    machine: Machine
-    tz: ZoneInfo
-    policy: Policy
-    step: int
-    hours: list[OpeningHours]
-    closed: set[date]
-    bookings: list[Booking] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, db: Session, machine: Machine, first: date, last: date) -> MachineDays:
-        tz = ZoneInfo(machine.site.timezone)
-        policy = service.policy_for(db, machine.site_id)
-        hours = opening_hours.machine_hours(db, machine)
-        closed = set(
-            db.scalars(
-                select(ClosedDay.day).where(
-                    ClosedDay.site_id == machine.site_id,
-                    ClosedDay.day >= first,
-                    ClosedDay.day <= last,
-                    or_(ClosedDay.machine_id.is_(None), ClosedDay.machine_id == machine.id),
-                )
+def _cell(
+    grid: MachineDays, day: date, minute: int, actor: Actor, now: datetime, moving: Booking | None
+) -> Cell:
+    """The grid's slot in the reader's words, linked to booking it (or moving a booking there)."""
+    staff = actor.user.is_staff
+    slot = grid.slot(day, minute, actor.user.id, staff, now, moving)
+    iso = local_iso(slot.start, grid.tz)
+    when = f"{day_label(day)} {time_label(slot.start, grid.tz)}"
+    if slot.state == "closed":
+        return Cell("closed", _("closed"), _("%(when)s: closed", when=when), start=iso)
+    if slot.state == "mine":
+        return Cell(
+            "mine",
+            _("Mine") if slot.first else "",
+            _("%(when)s: your booking", when=when),
+            url_for("bookings.mine"),
+            iso,
+            slot.first,
+        )
+    if slot.state == "booked":
+        assert slot.booking is not None
+        if staff:
+            return Cell(
+                "booked",
+                slot.booking.person.first_name if slot.first else "",
+                _("%(when)s: booked by %(name)s", when=when, name=slot.booking.person.name),
+                start=iso,
+                first=slot.first,
             )
+        return Cell(
+            "booked",
+            _("booked") if slot.first else "",
+            _("%(when)s: booked", when=when),
+            start=iso,
+            first=slot.first,
         )
-        start = datetime.combine(first, time(0), tzinfo=tz)
-        end = datetime.combine(last + timedelta(days=1), time(0), tzinfo=tz)
-        found = service.active(db, [machine.id], start, end)
-        step = policy.slot_step_min if policy.slot_step_min > 0 else policy.min_slot_min or 30
-        return cls(machine, tz, policy, step, hours, closed, found)
-
-    def intervals(self, day: date) -> list[tuple[int, int]]:
-        """The day's opening hours as minutes after midnight (none: closed)."""
-        if day in self.closed:
-            return []
-        if not self.hours:
-            return [(_minutes(DEFAULT_DAY[0]), _minutes(DEFAULT_DAY[1]))]
-        return sorted(
-            (_minutes(h.opens), _minutes(h.closes) or 24 * 60)
-            for h in self.hours
-            if h.weekday == day.weekday()
-        )
-
-    def slot_minutes(self, day: date) -> list[int]:
-        return [m for a, b in self.intervals(day) for m in range(a, b - self.step + 1, self.step)]
-
-    def closes_after(self, start: datetime) -> datetime | None:
-        """When the opening interval holding ``start`` ends (None: not inside one)."""
-        local = start.astimezone(self.tz)
-        minute = local.hour * 60 + local.minute
-        for a, b in self.intervals(local.date()):
-            if a <= minute < b:
-                return datetime.combine(local.date(), time(0), tzinfo=self.tz) + timedelta(minutes=b)
-        return None
-
-    def cell(self, day: date, minute: int, actor: Actor, now: datetime, moving: Booking | None) -> Cell:
-        start = datetime.combine(day, time(0), tzinfo=self.tz) + timedelta(minutes=minute)
-        end = start + timedelta(minutes=self.step)
-        iso = local_iso(start, self.tz)
-        when = f"{day_label(day)} {time_label(start, self.tz)}"
-        if not any(a <= minute and minute + self.step <= b for a, b in self.intervals(day)):
-            return Cell("closed", _("closed"), _("%(when)s: closed", when=when), start=iso)
-        for b in self.bookings:
-            if b.starts_at < end and b.ends_at > start and (moving is None or b.id != moving.id):
-                first = b.starts_at >= start
-                if b.person_id == actor.user.id:
-                    return Cell(
-                        "mine",
-                        _("Mine") if first else "",
-                        _("%(when)s: your booking", when=when),
-                        url_for("bookings.mine"),
-                        iso,
-                        first,
-                    )
-                if actor.user.is_staff:
-                    return Cell(
-                        "booked",
-                        b.person.first_name if first else "",
-                        _("%(when)s: booked by %(name)s", when=when, name=b.person.name),
-                        start=iso,
-                        first=first,
-                    )
-                return Cell(
-                    "booked",
-                    _("booked") if first else "",
-                    _("%(when)s: booked", when=when),
-                    start=iso,
-                    first=first,
-                )
-        staff = actor.user.is_staff
-        if start < now + timedelta(minutes=0 if staff else self.policy.min_lead_min):
-            return Cell("past", "", _("%(when)s: past", when=when), start=iso)
-        if self.machine.status != MachineStatus.AVAILABLE:
-            return Cell("closed", _("closed"), _("%(when)s: closed", when=when), start=iso)
-        if not staff and start > now + timedelta(days=self.policy.max_ahead_days):
-            return Cell("later", "", _("%(when)s: not bookable yet", when=when), start=iso)
-        if moving is not None:
-            href = url_for("bookings.move", booking_id=moving.id, start=iso)
-            title = _("%(when)s: move here", when=when)
-        else:
-            href = url_for("bookings.book", slug=self.machine.slug, start=iso)
-            title = _("%(when)s: free, book now", when=when)
-        return Cell("free", _("free"), title, href, iso)
-
-
-def _minutes(t: time) -> int:
-    return t.hour * 60 + t.minute
+    if slot.state == "past":
+        return Cell("past", "", _("%(when)s: past", when=when), start=iso)
+    if slot.state == "later":
+        return Cell("later", "", _("%(when)s: not bookable yet", when=when), start=iso)
+    if moving is not None:
+        href = url_for("bookings.move", booking_id=moving.id, start=iso)
+        title = _("%(when)s: move here", when=when)
+    else:
+        href = url_for("bookings.book", slug=grid.machine.slug, start=iso)
+        title = _("%(when)s: free, book now", when=when)
+    return Cell("free", _("free"), title, href, iso)
 
 
 def _row_label(minute: int) -> str:
     return f"{minute // 60:02d}:{minute % 60:02d}"
-
-
-def _union(minute_lists: Iterable[list[int]]) -> list[int]:
-    return sorted({m for minutes in minute_lists for m in minutes})
 
 
 def _today(tz: ZoneInfo, now: datetime) -> date:
@@ -342,7 +262,7 @@ def _today(tz: ZoneInfo, now: datetime) -> date:
 @bp.get("/machines/<slug>")
 @login_required
 def machine_week(slug: str) -> ResponseReturnValue:
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     machine = _machine_or_404(slug, actor.user)
     tz = ZoneInfo(machine.site.timezone)
@@ -358,8 +278,8 @@ def machine_week(slug: str) -> ResponseReturnValue:
         monday = today - timedelta(days=today.weekday())
     days = [monday + timedelta(days=i) for i in range(7)]
     grid = MachineDays.load(db, machine, days[0], days[-1])
-    rows = _union(grid.slot_minutes(d) for d in days)
-    table = [(_row_label(m), [grid.cell(d, m, actor, now, moving) for d in days]) for m in rows]
+    rows = union(grid.slot_minutes(d) for d in days)
+    table = [(_row_label(m), [_cell(grid, d, m, actor, now, moving) for d in days]) for m in rows]
     block = _block_text(actor, now)
     if block is not None:
         table = _unlinked(table)
@@ -390,21 +310,11 @@ def machine_week(slug: str) -> ResponseReturnValue:
     )
 
 
-def _site_machines(db: Session, site_id: int) -> list[Machine]:
-    return list(
-        db.scalars(
-            select(Machine)
-            .where(Machine.site_id == site_id, Machine.status != MachineStatus.DISABLED)
-            .order_by(Machine.name)
-        )
-    )
-
-
 @bp.get("/site")
 @login_required
 def site_day() -> ResponseReturnValue:
     """One day of every machine of the site (a week of all machines is too wide for a phone)."""
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     site = db.get(Site, actor.user.site_id)
     assert site is not None
@@ -416,9 +326,9 @@ def site_day() -> ResponseReturnValue:
         today = _today(tz, now)
         in_week = monday is not None and monday <= today < monday + timedelta(days=7)
         day = monday if monday is not None and not in_week else today
-    grids = [MachineDays.load(db, m, day, day) for m in _site_machines(db, site.id)]
-    rows = _union(g.slot_minutes(day) for g in grids)
-    table = [(_row_label(m), [g.cell(day, m, actor, now, None) for g in grids]) for m in rows]
+    grids = [MachineDays.load(db, m, day, day) for m in site_machines(db, site.id)]
+    rows = union(g.slot_minutes(day) for g in grids)
+    table = [(_row_label(m), [_cell(g, day, m, actor, now, None) for g in grids]) for m in rows]
     # Today's rows that are over everywhere only push the free times down on a phone.
     upcoming = [row for row in table if not all(c.state == "past" for c in row[1])]
     # Nothing left of an open day is not a closed day: say which it is.
@@ -468,31 +378,17 @@ def _durations(
     grid: MachineDays, start: datetime, exclude: Booking | None, wanted: int | None
 ) -> list[Choice]:
     """Lengths the policy allows, up to the next booking and the closing time."""
-    policy = grid.policy
-    limit = start + timedelta(minutes=policy.max_slot_min)
-    closes = grid.closes_after(start)
-    if closes is not None:
-        limit = min(limit, closes)
-    for b in grid.bookings:
-        if exclude is not None and b.id == exclude.id:
-            continue
-        if b.ends_at > start:
-            limit = min(limit, max(b.starts_at, start))
-    out = []
-    minutes = max(policy.min_slot_min, grid.step)
-    while start + timedelta(minutes=minutes) <= limit:
-        end = start + timedelta(minutes=minutes)
-        out.append(
-            Choice(
-                str(minutes),
-                _(
-                    "until %(end)s (%(duration)s)",
-                    end=time_label(end, grid.tz),
-                    duration=duration_label(minutes * 60),
-                ),
-            )
+    out = [
+        Choice(
+            str(minutes),
+            _(
+                "until %(end)s (%(duration)s)",
+                end=time_label(start + timedelta(minutes=minutes), grid.tz),
+                duration=duration_label(minutes * 60),
+            ),
         )
-        minutes += grid.step
+        for minutes in grid.durations(start, exclude)
+    ]
     if out:
         pick = next((c for c in out if c.value == str(wanted)), out[0])
         pick.selected = True
@@ -604,7 +500,7 @@ def _confirm_page(
 @login_required
 def book(slug: str) -> ResponseReturnValue:
     """Tap one: a free slot opens this page (start chosen, length to pick); tap two: "Book"."""
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     machine = _machine_or_404(slug, actor.user)
     tz = ZoneInfo(machine.site.timezone)
@@ -679,7 +575,7 @@ def _present(b: Booking, actor: Actor, now: datetime) -> dict[str, Any]:
 @bp.get("/mine")
 @login_required
 def mine() -> ResponseReturnValue:
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     now = _now()
     found = service.of_person(db, actor.user.id, now - timedelta(days=RECENT_DAYS), limit=200)
@@ -702,7 +598,7 @@ def _back(default: str) -> str:
 @bp.route("/<booking_id>/cancel", methods=["GET", "POST"])
 @login_required
 def cancel(booking_id: str) -> ResponseReturnValue:
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     booking = _booking_or_404(booking_id, actor.user)
     tz = ZoneInfo(booking.machine.site.timezone)
@@ -743,7 +639,7 @@ def cancel(booking_id: str) -> ResponseReturnValue:
 @login_required
 def move(booking_id: str) -> ResponseReturnValue:
     """Pick a new start in the machine's week (free slots lead back here), then confirm."""
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     booking = _booking_or_404(booking_id, actor.user)
     machine = booking.machine
@@ -784,13 +680,13 @@ def all_bookings() -> ResponseReturnValue:
     """Every booking of the site, filtered and paged. Staff, not only admins: trainers plan
     supervised bookings and handle no-shows at the machine, and the service lets them cancel
     at any time."""
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     now = _now()
     site = db.get(Site, actor.user.site_id)
     assert site is not None
     tz = ZoneInfo(site.timezone)
-    machines = _site_machines(db, site.id)
+    machines = site_machines(db, site.id)
     args = request.args
     machine_slug = args.get("machine", "")
     q = args.get("q", "").strip()[:100]
@@ -846,7 +742,7 @@ def all_bookings() -> ResponseReturnValue:
 @staff_required
 def blocked() -> ResponseReturnValue:
     """Who of the site may not book for now because of repeated no-shows; staff lift a block."""
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     site = db.get(Site, actor.user.site_id)
     assert site is not None
@@ -882,7 +778,7 @@ def blocked() -> ResponseReturnValue:
 @bp.post("/blocked/<int:person_id>/lift")
 @staff_required
 def lift_block(person_id: int) -> ResponseReturnValue:
-    actor = _actor()
+    actor = current_actor()
     db = get_db()
     if not ButtonForm().validate():
         abort(400)
@@ -900,117 +796,3 @@ def lift_block(person_id: int) -> ResponseReturnValue:
     db.commit()
     flash(_("Block lifted: %(name)s can book again.", name=person.name), "success")
     return redirect(back)
-
-
-# -- calendar feeds ------------------------------------------------------------------------------------
-
-
-@bp.post("/calendar-link")
-@login_required
-def calendar_link() -> ResponseReturnValue:
-    """Make (or, when one exists, replace) the secret link of the person's calendar feed."""
-    actor = _actor()
-    db = get_db()
-    if not ButtonForm().validate():
-        abort(400)
-    rotated = actor.person.calendar_token is not None
-    actor.person.calendar_token = secrets.token_urlsafe(32)
-    audit.record(
-        db,
-        actor.person,
-        "calendar.rotate" if rotated else "calendar.create",
-        f"person:{actor.person.id}",
-        {},
-    )
-    db.commit()
-    if rotated:
-        flash(_("New calendar link made. The old link no longer works."), "success")
-    else:
-        flash(_("Your calendar link is ready. Add it to your calendar app."), "success")
-    return redirect(url_for("bookings.mine", _anchor="calendar"))
-
-
-def _token_person_or_404(token: str) -> Person:
-    if not token or len(token) > 64:
-        abort(404)
-    person = get_db().scalar(select(Person).where(Person.calendar_token == token))
-    if person is None or not person.active:
-        abort(404)
-    return person
-
-
-def _ics(name: str, events: Sequence[Booking], summary: Any, now: datetime) -> Response:
-    cal = Calendar()
-    cal.add("prodid", "-//Werkbank//Bookings//EN")
-    cal.add("version", "2.0")
-    cal.add("calscale", "GREGORIAN")
-    cal.add("x-wr-calname", name)
-    for b in events:
-        event = Event()
-        event.add("uid", b.id)
-        event.add("dtstamp", now)
-        event.add("dtstart", b.starts_at.astimezone(UTC))
-        event.add("dtend", b.ends_at.astimezone(UTC))
-        event.add("summary", summary(b))
-        event.add("location", f"{b.machine.name}, {b.machine.site.name}")
-        event.add("status", "CONFIRMED" if b.status == BookingStatus.BOOKED else "CANCELLED")
-        cal.add_component(event)
-    response = Response(cal.to_ical(), mimetype="text/calendar")
-    response.headers["Content-Disposition"] = "inline; filename=werkbank.ics"
-    return response
-
-
-@bp.get("/feed/<token>.ics")
-@public
-def person_feed(token: str) -> ResponseReturnValue:
-    """A person's bookings as a calendar (public: calendar apps cannot log in; the token is the key)."""
-    person = _token_person_or_404(token)
-    db = get_db()
-    now = _now()
-    found = service.of_person(db, person.id, now - timedelta(days=FEED_PAST_DAYS), limit=FEED_LIMIT)
-    with flask_babel.force_locale(person.language):
-        name = _("Werkbank: my bookings")
-
-        def summary(b: Booking) -> str:
-            text = _("%(machine)s (Werkbank)", machine=b.machine.name)
-            if b.status != BookingStatus.BOOKED:
-                text += " \u2013 " + _(STATUS_LABELS[b.status])
-            return text
-
-        return _ics(name, found, summary, now)
-
-
-@bp.get("/machines/<slug>/feed/<token>.ics")
-@public
-def machine_feed(slug: str, token: str) -> ResponseReturnValue:
-    """A machine's bookings; holders' names only when the token's person is staff."""
-    person = _token_person_or_404(token)
-    db = get_db()
-    machine = db.scalar(select(Machine).where(Machine.slug == slug))
-    if machine is None or machine.site_id != person.site_id:
-        abort(404)
-    now = _now()
-    found = list(
-        db.scalars(
-            select(Booking)
-            .where(
-                Booking.machine_id == machine.id,
-                Booking.ends_at > now - timedelta(days=FEED_PAST_DAYS),
-            )
-            .options(selectinload(Booking.person))
-            .order_by(Booking.starts_at)
-            .limit(FEED_LIMIT)
-        )
-    )
-    staff = person.is_admin or person.is_trainer
-    with flask_babel.force_locale(person.language):
-        booked = _("booked")
-
-        def summary(b: Booking) -> str:
-            if staff:
-                return f"{machine.name}: {b.person.name}"
-            if b.person_id == person.id:
-                return _("%(machine)s (Werkbank)", machine=machine.name)
-            return f"{machine.name}: {booked}"
-
-        return _ics(_("Werkbank: %(machine)s", machine=machine.name), found, summary, now)

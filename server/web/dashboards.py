@@ -29,7 +29,7 @@ from server.web import charts
 from server.web.auth import User, current, staff_required
 from server.web.common import CONTENT_SECURITY_POLICY, web_blueprint
 from server.web.l10n import _, ago_label, clock_label, current_language, date_label
-from server.web.views import STATE_LABELS
+from server.web.overview import STATE_LABELS
 
 bp = web_blueprint("dashboards", __name__)
 
@@ -184,6 +184,10 @@ def _today(site: Site) -> date:
 
 
 def _hours(value: float) -> str:
+    return _number(value, 1)
+
+
+def _kwh(value: float) -> str:
     return _number(value, 1)
 
 
@@ -371,6 +375,8 @@ def _present_figures(f: service.UsageFigures) -> dict[str, str]:
         "filament": _number(f.filament_g),
         "maintenance": _hours(f.maintenance_h),
         "offline": _hours(f.offline_h),
+        "energy": _kwh(f.energy_kwh),
+        "energy_gap": _hours(f.energy_gap_h),
     }
 
 

@@ -258,6 +258,20 @@ def hours_label(seconds: float) -> str:
     return text.replace(",", "\0").replace(".", w.decimal).replace("\0", w.group)
 
 
+def kwh(wh: float) -> float:
+    """Kilowatt hours with one decimal, the unit of every energy figure in the report."""
+    return round(wh / 1000, 1)
+
+
+def kwh_label(wh: float) -> str:
+    """``1,234.5`` (``1.234,5`` in German)."""
+    if not math.isfinite(wh):
+        return "\u2013"
+    w = Words.current()
+    text = f"{kwh(wh):,.1f}"
+    return text.replace(",", "\0").replace(".", w.decimal).replace("\0", w.group)
+
+
 def month_label(month: date) -> str:
     return str(flask_babel.format_date(month, "MMMM yyyy"))
 
@@ -369,6 +383,7 @@ def funder_print() -> ResponseReturnValue:
 def _helpers() -> dict[str, Callable[..., Any]]:
     return {
         "hours_label": hours_label,
+        "kwh_label": kwh_label,
         "month_label": month_label,
         "day_label": day_label,
         "level_label": level_label,
@@ -531,6 +546,33 @@ def group_table(report: FunderReport) -> tuple[list[str], list[list[Cell]]]:
     return header, rows
 
 
+def machine_table(report: FunderReport) -> tuple[list[str], list[list[Cell]]]:
+    """One row per machine with use or energy in the period, and the total."""
+    header = [
+        _("Machine"),
+        _("Machine type"),
+        _("Sessions"),
+        _("Machine hours"),
+        _("Energy kWh"),
+        _("Unmetered h"),
+    ]
+    rows: list[list[Cell]] = [
+        [m.name, m.type_name, m.sessions, hours(m.unlocked_s), kwh(m.energy_wh), hours(m.energy_gap_s)]
+        for m in report.machines
+    ]
+    rows.append(
+        [
+            _("Total"),
+            "",
+            sum(m.sessions for m in report.machines),
+            hours(sum(m.unlocked_s for m in report.machines)),
+            kwh(report.energy_wh),
+            hours(report.energy_gap_s),
+        ]
+    )
+    return header, rows
+
+
 def summary_table(query: ReportQuery, report: FunderReport) -> list[tuple[str, Cell]]:
     t = report.totals
     return [
@@ -552,6 +594,7 @@ def summary_table(query: ReportQuery, report: FunderReport) -> list[tuple[str, C
         (_("Machine hours"), hours(t.usage.unlocked_s)),
         (_("Run hours"), hours(t.usage.run_s)),
         (_("Supervised hours"), hours(t.usage.supervised_s)),
+        (_("Energy kWh"), kwh(report.energy_wh)),
         (_("Qualifications granted"), t.qualifications),
     ]
 
@@ -620,6 +663,18 @@ def funder_csv() -> ResponseReturnValue:
     query, report = made
     header, rows = participant_table(report)
     return _download(_csv(header, rows), "text/csv", f"funder-report_{query.slug()}.csv")
+
+
+@bp.get("/funder-machines.csv")
+@admin_required
+def funder_machines_csv() -> ResponseReturnValue:
+    """One row per machine: sessions, machine hours and energy (docs/reports.md)."""
+    made = _checked("csv-machines")
+    if isinstance(made, list):
+        return _refused(made)
+    query, report = made
+    header, rows = machine_table(report)
+    return _download(_csv(header, rows), "text/csv", f"funder-machines_{query.slug()}.csv")
 
 
 @bp.get("/funder-qualifications.csv")
@@ -789,7 +844,7 @@ def funder_xlsx() -> ResponseReturnValue:
 
 
 def workbook(query: ReportQuery, report: FunderReport) -> bytes:
-    """Sheets Summary, Participants, Qualifications, Hours by group, Outcomes, and Programme data
+    """Sheets Summary, Participants, Qualifications, Hours by group, Machines, Outcomes, and Programme data
     when the report's programmes ask for any (names fixed, so scripts find them; headers in the
     reader's language). Special categories are never in the workbook: they leave only through
     their own pseudonymised CSV."""
@@ -831,6 +886,7 @@ def workbook(query: ReportQuery, report: FunderReport) -> bytes:
     sheet("Participants", *participant_table(report))
     sheet("Qualifications", *qualification_table(report))
     sheet("Hours by group", *group_table(report))
+    sheet("Machines", *machine_table(report))
     sheet("Outcomes", *outcome_table(report))
     header, rows, table = programme_data_table(report, special=False)
     if table.fields:  # only when the report's programmes ask for something

@@ -20,7 +20,7 @@ from werkzeug.test import TestResponse
 from server.extensions import db
 from server.models import Booking, Device, Job, Machine, MachineSession, Person, TrainingStep
 from server.services import tokens
-from server.services.loader import load, parse
+from server.services.lab_file import load, parse
 from tests.api.contract import Contract
 from tests.web.conftest import make_app  # noqa: F401 - a fixture, used by name
 

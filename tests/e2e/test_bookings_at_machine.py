@@ -32,7 +32,7 @@ from server.models import (
     Person,
     StoredEvent,
 )
-from server.services import booking_starts, bookings
+from server.services import booking_locks, bookings
 from server.services.provisioning import agent_config
 from tests.agent.helpers import ManualClock
 from tests.agent.monitor_helpers import ControlledMonitor
@@ -156,7 +156,7 @@ def _events(system: System, kind: str, session_id: str) -> int:
 def _locks_sent(system: System) -> int:
     with system.db.session() as s:
         return int(
-            s.scalar(select(func.count(AuditLog.id)).where(AuditLog.action == booking_starts.AUDIT_ACTION))
+            s.scalar(select(func.count(AuditLog.id)).where(AuditLog.action == booking_locks.AUDIT_ACTION))
             or 0
         )
 

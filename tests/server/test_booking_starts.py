@@ -1,4 +1,4 @@
-"""Which sessions a booking's start locks (server/services/booking_starts.py), once each."""
+"""Which sessions a booking's start locks (server/services/booking_locks.py), once each."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from server.db import Database
 from server.models import AuditLog, Booking, BookingStatus, Machine, MachineSession, Person
-from server.services import booking_starts
+from server.services import booking_locks
 from tests.conftest import PETE, TINA
 
 QUINN = "04A224B2C35E80"
@@ -49,9 +49,9 @@ def _setup(
         return booking.id, session.id
 
 
-def _due(db: Database, now: datetime) -> list[booking_starts.BookingLock]:
+def _due(db: Database, now: datetime) -> list[booking_locks.BookingLock]:
     with db.session() as s:
-        return booking_starts.due_locks(s, now)
+        return booking_locks.due_locks(s, now)
 
 
 def test_booking_starts_lock_someone_elses_session_once(trainer_lab: Database) -> None:
@@ -59,10 +59,10 @@ def test_booking_starts_lock_someone_elses_session_once(trainer_lab: Database) -
     assert _due(trainer_lab, T + timedelta(minutes=59)) == [], "not before the start"
     (lock,) = _due(trainer_lab, T + timedelta(hours=1))
     assert (lock.device_id, lock.session_id, lock.booking_id) == ("pi-laser-1", session_id, booking_id)
-    assert lock.cmd_id == booking_starts.cmd_id(booking_id, session_id)
+    assert lock.cmd_id == booking_locks.cmd_id(booking_id, session_id)
     assert _due(trainer_lab, T + timedelta(hours=1, seconds=1)) == [], "once: the audit log says it was sent"
     with trainer_lab.session() as s:
-        entry = s.scalar(select(AuditLog).where(AuditLog.action == booking_starts.AUDIT_ACTION))
+        entry = s.scalar(select(AuditLog).where(AuditLog.action == booking_locks.AUDIT_ACTION))
         assert entry is not None and entry.subject == f"booking:{booking_id}"
         assert entry.detail["session"] == session_id and entry.detail["person"] == "Pete Printtrainer"
 
@@ -90,7 +90,7 @@ def test_booking_starts_exempt_sessions_and_inactive_bookings(
     assert _due(trainer_lab, T + timedelta(hours=1)) == []
     with trainer_lab.session() as s:
         assert (
-            s.scalar(select(func.count(AuditLog.id)).where(AuditLog.action == booking_starts.AUDIT_ACTION))
+            s.scalar(select(func.count(AuditLog.id)).where(AuditLog.action == booking_locks.AUDIT_ACTION))
             == 0
         )
 

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from server.db import Database
 from server.models import Booking, BookingStatus, Machine, Person
 from server.services import bookings
-from server.services.decision import Decider, Decision, Tap, decide
+from server.services.decision import AccessResult, Decider, Tap, decide
 from tests.conftest import PETE, TINA
 
 QUINN = "04A224B2C35E80"
@@ -55,7 +55,7 @@ def _book(
         return booking.id
 
 
-def _decide(db: Database, uid: str, now: datetime, machine: str = "laser-1") -> Decision:
+def _decide(db: Database, uid: str, now: datetime, machine: str = "laser-1") -> AccessResult:
     with db.session() as s:
         m = s.scalar(select(Machine).where(Machine.slug == machine))
         assert m is not None

@@ -112,7 +112,7 @@ def test_demo_data_the_make_run_lab_history_matches_a_recompute_once(database: D
     """``werkbank up`` writes its demo story once, with aggregates equal to a recompute."""
     from server.cli import DEMO_FILE
     from server.demo.story import populate
-    from server.services.loader import load, parse
+    from server.services.lab_file import load, parse
 
     with database.session() as s:
         load(s, parse(DEMO_FILE.read_text(encoding="utf-8")))

@@ -35,7 +35,7 @@ from server.models import (
     UsageDaily,
 )
 from server.services import bookings, decision, training
-from server.services.loader import load, parse
+from server.services.lab_file import load, parse
 from server.services.qualifications import QualificationState, qualification_state
 from server.services.training import STEPS_COMPLETE
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 
 from server.db import Database
 from server.models import AuditLog, Competency, Machine, Notification, Person, QualificationAction, Site
-from server.scheduler import build_scheduler, expire_qualifications, singleton_lock, site_today
+from server.scheduler import build_scheduler, day_begun_at_every_site, expire_qualifications, singleton_lock
 from server.services import allowlists, notifications, training
 from tests.conftest import Clock
 from werkbank_protocol.allowlist import badge_hash, key_bytes
@@ -112,10 +112,10 @@ def test_expiry_renewed_qualification_does_not_expire(lab: Database, clock: Cloc
 def test_expiry_site_today_is_the_latest_midnight(lab: Database) -> None:
     now = datetime(2026, 3, 3, 23, 30, tzinfo=UTC)  # 4 March in Berlin, 3 March in New York
     with lab.session() as s:
-        assert site_today(s, now) == date(2026, 3, 4)
+        assert day_begun_at_every_site(s, now) == date(2026, 3, 4)
         s.add(Site(slug="nyc", name="New York", timezone="America/New_York"))
         s.flush()
-        assert site_today(s, now) == date(2026, 3, 3)
+        assert day_begun_at_every_site(s, now) == date(2026, 3, 3)
 
 
 def test_scheduler_runs_expiry_at_start_and_hourly(lab: Database) -> None:

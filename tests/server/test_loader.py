@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from server.db import Database
 from server.models import Badge, Base, Machine, Person, Qualification
-from server.services.loader import LoadError, load, parse
+from server.services.lab_file import LoadError, load, parse
 from tests.conftest import DATA
 
 

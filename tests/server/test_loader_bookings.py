@@ -12,7 +12,7 @@ from server.db import Database
 from server.models import Base, BookingPolicy, ClosedDay, CohortQuota, Machine, Person, Site
 from server.services import bookings
 from server.services.bookings import BookingError, Policy
-from server.services.loader import LoadError, load, parse
+from server.services.lab_file import LoadError, load, parse
 
 SITE = """
 sites:

@@ -13,7 +13,7 @@ from server.demo.proof import add_proof_demo
 from server.demo.story import populate
 from server.models import Attendance, BriefingConfirmation, MachineType, Site
 from server.services import attendance, briefings, outcomes
-from server.services.loader import load, parse
+from server.services.lab_file import load, parse
 
 DEMO = Path(__file__).resolve().parents[2] / "server" / "demo" / "demo.yaml"
 

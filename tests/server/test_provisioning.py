@@ -22,7 +22,7 @@ from server.broker import free_port, wait_for_port
 from server.db import Database
 from server.models import AuditLog, Device
 from server.security import verify_password
-from server.services.loader import load, parse
+from server.services.lab_file import load, parse
 from server.services.provisioning import (
     AGENT_UNIT,
     ProvisioningError,

@@ -195,7 +195,7 @@ def test_reports_a_fixed_number_of_queries(database: Database, world: Scenario) 
         return len(statements)
 
     before = count()
-    assert before <= 8  # sites, use, grants, steps, people, machine types, exits, targets
+    assert before <= 9  # sites, use, grants, steps, people, machine types, exits, targets, machines
     with database.session() as s:
         _more_people(s, world, 40)
     assert count() == before

@@ -138,7 +138,7 @@ def test_usage_dst_days_in_berlin_have_25_and_23_hours(lab: Database) -> None:
 
 def test_usage_compute_day_lengths_follow_the_clock_change() -> None:
     """No opening hours = always open: the day is open for as long as it really lasts."""
-    facts = usage.MachineFacts(machine_id=1, site_id=1, machine_type_id=1, timezone="Europe/Berlin")
+    facts = usage.MachineUsageFacts(machine_id=1, site_id=1, machine_type_id=1, timezone="Europe/Berlin")
     days = [date(2026, 3, 29), date(2026, 10, 25), date(2026, 10, 26)]
     for day, hours in zip(days, (23, 25, 24), strict=True):
         agg = usage.compute(facts, [day], [], [], [], [], {}, 0.0)

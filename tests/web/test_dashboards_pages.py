@@ -35,7 +35,18 @@ def usage(lab: Lab) -> Lab:
 def fill_usage() -> None:
     """Aggregates for the seeded lab: the laser in this quarter and the last, printers now."""
     with db.session() as s:
-        daily(s, "laser-1", TODAY, "Cohort A", sessions=2, unlocked_h=3, run_h=2, jobs=2, jobs_failed=1)
+        daily(
+            s,
+            "laser-1",
+            TODAY,
+            "Cohort A",
+            sessions=2,
+            unlocked_h=3,
+            run_h=2,
+            jobs=2,
+            jobs_failed=1,
+            energy_wh=2500.0,
+        )
         daily(
             s,
             "laser-1",
@@ -46,10 +57,23 @@ def fill_usage() -> None:
             run_h=1,
             booked_h=2,
             booked_used_h=1,
+            energy_wh=1000.0,
+            energy_gap_h=0.5,
         )
         day_stats(s, "laser-1", TODAY, open_h=10)
         day_stats(s, "laser-1", TODAY - timedelta(days=1), open_h=8, maintenance_h=2)
-        daily(s, "prusa-a", TODAY, "", sessions=3, unlocked_h=6, run_h=5, jobs=3, filament_g=84)
+        daily(
+            s,
+            "prusa-a",
+            TODAY,
+            "",
+            sessions=3,
+            unlocked_h=6,
+            run_h=5,
+            jobs=3,
+            filament_g=84,
+            energy_wh=1234.0,
+        )
         hourly(s, "laser-1", TODAY, 14, 1.0)  # a Wednesday, 14:00
         hourly(s, "prusa-a", TODAY, 14, 0.5)
         # Last quarter (July to September): the laser only.
@@ -83,6 +107,10 @@ def test_dashboards_usage_shows_machines_totals_chart_and_tiles(
     assert laser["maintenance"] == "2.0" and laser["jobs_failed"] == "1"
     assert laser["booked"] == "2.0" and laser["booked_used"] == "1.0"
     assert _row(html, "prusa-a")["filament"] == "84"
+    # Energy in kWh, and the unmetered hours that make it a lower bound.
+    assert (_row(html, "prusa-a")["energy"], _row(html, "prusa-a")["energy_gap"]) == ("1.2", "0.0")
+    assert _row(html, "laser-1")["energy"] == "3.5" and _row(html, "laser-1")["energy_gap"] == "0.5"
+    assert 'data-col="energy">4.7<' in html  # the total: 1.234 + 3.5 kWh
     assert _row(html, "bambu")["unlocked"] == "0.0"
     assert "Southern Printer" not in html  # the other site
     assert 'data-total="unlocked">10.5<' in html
@@ -240,6 +268,7 @@ def test_dashboards_pages_in_german(app: Flask, auth: AuthActions, client: Flask
     assert "<h1>Auslastung</h1>" in html
     assert '<th scope="col">Mi</th>' in html or '<th scope="col">Mi.</th>' in html
     assert _row(html, "laser-1")["unlocked"] == "4,5"
+    assert _row(html, "laser-1")["energy"] == "3,5" and "Energie kWh" in html
     assert "Letztes Quartal" in html
     html = client.get("/dashboards/learning").get_data(as_text=True)
     assert "<h1>Lernen</h1>" in html

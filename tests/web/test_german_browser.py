@@ -87,7 +87,7 @@ def demo_server(make_app: Callable[..., Flask]) -> Iterator[str]:
     """The demo lab of `make run` (loaded and populated as `werkbank up` does), served by werkzeug."""
     from server.cli import DEMO_FILE
     from server.demo.story import populate
-    from server.services.loader import load, parse
+    from server.services.lab_file import load, parse
 
     app = make_app()
     with db.session() as s:
@@ -107,17 +107,20 @@ def demo_server(make_app: Callable[..., Flask]) -> Iterator[str]:
 # The text of every element (its own text nodes), and the words of tooltips, labels and buttons.
 TEXTS_JS = """() => {
   const out = [];
+  // Text marked as another language on purpose (the language switch says "English" in English).
+  const foreign = (el) => { const marked = el.closest('[lang]'); return marked && marked.lang !== 'de'; };
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   while (walker.nextNode()) {
     const node = walker.currentNode;
     const parent = node.parentElement;
     if (!parent || ['SCRIPT', 'STYLE', 'NOSCRIPT'].includes(parent.tagName)) continue;
     // The CSV format page shows the format reference of docs/ as it is (English, like all docs).
-    if (parent.closest('pre.doc')) continue;
+    if (parent.closest('pre.doc') || foreign(parent)) continue;
     const text = node.textContent.replace(/\\s+/g, ' ').trim();
     if (text) out.push(text);
   }
   for (const el of document.querySelectorAll('[title], [aria-label], [placeholder], input[type=submit]')) {
+    if (foreign(el)) continue;
     for (const attr of ['title', 'aria-label', 'placeholder', 'value']) {
       const value = el.getAttribute(attr);
       if (value && (attr !== 'value' || el.type === 'submit')) out.push(value.trim());

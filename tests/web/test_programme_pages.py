@@ -513,7 +513,7 @@ def test_programme_pages_demo_lab_shows_one_programme(app: Flask) -> None:
     from pathlib import Path
 
     from server.demo.proof import add_proof_demo
-    from server.services.loader import load, parse
+    from server.services.lab_file import load, parse
 
     demo = Path(__file__).resolve().parents[2] / "server" / "demo" / "demo.yaml"
     with db.session() as s:

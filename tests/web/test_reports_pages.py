@@ -235,7 +235,14 @@ def test_reports_xlsx_sheets_numbers_and_dates(admin: FlaskClient, setup: Setup)
     assert response.mimetype == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     assert 'filename="funder-report_nord_2026-01_2026-03.xlsx"' in response.headers["Content-Disposition"]
     book = load_workbook(io.BytesIO(response.data))
-    assert book.sheetnames == ["Summary", "Participants", "Qualifications", "Hours by group", "Outcomes"]
+    assert book.sheetnames == [
+        "Summary",
+        "Participants",
+        "Qualifications",
+        "Hours by group",
+        "Machines",
+        "Outcomes",
+    ]
     for ws in book.worksheets:
         assert ws.freeze_panes == "A2"
         assert all(cell.font.bold for cell in ws[1])
@@ -343,3 +350,75 @@ def test_reports_exports_keep_formulas_as_text(app: Flask, admin: FlaskClient, s
     )
     assert cell.data_type == "s"
     assert cell.value == '=HYPERLINK("http://evil.test","x")'
+
+
+def _metered(setup: Setup) -> None:
+    """Daily aggregates with energy: the nord printer 2.5 kWh over two days of January (one hour
+    unmetered), the laser 12.25 kWh in March by Cohort B; the southern printer 9 kWh (not nord's)."""
+    from datetime import date
+
+    from server.models import Machine, UsageDaily
+
+    with db.session() as s:
+        machines = {m.slug: m for m in s.scalars(select(Machine))}
+
+        def day(slug: str, when: date, cohort: str, wh: float, gap_s: float = 0.0) -> None:
+            m = machines[slug]
+            s.add(
+                UsageDaily(
+                    machine_id=m.id,
+                    day=when,
+                    cohort=cohort,
+                    site_id=m.site_id,
+                    machine_type_id=m.machine_type_id,
+                    sessions=1,
+                    unlocked_s=3600.0,
+                    energy_wh=wh,
+                    energy_gap_s=gap_s,
+                )
+            )
+
+        day("prusa-a", date(2026, 1, 5), "Cohort A", 1000.0)
+        day("prusa-a", date(2026, 1, 6), "Cohort A", 1500.0, gap_s=3600.0)
+        day("laser-1", date(2026, 3, 2), "Cohort B", 12250.0)
+        day("laser-1", date(2026, 4, 1), "Cohort B", 7000.0)  # after the period
+        day("sued-1", date(2026, 2, 2), "Cohort A", 9000.0)
+
+
+def test_reports_machines_and_energy_on_page_csv_and_xlsx(
+    app: Flask, admin: FlaskClient, setup: Setup
+) -> None:
+    _metered(setup)
+    page = admin.get(f"/reports/funder?{Q1}").get_data(as_text=True)
+    assert "Machines and energy" in page and "12.2" in page  # 12.25 kWh, one decimal
+
+    response = admin.get(f"/reports/funder-machines.csv?{Q1}")
+    assert response.status_code == 200
+    assert 'filename="funder-machines_nord_2026-01_2026-03.csv"' in response.headers["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True).lstrip("\ufeff")), delimiter=";"))
+    assert rows[0] == ["Machine", "Machine type", "Sessions", "Machine hours", "Energy kWh", "Unmetered h"]
+    by_name = {r[0]: r[1:] for r in rows[1:]}
+    assert by_name["Laser-1"] == ["CO2 laser cutter", "1", "1.0", "12.2", "0.0"]
+    assert by_name["Prusa-A"] == ["FDM 3D printer", "2", "2.0", "2.5", "1.0"]
+    assert by_name["Total"] == [
+        "",
+        "3",
+        "3.0",
+        "14.8",
+        "1.0",
+    ]  # 14.75 kWh; the southern printer is not nord's
+    assert "Sued-1" not in by_name
+
+    cohort_b = admin.get(f"/reports/funder-machines.csv?{Q1}&cohort=Cohort+B").get_data(as_text=True)
+    assert "Prusa-A" not in cohort_b and "Laser-1" in cohort_b
+
+    book = load_workbook(io.BytesIO(admin.get(f"/reports/funder.xlsx?{Q1}").data))
+    sheet = [[c.value for c in row] for row in book["Machines"].iter_rows(min_row=2)]
+    assert sheet[-1] == ["Total", None, 3, 3.0, 14.8, 1.0]
+    summary = {row[0].value: row[1].value for row in book["Summary"].iter_rows(min_row=2)}
+    assert summary["Energy kWh"] == 14.8
+
+    german = _client(app, setup.admin_id, language="de")
+    text = german.get(f"/reports/funder-machines.csv?{Q1}").get_data(as_text=True)
+    assert "Energie kWh" in text and "12,2" in text
+    assert "Maschinen und Energie" in german.get(f"/reports/funder?{Q1}").get_data(as_text=True)

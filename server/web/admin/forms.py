@@ -157,7 +157,7 @@ class PersonForm(Form):
     is_participant = BooleanField(_l("Participant"))
     is_trainer = BooleanField(_l("Trainer"))
     is_admin = BooleanField(_l("Admin"))
-    language = SelectField(_l("Language"), choices=[choice("de", "Deutsch"), choice("en", "English")])
+    language = SelectField(_l("Language"), choices=[choice("de", _l("German")), choice("en", _l("English"))])
     site_id = SelectField(_l("Site"), coerce=int)
     cohort = StringField(_l("Cohort"), validators=[Optional(), Length(max=100)])
     programme = StringField(_l("Programme"), validators=[Optional(), Length(max=100)])

@@ -1,4 +1,5 @@
-"""A booking begins: the machine must be free for its holder.
+"""Booking locks: when a booking begins, the walk-in session still running on its machine is
+locked, so the machine is free for the booking's holder.
 
 The decision already lets a walk-in in only until the next booking starts, but a booking made
 *after* the walk-in tapped (or a session the agent opened offline from its allow-list, which

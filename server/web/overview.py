@@ -1,4 +1,7 @@
-"""The pages: the live overview for trainers and admins, "my sessions" for everyone.
+"""The start pages (blueprint ``web``): the live overview for trainers and admins
+(``/``, ``/live.json``), "my training and sessions" for everyone (``/me``) and which machines
+are free now (``/machines/now``). The process's health and metrics endpoints are in
+:mod:`server.web.health`.
 
 Each page's data is turned into plain dicts of display text once (``present_*``), and the
 same dicts feed the HTML templates and ``/live.json``, so a tile updated by the
@@ -12,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_time
-from flask import current_app, jsonify, redirect, render_template, url_for
+from flask import jsonify, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
@@ -27,7 +30,7 @@ from server.services.live import (
     recent_sessions,
     site_machines,
 )
-from server.web.auth import User, current, login_required, public, staff_required
+from server.web.auth import User, current, login_required, staff_required
 from server.web.common import web_blueprint
 from server.web.l10n import (
     _,
@@ -271,34 +274,3 @@ def availability_json() -> ResponseReturnValue:
     user = current()
     assert user is not None  # login_required
     return jsonify(availability_data(user))
-
-
-@bp.get("/healthz")
-@public
-def healthz() -> dict[str, str]:
-    """The web process answers (nothing else is checked: see /readyz)."""
-    return {"status": "ok"}
-
-
-@bp.get("/metrics")
-@public
-def metrics() -> ResponseReturnValue:
-    """Prometheus text format: what the database says (the same from every worker). nginx lets
-    only the host itself scrape it (deploy/nginx-werkbank.conf)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    from server.extensions import db
-    from server.metrics import web_registry
-
-    return generate_latest(web_registry(db)), 200, {"Content-Type": CONTENT_TYPE_LATEST}
-
-
-@bp.get("/readyz")
-@public
-def readyz() -> ResponseReturnValue:
-    """200 when the database, the broker, a connected bridge and the scheduler are there, else 503;
-    the body names each check (no secrets: process names stay in the database)."""
-    from server.services.health import readiness
-
-    result = readiness(get_db(), current_app.config["MQTT_URL"] or "")
-    return jsonify(result), 200 if result["ready"] else 503
