@@ -104,7 +104,7 @@ test: lint typecheck unit
 
 # The fault suite (docs/faults.md): kill -9 of bridge, agents and broker, a refusing and a locked
 # database, cut links, skewed clocks, on real processes. Needs mosquitto and PostgreSQL
-# (FAULTS_DATABASE_URL, else TEST_DATABASE_URL, else postgres@127.0.0.1:5432); about 7 minutes
+# (FAULTS_DATABASE_URL, else TEST_DATABASE_URL, else postgres@127.0.0.1:5432); about 9 minutes
 # on two cores, stopped after FAULTS_TIMEOUT seconds whatever happens. FAULTS_ARGS: e.g. --only clean.
 FAULTS_TIMEOUT ?= 1200
 faults: install

@@ -310,4 +310,11 @@ class Link:
         log.debug("server stored %d events (%d were waiting here)", len(ack.ids), removed)
         self._set_server_answering(True)
         self._resend_delay = self._resend_min_s
-        self._resend_at = self.clock.monotonic() + self._resend_delay if len(self.outbox) else None
+        if not len(self.outbox):
+            self._resend_at = None
+            return
+        # The server answers again: back to the shortest delay, but never later than planned. An
+        # older event may have been lost (with a bridge that died holding it) while newer ones
+        # are acked; putting the re-send off at every ack would keep it back while taps go on.
+        due = self.clock.monotonic() + self._resend_delay
+        self._resend_at = due if self._resend_at is None else min(self._resend_at, due)

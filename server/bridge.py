@@ -35,7 +35,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -56,7 +56,17 @@ from server.models import (
     MachineSession,
     Person,
 )
-from server.services import allowlists, attendance, booking_locks, cards, clocks, energy, reconcile, training
+from server.services import (
+    allowlists,
+    attendance,
+    booking_locks,
+    cards,
+    clocks,
+    device_claims,
+    energy,
+    reconcile,
+    training,
+)
 from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
 from server.services.devices import apply_health, apply_status, apply_telemetry
 from server.services.ingest import ingest_event
@@ -98,6 +108,14 @@ MAX_WAITING = 10_000
 TELEMETRY_WINDOW_S = 1.0
 # How long the ingest thread's statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
+# Shared bridges: an allow-list version another bridge built this recently is taken to be on
+# its way to the broker, not missing (see Bridge._offer_allowlist).
+ALLOWLIST_IN_FLIGHT = timedelta(seconds=30)
+# Shared bridges: a session start claiming the server's answer whose decision row is not there
+# is left unacknowledged (the agent re-sends it) for this long after this bridge first saw it,
+# since the bridge that answered writes the row just after its answer. After that it is taken
+# as an offline session (the answering bridge died before it wrote the row).
+OTHER_BRIDGE_WAIT_S = 6.0
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
 _RECORD_AUDIT = insert(cast(Table, AuditLog.__table__))
 
@@ -232,6 +250,9 @@ class Bridge:
         # is behind the answers published: batches published and written, in order.
         self._tap_conn: Connection | None = None
         self._log_state = threading.Condition()
+        # Shared bridges: session starts waiting for another bridge's decision row, by event id
+        # (when this bridge first saw each; the ingest thread's alone).
+        self._undecided_starts: OrderedDict[str, float] = OrderedDict()
         self._log_published = 0
         self._log_written = 0
         # Allow-lists: the newest version this process published per device, and the version
@@ -602,6 +623,8 @@ class Bridge:
         if isinstance(event, SessionStarted) and not event.offline:
             # Its start time is its decision's: let the log catch up with the answer first.
             self.wait_for_decision_log()
+            if self.shared and not self._decision_recorded(event.id, event.session):
+                return  # not acknowledged: the agent sends it again
         with self._bounded_session() as db:
             device = self._device(db, item.device_id)
             result = ingest_event(db, device, event, self.clock())
@@ -671,6 +694,16 @@ class Bridge:
             return
         if machine.allowlist_version in (self._on_broker.get(device.id), self._published.get(device.id)):
             return  # the retained copy is there (or on its way): the device gets it from the broker
+        published = machine.allowlist_published_at
+        if (
+            self._on_broker.get(device.id, -1) >= 0
+            and published is not None
+            and self.clock() - published < ALLOWLIST_IN_FLIGHT
+        ):
+            # Another bridge (shared subscriptions) has just built this version and published it:
+            # its message is on its way to the broker and the device. Building one more here
+            # would make that bridge see a stale status in turn, and so on, many versions a second.
+            return
         machine.allowlist_dirty = True
         log.info(
             "device %s holds allow-list %s: publishing version %d+",
@@ -877,6 +910,30 @@ class Bridge:
             self._drop_tap_connection()
             self._count(self.rejected, "decision_log", len(rows))
             log.exception("bridge: %d decision log row(s) could not be written", len(rows))
+
+    def _decision_recorded(self, event_id: str, session_id: str) -> bool:
+        """Whether ``session_id``'s decision row is there, or has been waited for long enough.
+
+        With shared subscriptions another bridge may have answered the tap: it writes its row
+        just after the answer, and the session's start can reach this bridge first. Ingested
+        now, the server would store a session it decided as an offline one and reject the
+        start (``claim_mismatch``). So the start is left unacknowledged and the agent's outbox
+        sends it again (after 2 s); once ``OTHER_BRIDGE_WAIT_S`` has passed since this bridge
+        first saw it, it is taken as it is (the answering bridge died before it wrote the row)."""
+        with self._bounded_session() as db:
+            if device_claims.decision_for(db, session_id) is not None:
+                self._undecided_starts.pop(event_id, None)
+                return True
+        now = time.monotonic()
+        first = self._undecided_starts.setdefault(event_id, now)
+        while len(self._undecided_starts) > MAX_WAITING:
+            self._undecided_starts.popitem(last=False)
+        if now - first >= OTHER_BRIDGE_WAIT_S:
+            self._undecided_starts.pop(event_id, None)
+            return True
+        self._count(self.handled, "start_before_decision")
+        log.info("session %s started before its decision row is there: not acknowledged yet", session_id)
+        return False
 
     def wait_for_decision_log(self, timeout: float = 1.0) -> bool:
         """Wait until the decision log holds every answer published so far (a session that

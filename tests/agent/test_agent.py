@@ -183,6 +183,28 @@ def test_agent_resends_unacked_events_with_the_same_id_until_acked(
     assert len(responder.events_of("session_started", copies=True)) == count, "no re-sends after the ack"
 
 
+def test_agent_resends_a_lost_event_while_newer_ones_are_acked(
+    start_agent: StartAgent, responder: Responder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event lost on its way (with a bridge killed while it held it) is sent again within
+    the resend delay even while the machine is busy and newer events are acked: before, every
+    ack put the re-send off again, so a lost session end waited until the taps stopped, and the
+    server counted the session open meanwhile (and refused the person their next machine)."""
+    monkeypatch.setattr(Agent, "RESEND_MIN_S", 0.5)
+    responder.auto_ack = False
+    agent = start_agent()
+    assert agent.tap(ADA).outcome == "unlocked"
+    lost = responder.wait_event("session_started")[0]
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:  # Ada taps out and in again, her events are acked
+        time.sleep(0.25)
+        agent.tap(ADA)
+        newer = [e.id for e in responder.events if e.id != lost.id]
+        responder.ack(agent.config.device_id, newer)
+    copies = [e for e in responder.events_of("session_started", copies=True) if e.id == lost.id]
+    assert len(copies) >= 2, "the lost start was sent again while the newer events were acked"
+
+
 def test_agent_ack_deletes_acked_events_only(start_agent: StartAgent, responder: Responder) -> None:
     responder.auto_ack = False
     agent = start_agent()

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -301,8 +302,25 @@ class AgentProc(Proc):
 
 
 class BridgeProc(Proc):
+    metrics_port: int | None = None  # its Prometheus endpoint on loopback, when it serves one
+
     def wait_ready(self, after: float, timeout: float = 30.0) -> bool:
         return self.wait_line("bridge connected to", after, timeout)
+
+    def decisions(self) -> int | None:
+        """Taps this process has answered so far (``werkbank_decisions_total``, every reason),
+        read from its metrics endpoint; None when it cannot be read (not running, no endpoint)."""
+        if self.metrics_port is None or not self.running:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+                body = resp.read().decode()
+        except OSError:
+            return None
+        prefix = "werkbank_decisions_total{"
+        return int(
+            sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(prefix))
+        )
 
 
 class Broker:
@@ -376,8 +394,15 @@ class Observer:
         )
         self.client.reconnect_delay_set(1, 2)
         self.statuses: dict[str, list[tuple[float, bool, dict[str, Any]]]] = {}
+        # Every event an agent published (re-sends included), by id: (device, type, session).
+        self.events: dict[str, tuple[str, str, str | None]] = {}
+        self.event_copies = 0  # publications seen, re-sends counted
         self.client.on_connect = lambda c, *_: c.subscribe(
-            [("werkbank/v1/dev/+/status", 1), ("werkbank/v1/dev/+/allowlist", 1)]
+            [
+                ("werkbank/v1/dev/+/status", 1),
+                ("werkbank/v1/dev/+/allowlist", 1),
+                ("werkbank/v1/dev/+/event", 1),
+            ]
         )
         self.client.on_message = self._on_message
         self.client.connect_async(host, int(port), keepalive=10)
@@ -386,6 +411,12 @@ class Observer:
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         now = time.monotonic()
         parts = msg.topic.split("/")
+        if len(parts) == 5 and parts[4] == "event" and msg.payload:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                event = json.loads(msg.payload)
+                self.events.setdefault(str(event["id"]), (parts[3], str(event["type"]), event.get("session")))
+                self.event_copies += 1
+            return
         if len(parts) != 5 or parts[4] != "status" or not msg.payload:
             return
         with contextlib.suppress(ValueError):
@@ -486,6 +517,7 @@ class Result:
     ghost_allows: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)  # a scenario's own measurements, printed
     error: str | None = None
 
     @property
@@ -634,6 +666,9 @@ class World:
         self.expected: list[Expected] = []
         # Devices whose server cannot be reached now ("*": all): their taps may be decided offline.
         self.faulty: set[str] = set()
+        # Also compare every event the agents published (seen by the observer) with the
+        # events table: each id stored, no session with two starts or two ends.
+        self.check_events = False
         self._closed = False
         self._wall_minus_mono = time.time() - time.monotonic()
 
@@ -674,8 +709,14 @@ class World:
         return relay
 
     def add_bridge(
-        self, client_id: str = "werkbank-bridge", shared: bool = False, database_url: str | None = None
+        self,
+        client_id: str = "werkbank-bridge",
+        shared: bool = False,
+        database_url: str | None = None,
+        metrics: bool = False,
     ) -> BridgeProc:
+        """A ``werkbank bridge``; ``metrics``: it serves /metrics on a loopback port (the suite
+        reads there how many taps this process answered)."""
         env = self.suite.cli_env(
             database_url or self.db_url,
             MQTT_URL=self.broker.url,
@@ -683,9 +724,13 @@ class World:
             MQTT_SHARED_SUBSCRIPTIONS="true" if shared else "false",
         )
         env[FAKE_CLOCK_ENV] = str(self.clock_file)
+        port = free_port() if metrics else None
+        if port is not None:
+            env["WERKBANK_BRIDGE_METRICS_PORT"] = str(port)
         bridge = BridgeProc(
             client_id, [sys.executable, "-m", "server", "bridge"], env, self.logs / f"{client_id}.log"
         )
+        bridge.metrics_port = port
         self.bridges.append(bridge)
         return bridge
 
@@ -696,9 +741,14 @@ class World:
             raise RuntimeError(f"{bridge.name} did not connect (see {bridge.log_path})")
 
     def add_agent(
-        self, machine: str, mqtt_port: int | None = None, clock_file: Path | None = None
+        self,
+        machine: str,
+        mqtt_port: int | None = None,
+        clock_file: Path | None = None,
+        tap_out_grace_s: float | None = None,
     ) -> AgentProc:
-        """The agent of ``machine``; ``mqtt_port``: a relay in front of the broker."""
+        """The agent of ``machine``; ``mqtt_port``: a relay in front of the broker;
+        ``tap_out_grace_s``: the agent's ``[session] tap_out_grace_s`` instead of its default."""
         home = self.dir / f"pi-{machine}"
         shutil.copytree(self.suite.bundles / machine, home)
         storage = home / "storage"
@@ -708,6 +758,12 @@ class World:
         text_ = re.sub(
             r'(?m)^url = ".*"$', f'url = "mqtt://127.0.0.1:{mqtt_port or self.broker.port}"', text_
         )
+        if tap_out_grace_s is not None:
+            line = f"tap_out_grace_s = {tap_out_grace_s}"
+            if re.search(r"(?m)^\[session\]$", text_):
+                text_ = re.sub(r"(?m)^\[session\]$", f"[session]\n{line}", text_, count=1)
+            else:
+                text_ += f"\n[session]\n{line}\n"
         config.write_text(text_)
         env = {k: v for k, v in os.environ.items() if k != FAKE_CLOCK_ENV}
         env |= {"GPIOZERO_PIN_FACTORY": "mock", "PYTHONUNBUFFERED": "1"}
@@ -908,6 +964,8 @@ class World:
                 )
         finally:
             engine.dispose()
+        if self.check_events:
+            self.account_events(engine_url=self.db_url)
         result.taps = len(self.taps)
         result.expected = len(self.expected)
         result.stored = len(stored)
@@ -1009,6 +1067,62 @@ class World:
             failures.append(f"{result.unexpected_offline} taps decided offline while the server was up")
         if result.ghost_allows:
             failures.append(f"{result.ghost_allows} allow decisions recorded for sessions that never existed")
+
+    def account_events(self, engine_url: str) -> None:
+        """Every event the agents published is stored once: by id, and per session one start
+        and one end. Events in the table that no agent was seen publishing are noted."""
+        published = dict(self._observer.events)
+        engine: Engine = create_engine(engine_url)
+        try:
+            with Session(engine) as db:
+                rows = db.execute(
+                    text("SELECT id, device_id, type, session_id, ts, received_at FROM events")
+                ).all()
+        finally:
+            engine.dispose()
+        stored_ids = [str(r.id) for r in rows]
+        stored = set(stored_ids)
+        lost = [i for i in published if i not in stored]
+        twice = len(stored_ids) - len(stored)  # the primary key forbids it; counted all the same
+        per_session: dict[tuple[str, str], int] = {}
+        for r in rows:
+            if r.type in ("session_started", "session_ended") and r.session_id:
+                key = (str(r.session_id), str(r.type))
+                per_session[key] = per_session.get(key, 0) + 1
+        doubled = {k: n for k, n in per_session.items() if n > 1}
+        unseen = [
+            r for r in rows if str(r.id) not in published and r.type in ("session_started", "session_ended")
+        ]
+        result = self.result
+        # How long after it happened the server stored each session event (the agent's clock is
+        # the bridge's here): a long lag is an event a dead bridge took with it, re-sent later.
+        lags = sorted(
+            ((r.received_at - r.ts).total_seconds(), r)
+            for r in rows
+            if r.type in ("session_started", "session_ended")
+        )
+        if lags:
+            result.figures.append(
+                f"session events stored {statistics.median(x for x, _ in lags):.2f} s (p50) / "
+                f"{lags[-1][0]:.2f} s (max) after they happened"
+            )
+            for lag, r in lags[-3:]:
+                result.notes.append(f"stored {lag:.1f} s late: {r.type} {r.device_id} {r.ts:%H:%M:%S.%f}")
+        result.figures.append(
+            f"events: {len(published)} published ({self._observer.event_copies} publications with "
+            f"re-sends), {len(stored)} stored, {len(lost)} lost, "
+            f"{twice + sum(n - 1 for n in doubled.values())} stored twice"
+        )
+        if lost:
+            result.failures.append(f"{len(lost)} published events not stored")
+            for event_id in lost[:10]:
+                result.notes.append(f"event not stored: {event_id} {published[event_id]}")
+        if twice or doubled:
+            result.failures.append(f"{twice + len(doubled)} events or session starts/ends stored twice")
+            for (session, kind), n in list(doubled.items())[:10]:
+                result.notes.append(f"{kind} of session {session} stored {n} times")
+        if unseen:
+            result.notes.append(f"{len(unseen)} stored session events were not seen published (observer gap)")
 
     def close(self) -> None:
         if self._closed:

@@ -85,6 +85,7 @@ def details(results: list[Result]) -> str:
         if r.error:
             out.append(f"  - could not run: {r.error}")
         out += [f"  - {failure}" for failure in r.failures]
+        out += [f"  - {figure}" for figure in r.figures]
         out += [f"  - note: {note}" for note in r.notes]
     return "\n".join(out)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import time
 import uuid
 from collections.abc import Iterator
@@ -366,3 +367,120 @@ def test_bridge_offline_session_of_a_revoked_person_is_locked_flagged_and_report
     device.next(f"{LASER}/ack")
     time.sleep(1.5)
     assert device.drain(f"{LASER}/cmd") == []
+
+
+# -- two bridges sharing the device topics (issue 15) ----------------------------------------------
+
+
+def test_shared_bridge_waits_for_the_other_bridges_decision_before_a_session_start(
+    lab: Database, mqtt_url: str, device: Peer, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """With shared subscriptions one bridge may answer a tap and the other ingest the session's
+    start: the start can arrive before the answering bridge has written its decision row (it
+    writes the row just after the answer). The ingesting bridge must wait for that row, not
+    store a session the server decided as an offline one and reject the start."""
+    bridge = Bridge(
+        lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, clock_settle_s=0, shared=True
+    ).start()
+    try:
+        device.publish(f"{PRINTER}/status", _status("printer-1", clock()))
+        assert wait_until(lambda: _online(lab, "pi-printer-1"))
+        rid, tap = _req(QUINN, clock())
+        device.publish(f"{PRINTER}/auth/req", tap)
+        resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+        assert resp.decision == "allow" and resp.session is not None
+        assert bridge.wait_for_decision_log()
+        # Make the row this bridge wrote another bridge's, not written yet: take it out now...
+        with lab.session() as s:
+            row = s.get(AccessDecision, rid)
+            assert row is not None
+            saved = {c.name: getattr(row, c.name) for c in AccessDecision.__table__.columns}
+            s.delete(row)
+            s.commit()
+        _, start = _event("session_started", resp.session, clock(), badge=QUINN, offline=False)
+        device.publish(f"{PRINTER}/event", start)
+        # ...and let "the other bridge" write it 0.4 s after the start was sent.
+        time.sleep(0.4)
+        with lab.session() as s:
+            s.add(AccessDecision(**saved))
+            s.commit()
+        # The agent sends an unacknowledged event again (its outbox, after 2 s).
+        with pytest.raises(queue.Empty):
+            device.next(f"{PRINTER}/ack", timeout=1.6)
+        device.publish(f"{PRINTER}/event", start)
+        device.next(f"{PRINTER}/ack", timeout=10)
+        with lab.session() as s:
+            session = s.get(MachineSession, resp.session)
+            assert session is not None and session.person_id is not None
+            assert not session.offline  # the server let Quinn in: not an offline session
+        assert bridge.rejected["claim_mismatch"] == 0
+    finally:
+        bridge.stop()
+
+
+def test_shared_bridge_takes_a_start_whose_decision_never_comes_as_offline(
+    lab: Database, mqtt_url: str, device: Peer, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The bridge that answered died before writing its decision row: the start is held back
+    only for a while, then stored (as an offline session, flagged), never re-sent for ever."""
+    monkeypatch.setattr("server.bridge.OTHER_BRIDGE_WAIT_S", 0.5)
+    bridge = Bridge(
+        lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, clock_settle_s=0, shared=True
+    ).start()
+    try:
+        device.publish(f"{PRINTER}/status", _status("printer-1", clock()))
+        assert wait_until(lambda: _online(lab, "pi-printer-1"))
+        session_id = str(uuid.uuid4())
+        _, start = _event("session_started", session_id, clock(), badge=QUINN, offline=False)
+        device.publish(f"{PRINTER}/event", start)
+        with pytest.raises(queue.Empty):
+            device.next(f"{PRINTER}/ack", timeout=1.0)
+        device.publish(f"{PRINTER}/event", start)  # the agent's re-send, after the wait
+        device.next(f"{PRINTER}/ack", timeout=10)
+        with lab.session() as s:
+            session = s.get(MachineSession, session_id)
+            assert session is not None and session.offline
+        assert bridge.rejected["claim_mismatch"] == 1
+    finally:
+        bridge.stop()
+
+
+def test_bridge_leaves_a_list_another_bridge_just_published_to_it(
+    bridge: Bridge, lab: Database, mqtt_url: str, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """Two bridges: one builds a new allow-list version and publishes it; a device's status sent
+    before the new list reached it still names the old one. The other bridge must not take that
+    for a device left without its list and build yet another version: with taps coming in, the
+    two bridges did so in turn, many versions a second, while session events waited."""
+
+    def version() -> int:
+        with lab.session() as s:
+            printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+            assert printer is not None
+            return printer.allowlist_version
+
+    # The start-up rounds are out and the broker holds the newest list.
+    assert wait_until(
+        lambda: bridge.publish_allowlists() == 0 and bridge._on_broker.get("pi-printer-1") == version()
+    )
+    time.sleep(0.5)
+    held = version()
+    assert bridge._on_broker.get("pi-printer-1") == held
+    with lab.session() as s:  # the other bridge built the next version; its message is on its way
+        printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        assert printer is not None
+        printer.allowlist_version = held + 1
+        printer.allowlist_published_at = clock()
+    pi = Peer(mqtt_url)
+    try:
+        pi.subscribe(f"{PRINTER}/allowlist")
+        time.sleep(0.3)
+        pi.drain(f"{PRINTER}/allowlist")  # the retained copy
+        pi.publish(f"{PRINTER}/status", _status("printer-1", clock(), allowlist_version=held))
+        time.sleep(1.5)
+        assert pi.drain(f"{PRINTER}/allowlist") == []
+        with lab.session() as s:
+            printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+            assert printer is not None and printer.allowlist_version == held + 1
+    finally:
+        pi.close()
