@@ -68,10 +68,16 @@ def _event(etype: str, session: str, ts: str, **fields: object) -> tuple[str, by
     ).encode()
 
 
+# The bridge's own heartbeat (for /readyz) is written on its timer, whatever arrives.
+_OWN_BOOKKEEPING = {"process_heartbeats"}
+
+
 def _counts(db: Database) -> dict[str, int]:
     with db.session() as s:
         return {
-            t.name: s.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables
+            t.name: s.scalar(select(func.count()).select_from(t)) or 0
+            for t in Base.metadata.sorted_tables
+            if t.name not in _OWN_BOOKKEEPING
         }
 
 
@@ -396,8 +402,7 @@ def test_bridge_refuses_garbage_without_changing_anything(
     before = _snapshot(lab)
     count_before = bridge.rejected[code]
     device.publish(f"werkbank/v1/dev/{device_id}/{suffix}", payload)
-    # ">=": on connect the bridge also refuses retained statuses other tests left for unknown devices.
-    assert wait_until(lambda: bridge.rejected[code] >= count_before + 1), dict(bridge.rejected)
+    assert wait_until(lambda: bridge.rejected[code] == count_before + 1), dict(bridge.rejected)
     assert _snapshot(lab) == before
     assert device.drain(f"{PRINTER}/ack") == []
     # and the bridge still works
