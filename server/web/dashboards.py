@@ -347,6 +347,10 @@ def _present_usage(data: service.Utilisation) -> dict[str, Any]:
         "heat_hours": list(range(first, last + 1)),
         "rows": [_present_figures(m.figures) for m in data.machines],
         "totals": _present_figures(data.totals),
+        # The energy columns only where some machine's plug measured something in the period: a
+        # lab without metering plugs would read two columns of zeros (and 16 columns are too many
+        # for a laptop in German).
+        "energy": bool(data.totals.energy_kwh or data.totals.energy_gap_h),
         "weeks": [(w.label, _hours(w.unlocked_h), _hours(w.run_h)) for w in data.weeks],
         "types": [
             (

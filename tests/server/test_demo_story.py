@@ -241,7 +241,7 @@ def test_demo_story_banner_people_can_do_what_the_banner_says(database: Database
 def test_demo_banner_tells_whether_each_site_is_open(database: Database) -> None:
     """On a Saturday morning the north is open and the south is closed: the banner says both
     (the badges of the south's trainer unlock nothing until Monday)."""
-    from server.demo_runner import _opening_line
+    from server.demo.runner import _opening_line
 
     _demo(database, datetime.now(UTC))
     saturday = datetime(2026, 12, 12, 11, 0, tzinfo=ZoneInfo("Europe/Berlin"))

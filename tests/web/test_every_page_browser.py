@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -36,6 +37,7 @@ from server.models import (
     Machine,
     MachineType,
     Person,
+    ProgrammeField,
     Site,
 )
 from server.services import certificates
@@ -54,9 +56,9 @@ WIDTHS: tuple[ViewportSize, ...] = ({"width": 390, "height": 844}, {"width": 136
 # GET routes that are no page, with why. Everything else in the url_map must be visited.
 NOT_PAGES: dict[str, str] = {
     "static": "files",
-    "web.healthz": "probe",
-    "web.readyz": "probe",
-    "web.metrics": "Prometheus text",
+    "health.healthz": "probe",
+    "health.readyz": "probe",
+    "health.metrics": "Prometheus text",
     "web.live_json": "JSON for the overview's refresh",
     "web.availability_json": "JSON for the machines-now refresh",
     "auth.set_language": "redirects back after switching the language",
@@ -69,6 +71,9 @@ NOT_PAGES: dict[str, str] = {
     "reports.funder_csv": "CSV download",
     "reports.funder_qualifications_csv": "CSV download",
     "reports.funder_outcomes_csv": "CSV download",
+    "reports.funder_machines_csv": "CSV download",
+    "reports.funder_programme_data_csv": "CSV download",
+    "reports.funder_special_csv": "CSV download (pseudonymised)",
     "reports.funder_xlsx": "XLSX download",
 }
 # Whole blueprints that are no pages.
@@ -110,6 +115,8 @@ class DemoIds:
     book_at: str  # a free start on printer-1 (local time, as the week grid links it)
     move_to: str
     certificate: str
+    programme: str  # the demo programme that asks for participant data
+    programme_field: int
 
 
 def visits(ids: DemoIds) -> dict[str, list[Visit]]:
@@ -146,10 +153,15 @@ def visits(ids: DemoIds) -> dict[str, list[Visit]]:
         "certificates.person": [Visit("tom", f"/certificates/people/{ids.trainee_south}")],
         "certificates.cohort": [Visit("tom", "/certificates/cohort")],
         "outcomes.person": [Visit("tom", f"/outcomes/people/{ids.trainee_south}")],
+        "programme.person": [Visit("tom", f"/programme/people/{ids.trainee_south}")],
+        "programme.special": [Visit("admin", f"/programme/people/{ids.trainee_south}/special")],
         "bookings.all_bookings": [Visit("tom", "/bookings/all")],
         "bookings.blocked": [Visit("tom", "/bookings/blocked")],
         # The admin's.
         "admin.index": [Visit("admin", "/admin/")],
+        "admin.programmes": [Visit("admin", "/admin/programmes")],
+        "admin.programme": [Visit("admin", f"/admin/programmes/setup?programme={quote(ids.programme)}")],
+        "admin.programme_field": [Visit("admin", f"/admin/programmes/fields/{ids.programme_field}")],
         "admin.audit_log": [Visit("admin", "/admin/audit")],
         "admin.devices": [Visit("admin", "/admin/devices")],
         "admin.sites": [Visit("admin", "/admin/sites")],
@@ -172,7 +184,7 @@ def visits(ids: DemoIds) -> dict[str, list[Visit]]:
         "admin.machine_edit": [Visit("admin", f"/admin/machines/{ids.machine}")],
         "attendance.timetable": [Visit("admin", "/attendance/timetable")],
         "outcomes.targets": [Visit("admin", "/outcomes/targets")],
-        # Its 14 columns, with German heads, fit a laptop (docs/dashboards.md).
+        # Its 14 columns (16 with energy), with German heads, fit a laptop (docs/dashboards.md).
         "dashboards.usage": [Visit("admin", "/dashboards/usage", whole_on_laptop="#machine-table")],
         "dashboards.learning": [Visit("admin", "/dashboards/learning")],
         "reports.index": [Visit("admin", "/reports/")],
@@ -231,6 +243,8 @@ def _ids(app: Flask) -> DemoIds:
         key = certificates.signing_key(app.config)
         issued = certificates.issue(s, trainer, jonas, CertificateKind.COMPETENCE, "de", key, now)
         s.commit()
+        field = s.scalars(select(ProgrammeField).order_by(ProgrammeField.id)).first()
+        assert field is not None, "the demo asks for programme data"
         return DemoIds(
             jonas=jonas.id,
             trainee_south=trainee.id,
@@ -243,6 +257,8 @@ def _ids(app: Flask) -> DemoIds:
             book_at=free[1].strftime("%Y-%m-%dT%H:%M"),
             move_to=free[2].strftime("%Y-%m-%dT%H:%M"),
             certificate=certificates.pretty_code(issued.code),
+            programme=field.programme,
+            programme_field=field.id,
         )
 
 

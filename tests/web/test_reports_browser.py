@@ -113,7 +113,7 @@ def test_browser_funder_report_quarter_pseudonyms_xlsx_and_print(served: Served)
             saved = ARTIFACTS / download.suggested_filename
             download.save_as(saved)
             book = load_workbook(saved)
-            sheets = ["Summary", "Participants", "Qualifications", "Hours by group", "Outcomes"]
+            sheets = ["Summary", "Participants", "Qualifications", "Hours by group", "Machines", "Outcomes"]
             assert book.sheetnames == sheets
             names = [row[0].value for row in book["Participants"].iter_rows(min_row=2)]
             assert sorted(names) == sorted(world.label(n) for n in ("ada", "ben", "gus"))
