@@ -6,7 +6,8 @@ never makes the server fetch a URL.
 
 Speed (docs/proof.md): each thread keeps one WeasyPrint font configuration (Pango's font map
 with the fonts it has opened and measured) for all the documents it makes, instead of loading
-the fonts again for every PDF.
+the fonts again for every PDF; and the web server's workers load WeasyPrint and the fonts when
+they start (:func:`warm_up`, from ``server/wsgi.py``), not on the first document someone asks for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import logging
 import mimetypes
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -77,6 +79,22 @@ def pdf(html: str) -> bytes:
         string=html, base_url="http://werkbank.invalid/", url_fetcher=_fetcher()
     ).write_pdf(font_config=_font_config())
     return document
+
+
+# One line in each font the documents use (sans, bold, mono; the page counter's default serif).
+WARM_UP_PAGE = (
+    '<!doctype html><html><head><link rel="stylesheet" href="/static/documents.css"></head>'
+    '<body class="doc"><h1>Werkbank</h1><p>1 <span class="doc-code">ABCD-EFGH-JK</span></p></body></html>'
+)
+
+
+def warm_up() -> float:
+    """Make one small PDF in this thread: WeasyPrint imported, Pango and the fonts loaded, so
+    that the first document a web worker makes is no slower than the next. Returns the seconds
+    it took; raises :class:`DocumentError` when WeasyPrint cannot run."""
+    began = time.perf_counter()
+    pdf(WARM_UP_PAGE)
+    return time.perf_counter() - began
 
 
 def qr_data_url(text: str) -> str:
