@@ -119,9 +119,11 @@ SCALE ?= small
 bench-dashboards: install
 	$(BIN)/python bench/dashboards.py --scale $(SCALE) $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
 
-# Certificates and attendance sheets on the demo history (bench/documents.py; SCALE=small|full).
+# Certificates and attendance sheets on the demo history (bench/documents.py; SCALE=full for the
+# five years the targets are set for; BENCH_DATABASE_URL=sqlite:////tmp/wb-documents.sqlite keeps
+# the generated years for the next run).
 bench-documents: install pdf
-	$(BIN)/python bench/documents.py --scale $(SCALE)
+	$(BIN)/python bench/documents.py --scale $(SCALE) $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

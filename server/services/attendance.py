@@ -210,13 +210,20 @@ def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, d
     return merged
 
 
-def _split_days(start: datetime, end: datetime, tz: ZoneInfo) -> Iterable[tuple[date, datetime, datetime]]:
-    """``start``-``end`` cut at local midnights."""
+def _split_days(
+    start: datetime, end: datetime, tz: ZoneInfo, midnights: dict[date, datetime]
+) -> Iterable[tuple[date, datetime, datetime]]:
+    """``start``-``end`` cut at local midnights (``midnights``: each day's end in UTC, filled as
+    needed; years of sessions touch the same days again and again)."""
     while start < end:
-        local = start.astimezone(tz)
-        midnight = datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC)
+        day = start.astimezone(tz).date()
+        midnight = midnights.get(day)
+        if midnight is None:
+            midnight = midnights[day] = datetime.combine(
+                day + timedelta(days=1), time(0), tzinfo=tz
+            ).astimezone(UTC)
         stop = min(end, midnight)
-        yield local.date(), start, stop
+        yield day, start, stop
         start = stop
 
 
@@ -266,11 +273,14 @@ def presence(
         if until > began:
             intervals[who].append((began, until))
     out: dict[int, dict[date, Day]] = {pid: {} for pid in ids}
+    midnights: dict[date, datetime] = {}
     for person_id, spans in intervals.items():
         days = out[person_id]
         for span_start, span_end in _merge(spans):
-            for day, a, b in _split_days(max(span_start, start), min(span_end, end), zone):
-                entry = days.setdefault(day, Day(day))
+            for day, a, b in _split_days(max(span_start, start), min(span_end, end), zone, midnights):
+                entry = days.get(day)
+                if entry is None:
+                    entry = days[day] = Day(day)
                 entry.present_s += (b - a).total_seconds()
                 entry.first = a if entry.first is None else min(entry.first, a)
                 entry.last = b if entry.last is None else max(entry.last, b)

@@ -113,7 +113,6 @@ def certificate_context(certificate: Certificate) -> dict[str, Any]:
         "issued": date_text(facts.get("issued")),
         "competencies": competencies,
         "url": url,
-        "qr": documents.qr_data_url(url),
         "letterhead": letterhead(certificate.site),
     }
 
@@ -123,7 +122,9 @@ def render_certificates(items: list[Certificate]) -> str:
     parts = []
     for certificate in items:
         with force_locale(certificate.language):
-            html = render_template("documents/_certificate.html", c=certificate_context(certificate))
+            context = certificate_context(certificate)
+            context["qr"] = documents.qr_data_url(context["url"])  # the page at /v/ shows none
+            html = render_template("documents/_certificate.html", c=context)
             parts.append(Markup(html))  # noqa: S704  # our own template's output, escaped as rendered
     language = items[0].language if items else current_language()
     return render_template("documents/certificates.html", parts=parts, doc_language=language)

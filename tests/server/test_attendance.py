@@ -18,16 +18,19 @@ from server.db import Database
 from server.models import (
     Attendance,
     AuditLog,
+    CertificateKind,
     ClosedDay,
     Device,
+    ExitReason,
     Machine,
     MachineSession,
+    ParticipantExit,
     Person,
     Site,
     StoredEvent,
 )
 from server.scheduler import close_forgotten_checkins
-from server.services import attendance
+from server.services import attendance, certificates
 from server.services.training import REFUSALS, TrainingError, audit_refusal
 from tests.conftest import Clock
 from tests.mqtt_peer import Peer
@@ -285,6 +288,86 @@ def test_attendance_correction_replaces_the_day_and_is_audited(entrance: Databas
         with pytest.raises(TrainingError) as missing:
             attendance.correct_day(s, tina, quinn, day, 0, True, "  ", now)
         assert missing.value.code == "reason_required"
+
+
+def test_attendance_cohort_certificates_count_each_persons_own_period(entrance: Database) -> None:
+    """A cohort's participation certificates are computed together (one presence query for all),
+    yet each counts only its holder's period: from joining (or an earlier first session) to the
+    exit, with corrections; the same facts as a certificate issued alone."""
+    start = date(2026, 11, 2)  # a Monday
+    now = at(start + timedelta(days=20), 12)
+    with entrance.session() as s:
+        site, tina = _site(s), person(s, "Tina Trainer")
+        quinn, uma = person(s, "Quinn Qualified"), person(s, "Uma Unqualified")
+        printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        assert printer is not None
+        uma.cohort = quinn.cohort
+        quinn.created_at = at(start, 8)
+        uma.created_at = at(start + timedelta(days=3), 8)
+
+        def stay(who: Person, day: date, hours: int) -> None:
+            s.add(
+                Attendance(
+                    person_id=who.id,
+                    site_id=site.id,
+                    checked_in_at=at(day, 9),
+                    checked_out_at=at(day, 9 + hours),
+                )
+            )
+
+        # Quinn printed ten days before joining (his period starts then), was there on the
+        # 3rd, left on the 7th (exit) and came by on the 9th (after his period).
+        s.add(
+            MachineSession(
+                id=str(uuid.uuid4()),
+                machine_id=printer.id,
+                device_id="pi-printer-1",
+                person_id=quinn.id,
+                started_at=at(start - timedelta(days=10), 10),
+                ended_at=at(start - timedelta(days=10), 12),
+                unlocked_s=7200.0,
+            )
+        )
+        stay(quinn, start + timedelta(days=1), 3)
+        stay(quinn, start + timedelta(days=7), 2)
+        s.add(
+            ParticipantExit(
+                person_id=quinn.id,
+                site_id=site.id,
+                left_on=start + timedelta(days=5),
+                reason=ExitReason.EMPLOYMENT,
+                follow_up_due=start + timedelta(days=180),
+            )
+        )
+        # Uma was there before joining (not hers to certify) and on the 6th, corrected to 6 h.
+        stay(uma, start + timedelta(days=1), 4)
+        stay(uma, start + timedelta(days=4), 2)
+        s.flush()
+        attendance.correct_day(
+            s, tina, uma, start + timedelta(days=4), 6 * 3600.0, False, "forgot to tap", now
+        )
+
+        issued, skipped = certificates.issue_for_cohort(
+            s, tina, site.id, quinn.cohort or "", CertificateKind.PARTICIPATION, "en", b"k" * 32, now
+        )
+        assert skipped == []
+        facts = {c.person_id: c.facts for c in issued}
+        period = ("from", "to", "days", "hours")
+        assert tuple(facts[quinn.id][k] for k in period) == (
+            (start - timedelta(days=10)).isoformat(),
+            (start + timedelta(days=5)).isoformat(),
+            2,
+            5.0,
+        )
+        assert tuple(facts[uma.id][k] for k in period) == (
+            (start + timedelta(days=3)).isoformat(),
+            (start + timedelta(days=20)).isoformat(),
+            1,
+            6.0,
+        )
+        for who in (quinn, uma):
+            alone = certificates.participation_facts(s, who, now)
+            assert {k: facts[who.id][k] for k in alone} == alone
 
 
 def test_attendance_staff_rule_refuses_own_records_and_other_sites(entrance: Database) -> None:
