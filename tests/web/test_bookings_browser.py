@@ -33,6 +33,9 @@ def test_browser_participant_books_in_two_taps_on_a_phone(booking_server: tuple[
     problems: list[str] = []
 
     def fits(page: Page, name: str) -> None:
+        # A heading can be visible before the page's stylesheets have loaded (a busy machine):
+        # measure the page as it is drawn, with them.
+        page.wait_for_load_state("load")
         width = page.evaluate("document.documentElement.scrollWidth")
         if width > PHONE["width"]:
             problems.append(f"{name} is {width} px wide")
