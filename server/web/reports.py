@@ -653,64 +653,55 @@ def _checked(kind: str) -> tuple[ReportQuery, FunderReport] | list[str]:
     return query, report
 
 
+def _table_csv(
+    kind: str, table: Callable[[FunderReport], tuple[list[str], list[list[Cell]]]], name: str
+) -> ResponseReturnValue:
+    """One table of the report as a CSV download (checked and audited as ``kind``)."""
+    made = _checked(kind)
+    if isinstance(made, list):
+        return _refused(made)
+    query, report = made
+    header, rows = table(report)
+    return _download(_csv(header, rows), "text/csv", f"{name}_{query.slug()}.csv")
+
+
 @bp.get("/funder.csv")
 @admin_required
 def funder_csv() -> ResponseReturnValue:
     """One row per participant (see docs/reports.md)."""
-    made = _checked("csv")
-    if isinstance(made, list):
-        return _refused(made)
-    query, report = made
-    header, rows = participant_table(report)
-    return _download(_csv(header, rows), "text/csv", f"funder-report_{query.slug()}.csv")
+    return _table_csv("csv", participant_table, "funder-report")
 
 
 @bp.get("/funder-machines.csv")
 @admin_required
 def funder_machines_csv() -> ResponseReturnValue:
     """One row per machine: sessions, machine hours and energy (docs/reports.md)."""
-    made = _checked("csv-machines")
-    if isinstance(made, list):
-        return _refused(made)
-    query, report = made
-    header, rows = machine_table(report)
-    return _download(_csv(header, rows), "text/csv", f"funder-machines_{query.slug()}.csv")
+    return _table_csv("csv-machines", machine_table, "funder-machines")
 
 
 @bp.get("/funder-qualifications.csv")
 @admin_required
 def funder_qualifications_csv() -> ResponseReturnValue:
     """One row per qualification granted in the period."""
-    made = _checked("csv-qualifications")
-    if isinstance(made, list):
-        return _refused(made)
-    query, report = made
-    header, rows = qualification_table(report)
-    return _download(_csv(header, rows), "text/csv", f"funder-qualifications_{query.slug()}.csv")
+    return _table_csv("csv-qualifications", qualification_table, "funder-qualifications")
 
 
 @bp.get("/funder-outcomes.csv")
 @admin_required
 def funder_outcomes_csv() -> ResponseReturnValue:
     """One row per programme: exits by reason, integrations, target and progress."""
-    made = _checked("csv-outcomes")
-    if isinstance(made, list):
-        return _refused(made)
-    query, report = made
-    header, rows = outcome_table(report)
-    return _download(_csv(header, rows), "text/csv", f"funder-outcomes_{query.slug()}.csv")
+    return _table_csv("csv-outcomes", outcome_table, "funder-outcomes")
 
 
 @bp.get("/funder-programme-data.csv")
 @admin_required
 def funder_programme_data_csv() -> ResponseReturnValue:
     """One row per participant with the ordinary programme fields (names as the report has them)."""
-    made = _checked("csv-programme-data")
-    if isinstance(made, list):
-        return _refused(made)
-    query, report = made
-    header, rows, _table = programme_data_table(report, special=False)
-    return _download(_csv(header, rows), "text/csv", f"funder-programme-data_{query.slug()}.csv")
+    return _table_csv(
+        "csv-programme-data",
+        lambda report: programme_data_table(report, special=False)[:2],
+        "funder-programme-data",
+    )
 
 
 @bp.get("/funder-special-categories.csv")
