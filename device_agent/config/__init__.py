@@ -439,19 +439,19 @@ class AgentConfig:
             return options[attr]
         raise AttributeError(f"{type(self).__name__} has no attribute or config key {attr!r}")
 
+    def secret(self, attr: str) -> str | None:
+        """A secret key's value, given inline (``attr``) or in a file (``attr`` + ``_file``, read now)."""
+        return read_secret(self.value(attr), self.value(f"{attr}_file"))
+
     @property
     def octoprint_api_key(self) -> str | None:
-        """OctoPrint's API key (the ``octoprint`` monitor's keys, device_agent/hardware/octoprint.py)."""
-        return read_secret(
-            self.option("monitor_octoprint_api_key"), self.option("monitor_octoprint_api_key_file")
-        )
+        """OctoPrint's API key (a key of the ``octoprint`` monitor, device_agent/hardware/octoprint.py)."""
+        return self.secret("monitor_octoprint_api_key")
 
     @property
     def password(self) -> str | None:
         """The MQTT password, from ``password`` or read from ``password_file``."""
-        if self.device_password_file:
-            return Path(self.device_password_file).read_text(encoding="utf-8").strip()
-        return self.device_password
+        return self.secret("device_password")
 
     @property
     def hash(self) -> str:

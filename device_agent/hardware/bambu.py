@@ -34,7 +34,7 @@ from device_agent.hardware.base import JobStatus, MachineMonitor
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
 from device_agent.hardware.printer import TIMEOUT_KEY, PrinterMonitor, number, temperatures, timing
-from device_agent.schema import Key, between, existing_file, matches, needed_by, read_secret, secret_pair
+from device_agent.schema import Key, between, existing_file, matches, needed_by, secret_pair
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +311,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 
 
 def _create(config: Any) -> MachineMonitor:
-    code = read_secret(
-        config.option("monitor_bambu_access_code"), config.option("monitor_bambu_access_code_file")
-    )
+    code = config.secret("monitor_bambu_access_code")
     assert code is not None, "the config check requires an access code"
     return BambuMonitor(
         host=config.option("monitor_bambu_host"),

@@ -33,7 +33,7 @@ from device_agent.hardware.printer import (
     temperatures,
     timing,
 )
-from device_agent.schema import Key, existing_file, http_url, read_secret, secret_pair
+from device_agent.schema import Key, existing_file, http_url, secret_pair
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 def _create(config: Any) -> MachineMonitor:
     return MoonrakerMonitor(
         url=config.option("monitor_moonraker_url"),
-        api_key=read_secret(
-            config.option("monitor_moonraker_api_key"), config.option("monitor_moonraker_api_key_file")
-        ),
+        api_key=config.secret("monitor_moonraker_api_key"),
         **timing(config),
         **filament(config),
     )

@@ -13,7 +13,7 @@ from device_agent.hardware.base import JobStatus
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
 from device_agent.hardware.printer import FILAMENT_KEYS, PrinterMonitor, filament, number, timing
-from device_agent.schema import Key, between, existing_file, http_url, read_secret, secret_pair
+from device_agent.schema import Key, between, existing_file, http_url, secret_pair
 
 if TYPE_CHECKING:
     from device_agent.config import AgentConfig
@@ -295,9 +295,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 
 
 def _create(config: AgentConfig) -> OctoPrintMonitor:
-    api_key = read_secret(
-        config.option("monitor_octoprint_api_key"), config.option("monitor_octoprint_api_key_file")
-    )
+    api_key = config.secret("monitor_octoprint_api_key")
     assert api_key is not None, "the config check requires an API key for the octoprint backend"
     return OctoPrintMonitor(
         url=config.option("monitor_octoprint_url"),

@@ -23,7 +23,7 @@ from typing import Any
 from device_agent.hardware.base import JobStatus, MachineMonitor
 from device_agent.hardware.plugins import Plugin, paragraph
 from device_agent.hardware.printer import TIMEOUT_KEY, HttpJson, PrinterMonitor, number, temperatures, timing
-from device_agent.schema import Key, existing_file, http_url, needed_by, read_secret, secret_pair
+from device_agent.schema import Key, existing_file, http_url, needed_by, secret_pair
 
 _UNDER_WAY = ("PRINTING", "PAUSED", "ATTENTION")
 _ENDED: dict[str, JobStatus] = {"FINISHED": "completed", "STOPPED": "cancelled", "ERROR": "failed"}
@@ -199,9 +199,7 @@ def _create(config: Any) -> MachineMonitor:
     return PrusaLinkMonitor(
         url=config.option("monitor_prusalink_url"),
         user=config.option("monitor_prusalink_user"),
-        password=read_secret(
-            config.option("monitor_prusalink_password"), config.option("monitor_prusalink_password_file")
-        ),
+        password=config.secret("monitor_prusalink_password"),
         api_key=config.option("monitor_prusalink_api_key"),
         **timing(config),
     )
