@@ -382,7 +382,11 @@ _WANTED: dict[type, str] = {
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """A checked config. Attributes are ``<section>_<key>``; paths are absolute."""
+    """A checked config. Attributes are ``<section>_<key>``; paths are absolute.
+
+    The fields are the keys the agent itself reads; a plug-in's keys (a monitor's, a switch's,
+    each declared in its module) are in ``options``: ``option("monitor_threshold_a")``, which
+    also reads as an attribute (``config.monitor_threshold_a``)."""
 
     device_id: str
     device_machine: str
