@@ -1,7 +1,8 @@
 """A session the last run of the agent left open: carried on, or reported ended at its last mark.
 
-The agent decides which (same boot, or the machine mid-job after a reboot: it carries on; else
-it was lost with the power); this module does the arithmetic. :func:`resumed` rebuilds the open
+:func:`left_open` finds it at start. The session keeper (:mod:`device_agent.sessions`) decides
+what becomes of it (same boot, or the machine mid-job after a reboot: it carries on; else it was
+lost with the power); this module does the arithmetic. :func:`resumed` rebuilds the open
 session's timers on this boot's clock, :func:`lost_events` reports a lost session (and its job)
 ended at the last alive mark. The agent never invents times: it knows no more than that mark.
 """
@@ -14,12 +15,24 @@ from datetime import datetime
 
 from device_agent.clock import mono_s
 from device_agent.jobs import Job, JobTracker
+from device_agent.outbox import Outbox
 from device_agent.session_rules import Session
-from device_agent.storage import OpenSession
+from device_agent.storage import OpenSession, StateFile
 from werkbank_protocol import parse_ts
 from werkbank_protocol.messages import Event, SessionEnded
 
 log = logging.getLogger(__name__)
+
+
+def left_open(outbox: Outbox, legacy: StateFile) -> OpenSession | None:
+    """The session left open on disk; moves one from an older agent's ``state.json`` first."""
+    if legacy.path.exists():
+        old = legacy.load().session
+        if old is not None and outbox.open_session() is None:
+            log.info("taking the open session %s over from %s", old.id, legacy.path)
+            outbox.record([], session=old)
+        legacy.remove()
+    return outbox.open_session()
 
 
 def resumed(record: OpenSession, now: datetime, mono: float, same_boot: bool) -> Session:

@@ -91,3 +91,17 @@ def read_secret(value: str | None, file: str | None) -> str | None:
     if file:
         return Path(file).read_text(encoding="utf-8").strip()
     return value
+
+
+def needed_by(
+    values: Mapping[str, Any], section: str, backend: str, needs: tuple[tuple[str, str], ...]
+) -> list[str]:
+    """When ``[section] backend`` is ``backend``: an error for each key of ``needs`` (its name and
+    what to give it) that is not set."""
+    if values.get(f"{section}_backend") != backend:
+        return []
+    return [
+        f"[{section}] {name}: missing; the {backend} backend needs {what}"
+        for name, what in needs
+        if values.get(f"{section}_{name}") is None
+    ]

@@ -21,7 +21,7 @@ from typing import Any
 
 from device_agent import AgentError
 from device_agent.hardware.plugins import plugin_keys as _plugin_keys
-from device_agent.schema import Key, between, existing_file, http_url, matches, one_of
+from device_agent.schema import Key, between, existing_file, matches, one_of, read_secret
 from werkbank_protocol import ProtocolError
 from werkbank_protocol.allowlist import key_bytes
 from werkbank_protocol.mqtt import parse_mqtt_url
@@ -30,7 +30,6 @@ from werkbank_protocol.topics import DEVICE_ID_RE
 
 # The shared checks under the names this module has always used.
 _matches, _between, _one_of, _existing_file = matches, between, one_of, existing_file
-_http_url = http_url("OctoPrint", "http://127.0.0.1:5000")
 
 # The machine's slug on the server (the allow-list names its machine by it).
 MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -99,17 +98,15 @@ def _switch_backends() -> list[str]:
 
 
 # [monitor]: how the agent learns that the machine works (device_agent/hardware/monitors.py).
-# Keys of one backend say so at the start of their doc.
+# Only the keys every monitor reads are here; each backend declares its own in its module
+# (device_agent/hardware/plugins.py), and says so at the start of their doc.
 MONITOR_KEYS: tuple[Key, ...] = (
     Key(
         "monitor",
         "backend",
         str,
         "What tells the agent the machine works (see Machine monitors): "
-        + ", ".join(
-            f'"{name}"'
-            for name in ("none", "octoprint", "current", "power", "moonraker", "prusalink", "bambu")
-        )
+        + ", ".join(f'"{name}"' for name in _monitor_backends())
         + ".",
         default="none",
         check=_one_of(_monitor_backends),
@@ -137,149 +134,6 @@ MONITOR_KEYS: tuple[Key, ...] = (
         "How long a running job still counts as running while the machine cannot be read.",
         default=300.0,
         check=_between(0, 86400, " s"),
-    ),
-    Key(
-        "monitor",
-        "timeout_s",
-        float,
-        "moonraker, prusalink: how long one request to the printer may take before it counts as unreachable.",
-        default=5.0,
-        check=_between(0.1, 60, " s"),
-    ),
-    Key(
-        "monitor",
-        "octoprint_url",
-        str,
-        "octoprint: OctoPrint's address.",
-        default="http://127.0.0.1:5000",
-        check=_http_url,
-    ),
-    Key(
-        "monitor",
-        "octoprint_api_key",
-        str,
-        "octoprint: an application key of OctoPrint (or use octoprint_api_key_file).",
-        secret=True,
-    ),
-    Key(
-        "monitor",
-        "octoprint_api_key_file",
-        str,
-        "octoprint: file holding the application key (read at start, spaces dropped).",
-        path=True,
-        check=_existing_file,
-    ),
-    Key(
-        "monitor",
-        "octoprint_timeout_s",
-        float,
-        "octoprint: how long one request may take before OctoPrint counts as unreachable.",
-        default=5.0,
-        check=_between(0.1, 60, " s"),
-    ),
-    Key(
-        "monitor",
-        "filament_diameter_mm",
-        float,
-        "octoprint, moonraker: filament diameter, for the grams of a job (when the slicer gives none).",
-        default=1.75,
-        check=_between(0.5, 5, " mm"),
-    ),
-    Key(
-        "monitor",
-        "filament_density_g_cm3",
-        float,
-        "octoprint, moonraker: filament density (PLA 1.24, PETG 1.27, ABS 1.04); 0 = report no grams.",
-        default=1.24,
-        check=_between(0, 5, " g/cm³"),
-    ),
-    Key(
-        "monitor",
-        "adc_channel",
-        int,
-        "current: MCP3008 input the clamp is wired to (CH0-CH7).",
-        default=0,
-        check=_between(0, 7),
-    ),
-    Key(
-        "monitor",
-        "adc_device",
-        int,
-        "current: SPI0 chip select of the MCP3008: 1 = CE1 (pin 26; the RC522 has CE0), 0 = CE0 (pin 24).",
-        default=1,
-        check=_between(0, 1),
-    ),
-    Key(
-        "monitor",
-        "vref",
-        float,
-        "current: the MCP3008's VREF in volts (wired to 3.3 V).",
-        default=3.3,
-        check=_between(1, 5.5, " V"),
-    ),
-    Key(
-        "monitor",
-        "amps_per_volt",
-        float,
-        "current: the clamp's scale (SCT-013-030: 30 A per volt; SCT-013-005: 5).",
-        default=30.0,
-        check=_between(0.01, 10000, " A/V"),
-    ),
-    Key(
-        "monitor",
-        "threshold_a",
-        float,
-        "current: the machine runs once the current stays at or above this (amps, RMS).",
-        default=0.5,
-        check=_between(0.001, 1000, " A"),
-    ),
-    Key(
-        "monitor",
-        "release_a",
-        float,
-        "current: it stops once the current stays below this; below threshold_a (hysteresis).",
-        default=0.3,
-        check=_between(0, 1000, " A"),
-    ),
-    Key(
-        "monitor",
-        "min_on_s",
-        float,
-        "current, power: how long the load must stay above threshold_a (threshold_w) to count as running.",
-        default=1.0,
-        check=_between(0, 600, " s"),
-    ),
-    Key(
-        "monitor",
-        "min_off_s",
-        float,
-        "current, power: how long it must stay below release_a (release_w) to count as stopped.",
-        default=3.0,
-        check=_between(0, 600, " s"),
-    ),
-    Key(
-        "monitor",
-        "job_gap_s",
-        float,
-        "current, power: idle time that ends a cut job; runs closer together are one job.",
-        default=60.0,
-        check=_between(0, 86400, " s"),
-    ),
-    Key(
-        "monitor",
-        "mains_v",
-        float,
-        "current: mains voltage, for power_w in telemetry.",
-        default=230.0,
-        check=_between(1, 1000, " V"),
-    ),
-    Key(
-        "monitor",
-        "window_s",
-        float,
-        "current: how long each reading samples (a few mains cycles: 0.1 s is five at 50 Hz).",
-        default=0.1,
-        check=_between(0.02, 2, " s"),
     ),
 )
 
@@ -528,7 +382,11 @@ _WANTED: dict[type, str] = {
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """A checked config. Attributes are ``<section>_<key>``; paths are absolute."""
+    """A checked config. Attributes are ``<section>_<key>``; paths are absolute.
+
+    The fields are the keys the agent itself reads; a plug-in's keys (a monitor's, a switch's,
+    each declared in its module) are in ``options``: ``option("monitor_threshold_a")``, which
+    also reads as an attribute (``config.monitor_threshold_a``)."""
 
     device_id: str
     device_machine: str
@@ -562,24 +420,6 @@ class AgentConfig:
     monitor_poll_s: float
     monitor_retry_max_s: float
     monitor_lost_hold_s: float
-    monitor_timeout_s: float
-    monitor_octoprint_url: str
-    monitor_octoprint_api_key: str | None
-    monitor_octoprint_api_key_file: str | None
-    monitor_octoprint_timeout_s: float
-    monitor_filament_diameter_mm: float
-    monitor_filament_density_g_cm3: float
-    monitor_adc_channel: int
-    monitor_adc_device: int
-    monitor_vref: float
-    monitor_amps_per_volt: float
-    monitor_threshold_a: float
-    monitor_release_a: float
-    monitor_min_on_s: float
-    monitor_min_off_s: float
-    monitor_job_gap_s: float
-    monitor_mains_v: float
-    monitor_window_s: float
     switch_backend: str
     # The plug-ins' keys (device_agent/hardware/plugins.py), by attribute name: read with option().
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -595,19 +435,27 @@ class AgentConfig:
         """Any key's value by attribute name, a field's or a plug-in's."""
         return self.options[attr] if attr in self.options else getattr(self, attr)
 
+    def __getattr__(self, attr: str) -> Any:
+        # A plug-in's key reads like a field too (``config.monitor_threshold_a``), as it did when
+        # the older monitors' keys were fields. Only called for names that are not attributes.
+        options = self.__dict__.get("options", {})
+        if attr in options:
+            return options[attr]
+        raise AttributeError(f"{type(self).__name__} has no attribute or config key {attr!r}")
+
+    def secret(self, attr: str) -> str | None:
+        """A secret key's value, given inline (``attr``) or in a file (``attr`` + ``_file``, read now)."""
+        return read_secret(self.value(attr), self.value(f"{attr}_file"))
+
     @property
     def octoprint_api_key(self) -> str | None:
-        """OctoPrint's API key, from ``octoprint_api_key`` or read from ``octoprint_api_key_file``."""
-        if self.monitor_octoprint_api_key_file:
-            return Path(self.monitor_octoprint_api_key_file).read_text(encoding="utf-8").strip()
-        return self.monitor_octoprint_api_key
+        """OctoPrint's API key (a key of the ``octoprint`` monitor, device_agent/hardware/octoprint.py)."""
+        return self.secret("monitor_octoprint_api_key")
 
     @property
     def password(self) -> str | None:
         """The MQTT password, from ``password`` or read from ``password_file``."""
-        if self.device_password_file:
-            return Path(self.device_password_file).read_text(encoding="utf-8").strip()
-        return self.device_password
+        return self.secret("device_password")
 
     @property
     def hash(self) -> str:

@@ -33,8 +33,8 @@ from typing import Any
 from device_agent.hardware.base import JobStatus, MachineMonitor
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
-from device_agent.hardware.printer import PrinterMonitor, number, temperature
-from device_agent.schema import Key, between, existing_file, matches, read_secret, secret_pair
+from device_agent.hardware.printer import TIMEOUT_KEY, PrinterMonitor, number, temperatures, timing
+from device_agent.schema import Key, between, existing_file, matches, needed_by, secret_pair
 
 log = logging.getLogger(__name__)
 
@@ -209,15 +209,13 @@ class BambuMonitor(PrinterMonitor):
             estimated = None if elapsed is None or remaining is None else elapsed + remaining * 60
             key = f"{file}@{report.get('gcode_start_time')}"
             self.printing(key, working=state != "PAUSE", file=file, elapsed_s=elapsed, estimated_s=estimated)
-            temps = {}
-            for name, actual, target in (
-                ("tool0", "nozzle_temper", "nozzle_target_temper"),
-                ("bed", "bed_temper", "bed_target_temper"),
-                ("chamber", "chamber_temper", None),
-            ):
-                reading = temperature(report.get(actual), report.get(target) if target else None)
-                if reading is not None:
-                    temps[name] = reading
+            temps = temperatures(
+                {
+                    "tool0": (report.get("nozzle_temper"), report.get("nozzle_target_temper")),
+                    "bed": (report.get("bed_temper"), report.get("bed_target_temper")),
+                    "chamber": (report.get("chamber_temper"), None),
+                }
+            )
             self.show(number(report.get("mc_percent")), temps)
         elif self.current is not None:
             status: JobStatus
@@ -226,7 +224,7 @@ class BambuMonitor(PrinterMonitor):
             elif state == "FAILED":
                 status = "cancelled" if report.get("print_error") == CANCELLED else "failed"
             else:
-                status = "completed" if (self.current.progress or 0) >= 100 else "cancelled"
+                status = self.by_progress()
             self.ended(status)
         else:
             self._set_running(False)
@@ -292,12 +290,15 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         errors.append(both)
     if values.get("monitor_backend") != "bambu":
         return errors
-    for name, hint in (
-        ("bambu_host", "the printer's address, e.g. 192.168.1.70"),
-        ("bambu_serial", "the serial from the printer's screen"),
-    ):
-        if values.get(f"monitor_{name}") is None:
-            errors.append(f"[monitor] {name}: missing; the bambu backend needs {hint}")
+    errors += needed_by(
+        values,
+        "monitor",
+        "bambu",
+        (
+            ("bambu_host", "the printer's address, e.g. 192.168.1.70"),
+            ("bambu_serial", "the serial from the printer's screen"),
+        ),
+    )
     if (
         values.get("monitor_bambu_access_code") is None
         and values.get("monitor_bambu_access_code_file") is None
@@ -310,9 +311,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 
 
 def _create(config: Any) -> MachineMonitor:
-    code = read_secret(
-        config.option("monitor_bambu_access_code"), config.option("monitor_bambu_access_code_file")
-    )
+    code = config.secret("monitor_bambu_access_code")
     assert code is not None, "the config check requires an access code"
     return BambuMonitor(
         host=config.option("monitor_bambu_host"),
@@ -320,10 +319,7 @@ def _create(config: Any) -> MachineMonitor:
         access_code=code,
         port=config.option("monitor_bambu_port"),
         ca_file=config.option("monitor_bambu_ca_file"),
-        poll_s=config.monitor_poll_s,
-        timeout_s=config.monitor_timeout_s,
-        retry_max_s=config.monitor_retry_max_s,
-        lost_hold_s=config.monitor_lost_hold_s,
+        **timing(config),
     )
 
 
@@ -333,7 +329,7 @@ PLUGINS = (
         name="bambu",
         summary="a Bambu Lab printer (X1, P1, A1) over its local MQTT (TLS, port 8883)",
         faults=("bambu_unreachable", "bambu_access_code_rejected", "bambu_certificate_rejected"),
-        keys=KEYS,
+        keys=(*KEYS, TIMEOUT_KEY),
         check=_check,
         create_monitor=_create,
         docs=paragraph(

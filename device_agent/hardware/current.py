@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from device_agent.hardware.base import MonitorReadings
-from device_agent.hardware.load import LoadMonitor, timing
+from device_agent.hardware.load import LOAD_KEYS, LoadMonitor, timing
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
+from device_agent.schema import Key, between
 
 if TYPE_CHECKING:
     from device_agent.config import AgentConfig
@@ -121,8 +122,74 @@ class CurrentMonitor(LoadMonitor):
         return MonitorReadings(power_w=round(self.mains_v * value, 1))
 
 
-# ---------------------------------------------------------------------- plug-in
-# Its keys are still fields of AgentConfig (device_agent/config/__init__.py, MONITOR_KEYS), as octoprint's.
+# ---------------------------------------------------------------------- config
+
+KEYS = (
+    Key(
+        "monitor",
+        "adc_channel",
+        int,
+        "current: MCP3008 input the clamp is wired to (CH0-CH7).",
+        default=0,
+        check=between(0, 7),
+    ),
+    Key(
+        "monitor",
+        "adc_device",
+        int,
+        "current: SPI0 chip select of the MCP3008: 1 = CE1 (pin 26; the RC522 has CE0), 0 = CE0 (pin 24).",
+        default=1,
+        check=between(0, 1),
+    ),
+    Key(
+        "monitor",
+        "vref",
+        float,
+        "current: the MCP3008's VREF in volts (wired to 3.3 V).",
+        default=3.3,
+        check=between(1, 5.5, " V"),
+    ),
+    Key(
+        "monitor",
+        "amps_per_volt",
+        float,
+        "current: the clamp's scale (SCT-013-030: 30 A per volt; SCT-013-005: 5).",
+        default=30.0,
+        check=between(0.01, 10000, " A/V"),
+    ),
+    Key(
+        "monitor",
+        "threshold_a",
+        float,
+        "current: the machine runs once the current stays at or above this (amps, RMS).",
+        default=0.5,
+        check=between(0.001, 1000, " A"),
+    ),
+    Key(
+        "monitor",
+        "release_a",
+        float,
+        "current: it stops once the current stays below this; below threshold_a (hysteresis).",
+        default=0.3,
+        check=between(0, 1000, " A"),
+    ),
+    Key(
+        "monitor",
+        "mains_v",
+        float,
+        "current: mains voltage, for power_w in telemetry.",
+        default=230.0,
+        check=between(1, 1000, " V"),
+    ),
+    Key(
+        "monitor",
+        "window_s",
+        float,
+        "current: how long each reading samples (a few mains cycles: 0.1 s is five at 50 Hz).",
+        default=0.1,
+        check=between(0.02, 2, " s"),
+    ),
+)
 
 
 def _check(values: Mapping[str, Any]) -> list[str]:
@@ -137,14 +204,14 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 
 def _create(config: AgentConfig) -> CurrentMonitor:
     return CurrentMonitor(
-        channel=config.monitor_adc_channel,
-        device=config.monitor_adc_device,
-        vref=config.monitor_vref,
-        amps_per_volt=config.monitor_amps_per_volt,
-        threshold_a=config.monitor_threshold_a,
-        release_a=config.monitor_release_a,
-        mains_v=config.monitor_mains_v,
-        window_s=config.monitor_window_s,
+        channel=config.option("monitor_adc_channel"),
+        device=config.option("monitor_adc_device"),
+        vref=config.option("monitor_vref"),
+        amps_per_volt=config.option("monitor_amps_per_volt"),
+        threshold_a=config.option("monitor_threshold_a"),
+        release_a=config.option("monitor_release_a"),
+        mains_v=config.option("monitor_mains_v"),
+        window_s=config.option("monitor_window_s"),
         **timing(config),
     )
 
@@ -155,6 +222,7 @@ PLUGINS = (
         name="current",
         summary="a current clamp through an MCP3008 ADC (laser, CNC)",
         faults=("current_sensor_failed",),
+        keys=(*KEYS, *LOAD_KEYS),
         check=_check,
         create_monitor=_create,
         docs=paragraph(

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from device_agent.hardware.base import JobKind, MachineMonitor, MonitorReadings
-from device_agent.hardware.load import LoadMonitor, timing
+from device_agent.hardware.load import LOAD_KEYS, LoadMonitor, timing
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
 from device_agent.schema import Key, between, one_of
@@ -138,7 +138,7 @@ PLUGINS = (
         name="gpio_input",
         summary="the machine's own busy signal on a GPIO pin, through an optocoupler (laser, CNC)",
         faults=(FAULT,),
-        keys=KEYS,
+        keys=(*KEYS, *LOAD_KEYS),
         check=_check,
         create_monitor=_create,
         docs=paragraph(

@@ -18,6 +18,7 @@ from device_agent.hardware.base import (
     MonitorReadings,
 )
 from device_agent.hardware.monitors import ThreadedMonitor
+from device_agent.schema import Key, between
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,43 @@ class LoadMonitor(ThreadedMonitor):
         self._first = True  # when the sensor is back, take its first reading as it is
 
 
+# The timing keys of every load monitor (current, power, gpio_input): each puts them in its keys.
+LOAD_KEYS = (
+    Key(
+        "monitor",
+        "min_on_s",
+        float,
+        "current, power, gpio_input: how long the load must stay above threshold_a (threshold_w; the"
+        " busy signal) to count as running.",
+        default=1.0,
+        check=between(0, 600, " s"),
+    ),
+    Key(
+        "monitor",
+        "min_off_s",
+        float,
+        "current, power, gpio_input: how long it must stay below release_a (release_w; idle) to count"
+        " as stopped.",
+        default=3.0,
+        check=between(0, 600, " s"),
+    ),
+    Key(
+        "monitor",
+        "job_gap_s",
+        float,
+        "current, power, gpio_input: idle time that ends a cut job; runs closer together are one job.",
+        default=60.0,
+        check=between(0, 86400, " s"),
+    ),
+)
+
+
 def timing(config: Any) -> dict[str, float]:
     """The ``[monitor]`` timing keys every load monitor takes, from a checked config."""
     return {
-        "min_on_s": config.monitor_min_on_s,
-        "min_off_s": config.monitor_min_off_s,
-        "job_gap_s": config.monitor_job_gap_s,
+        "min_on_s": config.option("monitor_min_on_s"),
+        "min_off_s": config.option("monitor_min_off_s"),
+        "job_gap_s": config.option("monitor_job_gap_s"),
         "poll_s": config.monitor_poll_s,
         "retry_max_s": config.monitor_retry_max_s,
         "lost_hold_s": config.monitor_lost_hold_s,

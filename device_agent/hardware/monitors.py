@@ -2,10 +2,10 @@
 deferred locks) and what its jobs were.
 
 ``[monitor] backend`` picks one: ``none`` (:class:`NoMonitor`) or a plug-in
-(:mod:`device_agent.hardware.plugins`: ``octoprint``, ``current``, ``power``, ``moonraker``,
-``prusalink``, ``bambu``, each a module here). Every real monitor reads the machine in a thread of
-its own (:class:`ThreadedMonitor`): an HTTP request to a hung printer or a burst of ADC samples
-must never delay a tap.
+(:mod:`device_agent.hardware.plugins`: ``octoprint``, ``current``, ``power``, ``gpio_input``,
+``moonraker``, ``prusalink``, ``bambu``, each a module here, with its config keys). Every real
+monitor reads the machine in a thread of its own (:class:`ThreadedMonitor`): an HTTP request to a
+hung printer or a burst of ADC samples must never delay a tap.
 """
 
 from __future__ import annotations

@@ -23,8 +23,17 @@ from typing import Any
 from device_agent.hardware.base import JobStatus, MachineMonitor
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
-from device_agent.hardware.printer import HttpJson, PrinterMonitor, number, temperature
-from device_agent.schema import Key, existing_file, http_url, read_secret, secret_pair
+from device_agent.hardware.printer import (
+    FILAMENT_KEYS,
+    TIMEOUT_KEY,
+    HttpJson,
+    PrinterMonitor,
+    filament,
+    number,
+    temperatures,
+    timing,
+)
+from device_agent.schema import Key, existing_file, http_url, secret_pair
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +124,13 @@ class MoonrakerMonitor(PrinterMonitor):
             current.filament_g = self._grams(current.filament_mm)
             sdcard = status.get("virtual_sdcard") or {}
             progress = number(sdcard.get("progress"))
-            temps = {}
-            for name, heater in (("tool0", "extruder"), ("bed", "heater_bed")):
-                values = status.get(heater) or {}
-                reading = temperature(values.get("temperature"), values.get("target"))
-                if reading is not None:
-                    temps[name] = reading
+            extruder, bed = status.get("extruder") or {}, status.get("heater_bed") or {}
+            temps = temperatures(
+                {
+                    "tool0": (extruder.get("temperature"), extruder.get("target")),
+                    "bed": (bed.get("temperature"), bed.get("target")),
+                }
+            )
             self.show(None if progress is None else progress * 100, temps)
         elif self.current is not None:
             self._over(state, stats)
@@ -199,15 +209,9 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 def _create(config: Any) -> MachineMonitor:
     return MoonrakerMonitor(
         url=config.option("monitor_moonraker_url"),
-        api_key=read_secret(
-            config.option("monitor_moonraker_api_key"), config.option("monitor_moonraker_api_key_file")
-        ),
-        poll_s=config.monitor_poll_s,
-        timeout_s=config.monitor_timeout_s,
-        retry_max_s=config.monitor_retry_max_s,
-        lost_hold_s=config.monitor_lost_hold_s,
-        filament_diameter_mm=config.monitor_filament_diameter_mm,
-        filament_density_g_cm3=config.monitor_filament_density_g_cm3,
+        api_key=config.secret("monitor_moonraker_api_key"),
+        **timing(config),
+        **filament(config),
     )
 
 
@@ -217,7 +221,7 @@ PLUGINS = (
         name="moonraker",
         summary="a Klipper printer through Moonraker's HTTP API",
         faults=("moonraker_unreachable", "moonraker_auth_rejected", "klipper_not_ready"),
-        keys=KEYS,
+        keys=(*KEYS, TIMEOUT_KEY, *FILAMENT_KEYS),
         check=_check,
         create_monitor=_create,
         docs=paragraph(

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from device_agent.hardware import HardwareError
-from device_agent.hardware.base import (
-    JobStatus,
-    MonitorJobFinished,
-    MonitorJobStarted,
-    MonitorReadings,
-)
-from device_agent.hardware.monitors import MonitorReadError, ThreadedMonitor
+from device_agent.hardware.base import JobStatus
+from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plugins import Plugin, paragraph
+from device_agent.hardware.printer import FILAMENT_KEYS, PrinterMonitor, filament, number, timing
+from device_agent.schema import Key, between, existing_file, http_url, secret_pair
 
 if TYPE_CHECKING:
     from device_agent.config import AgentConfig
@@ -38,29 +33,13 @@ _FAILED_TEXTS = ("Error", "Offline after error", "Offline")
 _STATUS_RE = re.compile(r"\((\d{3})\)\s*$")
 
 
-@dataclass
-class _Print:
-    """The print under way, as first seen and since."""
-
-    first_seen: float  # monotonic
-    elapsed_s: float  # OctoPrint's print time when first seen
-    file: str | None
-    filament_mm: float | None  # the whole file's, from OctoPrint's analysis
-    completion: float | None = None
-    cancelling: bool = False
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _http_status(exc: RuntimeError) -> int | None:
     """octorest raises RuntimeError('Reply for URL was not OK: BODY (STATUS)') for a non-2xx reply."""
     match = _STATUS_RE.search(str(exc))
     return int(match.group(1)) if match else None
 
 
-class OctoPrintMonitor(ThreadedMonitor):
+class OctoPrintMonitor(PrinterMonitor):
     """Watches a printer through OctoPrint (https://octoprint.org), with ``octorest``.
 
     Wiring: none besides the printer's USB cable to the computer running OctoPrint (often the
@@ -103,13 +82,22 @@ class OctoPrintMonitor(ThreadedMonitor):
         self.url = url.rstrip("/")
         self._api_key = api_key
         self.timeout_s = timeout_s
-        self.filament_diameter_mm = filament_diameter_mm
-        self.filament_density_g_cm3 = filament_density_g_cm3
         self._client: Any = None
-        self._print: _Print | None = None
+        # The whole file's filament (mm, OctoPrint's analysis) of the print under way.
+        self._file_filament_mm: float | None = None
+        # The print under way went through "Cancelling".
+        self._cancelling = False
         # When a print was first seen without its file's name (see read()).
         self._nameless_at: float | None = None
-        super().__init__("octoprint-monitor", "octoprint_unreachable", poll_s, retry_max_s, lost_hold_s)
+        super().__init__(
+            "octoprint-monitor",
+            "octoprint_unreachable",
+            poll_s,
+            retry_max_s,
+            lost_hold_s,
+            filament_diameter_mm,
+            filament_density_g_cm3,
+        )
         self._start()
 
     # ------------------------------------------------------------------ talking to OctoPrint
@@ -180,101 +168,66 @@ class OctoPrintMonitor(ThreadedMonitor):
             failed = text.startswith(_FAILED_TEXTS)
             cancelling = text.startswith("Cancelling")
         progress = job.get("progress") or {}
-        completion = _number(progress.get("completion"))
+        completion = number(progress.get("completion"))
         details = job.get("job") or {}
 
-        current = self._print
         file = (details.get("file") or {}).get("name")
         if not active:
             self._nameless_at = None
-        if current is None and active and file is None and now - self._nameless_since(now) < NAMELESS_WAIT_S:
+        if (
+            self.current is None
+            and active
+            and file is None
+            and now - self._nameless_since(now) < NAMELESS_WAIT_S
+        ):
             # OctoPrint reports "Printing" a moment before the job names its file (seen on a
             # freshly started OctoPrint): start the job at the next read, with its file.
             active = working = False
-        if current is None and active:
+        if active:
             self._nameless_at = None
-            current = self._print = _Print(
-                first_seen=now,
-                elapsed_s=_number(progress.get("printTime")) or 0.0,
-                file=(details.get("file") or {}).get("name"),
-                filament_mm=self._filament_length(details.get("filament")),
-                completion=completion,
-                cancelling=cancelling,
+            if self.current is None:
+                self._file_filament_mm = self._filament_length(details.get("filament"))
+                self._cancelling = False
+            # OctoPrint gives no job id, and its file may be named late: a print lasts until
+            # OctoPrint leaves its job states. Its print time is taken when the print is first seen.
+            current = self.printing(
+                self.current.key if self.current is not None else f"{file}",
+                working=working,
+                file=file,
+                elapsed_s=number(progress.get("printTime")) if self.current is None else None,
+                estimated_s=number(details.get("estimatedPrintTime")),
             )
-            log.info("print of %s started", current.file)
-            self._emit(
-                MonitorJobStarted(
-                    kind="print",
-                    file=current.file,
-                    estimated_s=_number(details.get("estimatedPrintTime")),
-                    elapsed_s=current.elapsed_s,
-                )
-            )
-        elif current is not None and active:
-            if completion is not None:
-                current.completion = completion
-            current.cancelling = current.cancelling or cancelling
-        elif current is not None:
+            self._cancelling = self._cancelling or cancelling
+            if completion is not None and self._file_filament_mm is not None:
+                # Used so far, for a print that does not complete: the file's length times the completion.
+                current.filament_mm = self._file_filament_mm * completion / 100
+            self.show(completion, self._temps((printer or {}).get("temperature")))
+        elif self.current is not None:
+            current = self.current
             if failed:
                 status: JobStatus = "failed"
-            elif current.cancelling or completion is None or completion < 100:
+            elif self._cancelling or completion is None or completion < 100:
                 # A cancel resets OctoPrint's progress at once; a finished print keeps 100 %.
                 status = "cancelled"
             else:
                 status = "completed"
             duration = current.elapsed_s + (now - current.first_seen)
-            last_print = _number(details.get("lastPrintTime"))
-            if status == "completed" and last_print is not None:
-                duration = last_print  # OctoPrint's own measure, not rounded to our poll interval
-            self._finish(status, duration)
-
-        self._set_running(working)
-        if active:
-            self._emit(
-                MonitorReadings(
-                    progress=None if completion is None else round(min(max(completion, 0.0), 100.0), 1),
-                    temps=self._temps((printer or {}).get("temperature")),
-                )
-            )
-
-    def give_up_job(self) -> None:
-        current = self._print
-        if current is None:
-            return
-        log.warning(
-            "OctoPrint unreadable for %g s: taking the print of %s as failed", self.lost_hold_s, current.file
-        )
-        self._finish("failed", current.elapsed_s + (time.monotonic() - current.first_seen))
-        self._set_running(False)
-
-    def _finish(self, status: JobStatus, duration_s: float) -> None:
-        current = self._print
-        assert current is not None
-        self._print = None
-        length = current.filament_mm
-        if length is not None and status != "completed":
-            length = length * current.completion / 100 if current.completion is not None else None
-        grams = None
-        if length is not None and self.filament_density_g_cm3 > 0:
-            area_mm2 = math.pi * (self.filament_diameter_mm / 2) ** 2
-            grams = round(length * area_mm2 / 1000 * self.filament_density_g_cm3, 2)
-        log.info("print of %s %s after %.0f s", current.file, status, duration_s)
-        self._emit(
-            MonitorJobFinished(
-                status=status,
-                duration_s=round(max(duration_s, 0.0), 3),
-                filament_mm=None if length is None else round(length, 1),
-                filament_g=grams,
-            )
-        )
-        self._emit(MonitorReadings())  # no progress or temperatures once the job is over
+            last_print = number(details.get("lastPrintTime"))
+            length = None
+            if status == "completed":
+                length = self._file_filament_mm
+                if last_print is not None:
+                    duration = last_print  # OctoPrint's own measure, not rounded to our poll interval
+            self.ended(status, duration, length)
+        else:
+            self._set_running(False)
 
     @staticmethod
     def _filament_length(filament: Any) -> float | None:
         """Total length over all tools: ``{"tool0": {"length": mm, "volume": cm3}, …}``."""
         if not isinstance(filament, dict):
             return None
-        lengths = [_number(tool.get("length")) for tool in filament.values() if isinstance(tool, dict)]
+        lengths = [number(tool.get("length")) for tool in filament.values() if isinstance(tool, dict)]
         known = [length for length in lengths if length is not None]
         return sum(known) if known else None
 
@@ -285,24 +238,54 @@ class OctoPrintMonitor(ThreadedMonitor):
             return None
         temps = {}
         for name, reading in temperature.items():
-            if isinstance(reading, dict) and _number(reading.get("actual")) is not None:
-                temps[str(name)] = {"actual": reading["actual"], "target": _number(reading.get("target"))}
+            if isinstance(reading, dict) and number(reading.get("actual")) is not None:
+                temps[str(name)] = {"actual": reading["actual"], "target": number(reading.get("target"))}
         return temps or None
 
 
-# ---------------------------------------------------------------------- plug-in
-# Its keys are still fields of AgentConfig (device_agent/config/__init__.py, MONITOR_KEYS): the monitor came
-# before the plug-ins, and moving them would rename the attributes other code reads.
+# ---------------------------------------------------------------------- config
+
+KEYS = (
+    Key(
+        "monitor",
+        "octoprint_url",
+        str,
+        "octoprint: OctoPrint's address.",
+        default="http://127.0.0.1:5000",
+        check=http_url("OctoPrint", "http://127.0.0.1:5000"),
+    ),
+    Key(
+        "monitor",
+        "octoprint_api_key",
+        str,
+        "octoprint: an application key of OctoPrint (or use octoprint_api_key_file).",
+        secret=True,
+    ),
+    Key(
+        "monitor",
+        "octoprint_api_key_file",
+        str,
+        "octoprint: file holding the application key (read at start, spaces dropped).",
+        path=True,
+        check=existing_file,
+    ),
+    Key(
+        "monitor",
+        "octoprint_timeout_s",
+        float,
+        "octoprint: how long one request may take before OctoPrint counts as unreachable.",
+        default=5.0,
+        check=between(0.1, 60, " s"),
+    ),
+)
 
 
 def _check(values: Mapping[str, Any]) -> list[str]:
     errors: list[str] = []
+    both = secret_pair(values, "monitor", "octoprint_api_key")
+    if both:
+        errors.append(both)
     key, key_file = values["monitor_octoprint_api_key"], values["monitor_octoprint_api_key_file"]
-    if key is not None and key_file is not None:
-        errors.append(
-            "[monitor] octoprint_api_key_file: set either octoprint_api_key or octoprint_api_key_file, "
-            "not both"
-        )
     if values["monitor_backend"] == "octoprint" and key is None and key_file is None:
         errors.append(
             "[monitor] octoprint_api_key: missing; the octoprint backend needs an application key "
@@ -312,17 +295,13 @@ def _check(values: Mapping[str, Any]) -> list[str]:
 
 
 def _create(config: AgentConfig) -> OctoPrintMonitor:
-    api_key = config.octoprint_api_key
+    api_key = config.secret("monitor_octoprint_api_key")
     assert api_key is not None, "the config check requires an API key for the octoprint backend"
     return OctoPrintMonitor(
-        url=config.monitor_octoprint_url,
+        url=config.option("monitor_octoprint_url"),
         api_key=api_key,
-        poll_s=config.monitor_poll_s,
-        timeout_s=config.monitor_octoprint_timeout_s,
-        retry_max_s=config.monitor_retry_max_s,
-        lost_hold_s=config.monitor_lost_hold_s,
-        filament_diameter_mm=config.monitor_filament_diameter_mm,
-        filament_density_g_cm3=config.monitor_filament_density_g_cm3,
+        **timing(config, timeout_key="monitor_octoprint_timeout_s"),
+        **filament(config),
     )
 
 
@@ -332,6 +311,7 @@ PLUGINS = (
         name="octoprint",
         summary="a 3D printer through OctoPrint's REST API",
         faults=("octoprint_unreachable", "octoprint_api_key_rejected"),
+        keys=(*KEYS, *FILAMENT_KEYS),
         check=_check,
         create_monitor=_create,
         docs=paragraph(

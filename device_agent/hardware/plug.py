@@ -20,7 +20,7 @@ from typing import Any
 
 from device_agent.hardware.base import MonitorEvent, MonitorFault, MonitorFaultCleared, Relay
 from device_agent.hardware.plugins import Plugin
-from device_agent.schema import Key, between, existing_file, http_url, read_secret, secret_pair
+from device_agent.schema import Key, between, existing_file, http_url, secret_pair
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ def plug_plugin(name: str, summary: str, make: Callable[..., HttpPlug]) -> Plugi
             url=config.option("switch_url"),
             channel=config.option("switch_channel"),
             user=config.option("switch_user"),
-            password=read_secret(config.option("switch_password"), config.option("switch_password_file")),
+            password=config.secret("switch_password"),
             timeout_s=config.option("switch_timeout_s"),
         )
 

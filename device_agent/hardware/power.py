@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from device_agent.hardware.base import MachineMonitor, MonitorReadings
-from device_agent.hardware.load import LoadMonitor, timing
+from device_agent.hardware.load import LOAD_KEYS, LoadMonitor, timing
 from device_agent.hardware.monitors import MonitorReadError
 from device_agent.hardware.plug import PlugClient, PlugError
 from device_agent.hardware.plugins import Plugin, paragraph, plugin
@@ -132,7 +132,7 @@ PLUGINS = (
         name="power",
         summary="busy detection from the watts of the metering smart plug of [switch] (laser, CNC, plotter)",
         faults=(FAULT,),
-        keys=KEYS,
+        keys=(*KEYS, *LOAD_KEYS),
         check=_check,
         create_monitor=_create,
         docs=paragraph(

@@ -1,9 +1,12 @@
-"""What the 3D printer monitors (Moonraker, PrusaLink, Bambu Lab) share: one print at a time,
-turned into the monitor events, and HTTP with faults that say what to fix.
+"""What the 3D printer monitors (OctoPrint, Moonraker, PrusaLink, Bambu Lab) share: one print at a
+time, turned into the monitor events, their common config keys, and HTTP with faults that say
+what to fix.
 
 A subclass reads its printer in :meth:`read` and tells :class:`PrinterMonitor` what it saw:
 :meth:`PrinterMonitor.printing` while a print is under way (running or paused),
-:meth:`PrinterMonitor.ended` when it is over, :meth:`PrinterMonitor.show` for telemetry.
+:meth:`PrinterMonitor.ended` when it is over, :meth:`PrinterMonitor.show` for telemetry. The
+bookkeeping of a job (started once, finished once, a print replaced unseen, duration, filament
+and grams, giving up on an unreadable printer) is done here and nowhere else.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from device_agent.hardware.base import JobStatus, MonitorJobFinished, MonitorJobStarted, MonitorReadings
 from device_agent.hardware.monitors import MonitorReadError, ThreadedMonitor
+from device_agent.schema import Key, between
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class PrinterMonitor(ThreadedMonitor):
             # A new print while the old one was never seen ending (the agent polled past it; the
             # same file again shows as a run time that went back).
             log.warning("print of %s replaced by %s without an end seen", current.file, file)
-            self.ended("completed" if (current.progress or 0) >= 100 else "cancelled")
+            self.ended(self.by_progress())
             current = None
         if current is None:
             current = self.current = Print(
@@ -131,6 +135,11 @@ class PrinterMonitor(ThreadedMonitor):
         )
         self._emit(MonitorReadings())  # no progress or temperatures once the job is over
 
+    def by_progress(self) -> JobStatus:
+        """How the print under way ended when the printer went idle without saying: by how far it got."""
+        current = self.current
+        return "completed" if current is not None and (current.progress or 0) >= 100 else "cancelled"
+
     def show(self, progress: float | None, temps: Mapping[str, Any] | None) -> None:
         """Telemetry while a print is under way."""
         current = self.current
@@ -158,6 +167,62 @@ class PrinterMonitor(ThreadedMonitor):
 def temperature(actual: Any, target: Any) -> dict[str, Any] | None:
     value = number(actual)
     return None if value is None else {"actual": value, "target": number(target)}
+
+
+def temperatures(readings: Mapping[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """``{"tool0": {"actual", "target"}, …}`` from ``{"tool0": (actual, target), …}``; unread left out."""
+    found = {name: temperature(actual, target) for name, (actual, target) in readings.items()}
+    return {name: reading for name, reading in found.items() if reading is not None}
+
+
+# ---------------------------------------------------------------------- config the printers share
+
+TIMEOUT_KEY = Key(
+    "monitor",
+    "timeout_s",
+    float,
+    "moonraker, prusalink, bambu: how long one request to the printer may take before it counts as"
+    " unreachable.",
+    default=5.0,
+    check=between(0.1, 60, " s"),
+)
+# For the printers whose own answer has no grams (octoprint; moonraker when the slicer wrote none).
+FILAMENT_KEYS = (
+    Key(
+        "monitor",
+        "filament_diameter_mm",
+        float,
+        "octoprint, moonraker: filament diameter, for the grams of a job (when the slicer gives none).",
+        default=1.75,
+        check=between(0.5, 5, " mm"),
+    ),
+    Key(
+        "monitor",
+        "filament_density_g_cm3",
+        float,
+        "octoprint, moonraker: filament density (PLA 1.24, PETG 1.27, ABS 1.04); 0 = report no grams.",
+        default=1.24,
+        check=between(0, 5, " g/cm³"),
+    ),
+)
+
+
+def timing(config: Any, timeout_key: str = "monitor_timeout_s") -> dict[str, float]:
+    """The ``[monitor]`` timing keys every printer monitor takes, from a checked config."""
+    return {
+        "poll_s": config.monitor_poll_s,
+        "timeout_s": config.option(timeout_key),
+        "retry_max_s": config.monitor_retry_max_s,
+        "lost_hold_s": config.monitor_lost_hold_s,
+    }
+
+
+def filament(config: Any) -> dict[str, float]:
+    """The filament keys (FILAMENT_KEYS), for the grams of a job."""
+    return {
+        "filament_diameter_mm": config.option("monitor_filament_diameter_mm"),
+        "filament_density_g_cm3": config.option("monitor_filament_density_g_cm3"),
+    }
 
 
 class HttpJson:

@@ -22,8 +22,8 @@ from typing import Any
 
 from device_agent.hardware.base import JobStatus, MachineMonitor
 from device_agent.hardware.plugins import Plugin, paragraph
-from device_agent.hardware.printer import HttpJson, PrinterMonitor, number, temperature
-from device_agent.schema import Key, existing_file, http_url, read_secret, secret_pair
+from device_agent.hardware.printer import TIMEOUT_KEY, HttpJson, PrinterMonitor, number, temperatures, timing
+from device_agent.schema import Key, existing_file, http_url, needed_by, secret_pair
 
 _UNDER_WAY = ("PRINTING", "PAUSED", "ATTENTION")
 _ENDED: dict[str, JobStatus] = {"FINISHED": "completed", "STOPPED": "cancelled", "ERROR": "failed"}
@@ -88,14 +88,12 @@ class PrusaLinkMonitor(PrinterMonitor):
                 estimated_s=estimated,
             )
             under_way.filament_mm, under_way.filament_g = self._filament(progress)
-            temps = {
-                name: reading
-                for name, reading in (
-                    ("tool0", temperature(printer.get("temp_nozzle"), printer.get("target_nozzle"))),
-                    ("bed", temperature(printer.get("temp_bed"), printer.get("target_bed"))),
-                )
-                if reading is not None
-            }
+            temps = temperatures(
+                {
+                    "tool0": (printer.get("temp_nozzle"), printer.get("target_nozzle")),
+                    "bed": (printer.get("temp_bed"), printer.get("target_bed")),
+                }
+            )
             self.show(progress, temps)
             return
         current = self.current
@@ -106,10 +104,8 @@ class PrusaLinkMonitor(PrinterMonitor):
             if progress is not None:
                 current.progress = progress
             current.duration_s = number(job.get("time_printing")) or current.duration_s
-        ended = _ENDED.get(state)
-        if ended is None:
-            # Back to IDLE/READY before the end was seen: by how far it got.
-            ended = "completed" if (current.progress or 0) >= 100 else "cancelled"
+        # Back to IDLE/READY before the end was seen: by how far it got.
+        ended = _ENDED.get(state) or self.by_progress()
         mm, grams = self._filament(100.0 if ended == "completed" else current.progress)
         self.ended(ended, current.duration_s, mm, grams)
 
@@ -184,11 +180,12 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         errors.append(both)
     if values.get("monitor_backend") != "prusalink":
         return errors
-    if values.get("monitor_prusalink_url") is None:
-        errors.append(
-            "[monitor] prusalink_url: missing; the prusalink backend needs the printer's address, "
-            "e.g. http://192.168.1.60"
-        )
+    errors += needed_by(
+        values,
+        "monitor",
+        "prusalink",
+        (("prusalink_url", "the printer's address, e.g. http://192.168.1.60"),),
+    )
     logins = [values.get(f"monitor_prusalink_{k}") for k in ("password", "password_file", "api_key")]
     if all(v is None for v in logins):
         errors.append(
@@ -202,14 +199,9 @@ def _create(config: Any) -> MachineMonitor:
     return PrusaLinkMonitor(
         url=config.option("monitor_prusalink_url"),
         user=config.option("monitor_prusalink_user"),
-        password=read_secret(
-            config.option("monitor_prusalink_password"), config.option("monitor_prusalink_password_file")
-        ),
+        password=config.secret("monitor_prusalink_password"),
         api_key=config.option("monitor_prusalink_api_key"),
-        poll_s=config.monitor_poll_s,
-        timeout_s=config.monitor_timeout_s,
-        retry_max_s=config.monitor_retry_max_s,
-        lost_hold_s=config.monitor_lost_hold_s,
+        **timing(config),
     )
 
 
@@ -219,7 +211,7 @@ PLUGINS = (
         name="prusalink",
         summary="a Prusa printer through PrusaLink's HTTP API v1",
         faults=("prusalink_unreachable", "prusalink_auth_rejected"),
-        keys=KEYS,
+        keys=(*KEYS, TIMEOUT_KEY),
         check=_check,
         create_monitor=_create,
         docs=paragraph(
