@@ -466,7 +466,7 @@ def badge_unblock(badge_id: int) -> ResponseReturnValue:
 
 # -- CSV import ----------------------------------------------------------------------------------
 
-FORMAT_DOC = Path(__file__).resolve().parents[3] / "docs" / "csv-import.md"
+FORMAT_DOC = Path(__file__).resolve().parents[4] / "docs" / "csv-import.md"
 EXAMPLE = (
     "name;email;language;cohort;programme;external_id;badge\r\n"
     "Jürgen Müller;juergen@example.org;de;2026-A;Digitale Werkstatt;TN-0001;04B1C2D3E4F501\r\n"
