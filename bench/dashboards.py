@@ -42,8 +42,8 @@ EXPORT_TARGET_S = 2.0
 def _fill(url: str, scale: str, seed: int) -> str:
     from sqlalchemy import func, select
 
+    from server.adapters.demo.history import generate
     from server.db import make_engine
-    from server.demo.history import generate
     from server.migrate import upgrade
     from server.models import Person
 
@@ -82,8 +82,8 @@ def _time_pages(url: str, n: int, n_export: int) -> tuple[list[str], bool]:
     from sqlalchemy import func, select
 
     from server import create_app
+    from server.adapters.demo.history import ADMIN_EMAIL, ADMIN_PASSWORD
     from server.config import TestConfig
-    from server.demo.history import ADMIN_EMAIL, ADMIN_PASSWORD
     from server.extensions import db
     from server.models import Site, UsageDaily
 

@@ -50,7 +50,7 @@ def _prepare(app: Any, now: datetime) -> tuple[int, int]:
     (all idempotent, so a kept database can be timed again). Returns (trainer, first person)."""
     from sqlalchemy import select
 
-    from server.demo.proof import add_proof_demo
+    from server.adapters.demo.proof import add_proof_demo
     from server.extensions import db
     from server.models import Person, Site
     from server.services import attendance
@@ -88,9 +88,9 @@ def _time_documents(
     """Wall-clock and CPU seconds of each document, ``n`` times each."""
     from sqlalchemy import select
 
+    from server.adapters.web.auth import User
     from server.extensions import db
     from server.models import Certificate, Person
-    from server.web.auth import User
 
     client = app.test_client()
     with db.session() as s:

@@ -47,7 +47,7 @@ from tap_latency import (
     wait_for_allowlists,
 )
 
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
 from server.broker import MosquittoProcess
 from server.db import Database
 from server.models import StoredEvent

@@ -6,7 +6,7 @@ port by default, the embedded amqtt broker with ``--broker embedded``):
 1. **echo**: a bare MQTT request/echo round trip (QoS 1 both ways, a trivial responder
    client), N sequential round trips: the floor any answer over MQTT sits on;
 2. **decision**: a simulated device publishes a real ``auth/req`` and waits for the
-   matching ``auth/resp`` from a real :class:`server.bridge.Bridge` on a real database
+   matching ``auth/resp`` from a real :class:`server.adapters.bridge.Bridge` on a real database
    (SQLite file in a temp dir, or a private PostgreSQL database), N sequential taps;
 3. **throughput**: D simulated devices (each its own paho client and device id, each
    keeping one request in flight like a real reader) for a fixed time; decisions per
@@ -68,7 +68,7 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import URL, make_url
 
-from server.bridge import Bridge
+from server.adapters.bridge import Bridge
 from server.broker import EmbeddedBroker, MosquittoProcess
 from server.db import Database, normalise_url
 from server.migrate import upgrade

@@ -60,9 +60,9 @@ def create_app(config_class: type[Config] = Config, **overrides: Any) -> Flask:
                 session_.rollback()
             session_.close()
 
-    from server.api import init_app as init_api
+    from server.adapters.api import init_app as init_api
+    from server.adapters.web import init_app as init_web
     from server.cli import register as register_commands
-    from server.web import init_app as init_web
 
     init_web(app)
     init_api(app)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 log = logging.getLogger("werkbank")
-DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo.yaml"
+DEMO_FILE = Path(__file__).resolve().parent / "adapters" / "demo" / "demo.yaml"
 BROKER_URL_FILE = VAR_DIR / "broker.url"
 
 
@@ -152,7 +152,7 @@ def backup_cmd(directory: Path | None, keep: int | None) -> None:
 
     A failure exits non-zero and is recorded in backup-status.json beside the sets, in the audit
     log, and told to every active admin (app and e-mail)."""
-    from server import backup
+    from server.adapters import backup
     from server.extensions import db
     from server.models import utcnow
 
@@ -192,7 +192,7 @@ def _row_counts(counts: dict[str, int]) -> str:
 @with_appcontext
 def backup_key_cmd(out: Path | None) -> None:
     """Make the key backups are encrypted with (mode 0600; never over an existing key)."""
-    from server import backup
+    from server.adapters import backup
 
     path = out or Path(current_app.config["BACKUP_KEY_FILE"])
     try:
@@ -232,7 +232,7 @@ def backup_key_cmd(out: Path | None) -> None:
 @with_appcontext
 def restore_cmd(backup_set: Path, key_file: Path, database_url: str | None, secrets_to: Path | None) -> None:
     """Restore the backup set BACKUP (a werkbank-<time> folder) into an empty database."""
-    from server import backup
+    from server.adapters import backup
     from server.db import Database
     from server.migrate import problem, schema_state
     from server.services import audit
@@ -291,7 +291,7 @@ def _wait_for_signal() -> None:
 @click.command("bridge")
 def bridge_cmd() -> None:
     """Run the MQTT bridge: decisions, event ingestion, device state, allow-lists."""
-    from server.bridge import Bridge
+    from server.adapters.bridge import Bridge
     from server.extensions import db
 
     _require_schema("bridge")
@@ -322,16 +322,16 @@ def bridge_cmd() -> None:
 @click.command("scheduler")
 def scheduler_cmd() -> None:
     """Run the timed jobs (only one scheduler runs at a time; a second one waits)."""
+    from server.adapters.scheduler import LOCK_RETRY_S, build_scheduler, singleton_lock
     from server.extensions import db
-    from server.scheduler import LOCK_RETRY_S, build_scheduler, singleton_lock
 
     url = current_app.config["DATABASE_URL"]
     _require_schema("scheduler")
     while True:
         with singleton_lock(db, url) as held:
             if held:
+                from server.adapters.scheduler import JobRuns
                 from server.metrics import scheduler_registry, serve
-                from server.scheduler import JobRuns
 
                 runs = JobRuns()
                 scheduler: Any = build_scheduler(db, current_app.config, runs)
@@ -491,7 +491,7 @@ def _why_no_answer(db: Session, machine: str, uid: str, sent: datetime) -> str:
 )
 def up_cmd(data: Path) -> None:
     """Start everything for a demo: broker, web, bridge, scheduler, simulated agents."""
-    from server.demo.runner import run_demo
+    from server.adapters.demo.runner import run_demo
     from server.migrate import ForeignKeyViolation, SchemaError
 
     try:
@@ -709,8 +709,8 @@ def demo_data_cmd(sites: int, machines: int, years: float, seed: int, database_u
 
     from sqlalchemy import func, select
 
+    from server.adapters.demo.history import ADMIN_EMAIL, ADMIN_PASSWORD, generate
     from server.db import make_engine, normalise_url
-    from server.demo.history import ADMIN_EMAIL, ADMIN_PASSWORD, generate
     from server.migrate import upgrade
     from server.models import Person
 

@@ -21,8 +21,8 @@ from server.db import Database
 from server.models import Device, Machine, ProcessHeartbeat
 
 if TYPE_CHECKING:
-    from server.bridge import Bridge
-    from server.scheduler import JobRuns
+    from server.adapters.bridge import Bridge
+    from server.adapters.scheduler import JobRuns
 
 # Taps are answered in a few ms; the agent gives up after about 1.5 s.
 DECISION_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5)

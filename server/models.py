@@ -539,7 +539,7 @@ class MachineSession(Base):
     unlocked_s: Mapped[float | None] = mapped_column(Float)
     run_s: Mapped[float | None] = mapped_column(Float)
     # A time was not the device's own: the decision's, or corrected by the device's clock offset.
-    # A server default too: bulk writers (server/demo/history.py) leave the column out.
+    # A server default too: bulk writers (server/adapters/demo/history.py) leave the column out.
     time_corrected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # For staff: "not_allowed_offline" (server.services.reconcile), with the reason code.
     flag: Mapped[str | None] = mapped_column(String(32), index=True)

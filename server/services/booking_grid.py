@@ -4,7 +4,7 @@ Loads what a grid needs for a machine and a span of days (its opening hours, els
 closed days, bookings, the site's policy) and says, slot by slot, whether it is closed, booked,
 the viewer's own, past, not bookable yet or free, and which lengths a booking from a start may
 have. The grid only *shows* what is free; whether a booking may be made is the answer of
-:mod:`server.services.bookings`. The pages (``server/web/bookings.py``) turn a :class:`Slot`
+:mod:`server.services.bookings`. The pages (``server/adapters/web/bookings.py``) turn a :class:`Slot`
 into words and links.
 """
 

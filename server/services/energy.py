@@ -2,7 +2,7 @@
 
 The bridge hands every telemetry sample of a device to :class:`Meter` in the order the device
 sent them; the meter integrates them in memory, and at the end of the telemetry window
-(server.bridge) :func:`settle` adds what the window measured to the machine's open session in
+(server.adapters.bridge) :func:`settle` adds what the window measured to the machine's open session in
 the same transaction that writes the live state: no extra transaction per message.
 
 Per interval between two readings of the same device (their own timestamps):

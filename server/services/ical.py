@@ -1,5 +1,5 @@
 """Bookings as iCalendar (RFC 5545) feeds: whose token opens a feed, which bookings a feed
-holds, and the calendar text. The routes (``server/web/calendar_feeds.py``) choose the words.
+holds, and the calendar text. The routes (``server/adapters/web/calendar_feeds.py``) choose the words.
 """
 
 from __future__ import annotations

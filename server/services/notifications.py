@@ -61,7 +61,7 @@ QUALIFICATION_KINDS = (EXPIRING, TRAINEE_EXPIRING, EXPIRED, TRAINEE_EXPIRED)
 OFFLINE_NOT_ALLOWED = "offline_not_allowed"
 # For admins: a device silent too long while its lab is open (server.services.devices).
 DEVICE_OFFLINE = "device_offline"
-# For admins: a backup run failed (server.backup).
+# For admins: a backup run failed (server.adapters.backup).
 BACKUP_FAILED = "backup_failed"
 # For admins: a device's events wait unstored, or its offline allow-list is old (devices.notify_health).
 DEVICE_OUTBOX_STUCK = "device_outbox_stuck"

@@ -5,7 +5,7 @@ and a period of whole local months.
 Reads only the aggregates (``PersonUsageMonthly``) and small tables (people, sites, machine
 types, competencies, qualifications, training-step records), with GROUP BY in SQL and a
 fixed number of queries whatever the size of the report. The definitions of every figure
-are in docs/reports.md; the views (server/web/reports.py) render and export what this
+are in docs/reports.md; the views (server/adapters/web/reports.py) render and export what this
 module returns.
 """
 

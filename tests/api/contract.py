@@ -11,7 +11,7 @@ from typing import Any
 from jsonschema import FormatChecker
 from openapi_schema_validator import OAS31Validator
 
-from server.api.spec import document
+from server.adapters.api.spec import document
 
 METHODS = ("get", "post", "put", "patch", "delete")
 

@@ -10,8 +10,8 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from server.api import schemas
-from server.api.spec import document
+from server.adapters.api import schemas
+from server.adapters.api.spec import document
 from tests.api.conftest import PREFIX, Api
 from tests.api.contract import Contract
 

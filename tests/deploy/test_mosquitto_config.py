@@ -21,7 +21,7 @@ from sqlalchemy import delete, func, select
 
 from device_agent.agent import Agent
 from device_agent.config import load_config
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
 from server.config import Config
 from server.db import Database
 from server.models import MachineSession, OpeningHours

@@ -1,5 +1,5 @@
 """deploy/nginx-werkbank.conf: the security headers on every response nginx sends, error pages too,
-consistent with the app's own (server/web/common.py). No nginx here: the file is read as nginx
+consistent with the app's own (server/adapters/web/common.py). No nginx here: the file is read as nginx
 reads its add_header rules (a block with add_header of its own inherits none from outside)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import shlex
 
 from flask import Response
 
-from server.web.common import security_headers
+from server.adapters.web.common import security_headers
 from tests.deploy.mosquitto_layout import DEPLOY
 
 NGINX = DEPLOY / "nginx-werkbank.conf"

@@ -29,7 +29,7 @@ from typing import IO
 import pytest
 from sqlalchemy import delete, select
 
-from server.bridge import wait_until
+from server.adapters.bridge import wait_until
 from server.broker import free_port, wait_for_port
 from server.db import Database
 from server.models import Machine, OpeningHours

@@ -16,7 +16,7 @@ from sqlalchemy import delete
 
 from device_agent.agent import Agent, Clock
 from device_agent.config import load_config
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import Device as DeviceRow
 from server.models import OpeningHours

@@ -21,7 +21,7 @@ from device_agent.agent import Agent
 from device_agent.config import load_config
 from device_agent.hardware.base import MachineMonitor
 from device_agent.hardware.gpio import GpioIndicators
-from server.bridge import Bridge
+from server.adapters.bridge import Bridge
 from server.models import (
     AccessDecision,
     AuditLog,

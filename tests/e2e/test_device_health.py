@@ -25,12 +25,12 @@ from gpiozero.pins.mock import MockFactory
 from sqlalchemy import func, select, update
 
 from server import create_app
-from server.bridge import Bridge
+from server.adapters.bridge import Bridge
+from server.adapters.scheduler import email_notifications, notify_device_health, refresh_allowlists
 from server.broker import MOSQUITTO_CONF, MosquittoProcess, free_port, wait_for_port
 from server.config import TestConfig
 from server.db import Database
 from server.models import Device, MachineSession, Notification, Person, StoredEvent
-from server.scheduler import email_notifications, notify_device_health, refresh_allowlists
 from server.services import notifications
 from server.services.mail import SmtpSettings
 from tests.deploy.mosquitto_layout import run_as_root_too

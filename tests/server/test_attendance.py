@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
+from server.adapters.scheduler import close_forgotten_checkins
 from server.db import Database
 from server.models import (
     Attendance,
@@ -29,7 +30,6 @@ from server.models import (
     Site,
     StoredEvent,
 )
-from server.scheduler import close_forgotten_checkins
 from server.services import attendance, certificates
 from server.services.training import REFUSALS, TrainingError, audit_refusal
 from tests.conftest import Clock

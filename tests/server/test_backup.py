@@ -29,10 +29,10 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from server import create_app
-from server.backup import DATABASE, MANIFEST, SECRETS, STATUS_FILE
+from server.adapters.backup import DATABASE, MANIFEST, SECRETS, STATUS_FILE
+from server.adapters.demo.history import ADMIN_EMAIL, generate
 from server.config import TestConfig
 from server.db import Database, make_engine, normalise_url
-from server.demo.history import ADMIN_EMAIL, generate
 from server.migrate import upgrade
 from server.models import AuditLog, Base, Notification, Person
 from server.services import audit, notifications
@@ -437,7 +437,7 @@ def test_sets_made_within_one_second_or_after_the_clock_went_back_are_kept(kit: 
     """The newest set is the one just made, even when the clock says otherwise: four runs in one
     second get -2, -3, -4 (never a name rotation freed), and a run after the clock was set back
     is not rotated away as the oldest."""
-    from server.backup import BackupSettings, create_backup
+    from server.adapters.backup import BackupSettings, create_backup
 
     source = f"sqlite:///{tmp_path / 'source.sqlite'}"
     upgrade(source)
@@ -744,7 +744,7 @@ def test_a_pi_holding_a_newer_allowlist_than_the_restored_database_takes_the_nex
     restored server numbers its next list above the one the Pi reports it holds."""
     import uuid
 
-    from server.bridge import Bridge
+    from server.adapters.bridge import Bridge
     from server.models import Device, Machine
     from tests.mqtt_peer import Peer
     from werkbank_protocol import format_ts

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
+from server.adapters.scheduler import email_notifications, release_no_shows, remind_bookings
 from server.db import Database
 from server.models import Booking, BookingPolicy, BookingStatus, Machine, Notification, Person, Site
-from server.scheduler import email_notifications, release_no_shows, remind_bookings
 from server.services import bookings, notifications
 from server.services.mail import SmtpSettings
 from tests.server import test_notifications
@@ -174,7 +174,7 @@ def test_booking_jobs_reminder_emailed_in_the_holders_language(
 
 
 def test_booking_jobs_run_every_minute_in_the_scheduler(lab: Database) -> None:
-    from server.scheduler import build_scheduler
+    from server.adapters.scheduler import build_scheduler
 
     jobs = {job.id: job for job in build_scheduler(lab, {}).get_jobs()}
     for name, function in (("release_no_shows", release_no_shows), ("remind_bookings", remind_bookings)):

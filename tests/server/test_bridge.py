@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import (
     AccessDecision,

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
 from server.broker import MosquittoProcess
 from server.db import Database
 from server.models import (
@@ -423,7 +423,7 @@ def test_shared_bridge_takes_a_start_whose_decision_never_comes_as_offline(
 ) -> None:  # type: ignore[no-untyped-def]
     """The bridge that answered died before writing its decision row: the start is held back
     only for a while, then stored (as an offline session, flagged), never re-sent for ever."""
-    monkeypatch.setattr("server.bridge.OTHER_BRIDGE_WAIT_S", 0.5)
+    monkeypatch.setattr("server.adapters.bridge.OTHER_BRIDGE_WAIT_S", 0.5)
     bridge = Bridge(
         lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, clock_settle_s=0, shared=True
     ).start()

@@ -95,7 +95,7 @@ def test_demo_data_is_deterministic_by_seed_and_refuses_a_used_database(database
         assert s.scalar(select(func.count()).select_from(Person)) == people
         assert sorted(s.scalars(select(MachineSession.id))) == first_ids
     # The same seed in another database gives the same sessions.
-    from server.demo.history import generate
+    from server.adapters.demo.history import generate
 
     other = Database()
     other.init("sqlite://")
@@ -110,8 +110,8 @@ def test_demo_data_is_deterministic_by_seed_and_refuses_a_used_database(database
 
 def test_demo_data_the_make_run_lab_history_matches_a_recompute_once(database: Database) -> None:
     """``werkbank up`` writes its demo story once, with aggregates equal to a recompute."""
+    from server.adapters.demo.story import populate
     from server.cli import DEMO_FILE
-    from server.demo.story import populate
     from server.services.lab_file import load, parse
 
     with database.session() as s:

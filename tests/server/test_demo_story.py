@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from server.adapters.demo.story import ALONE, BANNER, WITH_TRAINER, populate
 from server.db import Database
-from server.demo.story import ALONE, BANNER, WITH_TRAINER, populate
 from server.i18n import gettext_in
 from server.models import (
     Badge,
@@ -196,7 +196,7 @@ def test_demo_story_history_agrees_with_every_qualification(database: Database) 
 
 
 def test_demo_story_banner_people_can_do_what_the_banner_says(database: Database) -> None:
-    from server.demo.runner import VERDICT_WORDS, _banner
+    from server.adapters.demo.runner import VERDICT_WORDS, _banner
 
     now = datetime.now(UTC)
     _demo(database, now)
@@ -241,7 +241,7 @@ def test_demo_story_banner_people_can_do_what_the_banner_says(database: Database
 def test_demo_banner_tells_whether_each_site_is_open(database: Database) -> None:
     """On a Saturday morning the north is open and the south is closed: the banner says both
     (the badges of the south's trainer unlock nothing until Monday)."""
-    from server.demo.runner import _opening_line
+    from server.adapters.demo.runner import _opening_line
 
     _demo(database, datetime.now(UTC))
     saturday = datetime(2026, 12, 12, 11, 0, tzinfo=ZoneInfo("Europe/Berlin"))

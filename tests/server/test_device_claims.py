@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import func, select
 
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import (
     Competency,
@@ -304,7 +304,7 @@ def test_claims_deeply_nested_json_is_invalid_not_a_crash(
     nested = _deep(5000)  # 10 KB: under the size limit, far over any recursion limit
     tap = f'{{"v":1,"id":"{uuid.uuid4()}","ts":"2026-11-18T09:00:00Z","badge":"{QUINN}","x":{nested}}}'
     event = f'{{"v":1,"id":"{uuid.uuid4()}","ts":"2026-11-18T09:00:00Z","type":"fault","code":{nested}}}'
-    with caplog.at_level(logging.WARNING, logger="server.bridge"):
+    with caplog.at_level(logging.WARNING, logger="server.adapters.bridge"):
         pi.publish(f"{PRINTER}/auth/req", tap)
         pi.publish(f"{PRINTER}/event", event)
         pi.publish(f"{PRINTER}/status", _deep(5000))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import Device
 from tests.conftest import Clock
@@ -139,7 +139,7 @@ def test_device_health_bad_figures_refuse_the_status(
     assert _handled(bridge, 1)
     before = _health(lab)
     clock.advance(minutes=1)
-    caplog.set_level(logging.WARNING, logger="server.bridge")
+    caplog.set_level(logging.WARNING, logger="server.adapters.bridge")
     payload = _status(clock(), state="unlocked", **{field: value}).replace(b"Infinity", b"1e400")
     device.publish(f"{PRINTER}/status", payload)
     assert wait_until(lambda: bridge.rejected["invalid"] == 1), dict(bridge.rejected)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from server.adapters.scheduler import notify_device_health, notify_offline_devices
 from server.db import Database
 from server.models import Device, Machine, Notification, Person
-from server.scheduler import notify_device_health, notify_offline_devices
 from server.services import notifications
 
 # Test Lab (tests/data/lab.yaml) opens Monday to Friday, 08:00-20:00 Europe/Berlin.

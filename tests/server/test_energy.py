@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import Machine, MachineSession, UsageDaily
 from server.services import dashboards, energy, reports, usage

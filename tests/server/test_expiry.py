@@ -10,6 +10,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
+from server.adapters.scheduler import (
+    build_scheduler,
+    day_begun_at_every_site,
+    expire_qualifications,
+    singleton_lock,
+)
 from server.db import Database
 from server.models import (
     AuditLog,
@@ -21,7 +27,6 @@ from server.models import (
     QualificationAction,
     Site,
 )
-from server.scheduler import build_scheduler, day_begun_at_every_site, expire_qualifications, singleton_lock
 from server.services import allowlists, notifications, training
 from server.services.qualifications import expiring_window, qualification_state
 from tests.conftest import Clock

@@ -84,7 +84,7 @@ def _stored(db: Database) -> dict[str, Any]:
 
 def _decide(db: Database, device_id: str, badge: str, now: datetime) -> str:
     """A tap in mode use answered (allowed) by the bridge: the session id the server handed out."""
-    from server.bridge import Bridge
+    from server.adapters.bridge import Bridge
 
     bridge = Bridge(db, "mqtt://127.0.0.1:9", clock=lambda: now)  # never connected
     request = AuthReq(v=1, id=str(uuid.uuid4()), ts=format_ts(now), badge=badge)

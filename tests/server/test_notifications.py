@@ -19,9 +19,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import func, select, update
 
+from server.adapters.scheduler import email_notifications, expire_qualifications, remind_expiring
 from server.db import Database
 from server.models import Competency, Notification, Person, Site
-from server.scheduler import email_notifications, expire_qualifications, remind_expiring
 from server.services import notifications, training
 from server.services.mail import SmtpSettings
 from tests.conftest import Clock

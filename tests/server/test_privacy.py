@@ -199,7 +199,7 @@ def test_privacy_retention_purges_ended_participants_only(lab: Database) -> None
 
 
 def test_privacy_retention_job_runs_only_when_configured(lab: Database) -> None:
-    from server.scheduler import build_scheduler, purge_personal_data
+    from server.adapters.scheduler import build_scheduler, purge_personal_data
 
     assert "purge_personal_data" not in {j.id for j in build_scheduler(lab, {}).get_jobs()}
     [job] = [

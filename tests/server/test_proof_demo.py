@@ -8,14 +8,14 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from server.adapters.demo.proof import add_proof_demo
+from server.adapters.demo.story import populate
 from server.db import Database
-from server.demo.proof import add_proof_demo
-from server.demo.story import populate
 from server.models import Attendance, BriefingConfirmation, MachineType, Person, Site
 from server.services import attendance, briefings, outcomes
 from server.services.lab_file import load, parse
 
-DEMO = Path(__file__).resolve().parents[2] / "server" / "demo" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "server" / "adapters" / "demo" / "demo.yaml"
 
 
 def test_proof_demo_fills_sheet_briefings_and_outcomes(database: Database) -> None:

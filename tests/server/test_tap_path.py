@@ -13,7 +13,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import func, select, update
 
-from server.bridge import Bridge
+from server.adapters.bridge import Bridge
 from server.db import Database
 from server.models import AccessDecision, Machine, Person, Qualification, QualificationAction
 from server.services.decision import Decider, Tap, decide

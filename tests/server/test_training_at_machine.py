@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from server.bridge import Bridge
+from server.adapters.bridge import Bridge
 from server.db import Database
 from server.models import (
     AccessDecision,

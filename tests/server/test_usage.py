@@ -281,7 +281,7 @@ def test_usage_downtime_from_machine_status_changes(lab: Database) -> None:
 
 
 def test_usage_device_offline_periods(lab: Database, clock: Any) -> None:
-    from server.scheduler import mark_silent_devices_offline
+    from server.adapters.scheduler import mark_silent_devices_offline
 
     m = ids(lab)
     with lab.session() as s:
@@ -496,8 +496,8 @@ def test_usage_rebuild_since_a_day(lab: Database) -> None:
 
 def test_usage_scheduler_runs_refresh_every_minute_and_the_cli_rebuilds(lab: Database) -> None:
     from server import create_app
+    from server.adapters.scheduler import build_scheduler
     from server.config import TestConfig
-    from server.scheduler import build_scheduler
 
     job = build_scheduler(lab).get_job("refresh_usage")
     assert job is not None and job.trigger.interval == timedelta(minutes=1)

@@ -270,7 +270,7 @@ def auth(client: FlaskClient) -> AuthActions:
 def sign_in(client: FlaskClient, person_id: int) -> None:
     """Put a person's login straight into the client's session cookie, as the login form
     leaves it: for tests that open hundreds of pages and should not each pay for argon2."""
-    from server.web.auth import User
+    from server.adapters.web.auth import User
 
     with db.session() as s:
         person = s.get(Person, person_id)

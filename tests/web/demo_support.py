@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 
 from server.extensions import db
 
-# The demo's logins (server/demo/demo.yaml): German, all of them.
+# The demo's logins (server/adapters/demo/demo.yaml): German, all of them.
 PARTICIPANT = ("jonas@demo.werkbank.local", "demo-participant")
 TRAINEE = ("sara@demo.werkbank.local", "demo-participant")
 TRAINER = ("tom@demo.werkbank.local", "demo-trainer")
@@ -23,9 +23,9 @@ ADMIN = ("admin@demo.werkbank.local", "demo-admin")
 @contextmanager
 def served_demo(make_app: Callable[..., Flask]) -> Iterator[tuple[str, Flask]]:
     """(base URL, app) of the populated demo lab."""
+    from server.adapters.demo.proof import add_proof_demo
+    from server.adapters.demo.story import populate
     from server.cli import DEMO_FILE
-    from server.demo.proof import add_proof_demo
-    from server.demo.story import populate
     from server.services.lab_file import load, parse
 
     app = make_app()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from server.web import charts
+from server.adapters.web import charts
 
 LONG = "Trotec Speedy 400 flexx 120 W CO2 laser, room 2.14"
 

@@ -10,9 +10,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from server.adapters.web import dashboards as pages
 from server.extensions import db
 from server.models import Device, Site
-from server.web import dashboards as pages
 from tests.web.conftest import AuthActions, Lab
 from tests.web.dashboard_support import add_learners, daily, day_stats, hourly
 
@@ -275,7 +275,7 @@ def test_dashboards_pages_in_german(app: Flask, auth: AuthActions, client: Flask
 
 
 def test_dashboards_chart_cleaner_refuses_outside_urls() -> None:
-    from server.web import charts
+    from server.adapters.web import charts
 
     svg = '<svg xmlns="http://www.w3.org/2000/svg"><image href="https://cdn.example/x.png"/></svg>'
     with pytest.raises(ValueError, match=r"cdn\.example"):
@@ -287,7 +287,7 @@ def test_dashboards_chart_cleaner_refuses_outside_urls() -> None:
 
 
 def test_dashboards_heat_steps() -> None:
-    from server.web.charts import heat_level
+    from server.adapters.web.charts import heat_level
 
     assert [heat_level(v, 10.0) for v in (0.0, 0.1, 2.0, 2.1, 5.0, 9.9, 10.0)] == [0, 1, 1, 2, 3, 5, 5]
     assert heat_level(3.0, 0.0) == 0

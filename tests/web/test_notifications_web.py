@@ -16,11 +16,11 @@ from flask.testing import FlaskClient
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
+from server.adapters.web.auth import current, login_required
+from server.adapters.web.l10n import current_language
 from server.extensions import db
 from server.models import Competency, Level, Notification, Person
 from server.services import notifications, training
-from server.web.auth import current, login_required
-from server.web.l10n import current_language
 from tests.web.conftest import PASSWORD, AuthActions, Lab, english, seed_lab
 
 # What a page does to show them (me.html will do the same).

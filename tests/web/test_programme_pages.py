@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from openpyxl import load_workbook
 from sqlalchemy import func, select
 
+from server.adapters.web.reports import CSV_DELIMITER
 from server.extensions import db
 from server.models import (
     AuditLog,
@@ -29,7 +30,6 @@ from server.models import (
     SpecialValue,
 )
 from server.services import privacy, programme_data
-from server.web.reports import CSV_DELIMITER
 from tests.web.conftest import Lab, english, sign_in
 
 ESF = "ESF Plus"
@@ -512,10 +512,10 @@ def test_programme_pages_demo_lab_shows_one_programme(app: Flask) -> None:
     """The demo: one programme asks four optional questions under one consent text."""
     from pathlib import Path
 
-    from server.demo.proof import add_proof_demo
+    from server.adapters.demo.proof import add_proof_demo
     from server.services.lab_file import load, parse
 
-    demo = Path(__file__).resolve().parents[2] / "server" / "demo" / "demo.yaml"
+    demo = Path(__file__).resolve().parents[2] / "server" / "adapters" / "demo" / "demo.yaml"
     with db.session() as s:
         load(s, parse(demo.read_text(encoding="utf-8")))
     with db.session() as s:

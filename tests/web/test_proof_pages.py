@@ -15,6 +15,8 @@ from flask.testing import FlaskClient
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
+from server.adapters.scheduler import prompt_follow_ups
+from server.adapters.web.reports import CSV_DELIMITER
 from server.extensions import db
 from server.models import (
     AuditLog,
@@ -34,9 +36,7 @@ from server.models import (
     StepRecord,
     TrainingStep,
 )
-from server.scheduler import prompt_follow_ups
 from server.services import privacy
-from server.web.reports import CSV_DELIMITER
 from tests.web.conftest import Lab, english, sign_in
 from tests.web.documents_support import ink, pdf_pages, pdf_text
 

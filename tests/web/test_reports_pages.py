@@ -14,9 +14,9 @@ from flask.testing import FlaskClient
 from openpyxl import load_workbook
 from sqlalchemy import func, select
 
+from server.adapters.web import reports as reports_web
 from server.extensions import db
 from server.models import AuditLog, Person
-from server.web import reports as reports_web
 from tests.server.report_factory import Scenario, build_scenario
 from tests.web.conftest import english, sign_in
 

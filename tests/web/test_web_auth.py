@@ -9,9 +9,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from server.adapters.web.auth import safe_next
+from server.adapters.web.common import CONTENT_SECURITY_POLICY
 from server.security import hash_password, verify_password
-from server.web.auth import safe_next
-from server.web.common import CONTENT_SECURITY_POLICY
 from tests.web.conftest import PASSWORD, AuthActions, Lab, english, seed_lab
 
 # (path, method) of every page that needs a login.

@@ -103,7 +103,7 @@ def test_first_look_outside_the_opening_hours_a_free_machine_reads_closed(
 ) -> None:
     """At 6 in the morning the lab (open 9 to 18 on weekdays) refuses every badge: no machine
     is "free" then; the page says when it opens, today or on the next open day."""
-    import server.web.overview
+    import server.adapters.web.overview
 
     with db.session() as s:
         for weekday in range(5):
@@ -114,7 +114,7 @@ def test_first_look_outside_the_opening_hours_a_free_machine_reads_closed(
     client.get("/language/en")
 
     def prusa_at(when: datetime) -> dict[str, str]:
-        monkeypatch.setattr(server.web.overview, "_now", lambda: when.astimezone(UTC))
+        monkeypatch.setattr(server.adapters.web.overview, "_now", lambda: when.astimezone(UTC))
         machines = client.get("/machines/now.json").get_json()["machines"]
         found: dict[str, str] = next(m for m in machines if m["slug"] == "prusa-a")
         return found

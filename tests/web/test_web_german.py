@@ -91,7 +91,7 @@ def test_german_site_day_says_todays_times_are_over_not_closed(
     is closed: the page says which. A day without opening hours is closed."""
     today = datetime.now(UTC).astimezone(TZ).date()
     late = datetime.combine(today, time(23, 55), tzinfo=TZ)
-    monkeypatch.setattr("server.web.bookings._now", lambda: late)
+    monkeypatch.setattr("server.adapters.web.bookings._now", lambda: late)
     with db.session() as s:
         s.add(OpeningHours(site_id=lab.site_id, weekday=today.weekday(), opens=time(9), closes=time(21)))
         s.commit()

@@ -14,11 +14,11 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecution
 from flask import Flask
 from sqlalchemy import select
 
-from server.bridge import Bridge, wait_until
+from server.adapters.bridge import Bridge, wait_until
+from server.adapters.scheduler import JobRuns, heartbeat
 from server.broker import free_port
 from server.extensions import db
 from server.models import Device
-from server.scheduler import JobRuns, heartbeat
 from server.services.health import STALE_S
 from tests.web.conftest import Lab
 

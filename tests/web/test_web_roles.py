@@ -1,7 +1,7 @@
 """Every route against every role: who is let in, who is sent to log in, who gets 403.
 
 Each view carries its access level in ``view.access`` (set by the decorators in
-server/web/auth.py; the JSON API marks its views ``api:...`` and has its own token tests
+server/adapters/web/auth.py; the JSON API marks its views ``api:...`` and has its own token tests
 in tests/api). A route without a marker fails here, so a new page cannot forget its check.
 """
 
