@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test faults lint typecheck unit bench bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx postgresql-client clean
+.PHONY: install run test faults lint typecheck unit bench bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx wrk bench-web postgresql-client clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -75,6 +75,12 @@ nginx:
 	  (apt-get install -y -q nginx >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q nginx)) \
 	  || { echo "could not install nginx: run 'apt-get install -y nginx' as root"; exit 1; }; }
 
+# The web load bench (bench/web_load.py) drives nginx with Debian's wrk; install it when missing.
+wrk:
+	@[ -x /usr/bin/wrk ] || { echo "installing Debian's wrk for the web load bench"; \
+	  (apt-get install -y -q wrk >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q wrk)) \
+	  || { echo "could not install wrk: run 'apt-get install -y wrk' as root"; exit 1; }; }
+
 # `werkbank backup` and `werkbank restore` of a PostgreSQL database run pg_dump and pg_restore
 # (tests/server/test_backup.py with TEST_DATABASE_URL); install Debian's postgresql-client when
 # missing (its client only: no server, no service).
@@ -124,6 +130,14 @@ bench-dashboards: install
 # the generated years for the next run).
 bench-documents: install pdf
 	$(BIN)/python bench/documents.py --scale $(SCALE) $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
+
+# Overview, utilisation dashboard and funder report under 20 logged-in users through nginx +
+# gunicorn on PostgreSQL with the five-year demo history, beside the Flask test client
+# (bench/web_load.py; docs/performance.md). About 2 minutes; the first run generates the database
+# wb_webload_bench (BENCH_ADMIN_URL's server, default postgres@127.0.0.1) for about 4 more, which
+# later runs reuse; FRESH=1 generates it again.
+bench-web: install nginx wrk
+	$(BIN)/python bench/web_load.py $(if $(FRESH),--fresh)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

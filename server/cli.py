@@ -52,10 +52,16 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@click.option(
+    "--revision",
+    default="head",
+    show_default=True,
+    help="Stop at this revision. Only forward: an older one is refused (restore a backup instead).",
+)
 @with_appcontext
 def db_upgrade(revision: str) -> None:
-    """Bring the database schema up to date (refuses a schema newer than this Werkbank)."""
+    """Bring the database schema up to date (refuses a schema newer than this Werkbank, and a
+    revision older than the database's)."""
     from alembic.util import CommandError
 
     from server.migrate import ForeignKeyViolation, SchemaError, upgrade

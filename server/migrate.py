@@ -38,6 +38,11 @@ class SchemaError(Exception):
     boot" instead of starting new workers for ever."""
 
 
+class DowngradeRefused(SchemaError):
+    """``werkbank db upgrade --revision`` named a revision older than the database's: migrations
+    only go forward (a downgrade would drop the data of the columns and tables it removes)."""
+
+
 class ForeignKeyViolation(RuntimeError):
     """Rows point at rows that do not exist after the migrations (SQLite): rolled back."""
 
@@ -145,6 +150,15 @@ def upgrade(url: str, revision: str = "head") -> UpgradeResult:
     if before.newer:
         raise SchemaError(f"{newer_message(before)}. Nothing was changed.")
     cfg = alembic_config(url)
+    older = _older_target(ScriptDirectory.from_config(cfg), before, revision)
+    if older is not None:
+        raise DowngradeRefused(
+            f"the database's schema is at revision {before.describe()}; revision {older} is older. "
+            "`werkbank db upgrade` only goes forward: going back would drop what the newer "
+            "migrations added. To go back to an older Werkbank, restore the backup taken before "
+            "the upgrade into an empty database (`werkbank restore`, docs/deploy.md 'Going back'). "
+            "Nothing was changed."
+        )
     applied: list[str] = []
     cfg.attributes["applied"] = applied  # env.py notes each revision it applies
     command.upgrade(cfg, revision)
@@ -155,6 +169,25 @@ def upgrade(url: str, revision: str = "head") -> UpgradeResult:
         else:
             result.rebuild_pending = True
     return result
+
+
+def _older_target(script: ScriptDirectory, before: SchemaState, revision: str) -> str | None:
+    """The revision ``revision`` names when it is older than the database's (an ancestor of
+    what the database is at, not that itself); None when it is the same, newer or unknown
+    (alembic then says what is wrong with it). Relative targets (``-1``) go back too."""
+    if before.empty:
+        return None
+    if revision.lstrip().startswith("-") or revision.strip() == "base":
+        return revision.strip()
+    try:
+        targets = script.get_revisions(revision)
+    except Exception:  # unknown or ambiguous: alembic's own error says which
+        return None
+    behind = {r.revision for r in script.iterate_revisions(before.revisions, "base")}
+    for target in targets:
+        if target is not None and target.revision in behind and target.revision not in before.revisions:
+            return target.revision
+    return None
 
 
 def _rebuild_usage(url: str) -> int:

@@ -736,3 +736,51 @@ def test_an_empty_database_is_not_served(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new.sqlite'}"
     with pytest.raises(SchemaError, match=r"no Werkbank schema yet\. Run `werkbank db upgrade` first"):
         require_current(url, "bridge")
+
+
+# -- no way back but a backup -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["0009", "0005", "-1", "base"])
+def test_an_upgrade_to_an_older_revision_is_refused_and_changes_nothing(
+    current_url: str, target: str
+) -> None:
+    """`werkbank db upgrade --revision OLDER` used to say "database is up to date" and do nothing,
+    as if the schema were now at OLDER: it is refused, with the way back (a backup)."""
+    engine = make_engine(current_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE future_things (id INTEGER PRIMARY KEY, what VARCHAR(40))"))
+        conn.execute(text("INSERT INTO future_things (id, what) VALUES (1, 'kept')"))
+    engine.dispose()
+    before = _snapshot(current_url)
+    head = schema_state(current_url).heads[0]
+
+    result = _app(current_url).test_cli_runner().invoke(args=["db", "upgrade", "--revision", target])
+    assert result.exit_code == 1, result.output
+    assert _says(
+        result.output,
+        f"the database's schema is at revision {head}",
+        "is older",
+        "only goes forward",
+        "restore the backup taken before the upgrade",
+        "Nothing was changed",
+    ), result.output
+    assert "up to date" not in result.output
+    assert _snapshot(current_url) == before
+    from server.extensions import db
+
+    db.dispose()
+
+
+def test_an_upgrade_to_the_revision_the_database_is_at_or_a_newer_one_still_works(blank_url: str) -> None:
+    upgrade(blank_url, "0009")
+    cli = _app(blank_url).test_cli_runner()
+    same = cli.invoke(args=["db", "upgrade", "--revision", "0009"])
+    assert same.exit_code == 0 and same.output.startswith("database is up to date"), same.output
+    forward = cli.invoke(args=["db", "upgrade", "--revision", "0010"])
+    assert forward.exit_code == 0 and "from 0009 to 0010" in forward.output, forward.output
+    assert cli.invoke(args=["db", "upgrade", "--revision", "0009"]).exit_code == 1
+    assert schema_state(blank_url).revisions == ("0010",)
+    from server.extensions import db
+
+    db.dispose()

@@ -35,6 +35,7 @@ from server.models import (
     CertificateKind,
     Competency,
     Machine,
+    MachineSession,
     MachineType,
     Person,
     ProgrammeField,
@@ -117,6 +118,7 @@ class DemoIds:
     certificate: str
     programme: str  # the demo programme that asks for participant data
     programme_field: int
+    session: str  # a machine session (its admin page: closing one a dead device left open)
 
 
 def visits(ids: DemoIds) -> dict[str, list[Visit]]:
@@ -164,6 +166,7 @@ def visits(ids: DemoIds) -> dict[str, list[Visit]]:
         "admin.programme_field": [Visit("admin", f"/admin/programmes/fields/{ids.programme_field}")],
         "admin.audit_log": [Visit("admin", "/admin/audit")],
         "admin.devices": [Visit("admin", "/admin/devices")],
+        "admin.session_page": [Visit("admin", f"/admin/sessions/{ids.session}")],
         "admin.sites": [Visit("admin", "/admin/sites")],
         "admin.site_new": [Visit("admin", "/admin/sites/new")],
         "admin.site_edit": [Visit("admin", f"/admin/sites/{ids.site}")],
@@ -259,6 +262,7 @@ def _ids(app: Flask) -> DemoIds:
             certificate=certificates.pretty_code(issued.code),
             programme=field.programme,
             programme_field=field.id,
+            session=one(MachineSession, MachineSession.started_at.is_not(None)).id,
         )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from server.adapters.web.admin.base import acting_admin, apply_changes, bp, form_page, text_or_none
 from server.adapters.web.admin.forms import SiteForm
+from server.adapters.web.admin.sessions import now_utc, stale_rows
 from server.adapters.web.auth import admin_required
 from server.adapters.web.l10n import _, current_language
 from server.extensions import get_db
@@ -27,7 +28,8 @@ def index() -> ResponseReturnValue:
         "machines": db.scalar(select(func.count(Machine.id))) or 0,
         "offline": db.scalar(select(func.count(Device.id)).where(Device.online.is_(False))) or 0,
     }
-    return render_template("admin/index.html", counts=counts)
+    # Sessions a dead device left open: the admin closes each on its page (admin/sessions.py).
+    return render_template("admin/index.html", counts=counts, stale=stale_rows(now_utc()))
 
 
 @bp.get("/sites")
