@@ -124,6 +124,9 @@ def _site(db: Session, site: Site, now: datetime, rng: random.Random, months: in
                     )
                     forgot = rng.random() < 0.04
                     went = None if forgot else came + timedelta(hours=5, minutes=rng.randint(30, 110))
+                    if came < person.created_at:  # the joining day, before the record was made
+                        day += timedelta(days=1)
+                        continue
                     stay = Attendance(
                         person_id=person.id,
                         site_id=site.id,
