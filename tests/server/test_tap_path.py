@@ -8,14 +8,21 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, update
 
 from server.bridge import Bridge
 from server.db import Database
-from server.models import AccessDecision, Machine, Person, Qualification, QualificationAction
+from server.models import (
+    AccessDecision,
+    Machine,
+    MachineSession,
+    Person,
+    Qualification,
+    QualificationAction,
+)
 from server.services.decision import Decider, Tap, decide
 from werkbank_protocol.messages import AuthReq, AuthResp, decode_as
 
@@ -120,6 +127,36 @@ def test_machine_state_is_read_on_every_tap(lab: Database, clock) -> None:  # ty
     with lab.engine.begin() as conn:  # even a change that bypasses the ORM hooks
         conn.execute(update(Machine).where(Machine.slug == "printer-1").values(status="maintenance"))
     assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "machine_maintenance"
+
+
+def test_open_sessions_at_the_tapping_device_do_not_count_single_or_batched(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    """Two sessions of Quinn's at printer-1 still open (their ends on their way, docs/faults.md):
+    a tap there is no third session, since the agent asks only when it runs none. At the laser
+    they count. The same on the single-tap query and the batch's."""
+    with lab.session() as s:
+        quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
+        printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        assert quinn and printer
+        for i in range(2):
+            s.add(
+                MachineSession(
+                    id=f"00000000-0000-4000-8000-00000000003{i}",
+                    machine_id=printer.id,
+                    device_id="pi-printer-1",
+                    person_id=quinn.id,
+                    started_at=clock() - timedelta(seconds=10 - 3 * i),
+                )
+            )
+    _publish_allowlists(lab)
+    decider = Decider()
+    for _ in range(2):  # cold, then with Quinn's badge in memory
+        assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "ok"
+        assert _tap(lab, decider, "pi-laser-1", "04A224B2C35E80", clock()) == "session_limit"
+    with lab.engine.begin() as conn:
+        results = decider.decide(
+            conn, [Tap("pi-printer-1", "04A224B2C35E80"), Tap("pi-laser-1", "04A224B2C35E80")], clock()
+        )
+    assert [r[1].reason for r in results] == ["ok", "session_limit"]  # type: ignore[index]
 
 
 @pytest.fixture
