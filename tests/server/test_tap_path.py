@@ -166,6 +166,7 @@ def offline_bridge(lab: Database, clock) -> Iterator[tuple[Bridge, list[tuple[st
     sent: list[tuple[str, bytes]] = []
     bridge.publish = lambda device_id, _suffix, payload: sent.append((device_id, payload))  # type: ignore[method-assign]
     yield bridge, sent
+    bridge.decision_log.close()
 
 
 def _req(badge: str, rid: str | None = None) -> AuthReq:
@@ -173,7 +174,9 @@ def _req(badge: str, rid: str | None = None) -> AuthReq:
     return decode_as(AuthReq, json.dumps(body).encode())
 
 
-def _count(lab: Database) -> int:
+def _count(lab: Database, bridge: Bridge) -> int:
+    """The decision log's rows, once every row handed over is written."""
+    assert bridge.wait_for_decision_log(5.0)
     with lab.session() as s:
         return s.scalar(select(func.count()).select_from(AccessDecision)) or 0
 
@@ -194,11 +197,11 @@ def test_a_batch_answers_duplicates_alike_and_a_bad_device_spoils_nothing(
     ]
     assert answers[0][1] == answers[1][1]
     assert bridge.rejected["unknown_device"] == 1
-    assert _count(lab) == 2
+    assert _count(lab, bridge) == 2
     sent.clear()
     bridge._answer_taps([("pi-printer-1", first)])  # later: from the recent answers, not decided again
     assert decode_as(AuthResp, sent[0][1]) == answers[0][1]
-    assert _count(lab) == 2
+    assert _count(lab, bridge) == 2
 
 
 def test_a_request_recorded_elsewhere_gets_the_stored_answer(
@@ -229,4 +232,4 @@ def test_a_request_recorded_elsewhere_gets_the_stored_answer(
     answers = {decode_as(AuthResp, p).req: decode_as(AuthResp, p) for _d, p in sent}
     assert (answers[rid].reason, answers[rid].message) == ("not_qualified", {"de": "nein", "en": "no"})
     assert answers[fresh.id].reason == "not_qualified"
-    assert _count(lab) == 2
+    assert _count(lab, bridge) == 2
