@@ -46,8 +46,10 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, and_, bindparam, func, or_, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from server.models import (
@@ -377,7 +379,7 @@ def _machine_of(device_id: str, row: Any | None, hours: tuple[Hours, ...]) -> Ma
         return ProtocolError("unassigned_device", f"device {device_id!r} serves no machine")
     return MachineFacts(
         id=row.id,
-        status=row.status,
+        status=MachineStatus(row.status),
         timezone=row.timezone,
         machine_type_id=row.machine_type_id,
         type_name=row.name,
@@ -404,13 +406,53 @@ def load_machine(
         "since": now - STALE_SESSION,
         "request_id": request_id,
     }
-    rows = db.execute(_MACHINE_AND_HOURS, params).all()
+    rows: Sequence[Any]
+    if isinstance(db, Connection) and db.dialect.name == "postgresql":
+        rows = _MACHINE_AND_HOURS_PG.rows(db, {**params, "since": _naive_utc(now - STALE_SESSION)})
+    else:
+        rows = db.execute(_MACHINE_AND_HOURS, params).all()
     if not rows:
         return _machine_of(device_id, None, ()), 0, None
     own, site = _hours_by_owner(rows)
     first = rows[0]
     hours = tuple(opening_hours.effective(own.get(first.id, []), site.get(first.site_id, [])))
     return _machine_of(device_id, first, hours), int(first.open_sessions or 0), first.recorded
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """As :class:`server.models.UTCDateTime` stores a moment."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+class _Direct:
+    """A Core select run straight on the psycopg cursor of a PostgreSQL connection.
+
+    For the one statement every tap runs: SQLAlchemy's execution context and result rows cost
+    about 0.12 ms of CPU per execution on the bench machine (the same statement raw took 0.06 ms
+    in all, bench/tap_latency.py), and a tap's answer waits for every bit of that. The SQL is
+    SQLAlchemy's own, compiled once; parameters go in as the column types store them (see
+    :func:`_naive_utc`), rows come back as named tuples with psycopg's types (enum columns as
+    their string values). Errors are raised as SQLAlchemy's, as from ``Connection.execute``.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self.sql: str | None = None
+
+    def rows(self, db: Connection, params: Mapping[str, Any]) -> list[Any]:
+        if self.sql is None:
+            self.sql = str(self.statement.compile(dialect=db.dialect))
+        try:
+            raw = db.connection.driver_connection
+            with raw.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
+                cursor.execute(self.sql, params, prepare=True)
+                found: list[Any] = cursor.fetchall()
+                return found
+        except psycopg.Error as exc:
+            raise DBAPIError.instance(self.sql, dict(params), exc, psycopg.Error) from exc
+
+
+_MACHINE_AND_HOURS_PG = _Direct(_MACHINE_AND_HOURS)
 
 
 def load_recorded(db: Reader, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
