@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from server.bridge import Bridge
 from server.db import Database
@@ -19,11 +20,12 @@ from server.models import (
     AccessDecision,
     Machine,
     MachineSession,
+    MachineStatus,
     Person,
     Qualification,
     QualificationAction,
 )
-from server.services.decision import Decider, Tap, decide
+from server.services.decision import Decider, Tap, decide, load_machine
 from werkbank_protocol.messages import AuthReq, AuthResp, decode_as
 
 DEVICES = {"pi-printer-1": "printer-1", "pi-laser-1": "laser-1", "pi-printer-2": "printer-2"}
@@ -233,3 +235,18 @@ def test_a_request_recorded_elsewhere_gets_the_stored_answer(
     assert (answers[rid].reason, answers[rid].message) == ("not_qualified", {"de": "nein", "en": "no"})
     assert answers[fresh.id].reason == "not_qualified"
     assert _count(lab, bridge) == 2
+
+
+def test_a_database_error_on_the_tap_statement_is_an_sqlalchemy_error(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL the tap's statement runs on psycopg's cursor directly; its errors must still
+    be SQLAlchemy's, which the bridge catches (no answer, the agent decides offline, the
+    connection is replaced)."""
+    if lab.engine.dialect.name != "postgresql":
+        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): the direct statement is PostgreSQL's only")
+    with lab.engine.connect() as conn:
+        machine, _count, _stored = load_machine(conn, "pi-printer-1", clock(), None, None)
+        assert not isinstance(machine, Exception) and machine.status == MachineStatus.AVAILABLE
+        conn.connection.driver_connection.close()  # type: ignore[union-attr]
+        with pytest.raises(SQLAlchemyError):
+            load_machine(conn, "pi-printer-1", clock(), None, None)
+        conn.invalidate()
