@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -39,6 +40,10 @@ _RECORDED = select(_TABLE.c.id).where(_TABLE.c.id == bindparam("id"))
 MAX_WAITING = 50_000
 # Rows per INSERT and commit, at most.
 MAX_BATCH = 1_000
+# Once a row waits, the writer waits this long for more before it writes: one commit for the
+# taps of a few milliseconds, not one each (every commit costs the bridge's CPU, which the
+# answers share). Whoever waits for a row (a session start) waits this much longer at most.
+LINGER_S = 0.005
 
 
 class DecisionLog:
@@ -56,11 +61,14 @@ class DecisionLog:
         count: Callable[[str, int], None],
         max_waiting: int = MAX_WAITING,
         max_batch: int = MAX_BATCH,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.db = database
         self.count = count
         self.max_waiting = max_waiting
         self.max_batch = max_batch
+        self.linger_s = linger_s
+        self._idle = False  # the writer waits for rows: only then does a hand-over wake it
         self._state = threading.Condition()
         self._waiting: deque[tuple[int, dict[str, Any]]] = deque()  # (mark, row)
         self._added = 0  # marks handed out: one per add()
@@ -90,7 +98,8 @@ class DecisionLog:
             for row in rows[:room]:
                 self._waiting.append((mark, row))
             dropped = len(rows) - min(room, len(rows))
-            self._settle()
+            if self._idle or not self._waiting:
+                self._settle()
             if self._thread is None and not self._closing:
                 self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
                 self._thread.start()
@@ -138,9 +147,15 @@ class DecisionLog:
         try:
             while True:
                 with self._state:
+                    self._idle = True
                     self._state.wait_for(lambda: bool(self._waiting) or self._closing)
+                    self._idle = False
                     if not self._waiting:
                         return  # closing, nothing left
+                    gather = not self._closing and len(self._waiting) < self.max_batch
+                if gather and self.linger_s > 0:
+                    time.sleep(self.linger_s)
+                with self._state:
                     batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
                     self._inflight = batch[0][0]
                 try:
