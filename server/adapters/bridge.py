@@ -10,8 +10,9 @@ the ingest thread's statements give up after ``ingest_timeout_s`` (PostgreSQL
 acknowledged, the agent sends it again), never a tap its answer.
 
 An event's ``ack`` is published only after its transaction committed. Taps that wait together
-are decided in one transaction; the decision is recorded before its answer is published, and a
-repeated request id gets the recorded answer again (bench/tap_latency.py measures this path).
+are decided together; the decision log is written after the answers went out, on a thread of its
+own (docs/performance.md), and a repeated request id gets the recorded answer again
+(bench/tap_latency.py measures this path).
 A tap older than the agent waits for (``tap_max_age_s``, on the server's clock after the
 device's measured clock offset, server.services.clocks) is dropped unanswered and unrecorded:
 the agent has decided offline already. Allow-lists are republished in full whenever the bridge
@@ -68,6 +69,7 @@ from server.services import (
     training,
 )
 from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
+from server.services.decision_log import DecisionLog
 from server.services.devices import apply_health, apply_status, apply_telemetry
 from server.services.ingest import ingest_event
 from server.services.machine_texts import render, render_text
@@ -246,15 +248,13 @@ class Bridge:
         self._workers: list[threading.Thread] = []
         self._answers: OrderedDict[str, bytes] = OrderedDict()
         self._answers_lock = threading.Lock()
-        # The decider thread's connection (see _tap_connection), and how far the decision log
-        # is behind the answers published: batches published and written, in order.
+        # The decider thread's connection (see _tap_connection), and the decision log, written
+        # on a thread of its own after the answers went out.
         self._tap_conn: Connection | None = None
-        self._log_state = threading.Condition()
+        self.decision_log = DecisionLog(database, lambda key, n: self._count(self.rejected, key, n))
         # Shared bridges: session starts waiting for another bridge's decision row, by event id
         # (when this bridge first saw each; the ingest thread's alone).
         self._undecided_starts: OrderedDict[str, float] = OrderedDict()
-        self._log_published = 0
-        self._log_written = 0
         # Allow-lists: the newest version this process published per device, and the version
         # last seen on each device's topic (our own copy coming back, or -1: cleared).
         self._published: dict[str, int] = {}
@@ -325,6 +325,7 @@ class Bridge:
         self._inbox.put(None)
         for worker in self._workers:
             worker.join(timeout=5)
+        self.decision_log.close()  # every row handed over is written first
 
     def _seed_offsets(self) -> None:
         """Clock offsets measured recently (by this bridge before a restart, or another one), so
@@ -787,14 +788,15 @@ class Bridge:
         return current
 
     def _answer_taps(self, batch: list[tuple[str, AuthReq]]) -> None:
-        """Decide ``batch`` and publish the answers, then write the decision log.
+        """Decide ``batch`` and publish the answers; the decision log follows.
 
         The reply path costs one query (see Decider) on the decider's own connection, read in
-        autocommit: no BEGIN, no COMMIT, no pool check-out. The ``access_decisions`` rows are
-        written right after the answers went out, without waiting for the disk on PostgreSQL
-        (``synchronous_commit = off``): a crash can cost the last few rows of the log, never
-        an event, a session or an ack (docs/performance.md). Whatever must be durable before
-        the answer still is: a ``certify`` tap's sign-off and a not-genuine card's audit."""
+        autocommit: no BEGIN, no COMMIT, no pool check-out. The ``access_decisions`` rows go to
+        the decision log's own thread, which writes them in batches after the answers went out,
+        without waiting for the disk on PostgreSQL (server/services/decision_log.py): a crash
+        can cost the last few rows of the log, never an event, a session or an ack
+        (docs/performance.md). Whatever must be durable before the answer still is: a
+        ``certify`` tap's sign-off and a not-genuine card's audit."""
         started = time.monotonic()
         reasons: list[str] = []  # of the taps decided in this batch
         todo: list[tuple[str, AuthReq]] = []
@@ -852,29 +854,21 @@ class Bridge:
                 self._count(self.rejected, "database", len(batch))
                 log.exception("bridge: could not audit %d refused card(s); no answer goes out", len(audits))
                 return
-        with self._log_state:
-            self._log_published += 1
-            mark = self._log_published
-        try:
-            self._send_answers(batch, fresh, reasons, started)
-            if rows:
-                self._write_decision_log(rows)
-        finally:
-            with self._log_state:
-                self._log_written = max(self._log_written, mark)
-                self._log_state.notify_all()
+        if rows:
+            # Handed over before the answers go out: a session start that follows its answer
+            # waits for its row (wait_for_decision_log). Written on the log's own thread.
+            self.decision_log.add(rows)
+        self._send_answers(batch, fresh, reasons, started)
 
     def _tap_connection(self) -> Connection:
         """The decider thread's own connection, kept open: in autocommit, so that a read is one
-        round trip, and on PostgreSQL with ``synchronous_commit = off`` for the decision log."""
+        round trip."""
         if self._tap_conn is None:
             conn = self.db.engine.connect()
             if not isinstance(self.db.engine.pool, StaticPool):
                 # (An in-memory SQLite database shares its one connection with every thread:
                 # that one keeps its transactions, committed after each use.)
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SET synchronous_commit = off"))
             self._tap_conn = conn
         return self._tap_conn
 
@@ -886,30 +880,6 @@ class Bridge:
             except SQLAlchemyError:
                 pass
             self._tap_conn = None
-
-    def _write_decision_log(self, rows: list[dict[str, Any]]) -> None:
-        """Write the ``access_decisions`` rows of answers already sent. A row that is there
-        already (another bridge recorded the same request id in the same few milliseconds)
-        is left as it is, and counted."""
-        try:
-            db = self._tap_connection()
-            try:
-                db.execute(_RECORD_DECISION, rows)
-                db.commit()
-            except IntegrityError:
-                db.rollback()
-                for row in rows:  # each row on its own: the others still go in
-                    try:
-                        db.execute(_RECORD_DECISION, [row])
-                        db.commit()
-                    except IntegrityError:
-                        db.rollback()
-                        self._count(self.rejected, "duplicate_decision")
-                        log.warning("bridge: request %s was recorded by another bridge too", row["id"])
-        except SQLAlchemyError:
-            self._drop_tap_connection()
-            self._count(self.rejected, "decision_log", len(rows))
-            log.exception("bridge: %d decision log row(s) could not be written", len(rows))
 
     def _decision_recorded(self, event_id: str, session_id: str) -> bool:
         """Whether ``session_id``'s decision row is there, or has been waited for long enough.
@@ -938,9 +908,7 @@ class Bridge:
     def wait_for_decision_log(self, timeout: float = 1.0) -> bool:
         """Wait until the decision log holds every answer published so far (a session that
         starts right after its answer needs the row; it is a few milliseconds behind)."""
-        with self._log_state:
-            mark = self._log_published
-            return self._log_state.wait_for(lambda: self._log_written >= mark, timeout)
+        return self.decision_log.wait(timeout=timeout)
 
     def _answer_taps_durably(self, batch: list[tuple[str, AuthReq]], todo: list[tuple[str, AuthReq]]) -> None:
         """Decide ``batch``, record it in one transaction, then publish the answers: for taps

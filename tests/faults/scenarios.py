@@ -177,9 +177,9 @@ def bridges_kill_1000(w: World) -> None:
         w.start_bridge(bridge_a)
 
     def person(agent: AgentProc, who: str, count: int) -> None:
-        # 1.5 s between sessions: a session end the dead bridge took with it is sent again 2 s
-        # later; a person back within that time while their last end is still on its way too
-        # is refused (session_limit; docs/faults.md says why and what is left).
+        # 1.5 s between sessions, as people take. (A person back sooner, while an end the dead
+        # bridge took with it and their last end are both on their way, is no longer refused
+        # session_limit: sessions open at the tapping device do not count; docs/faults.md.)
         sessions(w, agent, who, [1.0] * count, pause=1.5)
 
     parallel(

@@ -127,6 +127,43 @@ def test_decision_session_limit(lab: Database, clock) -> None:
     assert _decide(lab, "laser-1", "04A224B2C35E80", clock() + timedelta(days=2)).reason == "ok"
 
 
+def test_decision_open_sessions_at_the_tapping_device_do_not_count(lab: Database, clock) -> None:
+    """A tap asks for a session only when its device runs none: any session still open there
+    is over, its end on its way (docs/faults.md, a session end lost with a killed bridge and
+    the next end in flight as well). Those sessions do not count toward the limit; one at
+    another machine still does."""
+    with lab.session() as s:
+        quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
+        printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        laser = s.scalar(select(Machine).where(Machine.slug == "laser-1"))
+        assert quinn and printer and laser
+        for i in range(2):
+            s.add(
+                MachineSession(
+                    id=f"00000000-0000-4000-8000-00000000001{i}",
+                    machine_id=printer.id,
+                    device_id="pi-printer-1",
+                    person_id=quinn.id,
+                    started_at=clock() - timedelta(seconds=10 - 3 * i),
+                )
+            )
+    assert _decide(lab, "printer-1", QUINN, clock(), max_open_sessions=2).reason == "ok"
+    # Elsewhere both still count, and with one more at the laser the printer is refused again.
+    assert _decide(lab, "laser-1", QUINN, clock(), max_open_sessions=2).reason == "session_limit"
+    with lab.session() as s:
+        s.add(
+            MachineSession(
+                id="00000000-0000-4000-8000-000000000020",
+                machine_id=laser.id,
+                device_id="pi-laser-1",
+                person_id=quinn.id,
+                started_at=clock() - timedelta(minutes=1),
+            )
+        )
+    assert _decide(lab, "printer-1", QUINN, clock(), max_open_sessions=1).reason == "session_limit"
+    assert _decide(lab, "printer-1", QUINN, clock(), max_open_sessions=2).reason == "ok"
+
+
 def test_decision_supervise_lets_a_trainer_take_responsibility(trainer_lab: Database, clock) -> None:
     assert _decide(trainer_lab, "laser-1", BEA, clock()).reason == "trainer_required"
     supervised = _decide(trainer_lab, "laser-1", BEA, clock(), mode="supervise", trainer_badge=TINA)

@@ -8,15 +8,24 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from server.adapters.bridge import Bridge
 from server.db import Database
-from server.models import AccessDecision, Machine, Person, Qualification, QualificationAction
-from server.services.decision import Decider, Tap, decide
+from server.models import (
+    AccessDecision,
+    Machine,
+    MachineSession,
+    MachineStatus,
+    Person,
+    Qualification,
+    QualificationAction,
+)
+from server.services.decision import Decider, Tap, decide, load_machine
 from werkbank_protocol.messages import AuthReq, AuthResp, decode_as
 
 DEVICES = {"pi-printer-1": "printer-1", "pi-laser-1": "laser-1", "pi-printer-2": "printer-2"}
@@ -122,6 +131,36 @@ def test_machine_state_is_read_on_every_tap(lab: Database, clock) -> None:  # ty
     assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "machine_maintenance"
 
 
+def test_open_sessions_at_the_tapping_device_do_not_count_single_or_batched(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    """Two sessions of Quinn's at printer-1 still open (their ends on their way, docs/faults.md):
+    a tap there is no third session, since the agent asks only when it runs none. At the laser
+    they count. The same on the single-tap query and the batch's."""
+    with lab.session() as s:
+        quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
+        printer = s.scalar(select(Machine).where(Machine.slug == "printer-1"))
+        assert quinn and printer
+        for i in range(2):
+            s.add(
+                MachineSession(
+                    id=f"00000000-0000-4000-8000-00000000003{i}",
+                    machine_id=printer.id,
+                    device_id="pi-printer-1",
+                    person_id=quinn.id,
+                    started_at=clock() - timedelta(seconds=10 - 3 * i),
+                )
+            )
+    _publish_allowlists(lab)
+    decider = Decider()
+    for _ in range(2):  # cold, then with Quinn's badge in memory
+        assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "ok"
+        assert _tap(lab, decider, "pi-laser-1", "04A224B2C35E80", clock()) == "session_limit"
+    with lab.engine.begin() as conn:
+        results = decider.decide(
+            conn, [Tap("pi-printer-1", "04A224B2C35E80"), Tap("pi-laser-1", "04A224B2C35E80")], clock()
+        )
+    assert [r[1].reason for r in results] == ["ok", "session_limit"]  # type: ignore[index]
+
+
 @pytest.fixture
 def offline_bridge(lab: Database, clock) -> Iterator[tuple[Bridge, list[tuple[str, bytes]]]]:  # type: ignore[no-untyped-def]
     """A bridge that is never connected: its answers are collected instead of published."""
@@ -129,6 +168,7 @@ def offline_bridge(lab: Database, clock) -> Iterator[tuple[Bridge, list[tuple[st
     sent: list[tuple[str, bytes]] = []
     bridge.publish = lambda device_id, _suffix, payload: sent.append((device_id, payload))  # type: ignore[method-assign]
     yield bridge, sent
+    bridge.decision_log.close()
 
 
 def _req(badge: str, rid: str | None = None) -> AuthReq:
@@ -136,7 +176,9 @@ def _req(badge: str, rid: str | None = None) -> AuthReq:
     return decode_as(AuthReq, json.dumps(body).encode())
 
 
-def _count(lab: Database) -> int:
+def _count(lab: Database, bridge: Bridge) -> int:
+    """The decision log's rows, once every row handed over is written."""
+    assert bridge.wait_for_decision_log(5.0)
     with lab.session() as s:
         return s.scalar(select(func.count()).select_from(AccessDecision)) or 0
 
@@ -157,11 +199,11 @@ def test_a_batch_answers_duplicates_alike_and_a_bad_device_spoils_nothing(
     ]
     assert answers[0][1] == answers[1][1]
     assert bridge.rejected["unknown_device"] == 1
-    assert _count(lab) == 2
+    assert _count(lab, bridge) == 2
     sent.clear()
     bridge._answer_taps([("pi-printer-1", first)])  # later: from the recent answers, not decided again
     assert decode_as(AuthResp, sent[0][1]) == answers[0][1]
-    assert _count(lab) == 2
+    assert _count(lab, bridge) == 2
 
 
 def test_a_request_recorded_elsewhere_gets_the_stored_answer(
@@ -192,4 +234,19 @@ def test_a_request_recorded_elsewhere_gets_the_stored_answer(
     answers = {decode_as(AuthResp, p).req: decode_as(AuthResp, p) for _d, p in sent}
     assert (answers[rid].reason, answers[rid].message) == ("not_qualified", {"de": "nein", "en": "no"})
     assert answers[fresh.id].reason == "not_qualified"
-    assert _count(lab) == 2
+    assert _count(lab, bridge) == 2
+
+
+def test_a_database_error_on_the_tap_statement_is_an_sqlalchemy_error(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL the tap's statement runs on psycopg's cursor directly; its errors must still
+    be SQLAlchemy's, which the bridge catches (no answer, the agent decides offline, the
+    connection is replaced)."""
+    if lab.engine.dialect.name != "postgresql":
+        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): the direct statement is PostgreSQL's only")
+    with lab.engine.connect() as conn:
+        machine, _count, _stored = load_machine(conn, "pi-printer-1", clock(), None, None)
+        assert not isinstance(machine, Exception) and machine.status == MachineStatus.AVAILABLE
+        conn.connection.driver_connection.close()  # type: ignore[union-attr]
+        with pytest.raises(SQLAlchemyError):
+            load_machine(conn, "pi-printer-1", clock(), None, None)
+        conn.invalidate()
