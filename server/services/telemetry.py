@@ -250,28 +250,33 @@ def write(
     )
     if live:
         db.execute(_LIVE, live)
+    # Clock offsets: noted for every device, stored only where the estimate is news.
+    record: dict[str, float] = {}
     for device_id in known:
         row, held = rows[device_id], latest[device_id]
-        device: Device | None = None
-        if not row.online:
-            # Through the ORM: coming back online ends the machine's offline downtime.
-            device = db.get(Device, device_id)
-            if device is not None:
-                device.online = True
-                device.last_seen = now
-        if not held.retained:
-            arrived = datetime.fromtimestamp(held.arrived + arrival_shift_s, UTC)
-            estimate = offsets.add(device_id, arrived, held.sent)
-            settled = offsets.settled(device_id, settle_s)
-            # Stored once it stands (clocks.SETTLE_S); a device never measured takes its first
-            # estimate at once (as for every other message, server.bridge).
-            value = settled if settled is not None else estimate if row.clock_offset_s is None else None
-            if value is not None and clocks.needs_record(
-                row.clock_offset_s, row.clock_measured_at, value, now
-            ):
-                device = device or db.get(Device, device_id)
-                if device is not None:
-                    clocks.record(db, device, value, now)
+        if held.retained:
+            continue
+        arrived = datetime.fromtimestamp(held.arrived + arrival_shift_s, UTC)
+        estimate = offsets.add(device_id, arrived, held.sent)
+        settled = offsets.settled(device_id, settle_s)
+        # Stored once it stands (clocks.SETTLE_S); a device never measured takes its first
+        # estimate at once (as for every other message, server.bridge).
+        value = settled if settled is not None else estimate if row.clock_offset_s is None else None
+        if value is not None and clocks.needs_record(row.clock_offset_s, row.clock_measured_at, value, now):
+            record[device_id] = value
+    # Through the ORM, loaded in one query: a device coming back online (its machine's offline
+    # downtime ends) and one whose clock offset is stored (a clock_skew fault may go with it).
+    orm = sorted({i for i in known if not rows[i].online} | set(record))
+    if orm:
+        with db.no_autoflush:
+            for device in db.scalars(select(Device).where(Device.id.in_(orm)).order_by(Device.id)):
+                if not device.online:
+                    device.online = True
+                    device.last_seen = now
+                if device.id in record:
+                    clocks.record(db, device, record[device.id], now)
+    for device_id in known:
+        row, held = rows[device_id], latest[device_id]
         session = sessions.get(row.machine_id) if row.machine_id is not None else None
         if held.energy is not None and session is not None:
             refused = energy.settle(session, held.energy)
