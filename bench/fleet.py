@@ -579,7 +579,10 @@ def run(args: argparse.Namespace) -> int:
     results: list[ConfigResult] = []
     try:
         address = parse_mqtt_url(broker.url)
-        with private_database(args.database_url) as (url, label), tempfile.TemporaryDirectory() as var_dir:
+        # Kept afterwards: each bridge's log is there ({var_dir}/fleet-bridge-*.log).
+        var_dir = tempfile.mkdtemp(prefix="wb-fleet-")
+        print(f"bridge logs in {var_dir}", flush=True)
+        with private_database(args.database_url) as (url, label):
             try:
                 seed(url, lab)
                 print(f"seeded {args.devices} devices ({label}); load average {os.getloadavg()}", flush=True)
