@@ -56,3 +56,28 @@ def test_coalesce_keeps_the_newest_state_counts_every_message_and_meters_every_r
     assert held.messages == 11  # the late one counts as taken in; the garbled one is refused
     assert [d for d, _e in refused] == ["pi-a"]
     assert held.energy is not None and abs(held.energy.wh - 1.5) < 1e-9  # 9 s at 600 W
+
+
+def test_the_bridges_metrics_say_what_the_buffer_took_dropped_and_holds() -> None:
+    from collections import Counter
+    from threading import Event
+    from typing import Any, cast
+
+    from server.metrics import BridgeMetrics
+
+    class _Bridge:  # what the collector reads of a bridge
+        decisions: Counter[str] = Counter()
+        handled: Counter[str] = Counter()
+        rejected: Counter[str] = Counter()
+        connected = Event()
+        telemetry = telemetry.Buffer(limit=2)
+
+    fake = _Bridge()
+    for i in range(3):
+        fake.telemetry.add("pi-a", _payload(i, running=True), 0.0, False)
+    metrics = BridgeMetrics()
+    metrics.watch(cast(Any, fake))
+    sample = metrics.registry.get_sample_value
+    assert sample("werkbank_telemetry_received_total") == 2.0
+    assert sample("werkbank_telemetry_dropped_total", {"reason": "busy"}) == 1.0
+    assert sample("werkbank_telemetry_waiting") == 2.0
