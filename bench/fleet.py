@@ -591,6 +591,11 @@ def run(args: argparse.Namespace) -> int:
                 database.init(url)
                 stats = BrokerStats(address)
                 for n in args.bridges:
+                    if n > 1 and args.database_url is None:
+                        # Two processes writing one SQLite file lock each other out ("database is
+                        # locked"): several bridges are a PostgreSQL set-up.
+                        print(f"{n} bridges: skipped, several bridges need --database-url (PostgreSQL)")
+                        continue
                     results.append(run_config(args, n, url, broker.url, stats, database, lab, var_dir))
             finally:
                 if stats is not None:
