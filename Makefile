@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test faults lint typecheck unit bench bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx wrk bench-web postgresql-client clean
+.PHONY: install run test faults lint typecheck unit bench bench-fleet bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx wrk bench-web postgresql-client clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -118,6 +118,11 @@ faults: install
 
 bench: install
 	$(BIN)/python bench/tap_latency.py
+
+# The fleet: 500 devices, telemetry at a fixed rate, taps and events, one bridge and then two with
+# shared subscriptions (bench/fleet.py; FLEET_ARGS e.g. "--rate 10000 --duration 10 --bridges 1,2").
+bench-fleet: install
+	$(BIN)/python bench/fleet.py $(FLEET_ARGS) $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
 
 # Dashboards and reports on generated years of data (bench/dashboards.py; SCALE=small|full,
 # DATABASE_URL=... for PostgreSQL: an empty database the first time, it is filled).

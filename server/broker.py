@@ -127,8 +127,10 @@ log_type warning
 class MosquittoProcess:
     """A private Mosquitto on a free loopback port (tests and benchmarks only)."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None, extra_conf: str = "") -> None:
         self.port = port or free_port()
+        # More configuration lines (bench/fleet.py: ``sys_interval 1`` for its $SYS counters).
+        self.extra_conf = extra_conf
         self.host = "127.0.0.1"
         self.binary = binary or find_program("mosquitto") or "mosquitto"
         self._dir = tempfile.TemporaryDirectory(prefix="wb-mosquitto-")
@@ -144,7 +146,7 @@ class MosquittoProcess:
 
     def start(self) -> MosquittoProcess:
         conf = Path(self._dir.name) / "mosquitto.conf"
-        conf.write_text(MOSQUITTO_CONF.format(port=self.port))
+        conf.write_text(MOSQUITTO_CONF.format(port=self.port) + self.extra_conf)
         log_file = (Path(self._dir.name) / "mosquitto.log").open("wb")
         self._proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log_file, stderr=log_file)
         wait_for_port(self.host, self.port)

@@ -73,7 +73,22 @@ class _BridgeCollector(Collector):
                 family.add_metric([key], value)
         connected = GaugeMetricFamily("werkbank_bridge_connected", "1 while the bridge hears the broker.")
         connected.add_metric([], 1.0 if self.bridge.connected.is_set() else 0.0)
-        yield from (decisions, handled, rejected, connected)
+        buffer = self.bridge.telemetry
+        received = CounterMetricFamily(
+            "werkbank_telemetry_received", "Telemetry messages taken in (written a window later)."
+        )
+        received.add_metric([], buffer.received)
+        dropped = CounterMetricFamily(
+            "werkbank_telemetry_dropped",
+            "Telemetry messages dropped unread, by reason (busy: the bridge's buffer was full).",
+            labels=["reason"],
+        )
+        dropped.add_metric(["busy"], buffer.dropped)
+        waiting = GaugeMetricFamily(
+            "werkbank_telemetry_waiting", "Telemetry messages waiting for their window."
+        )
+        waiting.add_metric([], len(buffer))
+        yield from (decisions, handled, rejected, connected, received, dropped, waiting)
 
 
 class _SchedulerCollector(Collector):

@@ -33,10 +33,10 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -44,7 +44,7 @@ import msgspec
 import paho.mqtt.client as mqtt
 from sqlalchemy import Connection, Table, insert, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from server.db import Database
@@ -54,7 +54,6 @@ from server.models import (
     AuditLog,
     Device,
     Machine,
-    MachineSession,
     Person,
 )
 from server.services import (
@@ -64,13 +63,13 @@ from server.services import (
     cards,
     clocks,
     device_claims,
-    energy,
     reconcile,
+    telemetry,
     training,
 )
 from server.services.decision import Decider, MachineFacts, PersonFacts, Recorded, Tap, Verdict
 from server.services.decision_log import DecisionLog
-from server.services.devices import apply_health, apply_status, apply_telemetry
+from server.services.devices import apply_health, apply_status
 from server.services.ingest import ingest_event
 from server.services.machine_texts import render, render_text
 from werkbank_protocol import ProtocolError, format_ts, now_ts, parse_ts
@@ -85,7 +84,6 @@ from werkbank_protocol.messages import (
     EnrolGrant,
     SessionStarted,
     Status,
-    Telemetry,
     decode_as,
     decode_event,
     encode,
@@ -108,6 +106,8 @@ MAX_WAITING = 10_000
 # Telemetry is live state: per device the newest within this window is written, all devices
 # together in one transaction (docs/performance.md).
 TELEMETRY_WINDOW_S = 1.0
+# How often the ingest thread looks for telemetry while none is held.
+TELEMETRY_POLL_S = 0.05
 # How long the ingest thread's statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
 # Shared bridges: an allow-list version another bridge built this recently is taken to be on
@@ -161,18 +161,9 @@ class Inbound:
     payload: bytes
     arrived: datetime
     retained: bool
-
-
-@dataclass
-class _PendingTelemetry:
-    """The newest telemetry of one device waiting to be written, and how many it stands for."""
-
-    item: Inbound
-    telemetry: Telemetry
-    sent: datetime
-    messages: int
-    # The energy the device's readings of this window measured (server.services.energy).
-    energy: energy.Window | None = None
+    # The telemetry buffer's sequence when it arrived: the device's telemetry up to there is
+    # written before it (server.services.telemetry).
+    telemetry_upto: int = 0
 
 
 class _Version(msgspec.Struct):
@@ -242,9 +233,14 @@ class Bridge:
             Suffix.AUTH_REQ: self._taps,
             Suffix.EVENT: self._inbox,
             Suffix.STATUS: self._inbox,
-            Suffix.TELEMETRY: self._inbox,
             Suffix.ALLOWLIST: self._inbox,
         }
+        # Telemetry does not queue: the network thread only appends it to its device's list
+        # (docs/performance.md, "Telemetry"), timed on the epoch clock (cheaper than self.clock,
+        # turned into the bridge's clock once per window) unless a test's clock is given.
+        self.telemetry = telemetry.Buffer()
+        self._epoch_arrivals = clock is None
+        self._arrival: Callable[[], float] = time.time if clock is None else lambda: self.clock().timestamp()
         self._workers: list[threading.Thread] = []
         self._answers: OrderedDict[str, bytes] = OrderedDict()
         self._answers_lock = threading.Lock()
@@ -383,16 +379,22 @@ class Bridge:
         """In paho's network thread: hand the message to its worker and return at once."""
         try:
             device_id, suffix = parse_topic(msg.topic)
-            inbox = self._routes.get(suffix)
-            if inbox is None:
-                return  # our own outgoing topics, echoed by some brokers
             limit = MAX_ALLOWLIST_PAYLOAD if suffix is Suffix.ALLOWLIST else MAX_PAYLOAD
             if len(msg.payload) > limit:
                 # Refused unread and unanswered: parsing a flood of big payloads costs memory.
                 raise ProtocolError(
                     "too_large", f"payload of {len(msg.payload)} bytes is over the {limit} byte limit"
                 )
-            item = Inbound(device_id, suffix, bytes(msg.payload), self.clock(), bool(msg.retain))
+            if suffix is Suffix.TELEMETRY:
+                if not self.telemetry.add(device_id, bytes(msg.payload), self._arrival(), bool(msg.retain)):
+                    self._warn_telemetry_dropped()
+                return
+            inbox = self._routes.get(suffix)
+            if inbox is None:
+                return  # our own outgoing topics, echoed by some brokers
+            item = Inbound(
+                device_id, suffix, bytes(msg.payload), self.clock(), bool(msg.retain), self.telemetry.mark()
+            )
             try:
                 inbox.put_nowait(item)
             except queue.Full:
@@ -406,144 +408,64 @@ class Bridge:
             log.exception("bridge: unexpected error on %s", msg.topic)
 
     def _ingest_loop(self) -> None:
-        """The ingest thread: one message after the other, until stopped. Telemetry is
-        coalesced: per device the newest wins within ``TELEMETRY_WINDOW_S``, and the live state
-        of all devices heard from is written in one transaction. Any other message writes the
-        telemetry waiting first, so that the order of what the devices said is kept."""
-        pending: dict[str, _PendingTelemetry] = {}
-        deadline = 0.0
+        """The ingest thread: one message after the other, until stopped, and every
+        ``TELEMETRY_WINDOW_S`` the telemetry held meanwhile (per device the newest state, all
+        devices in one transaction). A device's telemetry that arrived before its other
+        message is written first, so the order of what each device said is kept."""
         while True:
+            # A window runs from the first message held; while none is, look now and then.
+            first = self.telemetry.first_at
+            wait = TELEMETRY_POLL_S if first is None else first + TELEMETRY_WINDOW_S - time.monotonic()
             try:
-                timeout = max(0.0, deadline - time.monotonic()) if pending else None
-                item = self._inbox.get(timeout=timeout)
+                item = self._inbox.get(timeout=max(0.0, wait))
             except queue.Empty:
-                self._flush_telemetry(pending)
-                continue
-            if item is None:
-                self._flush_telemetry(pending)
-                return
-            if item.suffix is not Suffix.TELEMETRY:
-                self._flush_telemetry(pending)
+                pass
+            else:
+                if item is None:
+                    self._flush_telemetry(self.telemetry.take())
+                    return
+                if item.suffix is not Suffix.ALLOWLIST:  # the server's word, not the device's
+                    self._flush_telemetry(self.telemetry.take_device(item.device_id, item.telemetry_upto))
                 self._handle(item)
-                continue
-            if not pending:
-                deadline = time.monotonic() + TELEMETRY_WINDOW_S
-            self._take_telemetry(pending, item)
+            first = self.telemetry.first_at
+            if first is not None and time.monotonic() >= first + TELEMETRY_WINDOW_S:
+                self._flush_telemetry(self.telemetry.take())
 
-    def _take_telemetry(self, pending: dict[str, _PendingTelemetry], item: Inbound) -> None:
-        where = topic(item.device_id, Suffix.TELEMETRY)
-        try:
-            telemetry = decode_as(Telemetry, item.payload)
-            sent = parse_ts(telemetry.ts)
-            reading = energy.reading_of(telemetry, sent)
-        except ProtocolError as exc:
-            self.reject(where, exc)
-            return
-        held = pending.get(item.device_id)
-        window = held.energy if held is not None else None
-        # Every reading counts for energy, in the order the device took them (a retained one
-        # is old news: the broker kept it from before).
-        if not item.retained and (reading.power_w is not None or reading.counter_wh is not None):
-            if window is None:
-                window = energy.Window(reading, reading)
-            elif reading.at >= window.last.at and window.take(reading).implausible:
-                self.reject(
-                    where,
-                    ProtocolError(
-                        "implausible_energy",
-                        f"energy_wh went from {window.last.counter_wh} to {reading.counter_wh} Wh "
-                        f"in {(reading.at - window.last.at).total_seconds():.1f} s",
-                    ),
-                )
-                return
-        if held is None:
-            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, 1, window)
-        elif sent >= held.sent:
-            pending[item.device_id] = _PendingTelemetry(item, telemetry, sent, held.messages + 1, window)
-        else:  # overtaken by a newer one already waiting
-            held.messages += 1
-            held.energy = window
+    def _warn_telemetry_dropped(self) -> None:
+        dropped = self.telemetry.dropped
+        if dropped & (dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...: a flood logs little
+            log.warning(
+                "bridge: %d telemetry messages wait already; %d dropped so far", self.telemetry.limit, dropped
+            )
 
-    def _flush_telemetry(self, pending: dict[str, _PendingTelemetry]) -> None:
-        """Write the newest telemetry of every device in ``pending`` (one transaction), then
-        empty it. An unknown device is refused alone; a database error costs this window's
-        live state only (the next telemetry brings it again)."""
-        if not pending:
+    def _flush_telemetry(self, taken: dict[str, list[telemetry.Raw]]) -> None:
+        """Write what ``taken`` says (server.services.telemetry). An unknown device is refused
+        alone; a database error costs this window's live state only (the next telemetry
+        brings it again)."""
+        if not taken:
             return
-        waiting = dict(pending)
-        pending.clear()
+
+        def refuse(device_id: str, exc: ProtocolError) -> None:
+            self.reject(topic(device_id, Suffix.TELEMETRY), exc)
+
+        latest = telemetry.coalesce(taken, refuse)
+        if not latest:
+            return
         try:
             now = self.clock()
+            # The fault suite's clock offset (werkbank_protocol.clock), when arrivals are epoch times.
+            shift = (wall_now() - datetime.now(UTC)).total_seconds() if self._epoch_arrivals else 0.0
             with self._bounded_session() as db:
-                # Machines loaded with their devices, and no flush until the commit: one SELECT,
-                # then the UPDATEs of the whole window together (executemany), not one per device.
-                devices = {
-                    d.id: d
-                    for d in db.scalars(
-                        select(Device)
-                        .where(Device.id.in_(sorted(waiting)))
-                        .options(selectinload(Device.machine))
-                    )
-                }
-                sessions = self._open_sessions(db, devices.values(), waiting)
-                db.autoflush = False
-                for device_id, held in sorted(waiting.items()):  # one lock order for every writer
-                    device = devices.get(device_id)
-                    if device is None:
-                        self.reject(
-                            topic(device_id, Suffix.TELEMETRY),
-                            ProtocolError(
-                                "unknown_device",
-                                f"device {device_id!r} is not registered; provision it first",
-                            ),
-                        )
-                        continue
-                    apply_telemetry(db, device, held.telemetry, now)
-                    session = sessions.get(device.machine_id) if device.machine_id is not None else None
-                    if held.energy is not None and session is not None:
-                        refused = energy.settle(session, held.energy)
-                        if refused is not None:
-                            self.reject(
-                                topic(device_id, Suffix.TELEMETRY),
-                                ProtocolError(
-                                    "implausible_energy",
-                                    f"energy_wh jumped to {held.energy.first.counter_wh} Wh since "
-                                    f"session {session.id}'s last reading: nothing of its window counted",
-                                ),
-                            )
-                    if not held.item.retained:
-                        self._note_offset(db, device, held.item, held.sent)
-            self._count(
-                self.handled,
-                "telemetry",
-                sum(h.messages for h in waiting.values() if h.item.device_id in devices),
-            )
+                written = telemetry.write(db, latest, now, self.offsets, self.clock_settle_s, shift)
+            for device_id, exc in written.refused:
+                refuse(device_id, exc)
+            self._count(self.handled, "telemetry", written.messages)
         except SQLAlchemyError:
             self._count(self.rejected, "database")
-            log.exception("bridge: database error on the telemetry of %d device(s)", len(waiting))
+            log.exception("bridge: database error on the telemetry of %d device(s)", len(latest))
         except Exception:  # a bug must not stop the bridge; it is logged and counted
             self._count(self.rejected, "internal")
-            log.exception("bridge: unexpected error on the telemetry of %d device(s)", len(waiting))
-
-    def _open_sessions(
-        self, db: Session, devices: Iterable[Device], waiting: dict[str, _PendingTelemetry]
-    ) -> dict[int, MachineSession]:
-        """The open session of each machine whose device measured energy in this window, locked
-        (PostgreSQL) so that two bridges add their windows one after the other."""
-        machines = sorted(
-            {d.machine_id for d in devices if d.machine_id is not None and waiting[d.id].energy is not None}
-        )
-        if not machines:
-            return {}
-        found: dict[int, MachineSession] = {}
-        for session in db.scalars(
-            select(MachineSession)
-            .where(MachineSession.machine_id.in_(machines), MachineSession.ended_at.is_(None))
-            .order_by(MachineSession.machine_id, MachineSession.started_at)
-            .with_for_update()
-        ):
-            found[session.machine_id] = session  # the newest, should a lost one still be open
-        return found
+            log.exception("bridge: unexpected error on the telemetry of %d device(s)", len(latest))
 
     def _handle(self, item: Inbound) -> None:
         where = f"werkbank/v1/dev/{item.device_id}/{item.suffix.value}"

@@ -132,12 +132,20 @@ def skewed(offset_s: float | None) -> bool:
     return offset_s is not None and abs(offset_s) > TOLERANCE_S
 
 
+def needs_record(
+    stored_s: float | None, measured_at: datetime | None, offset_s: float, now: datetime
+) -> bool:
+    """Whether ``offset_s`` is news against the stored estimate: it moved, or the stored one
+    is older than :data:`RECORD_EVERY`."""
+    unchanged = stored_s is not None and abs(stored_s - offset_s) < RECORD_STEP_S
+    return not (unchanged and measured_at is not None and now - measured_at < RECORD_EVERY)
+
+
 def record(db: Session, device: Device, offset_s: float, now: datetime) -> None:
     """Store ``device``'s estimated offset; when it goes past the tolerance, a ``clock_skew``
     fault goes into the events ledger (like an agent's own fault), once per excursion."""
     was_skewed = skewed(device.clock_offset_s)
-    unchanged = device.clock_offset_s is not None and abs(device.clock_offset_s - offset_s) < RECORD_STEP_S
-    if unchanged and device.clock_measured_at is not None and now - device.clock_measured_at < RECORD_EVERY:
+    if not needs_record(device.clock_offset_s, device.clock_measured_at, offset_s, now):
         return  # the same estimate again (each telemetry window brings one): no write
     device.clock_offset_s = round(offset_s, 3)
     device.clock_measured_at = now

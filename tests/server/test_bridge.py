@@ -84,8 +84,14 @@ def _counts(db: Database) -> dict[str, int]:
 def _snapshot(db: Database) -> dict[str, object]:
     """Row counts plus the columns bad input might change."""
     with db.session() as s:
-        machines = [(m.slug, m.live_state, m.live_session_id, m.status) for m in s.scalars(select(Machine))]
-        devices = [(d.id, d.online, d.state, d.agent_version) for d in s.scalars(select(Device))]
+        # In a fixed order: PostgreSQL returns rows in the order they were last written.
+        machines = [
+            (m.slug, m.live_state, m.live_session_id, m.status)
+            for m in s.scalars(select(Machine).order_by(Machine.slug))
+        ]
+        devices = [
+            (d.id, d.online, d.state, d.agent_version) for d in s.scalars(select(Device).order_by(Device.id))
+        ]
     return {"counts": _counts(db), "machines": machines, "devices": devices}
 
 

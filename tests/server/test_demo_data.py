@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from server.db import Database
 from server.models import (
     Booking,
     Job,
+    Machine,
     MachineDayStats,
     MachineDowntime,
     MachineSession,
+    MachineType,
     Person,
     PersonUsageMonthly,
     Qualification,
@@ -125,6 +128,31 @@ def test_demo_data_the_make_run_lab_history_matches_a_recompute_once(database: D
         first = s.scalar(select(func.min(MachineDayStats.day)))
     generated = _snapshot(database)
     assert generated["usage_daily"] and generated["person_usage_monthly"]
+    with database.session() as s:
+        # Printers and lasers have metering plugs, so the dashboard's energy columns show in the
+        # demo; the vinyl cutter has none, and its sessions no energy at all.
+        by_type: dict[str, list[float | None]] = {}
+        for slug, wh, gap_s, source in s.execute(
+            select(
+                MachineType.slug,
+                MachineSession.energy_wh,
+                MachineSession.energy_gap_s,
+                MachineSession.energy_source,
+            )
+            .join(Machine, Machine.id == MachineSession.machine_id)
+            .join(MachineType, MachineType.id == Machine.machine_type_id)
+        ):
+            by_type.setdefault(slug, []).append(wh)
+            assert (source is None) == (wh is None) and gap_s >= 0
+        for slug in ("fdm-printer", "co2-laser"):
+            assert all(wh is not None and wh > 0 for wh in by_type[slug]), slug
+        assert set(by_type["vinyl-cutter"]) == {None}
+        # A laser session (1.2 kW running) draws far more than a printer's (130 W).
+        mean = {k: sum(v or 0.0 for v in by_type[k]) / len(by_type[k]) for k in ("fdm-printer", "co2-laser")}
+        assert mean["co2-laser"] > 3 * mean["fdm-printer"] > 0
+        assert (s.scalar(select(func.sum(UsageDaily.energy_wh))) or 0) == pytest.approx(
+            sum(v or 0.0 for values in by_type.values() for v in values), rel=1e-6
+        )
     with database.session() as s:
         assert populate(s, seed=1, now=now) == 0, "only on the first start"
     usage.rebuild(database, since=first, now=now)
