@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from datetime import datetime, time, timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.adapters.bridge import Bridge
 from server.db import Database
 from server.models import (
     AccessDecision,
+    Badge,
     Booking,
     Device,
     Machine,
@@ -134,6 +135,34 @@ def test_machine_state_is_read_on_every_tap(lab: Database, clock) -> None:  # ty
     with lab.engine.begin() as conn:  # even a change that bypasses the ORM hooks
         conn.execute(update(Machine).where(Machine.slug == "printer-1").values(status="maintenance"))
     assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "machine_maintenance"
+
+
+def test_opening_hours_and_a_new_badge_count_from_the_next_tap(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    """Machine facts are remembered by what they were read from: new opening hours (even written
+    past the ORM) and a badge issued on the web are there at the next tap, single or batched."""
+    _publish_allowlists(lab)
+    decider = Decider()
+    for _ in range(2):
+        assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "ok"
+        assert _tap(lab, decider, "pi-printer-1", "FEEDF00D", clock()) == "unknown_badge"
+    with lab.engine.begin() as conn:  # printer-1's own hours: Saturdays only
+        printer = conn.execute(select(Machine.id, Machine.site_id).where(Machine.slug == "printer-1")).one()
+        conn.execute(
+            insert(OpeningHours).values(
+                site_id=printer.site_id, machine_id=printer.id, weekday=5, opens=time(10), closes=time(16)
+            )
+        )
+    assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "outside_opening_hours"
+    assert _tap(lab, decider, "pi-laser-1", "04A224B2C35E80", clock()) == "ok"  # the site's hours
+    with lab.session() as s:  # Quinn gets a second badge on the web
+        quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
+        assert quinn is not None
+        s.add(Badge(uid="FEEDF00D", person_id=quinn.id))
+    with lab.engine.begin() as conn:
+        results = decider.decide(
+            conn, [Tap("pi-laser-1", "FEEDF00D"), Tap("pi-printer-1", "FEEDF00D")], clock()
+        )
+    assert [r[1].reason for r in results] == ["ok", "outside_opening_hours"]  # type: ignore[index]
 
 
 def test_open_sessions_at_the_tapping_device_do_not_count_single_or_batched(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
