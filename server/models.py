@@ -147,7 +147,10 @@ class Level(enum.StrEnum):
 
     @property
     def rank(self) -> int:
-        return list(Level).index(self)
+        return _LEVEL_RANKS[self]
+
+
+_LEVEL_RANKS = {level: rank for rank, level in enumerate(Level)}  # (every tap compares levels)
 
 
 class QualificationAction(enum.StrEnum):

@@ -791,6 +791,11 @@ class Bridge:
                 # (An in-memory SQLite database shares its one connection with every thread:
                 # that one keeps its transactions, committed after each use.)
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if conn.dialect.name == "postgresql":
+                # The batch statement (server.services.decision) is prepared once and planned
+                # once: a custom plan per execution cost PostgreSQL 0.5 ms of planning for 0.1 ms
+                # of work. Its plan (index lookups per tap) suits one tap and a hundred alike.
+                conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
             self._tap_conn = conn
         return self._tap_conn
 

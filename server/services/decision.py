@@ -22,9 +22,10 @@ ORM objects: a tap is answered while a person waits at the machine, and the ORM'
 per-query overhead was most of that wait (bench/tap_latency.py). Two ways in:
 
 * :func:`decide` takes an ORM session and machine and reads everything afresh;
-* :class:`Decider` (the bridge's) decides a batch of taps by device id with a few
-  queries for the whole batch, and keeps badges, people, qualification histories and
-  requirements in memory between taps. That cache is exact, not time-based: every
+* :class:`Decider` (the bridge's) decides a batch of taps by device id: on PostgreSQL with
+  one prepared statement for the whole batch (``_BATCH_SQL``), on SQLite with a few
+  queries, and keeps badges, people, qualification histories and requirements in memory
+  between taps. That cache is exact, not time-based: every
   change to those tables through a Session marks every machine's allow-list dirty in
   the same transaction (``allowlists._mark_dirty``), and the flag is cleared only
   together with a version bump. Each tap reads its machine's ``allowlist_dirty`` and
@@ -37,6 +38,7 @@ per-query overhead was most of that wait (bench/tap_latency.py). Two ways in:
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -406,11 +408,7 @@ def load_machine(
         "since": now - STALE_SESSION,
         "request_id": request_id,
     }
-    rows: Sequence[Any]
-    if isinstance(db, Connection) and db.dialect.name == "postgresql":
-        rows = _MACHINE_AND_HOURS_PG.rows(db, {**params, "since": _naive_utc(now - STALE_SESSION)})
-    else:
-        rows = db.execute(_MACHINE_AND_HOURS, params).all()
+    rows = db.execute(_MACHINE_AND_HOURS, params).all()
     if not rows:
         return _machine_of(device_id, None, ()), 0, None
     own, site = _hours_by_owner(rows)
@@ -424,35 +422,88 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-class _Direct:
-    """A Core select run straight on the psycopg cursor of a PostgreSQL connection.
+# A batch of taps on PostgreSQL, in one statement: the taps go in as parallel arrays (device,
+# request id, badge, trainer's badge, and whether to read each badge's facts), and one row per
+# tap comes back, in order, with everything the rules read on every tap: the device's machine,
+# site and type, its opening hours (the machine's own and its site's, as JSON text: the same text
+# stands for the same hours, see Decider._machine_of_row), the answer already recorded for the
+# request id, the badge's person and their open sessions at other devices, and the facts of the
+# badges not in the Decider's memory (status, kind, person, newest qualification entry per
+# competency, as JSON). One statement is one snapshot: the allow-list flags that say whether the
+# memory may be used are read at the same moment as the facts read instead of it.
+_BADGE_FACTS_SQL = """(
+    SELECT json_build_array(fb.status, fb.kind, fp.id, fp.name, fp.active, fp.is_trainer, fp.language,
+        (SELECT json_agg(json_build_array(q.competency_id, q.level, q.action, q.valid_until))
+           FROM (SELECT DISTINCT ON (q.competency_id) q.competency_id, q.level, q.action, q.valid_until
+                   FROM qualifications q WHERE q.person_id = fp.id
+                  ORDER BY q.competency_id, q.id DESC) AS q))
+      FROM badges fb JOIN people fp ON fp.id = fb.person_id
+     WHERE fb.uid = {uid} AND {wanted})"""
+# (Constant text: the f-string only puts one subquery in twice.)
+_BATCH_SQL = f"""
+SELECT t.n, k.*,
+       (SELECT a.response FROM access_decisions a WHERE a.id = t.request_id) AS recorded,
+       b.person_id AS badge_person,
+       (SELECT count(*) FROM sessions x
+         WHERE x.person_id = b.person_id AND x.ended_at IS NULL AND x.started_at > %(since)s
+           AND x.device_id <> t.device_id) AS open_sessions,
+       {_BADGE_FACTS_SQL.format(uid="t.uid", wanted="t.load")} AS badge_facts,
+       {_BADGE_FACTS_SQL.format(uid="t.trainer_uid", wanted="t.load_trainer")} AS trainer_facts
+  FROM unnest(%(device_ids)s::text[], %(request_ids)s::text[], %(uids)s::text[],
+              %(trainer_uids)s::text[], %(load)s::bool[], %(load_trainer)s::bool[])
+       WITH ORDINALITY AS t(device_id, request_id, uid, trainer_uid, load, load_trainer, n)
+  LEFT JOIN LATERAL (
+      SELECT d.id AS device_id, m.id, m.status, m.allowlist_version, m.allowlist_dirty,
+             m.machine_type_id, m.site_id, m.max_session_min, m.guard_min, m.booking_seq,
+             s.timezone, s.card_security, mt.name, mt.name_de,
+             (SELECT json_agg(json_build_array(h.machine_id IS NOT NULL, h.weekday, h.opens, h.closes)
+                              ORDER BY h.id)::text
+                FROM opening_hours h
+               WHERE h.machine_id = m.id OR (h.site_id = m.site_id AND h.machine_id IS NULL)) AS hours
+        FROM devices d
+        LEFT JOIN machines m ON m.id = d.machine_id
+        LEFT JOIN sites s ON s.id = m.site_id
+        LEFT JOIN machine_types mt ON mt.id = m.machine_type_id
+       WHERE d.id = t.device_id) AS k ON true
+  LEFT JOIN LATERAL (SELECT person_id FROM badges WHERE uid = t.uid OFFSET 0) AS b ON true
+ ORDER BY t.n
+"""  # noqa: S608
 
-    For the one statement every tap runs: SQLAlchemy's execution context and result rows cost
-    about 0.12 ms of CPU per execution on the bench machine (the same statement raw took 0.06 ms
-    in all, bench/tap_latency.py), and a tap's answer waits for every bit of that. The SQL is
-    SQLAlchemy's own, compiled once; parameters go in as the column types store them (see
-    :func:`_naive_utc`), rows come back as named tuples with psycopg's types (enum columns as
-    their string values). Errors are raised as SQLAlchemy's, as from ``Connection.execute``.
-    """
 
-    def __init__(self, statement: Any) -> None:
-        self.statement = statement
-        self.sql: str | None = None
-
-    def rows(self, db: Connection, params: Mapping[str, Any]) -> list[Any]:
-        if self.sql is None:
-            self.sql = str(self.statement.compile(dialect=db.dialect))
-        try:
-            raw = db.connection.driver_connection
-            with raw.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
-                cursor.execute(self.sql, params, prepare=True)
-                found: list[Any] = cursor.fetchall()
-                return found
-        except psycopg.Error as exc:
-            raise DBAPIError.instance(self.sql, dict(params), exc, psycopg.Error) from exc
+def _run_batch_pg(db: Connection, params: Mapping[str, Any]) -> list[Any]:
+    """:data:`_BATCH_SQL`, prepared, on the psycopg connection under ``db``; errors as SQLAlchemy's."""
+    try:
+        raw = db.connection.driver_connection
+        with raw.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
+            cursor.execute(_BATCH_SQL, params, prepare=True)
+            found: list[Any] = cursor.fetchall()
+            return found
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(_BATCH_SQL, dict(params), exc, psycopg.Error) from exc
 
 
-_MACHINE_AND_HOURS_PG = _Direct(_MACHINE_AND_HOURS)
+def _badge_of_json(uid: str, facts: Sequence[Any] | None) -> BadgeFacts | None:
+    """A badge's facts from the JSON of :data:`_BADGE_FACTS_SQL` (None: nobody has it)."""
+    if facts is None:
+        return None
+    status, kind, person_id, name, active, is_trainer, language, history = facts
+    newest = {
+        cid: Entry(Level(level), QualificationAction(action), date.fromisoformat(until) if until else None)
+        for cid, level, action, until in history or ()
+    }
+    person = PersonFacts(person_id, name, active, is_trainer, language)
+    return BadgeFacts(uid, BadgeStatus(status), person, newest, BadgeKind(kind))
+
+
+def _hours_of_json(text: str | None) -> tuple[Hours, ...]:
+    """The effective opening hours from the ``hours`` column of :data:`_BATCH_SQL`."""
+    own: list[Hours] = []
+    site: list[Hours] = []
+    for is_own, weekday, opens, closes in json.loads(text) if text else ():
+        (own if is_own else site).append(
+            Hours(weekday, time.fromisoformat(opens), time.fromisoformat(closes))
+        )
+    return tuple(opening_hours.effective(own, site))
 
 
 def load_recorded(db: Reader, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -847,6 +898,10 @@ def _lookup(badges: Mapping[str, BadgeFacts | None], uid: str | None) -> BadgeFa
     return badges[uid.upper()] if uid is not None else None
 
 
+# Machine facts kept by the rows they were made of, at most (Decider._machine_of_row).
+MAX_MACHINE_ROWS = 10_000
+
+
 @dataclass(frozen=True)
 class Tap:
     """One auth/req as the Decider needs it."""
@@ -871,12 +926,16 @@ class Recorded:
 class Decider:
     """The rules of :func:`decide` for a long-running caller (the bridge), with an exact cache.
 
-    Thread-safe. One tap costs one query (machine, opening hours and, for a badge in
-    memory, the person's open sessions); a batch costs one query for the machines, one for
-    their opening hours and one for the open sessions of everyone tapping, whatever its
-    size. Badges not in memory cost one more. Badges (with person and qualification
+    Thread-safe. On PostgreSQL a batch of any size, one tap included, costs one prepared
+    statement (``_BATCH_SQL``: machines, opening hours, recorded answers, open sessions and
+    the badges not in memory); one more only when the allow-list flags it read say the
+    memory is out of date. On SQLite one tap costs one query (machine, opening hours and, for
+    a badge in memory, the person's open sessions); a batch costs one query for the machines,
+    one for their opening hours and one for the open sessions of everyone tapping, whatever
+    its size, and badges not in memory one more. Badges (with person and qualification
     history) and requirements per machine type stay in memory while the allow-list flags
-    say nothing they depend on changed (see the module docstring).
+    say nothing they depend on changed (see the module docstring); so do a machine type's
+    requirements and a machine's bookings (by ``booking_seq``).
     """
 
     def __init__(self, max_badges: int = 100_000) -> None:
@@ -887,6 +946,8 @@ class Decider:
         self._badges: dict[str, BadgeFacts | None] = {}
         self._requirements: dict[int, tuple[RequirementFacts, ...]] = {}
         self._bookings: dict[int, tuple[int, tuple[BookingFacts, ...]]] = {}
+        # Machine facts by the columns of a batch row they are made of (PostgreSQL's path).
+        self._machine_rows: dict[tuple[Any, ...], MachineFacts | ProtocolError] = {}
         self.hits = 0
         self.misses = 0
 
@@ -979,6 +1040,8 @@ class Decider:
         """(machine, verdict) per tap, in order; Recorded for a tap whose ``request_id`` has
         an answer recorded already; a ProtocolError for a tap at an unknown or unassigned
         device, any other exception for a tap the rules failed on."""
+        if isinstance(db, Connection) and db.dialect.name == "postgresql":
+            return self._decide_pg(db, taps, now, max_open_sessions)
         # Per person: open sessions at other devices (a single tap), or per device (a batch).
         counts: dict[int, int] = {}
         sessions: dict[int, OpenSessions] = {}
@@ -1018,32 +1081,155 @@ class Decider:
                 sessions.update(count_open_sessions(db, [person_id], now))
             return sessions[person_id].elsewhere(device_id)
 
+        return [
+            self._apply(
+                db,
+                tap,
+                Recorded(recorded[tap.request_id])
+                if tap.request_id is not None and tap.request_id in recorded
+                else machines[tap.device_id],
+                badges,
+                partial(open_sessions, tap.device_id),
+                generation,
+                now,
+                max_open_sessions,
+            )
+            for tap in taps
+        ]
+
+    def _apply(
+        self,
+        db: Reader,
+        tap: Tap,
+        machine: MachineFacts | ProtocolError | Recorded,
+        badges: Mapping[str, BadgeFacts | None],
+        open_sessions: Callable[[int], int],
+        generation: int | None,
+        now: datetime,
+        max_open_sessions: int,
+    ) -> tuple[MachineFacts, Verdict] | Recorded | Exception:
+        """The rules for one tap whose facts are read (``machine``: a Recorded answer stands)."""
+        if isinstance(machine, (Recorded, ProtocolError)):
+            return machine
+        try:
+            verdict = _rules(
+                machine,
+                badges[tap.badge.upper()],
+                partial(self._load_requirements, db, machine.machine_type_id, generation),
+                now,
+                tap.mode,
+                partial(_lookup, badges, tap.trainer_badge),
+                open_sessions,
+                max_open_sessions,
+                partial(self._load_bookings, db, machine, now),
+                tap.card_auth,
+            )
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:  # a bug in one tap must not cost the others their answer
+            return exc
+        return machine, verdict
+
+    def _machine_of_row(self, device_id: str, row: Any) -> MachineFacts | ProtocolError:
+        """The machine facts in a row of :data:`_BATCH_SQL`, from memory when the same columns
+        came before (the key is every column the facts are made of, device id to hours: exact)."""
+        if row.device_id is None:  # not remembered: anyone can make up device ids
+            return _machine_of(device_id, None, ())
+        key = tuple(row[1:16])
+        with self._lock:
+            found = self._machine_rows.get(key)
+        if found is not None:
+            return found
+        facts = _machine_of(device_id, row, _hours_of_json(row.hours))
+        with self._lock:
+            if len(self._machine_rows) >= MAX_MACHINE_ROWS:
+                self._machine_rows.clear()
+            self._machine_rows[key] = facts
+        return facts
+
+    def _decide_pg(
+        self, db: Connection, taps: Sequence[Tap], now: datetime, max_open_sessions: int
+    ) -> list[tuple[MachineFacts, Verdict] | Recorded | Exception]:
+        """:meth:`decide` on PostgreSQL: the whole batch's facts in one prepared statement
+        (:data:`_BATCH_SQL`). Badges in memory are not read again unless the allow-list flags
+        read with the batch say the memory is out of date (then one more query)."""
+        uids = [t.badge.upper() for t in taps]
+        trainer_uids = [t.trainer_badge.upper() if t.trainer_badge else None for t in taps]
+        with self._lock:
+            before = self._generation
+            cached = {
+                u: self._badges[u] for u in {*uids, *trainer_uids} if u is not None and u in self._badges
+            }
+        wanted: set[str] = set()  # each badge not in memory is read once per batch
+
+        def want(uid: str | None) -> bool:
+            if uid is None or uid in cached or uid in wanted:
+                return False
+            wanted.add(uid)
+            return True
+
+        load = [want(u) for u in uids]
+        load_trainer = [want(u) for u in trainer_uids]
+        rows = _run_batch_pg(
+            db,
+            {
+                "device_ids": [t.device_id for t in taps],
+                "request_ids": [t.request_id for t in taps],
+                "uids": uids,
+                "trainer_uids": trainer_uids,
+                "load": load,
+                "load_trainer": load_trainer,
+                "since": _naive_utc(now - STALE_SESSION),
+            },
+        )
+        machines: list[MachineFacts | ProtocolError] = []
+        loaded: dict[str, BadgeFacts | None] = {}
+        for tap, row, uid, trainer_uid in zip(taps, rows, uids, trainer_uids, strict=True):
+            machines.append(self._machine_of_row(tap.device_id, row))
+            if uid in wanted and uid not in loaded:
+                loaded[uid] = _badge_of_json(uid, row.badge_facts)
+            if trainer_uid is not None and trainer_uid in wanted and trainer_uid not in loaded:
+                loaded[trainer_uid] = _badge_of_json(trainer_uid, row.trainer_facts)
+        generation = self._check(m for m in machines if isinstance(m, MachineFacts))
+        badges: dict[str, BadgeFacts | None] = dict(loaded)
+        if generation is not None and generation == before:
+            badges.update(cached)
+            stale: set[str] = set()
+        else:
+            # Something changed since the memory was filled: what it held is read afresh.
+            stale = set(cached)
+            if stale:
+                badges.update(load_badges(db, stale))
+        with self._lock:
+            self.hits += len(cached) - len(stale)
+            self.misses += len(wanted) + len(stale)
+            if generation is not None and generation == self._generation:
+                fresh = {u: badges[u] for u in wanted | stale}
+                if len(self._badges) + len(fresh) > self.max_badges:
+                    self._badges.clear()
+                self._badges.update(fresh)
+
+        def open_sessions(index: int, person_id: int) -> int:
+            row = rows[index]
+            if row.badge_person == person_id:
+                return int(row.open_sessions)
+            # Not the badge's person as the statement read it (cannot happen while the memory
+            # is exact): ask.
+            return count_open_sessions(db, [person_id], now)[person_id].elsewhere(taps[index].device_id)
+
         results: list[tuple[MachineFacts, Verdict] | Recorded | Exception] = []
-        for tap in taps:
-            if tap.request_id is not None and tap.request_id in recorded:
-                results.append(Recorded(recorded[tap.request_id]))
-                continue
-            machine = machines[tap.device_id]
-            if isinstance(machine, ProtocolError):
-                results.append(machine)
-                continue
-            try:
-                verdict = _rules(
-                    machine,
-                    badges[tap.badge.upper()],
-                    partial(self._load_requirements, db, machine.machine_type_id, generation),
+        for index, (tap, row, machine) in enumerate(zip(taps, rows, machines, strict=True)):
+            recorded = row.recorded
+            results.append(
+                self._apply(
+                    db,
+                    tap,
+                    Recorded(recorded) if recorded is not None and tap.request_id is not None else machine,
+                    badges,
+                    partial(open_sessions, index),
+                    generation,
                     now,
-                    tap.mode,
-                    partial(_lookup, badges, tap.trainer_badge),
-                    partial(open_sessions, tap.device_id),
                     max_open_sessions,
-                    partial(self._load_bookings, db, machine, now),
-                    tap.card_auth,
                 )
-            except SQLAlchemyError:
-                raise
-            except Exception as exc:  # a bug in one tap must not cost the others their answer
-                results.append(exc)
-                continue
-            results.append((machine, verdict))
+            )
         return results

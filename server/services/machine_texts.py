@@ -63,12 +63,16 @@ def render_text(template: str, tz: str, **params: Any) -> dict[str, str]:
 
 
 def _format(value: Any, language: str, tz: str) -> str:
+    if isinstance(value, str):  # most placeholders (a first name): before the Protocol check, which is slow
+        return value
     if isinstance(value, datetime):
         return local_time(value, language, tz)
     if isinstance(value, date):
         return local_date(value, language)
     if isinstance(value, float):  # "3,5" / "3.5" (supervised hours in a training rule's message)
         return local_number(value, language)
+    if isinstance(value, int):  # a count
+        return str(value)
     if isinstance(value, Localised):  # a name with its German form, a level's label
         return value.in_language(language)
     if isinstance(value, dict):  # {"de": ..., "en": ...}: a name that has translations of its own

@@ -130,3 +130,22 @@ def test_rows_handed_over_are_there_for_whoever_waited(lab: Database, clock) -> 
                 assert s.scalar(select(func.count()).select_from(AccessDecision)) == n + 1
     finally:
         log.close()
+
+
+def test_rows_read_back_as_they_went_in(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    """Every column as handed over (on PostgreSQL the rows go in by COPY: moments, JSON, NULLs)."""
+    rows = [_row(n, clock()) for n in range(3)]
+    rows[1].update(person_id=None, session_id="11111111-2222-4333-8444-555555555555", reason="ok")
+    message = {"de": "Hallo Zoë, „bis 14:00“\\n\t"}
+    rows[1]["response"] = {"req": rows[1]["id"], "message": message, "until_s": 1.5}
+    log = DecisionLog(lab, lambda key, n: None)
+    try:
+        log.add(rows)
+        assert log.wait(timeout=5)
+    finally:
+        log.close()
+    with lab.session() as s:
+        stored = {d.id: d for d in s.scalars(select(AccessDecision))}
+    for row in rows:
+        got = stored[row["id"]]
+        assert {name: getattr(got, name) for name in row} == row

@@ -8,25 +8,31 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.adapters.bridge import Bridge
 from server.db import Database
 from server.models import (
     AccessDecision,
+    Badge,
+    Booking,
+    Device,
     Machine,
     MachineSession,
     MachineStatus,
+    OpeningHours,
     Person,
     Qualification,
     QualificationAction,
 )
-from server.services.decision import Decider, Tap, decide, load_machine
-from werkbank_protocol.messages import AuthReq, AuthResp, decode_as
+from server.services.decision import Decider, MachineFacts, Recorded, Tap, decide
+from tests.conftest import BEA, PETE, TINA
+from werkbank_protocol import ProtocolError
+from werkbank_protocol.messages import REASONS, AuthReq, AuthResp, decode_as
 
 DEVICES = {"pi-printer-1": "printer-1", "pi-laser-1": "laser-1", "pi-printer-2": "printer-2"}
 BADGES = [
@@ -131,6 +137,34 @@ def test_machine_state_is_read_on_every_tap(lab: Database, clock) -> None:  # ty
     assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "machine_maintenance"
 
 
+def test_opening_hours_and_a_new_badge_count_from_the_next_tap(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    """Machine facts are remembered by what they were read from: new opening hours (even written
+    past the ORM) and a badge issued on the web are there at the next tap, single or batched."""
+    _publish_allowlists(lab)
+    decider = Decider()
+    for _ in range(2):
+        assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "ok"
+        assert _tap(lab, decider, "pi-printer-1", "FEEDF00D", clock()) == "unknown_badge"
+    with lab.engine.begin() as conn:  # printer-1's own hours: Saturdays only
+        printer = conn.execute(select(Machine.id, Machine.site_id).where(Machine.slug == "printer-1")).one()
+        conn.execute(
+            insert(OpeningHours).values(
+                site_id=printer.site_id, machine_id=printer.id, weekday=5, opens=time(10), closes=time(16)
+            )
+        )
+    assert _tap(lab, decider, "pi-printer-1", "04A224B2C35E80", clock()) == "outside_opening_hours"
+    assert _tap(lab, decider, "pi-laser-1", "04A224B2C35E80", clock()) == "ok"  # the site's hours
+    with lab.session() as s:  # Quinn gets a second badge on the web
+        quinn = s.scalar(select(Person).where(Person.email == "quinn@test.local"))
+        assert quinn is not None
+        s.add(Badge(uid="FEEDF00D", person_id=quinn.id))
+    with lab.engine.begin() as conn:
+        results = decider.decide(
+            conn, [Tap("pi-laser-1", "FEEDF00D"), Tap("pi-printer-1", "FEEDF00D")], clock()
+        )
+    assert [r[1].reason for r in results] == ["ok", "outside_opening_hours"]  # type: ignore[index]
+
+
 def test_open_sessions_at_the_tapping_device_do_not_count_single_or_batched(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
     """Two sessions of Quinn's at printer-1 still open (their ends on their way, docs/faults.md):
     a tap there is no third session, since the agent asks only when it runs none. At the laser
@@ -159,6 +193,126 @@ def test_open_sessions_at_the_tapping_device_do_not_count_single_or_batched(lab:
             conn, [Tap("pi-printer-1", "04A224B2C35E80"), Tap("pi-laser-1", "04A224B2C35E80")], clock()
         )
     assert [r[1].reason for r in results] == ["ok", "session_limit"]  # type: ignore[index]
+
+
+def test_a_mixed_batch_gives_every_reason_as_decide_does(trainer_lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
+    """One batch with a tap for every reason a decision can give (all but ``bad_request``, which
+    no rule gives), a supervised tap, an unknown device and a request answered before: each
+    verdict is decide()'s, cold and again from memory."""
+    quinn = "04A224B2C35E80"
+    now = clock()
+    recorded_id = str(uuid.uuid4())
+    with trainer_lab.session() as s:
+        people = {p.name.split()[0]: p for p in s.scalars(select(Person))}
+        printer, laser = (
+            s.scalar(select(Machine).where(Machine.slug == slug)) for slug in ("printer-1", "laser-1")
+        )
+        assert printer is not None and laser is not None
+        # The laser is Quinn's for the next hour: Pete is refused, Quinn's session ends with it.
+        s.add(
+            Booking(
+                machine_id=laser.id,
+                person_id=people["Quinn"].id,
+                starts_at=now - timedelta(minutes=5),
+                ends_at=now + timedelta(minutes=55),
+            )
+        )
+        laser.booking_seq += 1
+        # Tina runs two sessions at printer-1: at the laser she is at her limit.
+        for i in range(2):
+            s.add(
+                MachineSession(
+                    id=str(uuid.uuid4()),
+                    machine_id=printer.id,
+                    device_id="pi-printer-1",
+                    person_id=people["Tina"].id,
+                    started_at=now - timedelta(minutes=10 + i),
+                )
+            )
+        # Printer 3 keeps hours of its own: Saturdays only.
+        closed = Machine(
+            slug="printer-3",
+            name="Printer 3",
+            site_id=printer.site_id,
+            machine_type_id=printer.machine_type_id,
+        )
+        s.add(closed)
+        s.flush()
+        s.add(Device(id="pi-printer-3", machine_id=closed.id))
+        s.add(
+            OpeningHours(
+                site_id=printer.site_id, machine_id=closed.id, weekday=5, opens=time(10), closes=time(16)
+            )
+        )
+        s.add(
+            AccessDecision(
+                id=recorded_id,
+                device_id="pi-printer-1",
+                badge_uid=quinn,
+                decision="deny",
+                reason="not_qualified",
+                decided_at=now,
+                response={
+                    "req": recorded_id,
+                    "decision": "deny",
+                    "reason": "not_qualified",
+                    "message": {"en": "no"},
+                },
+            )
+        )
+    _publish_allowlists(trainer_lab)
+    expected = [
+        (Tap("pi-printer-1", quinn), "ok"),
+        (Tap("pi-laser-1", quinn), "ok"),  # until the booking ends
+        (Tap("pi-printer-1", "CAFEF00D"), "unknown_badge"),
+        (Tap("pi-printer-1", quinn, card_auth="failed"), "badge_not_genuine"),
+        (Tap("pi-printer-1", "B10CB10C"), "badge_blocked"),
+        (Tap("pi-printer-1", "1AC71AC7"), "person_inactive"),
+        (Tap("pi-printer-2", quinn), "machine_maintenance"),
+        (Tap("pi-printer-3", quinn), "outside_opening_hours"),
+        (Tap("pi-printer-1", "DEADBEEF"), "not_qualified"),
+        (Tap("pi-laser-1", "0BADCAFE"), "qualification_expired"),
+        (Tap("pi-laser-1", "5A5A5A5A"), "trainer_required"),
+        (Tap("pi-laser-1", PETE), "booked_by_other"),
+        (Tap("pi-laser-1", TINA), "session_limit"),
+        (Tap("pi-printer-1", BEA, "supervise", TINA), "ok"),
+        (Tap("pi-printer-1", BEA, "supervise", "DEADBEEF"), "trainer_required"),
+        (Tap("pi-printer-1", BEA, "supervise", "ffffffff"), "trainer_required"),  # nobody's badge
+        (Tap("pi-laser-1", quinn.lower()), "ok"),  # the same badge again, in lower case
+    ]
+    assert {reason for _t, reason in expected} == set(REASONS) - {"bad_request"}
+    taps = [tap for tap, _r in expected]
+    taps += [Tap("pi-unknown-9", quinn), Tap("pi-laser-1", "DEADBEEF", request_id=recorded_id)]
+    decider = Decider()
+    for _ in range(2):  # cold, then from memory
+        with trainer_lab.engine.begin() as conn:
+            results = decider.decide(conn, taps, now)
+        unknown, recorded = results[-2:]
+        assert isinstance(unknown, ProtocolError) and unknown.code == "unknown_device"
+        assert isinstance(recorded, Recorded) and recorded.response["reason"] == "not_qualified"
+        for (tap, reason), result in zip(expected, results, strict=False):
+            assert not isinstance(result, (Exception, Recorded)), (tap, result)
+            facts, verdict = result
+            assert isinstance(facts, MachineFacts)
+            with trainer_lab.session() as s:
+                machine = s.get(Machine, facts.id)
+                assert machine is not None and machine.device is not None
+                assert machine.device.id == tap.device_id
+                plain = decide(
+                    s, machine, tap.badge, now, tap.mode, tap.trainer_badge, card_auth=tap.card_auth
+                )
+            assert (verdict.reason, plain.reason) == (reason, reason), tap
+            assert (verdict.allowed, verdict.until, verdict.until_booking, verdict.trainer_here) == (
+                plain.allowed,
+                plain.until,
+                plain.until_booking,
+                plain.trainer_here,
+            ), tap
+            assert verdict.message == plain.message, tap
+            assert (verdict.person and verdict.person.id) == (plain.person and plain.person.id), tap
+            assert (verdict.trainer and verdict.trainer.id) == (plain.trainer and plain.trainer.id), tap
+        assert results[1][1].until_booking  # type: ignore[index]
+    assert decider.hits > 0
 
 
 @pytest.fixture
@@ -243,10 +397,13 @@ def test_a_database_error_on_the_tap_statement_is_an_sqlalchemy_error(lab: Datab
     connection is replaced)."""
     if lab.engine.dialect.name != "postgresql":
         pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): the direct statement is PostgreSQL's only")
+    decider = Decider()
     with lab.engine.connect() as conn:
-        machine, _count, _stored = load_machine(conn, "pi-printer-1", clock(), None, None)
-        assert not isinstance(machine, Exception) and machine.status == MachineStatus.AVAILABLE
+        [result] = decider.decide(conn, [Tap("pi-printer-1", "04A224B2C35E80")], clock())
+        assert not isinstance(result, (Exception, Recorded)) and result[0].status == MachineStatus.AVAILABLE
         conn.connection.driver_connection.close()  # type: ignore[union-attr]
         with pytest.raises(SQLAlchemyError):
-            load_machine(conn, "pi-printer-1", clock(), None, None)
+            decider.decide(
+                conn, [Tap("pi-printer-1", "04A224B2C35E80"), Tap("pi-laser-1", "DEADBEEF")], clock()
+            )
         conn.invalidate()
