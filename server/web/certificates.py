@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from flask import Flask, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Flask, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import force_locale  # type: ignore[import-untyped,unused-ignore]
 from markupsafe import Markup
@@ -21,7 +21,7 @@ from server.models import Certificate, CertificateKind, Level, Person, Site
 from server.services import attendance, certificates, documents, training
 from server.services.certificates import pretty_code
 from server.services.training import LEVEL_LABELS, STEP_KIND_LABELS, TrainingError
-from server.web.attendance import letterhead, pdf_response
+from server.web.attendance import letterhead, pdf_or_print_view
 from server.web.auth import current, login_required, public, trainer_required
 from server.web.common import web_blueprint
 from server.web.l10n import _, current_language, error_text
@@ -131,7 +131,17 @@ def render_certificates(items: list[Certificate]) -> str:
 
 
 def _pdf(items: list[Certificate], filename: str) -> ResponseReturnValue:
-    return pdf_response(documents.pdf(render_certificates(items)), filename)
+    """The certificates as one PDF; without WeasyPrint, a page offering their print view."""
+    print_url = url_for("certificates.print_view", code=[pretty_code(c.code) for c in items])
+    return pdf_or_print_view(render_certificates(items), filename, "certificates", print_url)[1]
+
+
+def _readable(certificate: Certificate | None, actor: Person) -> bool:
+    """The holder reads their own certificates; staff those of the people they serve."""
+    return certificate is not None and (
+        certificate.person_id == actor.id
+        or ((actor.is_trainer or actor.is_admin) and training.serves(actor, certificate.person))
+    )
 
 
 # -- a person's certificates ----------------------------------------------------------------------
@@ -241,14 +251,32 @@ def pdf(code: str) -> ResponseReturnValue:
     """The certificate's PDF: for its holder, and for staff who serve them."""
     actor = _actor()
     certificate = certificates.by_code(get_db(), code)
-    if certificate is None or not (
-        certificate.person_id == actor.id
-        or ((actor.is_trainer or actor.is_admin) and training.serves(actor, certificate.person))
-    ):
+    if certificate is None or not _readable(certificate, actor):
         abort(404)
     if certificate.revoke_reason == certificates.ERASED:
         abort(410)
     return _pdf([certificate], f"certificate-{certificate.code}.pdf")
+
+
+@bp.get("/print")
+@login_required
+def print_view() -> ResponseReturnValue:
+    """Certificates (``?code=…``, one or more) as the browser's print view: the way out when the
+    server cannot make PDFs. The same rule as the PDF: the holder's own, staff's people."""
+    actor = _actor()
+    db = get_db()
+    codes = request.args.getlist("code")
+    if not codes or len(codes) > 200:
+        abort(404)
+    items = []
+    for code in codes:
+        certificate = certificates.by_code(db, code)
+        if certificate is None or not _readable(certificate, actor):
+            abort(404)
+        if certificate.revoke_reason == certificates.ERASED:
+            abort(410)
+        items.append(certificate)
+    return render_certificates(items)
 
 
 # -- a cohort at once ------------------------------------------------------------------------------
@@ -293,8 +321,8 @@ def cohort() -> ResponseReturnValue:
         ), 400
     db.commit()
     response = _pdf(issued, f"certificates-{name}.pdf")
-    if skipped:
-        response.headers["X-Werkbank-Skipped"] = str(len(skipped))  # type: ignore[union-attr]
+    if skipped and isinstance(response, Response):
+        response.headers["X-Werkbank-Skipped"] = str(len(skipped))
     return response
 
 

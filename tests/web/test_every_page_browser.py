@@ -66,6 +66,7 @@ NOT_PAGES: dict[str, str] = {
     "attendance.sheet_pdf": "PDF",
     "briefings.proof_pdf": "PDF",
     "certificates.pdf": "PDF",
+    "certificates.print_view": "print view, when no PDF can be made (test_proof_pages)",
     "bookings.person_feed": "iCalendar feed",
     "bookings.machine_feed": "iCalendar feed",
     "reports.funder_csv": "CSV download",

@@ -7,13 +7,14 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image, ImageDraw
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from server.extensions import db
 from server.models import (
@@ -479,3 +480,68 @@ def test_outcomes_participants_cannot_record_exits(
     )
     with db.session() as s:
         assert s.scalars(select(ParticipantExit)).all() == []
+
+
+# -- without WeasyPrint --------------------------------------------------------------------------
+
+
+def test_pdfs_without_weasyprint_give_a_page_with_the_print_view(
+    client: FlaskClient,
+    lab: Lab,
+    trained: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When WeasyPrint (or pango) cannot be loaded, a PDF request answers with a page that says
+    so and links the print view (HTTP 503, not a crash), logged and counted; the print view
+    works, and the PDF export is not audited as made."""
+    import sys
+
+    from server.services import documents
+
+    with db.session() as s:
+        bob = s.scalar(select(Person).where(Person.email == lab.other_participant))
+        assert bob is not None
+        bob.cohort = "Kohorte 1"
+    sign_in(client, trained["tina"])
+    english(client)
+    certificate = _issue(client, trained["ada"])
+    monkeypatch.setitem(sys.modules, "weasyprint", None)  # `from weasyprint import HTML` fails
+    monkeypatch.setattr(documents, "FAILED", documents.FAILED.__class__())
+    with db.session() as s:
+        audited = s.scalar(select(func.count(AuditLog.id)).where(AuditLog.action == "attendance.export"))
+    month = datetime.now(UTC).strftime("%Y-%m")
+    asked = {
+        f"/attendance/sheet.pdf?month={month}": "/attendance/sheet/print",
+        "/briefings/proof.pdf?machine_type=laser": "/briefings/proof",
+        f"/certificates/{certificate.code}.pdf": "/certificates/print",
+    }
+    for url, view in asked.items():
+        with caplog.at_level("ERROR"):
+            response = client.get(url)
+        assert response.status_code == 503, url
+        assert response.mimetype == "text/html"
+        html = response.get_data(as_text=True)
+        assert "This server cannot make PDFs at the moment." in html
+        found = re.search(r'href="([^"]+)" data-print-view', html)
+        assert found is not None, html
+        print_url = found.group(1).replace("&amp;", "&")
+        assert print_url.startswith(view), print_url
+        page = client.get(print_url)
+        assert page.status_code == 200 and page.mimetype == "text/html", print_url
+        assert "WeasyPrint" in caplog.text
+    assert dict(documents.FAILED) == {"attendance_sheet": 1, "briefing_proof": 1, "certificates": 1}
+    assert "Laser safety" in client.get(f"/certificates/print?code={certificate.code}").get_data(as_text=True)
+    with db.session() as s:
+        after = s.scalar(select(func.count(AuditLog.id)).where(AuditLog.action == "attendance.export"))
+    assert after == audited + 1  # the sheet's print view, not the refused PDF
+    # The cohort's certificates: issued, then the page offers all of them in one print view.
+    response = client.post(
+        "/certificates/cohort", data={"cohort": "Kohorte 1", "kind": "competence", "language": "en"}
+    )  # Bob holds nothing: skipped
+    assert response.status_code == 503
+    assert "/certificates/print?code=" in response.get_data(as_text=True)
+    # German too.
+    client.get("/language/de")
+    german = client.get(f"/certificates/{certificate.code}.pdf").get_data(as_text=True)
+    assert "Dieser Server kann gerade keine PDFs erstellen." in german
