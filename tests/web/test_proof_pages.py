@@ -545,3 +545,69 @@ def test_pdfs_without_weasyprint_give_a_page_with_the_print_view(
     client.get("/language/de")
     german = client.get(f"/certificates/{certificate.code}.pdf").get_data(as_text=True)
     assert "Dieser Server kann gerade keine PDFs erstellen." in german
+
+
+def test_briefings_content_version_set_on_the_admin_page_is_recorded_and_on_the_proof_list(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    """An admin sets a briefing step's content version (audited); briefings recorded after that
+    keep the new version, earlier ones their own; the proof list shows each. Bad input is refused
+    with the reason and changes nothing."""
+    from server.web.admin import base
+
+    step_url = f"/admin/steps/{trained['briefing']}"
+    form = {
+        "kind": "briefing",
+        "name": "Laser briefing",
+        "name_de": "Laserunterweisung",
+        "leads_to": "briefed",
+    }
+    sign_in(client, trained["tina"])
+    client.post(
+        f"/briefings/people/{trained['ada']}",
+        data={"step_id": trained["briefing"], "signature": _signature()},
+    )
+    sign_in(client, _id(lab.admin))
+    english(client)
+    assert 'value="2026-1"' in client.get(step_url).get_data(as_text=True)
+    refused_before = sum(base.REFUSED.values())
+    for bad, message in (
+        ("2026 <b>", "A version is letters, digits, dots, dashes and slashes"),
+        ("x" * 41, "40"),
+    ):
+        response = client.post(step_url, data={**form, "content_version": bad})
+        assert response.status_code == 400 and message in response.get_data(as_text=True)
+    signoff = {"kind": "signoff", "name": "Laser sign-off", "leads_to": "independent", "content_version": "1"}
+    with db.session() as s:
+        signoff_id = s.scalar(select(TrainingStep.id).where(TrainingStep.name == "Laser sign-off"))
+    response = client.post(f"/admin/steps/{signoff_id}", data=signoff)
+    assert response.status_code == 400
+    assert "Only briefings have a content version" in response.get_data(as_text=True)
+    assert sum(base.REFUSED.values()) == refused_before + 3
+    with db.session() as s:
+        assert s.get(TrainingStep, trained["briefing"]).content_version == "2026-1"  # type: ignore[union-attr]
+    assert client.post(step_url, data={**form, "content_version": " 2026-2 "}).status_code == 302
+    with db.session() as s:
+        assert s.get(TrainingStep, trained["briefing"]).content_version == "2026-2"  # type: ignore[union-attr]
+        logged = s.scalars(select(AuditLog).where(AuditLog.action == "step.update")).one()
+        assert logged.detail == {"content_version": ["2026-1", "2026-2"]}
+    competency_page = client.get(f"/admin/competencies/{trained['safety']}").get_data(as_text=True)
+    assert "content version 2026-2" in competency_page
+    # A briefing now records 2026-2; the one before keeps 2026-1.
+    sign_in(client, trained["tina"])
+    english(client)
+    assert "content version 2026-2" in client.get(f"/briefings/people/{trained['ada']}").get_data(
+        as_text=True
+    )
+    client.post(
+        f"/briefings/people/{trained['ada']}",
+        data={"step_id": trained["briefing"], "signature": _signature()},
+    )
+    with db.session() as s:
+        versions = [
+            c.content_version
+            for c in s.scalars(select(BriefingConfirmation).order_by(BriefingConfirmation.id))
+        ]
+    assert versions == ["2026-1", "2026-2"]
+    proof = client.get("/briefings/proof?machine_type=laser").get_data(as_text=True)
+    assert "<td>2026-2</td>" in proof and "<td>2026-1</td>" in proof
