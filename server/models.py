@@ -173,7 +173,8 @@ class Site(Base):
     card_master_key: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The letterhead of the site's documents (certificates, attendance sheets): postal address
-    # (lines) and a logo as a data URL (PNG or SVG, kept small), both optional.
+    # (lines) and a logo as a data URL (set on the admin's site page: PNG or JPEG, checked and
+    # encoded anew by server.services.letterhead), both optional.
     address: Mapped[str | None] = mapped_column(Text)
     logo: Mapped[str | None] = mapped_column(Text)
 

@@ -133,6 +133,22 @@ class SiteForm(Form):
         ),
     )
 
+    address = TextAreaField(
+        _l("Address on the letterhead"),
+        validators=[Optional(), Length(max=1000)],
+        description=_l(
+            "Printed under the site's name on certificates, attendance sheets and briefing lists: "
+            "up to 6 lines, e.g. street, postcode and town."
+        ),
+        render_kw={"rows": 4},
+    )
+    logo_file = FileField(
+        _l("Logo on the letterhead"),
+        description=_l("A PNG or JPEG picture, at most 512 KB. Leave empty to keep the current logo."),
+        render_kw={"accept": "image/png,image/jpeg"},
+    )
+    remove_logo = BooleanField(_l("Remove the logo"))
+
     def validate_timezone(self, field: Any) -> None:
         try:
             ZoneInfo(str(field.data).strip())
