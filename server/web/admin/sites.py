@@ -7,6 +7,7 @@ from typing import Any
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
+from werkzeug.datastructures import FileStorage
 
 from server.extensions import get_db
 from server.models import CardSecurity, Device, Machine, OpeningHours, Person, Site
@@ -89,7 +90,7 @@ def _letterhead(form: SiteForm, site: Site | None) -> tuple[str | None, str | No
             return None
     logo = site.logo if site is not None else None
     upload = form.logo_file.data
-    if upload is not None and getattr(upload, "filename", ""):
+    if isinstance(upload, FileStorage) and upload.filename:
         try:
             logo = letterhead.check_logo(upload.stream.read(letterhead.MAX_LOGO_BYTES + 1))
         except letterhead.LetterheadError as refused:
