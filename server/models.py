@@ -1198,3 +1198,17 @@ class ProcessHeartbeat(Base):
     seen_at: Mapped[datetime]
     # The bridge: whether it is connected; the scheduler: each job's last run.
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class LabKey(Base):
+    """A key of the lab's own, made on first use (server.services.lab_keys): the Ed25519 key
+    certificates are signed with (its public half published for offline checks), and the HMAC
+    key of the pseudonyms in exports. Kept in the database, so that every process and every
+    container uses the same, and ``werkbank backup`` (which encrypts the database) keeps it."""
+
+    __tablename__ = "lab_keys"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret: Mapped[str] = mapped_column(Text)  # base64: the private key's 32 bytes, or the HMAC key
+    public: Mapped[str | None] = mapped_column(Text)  # base64: an Ed25519 public key's 32 bytes
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

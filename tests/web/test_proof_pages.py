@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -611,3 +612,134 @@ def test_briefings_content_version_set_on_the_admin_page_is_recorded_and_on_the_
     assert versions == ["2026-1", "2026-2"]
     proof = client.get("/briefings/proof?machine_type=laser").get_data(as_text=True)
     assert "<td>2026-2</td>" in proof and "<td>2026-1</td>" in proof
+
+
+# -- signatures: Ed25519, checkable offline -------------------------------------------------------
+
+
+def _offline_check(document: dict[str, object], keys: dict[str, object]) -> bool:
+    """What an employer does with nothing but the `cryptography` package: the facts' canonical
+    JSON, the signature, the lab's published public key."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    parts = str(document["signature"]).split(":")
+    if len(parts) != 3:
+        return False
+    algorithm, key_id, signature = parts
+    published = {k["key_id"]: k["public_key"] for k in keys["keys"]}  # type: ignore[index,attr-defined]
+    if algorithm != "ed25519" or key_id not in published:
+        return False
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(published[key_id]))
+    message = json.dumps(document["facts"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        public.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)), message.encode())
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _leaves(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _leaves(item, (*path, key))]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _leaves(item, (*path, i))]
+    return [path]
+
+
+def _changed(facts: dict[str, object], path: tuple[object, ...]) -> dict[str, object]:
+    copy = json.loads(json.dumps(facts))
+    *parents, last = path
+    holder = copy
+    for key in parents:
+        holder = holder[key]
+    old = holder[last]
+    holder[last] = (
+        (old + 1)
+        if isinstance(old, int | float) and not isinstance(old, bool)
+        else (not old if isinstance(old, bool) else f"{old}x" if old is not None else "x")
+    )
+    return copy  # type: ignore[no-any-return]
+
+
+def test_certificates_are_signed_with_ed25519_and_check_offline_with_the_published_key(
+    client: FlaskClient, lab: Lab, trained: dict[str, int], tmp_path: Path
+) -> None:
+    from server.services import certificates
+
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"])
+    employer = english(client.application.test_client())
+    keys = employer.get("/v/keys.json").get_json()
+    [key] = keys["keys"]
+    assert key["current"] and key["pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    assert certificate.signature.startswith(f"ed25519:{key['key_id']}:")
+    document = employer.get(f"/v/{certificate.code}/signed.json").get_json()
+    assert document["facts"] == certificate.facts and document["key_id"] == key["key_id"]
+    assert _offline_check(document, keys)
+    page = employer.get("/v/keys").get_data(as_text=True)
+    assert key["key_id"] in page and key["public_key"] in page
+    verify_page = employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    assert 'data-verdict="valid"' in verify_page and f"/v/{certificate.code}/signed.json" in verify_page
+    text = pdf_text(client.get(f"/certificates/{certificate.code}.pdf").data, tmp_path)
+    assert key["key_id"] in text  # the paper names the key it was signed with
+
+    # Any signed field changed, the signature or its key id: no longer the lab's, offline or here.
+    paths = _leaves(certificate.facts)
+    assert {("person",), ("code",), ("issued",), ("issued_by",), ("competencies", 0, "level")} <= set(paths)
+    for path in paths:
+        forged = {**document, "facts": _changed(certificate.facts, path)}
+        assert not _offline_check(forged, keys), path
+    algorithm, key_id, signature = certificate.signature.split(":")
+    flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    for bad in (f"{algorithm}:{key_id}:{flipped}", f"{algorithm}:{'0' * 16}:{signature}", "0" * 64):
+        assert not _offline_check({**document, "signature": bad}, keys)
+        assert not certificates.check_offline(
+            certificate.facts, bad, {key["key_id"]: _public(key["public_key"])}
+        )
+    for path in (("person",), ("competencies", 0, "level"), ("issued",)):
+        with db.session() as s:
+            row = s.get(Certificate, certificate.id)
+            assert row is not None
+            row.facts = _changed(certificate.facts, path)
+        assert 'data-verdict="tampered"' in employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    with db.session() as s:
+        row = s.get(Certificate, certificate.id)
+        assert row is not None
+        row.facts = certificate.facts
+    assert 'data-verdict="valid"' in employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    # Revoked: the signature still holds, the page says it no longer stands.
+    client.post(f"/certificates/{certificate.code}/revoke", data={"reason": "issued by mistake"})
+    assert 'data-verdict="revoked"' in employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    assert employer.get("/v/ZZZZ-ZZZZ-ZZ/signed.json").status_code == 404
+
+
+def _public(b64: str) -> object:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64))
+
+
+def test_certificates_signed_with_hmac_before_still_verify(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    """A certificate issued before Ed25519 (HMAC under the certificate key) still reads as
+    genuine, and as tampered when edited; its page says it can only be checked there."""
+    from server.services import certificates
+
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"])
+    old_key = certificates.hmac_key(client.application.config)
+    with db.session() as s:
+        row = s.get(Certificate, certificate.id)
+        assert row is not None
+        row.signature = certificates.hmac_signature(certificate.facts, old_key)
+    employer = english(client.application.test_client())
+    page = employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    assert 'data-verdict="valid"' in page and "only this page can check it" in page
+    assert employer.get(f"/v/{certificate.code}/signed.json").get_json()["algorithm"] == "hmac-sha256"
+    with db.session() as s:
+        row = s.get(Certificate, certificate.id)
+        assert row is not None
+        row.facts = {**certificate.facts, "person": "Someone Else"}
+    assert 'data-verdict="tampered"' in employer.get(f"/v/{certificate.code}").get_data(as_text=True)
