@@ -118,6 +118,10 @@ def pseudonym_key(db: Session) -> bytes:
     return base64.b64decode(row.secret)
 
 
+def has_pseudonym_key(db: Session) -> bool:
+    return db.get(LabKey, PSEUDONYM) is not None
+
+
 def ensure(db: Session) -> None:
     """Make both keys now if they are not there yet (the caller commits)."""
     signing_key(db)
