@@ -322,6 +322,11 @@ def test_backup_restores_into_an_empty_database_with_every_row(
             assert entry is not None and entry.subject == backup_set.name
     finally:
         database.dispose()
+    # The lab's certificate key came back with the database: the same public key, printed.
+    published = run(source, "certificate-key")
+    assert published.exit_code == 0, published.output
+    assert "key id " in published.output and "BEGIN PUBLIC KEY" in published.output
+    assert run(target, "certificate-key").output == published.output
     # The source got its own entry: who made which backup.
     with _session(source) as s:
         made_entry = s.scalar(select(AuditLog).where(AuditLog.action == "backup.created"))
