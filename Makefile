@@ -51,11 +51,12 @@ browser:
 pdf:
 	@{ [ -e /usr/lib/x86_64-linux-gnu/libpango-1.0.so.0 ] || ls /usr/lib/*/libpango-1.0.so.0 >/dev/null 2>&1; } && \
 	  { ls /usr/lib/*/libpangoft2-1.0.so.0 >/dev/null 2>&1; } && \
+	  { ls /usr/lib/*/libharfbuzz-subset.so.0 >/dev/null 2>&1; } && \
 	  command -v pdftotext >/dev/null && command -v pdftoppm >/dev/null && fc-list | grep -qi dejavu || \
 	  { echo "installing pango, fonts and poppler-utils for the PDF documents"; \
-	  (apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils >/dev/null 2>&1 || \
-	   (apt-get update -q && apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils)) \
-	  || { echo "could not install them: run 'apt-get install -y libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils' as root"; exit 1; }; }
+	  (apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils >/dev/null 2>&1 || \
+	   (apt-get update -q && apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils)) \
+	  || { echo "could not install them: run 'apt-get install -y libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils' as root"; exit 1; }; }
 
 # The shipped broker config (deploy/mosquitto) is tested with Debian's Mosquitto itself, which
 # Debian puts in /usr/sbin (often not on a user's PATH); install it when missing. Its own service

@@ -217,6 +217,25 @@ def backup_key_cmd(out: Path | None) -> None:
     )
 
 
+@click.command("certificate-key")
+@with_appcontext
+def certificate_key_cmd() -> None:
+    """Print the lab's public certificate key (made now if there is none yet), to publish it
+    where employers find it without asking this server (docs/proof.md, "Checking offline")."""
+    from server.extensions import db
+    from server.services import lab_keys
+
+    _require_schema("certificate-key")
+    with db.session() as session:
+        lab_keys.signing_key(session)
+    with db.session() as session:
+        for key in lab_keys.public_keys(session):
+            state = "current" if key.current else "retired"
+            click.echo(f"key id {key.key_id} ({state}, made {key.created_at:%Y-%m-%d}), Ed25519")
+            click.echo(f"public key (base64): {key.base64}")
+            click.echo(key.pem.rstrip())
+
+
 @click.command("restore")
 @click.argument("backup_set", metavar="BACKUP", type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -751,6 +770,7 @@ COMMANDS = (
     db_group,
     backup_cmd,
     backup_key_cmd,
+    certificate_key_cmd,
     restore_cmd,
     load_cmd,
     web_cmd,

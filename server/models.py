@@ -176,7 +176,8 @@ class Site(Base):
     card_master_key: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The letterhead of the site's documents (certificates, attendance sheets): postal address
-    # (lines) and a logo as a data URL (PNG or SVG, kept small), both optional.
+    # (lines) and a logo as a data URL (set on the admin's site page: PNG or JPEG, checked and
+    # encoded anew by server.services.letterhead), both optional.
     address: Mapped[str | None] = mapped_column(Text)
     logo: Mapped[str | None] = mapped_column(Text)
 
@@ -1200,3 +1201,17 @@ class ProcessHeartbeat(Base):
     seen_at: Mapped[datetime]
     # The bridge: whether it is connected; the scheduler: each job's last run.
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class LabKey(Base):
+    """A key of the lab's own, made on first use (server.services.lab_keys): the Ed25519 key
+    certificates are signed with (its public half published for offline checks), and the HMAC
+    key of the pseudonyms in exports. Kept in the database, so that every process and every
+    container uses the same, and ``werkbank backup`` (which encrypts the database) keeps it."""
+
+    __tablename__ = "lab_keys"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret: Mapped[str] = mapped_column(Text)  # base64: the private key's 32 bytes, or the HMAC key
+    public: Mapped[str | None] = mapped_column(Text)  # base64: an Ed25519 public key's 32 bytes
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

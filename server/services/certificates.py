@@ -1,13 +1,17 @@
 """Certificates people can use: a participation certificate and a competence pass, signed by
-the lab and verifiable by anyone under a short URL.
+the lab and verifiable by anyone, online under a short URL or offline with the lab's public key.
 
 A certificate stores its *facts* as they stood when it was issued (names, period, hours,
-competencies with level, date, trainer, supervised hours and steps), as plain JSON, and an
-HMAC-SHA256 over their canonical form (sorted keys, no spaces, UTF-8) under the lab's
-certificate key (``WERKBANK_CERTIFICATE_KEY``, else derived from ``SECRET_KEY``). The
-verification page recomputes the HMAC: an edited row in the database no longer verifies, and
-a revoked certificate says so. The code in the URL is 10 random characters (50 bits): it
-cannot be guessed, so the page needs no login.
+competencies with level, date, trainer, supervised hours and steps), as plain JSON, and a
+signature over their canonical form (sorted keys, no spaces, UTF-8): **Ed25519** under the lab's
+signing key (``server.services.lab_keys``, made on first use; its public half is published), as
+``ed25519:<key id>:<signature, base64url>``. Anyone with the public key checks the facts without
+the server (:func:`check_offline`); the verification page checks them too, and whether the lab
+revoked the certificate since. Certificates issued before were signed with HMAC-SHA256 under
+``WERKBANK_CERTIFICATE_KEY`` (else a key derived from ``SECRET_KEY``): a hex signature, which
+only the server can check, and still does (:func:`hmac_key`). An edited row no longer verifies
+either way. The code in the URL is 10 random characters (50 bits): it cannot be guessed, so the
+page needs no login.
 
 Issuing follows the staff rule (``training.check_records``: trainers at their own site,
 admins anywhere, nobody for themselves); every issue and revocation is audited. When a person
@@ -17,6 +21,7 @@ certificates read as withdrawn.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -27,6 +32,8 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -43,7 +50,7 @@ from server.models import (
     StepKind,
     StepRecord,
 )
-from server.services import attendance, audit, qualifications, training
+from server.services import attendance, audit, lab_keys, qualifications, training
 from server.services.training import TrainingError
 
 # Crockford's base32 without I, L, O, U: nothing to misread on paper.
@@ -53,9 +60,13 @@ LANGUAGES = ("de", "en")
 ERASED = "erased"
 
 
-def signing_key(config: Any) -> bytes:
-    """The key certificates are signed with: its own setting, else one derived from SECRET_KEY
-    (so changing SECRET_KEY without setting this one makes issued certificates fail to verify)."""
+ED25519 = "ed25519"
+
+
+def hmac_key(config: Any) -> bytes:
+    """The key certificates issued before Ed25519 were signed with (HMAC-SHA256): its own setting,
+    else one derived from SECRET_KEY (so changing SECRET_KEY without setting this one makes those
+    certificates fail to verify)."""
     own = config.get("CERTIFICATE_KEY")
     if own:
         return str(own).encode()
@@ -66,8 +77,51 @@ def canonical(facts: dict[str, Any]) -> bytes:
     return json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def sign(facts: dict[str, Any], key: bytes) -> str:
+def hmac_signature(facts: dict[str, Any], key: bytes) -> str:
+    """The old signature: HMAC-SHA256, hex (certificates issued before Ed25519)."""
     return hmac.new(key, canonical(facts), hashlib.sha256).hexdigest()
+
+
+def sign(facts: dict[str, Any], key_id: str, private: Ed25519PrivateKey) -> str:
+    """``ed25519:<key id>:<signature>`` (base64url without padding) over the canonical facts."""
+    raw = private.sign(canonical(facts))
+    return f"{ED25519}:{key_id}:{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
+
+
+def check_offline(facts: dict[str, Any], signature: str, public_keys: dict[str, Ed25519PublicKey]) -> bool:
+    """Whether ``signature`` (``ed25519:<key id>:<base64url>``) is the lab's over ``facts``, by
+    one of its public keys (key id to key), as anyone can check it without the server."""
+    parts = signature.split(":")
+    if len(parts) != 3 or parts[0] != ED25519 or parts[1] not in public_keys:
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
+        public_keys[parts[1]].verify(raw, canonical(facts))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def check(db: Session, facts: dict[str, Any], signature: str, legacy_key: bytes) -> bool:
+    """The signature of stored facts: Ed25519 by a key of the lab, or the old HMAC."""
+    if signature.startswith(f"{ED25519}:"):
+        keys = {k.key_id: k.key for k in lab_keys.public_keys(db)}
+        return check_offline(facts, signature, keys)
+    return hmac.compare_digest(signature, hmac_signature(facts, legacy_key))
+
+
+def signed_document(certificate: Certificate) -> dict[str, Any]:
+    """What an employer keeps to check a certificate offline: the facts exactly as signed, the
+    signature, and how (docs/proof.md, "Checking offline")."""
+    algorithm = ED25519 if certificate.signature.startswith(f"{ED25519}:") else "hmac-sha256"
+    return {
+        "format": "werkbank-certificate/1",
+        "algorithm": algorithm,
+        "key_id": certificate.signature.split(":")[1] if algorithm == ED25519 else None,
+        "signed": "the facts' canonical JSON: sorted keys, no spaces, UTF-8",
+        "facts": certificate.facts,
+        "signature": certificate.signature,
+    }
 
 
 def new_code() -> str:
@@ -289,11 +343,10 @@ def _record(
     person: Person,
     kind: CertificateKind,
     language: str,
-    key: bytes,
     now: datetime,
     facts: dict[str, Any],
 ) -> Certificate:
-    """Sign and store the facts as a certificate, audited."""
+    """Sign (Ed25519, the lab's key) and store the facts as a certificate, audited."""
     facts["issued"] = _day(now, person.site.timezone).isoformat()
     facts["issued_by"] = actor.name
     code = new_code()
@@ -307,7 +360,7 @@ def _record(
         site_id=person.site_id,
         language=language,
         facts=facts,
-        signature=sign(facts, key),
+        signature=sign(facts, *lab_keys.signing_key(db)),
         issued_at=now,
         issued_by_id=actor.id,
     )
@@ -330,7 +383,6 @@ def issue(
     person: Person,
     kind: CertificateKind,
     language: str,
-    key: bytes,
     now: datetime,
     *,
     first: date | None = None,
@@ -341,7 +393,7 @@ def issue(
         facts = participation_facts(db, person, now, first, last)
     else:
         facts = _competence(db, person, now)
-    return _record(db, actor, person, kind, language, key, now, facts)
+    return _record(db, actor, person, kind, language, now, facts)
 
 
 def issue_for_cohort(
@@ -351,7 +403,6 @@ def issue_for_cohort(
     cohort: str,
     kind: CertificateKind,
     language: str,
-    key: bytes,
     now: datetime,
 ) -> tuple[list[Certificate], list[tuple[Person, TrainingError]]]:
     """One certificate for each active participant of the cohort at the site; those that cannot
@@ -379,7 +430,7 @@ def issue_for_cohort(
                     raise facts
             else:
                 facts = _competence(db, person, now)
-            issued.append(_record(db, actor, person, kind, language, key, now, facts))
+            issued.append(_record(db, actor, person, kind, language, now, facts))
         except TrainingError as refused:
             if refused.forbidden:
                 raise
@@ -433,12 +484,14 @@ class Verification:
         return self.certificate is not None and self.genuine and not self.revoked
 
 
-def verify(db: Session, code: str, key: bytes) -> Verification:
+def verify(db: Session, code: str, legacy_key: bytes) -> Verification:
+    """The certificate of ``code``, whether its signature (Ed25519, or the old HMAC under
+    ``legacy_key``) matches its stored facts, and whether it was revoked or withdrawn."""
     certificate = by_code(db, code)
     if certificate is None:
         return Verification(None, False, False, False)
     erased = certificate.revoke_reason == ERASED
-    genuine = not erased and hmac.compare_digest(certificate.signature, sign(certificate.facts, key))
+    genuine = not erased and check(db, certificate.facts, certificate.signature, legacy_key)
     return Verification(certificate, genuine, certificate.revoked_at is not None, erased)
 
 

@@ -18,6 +18,7 @@ import logging
 import mimetypes
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -32,6 +33,10 @@ logging.getLogger("fontTools").setLevel(logging.ERROR)
 
 class DocumentError(RuntimeError):
     """The PDF could not be made (WeasyPrint or its system libraries missing: `make pdf`)."""
+
+
+# PDFs refused because WeasyPrint cannot run, by document (the pages offer the print view).
+FAILED: Counter[str] = Counter()
 
 
 def _fetcher() -> Any:

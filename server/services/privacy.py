@@ -8,8 +8,9 @@ qualification history, counted per person) under a pseudonym and removes what id
 the person: name, email, password, programme number, calendar and API tokens, badges and
 every copy of their badge UIDs (sessions, tap decisions, stored events), free-text notes and
 reasons about them, their notifications, and their name in other people's notifications and
-in the audit log. The person row stays (so totals still add up) as "Person 1a2b3c4d",
-inactive, with ``erased_at`` set; cohort and programme stay for group statistics.
+in the audit log. The person row stays (so totals still add up) as "Person 1a2b3c4d" (the
+keyed pseudonym of :func:`pseudonym`), inactive, with ``erased_at`` set; cohort and programme
+stay for group statistics.
 
 Every export and erase is in the audit log (the erase entry names only the pseudonym).
 """
@@ -17,6 +18,7 @@ Every export and erase is in the audit log (the erase entry names only the pseud
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +39,7 @@ from server.models import (
     StepRecord,
     StoredEvent,
 )
-from server.services import audit, programme_data
+from server.services import audit, lab_keys, programme_data
 
 FORMAT_VERSION = 1
 
@@ -46,10 +48,22 @@ class PrivacyError(ValueError):
     """A request the rules refuse (e.g. erasing yourself), with a message a person can act on."""
 
 
-def pseudonym(person_id: int) -> str:
-    """A stable label for a person without their name: the same id gives the same label."""
-    digest = hashlib.blake2b(f"werkbank-person-{person_id}".encode(), digest_size=4).hexdigest()
+def pseudonym(person_id: int, key: bytes) -> str:
+    """A stable label for a person without their name: the same id gives the same label under
+    the lab's pseudonym key (``lab_keys.pseudonym_key``), in every export. Keyed (HMAC-SHA256), so
+    that nobody without the key can make the label of a person number, or of every number, and
+    so find whom a label stands for."""
+    digest = hmac.new(key, f"werkbank-person-{person_id}".encode(), hashlib.sha256).hexdigest()[:8]
     return f"Person {digest}"
+
+
+def label_of(person_id: int, name: str | None, erased: bool, key: bytes) -> str:
+    """How exports without names call a person: an erased person by the label they were given
+    when erased (their name since; erasures before the key kept their unkeyed label), anyone
+    else by :func:`pseudonym`."""
+    if erased and name:
+        return name
+    return pseudonym(person_id, key)
 
 
 def _iso(value: Any) -> Any:
@@ -228,7 +242,8 @@ def erase(db: Session, person: Person, actor: Person | None, now: datetime) -> s
     """
     if actor is not None and actor.id == person.id:
         raise PrivacyError("You cannot erase yourself. Ask another admin.")
-    label = pseudonym(person.id)
+    # Erasing again keeps the label given the first time (it may be from before the key).
+    label = person.name if person.erased_at is not None else pseudonym(person.id, lab_keys.pseudonym_key(db))
     uids = [b.uid for b in person.badges]
     # What identifies the person wherever it was copied: replaced by the pseudonym (names) or
     # removed (email, badge UIDs, programme number).

@@ -34,8 +34,9 @@ from server.models import (
     UsageDaily,
     in_language,
 )
+from server.services import lab_keys
 from server.services.outcomes import ProgrammeOutcomes, outcomes
-from server.services.privacy import pseudonym
+from server.services.privacy import label_of
 
 MAX_MONTHS = 60  # five years: the longest period a report covers
 # What counts as "granted in the period": a new grant or a renewal (not expiry or revocation).
@@ -106,6 +107,7 @@ class ParticipantRow:
     usage: Usage
     hours_by_type: dict[int, float]  # machine type id -> unlocked seconds
     qualifications: list[GrantedQualification] = field(default_factory=list)
+    pseudonym: str = ""  # the pseudonym, whatever ``label`` is (the special categories' export)
 
 
 @dataclass
@@ -299,6 +301,7 @@ def funder_report(
             Competency.name_de,
             trainer.name,
             Person.site_id,
+            trainer.erased_at,
         )
         .join(Person, Person.id == Qualification.person_id)
         .join(Competency, Competency.id == Qualification.competency_id)
@@ -337,9 +340,11 @@ def funder_report(
         ).where(*who)
     ).all()
 
-    def label(person_id: int, name: str | None) -> str:
+    key = lab_keys.pseudonym_key(db)
+
+    def label(person_id: int, name: str | None, erased: bool) -> str:
         if pseudonyms or not name:
-            return pseudonym(person_id)
+            return label_of(person_id, name, erased, key)
         return name
 
     def local_day(site: int, when: datetime) -> date:
@@ -348,13 +353,16 @@ def funder_report(
 
     info = {p.id: p for p in people}
     qualifications: list[GrantedQualification] = []
-    for pid, level, action, valid_until, created_at, trainer_id, comp, comp_de, trainer_name, site in grants:
+    for grant in grants:
+        pid, level, action, valid_until, created_at, trainer_id, comp, comp_de, trainer_name, site, gone = (
+            grant
+        )
         p = info[pid]
-        trainer_label = "" if trainer_id is None else label(trainer_id, trainer_name)
+        trainer_label = "" if trainer_id is None else label(trainer_id, trainer_name, gone is not None)
         qualifications.append(
             GrantedQualification(
                 person_id=pid,
-                person=label(pid, p.name),
+                person=label(pid, p.name, p.erased_at is not None),
                 cohort=p.cohort or "",
                 programme=p.programme or "",
                 competency=in_language(comp, comp_de, lang),
@@ -392,7 +400,8 @@ def funder_report(
         rows.append(
             ParticipantRow(
                 person_id=p.id,
-                label=label(p.id, p.name),
+                label=label(p.id, p.name, p.erased_at is not None),
+                pseudonym=label_of(p.id, p.name, p.erased_at is not None, key),
                 cohort=p.cohort or "",
                 programme=p.programme or "",
                 is_new=is_new,

@@ -25,6 +25,7 @@ from server.models import (
     StepRecord,
     TrainingStep,
 )
+from server.services import lab_keys
 from server.services.privacy import pseudonym
 
 HOUR = 3600.0
@@ -132,12 +133,19 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> date
     return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
+# Gus was erased before pseudonyms were keyed: his label (now his name) is an unkeyed one.
+GUS_LABEL = "Person 0a1b2c3d"
+
+
 @dataclass
 class Scenario:
     ids: dict[str, int] = field(default_factory=dict)
+    key: bytes = b""  # the lab's pseudonym key
 
     def label(self, name: str) -> str:
-        return pseudonym(self.ids[name])
+        if name == "gus":
+            return GUS_LABEL
+        return pseudonym(self.ids[name], self.key)
 
 
 def build_scenario(s: Session) -> Scenario:
@@ -151,7 +159,8 @@ def build_scenario(s: Session) -> Scenario:
     - Cem (Cohort B, P2): deactivated, last use 1 h laser in March: active and finished.
     - Dora (Cohort B, P2): deactivated, last use November 2025: not in the report.
     - Eli (Cohort B, P2): no machine use, a training step on 20 March: active.
-    - Gus (Cohort A, P1): erased on 5 March 2026 (name already his pseudonym), used the printer
+    - Gus (Cohort A, P1): erased on 5 March 2026 (name already his pseudonym, one made before
+      pseudonyms were keyed), used the printer
       0.5 h in January: active and finished.
     - Fay: a participant of site "sued" (printer 4 h in February); Tina: trainer, not a
       participant, laser 5 h in January: neither is in nord's report.
@@ -180,7 +189,7 @@ def build_scenario(s: Session) -> Scenario:
     dora = f.person("Dora Drill", nord, old, "Cohort B", "P2", active=False)
     eli = f.person("Eli Etcher", nord, old, "Cohort B", "P2")
     gus = f.person("placeholder", nord, old, "Cohort A", "P1", active=False, erased_at=utc(2026, 3, 5, 10))
-    gus.name = pseudonym(gus.id)
+    gus.name = GUS_LABEL
     fay = f.person("Fay Faraway", sued, old, "Cohort A", "P1")
 
     f.use(ada, printer, date(2025, 12, 1), 1.0)
@@ -211,4 +220,5 @@ def build_scenario(s: Session) -> Scenario:
         "fdm": fdm.id,
         "laser": laser.id,
     }
+    out.key = lab_keys.pseudonym_key(s)
     return out

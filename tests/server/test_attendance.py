@@ -348,7 +348,7 @@ def test_attendance_cohort_certificates_count_each_persons_own_period(entrance: 
         )
 
         issued, skipped = certificates.issue_for_cohort(
-            s, tina, site.id, quinn.cohort or "", CertificateKind.PARTICIPATION, "en", b"k" * 32, now
+            s, tina, site.id, quinn.cohort or "", CertificateKind.PARTICIPATION, "en", now
         )
         assert skipped == []
         facts = {c.person_id: c.facts for c in issued}

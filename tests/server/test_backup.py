@@ -35,7 +35,7 @@ from server.config import TestConfig
 from server.db import Database, make_engine, normalise_url
 from server.migrate import upgrade
 from server.models import AuditLog, Base, Notification, Person
-from server.services import audit, notifications
+from server.services import audit, lab_keys, notifications
 from server.services.mail import SmtpSettings
 from tests.server.test_notifications import Inbox, smtp_server  # noqa: F401 - a fixture
 
@@ -205,6 +205,7 @@ def fill(url: str) -> None:
         assert someone is not None
         audit.record(s, admin, "qualification.grant", f"person {someone.id}", {"level": "briefed"})
         audit.record(s, None, "badge.block", f"person {someone.id}", {"reason": "lost"})
+        lab_keys.ensure(s)  # the certificate signing key and the pseudonym key
     database.dispose()
 
 
@@ -259,7 +260,7 @@ def test_backup_restores_into_an_empty_database_with_every_row(
 ) -> None:
     source = new_database(filled=True)
     before = snapshot(source)
-    for name in ("people", "sessions", "qualifications", "audit_log", "badges", "bookings"):
+    for name in ("people", "sessions", "qualifications", "audit_log", "badges", "bookings", "lab_keys"):
         assert before[name], f"the demo history has no {name}"
 
     made = run(source, "backup", **kit.config())
@@ -269,8 +270,11 @@ def test_backup_restores_into_an_empty_database_with_every_row(
     assert sorted(p.name for p in backup_set.iterdir()) == [DATABASE, MANIFEST, SECRETS]
     # Nothing of the data or the secrets is readable without the key.
     sealed = (backup_set / DATABASE).read_bytes() + (backup_set / SECRETS).read_bytes()
+    lab_secrets = [row[1] for row in before["lab_keys"]]  # the lab's keys (base64), restored below
     for plain in (ADMIN_EMAIL, "test-secret-key", "bridge-secret-pw", "pi-laser-1", "certificate-key-1234"):
         assert plain.encode() not in sealed, plain
+    for secret in lab_secrets:
+        assert secret.encode() not in sealed
     assert stat.S_IMODE(backup_set.stat().st_mode) == 0o700
     manifest = json.loads((backup_set / MANIFEST).read_text())
     assert manifest["database"] == backend
@@ -318,6 +322,11 @@ def test_backup_restores_into_an_empty_database_with_every_row(
             assert entry is not None and entry.subject == backup_set.name
     finally:
         database.dispose()
+    # The lab's certificate key came back with the database: the same public key, printed.
+    published = run(source, "certificate-key")
+    assert published.exit_code == 0, published.output
+    assert "key id " in published.output and "BEGIN PUBLIC KEY" in published.output
+    assert run(target, "certificate-key").output == published.output
     # The source got its own entry: who made which backup.
     with _session(source) as s:
         made_entry = s.scalar(select(AuditLog).where(AuditLog.action == "backup.created"))

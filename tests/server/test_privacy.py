@@ -23,7 +23,7 @@ from server.models import (
     Person,
     StepRecord,
 )
-from server.services import privacy, training
+from server.services import lab_keys, privacy, training
 from server.services.ingest import ingest_event
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import SessionEnded, SessionStarted
@@ -152,7 +152,9 @@ def test_privacy_erase_leaves_no_trace_but_keeps_the_hours(lab: Database) -> Non
         quinn_id = quinn.id
         label = privacy.erase(s, quinn, tina, NOW)
         s.commit()
-    assert label == privacy.pseudonym(quinn_id) and label.startswith("Person ")
+    with lab.session() as s:
+        key = lab_keys.pseudonym_key(s)
+    assert label == privacy.pseudonym(quinn_id, key) and label.startswith("Person ")
     with lab.session() as s:
         # Nothing in any table still names Quinn, her email or her badge.
         everything = []
@@ -174,6 +176,17 @@ def test_privacy_erase_leaves_no_trace_but_keeps_the_hours(lab: Database) -> Non
         assert erased.detail == {"pseudonym": label} and erased.actor_id == tina.id
 
 
+def test_privacy_erasing_again_keeps_the_label_given_first(lab: Database) -> None:
+    """Someone erased before pseudonyms were keyed keeps their label (it is their name since, and
+    reports call them by it); erasing them again changes nothing."""
+    with lab.session() as s:
+        quinn, tina = _person(s, "Quinn Qualified"), _person(s, "Tina Trainer")
+        first = privacy.erase(s, quinn, tina, NOW)
+        assert privacy.erase(s, quinn, tina, NOW) == first == quinn.name
+        quinn.name = "Person 0a1b2c3d"  # as an erasure before the key named her
+        assert privacy.erase(s, quinn, tina, NOW) == "Person 0a1b2c3d" == quinn.name
+
+
 def test_privacy_nobody_erases_themselves(lab: Database) -> None:
     with lab.session() as s:
         tina = _person(s, "Tina Trainer")
@@ -190,7 +203,8 @@ def test_privacy_retention_purges_ended_participants_only(lab: Database) -> None
         assert privacy.purge_ended(s, later, 12) == [], "not long enough ago"
         erased = privacy.purge_ended(s, later, 6)
         s.commit()
-    assert erased == [privacy.pseudonym(ivy_id)]
+    with lab.session() as s:
+        assert erased == [privacy.pseudonym(ivy_id, lab_keys.pseudonym_key(s))]
     with lab.session() as s:
         assert s.get(Person, ivy_id).erased_at is not None  # type: ignore[union-attr]
         assert _person(s, "Quinn Qualified").erased_at is None, "active participants stay"

@@ -22,7 +22,7 @@ from server.models import (
     Site,
     SpecialValue,
 )
-from server.services import privacy, programme_data
+from server.services import lab_keys, privacy, programme_data
 from server.services.programme_data import FieldSpec, ProgrammeDataError
 from server.services.training import TrainingError
 
@@ -436,7 +436,8 @@ def test_programme_data_erased_by_the_retention_rule(
         ada.active = False
         ada.created_at = NOW - timedelta(days=800)
         s.commit()
-        assert privacy.purge_ended(s, NOW + timedelta(days=1), 12) == [privacy.pseudonym(people["ada"])]
+        erased = privacy.purge_ended(s, NOW + timedelta(days=1), 12)
+        assert erased == [privacy.pseudonym(people["ada"], lab_keys.pseudonym_key(s))]
         s.commit()
         assert s.scalar(select(func.count()).select_from(SpecialValue)) == 0
         assert s.scalar(select(func.count()).select_from(Consent)) == 0

@@ -145,14 +145,46 @@ def test_reports_pseudonyms_are_stable_and_hide_trainers(database: Database, wor
     again = _report(database, world.ids["nord"], pseudonyms=True)
     assert [r.label for r in hidden.participants] == [r.label for r in again.participants]
     labels = {r.person_id: r.label for r in hidden.participants}
-    assert labels[world.ids["ada"]] == pseudonym(world.ids["ada"])
+    assert labels[world.ids["ada"]] == world.label("ada") == pseudonym(world.ids["ada"], world.key)
     every_text = repr(hidden)
     for name in ("Ada", "Ben", "Cem", "Eli", "Tina"):
         assert name not in every_text
-    assert hidden.qualifications[0].trainer == pseudonym(world.ids["tina"])
-    # An erased person carries the same label with and without pseudonyms.
+    assert hidden.qualifications[0].trainer == world.label("tina")
+    # An erased person carries the same label with and without pseudonyms: the one given when
+    # erased (here one from before pseudonyms were keyed).
     gus = world.ids["gus"]
-    assert {r.person_id: r.label for r in plain.participants}[gus] == labels[gus] == pseudonym(gus)
+    assert {r.person_id: r.label for r in plain.participants}[gus] == labels[gus] == world.label("gus")
+
+
+def test_reports_pseudonyms_cannot_be_made_without_the_labs_key(database: Database, world: Scenario) -> None:
+    """Whoever has a pseudonymised report and knows the person numbers (they are in the pages'
+    addresses) or the names cannot find whom a pseudonym stands for: the labels are keyed with
+    the lab's own secret. (Before, the label was a plain hash of the person number.)"""
+    import hashlib
+
+    hidden = _report(database, world.ids["nord"], pseudonyms=True)
+    labels = {r.label for r in hidden.participants} | {q.trainer for q in hidden.qualifications}
+    labels.discard(world.label("gus"))  # erased before the key: keeps his old label
+
+    def unkeyed(text: str) -> set[str]:
+        return {
+            "Person " + hashlib.blake2b(text.encode(), digest_size=4).hexdigest(),
+            "Person " + hashlib.sha256(text.encode()).hexdigest()[:8],
+            "Person " + hashlib.md5(text.encode()).hexdigest()[:8],
+        }
+
+    guesses: set[str] = set()
+    for number in range(1, 2000):
+        for text in (f"werkbank-person-{number}", str(number), f"person-{number}"):
+            guesses |= unkeyed(text)
+    for name in ("Ada Lovelace", "Ben Builder", "Cem Carver", "Eli Etcher", "Tina Trainer"):
+        guesses |= unkeyed(name)
+    assert labels and not labels & guesses
+    # Another lab (another key) gives the same person number another label; this lab's stays.
+    assert pseudonym(world.ids["ada"], b"another lab's key") != world.label("ada")
+    assert {r.label for r in _report(database, world.ids["nord"], pseudonyms=True).participants} == {
+        r.label for r in hidden.participants
+    }
 
 
 def test_reports_cohort_and_programme_filters(database: Database, world: Scenario) -> None:
@@ -195,7 +227,8 @@ def test_reports_a_fixed_number_of_queries(database: Database, world: Scenario) 
         return len(statements)
 
     before = count()
-    assert before <= 9  # sites, use, grants, steps, people, machine types, exits, targets, machines
+    # sites, use, grants, steps, the pseudonym key, people, machine types, exits, targets, machines
+    assert before <= 10
     with database.session() as s:
         _more_people(s, world, 40)
     assert count() == before

@@ -67,6 +67,9 @@ NOT_PAGES: dict[str, str] = {
     "attendance.sheet_pdf": "PDF",
     "briefings.proof_pdf": "PDF",
     "certificates.pdf": "PDF",
+    "verify.keys_json": "JSON: the lab's public keys",
+    "verify.signed": "JSON: a certificate's signed facts",
+    "certificates.print_view": "print view, when no PDF can be made (test_proof_pages)",
     "bookings.person_feed": "iCalendar feed",
     "bookings.machine_feed": "iCalendar feed",
     "reports.funder_csv": "CSV download",
@@ -126,6 +129,7 @@ def visits(ids: DemoIds) -> dict[str, list[Visit]]:
     return {
         "auth.login": [Visit("guest", "/login")],
         "verify.certificate": [Visit("guest", f"/v/{ids.certificate}")],
+        "verify.keys": [Visit("guest", "/v/keys")],
         # The participant's pages.
         "web.overview": [Visit("jonas", "/"), Visit("tom", "/")],
         "web.me": [Visit("jonas", "/me"), Visit("sara", "/me")],
@@ -243,8 +247,7 @@ def _ids(app: Flask) -> DemoIds:
             created_by_id=jonas.id,
         )
         s.add(booking)
-        key = certificates.signing_key(app.config)
-        issued = certificates.issue(s, trainer, jonas, CertificateKind.COMPETENCE, "de", key, now)
+        issued = certificates.issue(s, trainer, jonas, CertificateKind.COMPETENCE, "de", now)
         s.commit()
         field = s.scalars(select(ProgrammeField).order_by(ProgrammeField.id)).first()
         assert field is not None, "the demo asks for programme data"

@@ -7,13 +7,15 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image, ImageDraw
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from server.adapters.scheduler import prompt_follow_ups
 from server.adapters.web.reports import CSV_DELIMITER
@@ -479,3 +481,265 @@ def test_outcomes_participants_cannot_record_exits(
     )
     with db.session() as s:
         assert s.scalars(select(ParticipantExit)).all() == []
+
+
+# -- without WeasyPrint --------------------------------------------------------------------------
+
+
+def test_pdfs_without_weasyprint_give_a_page_with_the_print_view(
+    client: FlaskClient,
+    lab: Lab,
+    trained: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When WeasyPrint (or pango) cannot be loaded, a PDF request answers with a page that says
+    so and links the print view (HTTP 503, not a crash), logged and counted; the print view
+    works, and the PDF export is not audited as made."""
+    import sys
+
+    from server.services import documents
+
+    with db.session() as s:
+        bob = s.scalar(select(Person).where(Person.email == lab.other_participant))
+        assert bob is not None
+        bob.cohort = "Kohorte 1"
+    sign_in(client, trained["tina"])
+    english(client)
+    certificate = _issue(client, trained["ada"])
+    monkeypatch.setitem(sys.modules, "weasyprint", None)  # `from weasyprint import HTML` fails
+    monkeypatch.setattr(documents, "FAILED", documents.FAILED.__class__())
+    with db.session() as s:
+        audited = s.scalar(select(func.count(AuditLog.id)).where(AuditLog.action == "attendance.export"))
+    month = datetime.now(UTC).strftime("%Y-%m")
+    asked = {
+        f"/attendance/sheet.pdf?month={month}": "/attendance/sheet/print",
+        "/briefings/proof.pdf?machine_type=laser": "/briefings/proof",
+        f"/certificates/{certificate.code}.pdf": "/certificates/print",
+    }
+    for url, view in asked.items():
+        with caplog.at_level("ERROR"):
+            response = client.get(url)
+        assert response.status_code == 503, url
+        assert response.mimetype == "text/html"
+        html = response.get_data(as_text=True)
+        assert "This server cannot make PDFs at the moment." in html
+        found = re.search(r'href="([^"]+)" data-print-view', html)
+        assert found is not None, html
+        print_url = found.group(1).replace("&amp;", "&")
+        assert print_url.startswith(view), print_url
+        page = client.get(print_url)
+        assert page.status_code == 200 and page.mimetype == "text/html", print_url
+        assert "WeasyPrint" in caplog.text
+    assert dict(documents.FAILED) == {"attendance_sheet": 1, "briefing_proof": 1, "certificates": 1}
+    assert "Laser safety" in client.get(f"/certificates/print?code={certificate.code}").get_data(as_text=True)
+    with db.session() as s:
+        after = s.scalar(select(func.count(AuditLog.id)).where(AuditLog.action == "attendance.export"))
+    assert after == audited + 1  # the sheet's print view, not the refused PDF
+    # The cohort's certificates: issued, then the page offers all of them in one print view.
+    response = client.post(
+        "/certificates/cohort", data={"cohort": "Kohorte 1", "kind": "competence", "language": "en"}
+    )  # Bob holds nothing: skipped
+    assert response.status_code == 503
+    assert "/certificates/print?code=" in response.get_data(as_text=True)
+    # German too.
+    client.get("/language/de")
+    german = client.get(f"/certificates/{certificate.code}.pdf").get_data(as_text=True)
+    assert "Dieser Server kann gerade keine PDFs erstellen." in german
+
+
+def test_briefings_content_version_set_on_the_admin_page_is_recorded_and_on_the_proof_list(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    """An admin sets a briefing step's content version (audited); briefings recorded after that
+    keep the new version, earlier ones their own; the proof list shows each. Bad input is refused
+    with the reason and changes nothing."""
+    from server.adapters.web.admin import base
+
+    step_url = f"/admin/steps/{trained['briefing']}"
+    form = {
+        "kind": "briefing",
+        "name": "Laser briefing",
+        "name_de": "Laserunterweisung",
+        "leads_to": "briefed",
+    }
+    sign_in(client, trained["tina"])
+    client.post(
+        f"/briefings/people/{trained['ada']}",
+        data={"step_id": trained["briefing"], "signature": _signature()},
+    )
+    sign_in(client, _id(lab.admin))
+    english(client)
+    assert 'value="2026-1"' in client.get(step_url).get_data(as_text=True)
+    refused_before = sum(base.REFUSED.values())
+    for bad, message in (
+        ("2026 <b>", "A version is letters, digits, dots, dashes and slashes"),
+        ("x" * 41, "40"),
+    ):
+        response = client.post(step_url, data={**form, "content_version": bad})
+        assert response.status_code == 400 and message in response.get_data(as_text=True)
+    signoff = {"kind": "signoff", "name": "Laser sign-off", "leads_to": "independent", "content_version": "1"}
+    with db.session() as s:
+        signoff_id = s.scalar(select(TrainingStep.id).where(TrainingStep.name == "Laser sign-off"))
+    response = client.post(f"/admin/steps/{signoff_id}", data=signoff)
+    assert response.status_code == 400
+    assert "Only briefings have a content version" in response.get_data(as_text=True)
+    assert sum(base.REFUSED.values()) == refused_before + 3
+    with db.session() as s:
+        assert s.get(TrainingStep, trained["briefing"]).content_version == "2026-1"  # type: ignore[union-attr]
+    assert client.post(step_url, data={**form, "content_version": " 2026-2 "}).status_code == 302
+    with db.session() as s:
+        assert s.get(TrainingStep, trained["briefing"]).content_version == "2026-2"  # type: ignore[union-attr]
+        logged = s.scalars(select(AuditLog).where(AuditLog.action == "step.update")).one()
+        assert logged.detail == {"content_version": ["2026-1", "2026-2"]}
+    competency_page = client.get(f"/admin/competencies/{trained['safety']}").get_data(as_text=True)
+    assert "content version 2026-2" in competency_page
+    # A briefing now records 2026-2; the one before keeps 2026-1.
+    sign_in(client, trained["tina"])
+    english(client)
+    assert "content version 2026-2" in client.get(f"/briefings/people/{trained['ada']}").get_data(
+        as_text=True
+    )
+    client.post(
+        f"/briefings/people/{trained['ada']}",
+        data={"step_id": trained["briefing"], "signature": _signature()},
+    )
+    with db.session() as s:
+        versions = [
+            c.content_version
+            for c in s.scalars(select(BriefingConfirmation).order_by(BriefingConfirmation.id))
+        ]
+    assert versions == ["2026-1", "2026-2"]
+    proof = client.get("/briefings/proof?machine_type=laser").get_data(as_text=True)
+    assert "<td>2026-2</td>" in proof and "<td>2026-1</td>" in proof
+
+
+# -- signatures: Ed25519, checkable offline -------------------------------------------------------
+
+
+def _offline_check(document: dict[str, object], keys: dict[str, object]) -> bool:
+    """What an employer does with nothing but the `cryptography` package: the facts' canonical
+    JSON, the signature, the lab's published public key."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    parts = str(document["signature"]).split(":")
+    if len(parts) != 3:
+        return False
+    algorithm, key_id, signature = parts
+    published = {k["key_id"]: k["public_key"] for k in keys["keys"]}  # type: ignore[index,attr-defined]
+    if algorithm != "ed25519" or key_id not in published:
+        return False
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(published[key_id]))
+    message = json.dumps(document["facts"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        public.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)), message.encode())
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _leaves(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _leaves(item, (*path, key))]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _leaves(item, (*path, i))]
+    return [path]
+
+
+def _changed(facts: dict[str, object], path: tuple[object, ...]) -> dict[str, object]:
+    copy = json.loads(json.dumps(facts))
+    *parents, last = path
+    holder = copy
+    for key in parents:
+        holder = holder[key]
+    old = holder[last]
+    holder[last] = (
+        (old + 1)
+        if isinstance(old, int | float) and not isinstance(old, bool)
+        else (not old if isinstance(old, bool) else f"{old}x" if old is not None else "x")
+    )
+    return copy  # type: ignore[no-any-return]
+
+
+def test_certificates_are_signed_with_ed25519_and_check_offline_with_the_published_key(
+    client: FlaskClient, lab: Lab, trained: dict[str, int], tmp_path: Path
+) -> None:
+    from server.services import certificates
+
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"])
+    employer = english(client.application.test_client())
+    keys = employer.get("/v/keys.json").get_json()
+    [key] = keys["keys"]
+    assert key["current"] and key["pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    assert certificate.signature.startswith(f"ed25519:{key['key_id']}:")
+    document = employer.get(f"/v/{certificate.code}/signed.json").get_json()
+    assert document["facts"] == certificate.facts and document["key_id"] == key["key_id"]
+    assert _offline_check(document, keys)
+    page = employer.get("/v/keys").get_data(as_text=True)
+    assert key["key_id"] in page and key["public_key"] in page
+    verify_page = employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    assert 'data-verdict="valid"' in verify_page and f"/v/{certificate.code}/signed.json" in verify_page
+    text = pdf_text(client.get(f"/certificates/{certificate.code}.pdf").data, tmp_path)
+    assert key["key_id"] in text  # the paper names the key it was signed with
+
+    # Any signed field changed, the signature or its key id: no longer the lab's, offline or here.
+    paths = _leaves(certificate.facts)
+    assert {("person",), ("code",), ("issued",), ("issued_by",), ("competencies", 0, "level")} <= set(paths)
+    for path in paths:
+        forged = {**document, "facts": _changed(certificate.facts, path)}
+        assert not _offline_check(forged, keys), path
+    algorithm, key_id, signature = certificate.signature.split(":")
+    flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    for bad in (f"{algorithm}:{key_id}:{flipped}", f"{algorithm}:{'0' * 16}:{signature}", "0" * 64):
+        assert not _offline_check({**document, "signature": bad}, keys)
+        assert not certificates.check_offline(
+            certificate.facts, bad, {key["key_id"]: _public(key["public_key"])}
+        )
+    for path in (("person",), ("competencies", 0, "level"), ("issued",)):
+        with db.session() as s:
+            row = s.get(Certificate, certificate.id)
+            assert row is not None
+            row.facts = _changed(certificate.facts, path)
+        assert 'data-verdict="tampered"' in employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    with db.session() as s:
+        row = s.get(Certificate, certificate.id)
+        assert row is not None
+        row.facts = certificate.facts
+    assert 'data-verdict="valid"' in employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    # Revoked: the signature still holds, the page says it no longer stands.
+    client.post(f"/certificates/{certificate.code}/revoke", data={"reason": "issued by mistake"})
+    assert 'data-verdict="revoked"' in employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    assert employer.get("/v/ZZZZ-ZZZZ-ZZ/signed.json").status_code == 404
+
+
+def _public(b64: str) -> object:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64))
+
+
+def test_certificates_signed_with_hmac_before_still_verify(
+    client: FlaskClient, lab: Lab, trained: dict[str, int]
+) -> None:
+    """A certificate issued before Ed25519 (HMAC under the certificate key) still reads as
+    genuine, and as tampered when edited; its page says it can only be checked there."""
+    from server.services import certificates
+
+    sign_in(client, trained["tina"])
+    certificate = _issue(client, trained["ada"])
+    old_key = certificates.hmac_key(client.application.config)
+    with db.session() as s:
+        row = s.get(Certificate, certificate.id)
+        assert row is not None
+        row.signature = certificates.hmac_signature(certificate.facts, old_key)
+    employer = english(client.application.test_client())
+    page = employer.get(f"/v/{certificate.code}").get_data(as_text=True)
+    assert 'data-verdict="valid"' in page and "only this page can check it" in page
+    assert employer.get(f"/v/{certificate.code}/signed.json").get_json()["algorithm"] == "hmac-sha256"
+    with db.session() as s:
+        row = s.get(Certificate, certificate.id)
+        assert row is not None
+        row.facts = {**certificate.facts, "person": "Someone Else"}
+    assert 'data-verdict="tampered"' in employer.get(f"/v/{certificate.code}").get_data(as_text=True)

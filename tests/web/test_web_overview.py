@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from server.extensions import db
-from server.models import Device, Machine, MachineStatus
+from server.models import Device, Machine, MachineStatus, OpeningHours
 from server.services.live import LiveState, live_state
 from tests.web.conftest import AuthActions, Lab
 
@@ -212,3 +214,35 @@ def test_overview_hours_label_stays_short_for_a_broken_record(
     assert laser["hours_total_label"] == "over 1000000 h"
     html = client.get("/").get_data(as_text=True)
     assert not re.search(r"\d{20}", html)
+
+
+def test_overview_a_free_machine_reads_closed_outside_the_opening_hours(
+    client: FlaskClient, auth: AuthActions, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staff see the same state as participants (/machines/now): a free machine while the lab is
+    closed reads "Closed" with when it opens, not "Free"; machines in use stay in use."""
+    import server.adapters.web.overview
+
+    with db.session() as s:
+        for weekday in range(5):
+            s.add(OpeningHours(site_id=lab.site_id, weekday=weekday, opens=time(9), closes=time(18)))
+        s.commit()
+    berlin = ZoneInfo("Europe/Berlin")
+    auth.login(lab.trainer)
+
+    def at(when: datetime, language: str = "en") -> tuple[dict[str, dict[str, Any]], str]:
+        monkeypatch.setattr(server.adapters.web.overview, "_now", lambda: when.astimezone(UTC))
+        client.get(f"/language/{language}")
+        return _tiles(client), client.get("/").get_data(as_text=True)
+
+    early, html = at(datetime(2026, 11, 23, 6, 0, tzinfo=berlin))
+    assert (early["prusa-a"]["state"], early["prusa-a"]["state_label"]) == ("closed", "Closed")
+    assert early["prusa-a"]["detail"] == "Opens at 9:00\u202fAM"
+    assert early["laser-1"]["state"] == "in_use"  # someone still printing: in use, not closed
+    assert 'data-state="closed"' in html and "Opens at 9:00" in html
+    german, html = at(datetime(2026, 11, 22, 12, 0, tzinfo=berlin), "de")
+    assert german["prusa-a"]["state_label"] == "Geschlossen"
+    assert german["prusa-a"]["detail"].startswith("Öffnet am ")
+    noon, _html = at(datetime(2026, 11, 23, 12, 0, tzinfo=berlin))
+    assert (noon["prusa-a"]["state"], noon["prusa-a"]["state_label"]) == ("available", "Available")
+    assert noon["prusa-a"]["detail"] == ""

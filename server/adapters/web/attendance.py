@@ -7,6 +7,7 @@ site (admins: of the site they choose). Every print and PDF is audited (it leave
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from server.services import attendance, audit, documents, opening_hours, trainin
 from server.services.training import TrainingError
 
 bp = web_blueprint("attendance", __name__)
+log = logging.getLogger(__name__)
 
 
 def now_utc() -> datetime:
@@ -233,10 +235,49 @@ def sheet_pdf() -> ResponseReturnValue:
     sheet, errors = _sheet_from_args(actor, now)
     if sheet is None:
         return render_template("error.html", code=400, message=" ".join(errors)), 400
-    body = documents.pdf(render_sheet(sheet, now, paper=True))
-    _audit_export(actor, sheet, "pdf")
     name = f"attendance-{sheet.site.slug}-{sheet.cohort or 'all'}-{sheet.month:%Y-%m}.pdf".replace(" ", "_")
-    return pdf_response(body, name)
+    made, response = pdf_or_print_view(
+        render_sheet(sheet, now, paper=True),
+        name,
+        "attendance_sheet",
+        url_for("attendance.sheet_print") + same_query(),
+    )
+    if not made:
+        return response
+    _audit_export(actor, sheet, "pdf")
+    return response
+
+
+def same_query() -> str:
+    """This request's query (``?month=…&cohort=…``), for a link to another view of the document."""
+    query = request.query_string.decode()
+    return f"?{query}" if query else ""
+
+
+def pdf_or_print_view(
+    html: str, filename: str, document: str, print_url: str
+) -> tuple[bool, ResponseReturnValue]:
+    """The PDF of ``html`` as a response, or (when WeasyPrint or its system libraries are
+    missing) a page that says so and offers the print view instead (the browser prints it or
+    saves it as PDF), HTTP 503; logged and counted (``documents.FAILED``). Returns whether the
+    PDF was made, and the response."""
+    try:
+        body = documents.pdf(html)
+    except documents.DocumentError as missing:
+        documents.FAILED[document] += 1
+        log.error("no PDF of %s: %s", document, missing)
+        page = render_template(
+            "documents/no_pdf.html",
+            print_url=print_url,
+            message=_("This server cannot make PDFs at the moment."),
+            hint=_(
+                "Open the print view instead: your browser prints it or saves it as a PDF "
+                "(Print, then Save as PDF). Tell the lab's administrator: the server lacks "
+                "WeasyPrint or its system libraries (make pdf)."
+            ),
+        )
+        return False, (page, 503)
+    return True, pdf_response(body, filename)
 
 
 def pdf_response(body: bytes, filename: str) -> Response:

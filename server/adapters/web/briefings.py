@@ -16,14 +16,14 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from server.adapters.web.attendance import letterhead, pdf_response
+from server.adapters.web.attendance import letterhead, pdf_or_print_view, same_query
 from server.adapters.web.auth import current, trainer_required
 from server.adapters.web.common import web_blueprint
 from server.adapters.web.l10n import _, current_language, date_label, error_text
 from server.adapters.web.training import level_label
 from server.extensions import get_db
 from server.models import MachineType, Person, TrainingStep
-from server.services import audit, briefings, documents, training
+from server.services import audit, briefings, training
 from server.services.training import TrainingError
 
 bp = web_blueprint("briefings", __name__)
@@ -217,7 +217,14 @@ def proof_pdf() -> ResponseReturnValue:
     html = render_template(
         "documents/briefing_proof.html", paper=True, **_proof_context(actor, machine_type, rows)
     )
-    body = documents.pdf(html)
+    made, response = pdf_or_print_view(
+        html,
+        f"briefings-{actor.site.slug}-{machine_type.slug}.pdf",
+        "briefing_proof",
+        url_for("briefings.proof") + same_query(),
+    )
+    if not made:
+        return response
     audit.record(
         db,
         actor,
@@ -226,4 +233,4 @@ def proof_pdf() -> ResponseReturnValue:
         {"machine_type": machine_type.slug, "kind": "pdf"},
     )
     db.commit()
-    return pdf_response(body, f"briefings-{actor.site.slug}-{machine_type.slug}.pdf")
+    return response

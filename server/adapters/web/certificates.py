@@ -10,19 +10,30 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from flask import Flask, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from flask_babel import force_locale  # type: ignore[import-untyped,unused-ignore]
 from markupsafe import Markup
 
-from server.adapters.web.attendance import letterhead, pdf_response
+from server.adapters.web.attendance import letterhead, pdf_or_print_view
 from server.adapters.web.auth import current, login_required, public, trainer_required
 from server.adapters.web.common import web_blueprint
-from server.adapters.web.l10n import _, current_language, error_text
+from server.adapters.web.l10n import _, current_language, date_label, error_text
 from server.extensions import get_db
 from server.i18n import local_number
 from server.models import Certificate, CertificateKind, Level, Person, Site
-from server.services import attendance, certificates, documents, training
+from server.services import attendance, certificates, documents, lab_keys, training
 from server.services.certificates import pretty_code
 from server.services.training import LEVEL_LABELS, STEP_KIND_LABELS, TrainingError
 
@@ -38,8 +49,9 @@ def _actor() -> Person:
     return person
 
 
-def _key() -> bytes:
-    return certificates.signing_key(current_app.config)
+def _legacy_key() -> bytes:
+    """The HMAC key of certificates issued before Ed25519 (they still verify)."""
+    return certificates.hmac_key(current_app.config)
 
 
 def verification_url(code: str) -> str:
@@ -113,6 +125,7 @@ def certificate_context(certificate: Certificate) -> dict[str, Any]:
         "issued": date_text(facts.get("issued")),
         "competencies": competencies,
         "url": url,
+        "key_id": certificates.signed_document(certificate)["key_id"],
         "letterhead": letterhead(certificate.site),
     }
 
@@ -131,7 +144,17 @@ def render_certificates(items: list[Certificate]) -> str:
 
 
 def _pdf(items: list[Certificate], filename: str) -> ResponseReturnValue:
-    return pdf_response(documents.pdf(render_certificates(items)), filename)
+    """The certificates as one PDF; without WeasyPrint, a page offering their print view."""
+    print_url = url_for("certificates.print_view", code=[pretty_code(c.code) for c in items])
+    return pdf_or_print_view(render_certificates(items), filename, "certificates", print_url)[1]
+
+
+def _readable(certificate: Certificate | None, actor: Person) -> bool:
+    """The holder reads their own certificates; staff those of the people they serve."""
+    return certificate is not None and (
+        certificate.person_id == actor.id
+        or ((actor.is_trainer or actor.is_admin) and training.serves(actor, certificate.person))
+    )
 
 
 # -- a person's certificates ----------------------------------------------------------------------
@@ -207,7 +230,6 @@ def issue(person_id: int) -> ResponseReturnValue:
             subject,
             kind,
             request.form.get("language") or subject.language,
-            _key(),
             datetime.now(UTC),
             first=first,
             last=last,
@@ -241,14 +263,32 @@ def pdf(code: str) -> ResponseReturnValue:
     """The certificate's PDF: for its holder, and for staff who serve them."""
     actor = _actor()
     certificate = certificates.by_code(get_db(), code)
-    if certificate is None or not (
-        certificate.person_id == actor.id
-        or ((actor.is_trainer or actor.is_admin) and training.serves(actor, certificate.person))
-    ):
+    if certificate is None or not _readable(certificate, actor):
         abort(404)
     if certificate.revoke_reason == certificates.ERASED:
         abort(410)
     return _pdf([certificate], f"certificate-{certificate.code}.pdf")
+
+
+@bp.get("/print")
+@login_required
+def print_view() -> ResponseReturnValue:
+    """Certificates (``?code=…``, one or more) as the browser's print view: the way out when the
+    server cannot make PDFs. The same rule as the PDF: the holder's own, staff's people."""
+    actor = _actor()
+    db = get_db()
+    codes = request.args.getlist("code")
+    if not codes or len(codes) > 200:
+        abort(404)
+    items = []
+    for code in codes:
+        certificate = certificates.by_code(db, code)
+        if certificate is None or not _readable(certificate, actor):
+            abort(404)
+        if certificate.revoke_reason == certificates.ERASED:
+            abort(410)
+        items.append(certificate)
+    return render_certificates(items)
 
 
 # -- a cohort at once ------------------------------------------------------------------------------
@@ -276,7 +316,6 @@ def cohort() -> ResponseReturnValue:
             name,
             _kind(request.form.get("kind")),
             request.form.get("language") or current_language(),
-            _key(),
             datetime.now(UTC),
         )
     except TrainingError as refused:
@@ -293,8 +332,8 @@ def cohort() -> ResponseReturnValue:
         ), 400
     db.commit()
     response = _pdf(issued, f"certificates-{name}.pdf")
-    if skipped:
-        response.headers["X-Werkbank-Skipped"] = str(len(skipped))  # type: ignore[union-attr]
+    if skipped and isinstance(response, Response):
+        response.headers["X-Werkbank-Skipped"] = str(len(skipped))
     return response
 
 
@@ -306,14 +345,79 @@ def cohort() -> ResponseReturnValue:
 def certificate(code: str) -> ResponseReturnValue:
     """What an employer sees from the QR code: the facts as signed by the lab, and whether the
     certificate still stands. No login; the code cannot be guessed."""
-    result = certificates.verify(get_db(), code, _key())
+    result = certificates.verify(get_db(), code, _legacy_key())
     status = 200 if result.certificate is not None else 404
     context: dict[str, Any] = {"result": result, "code": code}
     if result.certificate is not None and not result.erased:
+        context["signed"] = certificates.signed_document(result.certificate)
+    if result.certificate is not None and result.genuine:
+        # Only facts the lab signed are shown (edited ones may not even read: an unknown level).
         context["c"] = certificate_context(result.certificate)
     response = current_app.make_response((render_template("certificates/verify.html", **context), status))
     response.headers["X-Robots-Tag"] = "noindex"
     return response
+
+
+@verify_bp.get("/<code>/signed.json")
+@public
+def signed(code: str) -> ResponseReturnValue:
+    """The certificate's facts exactly as signed and the signature, to check it offline with the
+    lab's public key (``/v/keys.json``). The same facts the page shows to whoever has the code;
+    nothing for an unknown code or a withdrawn certificate."""
+    certificate = certificates.by_code(get_db(), code)
+    if certificate is None or certificate.revoke_reason == certificates.ERASED:
+        abort(404)
+    response = jsonify(certificates.signed_document(certificate))
+    response.headers["X-Robots-Tag"] = "noindex"
+    response.headers["Content-Disposition"] = f'inline; filename="certificate-{certificate.code}.json"'
+    return response
+
+
+def _public_keys() -> list[lab_keys.PublicKey]:
+    db = get_db()
+    if not lab_keys.public_keys(db):
+        lab_keys.signing_key(db)  # published before the first certificate is signed
+        db.commit()
+    return lab_keys.public_keys(db)
+
+
+@verify_bp.get("/keys.json")
+@public
+def keys_json() -> ResponseReturnValue:
+    """The lab's public certificate keys: whoever has one checks certificates without the server."""
+    return jsonify(
+        {
+            "algorithm": certificates.ED25519,
+            "signed": "the facts' canonical JSON: sorted keys, no spaces, UTF-8",
+            "keys": [
+                {
+                    "key_id": key.key_id,
+                    "public_key": key.base64,
+                    "pem": key.pem,
+                    "created_at": key.created_at.isoformat(),
+                    "current": key.current,
+                }
+                for key in _public_keys()
+            ],
+        }
+    )
+
+
+@verify_bp.get("/keys")
+@public
+def keys() -> ResponseReturnValue:
+    """The same as a page, with how to check a certificate offline."""
+    shown = [
+        {
+            "key_id": key.key_id,
+            "current": key.current,
+            "made": date_label(key.created_at.date()),
+            "base64": key.base64,
+            "pem": key.pem,
+        }
+        for key in _public_keys()
+    ]
+    return render_template("certificates/keys.html", keys=shown)
 
 
 def init_app(app: Flask) -> None:

@@ -18,6 +18,7 @@ from babel.dates import format_time
 from flask import jsonify, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from server.adapters.web.auth import User, current, login_required, staff_required
 from server.adapters.web.common import web_blueprint
@@ -47,6 +48,7 @@ bp = web_blueprint("web", __name__)
 
 # How often the overview asks for fresh state (the script reads it from the page).
 REFRESH_S = 3
+UTC_ZONE = ZoneInfo("UTC")
 SESSIONS_ON_OVERVIEW = 20
 
 STATE_LABELS: dict[LiveState, str] = {
@@ -63,9 +65,48 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def present_machine(m: MachineLive, now: datetime) -> dict[str, Any]:
+def closed_now(db: Session, machines: list[MachineLive], now: datetime) -> dict[int, datetime | None]:
+    """The machines outside their opening hours now, each with when it next opens (None: never).
+    Free but closed is not free: the machine refuses every badge then. One rule for the staff
+    overview and the participants' page."""
+    opens: dict[int, datetime | None] = {}
+    for m in machines:
+        machine = db.get(Machine, m.id)
+        assert machine is not None
+        is_open, _closes, next_open = decision.opening_window(db, machine, now)
+        if not is_open:
+            opens[m.id] = next_open
+    return opens
+
+
+def opens_label(opens: datetime | None, now: datetime, tz: ZoneInfo) -> str:
+    """ "Opens at 9:00" (today), "Opens on Mon, 23 Nov, 9:00", or nothing when it never opens."""
+    if opens is None:
+        return ""
+    if opens.astimezone(tz).date() == now.astimezone(tz).date():
+        clock = format_time(opens.astimezone(tz), "short", locale=current_language())
+        return _("Opens at %(time)s", time=clock)
+    return _("Opens on %(when)s", when=local_time(opens, current_language(), str(tz)))
+
+
+def present_machine(
+    m: MachineLive,
+    now: datetime,
+    *,
+    closed: bool = False,
+    opens: datetime | None = None,
+    tz: ZoneInfo = UTC_ZONE,
+) -> dict[str, Any]:
+    """One machine as staff see it; ``closed``: outside the opening hours now (an available
+    machine then reads "Closed", with when it opens, as on the participants' page)."""
+    state = m.state.value
+    state_label = _(STATE_LABELS[m.state])
     if m.state == LiveState.IN_USE:
         detail = _("In use by %(name)s", name=m.user_name) if m.user_name else _("In use (badge not known)")
+    elif m.state == LiveState.AVAILABLE and closed:
+        state = "closed"
+        state_label = _(AVAILABILITY_LABELS["closed"])
+        detail = opens_label(opens, now, tz)
     else:
         detail = ""
     if m.device_id is None:
@@ -93,8 +134,8 @@ def present_machine(m: MachineLive, now: datetime) -> dict[str, Any]:
         "slug": m.slug,
         "name": m.name,
         "type": m.type_name.in_language(current_language()),
-        "state": m.state.value,
-        "state_label": _(STATE_LABELS[m.state]),
+        "state": state,
+        "state_label": state_label,
         "detail": detail,
         "user": m.user_name,
         "running": m.running,
@@ -120,12 +161,16 @@ def overview_data(user: User) -> dict[str, Any]:
     site = db.get(Site, user.site_id)
     machines = site_machines(db, user.site_id, start_of_today(now))
     sessions = recent_sessions(db, site_id=user.site_id, limit=SESSIONS_ON_OVERVIEW)
+    opens = closed_now(db, machines, now)
+    tz = ZoneInfo(user.timezone)
     return {
         "site": {"name": site.display_name(current_language()) if site else "", "timezone": user.timezone},
         "updated_at": now.isoformat(),
         "updated_label": _("Updated %(time)s", time=clock_label(now)),
         "refresh_s": REFRESH_S,
-        "machines": [present_machine(m, now) for m in machines],
+        "machines": [
+            present_machine(m, now, closed=m.id in opens, opens=opens.get(m.id), tz=tz) for m in machines
+        ],
         "sessions": [present_session(s, now) for s in sessions],
     }
 
@@ -213,14 +258,7 @@ def availability_data(user: User) -> dict[str, Any]:
     type_names = {
         t.name: in_language(t.name, t.name_de, current_language()) for t in db.scalars(select(MachineType))
     }
-    # Free but outside the opening hours is not free: the machine refuses every badge now.
-    opens: dict[int, datetime | None] = {}
-    for m in machines:
-        machine = db.get(Machine, m.id)
-        assert machine is not None
-        is_open, _closes, next_open = decision.opening_window(db, machine, now)
-        if not is_open:
-            opens[m.id] = next_open
+    opens = closed_now(db, machines, now)
     return {
         "updated_at": now.isoformat(),
         "updated_label": _("Updated %(time)s", time=clock_label(now)),
@@ -269,10 +307,7 @@ def present_availability(
     elif m.state == LiveState.AVAILABLE and closed:
         state = "closed"
         label = _(AVAILABILITY_LABELS["closed"])
-        if opens is not None and opens.astimezone(tz).date() == now.astimezone(tz).date():
-            detail = _("Opens at %(time)s", time=clock(opens))
-        elif opens is not None:
-            detail = _("Opens on %(when)s", when=local_time(opens, current_language(), str(tz)))
+        detail = opens_label(opens, now, tz)
     elif m.state == LiveState.AVAILABLE and current is not None:
         state = "booked"
         mine = current.person_id == viewer_id

@@ -33,9 +33,8 @@ from server.adapters.web.l10n import LABEL_MAX_HOURS, _, current_language
 from server.extensions import get_db
 from server.i18n import N_
 from server.models import FieldKind, Level, Person, QualificationAction, Site
-from server.services import audit, programme_data
+from server.services import audit, lab_keys, programme_data
 from server.services.outcomes import REASON_LABELS
-from server.services.privacy import pseudonym
 from server.services.programme_data import Problem
 from server.services.reports import (
     MAX_MONTHS,
@@ -182,8 +181,13 @@ def read_query(args: Any, now: datetime) -> tuple[ReportQuery | None, list[str]]
 
 
 def _report(query: ReportQuery, now: datetime) -> FunderReport:
+    db = get_db()
+    if query.pseudonyms and not lab_keys.has_pseudonym_key(db):
+        # Made and kept before the first pseudonyms are shown: the same in every export after.
+        lab_keys.pseudonym_key(db)
+        db.commit()
     return funder_report(
-        get_db(),
+        db,
         query.site.id if query.site else None,
         query.cohort,
         query.programme,
@@ -758,7 +762,7 @@ def programme_data_table(
     ]
     rows: list[list[Cell]] = []
     for r in report.participants:
-        row: list[Cell] = [pseudonym(r.person_id) if special else r.label, r.cohort, r.programme]
+        row: list[Cell] = [r.pseudonym if special else r.label, r.cohort, r.programme]
         for f in table.fields:
             value = table.values.get((r.person_id, f.id))
             if value is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from server.extensions import get_db
 from server.models import Person, Site
 
 bp = web_blueprint("admin", __name__)
+log = logging.getLogger(__name__)
 
 PER_PAGE = 50
 
@@ -33,9 +36,23 @@ def acting_admin() -> Person:
 
 
 def form_page(template: str, form: Any, **context: Any) -> ResponseReturnValue:
-    """The page with its form: 400 when the form was sent and refused, else 200."""
+    """The page with its form: 400 when the form was sent and refused (logged with the fields
+    refused, never their values, and counted in :data:`REFUSED`), else 200."""
     status = 400 if form.is_submitted() else 200
+    if form.is_submitted():
+        refused_form(form)
     return render_template(template, form=form, **context), status
+
+
+# Admin forms sent and refused, by form (bad input changes nothing; the page says why).
+REFUSED: Counter[str] = Counter()
+
+
+def refused_form(form: Any) -> None:
+    name = type(form).__name__
+    REFUSED[name] += 1
+    fields = sorted(field for field, errors in (form.errors or {}).items() if errors)
+    log.info("admin form %s refused (fields: %s)", name, ", ".join(fields) or "-")
 
 
 def _plain(value: Any) -> Any:

@@ -16,6 +16,7 @@ from server.adapters.web.admin.base import (
     form_page,
     kind_names,
     level_names,
+    refused_form,
     text_or_none,
 )
 from server.adapters.web.admin.forms import ButtonForm, CompetencyForm, StepForm, choice
@@ -157,6 +158,7 @@ def _step_values(form: StepForm) -> dict[str, Any]:
         "name_de": text_or_none(form.name_de.data),
         "leads_to": Level(form.leads_to.data),
         "hours": form.hours.data,
+        "content_version": text_or_none(form.content_version.data),
     }
 
 
@@ -167,6 +169,7 @@ def step_add(competency_id: int) -> ResponseReturnValue:
     competency = _competency_or_404(competency_id)
     form = StepForm(prefix="step")
     if not form.validate_on_submit():
+        refused_form(form)
         return _competency_page(competency, step_form=form)
     step = TrainingStep(**_step_values(form))
     competencies.add_step(db, competency, step)

@@ -133,6 +133,22 @@ class SiteForm(Form):
         ),
     )
 
+    address = TextAreaField(
+        _l("Address on the letterhead"),
+        validators=[Optional(), Length(max=1000)],
+        description=_l(
+            "Printed under the site's name on certificates, attendance sheets and briefing lists: "
+            "up to 6 lines, e.g. street, postcode and town."
+        ),
+        render_kw={"rows": 4},
+    )
+    logo_file = FileField(
+        _l("Logo on the letterhead"),
+        description=_l("A PNG or JPEG picture, at most 512 KB. Leave empty to keep the current logo."),
+        render_kw={"accept": "image/png,image/jpeg"},
+    )
+    remove_logo = BooleanField(_l("Remove the logo"))
+
     def validate_timezone(self, field: Any) -> None:
         try:
             ZoneInfo(str(field.data).strip())
@@ -303,6 +319,10 @@ class CompetencyForm(Form):
     prerequisite_id = SelectField(_l("Needs first"), coerce=optional_int, validators=[Optional()])
 
 
+# A briefing's content version: what a person writes on paper ("2026-1", "v3.2", "2026/03").
+CONTENT_VERSION = r"^\s*[0-9A-Za-z][0-9A-Za-z._/-]*\s*$"
+
+
 class StepForm(Form):
     kind = SelectField(
         _l("Kind"),
@@ -320,11 +340,29 @@ class StepForm(Form):
         validators=[Optional()],
         description=_l("Only for supervised hours: how many are needed."),
     )
+    content_version = StringField(
+        _l("Content version"),
+        validators=[
+            Optional(),
+            Length(max=40),
+            Regexp(
+                CONTENT_VERSION,
+                message=_l("A version is letters, digits, dots, dashes and slashes (e.g. 2026-1)."),
+            ),
+        ],
+        description=_l(
+            "Only for briefings: the version of the safety instruction briefed (e.g. 2026-1). "
+            "Each briefing records the version current then; change it when the content changes."
+        ),
+    )
 
     def validate(self, extra_validators: Any = None) -> bool:
         # Across two fields, so here: Optional() would skip an inline validate_hours when empty.
         valid: bool = super().validate(extra_validators)
-        if self.hours.errors:
+        if self.hours.errors or self.content_version.errors:
+            return False
+        if self.kind.data != StepKind.BRIEFING.value and (self.content_version.data or "").strip():
+            self.add_error("content_version", _l("Only briefings have a content version: leave this empty."))
             return False
         hours = self.hours.data
         if self.kind.data == StepKind.SUPERVISED_HOURS.value:

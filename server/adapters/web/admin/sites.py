@@ -7,15 +7,16 @@ from typing import Any
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
+from werkzeug.datastructures import FileStorage
 
 from server.adapters.web.admin.base import acting_admin, apply_changes, bp, form_page, text_or_none
 from server.adapters.web.admin.forms import SiteForm
 from server.adapters.web.admin.sessions import now_utc, stale_rows
 from server.adapters.web.auth import admin_required
-from server.adapters.web.l10n import _, current_language
+from server.adapters.web.l10n import _, current_language, error_text
 from server.extensions import get_db
 from server.models import CardSecurity, Device, Machine, OpeningHours, Person, Site
-from server.services import audit, cards, opening_hours
+from server.services import audit, cards, letterhead, opening_hours
 
 
 @bp.get("/")
@@ -79,6 +80,29 @@ def save_hours(site_id: int, machine_id: int | None, field: Any, old_text: str, 
     audit.record(db, acting_admin(), "opening_hours.update", subject, {"opening_hours": [old_text, new_text]})
 
 
+def _letterhead(form: SiteForm, site: Site | None) -> tuple[str | None, str | None] | None:
+    """The address and logo the form asks for (the logo: a new upload, removed, or the one there
+    was), checked (server.services.letterhead); None, with the reason at the field, when refused."""
+    address = site.address if site is not None else None
+    if form.address.name in request.form:  # a form without the field (a script's) keeps it
+        try:
+            address = letterhead.check_address(form.address.data)
+        except letterhead.LetterheadError as refused:
+            form.add_error("address", error_text(refused))
+            return None
+    logo = site.logo if site is not None else None
+    upload = form.logo_file.data
+    if isinstance(upload, FileStorage) and upload.filename:
+        try:
+            logo = letterhead.check_logo(upload.stream.read(letterhead.MAX_LOGO_BYTES + 1))
+        except letterhead.LetterheadError as refused:
+            form.add_error("logo_file", error_text(refused))
+            return None
+    elif form.remove_logo.data:
+        logo = None
+    return address, logo
+
+
 def _site_form(site: Site | None) -> ResponseReturnValue:
     db = get_db()
     form = SiteForm(obj=site)
@@ -88,22 +112,30 @@ def _site_form(site: Site | None) -> ResponseReturnValue:
     if form.validate_on_submit():
         slug = form.slug.data.strip()
         taken = db.scalar(select(Site.id).where(Site.slug == slug))
+        checked = _letterhead(form, site)
         if taken is not None and (site is None or taken != site.id):
             form.add_error("slug", _("Another site already has this short name."))
-        else:
+        elif checked is not None:
+            address, logo = checked
             values = {
                 "slug": slug,
                 "name": form.name.data.strip(),
                 "name_de": text_or_none(form.name_de.data),
                 "timezone": form.timezone.data.strip(),
+                "address": address,
             }
+            old_logo = site.logo if site is not None else None
             if site is None:
-                site = Site(**values)
+                site = Site(**values, logo=logo)
                 db.add(site)
                 db.flush()
-                audit.record(db, acting_admin(), "site.create", f"site:{site.id}", values)
+                detail = {**values, "logo": letterhead.logo_summary(logo)}
+                audit.record(db, acting_admin(), "site.create", f"site:{site.id}", detail)
             else:
                 changes = apply_changes(site, values)
+                if logo != old_logo:
+                    site.logo = logo
+                    changes["logo"] = [letterhead.logo_summary(old_logo), letterhead.logo_summary(logo)]
                 if changes:
                     audit.record(db, acting_admin(), "site.update", f"site:{site.id}", changes)
             cards.set_card_security(db, site, CardSecurity(form.card_security.data), acting_admin())
@@ -114,4 +146,11 @@ def _site_form(site: Site | None) -> ResponseReturnValue:
     title = (
         _("New site") if site is None else _("Edit site %(name)s", name=site.display_name(current_language()))
     )
-    return form_page("admin/form.html", form, title=title, back=url_for("admin.sites"))
+    return form_page(
+        "admin/form.html",
+        form,
+        title=title,
+        back=url_for("admin.sites"),
+        enctype="multipart/form-data",
+        logo=site.logo if site is not None and (site.logo or "").startswith("data:image/") else None,
+    )
