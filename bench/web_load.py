@@ -17,9 +17,10 @@ client in the same run.
    in through nginx, each in a session of their own; then ``wrk`` (Debian's package) runs
    ``--users`` connections, one per user, for ``--duration`` seconds, each rotating the three
    pages with ``--think`` ms (±50 %) between a response and the next request (a bounded load:
-   people read a page before they open the next). nginx logs each request's time
-   (``$request_time``: from the request's first byte to the response's last) and status; the
-   percentiles per page come from that log.
+   people read a page before they open the next; 1 s is harsher than people read, and offers more
+   than 20 open overviews polling ``/live.json`` every 3 s: docs/performance.md, "The load
+   model"). nginx logs each request's time (``$request_time``: from the request's first byte
+   to the response's last) and status; the percentiles per page come from that log.
 
 Targets (2-core machine): p95 ≤ 300 ms for each page under the load; no error (any status
 outside 2xx and any socket error or timeout counts; requests still in flight when wrk stops, which
@@ -27,6 +28,7 @@ nginx logs as 499, are reported but are neither); the stack's p50 within 1.5 x t
 for each page. Each is printed as met or not met.
 
     .venv/bin/python bench/web_load.py [--fresh] [--duration 30] [--users 20] [--think 1000]
+        [--database wb_webload_bench]
 
 ``make bench-web`` installs nginx and wrk when missing and runs it. Exit status: 0 when every
 target is met, 1 when one is not, 2 when the run failed.
@@ -73,7 +75,7 @@ def _percentile(values: list[float], q: float) -> float:
 # -- 1. data -------------------------------------------------------------------------------------
 
 
-def _prepare(admin_url: str, fresh: bool) -> tuple[str, str]:
+def _prepare(admin_url: str, fresh: bool, database: str) -> tuple[str, str]:
     """The bench database's URL, filled; and a line saying what was done."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -85,24 +87,24 @@ def _prepare(admin_url: str, fresh: bool) -> tuple[str, str]:
     admin = make_url(normalise_url(admin_url))
     if admin.get_backend_name() != "postgresql":
         raise SystemExit("--admin-url must name a PostgreSQL server (the bench database is made there)")
-    url = admin.set(database=DATABASE).render_as_string(hide_password=False)
+    url = admin.set(database=database).render_as_string(hide_password=False)
     engine = create_engine(admin.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             found = conn.execute(
                 text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :name"),
-                {"name": DATABASE},
+                {"name": database},
             ).first()
             if found is not None and found[0] == COMPLETE and not fresh:
                 state = schema_state(url)
                 if state.current:
-                    return url, f"data: {DATABASE} reused ({COMPLETE})"
+                    return url, f"data: {database} reused ({COMPLETE})"
                 if not state.newer:
                     upgrade(url)
-                    return url, f"data: {DATABASE} reused, schema upgraded from {state.describe()}"
+                    return url, f"data: {database} reused, schema upgraded from {state.describe()}"
             if found is not None:
-                conn.execute(text(f'DROP DATABASE "{DATABASE}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{DATABASE}"'))
+                conn.execute(text(f'DROP DATABASE "{database}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{database}"'))
         upgrade(url)
         filled = make_engine(url)
         done = 0
@@ -118,11 +120,11 @@ def _prepare(admin_url: str, fresh: bool) -> tuple[str, str]:
             filled.dispose()
         print(file=sys.stderr)
         with engine.connect() as conn:
-            conn.execute(text(f"COMMENT ON DATABASE \"{DATABASE}\" IS '{COMPLETE}'"))
+            conn.execute(text(f"COMMENT ON DATABASE \"{database}\" IS '{COMPLETE}'"))
     finally:
         engine.dispose()
     return url, (
-        f"data: {DATABASE} generated: {summary.sessions} sessions in {summary.seconds:.0f} s "
+        f"data: {database} generated: {summary.sessions} sessions in {summary.seconds:.0f} s "
         f"(kept for the next run; --fresh makes it again)"
     )
 
@@ -394,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("BENCH_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
         help=f"a PostgreSQL server's URL, allowed to create {DATABASE} (default: postgres on 127.0.0.1)",
     )
+    parser.add_argument(
+        "--database",
+        default=DATABASE,
+        help=f"the bench database (default {DATABASE}; another: e.g. a copy to try a migration on)",
+    )
     parser.add_argument("--fresh", action="store_true", help=f"generate {DATABASE} again even if complete")
     parser.add_argument("--duration", type=int, default=30, help="seconds of load (default 30)")
     parser.add_argument("--users", type=int, default=20, help="logged-in users = connections (default 20)")
@@ -414,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="werkbank-webload-"))
     stack: Stack | None = None
     try:
-        url, said = _prepare(args.admin_url, args.fresh)
+        url, said = _prepare(args.admin_url, args.fresh, args.database)
         print(said)
         pages = _pages(url)
         print(f"test client: {args.n} requests per page, one at a time (load {_loadavg()})")

@@ -15,7 +15,16 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from server.models import Device, Job, LocalName, Machine, MachineSession, MachineStatus, Person
+from server.models import (
+    Device,
+    Job,
+    LocalName,
+    Machine,
+    MachineSession,
+    MachineStatus,
+    Person,
+    session_newest,
+)
 
 
 class LiveState(enum.StrEnum):
@@ -182,12 +191,15 @@ def recent_sessions(
         selectinload(MachineSession.person),
         selectinload(MachineSession.trainer),
     )
+    # A session whose "ended" event came before its "started" one has no start yet.
+    newest = session_newest()
     if site_id is not None:
         query = query.join(Machine, Machine.id == MachineSession.machine_id).where(Machine.site_id == site_id)
+        cutoff = _site_cutoff(db, site_id, limit + offset)
+        if cutoff is not None:
+            query = query.where(newest >= cutoff)
     if person_id is not None:
         query = query.where(MachineSession.person_id == person_id)
-    # A session whose "ended" event came before its "started" one has no start yet.
-    newest = func.coalesce(MachineSession.started_at, MachineSession.ended_at, MachineSession.created_at)
     sessions = db.scalars(query.order_by(newest.desc(), MachineSession.id).limit(limit).offset(offset)).all()
     job_counts = db.execute(
         select(Job.session_id, func.count(Job.id))
@@ -209,6 +221,29 @@ def recent_sessions(
         )
         for s in sessions
     ]
+
+
+def _site_cutoff(db: Session, site_id: int, n: int) -> datetime | None:
+    """A time no later than that of the site's ``n``-th newest session (None: no bound needed).
+
+    Each machine's own ``n``-th newest session is read from ``ix_sessions_machine_newest``
+    (a few index entries per machine); the latest of those is the bound: that machine alone has
+    ``n`` sessions at or after it, so the site's ``n`` newest are all at or after it too. The
+    query for the site's newest then reads a few rows per machine instead of sorting every
+    session the site ever had. A machine with fewer than ``n`` sessions bounds nothing."""
+    if n <= 0:
+        return None
+    newest = session_newest()
+    nth = (
+        select(newest)
+        .where(MachineSession.machine_id == Machine.id)
+        .order_by(newest.desc())
+        .limit(1)
+        .offset(n - 1)
+        .scalar_subquery()
+    )
+    found = db.scalar(select(func.max(nth)).where(Machine.site_id == site_id))
+    return found if isinstance(found, datetime) else None
 
 
 def _name(person: Person | None) -> str | None:

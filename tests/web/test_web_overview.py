@@ -198,6 +198,64 @@ def test_overview_lists_only_the_latest_20_sessions(client: FlaskClient, auth: A
     assert [row["id"] for row in sessions[4:7]] == ["bulk-00", "bulk-01", "bulk-02"]
 
 
+@pytest.mark.parametrize("others_before_h", [0, 12], ids=["interleaved", "one-machine-fills-the-list"])
+def test_overview_lists_the_newest_20_of_every_machine_of_the_site(
+    client: FlaskClient, auth: AuthActions, lab: Lab, others_before_h: int
+) -> None:
+    """The newest 20 across the site's machines, whichever machines they are on: one machine
+    with many recent sessions, others with older ones interleaved (or all older than its 20th),
+    times shared by two sessions at the boundary, sessions with only an end time, and the other
+    site's newer ones left out; the same order as sorting every session of the site."""
+    from sqlalchemy import select
+
+    from server.models import MachineSession
+
+    # Newer than the lab's own sessions, so that the busy machine alone can fill the list.
+    base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    with db.session() as s:
+        elsewhere = s.scalar(select(Machine.id).where(Machine.slug == "sued-1"))
+
+        def add(sid: str, machine_id: int | None, start: datetime | None, end: datetime | None) -> None:
+            s.add(
+                MachineSession(
+                    id=sid,
+                    machine_id=machine_id,
+                    device_id="pi-x",
+                    started_at=start,
+                    ended_at=end,
+                    unlocked_s=60.0 if end else None,
+                )
+            )
+
+        for i in range(30):  # busy: one every hour, pairs sharing a start time
+            at = base - timedelta(hours=i // 2)
+            add(f"busy-{i:02d}", lab.machines["prusa-a"], at, at + timedelta(minutes=1))
+        for i in range(30):  # quiet: every five hours, in between the busy machine's
+            at = base - timedelta(hours=others_before_h + 5 * i, minutes=30)
+            add(f"quiet-{i:02d}", lab.machines["prusa-b"], at, at + timedelta(minutes=1))
+        for i in range(3):  # "ended" came before "started": ordered by the end
+            end = base - timedelta(hours=others_before_h + 3 * i, minutes=45)
+            add(f"ended-{i}", lab.machines["bambu"], None, end)
+        for i in range(25):
+            add(f"other-{i:02d}", elsewhere, base + timedelta(hours=1, minutes=i), None)
+    with db.session() as s:
+        rows = s.scalars(
+            select(MachineSession)
+            .join(Machine, Machine.id == MachineSession.machine_id)
+            .where(Machine.site_id == lab.site_id)
+        ).all()
+        expected = sorted(
+            rows,
+            key=lambda r: (-(r.started_at or r.ended_at or r.created_at).timestamp(), r.id),
+        )[:20]
+        want = [r.id for r in expected]
+    auth.login(lab.trainer)
+    got = [row["id"] for row in client.get("/live.json").get_json()["sessions"]]
+    assert got == want
+    shown = {w.split("-")[0] for w in want}
+    assert shown == ({"busy", "quiet", "ended"} if others_before_h == 0 else {"busy"})
+
+
 def test_overview_hours_label_stays_short_for_a_broken_record(
     client: FlaskClient, auth: AuthActions, lab: Lab
 ) -> None:
