@@ -23,7 +23,7 @@ from alembic import op
 
 
 revision: str = '0023'
-down_revision: str | None = '0018'
+down_revision: str | None = '0019'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
