@@ -239,6 +239,11 @@ class Bridge:
         # (docs/performance.md, "Telemetry"), timed on the epoch clock (cheaper than self.clock,
         # turned into the bridge's clock once per window) unless a test's clock is given.
         self.telemetry = telemetry.Buffer()
+        # States a window could not write because another transaction held their rows: written
+        # with the next window (the ingest thread's alone), and how many devices' were put off.
+        self._carried: dict[str, telemetry.Latest] = {}
+        self._carried_at: float | None = None
+        self.telemetry_deferred = 0
         self._epoch_arrivals = clock is None
         self._arrival: Callable[[], float] = time.time if clock is None else lambda: self.clock().timestamp()
         self._workers: list[threading.Thread] = []
@@ -413,23 +418,45 @@ class Bridge:
         devices in one transaction). A device's telemetry that arrived before its other
         message is written first, so the order of what each device said is kept."""
         while True:
-            # A window runs from the first message held; while none is, look now and then.
-            first = self.telemetry.first_at
-            wait = TELEMETRY_POLL_S if first is None else first + TELEMETRY_WINDOW_S - time.monotonic()
+            # A window runs from the first message held (or state put off); while none is,
+            # look now and then.
+            due = self._window_due()
+            wait = TELEMETRY_POLL_S if due is None else due - time.monotonic()
             try:
                 item = self._inbox.get(timeout=max(0.0, wait))
             except queue.Empty:
                 pass
             else:
                 if item is None:
-                    self._flush_telemetry(self.telemetry.take())
+                    self._flush_telemetry(self.telemetry.take(), self._take_carried(), wait=True)
                     return
                 if item.suffix is not Suffix.ALLOWLIST:  # the server's word, not the device's
-                    self._flush_telemetry(self.telemetry.take_device(item.device_id, item.telemetry_upto))
+                    # Written before the event, waiting for its rows if need be: the order holds.
+                    carried = self._take_carried(item.device_id)
+                    taken = self.telemetry.take_device(item.device_id, item.telemetry_upto)
+                    self._flush_telemetry(taken, carried, wait=True)
                 self._handle(item)
-            first = self.telemetry.first_at
-            if first is not None and time.monotonic() >= first + TELEMETRY_WINDOW_S:
-                self._flush_telemetry(self.telemetry.take())
+            due = self._window_due()
+            if due is not None and time.monotonic() >= due:
+                # The whole window: a device whose rows another transaction holds waits for
+                # the next one instead of holding up the rest (server.services.telemetry.write).
+                self._flush_telemetry(self.telemetry.take(), self._take_carried(), wait=False)
+
+    def _window_due(self) -> float | None:
+        """When the telemetry window closes (monotonic), None while nothing waits for one."""
+        started = [t for t in (self.telemetry.first_at, self._carried_at) if t is not None]
+        return min(started) + TELEMETRY_WINDOW_S if started else None
+
+    def _take_carried(self, device_id: str | None = None) -> dict[str, telemetry.Latest]:
+        """The states put off by an earlier window: all of them, or one device's."""
+        if device_id is None:
+            carried, self._carried = self._carried, {}
+        else:
+            held = self._carried.pop(device_id, None)
+            carried = {} if held is None else {device_id: held}
+        if not self._carried:
+            self._carried_at = None
+        return carried
 
     def _warn_telemetry_dropped(self) -> None:
         dropped = self.telemetry.dropped
@@ -438,17 +465,23 @@ class Bridge:
                 "bridge: %d telemetry messages wait already; %d dropped so far", self.telemetry.limit, dropped
             )
 
-    def _flush_telemetry(self, taken: dict[str, list[telemetry.Raw]]) -> None:
-        """Write what ``taken`` says (server.services.telemetry). An unknown device is refused
-        alone; a database error costs this window's live state only (the next telemetry
-        brings it again)."""
-        if not taken:
+    def _flush_telemetry(
+        self,
+        taken: dict[str, list[telemetry.Raw]],
+        carried: dict[str, telemetry.Latest],
+        wait: bool,
+    ) -> None:
+        """Write what ``taken`` says, going on from the states ``carried`` over from earlier
+        windows (server.services.telemetry). An unknown device is refused alone; a database
+        error costs this window's live state only (the next telemetry brings it again).
+        Without ``wait``, a device whose rows are locked is put off to the next window."""
+        if not taken and not carried:
             return
 
         def refuse(device_id: str, exc: ProtocolError) -> None:
             self.reject(topic(device_id, Suffix.TELEMETRY), exc)
 
-        latest = telemetry.coalesce(taken, refuse)
+        latest = telemetry.coalesce(taken, refuse, carried)
         if not latest:
             return
         try:
@@ -456,10 +489,17 @@ class Bridge:
             # The fault suite's clock offset (werkbank_protocol.clock), when arrivals are epoch times.
             shift = (wall_now() - datetime.now(UTC)).total_seconds() if self._epoch_arrivals else 0.0
             with self._bounded_session() as db:
-                written = telemetry.write(db, latest, now, self.offsets, self.clock_settle_s, shift)
+                written = telemetry.write(
+                    db, latest, now, self.offsets, self.clock_settle_s, shift, skip_locked=not wait
+                )
             for device_id, exc in written.refused:
                 refuse(device_id, exc)
             self._count(self.handled, "telemetry", written.messages)
+            if written.deferred:
+                self._carried.update(written.deferred)
+                if self._carried_at is None:
+                    self._carried_at = time.monotonic()
+                self.telemetry_deferred += len(written.deferred)
         except SQLAlchemyError:
             self._count(self.rejected, "database")
             log.exception("bridge: database error on the telemetry of %d device(s)", len(latest))
