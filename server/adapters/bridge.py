@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import paho.mqtt.client as mqtt
-from sqlalchemy import Connection, Table, insert, select, text
+from sqlalchemy import Connection, Table, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -108,6 +108,9 @@ MAX_WAITING = 10_000
 TELEMETRY_WINDOW_S = 1.0
 # How often the ingest thread looks for telemetry while none is held.
 TELEMETRY_POLL_S = 0.05
+# Allow-lists built per transaction (Bridge.publish_allowlists): the rows of a batch are held
+# while its lists are built, so a batch is kept short.
+ALLOWLIST_BATCH = 25
 # How long the ingest thread's statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
 # Shared bridges: an allow-list version another bridge built this recently is taken to be on
@@ -1174,47 +1177,80 @@ class Bridge:
                 failing = True
 
     def publish_allowlists(self, force: bool = False) -> int:
-        """Publish every dirty (or, with force, every) machine's allow-list; returns how many."""
+        """Publish every dirty (or, with force, every) machine's allow-list; returns how many.
+
+        In batches of ``ALLOWLIST_BATCH`` machines, one transaction each: a batch holds its
+        machines' rows while it builds their lists, and a round of hundreds of machines in one
+        transaction held them all for seconds, so that telemetry windows, events and bookings
+        waited for them (issue 16). A machine whose row another transaction holds is skipped
+        (``SKIP LOCKED``: two bridges share the work); in a forced round it is marked dirty
+        afterwards, so that the next round publishes it."""
         now = self.clock()
-        outgoing: list[tuple[str, int, bytes]] = []
-        with self.db.session() as db:
-            query = select(Machine).where(Machine.device.has())
-            if not force:
-                query = query.where(Machine.allowlist_dirty.is_(True))
-            holders: dict[date, allowlists.Holders] = {}  # one read of badges and histories per site day
-            for machine in db.scalars(query.with_for_update(skip_locked=True)):
-                machine.allowlist_version += 1
-                today = now.astimezone(ZoneInfo(machine.site.timezone)).date()
-                if today not in holders:
-                    holders[today] = allowlists.load_holders(db, today)
-                document = allowlists.build(db, machine, now, self.allowlist_days, holders[today])
-                machine.allowlist_dirty = False
-                machine.allowlist_published_at = now
-                device = machine.device
-                assert device is not None
-                payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-                if len(payload) > self.message_limit:
-                    # The broker would drop it without a word and the Pi would keep its old list
-                    # until that expires: say so here, where an admin looks.
-                    self._count(self.rejected, "allowlist_too_large")
-                    log.error(
-                        "allow-list of %s not sent: %d badges make %d bytes, over the broker's message "
-                        "limit of %d; raise message_size_limit and max_packet_size in the broker's "
-                        "werkbank.conf and MQTT_MESSAGE_LIMIT together (docs/deploy.md)",
-                        machine.slug,
-                        len(document["entries"]),
-                        len(payload),
-                        self.message_limit,
-                    )
-                    continue
-                outgoing.append((device.id, machine.allowlist_version, payload))
-        # Published after the commit, so a version number is never sent twice with different content.
-        for device_id, version, payload in outgoing:
-            self._published[device_id] = version
-            self.publish(device_id, Suffix.ALLOWLIST, payload)
-        if outgoing:
-            log.info("published %d allow-list(s) at %s", len(outgoing), now_ts())
-        return len(outgoing)
+        published = 0
+        after = 0  # the machine ids up to here are done
+        skipped: list[int] = []
+        while True:
+            outgoing: list[tuple[str, int, bytes]] = []
+            with self.db.session() as db:
+                batch = select(Machine.id).where(Machine.device.has(), Machine.id > after)
+                if not force:
+                    batch = batch.where(Machine.allowlist_dirty.is_(True))
+                ids = list(db.scalars(batch.order_by(Machine.id).limit(ALLOWLIST_BATCH)))
+                if not ids:
+                    break
+                after = ids[-1]
+                query = select(Machine).where(Machine.id.in_(ids)).order_by(Machine.id)
+                if not force:
+                    query = query.where(Machine.allowlist_dirty.is_(True))
+                machines = list(db.scalars(query.with_for_update(skip_locked=True)))
+                skipped += sorted(set(ids) - {m.id for m in machines})
+                # One read of badges and histories per site day, after the rows are locked: a
+                # change committed since marks these machines dirty only once this batch is done.
+                holders: dict[date, allowlists.Holders] = {}
+                for machine in machines:
+                    outgoing += self._build_allowlist(db, machine, now, holders)
+            # Published after the commit, so a version number is never sent twice with different content.
+            for device_id, version, payload in outgoing:
+                self._published[device_id] = version
+                self.publish(device_id, Suffix.ALLOWLIST, payload)
+            published += len(outgoing)
+        if force and skipped:
+            with self.db.session() as db:
+                db.execute(update(Machine).where(Machine.id.in_(skipped)).values(allowlist_dirty=True))
+        if published:
+            log.info("published %d allow-list(s) at %s", published, now_ts())
+        return published
+
+    def _build_allowlist(
+        self, db: Session, machine: Machine, now: datetime, holders: dict[date, allowlists.Holders]
+    ) -> list[tuple[str, int, bytes]]:
+        """Number and build ``machine``'s next list: (device id, version, payload), or nothing
+        when it is too large to send."""
+        machine.allowlist_version += 1
+        today = now.astimezone(ZoneInfo(machine.site.timezone)).date()
+        if today not in holders:
+            holders[today] = allowlists.load_holders(db, today)
+        document = allowlists.build(db, machine, now, self.allowlist_days, holders[today])
+        machine.allowlist_dirty = False
+        machine.allowlist_published_at = now
+        device = machine.device
+        assert device is not None
+        payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(payload) > self.message_limit:
+            # The broker would drop it without a word and the Pi would keep its old list
+            # until that expires: say so here, where an admin looks.
+            self._count(self.rejected, "allowlist_too_large")
+            log.error(
+                "allow-list of %s not sent: %d badges make %d bytes, over the broker's message "
+                "limit of %d; raise message_size_limit and max_packet_size in the broker's "
+                "werkbank.conf and MQTT_MESSAGE_LIMIT together (docs/deploy.md)",
+                machine.slug,
+                len(document["entries"]),
+                len(payload),
+                self.message_limit,
+            )
+            return []
+        return [(device.id, machine.allowlist_version, payload)]
 
     # -- bookings --------------------------------------------------------------------------
     def lock_for_bookings(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -357,6 +358,45 @@ def test_shared_bridges_write_telemetry_while_another_transaction_holds_a_machin
     finally:
         for bridge in bridges:
             bridge.stop()
+
+
+def _versions(db: Database) -> dict[str, int]:
+    with db.session() as s:
+        return {m.slug: m.allowlist_version for m in s.scalars(select(Machine))}
+
+
+@needs_postgresql
+def test_bridge_forced_allowlist_round_comes_back_for_a_machine_whose_row_was_held(
+    lab: Database, mqtt_url: str, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """A forced round (the broker lost its retained lists) skips a machine whose row another
+    transaction holds, as every round does; it marks that machine for the next round, or its
+    device would go without a list on the broker."""
+    # Not started: no publishing thread of its own runs rounds meanwhile (what it publishes
+    # waits in its client).
+    bridge = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock)
+    try:
+        _forced_round_with_a_row_held(bridge, lab)
+    finally:
+        bridge.stop()
+
+
+def _forced_round_with_a_row_held(bridge: Bridge, lab: Database) -> None:
+    bridge.publish_allowlists()
+    assert bridge.publish_allowlists() == 0
+    before = _versions(lab)
+    done: list[int] = []
+    with lab.engine.connect() as locker:
+        locker.execute(text("SELECT id FROM machines WHERE slug = 'printer-1' FOR UPDATE"))
+        forced = threading.Thread(target=lambda: done.append(bridge.publish_allowlists(force=True)))
+        forced.start()
+        assert wait_until(lambda: _versions(lab)["laser-1"] > before["laser-1"], timeout=10)
+        assert _versions(lab)["printer-1"] == before["printer-1"]
+        locker.rollback()
+    forced.join(timeout=10)
+    assert done == [len(before) - 1]
+    assert bridge.publish_allowlists() == 1  # the next round
+    assert _versions(lab)["printer-1"] == before["printer-1"] + 1
 
 
 # -- finding 7: offline sessions of a revoked person ----------------------------------------------

@@ -70,7 +70,7 @@ def test_a_state_put_off_goes_on_with_the_next_window_as_one() -> None:
     latest = telemetry.coalesce(second.take(), lambda d, e: None, carried)
     held = latest["pi-a"]
     assert held.messages == 10 and held.sent == T0 + timedelta(seconds=9)
-    assert held.energy is not None and abs(held.energy.wh - 1.5) < 1e-9  # 9 s at 600 W: one meter from 0 to 9 s
+    assert held.energy is not None and abs(held.energy.wh - 1.5) < 1e-9  # 9 s at 600 W: one meter
     assert set(latest) == {"pi-a", "pi-b"}
     # A state put off with nothing new of its device is written as it is.
     assert telemetry.coalesce({}, lambda d, e: None, {"pi-a": held}) == {"pi-a": held}
