@@ -88,7 +88,12 @@ class _BridgeCollector(Collector):
             "werkbank_telemetry_waiting", "Telemetry messages waiting for their window."
         )
         waiting.add_metric([], len(buffer))
-        yield from (decisions, handled, rejected, connected, received, dropped, waiting)
+        deferred = CounterMetricFamily(
+            "werkbank_telemetry_deferred",
+            "Devices' telemetry states put off to the next window: another transaction held their rows.",
+        )
+        deferred.add_metric([], self.bridge.telemetry_deferred)
+        yield from (decisions, handled, rejected, connected, received, dropped, waiting, deferred)
 
 
 class _SchedulerCollector(Collector):

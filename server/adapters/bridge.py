@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import paho.mqtt.client as mqtt
-from sqlalchemy import Connection, Table, insert, select, text
+from sqlalchemy import Connection, Table, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -108,6 +108,9 @@ MAX_WAITING = 10_000
 TELEMETRY_WINDOW_S = 1.0
 # How often the ingest thread looks for telemetry while none is held.
 TELEMETRY_POLL_S = 0.05
+# Allow-lists built per transaction (Bridge.publish_allowlists): the rows of a batch are held
+# while its lists are built, so a batch is kept short.
+ALLOWLIST_BATCH = 25
 # How long the ingest thread's statements may wait (PostgreSQL), by default.
 INGEST_TIMEOUT_S = 5.0
 # Shared bridges: an allow-list version another bridge built this recently is taken to be on
@@ -239,6 +242,11 @@ class Bridge:
         # (docs/performance.md, "Telemetry"), timed on the epoch clock (cheaper than self.clock,
         # turned into the bridge's clock once per window) unless a test's clock is given.
         self.telemetry = telemetry.Buffer()
+        # States a window could not write because another transaction held their rows: written
+        # with the next window (the ingest thread's alone), and how many devices' were put off.
+        self._carried: dict[str, telemetry.Latest] = {}
+        self._carried_at: float | None = None
+        self.telemetry_deferred = 0
         self._epoch_arrivals = clock is None
         self._arrival: Callable[[], float] = time.time if clock is None else lambda: self.clock().timestamp()
         self._workers: list[threading.Thread] = []
@@ -413,23 +421,45 @@ class Bridge:
         devices in one transaction). A device's telemetry that arrived before its other
         message is written first, so the order of what each device said is kept."""
         while True:
-            # A window runs from the first message held; while none is, look now and then.
-            first = self.telemetry.first_at
-            wait = TELEMETRY_POLL_S if first is None else first + TELEMETRY_WINDOW_S - time.monotonic()
+            # A window runs from the first message held (or state put off); while none is,
+            # look now and then.
+            due = self._window_due()
+            wait = TELEMETRY_POLL_S if due is None else due - time.monotonic()
             try:
                 item = self._inbox.get(timeout=max(0.0, wait))
             except queue.Empty:
                 pass
             else:
                 if item is None:
-                    self._flush_telemetry(self.telemetry.take())
+                    self._flush_telemetry(self.telemetry.take(), self._take_carried(), wait=True)
                     return
                 if item.suffix is not Suffix.ALLOWLIST:  # the server's word, not the device's
-                    self._flush_telemetry(self.telemetry.take_device(item.device_id, item.telemetry_upto))
+                    # Written before the event, waiting for its rows if need be: the order holds.
+                    carried = self._take_carried(item.device_id)
+                    taken = self.telemetry.take_device(item.device_id, item.telemetry_upto)
+                    self._flush_telemetry(taken, carried, wait=True)
                 self._handle(item)
-            first = self.telemetry.first_at
-            if first is not None and time.monotonic() >= first + TELEMETRY_WINDOW_S:
-                self._flush_telemetry(self.telemetry.take())
+            due = self._window_due()
+            if due is not None and time.monotonic() >= due:
+                # The whole window: a device whose rows another transaction holds waits for
+                # the next one instead of holding up the rest (server.services.telemetry.write).
+                self._flush_telemetry(self.telemetry.take(), self._take_carried(), wait=False)
+
+    def _window_due(self) -> float | None:
+        """When the telemetry window closes (monotonic), None while nothing waits for one."""
+        started = [t for t in (self.telemetry.first_at, self._carried_at) if t is not None]
+        return min(started) + TELEMETRY_WINDOW_S if started else None
+
+    def _take_carried(self, device_id: str | None = None) -> dict[str, telemetry.Latest]:
+        """The states put off by an earlier window: all of them, or one device's."""
+        if device_id is None:
+            carried, self._carried = self._carried, {}
+        else:
+            held = self._carried.pop(device_id, None)
+            carried = {} if held is None else {device_id: held}
+        if not self._carried:
+            self._carried_at = None
+        return carried
 
     def _warn_telemetry_dropped(self) -> None:
         dropped = self.telemetry.dropped
@@ -438,17 +468,23 @@ class Bridge:
                 "bridge: %d telemetry messages wait already; %d dropped so far", self.telemetry.limit, dropped
             )
 
-    def _flush_telemetry(self, taken: dict[str, list[telemetry.Raw]]) -> None:
-        """Write what ``taken`` says (server.services.telemetry). An unknown device is refused
-        alone; a database error costs this window's live state only (the next telemetry
-        brings it again)."""
-        if not taken:
+    def _flush_telemetry(
+        self,
+        taken: dict[str, list[telemetry.Raw]],
+        carried: dict[str, telemetry.Latest],
+        wait: bool,
+    ) -> None:
+        """Write what ``taken`` says, going on from the states ``carried`` over from earlier
+        windows (server.services.telemetry). An unknown device is refused alone; a database
+        error costs this window's live state only (the next telemetry brings it again).
+        Without ``wait``, a device whose rows are locked is put off to the next window."""
+        if not taken and not carried:
             return
 
         def refuse(device_id: str, exc: ProtocolError) -> None:
             self.reject(topic(device_id, Suffix.TELEMETRY), exc)
 
-        latest = telemetry.coalesce(taken, refuse)
+        latest = telemetry.coalesce(taken, refuse, carried)
         if not latest:
             return
         try:
@@ -456,10 +492,17 @@ class Bridge:
             # The fault suite's clock offset (werkbank_protocol.clock), when arrivals are epoch times.
             shift = (wall_now() - datetime.now(UTC)).total_seconds() if self._epoch_arrivals else 0.0
             with self._bounded_session() as db:
-                written = telemetry.write(db, latest, now, self.offsets, self.clock_settle_s, shift)
+                written = telemetry.write(
+                    db, latest, now, self.offsets, self.clock_settle_s, shift, skip_locked=not wait
+                )
             for device_id, exc in written.refused:
                 refuse(device_id, exc)
             self._count(self.handled, "telemetry", written.messages)
+            if written.deferred:
+                self._carried.update(written.deferred)
+                if self._carried_at is None:
+                    self._carried_at = time.monotonic()
+                self.telemetry_deferred += len(written.deferred)
         except SQLAlchemyError:
             self._count(self.rejected, "database")
             log.exception("bridge: database error on the telemetry of %d device(s)", len(latest))
@@ -1139,47 +1182,80 @@ class Bridge:
                 failing = True
 
     def publish_allowlists(self, force: bool = False) -> int:
-        """Publish every dirty (or, with force, every) machine's allow-list; returns how many."""
+        """Publish every dirty (or, with force, every) machine's allow-list; returns how many.
+
+        In batches of ``ALLOWLIST_BATCH`` machines, one transaction each: a batch holds its
+        machines' rows while it builds their lists, and a round of hundreds of machines in one
+        transaction held them all for seconds, so that telemetry windows, events and bookings
+        waited for them (issue 16). A machine whose row another transaction holds is skipped
+        (``SKIP LOCKED``: two bridges share the work); in a forced round it is marked dirty
+        afterwards, so that the next round publishes it."""
         now = self.clock()
-        outgoing: list[tuple[str, int, bytes]] = []
-        with self.db.session() as db:
-            query = select(Machine).where(Machine.device.has())
-            if not force:
-                query = query.where(Machine.allowlist_dirty.is_(True))
-            holders: dict[date, allowlists.Holders] = {}  # one read of badges and histories per site day
-            for machine in db.scalars(query.with_for_update(skip_locked=True)):
-                machine.allowlist_version += 1
-                today = now.astimezone(ZoneInfo(machine.site.timezone)).date()
-                if today not in holders:
-                    holders[today] = allowlists.load_holders(db, today)
-                document = allowlists.build(db, machine, now, self.allowlist_days, holders[today])
-                machine.allowlist_dirty = False
-                machine.allowlist_published_at = now
-                device = machine.device
-                assert device is not None
-                payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-                if len(payload) > self.message_limit:
-                    # The broker would drop it without a word and the Pi would keep its old list
-                    # until that expires: say so here, where an admin looks.
-                    self._count(self.rejected, "allowlist_too_large")
-                    log.error(
-                        "allow-list of %s not sent: %d badges make %d bytes, over the broker's message "
-                        "limit of %d; raise message_size_limit and max_packet_size in the broker's "
-                        "werkbank.conf and MQTT_MESSAGE_LIMIT together (docs/deploy.md)",
-                        machine.slug,
-                        len(document["entries"]),
-                        len(payload),
-                        self.message_limit,
-                    )
-                    continue
-                outgoing.append((device.id, machine.allowlist_version, payload))
-        # Published after the commit, so a version number is never sent twice with different content.
-        for device_id, version, payload in outgoing:
-            self._published[device_id] = version
-            self.publish(device_id, Suffix.ALLOWLIST, payload)
-        if outgoing:
-            log.info("published %d allow-list(s) at %s", len(outgoing), now_ts())
-        return len(outgoing)
+        published = 0
+        after = 0  # the machine ids up to here are done
+        skipped: list[int] = []
+        while True:
+            outgoing: list[tuple[str, int, bytes]] = []
+            with self.db.session() as db:
+                batch = select(Machine.id).where(Machine.device.has(), Machine.id > after)
+                if not force:
+                    batch = batch.where(Machine.allowlist_dirty.is_(True))
+                ids = list(db.scalars(batch.order_by(Machine.id).limit(ALLOWLIST_BATCH)))
+                if not ids:
+                    break
+                after = ids[-1]
+                query = select(Machine).where(Machine.id.in_(ids)).order_by(Machine.id)
+                if not force:
+                    query = query.where(Machine.allowlist_dirty.is_(True))
+                machines = list(db.scalars(query.with_for_update(skip_locked=True)))
+                skipped += sorted(set(ids) - {m.id for m in machines})
+                # One read of badges and histories per site day, after the rows are locked: a
+                # change committed since marks these machines dirty only once this batch is done.
+                holders: dict[date, allowlists.Holders] = {}
+                for machine in machines:
+                    outgoing += self._build_allowlist(db, machine, now, holders)
+            # Published after the commit, so a version number is never sent twice with different content.
+            for device_id, version, payload in outgoing:
+                self._published[device_id] = version
+                self.publish(device_id, Suffix.ALLOWLIST, payload)
+            published += len(outgoing)
+        if force and skipped:
+            with self.db.session() as db:
+                db.execute(update(Machine).where(Machine.id.in_(skipped)).values(allowlist_dirty=True))
+        if published:
+            log.info("published %d allow-list(s) at %s", published, now_ts())
+        return published
+
+    def _build_allowlist(
+        self, db: Session, machine: Machine, now: datetime, holders: dict[date, allowlists.Holders]
+    ) -> list[tuple[str, int, bytes]]:
+        """Number and build ``machine``'s next list: (device id, version, payload), or nothing
+        when it is too large to send."""
+        machine.allowlist_version += 1
+        today = now.astimezone(ZoneInfo(machine.site.timezone)).date()
+        if today not in holders:
+            holders[today] = allowlists.load_holders(db, today)
+        document = allowlists.build(db, machine, now, self.allowlist_days, holders[today])
+        machine.allowlist_dirty = False
+        machine.allowlist_published_at = now
+        device = machine.device
+        assert device is not None
+        payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(payload) > self.message_limit:
+            # The broker would drop it without a word and the Pi would keep its old list
+            # until that expires: say so here, where an admin looks.
+            self._count(self.rejected, "allowlist_too_large")
+            log.error(
+                "allow-list of %s not sent: %d badges make %d bytes, over the broker's message "
+                "limit of %d; raise message_size_limit and max_packet_size in the broker's "
+                "werkbank.conf and MQTT_MESSAGE_LIMIT together (docs/deploy.md)",
+                machine.slug,
+                len(document["entries"]),
+                len(payload),
+                self.message_limit,
+            )
+            return []
+        return [(device.id, machine.allowlist_version, payload)]
 
     # -- bookings --------------------------------------------------------------------------
     def lock_for_bookings(self) -> int:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
@@ -145,12 +145,16 @@ class Latest:
 Reject = Callable[[str, ProtocolError], None]
 
 
-def coalesce(taken: dict[str, list[Raw]], reject: Reject) -> dict[str, Latest]:
+def coalesce(
+    taken: dict[str, list[Raw]], reject: Reject, carried: dict[str, Latest] | None = None
+) -> dict[str, Latest]:
     """Per device the newest state of the window, with every reading through the meter. A
-    garbled or absurd message is refused on its own (``reject(device_id, error)``)."""
-    found: dict[str, Latest] = {}
+    garbled or absurd message is refused on its own (``reject(device_id, error)``).
+    ``carried``: states an earlier window could not write (:attr:`Written.deferred`); the
+    window goes on from them as if it had begun with theirs (they are used up)."""
+    found: dict[str, Latest] = dict(carried) if carried else {}
     for device_id, raws in taken.items():
-        held: Latest | None = None
+        held: Latest | None = found.pop(device_id, None)
         for raw in raws:
             try:
                 telemetry = decode_as(Telemetry, raw.payload)
@@ -189,11 +193,13 @@ def coalesce(taken: dict[str, list[Raw]], reject: Reject) -> dict[str, Latest]:
 
 @dataclass
 class Written:
-    """What :func:`write` did: messages of known devices written, and what it refused."""
+    """What :func:`write` did: messages of known devices written, what it refused, and the
+    states it left for the next window (their rows were locked by another transaction)."""
 
     messages: int = 0
     devices: int = 0
     refused: list[tuple[str, ProtocolError]] = field(default_factory=list)
+    deferred: dict[str, Latest] = field(default_factory=dict)
 
 
 def write(
@@ -203,10 +209,17 @@ def write(
     offsets: clocks.ClockOffsets,
     settle_s: float,
     arrival_shift_s: float = 0.0,
+    skip_locked: bool = False,
 ) -> Written:
     """Write one window in ``db``'s transaction (the caller commits). An unknown device is
     refused alone. ``arrival_shift_s`` turns the arrival times (epoch seconds) into the
-    bridge's clock."""
+    bridge's clock.
+
+    ``skip_locked`` (PostgreSQL; SQLite locks the whole file instead): a device whose row, its
+    machine's row or its machine's open session is locked by another transaction (an
+    allow-list round, a booking, an event, the other bridge's window) is not waited for but
+    left in :attr:`Written.deferred` for the next window; the others are written at once. A
+    window never waits for a lock then, so none can hold up the rest or time out."""
     done = Written()
     if not latest:
         return done
@@ -230,7 +243,12 @@ def write(
                 )
             )
     known = [i for i in ids if i in rows]
-    sessions = _open_sessions(db, (rows[i].machine_id for i in known if latest[i].energy is not None))
+    if skip_locked:
+        free, sessions = _lock_free(db, known, rows, latest)
+        done.deferred = {i: latest[i] for i in set(known) - set(free)}
+        known = free
+    else:
+        sessions = _open_sessions(db, (rows[i].machine_id for i in known if latest[i].energy is not None))
     # Live state first, in the order of the ids (one lock order for every bridge).
     seen = [{"b_id": i, "b_seen": now} for i in known if rows[i].online]
     if seen:
@@ -311,3 +329,61 @@ def _open_sessions(db: Session, machine_ids: Iterable[int | None]) -> dict[int, 
     ):
         found[session.machine_id] = session  # the newest, should a lost one still be open
     return found
+
+
+def _lock_free(
+    db: Session, known: list[str], rows: dict[str, Any], latest: dict[str, Latest]
+) -> tuple[list[str], dict[int, MachineSession]]:
+    """Lock, without waiting, the rows a window writes for ``known`` devices: theirs, their
+    machines' and, where energy was measured, the machines' open sessions (each in the order of
+    the ids). Returns the devices all of whose rows are now held, and those sessions."""
+    locked_devices = set(
+        db.scalars(
+            select(Device.id)
+            .where(Device.id.in_(known))
+            .order_by(Device.id)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    machines = sorted({rows[i].machine_id for i in known if i in locked_devices} - {None})
+    locked_machines = (
+        set(
+            db.scalars(
+                select(Machine.id)
+                .where(Machine.id.in_(machines))
+                .order_by(Machine.id)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if machines
+        else set()
+    )
+    free = [
+        i
+        for i in known
+        if i in locked_devices and (rows[i].machine_id is None or rows[i].machine_id in locked_machines)
+    ]
+    metering = sorted({rows[i].machine_id for i in free if latest[i].energy is not None} - {None})
+    if not metering:
+        return free, {}
+    # Each machine's open session (the newest, should a lost one still be open) read without
+    # a lock, then locked: one not returned is held by another transaction (or has just
+    # ended), and its machine's energy waits for the next window.
+    newest: dict[int, str] = {}
+    for machine_id, session_id in db.execute(
+        select(MachineSession.machine_id, MachineSession.id)
+        .where(MachineSession.machine_id.in_(metering), MachineSession.ended_at.is_(None))
+        .order_by(MachineSession.machine_id, MachineSession.started_at)
+    ):
+        newest[machine_id] = session_id
+    sessions: dict[int, MachineSession] = {}
+    if newest:
+        for session in db.scalars(
+            select(MachineSession)
+            .where(MachineSession.id.in_(sorted(newest.values())), MachineSession.ended_at.is_(None))
+            .order_by(MachineSession.id)
+            .with_for_update(skip_locked=True)
+        ):
+            sessions[session.machine_id] = session
+    waiting = set(newest) - set(sessions)
+    return [i for i in free if latest[i].energy is None or rows[i].machine_id not in waiting], sessions

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -316,6 +317,86 @@ def test_bridge_gives_up_on_a_locked_event_after_its_timeout_and_takes_it_again_
             assert s.scalar(select(func.count()).select_from(StoredEvent).where(StoredEvent.id == eid)) == 1
     finally:
         bridge.stop()
+
+
+def _live(db: Database) -> dict[str, tuple[bool | None, float | None]]:
+    with db.session() as s:
+        return {m.slug: (m.live_running, m.live_power_w) for m in s.scalars(select(Machine))}
+
+
+@needs_postgresql
+def test_shared_bridges_write_telemetry_while_another_transaction_holds_a_machine_row(
+    lab: Database, mqtt_url: str, device: Peer, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """Two bridges share the telemetry (MQTT_SHARED_SUBSCRIPTIONS). A long transaction holds the
+    printer's machine row (an allow-list round builds every list in one, an admin's bulk edit
+    marks every machine's list): the laser's live state is written all the same, and the
+    printer's once the row is free. Before, every window waited for the row, timed out and
+    was lost whole: the fleet bench saw two bridges ingest nothing for seconds."""
+    bridges = [
+        Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock, shared=True).start()
+        for _ in range(2)
+    ]
+    try:
+        with lab.engine.connect() as locker:
+            locker.execute(text("SELECT id FROM machines WHERE slug = 'printer-1' FOR UPDATE"))
+            # The broker hands the messages to the two bridges in turn: in this order each
+            # bridge gets some of either device's.
+            for i in range(6):
+                sent = format_ts(clock() + timedelta(seconds=i))
+                pair = [(PRINTER, 100.0 + i), (LASER, 200.0 + i)]
+                for where, power in pair if i % 2 == 0 else pair[::-1]:
+                    body = {"v": 1, "ts": sent, "running": True, "power_w": power}
+                    device.publish(f"{where}/telemetry", json.dumps(body).encode(), qos=0)
+            # (Each bridge writes the newest state of what it got: either may be last.)
+            assert wait_until(lambda: _live(lab)["laser-1"][1] is not None, timeout=15), _live(lab)
+            assert _live(lab)["printer-1"][1] is None  # still held: not written yet, not lost
+            locker.rollback()
+        assert wait_until(lambda: _live(lab)["printer-1"][1] is not None, timeout=15), _live(lab)
+        assert wait_until(lambda: sum(b.handled["telemetry"] for b in bridges) == 12, timeout=5)
+        assert sum(b.rejected["database"] for b in bridges) == 0
+    finally:
+        for bridge in bridges:
+            bridge.stop()
+
+
+def _versions(db: Database) -> dict[str, int]:
+    with db.session() as s:
+        return {m.slug: m.allowlist_version for m in s.scalars(select(Machine))}
+
+
+@needs_postgresql
+def test_bridge_forced_allowlist_round_comes_back_for_a_machine_whose_row_was_held(
+    lab: Database, mqtt_url: str, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """A forced round (the broker lost its retained lists) skips a machine whose row another
+    transaction holds, as every round does; it marks that machine for the next round, or its
+    device would go without a list on the broker."""
+    # Not started: no publishing thread of its own runs rounds meanwhile (what it publishes
+    # waits in its client).
+    bridge = Bridge(lab, mqtt_url, client_id=f"bridge-{uuid.uuid4().hex[:6]}", clock=clock)
+    try:
+        _forced_round_with_a_row_held(bridge, lab)
+    finally:
+        bridge.stop()
+
+
+def _forced_round_with_a_row_held(bridge: Bridge, lab: Database) -> None:
+    bridge.publish_allowlists()
+    assert bridge.publish_allowlists() == 0
+    before = _versions(lab)
+    done: list[int] = []
+    with lab.engine.connect() as locker:
+        locker.execute(text("SELECT id FROM machines WHERE slug = 'printer-1' FOR UPDATE"))
+        forced = threading.Thread(target=lambda: done.append(bridge.publish_allowlists(force=True)))
+        forced.start()
+        assert wait_until(lambda: _versions(lab)["laser-1"] > before["laser-1"], timeout=10)
+        assert _versions(lab)["printer-1"] == before["printer-1"]
+        locker.rollback()
+    forced.join(timeout=10)
+    assert done == [len(before) - 1]
+    assert bridge.publish_allowlists() == 1  # the next round
+    assert _versions(lab)["printer-1"] == before["printer-1"] + 1
 
 
 # -- finding 7: offline sessions of a revoked person ----------------------------------------------

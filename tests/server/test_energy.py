@@ -5,12 +5,13 @@ utilisation dashboard and the funder report show from the daily aggregates."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from server.adapters.bridge import Bridge, wait_until
 from server.db import Database
@@ -132,6 +133,27 @@ def test_energy_counter_difference_is_the_sessions_kwh_on_dashboard_and_report(
         machines = {m.name: (m.sessions, m.energy_wh, m.energy_gap_s) for m in report.machines}
         assert machines[printer.name] == (1, pytest.approx(100.0), 0.0)
         assert report.energy_wh == pytest.approx(100.0)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TEST_DATABASE_URL"), reason="needs PostgreSQL (TEST_DATABASE_URL): row locks"
+)
+def test_energy_waits_for_a_session_row_another_transaction_holds_and_loses_nothing(
+    bridge: Bridge, device: Peer, lab: Database, clock: Clock
+) -> None:
+    """The session's row is held by another transaction (the other bridge ingesting one of its
+    events, say): the window's energy is put off, not waited for until the window times out
+    and is lost, and it counts in full once the row is free."""
+    session = _start(device, clock)
+    with lab.engine.connect() as locker:
+        locker.execute(text("SELECT id FROM sessions WHERE id = :id FOR UPDATE"), {"id": session})
+        _send(device, clock, [(60 * i, {"power_w": 600.0, "energy_wh": 1000.0 + 10 * i}) for i in range(6)])
+        assert wait_until(lambda: bridge.telemetry_deferred >= 2, timeout=15)  # two windows at least
+        assert bridge.handled["telemetry"] == 0 and bridge.rejected["database"] == 0
+        locker.rollback()
+    _send(device, clock, [(60 * i, {"power_w": 600.0, "energy_wh": 1000.0 + 10 * i}) for i in range(6, 11)])
+    gap, source = _settled(bridge, lab, session, 11, 100.0)
+    assert (gap, source) == (0.0, "counter")
 
 
 def test_energy_counter_reset_counts_that_interval_by_power(

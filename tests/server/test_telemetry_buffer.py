@@ -58,6 +58,24 @@ def test_coalesce_keeps_the_newest_state_counts_every_message_and_meters_every_r
     assert held.energy is not None and abs(held.energy.wh - 1.5) < 1e-9  # 9 s at 600 W
 
 
+def test_a_state_put_off_goes_on_with_the_next_window_as_one() -> None:
+    """A window that could not write a device (its rows were locked) hands its state to the
+    next: the meter and the message count go on as if both had been one window."""
+    first, second = telemetry.Buffer(), telemetry.Buffer()
+    for i in range(10):
+        buffer = first if i < 5 else second
+        buffer.add("pi-a", _payload(i, running=True, power_w=600.0, energy_wh=100 + i / 6), 0.0, False)
+    second.add("pi-b", _payload(9, running=False), 0.0, False)
+    carried = telemetry.coalesce(first.take(), lambda d, e: None)
+    latest = telemetry.coalesce(second.take(), lambda d, e: None, carried)
+    held = latest["pi-a"]
+    assert held.messages == 10 and held.sent == T0 + timedelta(seconds=9)
+    assert held.energy is not None and abs(held.energy.wh - 1.5) < 1e-9  # 9 s at 600 W: one meter
+    assert set(latest) == {"pi-a", "pi-b"}
+    # A state put off with nothing new of its device is written as it is.
+    assert telemetry.coalesce({}, lambda d, e: None, {"pi-a": held}) == {"pi-a": held}
+
+
 def test_the_bridges_metrics_say_what_the_buffer_took_dropped_and_holds() -> None:
     from collections import Counter
     from threading import Event
@@ -71,6 +89,7 @@ def test_the_bridges_metrics_say_what_the_buffer_took_dropped_and_holds() -> Non
         rejected: Counter[str] = Counter()
         connected = Event()
         telemetry = telemetry.Buffer(limit=2)
+        telemetry_deferred = 4
 
     fake = _Bridge()
     for i in range(3):
@@ -81,3 +100,4 @@ def test_the_bridges_metrics_say_what_the_buffer_took_dropped_and_holds() -> Non
     assert sample("werkbank_telemetry_received_total") == 2.0
     assert sample("werkbank_telemetry_dropped_total", {"reason": "busy"}) == 1.0
     assert sample("werkbank_telemetry_waiting") == 2.0
+    assert sample("werkbank_telemetry_deferred_total") == 4.0
