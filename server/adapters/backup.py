@@ -364,6 +364,11 @@ def _dump_sqlite(url: str, out: IO[bytes], fernet: Fernet, set_id: bytes, scratc
             engine.dispose()
         with copy_path.open("rb") as plain:
             parts, size = _seal(fernet, set_id, plain, out)
+    except sqlite3.DatabaseError as exc:
+        # SQLite may find the damage while copying, before the check of the copy runs.
+        damaged = any(word in str(exc) for word in ("malformed", "not a database", "corrupt"))
+        what = "is damaged" if damaged else "cannot be copied"
+        raise BackupError(f"the SQLite database {source_path} {what}: {exc}") from exc
     except sqlite3.Error as exc:
         raise BackupError(f"cannot copy the SQLite database {source_path}: {exc}") from exc
     finally:

@@ -89,6 +89,8 @@ def _decide(db: Database, device_id: str, badge: str, now: datetime) -> str:
     bridge = Bridge(db, "mqtt://127.0.0.1:9", clock=lambda: now)  # never connected
     request = AuthReq(v=1, id=str(uuid.uuid4()), ts=format_ts(now), badge=badge)
     bridge._answer_taps([(device_id, request)])
+    assert bridge.wait_for_decision_log(5.0)  # written just after the answer
+    bridge.decision_log.close()
     with db.session() as s:
         row = s.get(AccessDecision, request.id)
         assert row is not None and row.session_id is not None, row and row.response

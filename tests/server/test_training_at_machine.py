@@ -46,6 +46,8 @@ def _certify(db: Database, device_id: str, badge: str, now: datetime, trainer: s
         v=1, id=str(uuid.uuid4()), ts=format_ts(now), badge=badge, mode="certify", trainer_badge=trainer
     )
     bridge._answer_taps([(device_id, request)])
+    assert bridge.wait_for_decision_log(5.0)  # written just after the answer
+    bridge.decision_log.close()
     with db.session() as s:
         row = s.get(AccessDecision, request.id)
         assert row is not None
@@ -64,6 +66,8 @@ def _supervise(db: Database, device_id: str, badge: str, trainer_badge: str, now
         trainer_badge=trainer_badge,
     )
     bridge._answer_taps([(device_id, request)])
+    assert bridge.wait_for_decision_log(5.0)  # written just after the answer
+    bridge.decision_log.close()
     with db.session() as s:
         row = s.get(AccessDecision, request.id)
         assert row is not None and row.decision == "allow", row and row.response
