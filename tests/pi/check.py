@@ -257,7 +257,9 @@ def run_check(cache: Path, timer: Timer) -> dict[str, Any]:
         step7 = (logs / "step-7.log").read_text()
         found = re.search(r"agent\.toml: ok \(config hash (\S+)\)", step7)
         if found is None:
-            raise CheckFailed(f"the config check in step 7 did not print 'ok (config hash …)': {logs}/step-7.log")
+            raise CheckFailed(
+                f"the config check in step 7 did not print 'ok (config hash …)': {logs}/step-7.log"
+            )
         config_hash = found.group(1)
         boot = (root / "boot/firmware/config.txt").read_text()
         if "dtparam=spi=on" not in boot:
@@ -314,7 +316,10 @@ def start_agent(
     try:
         status = watch.wait(True, AGENT_START_TIMEOUT, alive)
         text = log_path.read_text()
-        for needed in (f"agent {device_id} for machine {MACHINE} started", f"connected to mqtts://{BROKER_HOST}"):
+        for needed in (
+            f"agent {device_id} for machine {MACHINE} started",
+            f"connected to mqtts://{BROKER_HOST}",
+        ):
             if needed not in text:
                 raise CheckFailed(f"the agent's log lacks {needed!r}:\n{text[-3000:]}")
         if "Not authorized" in text:

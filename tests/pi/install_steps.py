@@ -63,8 +63,8 @@ def strip_comment(line: str) -> str:
 
 
 def parse(markdown: str) -> list[Command]:
-    """Every command of every ```sh block under a numbered section, in order (comments dropped,
-    continued lines joined)."""
+    """Every command of every ```sh block under a numbered section (``## 4. ...``), in order, with
+    comments dropped and continued lines joined."""
     commands: list[Command] = []
     step, title = 0, ""
     block = ""  # "" outside a fence, else the fence's language ("sh", or another one to skip)
@@ -77,12 +77,10 @@ def parse(markdown: str) -> list[Command]:
         if block in ("sh", "bash", "shell"):
             line = pending + strip_comment(raw).strip()
             if line.endswith("\\"):
-                pending = line[:-1] + " "
+                pending = line[:-1].rstrip() + " "
                 continue
             pending = ""
-            if line:
-                if step == 0:
-                    raise ValueError(f"INSTALL.md: command outside a numbered step: {line}")
+            if line and step:  # commands outside a numbered step (e.g. "Later") are no install step
                 commands.append(Command(step, title, line))
         elif not block and raw.startswith("## "):
             section = _SECTION.match(raw)

@@ -7,8 +7,6 @@ import re
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from server.db import Database
 from server.services.provisioning import provision_device
 from tests.pi.check import compiled_packages, unit_settings
@@ -35,7 +33,6 @@ def test_install_steps_every_command_runs_or_has_a_reason_not_to(lab: Database, 
     commands = parse(_install_md(lab, tmp_path))
     steps = {c.step for c in commands}
     assert steps == {1, 2, 3, 4, 5, 6, 7, 8}, steps
-    assert all("sudo" in c.line or c.step == 8 for c in commands if c.step != BROKER_STEP)
     skipped = [c.line for c in commands if c.skip_reason() is not None]
     # Every exception matches a command the file still has: a renamed command fails here rather
     # than running unnoticed (or no longer being run).
@@ -57,7 +54,10 @@ def test_install_steps_pip_line_installs_the_pi_extra_as_pyproject_lists_it(
     ]
     named = set(line.split('[agent]"', 1)[1].split())
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    pi_extra = {re.split(r"[<>=;\s\[]", req, maxsplit=1)[0] for req in pyproject["project"]["optional-dependencies"]["pi"]}
+    pi_extra = {
+        re.split(r"[<>=;\s\[]", req, maxsplit=1)[0]
+        for req in pyproject["project"]["optional-dependencies"]["pi"]
+    }
     assert named == pi_extra
 
 
@@ -83,9 +83,7 @@ def test_install_steps_parse_reads_only_numbered_shell_blocks() -> None:
             "```",
         ]
     )
-    with pytest.raises(ValueError, match="outside a numbered step"):
-        parse(markdown)
-    commands = parse(markdown.replace("echo not in a step", ""))
+    commands = parse(markdown)
     assert [(c.step, c.line) for c in commands] == [(2, "sudo apt update"), (2, "sudo apt install a b")]
 
 
