@@ -24,6 +24,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,18 +71,23 @@ class Timer:
 
 
 def sh(argv: list[str], log: Path | None = None, timeout: float = 3600, **kwargs: Any) -> str:
-    """Run ``argv``; its output goes to ``log`` (and is returned). A failure names the log."""
-    result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, errors="replace", **kwargs
-    )
-    output = result.stdout + result.stderr
-    if log is not None:
+    """Run ``argv``; its output goes to ``log`` as it comes (and is returned). A failure names the log."""
+    if log is None:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, errors="replace", **kwargs
+        )
+        output, returncode = result.stdout + result.stderr, result.returncode
+    else:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(output)
-    if result.returncode != 0:
+        with log.open("w") as out:
+            returncode = subprocess.run(
+                argv, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False, **kwargs
+            ).returncode
+        output = log.read_text(errors="replace")
+    if returncode != 0:
         tail = "\n".join(output.splitlines()[-40:])
         where = f" (whole output: {log})" if log else ""
-        raise CheckFailed(f"{shlex.join(argv)} exited {result.returncode}{where}:\n{tail}")
+        raise CheckFailed(f"{shlex.join(argv)} exited {returncode}{where}:\n{tail}")
     return output
 
 
@@ -104,18 +110,18 @@ def werkbank(env: dict[str, str], *args: str) -> str:
     return sh([str(VENV_BIN / "werkbank"), *args], env=env, cwd=ROOT, timeout=300)
 
 
-def broker_step(commands: list[Command], bundle: Path, host: Path, broker: ShippedBroker) -> None:
-    """INSTALL.md step 1 on the broker host: its commands with the host's /etc under ``host`` and
+def broker_step(commands: list[Command], bundle: Path, broker: ShippedBroker, log: Path) -> None:
+    """INSTALL.md step 1 on the broker host: its commands with the host's /etc under the broker's root and
     ``systemctl reload mosquitto`` as the SIGHUP it sends (no systemd here), as root without sudo."""
     assert broker.proc is not None
     lines = []
     for command in commands:
         line = command.line
         line = re.sub(r"\bsudo\s+", "", line)
-        line = line.replace("/etc/mosquitto/", f"{host}/etc/mosquitto/")
+        line = line.replace("/etc/mosquitto/", f"{broker.root}/etc/mosquitto/")
         line = line.replace("systemctl reload mosquitto", f"kill -HUP {broker.proc.pid}")
         lines.append(line)
-    sh(["bash", "-euxc", "\n".join(lines)], bundle.parent / "logs" / "step-1.log", cwd=bundle)
+    sh(["bash", "-euxc", "\n".join(lines)], log, cwd=bundle)
     time.sleep(0.5)  # Mosquitto re-reads its files in its main loop
 
 
@@ -146,6 +152,25 @@ class StatusWatch:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def trust_hosts_pip_ca(root: Path) -> None:
+    """Where this machine's pip trusts an extra CA (a TLS-inspecting proxy on the way to PyPI), the
+    emulated Pi's pip must too, or it reaches no package: the same CA file, named in its
+    /etc/pip.conf. A Pi whose network does not inspect TLS needs neither."""
+    cert = os.environ.get("PIP_CERT")
+    if not cert:
+        found = subprocess.run(
+            [str(VENV_BIN / "pip"), "config", "get", "global.cert"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        cert = found.stdout.strip() if found.returncode == 0 else ""
+    if not cert or not Path(cert).is_file():
+        return
+    shutil.copy(cert, root / "etc/ssl/certs/pi-check-host-ca.crt")
+    (root / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/certs/pi-check-host-ca.crt\n")
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -227,14 +252,16 @@ def run_check(cache: Path, timer: Timer) -> dict[str, Any]:
     try:
         commands = parse((bundle / "INSTALL.md").read_text(encoding="utf-8"))
         with timer.part("step 1 on the broker host"):
-            broker_step([c for c in commands if c.step == BROKER_STEP], bundle, host, broker)
+            broker_step([c for c in commands if c.step == BROKER_STEP], bundle, broker, logs / "step-1.log")
 
         # The admin's copy of the bundle on the Pi (scp -r), and the lab's name for the broker.
         pi_bundle = f"{ADMIN_HOME}/{bundle.name}"
         shutil.copytree(bundle, root / pi_bundle.lstrip("/"))
         with (root / "etc/hosts").open("a") as hosts:
-            hosts.write(f"127.0.0.1\t{BROKER_HOST}\n")
+            # Its own name, as Raspberry Pi OS has it (sudo asks), and the broker's in the lab.
+            hosts.write(f"127.0.1.1\t{socket.gethostname()}\n127.0.0.1\t{BROKER_HOST}\n")
         shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+        trust_hosts_pip_ca(root)
 
         skipped = []
         pip_log = ""
@@ -267,13 +294,17 @@ def run_check(cache: Path, timer: Timer) -> dict[str, Any]:
 
         with timer.part("simulated start against the broker (TLS, the bundle's password)"):
             status = start_agent(root, bundle, host, broker, bridge_password, device_id, logs)
-        if status.config != config_hash:
-            raise CheckFailed(f"the agent reports config {status.config}, the check printed {config_hash}")
+        # --simulate swaps the reader and the pin factory, so the running config's hash is not the
+        # checked file's: the status must carry the one the agent logged at its start.
+        started = re.search(r"started \(config (\S+),", (logs / "agent.log").read_text())
+        if started is None or status.config != started.group(1) or status.machine != MACHINE:
+            raise CheckFailed(f"the status is not this agent's: {status}")
         built, sdists = compiled_packages(pip_log)
         return {
             "mode": mode,
             "device": device_id,
             "config_hash": config_hash,
+            "simulated_config_hash": status.config,
             "status": {"online": status.online, "machine": status.machine, "fw": status.fw},
             "compiled_on_arm64": built,
             "source_archives": sdists,
