@@ -116,7 +116,7 @@ faults: install
 # (installed when missing) and Debian's mirror. The base root (debootstrap, the slow part) is kept
 # in PI_CACHE and rebuilt when tests/pi/pi-root.sh's package list changes; stopped after PI_TIMEOUT s.
 PI_CACHE ?= var/pi-check
-PI_TIMEOUT ?= 3000
+PI_TIMEOUT ?= 2700
 pi-check: install mosquitto
 	timeout -k 30 $(PI_TIMEOUT) $(BIN)/python -m tests.pi.check --cache $(PI_CACHE)
 
