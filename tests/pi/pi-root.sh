@@ -106,7 +106,9 @@ build_base() {
       debootstrap --arch="$ARCH" --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR"
   else
     debootstrap --foreign --arch="$ARCH" --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR"
-    run "$root" /debootstrap/debootstrap --second-stage
+    # The first stage leaves /proc as a link to the host's, which proot cannot bind over.
+    if [ -L "$root/proc" ]; then rm "$root/proc" && mkdir "$root/proc"; fi
+    run "$root" env DEBOOTSTRAP_DIR=/debootstrap /debootstrap/debootstrap --second-stage
   fi
   for group in $PI_GROUPS; do
     run "$root" groupadd --system "$group"
