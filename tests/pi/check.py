@@ -48,6 +48,13 @@ ADMIN_HOME = "/home/admin"  # where the admin copied the bundle to (scp -r)
 AGENT_START_TIMEOUT = 300.0  # seconds; Python under qemu imports slowly, on a busy machine slower
 PIP_BUILD = re.compile(r"(?:Building wheel for|Running setup\.py install for) ([A-Za-z0-9_.\-]+)")
 SDIST = re.compile(r"Downloading ([A-Za-z0-9_.\-]+?)-[0-9][^ /]*\.(?:tar\.gz|zip)\b")
+PROOT_FALLS_SHORT = (
+    "binfmt_misc cannot be mounted or written here, so arm64 programs could only run through proot; "
+    "Debian 12's proot (5.1) does not translate the paths of the statx system call that qemu passes "
+    "on, so `ls FILE` in INSTALL.md step 6 fails there. Run the check as root where "
+    "/proc/sys/fs/binfmt_misc can be mounted (a VM, or a container with --privileged); "
+    "PI_MODE=proot tries the proot path anyway (it builds the root and gets through step 5)."
+)
 
 
 class CheckFailed(Exception):
@@ -197,9 +204,11 @@ def run_check(cache: Path, timer: Timer) -> dict[str, Any]:
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
 
+    mode = sh([str(PI_ROOT), "mode"]).strip()
+    if mode == "proot" and os.environ.get("PI_MODE") != "proot":
+        raise CheckFailed(PROOT_FALLS_SHORT)
     with timer.part("base root (debootstrap, or the cached one)"):
         base = Path(sh([str(PI_ROOT), "base", str(cache)], logs / "base.log").strip().splitlines()[-1])
-        mode = sh([str(PI_ROOT), "mode"]).strip()
     print(f"pi-check: base root {base}, arm64 programs run through {mode}", flush=True)
 
     root = cache / "pi"
