@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CATALOG = server/translations
 
-.PHONY: install run test faults lint typecheck unit bench bench-fleet bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx wrk bench-web postgresql-client clean
+.PHONY: install run test faults lint typecheck unit bench bench-fleet bench-dashboards bench-documents translations extract browser pdf octoprint moonraker mosquitto nginx wrk bench-web postgresql-client pi-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Werkbank needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -116,6 +116,16 @@ test: lint typecheck unit
 FAULTS_TIMEOUT ?= 1200
 faults: install
 	timeout -k 30 $(FAULTS_TIMEOUT) $(BIN)/python -m tests.faults.run $(FAULTS_ARGS)
+
+# The Pi install, proven under emulation (docs/deploy.md): a provisioning bundle's INSTALL.md run
+# in a Debian 12 arm64 root through qemu-user-static, ending with the agent's config check and a
+# simulated start against the shipped broker. Needs debootstrap, qemu-user-static and proot
+# (installed when missing) and Debian's mirror. The base root (debootstrap, the slow part) is kept
+# in PI_CACHE and rebuilt when tests/pi/pi-root.sh's package list changes; stopped after PI_TIMEOUT s.
+PI_CACHE ?= var/pi-check
+PI_TIMEOUT ?= 2700
+pi-check: install mosquitto
+	timeout -k 30 $(PI_TIMEOUT) $(BIN)/python -m tests.pi.check --cache $(PI_CACHE)
 
 bench: install
 	$(BIN)/python bench/tap_latency.py
