@@ -69,14 +69,9 @@ def closed_now(db: Session, machines: list[MachineLive], now: datetime) -> dict[
     """The machines outside their opening hours now, each with when it next opens (None: never).
     Free but closed is not free: the machine refuses every badge then. One rule for the staff
     overview and the participants' page."""
-    opens: dict[int, datetime | None] = {}
-    for m in machines:
-        machine = db.get(Machine, m.id)
-        assert machine is not None
-        is_open, _closes, next_open = decision.opening_window(db, machine, now)
-        if not is_open:
-            opens[m.id] = next_open
-    return opens
+    rows = db.scalars(select(Machine).where(Machine.id.in_([m.id for m in machines]))).all()
+    windows = decision.opening_windows(db, rows, now)
+    return {machine_id: opens for machine_id, (is_open, _closes, opens) in windows.items() if not is_open}
 
 
 def opens_label(opens: datetime | None, now: datetime, tz: ZoneInfo) -> str:
