@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -790,23 +790,7 @@ class Bridge:
                 self._count(self.rejected, "database", len(batch))
                 log.exception("bridge: database error on %d tap(s); devices fall back to offline", len(batch))
                 return
-            for (device_id, req), result in zip(todo, results, strict=True):
-                if isinstance(result, Recorded):
-                    # Answered before (by this bridge before a restart, or another one): it stands.
-                    fresh[req.id] = encode(AuthResp(v=1, **result.response))
-                elif isinstance(result, ProtocolError):
-                    self.reject(topic(device_id, Suffix.AUTH_REQ), result)
-                elif isinstance(result, Exception):  # a bug must not stop the bridge
-                    self._count(self.rejected, "internal")
-                    log.error("bridge: unexpected error on a tap at %s", device_id, exc_info=result)
-                else:
-                    machine, verdict = result
-                    row, answer = self._record(device_id, req, now, machine, verdict)
-                    rows.append(row)
-                    fresh[req.id] = answer
-                    reasons.append(verdict.reason)
-                    if verdict.reason == "badge_not_genuine":
-                        audits.append(_not_genuine(device_id, req, machine, now))
+            self._take_results(todo, results, now, fresh, rows, reasons, audits)
         if audits:
             # A refused forgery is audited before anyone hears of it: durably, log and all.
             try:
@@ -875,6 +859,40 @@ class Bridge:
         log.info("session %s started before its decision row is there: not acknowledged yet", session_id)
         return False
 
+    def _take_results(
+        self,
+        todo: list[tuple[str, AuthReq]],
+        results: Sequence[Any],
+        now: datetime,
+        fresh: dict[str, bytes],
+        rows: list[dict[str, Any]],
+        reasons: list[str],
+        audits: list[dict[str, Any]],
+        certify: Callable[[Any, Any], Any] | None = None,
+    ) -> None:
+        """Turn the decider's results into answers (``fresh``), decision-log rows, reasons and
+        forgery audits: one way for the fast path and the durable one. ``certify`` signs off an
+        allowed ``certify`` tap (the durable path only)."""
+        for (device_id, req), result in zip(todo, results, strict=True):
+            if isinstance(result, Recorded):
+                # Answered before (by this bridge before a restart, or another one): it stands.
+                fresh[req.id] = encode(AuthResp(v=1, **result.response))
+            elif isinstance(result, ProtocolError):
+                self.reject(topic(device_id, Suffix.AUTH_REQ), result)
+            elif isinstance(result, Exception):  # a bug must not stop the bridge
+                self._count(self.rejected, "internal")
+                log.error("bridge: unexpected error on a tap at %s", device_id, exc_info=result)
+            else:
+                machine, verdict = result
+                if certify is not None and req.mode == "certify" and verdict.allowed:
+                    verdict = certify(machine, verdict)
+                row, answer = self._record(device_id, req, now, machine, verdict)
+                rows.append(row)
+                fresh[req.id] = answer
+                reasons.append(verdict.reason)
+                if verdict.reason == "badge_not_genuine":
+                    audits.append(_not_genuine(device_id, req, machine, now))
+
     def wait_for_decision_log(self, timeout: float = 1.0) -> bool:
         """Wait until the decision log holds every answer published so far (a session that
         starts right after its answer needs the row; it is a few milliseconds behind)."""
@@ -902,24 +920,16 @@ class Bridge:
                 todo = [item for item in todo if item[1].mode != "checkin"]
                 taps = [Tap(d, r.badge, r.mode, r.trainer_badge, r.card_auth, r.id) for d, r in todo]
                 results = self.decider.decide(db, taps, now, self.max_open_sessions) if todo else []
-                for (device_id, req), result in zip(todo, results, strict=True):
-                    if isinstance(result, Recorded):
-                        fresh[req.id] = encode(AuthResp(v=1, **result.response))
-                    elif isinstance(result, ProtocolError):
-                        self.reject(topic(device_id, Suffix.AUTH_REQ), result)
-                    elif isinstance(result, Exception):  # a bug must not stop the bridge
-                        self._count(self.rejected, "internal")
-                        log.error("bridge: unexpected error on a tap at %s", device_id, exc_info=result)
-                    else:
-                        machine, verdict = result
-                        if req.mode == "certify" and verdict.allowed:
-                            verdict = self._certify(db, machine, verdict, now)
-                        row, answer = self._record(device_id, req, now, machine, verdict)
-                        rows.append(row)
-                        fresh[req.id] = answer
-                        reasons.append(verdict.reason)
-                        if verdict.reason == "badge_not_genuine":
-                            audits.append(_not_genuine(device_id, req, machine, now))
+                self._take_results(
+                    todo,
+                    results,
+                    now,
+                    fresh,
+                    rows,
+                    reasons,
+                    audits,
+                    certify=lambda machine, verdict: self._certify(db, machine, verdict, now),
+                )
                 if rows:
                     db.execute(_RECORD_DECISION, rows)
                 if audits:

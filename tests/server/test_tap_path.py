@@ -396,7 +396,7 @@ def test_a_database_error_on_the_tap_statement_is_an_sqlalchemy_error(lab: Datab
     be SQLAlchemy's, which the bridge catches (no answer, the agent decides offline, the
     connection is replaced)."""
     if lab.engine.dialect.name != "postgresql":
-        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): the direct statement is PostgreSQL's only")
+        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): only it runs the batch statement on psycopg")
     decider = Decider()
     with lab.engine.connect() as conn:
         [result] = decider.decide(conn, [Tap("pi-printer-1", "04A224B2C35E80")], clock())
