@@ -163,6 +163,15 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(child) for child in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def machine_busy_seconds() -> float:
     with open("/proc/stat", encoding="ascii") as f:
         ticks = [int(x) for x in f.readline().split()[1:9]]
@@ -217,7 +226,9 @@ class BridgeProcess:
         raise RuntimeError(f"{self.name} did not connect within {timeout:.0f} s; see {self.log}")
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """The bridge's CPU: on PostgreSQL ``werkbank bridge`` is two processes (its ingest
+        half is a child: server/adapters/bridge_processes.py), both counted."""
+        return cpu_seconds(self.proc.pid) + sum(cpu_seconds(child) for child in children(self.proc.pid))
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -314,17 +314,41 @@ def _wait_for_signal() -> None:
 
 
 @click.command("bridge")
-def bridge_cmd() -> None:
-    """Run the MQTT bridge: decisions, event ingestion, device state, allow-lists."""
+@click.option(
+    "--half",
+    type=click.Choice(["ingest"]),
+    default=None,
+    hidden=True,
+    help="Run as the ingest half of a split bridge (started by the tap half, not by hand).",
+)
+def bridge_cmd(half: str | None) -> None:
+    """Run the MQTT bridge: decisions, event ingestion, device state, allow-lists.
+
+    On PostgreSQL it runs as two processes (WERKBANK_BRIDGE_PROCESSES): this one answers the
+    taps, a child of it takes in events, status and telemetry (server/adapters/bridge_processes.py)."""
     from server.adapters.bridge import Bridge
+    from server.adapters.bridge_processes import IngestHalf, ingest_half_argv, serve_as_ingest_half
     from server.extensions import db
 
     _require_schema("bridge")
     cfg = current_app.config
+    processes = cfg["BRIDGE_PROCESSES"] or (1 if db.engine.dialect.name == "sqlite" else 2)
+    if processes not in (1, 2):
+        raise click.ClickException(
+            f"WERKBANK_BRIDGE_PROCESSES must be 0 (automatic), 1 or 2, not {processes}"
+        )
+    nice = cfg["BRIDGE_INGEST_NICE"]
+    if not 0 <= nice <= 19:
+        raise click.ClickException(f"WERKBANK_BRIDGE_INGEST_NICE must be between 0 and 19, not {nice}")
+    role = half or ("all" if processes == 1 else "taps")
+    client_id = cfg["MQTT_CLIENT_ID"] if role != "taps" else f"{cfg['MQTT_CLIENT_ID']}-taps"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     bridge = Bridge(
         db,
         _mqtt_url(),
-        client_id=cfg["MQTT_CLIENT_ID"],
+        client_id=client_id,
         allowlist_days=cfg["ALLOWLIST_DAYS"],
         max_open_sessions=cfg["MAX_OPEN_SESSIONS"],
         shared=cfg["MQTT_SHARED_SUBSCRIPTIONS"],
@@ -332,16 +356,50 @@ def bridge_cmd() -> None:
         message_limit=cfg["MQTT_MESSAGE_LIMIT"],
         tap_max_age_s=cfg["TAP_MAX_AGE_MS"] / 1000,
         ingest_timeout_s=cfg["INGEST_TIMEOUT_S"],
-    ).start()
+        role=role,
+    )
+    if half == "ingest":
+        serve_as_ingest_half(bridge, stop, nice)
+        bridge.start()
+        try:
+            stop.wait()
+        finally:
+            bridge.stop()
+            rejected = dict(bridge.rejected) or "none"
+            log.info("bridge ingest half stopped; rejected messages by reason: %s", rejected)
+        return
+    child = None
+    if role == "taps":
+        bridge.peer = {"connected": False}  # until the ingest half says otherwise
+
+        def take(counters: dict[str, Any]) -> None:
+            bridge.peer = counters
+
+        child = IngestHalf(ingest_half_argv(), take)
+    bridge.start()
     if cfg["BRIDGE_METRICS_PORT"]:
         from server.metrics import serve
 
         serve(bridge.metrics.registry, cfg["BRIDGE_METRICS_PORT"])
+    failed = False
+    announced = child is None
     try:
-        _wait_for_signal()
+        while not stop.wait(0.1):
+            if not announced and bridge.connected.is_set() and bridge.peer.get("connected"):
+                log.info("bridge connected to %s (its tap and ingest halves)", bridge.address.url)
+                announced = True
+            if child is not None and not child.alive():
+                # Both halves or neither: exit, and systemd or compose starts both again.
+                log.error("bridge: the ingest half ended (exit code %s); stopping", child.proc.returncode)
+                failed = True
+                break
     finally:
         bridge.stop()
+        if child is not None:
+            child.stop()
         log.info("bridge stopped; rejected messages by reason: %s", dict(bridge.rejected) or "none")
+    if failed:
+        raise SystemExit(1)
 
 
 @click.command("scheduler")

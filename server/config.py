@@ -55,6 +55,11 @@ class Config:
     BRIDGE_METRICS_PORT: int = _int("WERKBANK_BRIDGE_METRICS_PORT", 0)
     SCHEDULER_METRICS_PORT: int = _int("WERKBANK_SCHEDULER_METRICS_PORT", 0)
     INGEST_TIMEOUT_S: int = _int("WERKBANK_INGEST_TIMEOUT_S", 5)
+    # `werkbank bridge` in one process or two (taps apart from events and telemetry:
+    # server/adapters/bridge_processes.py); 0: two on PostgreSQL, one on SQLite (one writer at a
+    # time there). And how much lower the second one's CPU priority is (nice, 0-19).
+    BRIDGE_PROCESSES: int = _int("WERKBANK_BRIDGE_PROCESSES", 0)
+    BRIDGE_INGEST_NICE: int = _int("WERKBANK_BRIDGE_INGEST_NICE", 5)
     BABEL_DEFAULT_LOCALE: str = os.environ.get("WERKBANK_DEFAULT_LANGUAGE", "de")
     BABEL_DEFAULT_TIMEZONE: str = os.environ.get("WERKBANK_TIMEZONE", "Europe/Berlin")
     LANGUAGES: tuple[str, ...] = ("de", "en")

@@ -8,6 +8,7 @@ reads the same rows.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -64,35 +65,44 @@ class _BridgeCollector(Collector):
             "Device messages refused, by reason.",
             labels=["reason"],
         )
-        for family, counter in (
-            (decisions, self.bridge.decisions),
-            (handled, self.bridge.handled),
-            (rejected, self.bridge.rejected),
-        ):
-            for key, value in sorted(dict(counter).items()):
-                family.add_metric([key], value)
-        connected = GaugeMetricFamily("werkbank_bridge_connected", "1 while the bridge hears the broker.")
-        connected.add_metric([], 1.0 if self.bridge.connected.is_set() else 0.0)
-        buffer = self.bridge.telemetry
+        # This process's counters, plus those of the other half of a split bridge (its ingest
+        # half reports them every second: server/adapters/bridge_processes.py).
+        own, peer = self.bridge.counters(), self.bridge.peer
+        for family, key in ((decisions, "decisions"), (handled, "handled"), (rejected, "rejected")):
+            total = Counter(own[key])
+            theirs = peer.get(key)
+            if isinstance(theirs, dict):
+                total.update({str(k): v for k, v in theirs.items() if isinstance(v, int | float)})
+            for label, value in sorted(total.items()):
+                family.add_metric([label], value)
+
+        def both(key: str) -> float:
+            theirs = peer.get(key, 0)
+            return float(own[key]) + (float(theirs) if isinstance(theirs, int | float) else 0.0)
+
+        connected = GaugeMetricFamily(
+            "werkbank_bridge_connected", "1 while the bridge (both halves of a split one) hears the broker."
+        )
+        connected.add_metric([], 1.0 if own["connected"] and peer.get("connected", True) else 0.0)
         received = CounterMetricFamily(
             "werkbank_telemetry_received", "Telemetry messages taken in (written a window later)."
         )
-        received.add_metric([], buffer.received)
+        received.add_metric([], both("telemetry_received"))
         dropped = CounterMetricFamily(
             "werkbank_telemetry_dropped",
             "Telemetry messages dropped unread, by reason (busy: the bridge's buffer was full).",
             labels=["reason"],
         )
-        dropped.add_metric(["busy"], buffer.dropped)
+        dropped.add_metric(["busy"], both("telemetry_dropped"))
         waiting = GaugeMetricFamily(
             "werkbank_telemetry_waiting", "Telemetry messages waiting for their window."
         )
-        waiting.add_metric([], len(buffer))
+        waiting.add_metric([], both("telemetry_waiting"))
         deferred = CounterMetricFamily(
             "werkbank_telemetry_deferred",
             "Devices' telemetry states put off to the next window: another transaction held their rows.",
         )
-        deferred.add_metric([], self.bridge.telemetry_deferred)
+        deferred.add_metric([], both("telemetry_deferred"))
         yield from (decisions, handled, rejected, connected, received, dropped, waiting, deferred)
 
 

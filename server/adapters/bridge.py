@@ -121,6 +121,19 @@ ALLOWLIST_IN_FLIGHT = timedelta(seconds=30)
 # since the bridge that answered writes the row just after its answer. After that it is taken
 # as an offline session (the answering bridge died before it wrote the row).
 OTHER_BRIDGE_WAIT_S = 6.0
+# The ingest process of a split bridge (role "ingest"): how long a session start waits for the
+# decision row the tap process beside it writes just after its answer, before it is left
+# unacknowledged like another bridge's (OTHER_BRIDGE_WAIT_S); and how often it looks.
+DECISION_ROW_WAIT_S = 0.5
+DECISION_ROW_POLL_S = 0.01
+# What each role of a bridge process hears (docs/architecture.md, "The bridge's two processes"):
+# everything, only the taps, or everything but the taps. A device's telemetry, events and status
+# always share one connection: MQTT keeps their order only within one.
+ROLES: dict[str, tuple[Suffix, ...]] = {
+    "all": (Suffix.STATUS, Suffix.AUTH_REQ, Suffix.EVENT, Suffix.TELEMETRY),
+    "taps": (Suffix.AUTH_REQ,),
+    "ingest": (Suffix.STATUS, Suffix.EVENT, Suffix.TELEMETRY),
+}
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
 _RECORD_AUDIT = insert(cast(Table, AuditLog.__table__))
 
@@ -194,8 +207,14 @@ class Bridge:
         tap_max_age_s: float = clocks.TAP_MAX_AGE_S,
         clock_settle_s: float = clocks.SETTLE_S,
         ingest_timeout_s: float = INGEST_TIMEOUT_S,
+        role: str = "all",
     ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"bridge role must be one of {', '.join(ROLES)}, not {role!r}")
         self.db = database
+        # "all": one process does everything; "taps"/"ingest": the two halves of a split bridge
+        # (server/adapters/bridge_processes.py), each on a connection of its own.
+        self.role = role
         address = parse_mqtt_url(mqtt_url)
         if address.username is None:
             # Brokers that require a login (and amqtt, see server/broker.py) get the client id.
@@ -282,6 +301,9 @@ class Bridge:
             Suffix.ALLOWLIST: self._on_allowlist,
         }
         self._subscribe_mid: int | None = None
+        # A split bridge's tap half: the ingest half's counters (bridge_processes.py), added to
+        # this process's own in /metrics.
+        self.peer: dict[str, Any] = {}
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
@@ -290,18 +312,22 @@ class Bridge:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, wait: float = 10.0) -> Bridge:
         self._seed_offsets()
-        self._workers = [
-            threading.Thread(target=self._decide_loop, name="tap-decider", daemon=True),
-            threading.Thread(target=self._ingest_loop, name="ingest", daemon=True),
-        ]
+        self._workers = []
+        if self.role != "ingest":
+            self._workers.append(threading.Thread(target=self._decide_loop, name="tap-decider", daemon=True))
+        if self.role != "taps":
+            self._workers.append(threading.Thread(target=self._ingest_loop, name="ingest", daemon=True))
         for worker in self._workers:
             worker.start()
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
         if wait and not self.connected.wait(wait):
             log.warning("bridge: broker %s not reachable yet; retrying in the background", self.address.url)
-        self._publisher = threading.Thread(target=self._publish_loop, name="allowlist-publisher", daemon=True)
-        self._publisher.start()
+        if self.role != "taps":  # allow-lists and locks: the half that hears their copies
+            self._publisher = threading.Thread(
+                target=self._publish_loop, name="allowlist-publisher", daemon=True
+            )
+            self._publisher.start()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._heartbeat.start()
         return self
@@ -310,7 +336,8 @@ class Bridge:
         """Tell the web's /readyz that this bridge runs and whether it hears the broker."""
         from server.services.health import BEAT_S, beat
 
-        name = f"bridge {self.client_id}@{socket.gethostname()}"
+        half = "" if self.role == "all" else f" ({self.role})"
+        name = f"bridge {self.client_id}{half}@{socket.gethostname()}"
         while True:
             beat(self.db, name, "bridge", {"connected": self.connected.is_set()}, self.clock())
             if self._stop.wait(BEAT_S):
@@ -330,6 +357,24 @@ class Bridge:
         for worker in self._workers:
             worker.join(timeout=5)
         self.decision_log.close()  # every row handed over is written first
+
+    def counters(self) -> dict[str, Any]:
+        """What /metrics says of this process: for the tap half of a split bridge, whose
+        /metrics adds them to its own (server/adapters/bridge_processes.py)."""
+        with self._counts_lock:
+            counts = {
+                "decisions": dict(self.decisions),
+                "handled": dict(self.handled),
+                "rejected": dict(self.rejected),
+            }
+        return {
+            **counts,
+            "connected": self.connected.is_set(),
+            "telemetry_received": self.telemetry.received,
+            "telemetry_dropped": self.telemetry.dropped,
+            "telemetry_waiting": len(self.telemetry),
+            "telemetry_deferred": self.telemetry_deferred,
+        }
 
     def _seed_offsets(self) -> None:
         """Clock offsets measured recently (by this bridge before a restart, or another one), so
@@ -356,18 +401,20 @@ class Bridge:
         if reason.is_failure:
             log.error("bridge: broker refused the connection: %s", reason)
             return
-        filters = [
-            (subscription(suffix, self.shared), QOS[suffix])
-            for suffix in (Suffix.STATUS, Suffix.AUTH_REQ, Suffix.EVENT, Suffix.TELEMETRY)
-        ]
-        # Every bridge reads the retained allow-lists itself (a shared subscription would get none).
-        filters.append((subscription(Suffix.ALLOWLIST), QOS[Suffix.ALLOWLIST]))
+        filters = [(subscription(suffix, self.shared), QOS[suffix]) for suffix in ROLES[self.role]]
+        if self.role != "taps":
+            # Every bridge reads the retained allow-lists itself (a shared subscription would get none).
+            filters.append((subscription(Suffix.ALLOWLIST), QOS[Suffix.ALLOWLIST]))
         # One SUBSCRIBE: its SUBACK (_on_subscribe) says the bridge hears every topic.
         _rc, self._subscribe_mid = client.subscribe(filters)
         # The broker may have restarted without its retained messages (Mosquitto keeps them only
         # in memory by default): publish every list again.
-        self._republish_all.set()
-        log.info("bridge connected to %s", self.address.url)
+        if self.role != "taps":
+            self._republish_all.set()
+        if self.role == "all":
+            log.info("bridge connected to %s", self.address.url)
+        else:  # the whole bridge's line comes from the tap half, once both are (bridge_processes.py)
+            log.info("bridge's %s half connected to %s", self.role, self.address.url)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         if mid != self._subscribe_mid:
@@ -588,9 +635,14 @@ class Bridge:
         event = decode_event(item.payload)
         if isinstance(event, SessionStarted) and not event.offline:
             # Its start time is its decision's: let the log catch up with the answer first.
-            self.wait_for_decision_log()
-            if self.shared and not self._decision_recorded(event.id, event.session):
-                return  # not acknowledged: the agent sends it again
+            if self.role == "ingest":
+                # The tap process beside this one writes it, a few milliseconds after its answer.
+                if not self._await_decision(event.id, event.session):
+                    return  # not acknowledged: the agent sends it again
+            else:
+                self.wait_for_decision_log()
+                if self.shared and not self._decision_recorded(event.id, event.session):
+                    return  # not acknowledged: the agent sends it again
         with self._bounded_session() as db:
             device = self._device(db, item.device_id)
             result = ingest_event(db, device, event, self.clock())
@@ -834,6 +886,20 @@ class Bridge:
             except SQLAlchemyError:
                 pass
             self._tap_conn = None
+
+    def _await_decision(self, event_id: str, session_id: str) -> bool:
+        """The ingest half of a split bridge: wait up to ``DECISION_ROW_WAIT_S`` for the decision
+        row of ``session_id`` (the tap half writes it just after its answer), then decide as for
+        another bridge's decision (:meth:`_decision_recorded`)."""
+        deadline = time.monotonic() + DECISION_ROW_WAIT_S
+        while time.monotonic() < deadline:
+            with self._bounded_session() as db:
+                if device_claims.decision_for(db, session_id) is not None:
+                    self._undecided_starts.pop(event_id, None)
+                    return True
+            if self._stop.wait(DECISION_ROW_POLL_S):
+                break
+        return self._decision_recorded(event_id, session_id)
 
     def _decision_recorded(self, event_id: str, session_id: str) -> bool:
         """Whether ``session_id``'s decision row is there, or has been waited for long enough.
