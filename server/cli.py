@@ -357,6 +357,7 @@ def bridge_cmd(half: str | None) -> None:
         tap_max_age_s=cfg["TAP_MAX_AGE_MS"] / 1000,
         ingest_timeout_s=cfg["INGEST_TIMEOUT_S"],
         role=role,
+        login=cfg["MQTT_CLIENT_ID"],
     )
     if half == "ingest":
         serve_as_ingest_half(bridge, stop, nice)

@@ -208,6 +208,7 @@ class Bridge:
         clock_settle_s: float = clocks.SETTLE_S,
         ingest_timeout_s: float = INGEST_TIMEOUT_S,
         role: str = "all",
+        login: str | None = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"bridge role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -217,8 +218,11 @@ class Bridge:
         self.role = role
         address = parse_mqtt_url(mqtt_url)
         if address.username is None:
-            # Brokers that require a login (and amqtt, see server/broker.py) get the client id.
-            address = BrokerAddress(address.host, address.port, client_id, address.password, address.tls)
+            # Brokers that require a login (and amqtt, see server/broker.py) get the client id
+            # (both halves of a split bridge the configured one: ``login``).
+            address = BrokerAddress(
+                address.host, address.port, login or client_id, address.password, address.tls
+            )
         self.address = address
         self.client_id = client_id
         # A bridge alone keeps a persistent session, so the broker holds events for it while it
