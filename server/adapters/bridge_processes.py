@@ -20,19 +20,23 @@ keeps it only within a connection); taps depend on none of them. A session start
 ingest half a few milliseconds after its answer left the tap half; it waits for the decision
 row (``DECISION_ROW_WAIT_S``) as it would for another bridge's.
 
-The halves live and die together: the child reads its standard input and stops when it closes
-(the parent ended, even by ``kill -9``); the parent stops when the child ends and exits with an
-error, so that systemd (``Restart=``) or compose starts both again. The child writes its
-counters as a JSON line to its standard output every second (``SNAPSHOT_S``); the parent adds
-them to its own in ``/metrics`` (``Bridge.peer``).
+The halves live and die together: the child stops when its standard input closes (the parent
+stopped), and is killed with the parent when that one crashes (``kill -9``: Linux's
+``PR_SET_PDEATHSIG``; a crash of the bridge stays a crash of both halves, which the fault suite
+relies on); the parent stops when the child ends and exits with an error, so that systemd
+(``Restart=``) or compose starts both again. The child writes its counters as a JSON line to its
+standard output every second (``SNAPSHOT_S``); the parent adds them to its own in ``/metrics``
+(``Bridge.peer``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -47,6 +51,8 @@ log = logging.getLogger(__name__)
 SNAPSHOT_S = 1.0
 # What starts a snapshot line on the child's standard output (anything else there is passed on).
 SNAPSHOT_MARK = "werkbank-bridge-counters "
+# prctl(2): a signal for this process when its parent dies.
+PR_SET_PDEATHSIG = 1
 # How long the parent waits for the child to stop before it kills it.
 CHILD_STOP_S = 15.0
 
@@ -104,6 +110,10 @@ def serve_as_ingest_half(
 ) -> None:
     """In the child: lower its priority, report its counters every ``SNAPSHOT_S``, and set
     ``stop`` when the parent closes our standard input (or a signal does)."""
+    # A crash of the parent is a crash of the bridge: the kernel kills this half with it
+    # (Linux; elsewhere, and in the moment before this call, the watch below stops it).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if nice:
         try:
             os.nice(nice)
