@@ -512,6 +512,13 @@ def report(args: argparse.Namespace, label: str, echo: Summary, results: list[Co
         f"Werkbank fleet bench: {args.devices} devices, {label}; telemetry offered at {args.rate:,.0f}/s "
         f"for {args.duration:.0f} s; echo p50 {echo.p50:.3f} ms / p99 {echo.p99:.3f} ms (same run)"
     )
+    # Each `werkbank bridge`: one process, or its tap and ingest halves (docs/architecture.md).
+    processes = os.environ.get("WERKBANK_BRIDGE_PROCESSES") or "0"
+    nice = os.environ.get("WERKBANK_BRIDGE_INGEST_NICE") or "default"
+    print(
+        f"each bridge: WERKBANK_BRIDGE_PROCESSES={processes} (0: two on PostgreSQL, one on SQLite), "
+        f"ingest half nice {nice}"
+    )
     for r in results:
         t, tl = r.telemetry, r.telemetry_loaded
         title = "one bridge" if r.bridges == 1 else f"{r.bridges} bridges, MQTT_SHARED_SUBSCRIPTIONS"

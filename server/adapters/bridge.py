@@ -131,7 +131,8 @@ DECISION_ROW_POLL_S = 0.01
 # always share one connection: MQTT keeps their order only within one.
 ROLES: dict[str, tuple[Suffix, ...]] = {
     "all": (Suffix.STATUS, Suffix.AUTH_REQ, Suffix.EVENT, Suffix.TELEMETRY),
-    "taps": (Suffix.AUTH_REQ,),
+    # Status too, for its clock alone: a tap's age needs the device's offset (server.services.clocks).
+    "taps": (Suffix.AUTH_REQ, Suffix.STATUS),
     "ingest": (Suffix.STATUS, Suffix.EVENT, Suffix.TELEMETRY),
 }
 _RECORD_DECISION = insert(cast(Table, AccessDecision.__table__))
@@ -253,6 +254,8 @@ class Bridge:
         self._counts_lock = threading.Lock()
         self.decider = Decider()
         self.offsets = clocks.ClockOffsets()
+        # The boot id of each device's last live status (a new one: its clock may have jumped).
+        self._boots: dict[str, str] = {}
         self._taps: queue.SimpleQueue[Inbound | None] = queue.SimpleQueue()
         self._inbox: queue.Queue[Inbound | None] = queue.Queue(MAX_WAITING)
         self._routes: dict[Suffix, queue.SimpleQueue[Inbound | None] | queue.Queue[Inbound | None]] = {
@@ -448,6 +451,9 @@ class Bridge:
                 if not self.telemetry.add(device_id, bytes(msg.payload), self._arrival(), bool(msg.retain)):
                     self._warn_telemetry_dropped()
                 return
+            if suffix is Suffix.STATUS and self.role == "taps":
+                self._clock_of_status(device_id, bytes(msg.payload), bool(msg.retain))
+                return
             inbox = self._routes.get(suffix)
             if inbox is None:
                 return  # our own outgoing topics, echoed by some brokers
@@ -621,10 +627,45 @@ class Bridge:
                 return  # from the broker's store: neither its time, its health nor its list is news
             apply_health(device, status, self.clock())
             if sent is not None:
-                if came_online:
-                    self.offsets.forget(device.id)  # restarted: its clock may have jumped
+                if self._rebooted(device.id, status, came_online):
+                    self.offsets.forget(device.id)  # its clock may have jumped
                 self._note_offset(db, device, item, sent)
             self._offer_allowlist(device, status.allowlist_version)
+
+    def _clock_of_status(self, device_id: str, payload: bytes, retained: bool) -> None:
+        """The tap half of a split bridge (in paho's thread, before the taps that follow): a
+        device's status only for its clock, so that a tap queued behind a cut link is judged by
+        the device's offset, not by itself. The ingest half stores the status; a bad one is
+        refused (and counted) there, not twice.
+
+        Its samples start afresh only when the device booted again (its ``boot`` id changed:
+        a Pi without a clock battery may come up on another time). A link cut is no reboot: the
+        statuses the agent queued during the cut arrive late, with the taps queued beside them,
+        and must not replace what was measured before the cut."""
+        if retained or not payload:
+            return
+        try:
+            status = decode_as(Status, payload)
+            sent = parse_ts(status.ts) if status.ts is not None else None
+        except ProtocolError:
+            return
+        if not status.online or sent is None:
+            return
+        if self._rebooted(device_id, status, came_online=False):
+            self.offsets.forget(device_id)
+        self.offsets.add(device_id, self.clock(), sent)
+
+    def _rebooted(self, device_id: str, status: Status, came_online: bool) -> bool:
+        """Whether a live status says the device booted again since its last one (a new
+        ``boot`` id), so that its clock offset is measured afresh. Coming online after a cut
+        link is no reboot: the statuses the agent queued during the cut arrive late and must
+        not replace what was measured before it. An agent that sends no boot id: when it comes
+        online."""
+        if status.boot is None:
+            return came_online
+        known = self._boots.get(device_id)
+        self._boots[device_id] = status.boot
+        return known is not None and known != status.boot
 
     def _note_offset(self, db: Session, device: Device, item: Inbound, sent: datetime) -> None:
         estimate = self.offsets.add(device.id, item.arrived, sent)

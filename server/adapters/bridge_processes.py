@@ -6,9 +6,10 @@ taps too) and a share of the interpreter lock, and each window's decoding and wr
 burst of it (docs/performance.md, "The bridge's two processes"). So ``werkbank bridge`` runs
 two processes on PostgreSQL (``WERKBANK_BRIDGE_PROCESSES``, docs/deploy.md):
 
-* the **tap half** (this process, ``Bridge(role="taps")``): hears only ``auth/req`` on a
-  connection of its own (client id ``<MQTT_CLIENT_ID>-taps``), answers, writes the decision
-  log, and serves the metrics of both halves;
+* the **tap half** (this process, ``Bridge(role="taps")``): hears ``auth/req`` (and
+  ``status``, for the devices' clocks alone) on a connection of its own (client id
+  ``<MQTT_CLIENT_ID>-taps``), answers, writes the decision log, and serves the metrics of both
+  halves;
 * the **ingest half** (a child, ``werkbank bridge --half ingest``, ``Bridge(role="ingest")``):
   hears events, status, telemetry and the allow-list copies on the configured client id (its
   persistent session keeps events while it restarts), publishes allow-lists and locks, and

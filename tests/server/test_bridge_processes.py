@@ -13,7 +13,7 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -103,6 +103,46 @@ def test_bridge_ingest_half_waits_for_the_tap_halfs_decision_row(
         decision = s.get(AccessDecision, rid)
         assert session is not None and decision is not None
         assert session.started_at == decision.decided_at == clock.now
+
+
+def _status(ts: datetime, boot: str) -> str:
+    body = {
+        "v": 1,
+        "online": True,
+        "state": "locked",
+        "machine": "printer-1",
+        "ts": format_ts(ts),
+        "boot": boot,
+    }
+    return json.dumps(body)
+
+
+def test_bridge_tap_half_judges_a_late_tap_by_the_devices_status_clock(
+    halves: tuple[Bridge, Bridge], device: Peer, clock: Clock
+) -> None:
+    # The tap half learns the device's clock from its status: a tap queued behind a cut link
+    # (sent 10 s ago) is dropped, not taken at its word (the agent decided offline long ago).
+    taps, _ = halves
+    boot = str(uuid.uuid4())
+    device.publish(f"{PRINTER}/status", _status(clock.now, boot))
+    _, late = _req(QUINN, ts=format_ts(clock.now - timedelta(seconds=10)))
+    device.publish(f"{PRINTER}/auth/req", late)
+    assert wait_until(lambda: taps.rejected["stale"] == 1)
+    # The link comes back after a cut: the broker's last will, then the statuses and taps the
+    # agent queued meanwhile, all late. Same boot, same clock: still judged by what was measured.
+    device.publish(f"{PRINTER}/status", json.dumps({"v": 1, "online": False}))
+    device.publish(f"{PRINTER}/status", _status(clock.now - timedelta(seconds=20), boot))
+    _, queued = _req(QUINN, ts=format_ts(clock.now - timedelta(seconds=15)))
+    device.publish(f"{PRINTER}/auth/req", queued)
+    assert wait_until(lambda: taps.rejected["stale"] == 2)
+    assert not taps.decisions
+    # Booted again, an hour behind (no clock battery): measured afresh from its new boot.
+    behind = clock.now - timedelta(hours=1)
+    device.publish(f"{PRINTER}/status", _status(behind, str(uuid.uuid4())))
+    rid, fresh = _req(QUINN, ts=format_ts(behind))
+    device.publish(f"{PRINTER}/auth/req", fresh)
+    resp = decode_as(AuthResp, device.next(f"{PRINTER}/auth/resp"))
+    assert (resp.req, resp.decision) == (rid, "allow")
 
 
 def test_bridge_role_must_be_one_it_knows(lab: Database, mqtt_url: str) -> None:
