@@ -182,8 +182,10 @@ def read_query(args: Any, now: datetime) -> tuple[ReportQuery | None, list[str]]
 
 def _report(query: ReportQuery, now: datetime) -> FunderReport:
     db = get_db()
-    if query.pseudonyms and not lab_keys.has_pseudonym_key(db):
-        # Made and kept before the first pseudonyms are shown: the same in every export after.
+    if not lab_keys.has_pseudonym_key(db):
+        # Made and kept before the first report is shown: its pseudonyms are the same in every
+        # export after. (Made only when asked for pseudonyms, the key was made again on every
+        # other showing, in a savepoint, and thrown away with the request's transaction.)
         lab_keys.pseudonym_key(db)
         db.commit()
     return funder_report(
