@@ -5,6 +5,8 @@ statements run through the session, and the repair (``werkbank usage rebuild``).
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -185,3 +187,45 @@ def test_hours_total_ignores_sessions_without_unlocked_time(lab: Database, unloc
             MachineSession(id=str(uuid.uuid4()), machine_id=machine_id, device_id="x", unlocked_s=unlocked_s)
         )
     assert _totals(lab)["laser-1"] == 0.0
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TEST_DATABASE_URL"),
+    reason="needs PostgreSQL (TEST_DATABASE_URL): two writers at once",
+)
+def test_hours_total_two_bridges_ending_sessions_of_one_machine_at_once_both_count(lab: Database) -> None:
+    """Two bridges end two sessions of one machine at the same moment: the second waits for the
+    first's row of the machine and adds to what the first committed (an add in SQL, not a value
+    read before and written back)."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    for sid, at in ((a, START), (b, START + timedelta(minutes=1))):
+        _ingest(lab, _event(SessionStarted, at, session=sid, badge=QUINN, offline=True))
+    first = lab.new_session()
+    device = first.get(Device, "pi-printer-1")
+    assert device is not None
+    end_a = _event(SessionEnded, START + timedelta(hours=1), session=a, reason="tap_out", unlocked_s=3600.0)
+    assert ingest_event(first, device, end_a, NOW).new
+    first.flush()  # the machine's row is the first's now
+    ended = threading.Event()
+    failed: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            end_b = _event(
+                SessionEnded, START + timedelta(hours=2), session=b, reason="tap_out", unlocked_s=900.0
+            )
+            _ingest(lab, end_b)
+        except BaseException as exc:  # reported by the test below
+            failed.append(exc)
+        ended.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    try:
+        assert not ended.wait(0.5), "the second bridge waits for the first's transaction"
+    finally:
+        first.commit()
+        first.close()
+        thread.join(10)
+    assert not failed and ended.is_set()
+    assert _totals(lab)["printer-1"] == 4500.0
