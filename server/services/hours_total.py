@@ -8,10 +8,12 @@ sessions (up to float rounding). A SQLAlchemy flush hook adds the difference eac
 sessions of one machine at once both count. Hooks, not calls, so that no caller can forget them
 (registered when ``server/services/__init__.py`` imports this module, like usage_tracking's).
 
-Core statements that write sessions pass no flush: they call :func:`add` with their own
-differences (the demo history's bulk writer does). :func:`recompute` sums the sessions again,
-the repair path (``werkbank usage rebuild``, ``werkbank demo-data``; migration 0024 filled the
-column the same way).
+Statements that write sessions pass no flush. ``INSERT``/``UPDATE``/``DELETE`` statements on
+sessions run through a ``Session`` are caught (``do_orm_execute``) and the machines they touched
+summed again; a statement on a bare ``Connection`` (or a ``text()`` one) passes no hook at all:
+its writer calls :func:`add` with its own differences (the demo history's bulk writer does) or
+:func:`recompute`. :func:`recompute` is also the repair path: ``werkbank usage rebuild`` sums
+every machine's sessions again (migration 0024 filled the column the same way).
 """
 
 from __future__ import annotations
