@@ -758,7 +758,8 @@ def usage_group() -> None:
 )
 @with_appcontext
 def usage_rebuild_cmd(since: Any) -> None:
-    """Recompute every machine's daily, hourly and monthly aggregates from the raw data."""
+    """Recompute every machine's daily, hourly and monthly aggregates and its total machine
+    hours from the raw data."""
     from server.extensions import db
     from server.services import usage
 

@@ -432,6 +432,10 @@ class Machine(Base):
     live_power_w: Mapped[float | None] = mapped_column(Float)
     live_progress: Mapped[float | None] = mapped_column(Float)
     live_updated_at: Mapped[datetime | None] = mapped_column()
+    # Machine hours of all time: the sum of its sessions' ``unlocked_s``, a running total kept in
+    # the transaction of every change by a flush hook (server.services.hours_total), so the
+    # overview reads one column instead of summing every session. Never set it anywhere else.
+    hours_total_s: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
 
     site: Mapped[Site] = relationship(back_populates="machines")
     machine_type: Mapped[MachineType] = relationship()
@@ -529,12 +533,14 @@ class MachineSession(Base):
     """A *Session*: one unlock of a machine, from relay closed to relay open."""
 
     __tablename__ = "sessions"
-    # Machine hours (server.services.live.machine_hours) read only this index: the unlocked time
-    # is in it, so PostgreSQL sums a machine's sessions without visiting the table.
+    # Today's machine hours (server.services.live.machine_hours_since) read only this index: the
+    # unlocked time is in it, so PostgreSQL sums a machine's sessions without visiting the table.
     __table_args__ = (Index("ix_sessions_machine_hours", "machine_id", "started_at", "unlocked_s"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    # Both load their old value when set (active history): the machine-hours hook
+    # (server.services.hours_total) moves the difference between the old and the new.
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"), active_history=True)
     device_id: Mapped[str] = mapped_column(String(40))
     person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
     trainer_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
@@ -544,7 +550,7 @@ class MachineSession(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column()
     end_reason: Mapped[str | None] = mapped_column(String(32))
-    unlocked_s: Mapped[float | None] = mapped_column(Float)
+    unlocked_s: Mapped[float | None] = mapped_column(Float, active_history=True)
     run_s: Mapped[float | None] = mapped_column(Float)
     # A time was not the device's own: the decision's, or corrected by the device's clock offset.
     # A server default too: bulk writers (server/adapters/demo/history.py) leave the column out.

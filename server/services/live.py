@@ -3,6 +3,11 @@
 Read-only queries, shared by the HTML pages and ``/live.json`` so both always agree.
 Machine hours are sessions' unlocked time (docs/architecture.md, "Domain words"): the sum of ``unlocked_s``,
 which a session gets when it ends; a session still open adds nothing yet.
+
+A machine's total is ``machines.hours_total_s``, the running total kept in the transaction of
+every change to its sessions (:mod:`server.services.hours_total`; ``werkbank usage rebuild``
+recomputes it): one column per machine, however many sessions it had. Today's hours are summed
+from today's sessions (:func:`machine_hours_since`, a range of ``ix_sessions_machine_hours``).
 """
 
 from __future__ import annotations
@@ -104,9 +109,7 @@ def site_machines(db: Session, site_id: int, today_start: datetime) -> list[Mach
         .options(selectinload(Machine.device), selectinload(Machine.machine_type))
         .order_by(Machine.name, Machine.id)
     ).all()
-    ids = [m.id for m in machines]
-    total = machine_hours(db, ids)
-    today = machine_hours(db, ids, since=today_start)
+    today = machine_hours_since(db, [m.id for m in machines], today_start)
     live_ids = [m.live_session_id for m in machines if m.live_session_id is not None]
     holders = {
         s.id: s
@@ -140,21 +143,19 @@ def site_machines(db: Session, site_id: int, today_start: datetime) -> list[Mach
                 device_online=bool(m.device and m.device.online),
                 device_last_seen=m.device.last_seen if m.device else None,
                 hours_today_s=today.get(m.id, 0.0),
-                hours_total_s=total.get(m.id, 0.0),
+                hours_total_s=m.hours_total_s,
             )
         )
     return out
 
 
-def machine_hours(db: Session, machine_ids: Iterable[int], since: datetime | None = None) -> dict[int, float]:
+def machine_hours_since(db: Session, machine_ids: Iterable[int], since: datetime) -> dict[int, float]:
     """Seconds of unlocked time per machine, of sessions started at or after ``since``."""
     query = (
         select(MachineSession.machine_id, func.coalesce(func.sum(MachineSession.unlocked_s), 0.0))
-        .where(MachineSession.machine_id.in_(list(machine_ids)))
+        .where(MachineSession.machine_id.in_(list(machine_ids)), MachineSession.started_at >= since)
         .group_by(MachineSession.machine_id)
     )
-    if since is not None:
-        query = query.where(MachineSession.started_at >= since)
     return {machine_id: float(seconds or 0.0) for machine_id, seconds in db.execute(query)}
 
 

@@ -45,7 +45,7 @@ from server.models import (
     UsageHourly,
     utcnow,
 )
-from server.services import opening_hours
+from server.services import hours_total, opening_hours
 
 # A session open (or spanning) longer than this is taken as lost: it marks and counts at most
 # this many days, so one forgotten session cannot make every refresh rescan a year.
@@ -704,9 +704,11 @@ def rebuild(
     db_factory: Any, since: date | None = None, now: datetime | None = None, progress: Any = None
 ) -> int:
     """Recompute every machine's days from ``since`` (default: its first session, booking or
-    downtime) to today, month by month (one transaction each). Returns the day count."""
+    downtime) to today, month by month (one transaction each), and every machine's total
+    machine hours (``hours_total.recompute``, the running totals' repair). Returns the day count."""
     now = now or utcnow()
     with db_factory.session() as db:
+        hours_total.recompute(db)
         machines = db.execute(select(Machine.id, Site.timezone).join(Site, Site.id == Machine.site_id)).all()
         firsts: dict[int, date] = {}
         for machine_id, tz in machines:

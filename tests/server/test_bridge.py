@@ -27,6 +27,7 @@ from server.models import (
     StoredEvent,
 )
 from tests.conftest import Clock
+from tests.hours_support import assert_totals_match
 from tests.mqtt_peer import Peer
 from werkbank_protocol import format_ts, parse_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
@@ -252,6 +253,7 @@ def test_bridge_session_events_become_machine_hours_and_are_acked(
         assert row.person.name == "Quinn Qualified"
         assert row.unlocked_s == 2730.5 and row.run_s == 2000 and row.end_reason == "tap_out"
         assert row.ended_at - row.started_at == timedelta(seconds=2730.5)  # type: ignore[operator]
+        assert assert_totals_match(s)["printer-1"] == 2730.5  # the overview's total machine hours
 
 
 def test_bridge_duplicate_event_ids_are_stored_once(bridge: Bridge, device: Peer, lab: Database) -> None:
@@ -295,6 +297,7 @@ def test_bridge_late_and_out_of_order_events_still_count(
             select(func.sum(MachineSession.unlocked_s)).where(MachineSession.machine_id == laser.id)
         )
         assert total == 1800
+        assert assert_totals_match(s)["laser-1"] == 1800
 
 
 def test_bridge_jobs_are_stored_with_their_session(bridge: Bridge, device: Peer, lab: Database) -> None:

@@ -25,6 +25,7 @@ from server.models import (
     UsageHourly,
 )
 from server.services import usage
+from tests.hours_support import assert_totals_match
 
 AGGREGATES: tuple[Any, ...] = (UsageDaily, UsageHourly, MachineDayStats, PersonUsageMonthly)
 
@@ -73,6 +74,8 @@ def test_demo_data_small_run_matches_a_recompute_from_raw(database: Database) ->
         supervised = s.scalar(select(func.sum(UsageDaily.supervised_s))) or 0
         total = s.scalar(select(func.sum(UsageDaily.unlocked_s))) or 0
         assert 0 < supervised < total
+        # Each machine's total machine hours (the overview's) came with its bulk-written sessions.
+        assert all(seconds > 0 for seconds in assert_totals_match(s).values())
     generated = _snapshot(database)
     assert all(generated.values()), "every aggregate table has rows"
 
@@ -125,6 +128,7 @@ def test_demo_data_the_make_run_lab_history_matches_a_recompute_once(database: D
     assert added > 500
     with database.session() as s:
         assert s.scalar(select(func.count()).select_from(MachineSession)) == added
+        assert sum(assert_totals_match(s).values()) > 0
         first = s.scalar(select(func.min(MachineDayStats.day)))
     generated = _snapshot(database)
     assert generated["usage_daily"] and generated["person_usage_monthly"]

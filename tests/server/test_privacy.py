@@ -25,6 +25,7 @@ from server.models import (
 )
 from server.services import lab_keys, privacy, training
 from server.services.ingest import ingest_event
+from tests.hours_support import assert_totals_match
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import SessionEnded, SessionStarted
 
@@ -169,6 +170,7 @@ def test_privacy_erase_leaves_no_trace_but_keeps_the_hours(lab: Database) -> Non
             select(func.sum(MachineSession.unlocked_s)).where(MachineSession.person_id == quinn_id)
         )
         assert hours == 7200.0, "machine hours stay, under the pseudonym"
+        assert assert_totals_match(s)["printer-1"] == 7200.0
         assert s.scalar(select(func.count()).select_from(ApiToken)) == 0
         tina_note = s.scalars(select(Notification).where(Notification.kind == "expiring_trainer")).one()
         assert tina_note.params == {"person": label}

@@ -36,6 +36,7 @@ from server.db import Database, make_engine, normalise_url
 from server.migrate import SchemaError, require_current, schema_state, upgrade
 from server.security import hash_password
 from server.services.tokens import hash_token
+from tests.hours_support import assert_totals_match
 
 ROOT = Path(__file__).resolve().parents[2]
 TZ = ZoneInfo("Europe/Berlin")
@@ -421,6 +422,12 @@ def _check_records(db: Database, lab: Lab) -> None:
         assert rolf is not None and rolf.revoked
         sessions = {m.id: m for m in s.scalars(select(MachineSession))}
         assert {sid: m.unlocked_s for sid, m in sessions.items()} == lab.sessions
+        # Migration 0024 filled each machine's total machine hours from the sessions there were.
+        totals = assert_totals_match(s)
+        assert {slug: seconds / 3600 for slug, seconds in totals.items()} == {
+            "printer-1": 8.5,
+            "laser-1": 3.0,
+        }
         assert all(m.ended_at is not None and m.flag is None for m in sessions.values())
         jobs = {j.id: j for j in s.scalars(select(Job))}
         assert {jid: j.session_id for jid, j in jobs.items()} == lab.jobs

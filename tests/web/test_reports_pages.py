@@ -12,11 +12,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from openpyxl import load_workbook
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from server.adapters.web import reports as reports_web
 from server.extensions import db
-from server.models import AuditLog, Person
+from server.models import AuditLog, LabKey, Person
 from tests.server.report_factory import Scenario, build_scenario
 from tests.web.conftest import english, sign_in
 
@@ -100,6 +100,28 @@ def test_reports_page_with_pseudonyms_names_nobody(admin: FlaskClient, setup: Se
     assert setup.world.label("ada") in page
     assert setup.world.label("tina") in page
     assert "Names are replaced by pseudonyms." in page
+
+
+def test_reports_page_keeps_the_pseudonym_key_it_makes(admin: FlaskClient, setup: Setup) -> None:
+    """Shown before anything made the lab's pseudonym key, the report makes it once and keeps it:
+    later pages and exports use the same pseudonyms, and no page makes another key. (On
+    PostgreSQL the key made before was thrown away with each request's transaction; SQLite's
+    savepoint commits on its own, ingest.py says why.)"""
+    from server.services import lab_keys, privacy
+
+    with db.session() as s:
+        s.execute(delete(LabKey).where(LabKey.name == lab_keys.PSEUDONYM))
+    assert admin.get(f"/reports/funder?{Q1}").status_code == 200
+    with db.session() as s:
+        made = s.get(LabKey, lab_keys.PSEUDONYM)
+        assert made is not None, "kept after the page"
+        key = lab_keys.pseudonym_key(s)
+    page = admin.get(f"/reports/funder?{Q1}&pseudonyms=1").get_data(as_text=True)
+    assert privacy.pseudonym(setup.world.ids["ada"], key) in page
+    with db.session() as s:
+        assert [k.secret for k in s.scalars(select(LabKey).where(LabKey.name == lab_keys.PSEUDONYM))] == [
+            made.secret
+        ]
 
 
 def test_reports_page_filters_by_cohort_and_defaults(admin: FlaskClient, setup: Setup) -> None:

@@ -63,6 +63,38 @@ def test_overview_machine_hours_today_and_total(client: FlaskClient, auth: AuthA
     assert tiles["prusa-b"]["hours_total_s"] == 0.0
 
 
+def test_overview_total_grows_when_a_session_ends_through_ingestion(
+    client: FlaskClient, auth: AuthActions, lab: Lab
+) -> None:
+    """The laser's open session ends (the agent's event, ingested as the bridge does): the next
+    poll of /live.json and the page show its unlocked time in the machine's total."""
+    import uuid
+
+    from server.services.ingest import ingest_event
+    from werkbank_protocol import format_ts
+    from werkbank_protocol.messages import SessionEnded
+
+    auth.login(lab.trainer)
+    assert _tiles(client)["laser-1"]["hours_total_s"] == 2400.0
+    end = SessionEnded(
+        v=1,
+        id=str(uuid.uuid4()),
+        ts=format_ts(datetime.now(UTC) - timedelta(seconds=1)),
+        session=lab.laser_session_id,
+        reason="tap_out",
+        unlocked_s=120.0,
+        run_s=60.0,
+    )
+    with db.session() as s:
+        device = s.get(Device, "pi-laser-1")
+        assert device is not None
+        assert ingest_event(s, device, end).refused is None
+    laser = _tiles(client)["laser-1"]
+    assert laser["hours_total_s"] == 2520.0 and laser["hours_total_label"] == "0 h 42 min"
+    html = client.get("/").get_data(as_text=True)
+    assert "0 h 42 min" in html
+
+
 def test_live_json_shape(client: FlaskClient, auth: AuthActions, lab: Lab) -> None:
     auth.login(lab.trainer)
     response = client.get("/live.json")

@@ -41,7 +41,7 @@ from server.models import (
     Site,
     TrainingStep,
 )
-from server.services import usage
+from server.services import hours_total, usage
 
 # Mean sessions per machine and open day (before weekday, season and growth factors):
 # with ~250 open days a year this makes about 2 M sessions for 100 machines over 5 years.
@@ -342,6 +342,10 @@ _DAY_TEXT: dict[int, str] = {}
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
+_SESSION_MACHINE = COLUMNS["sessions"].index("machine_id")
+_SESSION_UNLOCKED = COLUMNS["sessions"].index("unlocked_s")
+
+
 def _ts_text(value: float) -> str:
     """A UTC epoch as the naive UTC text both databases store (SQLAlchemy's SQLite format,
     which PostgreSQL's COPY reads too): strftime is the generator's slowest call otherwise."""
@@ -372,13 +376,19 @@ def _copy_text(value: Any) -> str:
 
 
 def write(conn: Any, tables: Tables) -> None:
-    """Bulk-write every waiting row (COPY on PostgreSQL, executemany on SQLite), then clear."""
+    """Bulk-write every waiting row (COPY on PostgreSQL, executemany on SQLite), then clear.
+    The sessions' unlocked time goes onto their machines' totals in the same transaction (no
+    flush hook sees these rows: server.services.hours_total)."""
     if not conn.in_transaction():
         # The rows go through the driver's connection: SQLAlchemy must know a transaction is
         # open, or its commit would do nothing and the rows would be rolled back on close.
         conn.begin()
     raw = conn.connection.driver_connection
     postgres = conn.dialect.name == "postgresql"
+    hours: dict[int, float] = defaultdict(float)
+    for row in tables.rows.get("sessions", ()):
+        if row[_SESSION_UNLOCKED] is not None:
+            hours[row[_SESSION_MACHINE]] += row[_SESSION_UNLOCKED]
     for table, rows in tables.rows.items():
         if not rows:
             continue
@@ -404,6 +414,7 @@ def write(conn: Any, tables: Tables) -> None:
                 [tuple(v.isoformat() if isinstance(v, date) else v for v in values) for values in converted],
             )
         rows.clear()
+    hours_total.add(conn, hours)
 
 
 @dataclass

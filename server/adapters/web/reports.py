@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -182,8 +183,10 @@ def read_query(args: Any, now: datetime) -> tuple[ReportQuery | None, list[str]]
 
 def _report(query: ReportQuery, now: datetime) -> FunderReport:
     db = get_db()
-    if query.pseudonyms and not lab_keys.has_pseudonym_key(db):
-        # Made and kept before the first pseudonyms are shown: the same in every export after.
+    if not lab_keys.has_pseudonym_key(db):
+        # Made and kept before the first report is shown: its pseudonyms are the same in every
+        # export after. (Made only when asked for pseudonyms, the key was made again on every
+        # other showing, in a savepoint, and thrown away with the request's transaction.)
         lab_keys.pseudonym_key(db)
         db.commit()
     return funder_report(
@@ -253,11 +256,12 @@ class Words:
         return words
 
 
-def hours_label(seconds: float) -> str:
-    """``1,234.5`` (``1.234,5`` in German)."""
+def hours_label(seconds: float, w: Words | None = None) -> str:
+    """``1,234.5`` (``1.234,5`` in German). ``w``: the request's :class:`Words`, when the caller
+    has them at hand (finding them again costs more than the label, thousands of times a page)."""
     if not math.isfinite(seconds) or seconds > LABEL_MAX_HOURS * HOUR:
         return "\u2013"  # a broken record stored before issue 11, not a measurement
-    w = Words.current()
+    w = w or Words.current()
     text = f"{hours(seconds):,.1f}"
     return text.replace(",", "\0").replace(".", w.decimal).replace("\0", w.group)
 
@@ -267,11 +271,11 @@ def kwh(wh: float) -> float:
     return round(wh / 1000, 1)
 
 
-def kwh_label(wh: float) -> str:
+def kwh_label(wh: float, w: Words | None = None) -> str:
     """``1,234.5`` (``1.234,5`` in German)."""
     if not math.isfinite(wh):
         return "\u2013"
-    w = Words.current()
+    w = w or Words.current()
     text = f"{kwh(wh):,.1f}"
     return text.replace(",", "\0").replace(".", w.decimal).replace("\0", w.group)
 
@@ -280,33 +284,33 @@ def month_label(month: date) -> str:
     return str(flask_babel.format_date(month, "MMMM yyyy"))
 
 
-def day_label(day: date) -> str:
-    days = Words.current().days
+def day_label(day: date, w: Words | None = None) -> str:
+    days = (w or Words.current()).days
     if day not in days:
         days[day] = str(flask_babel.format_date(day, "medium"))
     return days[day]
 
 
-def level_label(q: GrantedQualification) -> str:
-    return Words.current().levels[q.level]
+def level_label(q: GrantedQualification, w: Words | None = None) -> str:
+    return (w or Words.current()).levels[q.level]
 
 
-def action_label(action: QualificationAction) -> str:
-    w = Words.current()
+def action_label(action: QualificationAction, w: Words | None = None) -> str:
+    w = w or Words.current()
     return w.renewed if action == QualificationAction.RENEWED else w.granted
 
 
-def group_label(value: str) -> str:
-    return value or Words.current().none
+def group_label(value: str, w: Words | None = None) -> str:
+    return value or (w or Words.current()).none
 
 
-def yes_no(value: bool) -> str:
-    w = Words.current()
+def yes_no(value: bool, w: Words | None = None) -> str:
+    w = w or Words.current()
     return w.yes if value else w.no
 
 
-def status_label(row: ParticipantRow) -> str:
-    flags = Words.current().flags
+def status_label(row: ParticipantRow, w: Words | None = None) -> str:
+    flags = (w or Words.current()).flags
     return ", ".join(
         f for f, on in zip(flags, (row.is_new, row.is_active, row.is_finished), strict=True) if on
     )
@@ -385,16 +389,17 @@ def funder_print() -> ResponseReturnValue:
 
 
 def _helpers() -> dict[str, Callable[..., Any]]:
+    w = Words.current()  # once for the page's thousands of labels
     return {
-        "hours_label": hours_label,
-        "kwh_label": kwh_label,
+        "hours_label": partial(hours_label, w=w),
+        "kwh_label": partial(kwh_label, w=w),
         "month_label": month_label,
-        "day_label": day_label,
-        "level_label": level_label,
-        "action_label": action_label,
-        "group_label": group_label,
-        "yes_no": yes_no,
-        "status_label": status_label,
+        "day_label": partial(day_label, w=w),
+        "level_label": partial(level_label, w=w),
+        "action_label": partial(action_label, w=w),
+        "group_label": partial(group_label, w=w),
+        "yes_no": partial(yes_no, w=w),
+        "status_label": partial(status_label, w=w),
         "participant_cells": participant_cells,
         "outcome_table": outcome_table,
         "outcome_chart": outcome_chart,
@@ -416,24 +421,25 @@ def participant_cells(report: FunderReport) -> list[list[tuple[str, str, bool]]]
         _("Supervised hours"),
     ]
     qualifications_label = _("Qualifications")
+    w = Words.current()
     out = []
     for r in report.participants:
         texts = [
             r.label,
             r.cohort,
             r.programme,
-            status_label(r),
+            status_label(r, w),
             str(r.usage.sessions),
-            hours_label(r.usage.unlocked_s),
-            hours_label(r.usage.run_s),
-            hours_label(r.usage.supervised_s),
+            hours_label(r.usage.unlocked_s, w),
+            hours_label(r.usage.run_s, w),
+            hours_label(r.usage.supervised_s, w),
         ]
         cells = [(label, text, i >= 4) for i, (label, text) in enumerate(zip(labels, texts, strict=True))]
         cells += [
-            (name, hours_label(r.hours_by_type.get(type_id, 0.0)), True)
+            (name, hours_label(r.hours_by_type.get(type_id, 0.0), w), True)
             for type_id, name in report.machine_types
         ]
-        granted = ", ".join(f"{q.competency} ({level_label(q)})" for q in r.qualifications)
+        granted = ", ".join(f"{q.competency} ({level_label(q, w)})" for q in r.qualifications)
         cells.append((qualifications_label, granted, False))
         out.append(cells)
     return out
