@@ -182,6 +182,10 @@ def close(
         raise TrainingError("end_before_start", N_("The end cannot be before the session's start."))
     row.ended_at = end
     row.end_reason = CLOSED_BY_ADMIN
+    # Its hours up to that end, in every figure: the dashboards' aggregates count the span, and
+    # the machine's total, the person's hours and supervised hours count unlocked_s (none before:
+    # the overview and the person's page showed nothing for it). No run time: nobody measured it.
+    row.unlocked_s = (end - row.started_at).total_seconds()
     energy.close(row)
     machine = row.machine
     if machine.live_session_id == row.id:

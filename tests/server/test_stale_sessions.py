@@ -137,8 +137,10 @@ def test_closing_a_stale_session_counts_its_hours_up_to_the_end_and_is_audited(l
         assert entry.detail["reason"] == "SD card of the Pi died"
         assert entry.detail["ended"] == DIED.isoformat() and entry.detail["machine"] == "printer-1"
         assert stale_sessions.stale_sessions(s, NOW) == []
-        assert row.unlocked_s is None  # no device measured it: the total (the overview's) has none
-        assert assert_totals_match(s)["printer-1"] == 0.0
+        # Its hours up to the admin's end in every figure: the machine's total (the overview's)
+        # as in the dashboards below.
+        assert row.unlocked_s == 7200.0 and row.run_s is None
+        assert assert_totals_match(s)["printer-1"] == 7200.0
     usage.refresh(lab, LATER)
     assert _hours(lab, machine_id) == pytest.approx(2.0)
 
@@ -161,7 +163,7 @@ def test_closing_a_stale_session_counts_its_hours_up_to_the_end_and_is_audited(l
         assert row is not None and row.ended_at == DIED and row.end_reason == "closed_by_admin"
         assert s.get(StoredEvent, real_end.id) is not None
         assert len(s.scalars(select(MachineSession)).all()) == 1
-        assert assert_totals_match(s)["printer-1"] == 0.0  # the agent's ends were not taken
+        assert assert_totals_match(s)["printer-1"] == 7200.0  # the agent's ends were not taken
     usage.refresh(lab, LATER)
     assert _hours(lab, machine_id) == pytest.approx(2.0)
 
