@@ -77,27 +77,23 @@ def test_a_state_put_off_goes_on_with_the_next_window_as_one() -> None:
 
 
 def test_the_bridges_metrics_say_what_the_buffer_took_dropped_and_holds() -> None:
-    from collections import Counter
-    from threading import Event
-    from typing import Any, cast
-
+    from server.adapters.bridge import Bridge
+    from server.db import Database
     from server.metrics import BridgeMetrics
 
-    class _Bridge:  # what the collector reads of a bridge
-        decisions: Counter[str] = Counter()
-        handled: Counter[str] = Counter()
-        rejected: Counter[str] = Counter()
-        connected = Event()
-        telemetry = telemetry.Buffer(limit=2)
-        telemetry_deferred = 4
-
-    fake = _Bridge()
+    database = Database()
+    database.init("sqlite://")
+    # A real bridge, never started (the collector reads its counters, not the broker).
+    bridge = Bridge(database, "mqtt://127.0.0.1:1")
+    bridge.telemetry = telemetry.Buffer(limit=2)
+    bridge.telemetry_deferred = 4
     for i in range(3):
-        fake.telemetry.add("pi-a", _payload(i, running=True), 0.0, False)
+        bridge.telemetry.add("pi-a", _payload(i, running=True), 0.0, False)
     metrics = BridgeMetrics()
-    metrics.watch(cast(Any, fake))
+    metrics.watch(bridge)
     sample = metrics.registry.get_sample_value
     assert sample("werkbank_telemetry_received_total") == 2.0
     assert sample("werkbank_telemetry_dropped_total", {"reason": "busy"}) == 1.0
     assert sample("werkbank_telemetry_waiting") == 2.0
     assert sample("werkbank_telemetry_deferred_total") == 4.0
+    database.dispose()
