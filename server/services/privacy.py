@@ -307,6 +307,9 @@ def erase(db: Session, person: Person, actor: Person | None, now: datetime) -> s
     if person.erased_at is None:
         person.erased_at = now
     db.flush()
+    # The deleted badges stay in the loaded collection until it is read again: a second erasure
+    # in this session would delete them twice (SQLAlchemy warns that no row matched).
+    db.expire(person, ["badges"])
     audit.record(db, actor, "person.erase", f"person:{person.id}", {"pseudonym": label}, at=now)
     return label
 
