@@ -236,8 +236,8 @@ class Words:
     decimal: str
     group: str
     # Day labels ("08.01.2025", "Jan 8, 2025"): Babel's medium date pattern of the locale,
-    # applied directly (through Flask-Babel each of a year's ~170 dates cost about 30 µs more),
-    # and each day's label kept once made.
+    # applied directly (Flask-Babel's format_date finds the locale and the pattern again for
+    # each of a year's ~170 dates), and each day's label kept once made.
     locale: Locale
     date_pattern: DateTimePattern
     days: dict[date, str]
@@ -422,8 +422,8 @@ def _helpers() -> dict[str, Callable[..., Any]]:
 # -- the two long tables' rows -----------------------------------------------------------------
 # A year's report for one site has about 4,200 cells in these two tables (116 participants with
 # 13 cells, 450 qualifications with 6). Rendered cell by cell through Jinja loops (an escape and
-# a `data-label` attribute each) they cost about 35 ms of a request's 90 ms; built here in one
-# pass, each column's opening tag made once and only names escaped, a few ms. The HTML is the
+# a `data-label` attribute each) they cost about 40 ms a request on the bench data at load 5;
+# built here in one pass, each column's opening tag made once, about 11 ms. The HTML is the
 # same, byte for byte: the tags and line breaks below are the ones the template wrote.
 
 ROW_START = "\n      <tr>"
