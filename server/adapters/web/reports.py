@@ -422,9 +422,9 @@ def _helpers() -> dict[str, Callable[..., Any]]:
 # -- the two long tables' rows -----------------------------------------------------------------
 # A year's report for one site has about 4,200 cells in these two tables (116 participants with
 # 13 cells, 450 qualifications with 6). Rendered cell by cell through Jinja loops (an escape and
-# a `data-label` attribute each) they cost about 40 ms a request on the bench data at load 5;
-# built here in one pass, each column's opening tag made once, about 11 ms. The HTML is the
-# same, byte for byte: the tags and line breaks below are the ones the template wrote.
+# a `data-label` attribute each) they cost about 25 to 30 ms a request on the bench data (load
+# 2 to 5); built here in one pass, each column's opening tag made once, about 7 ms. The HTML is
+# the same, byte for byte: the tags and line breaks below are the ones the template wrote.
 
 ROW_START = "\n      <tr>"
 ROW_END = "\n      </tr>"
