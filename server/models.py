@@ -903,7 +903,8 @@ class UsageHourly(Base):
     """Unlocked seconds per machine, local day and hour: the weekday-by-hour heatmap."""
 
     __tablename__ = "usage_hourly"
-    __table_args__ = (Index("ix_usage_hourly_site_day", "site_id", "day"),)
+    # Unlocked time in the index too: the heatmap sums it from the index alone (migration 0025).
+    __table_args__ = (Index("ix_usage_hourly_site_day_hour", "site_id", "day", "hour", "unlocked_s"),)
 
     machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)

@@ -374,6 +374,32 @@ def test_reports_exports_keep_formulas_as_text(app: Flask, admin: FlaskClient, s
     assert cell.value == '=HYPERLINK("http://evil.test","x")'
 
 
+def test_reports_page_shows_markup_in_names_as_text(admin: FlaskClient, setup: Setup) -> None:
+    """The long tables' rows are built in Python, not by the template: names, groups, trainers
+    and competencies are still escaped there."""
+    from server.models import Competency
+
+    with db.session() as s:
+        ben = s.get(Person, setup.world.ids["ben"])
+        tina = s.get(Person, setup.world.ids["tina"])
+        assert ben is not None and tina is not None
+        ben.name = '<img src=x onerror="alert(1)">'
+        ben.cohort = "A & B's <group>"
+        tina.name = "<b>Tina</b>"
+        for competency in s.scalars(select(Competency)):
+            competency.name = "Laser <safety>"
+    page = admin.get(f"/reports/funder?{Q1}").get_data(as_text=True)
+    assert "<img" not in page and "<b>Tina" not in page and "Laser <safety>" not in page
+    participants = page[page.index('data-table="participants"') : page.index('data-table="qualifications"')]
+    qualifications = page[page.index('data-table="qualifications"') : page.index('data-table="groups"')]
+    for table in (participants, qualifications):
+        assert ">&lt;img src=x onerror=&#34;alert(1)&#34;&gt;</td>" in table
+    assert '<td data-label="Cohort">A &amp; B&#39;s &lt;group&gt;</td>' in participants
+    assert ">Laser &lt;safety&gt; (Briefed)</td>" in participants  # Ben's qualifications
+    assert '<td data-label="Competency">Laser &lt;safety&gt;</td>' in qualifications
+    assert '<td data-label="Trainer">&lt;b&gt;Tina&lt;/b&gt;</td>' in qualifications
+
+
 def _metered(setup: Setup) -> None:
     """Daily aggregates with energy: the nord printer 2.5 kWh over two days of January (one hour
     unmetered), the laser 12.25 kWh in March by Cohort B; the southern printer 9 kWh (not nord's)."""
