@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import socket
 import threading
@@ -126,6 +127,8 @@ OTHER_BRIDGE_WAIT_S = 6.0
 # unacknowledged like another bridge's (OTHER_BRIDGE_WAIT_S); and how often it looks.
 DECISION_ROW_WAIT_S = 0.5
 DECISION_ROW_POLL_S = 0.01
+# ...and a device whose wait found no row waits no more for this long (Bridge._await_decision).
+DECISION_ROW_WAIT_AGAIN_S = 60.0
 # What each role of a bridge process hears (docs/architecture.md, "The bridge's two processes"):
 # everything, only the taps, or everything but the taps. A device's telemetry, events and status
 # always share one connection: MQTT keeps their order only within one.
@@ -285,6 +288,8 @@ class Bridge:
         # Shared bridges: session starts waiting for another bridge's decision row, by event id
         # (when this bridge first saw each; the ingest thread's alone).
         self._undecided_starts: OrderedDict[str, float] = OrderedDict()
+        # The ingest half: when each device's last wait for a decision row found none.
+        self._waited_in_vain: OrderedDict[str, float] = OrderedDict()
         # Allow-lists: the newest version this process published per device, and the version
         # last seen on each device's topic (our own copy coming back, or -1: cleared).
         self._published: dict[str, int] = {}
@@ -682,7 +687,7 @@ class Bridge:
             # Its start time is its decision's: let the log catch up with the answer first.
             if self.role == "ingest":
                 # The tap process beside this one writes it, a few milliseconds after its answer.
-                if not self._await_decision(event.id, event.session):
+                if not self._await_decision(item.device_id, event.id, event.session):
                     return  # not acknowledged: the agent sends it again
             else:
                 self.wait_for_decision_log()
@@ -932,18 +937,28 @@ class Bridge:
                 pass
             self._tap_conn = None
 
-    def _await_decision(self, event_id: str, session_id: str) -> bool:
+    def _await_decision(self, device_id: str, event_id: str, session_id: str) -> bool:
         """The ingest half of a split bridge: wait up to ``DECISION_ROW_WAIT_S`` for the decision
         row of ``session_id`` (the tap half writes it just after its answer), then decide as for
-        another bridge's decision (:meth:`_decision_recorded`)."""
-        deadline = time.monotonic() + DECISION_ROW_WAIT_S
-        while time.monotonic() < deadline:
-            with self._bounded_session() as db:
-                if device_claims.decision_for(db, session_id) is not None:
-                    self._undecided_starts.pop(event_id, None)
-                    return True
-            if self._stop.wait(DECISION_ROW_POLL_S):
-                break
+        another bridge's decision (:meth:`_decision_recorded`).
+
+        The wait holds up this thread, so a device whose last wait found nothing (a tap half
+        that died, or a stolen Pi claiming decisions the server never made, start after start)
+        gets no other for ``DECISION_ROW_WAIT_AGAIN_S``: the ingestion of every other device
+        must not be slowed by one device's claims (docs/security.md)."""
+        now = time.monotonic()
+        if now - self._waited_in_vain.get(device_id, -math.inf) >= DECISION_ROW_WAIT_AGAIN_S:
+            deadline = now + DECISION_ROW_WAIT_S
+            while True:
+                with self._bounded_session() as db:
+                    if device_claims.decision_for(db, session_id) is not None:
+                        self._undecided_starts.pop(event_id, None)
+                        return True
+                if time.monotonic() >= deadline or self._stop.wait(DECISION_ROW_POLL_S):
+                    break
+            self._waited_in_vain[device_id] = time.monotonic()
+            while len(self._waited_in_vain) > MAX_WAITING:
+                self._waited_in_vain.popitem(last=False)
         return self._decision_recorded(event_id, session_id)
 
     def _decision_recorded(self, event_id: str, session_id: str) -> bool:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -103,6 +104,32 @@ def test_bridge_ingest_half_waits_for_the_tap_halfs_decision_row(
         decision = s.get(AccessDecision, rid)
         assert session is not None and decision is not None
         assert session.started_at == decision.decided_at == clock.now
+
+
+def test_bridge_ingest_half_waits_for_one_devices_unknown_decisions_once(
+    halves: tuple[Bridge, Bridge], device: Peer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stolen Pi claims online sessions the server never decided, one after the other. The
+    # ingest half waits for the first one's decision row, then no more for that device: the
+    # other devices' events must not queue behind its claims.
+    from server.adapters import bridge as bridge_module
+
+    monkeypatch.setattr(bridge_module, "DECISION_ROW_WAIT_S", 2.0)
+    _, ingest = halves
+
+    def claim() -> float:
+        before = ingest.handled["start_before_decision"]
+        _, started = _event(
+            "session_started", str(uuid.uuid4()), format_ts(clock.now), badge=QUINN, offline=False
+        )
+        begun = time.monotonic()
+        device.publish(f"{PRINTER}/event", started)
+        assert wait_until(lambda: ingest.handled["start_before_decision"] == before + 1, timeout=10)
+        return time.monotonic() - begun
+
+    assert claim() >= 2.0  # waited for the row the tap half might still write
+    assert claim() < 1.0  # not again for this device
+    assert device.drain(f"{PRINTER}/ack") == []  # neither was acknowledged: the agent sends again
 
 
 def _status(ts: datetime, boot: str) -> str:
