@@ -5,7 +5,6 @@ statements run through the session, and the repair (``werkbank usage rebuild``).
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -189,10 +188,6 @@ def test_hours_total_ignores_sessions_without_unlocked_time(lab: Database, unloc
     assert _totals(lab)["laser-1"] == 0.0
 
 
-@pytest.mark.skipif(
-    not os.environ.get("TEST_DATABASE_URL"),
-    reason="needs PostgreSQL (TEST_DATABASE_URL): two writers at once",
-)
 def test_hours_total_two_bridges_ending_sessions_of_one_machine_at_once_both_count(lab: Database) -> None:
     """Two bridges end two sessions of one machine at the same moment: the second waits for the
     first's row of the machine and adds to what the first committed (an add in SQL, not a value

@@ -392,11 +392,9 @@ def test_a_request_recorded_elsewhere_gets_the_stored_answer(
 
 
 def test_a_database_error_on_the_tap_statement_is_an_sqlalchemy_error(lab: Database, clock) -> None:  # type: ignore[no-untyped-def]
-    """On PostgreSQL the tap's statement runs on psycopg's cursor directly; its errors must still
-    be SQLAlchemy's, which the bridge catches (no answer, the agent decides offline, the
-    connection is replaced)."""
-    if lab.engine.dialect.name != "postgresql":
-        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): only it runs the batch statement on psycopg")
+    """A lost database connection under the tap's statement (on PostgreSQL it runs on psycopg's
+    cursor directly, on SQLite through Core) raises SQLAlchemy's error, which the bridge catches
+    (no answer, the agent decides offline, the connection is replaced)."""
     decider = Decider()
     with lab.engine.connect() as conn:
         [result] = decider.decide(conn, [Tap("pi-printer-1", "04A224B2C35E80")], clock())
