@@ -306,13 +306,6 @@ def web_cmd(host: str | None, port: int | None) -> None:
     )
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-
-
 @click.command("bridge")
 @click.option(
     "--half",

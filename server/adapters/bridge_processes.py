@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from server.adapters.bridge import Bridge
 
@@ -91,24 +91,21 @@ class IngestHalf:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self) -> int:
-        """Close its standard input (it stops on that), wait, kill if it hangs; its exit code."""
+    def stop(self) -> None:
+        """Close its standard input (it stops on that), wait, kill if it hangs."""
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         try:
-            code = self.proc.wait(timeout=CHILD_STOP_S)
+            self.proc.wait(timeout=CHILD_STOP_S)
         except subprocess.TimeoutExpired:
             log.error("bridge: the ingest half did not stop within %.0f s; killed", CHILD_STOP_S)
             self.proc.kill()
-            code = self.proc.wait()
+            self.proc.wait()
         self._reader.join(timeout=5)
-        return code
 
 
-def serve_as_ingest_half(
-    bridge: Bridge, stop: threading.Event, nice: int, out: IO[str] | None = None
-) -> None:
+def serve_as_ingest_half(bridge: Bridge, stop: threading.Event, nice: int) -> None:
     """In the child: lower its priority, report its counters every ``SNAPSHOT_S``, and set
     ``stop`` when the parent closes our standard input (or a signal does)."""
     # A crash of the parent is a crash of the bridge: the kernel kills this half with it
@@ -120,7 +117,6 @@ def serve_as_ingest_half(
             os.nice(nice)
         except OSError as exc:  # not allowed here: run at the parent's priority
             log.warning("bridge: could not lower the ingest half's priority by %d: %s", nice, exc)
-    stream = out or sys.stdout
 
     def watch_parent() -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -132,8 +128,8 @@ def serve_as_ingest_half(
     def report() -> None:
         while True:
             try:
-                stream.write(SNAPSHOT_MARK + json.dumps(bridge.counters()) + "\n")
-                stream.flush()
+                sys.stdout.write(SNAPSHOT_MARK + json.dumps(bridge.counters()) + "\n")
+                sys.stdout.flush()
             except (OSError, ValueError):
                 stop.set()  # the parent is gone
                 return
