@@ -604,8 +604,9 @@ class Bridge:
             counter[key] += n
 
     def reject(self, where: str, exc: ProtocolError) -> None:
-        self._count(self.rejected, exc.code)
+        # Logged before it is counted: whoever waits for the count finds the log line there.
         log.warning("rejected message on %s: %s", where, exc.detail)
+        self._count(self.rejected, exc.code)
 
     def publish(self, device_id: str, suffix: Suffix, payload: bytes) -> None:
         self.client.publish(topic(device_id, suffix), payload, qos=QOS[suffix], retain=suffix in RETAINED)
