@@ -162,8 +162,25 @@ class OctoPrintServer:
             time.sleep(0.05)
         return dict(analysis)
 
-    def print_file(self, name: str) -> None:
-        self.client.select(name, print=True)
+    def print_file(self, name: str, timeout: float = 15.0) -> None:
+        """Select ``name``, wait until OctoPrint's job names it, then start the print.
+
+        ``select(name, print=True)`` in one call raced the previous test's cleanup: right after a
+        cancel OctoPrint may still be busy, keeps the old file selected and printed *that* (a CI
+        run saw a print of the previous test's ``long.gcode``). Two steps, as a person at
+        OctoPrint's page takes them, leave no doubt which file prints.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self.wait_state("Operational", max(0.1, deadline - time.monotonic()))
+            self.client.select(name)
+            selected = ((self.client.job_info().get("job") or {}).get("file") or {}).get("name")
+            if selected == name:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"OctoPrint kept {selected!r} selected, not {name!r}")
+            time.sleep(0.05)
+        self.client.start()
 
     def idle(self) -> None:
         """Back to "Operational" with no print running (between tests)."""
