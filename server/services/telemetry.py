@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from server.db import one_of
 from server.models import Device, Machine, MachineSession
 from server.services import clocks, energy
 from werkbank_protocol import ProtocolError, parse_ts
@@ -229,7 +230,7 @@ def write(
         for row in db.execute(
             select(
                 Device.id, Device.machine_id, Device.online, Device.clock_offset_s, Device.clock_measured_at
-            ).where(Device.id.in_(ids))
+            ).where(one_of(db, Device.id, ids))
         )
     }
     for device_id in ids:
@@ -287,7 +288,7 @@ def write(
     orm = sorted({i for i in known if not rows[i].online} | set(record))
     if orm:
         with db.no_autoflush:
-            for device in db.scalars(select(Device).where(Device.id.in_(orm)).order_by(Device.id)):
+            for device in db.scalars(select(Device).where(one_of(db, Device.id, orm)).order_by(Device.id)):
                 if not device.online:
                     device.online = True
                     device.last_seen = now
@@ -323,7 +324,7 @@ def _open_sessions(db: Session, machine_ids: Iterable[int | None]) -> dict[int, 
     found: dict[int, MachineSession] = {}
     for session in db.scalars(
         select(MachineSession)
-        .where(MachineSession.machine_id.in_(machines), MachineSession.ended_at.is_(None))
+        .where(one_of(db, MachineSession.machine_id, machines), MachineSession.ended_at.is_(None))
         .order_by(MachineSession.machine_id, MachineSession.started_at)
         .with_for_update()
     ):
@@ -340,7 +341,7 @@ def _lock_free(
     locked_devices = set(
         db.scalars(
             select(Device.id)
-            .where(Device.id.in_(known))
+            .where(one_of(db, Device.id, known))
             .order_by(Device.id)
             .with_for_update(skip_locked=True)
         )
@@ -350,7 +351,7 @@ def _lock_free(
         set(
             db.scalars(
                 select(Machine.id)
-                .where(Machine.id.in_(machines))
+                .where(one_of(db, Machine.id, machines))
                 .order_by(Machine.id)
                 .with_for_update(skip_locked=True)
             )
@@ -372,7 +373,7 @@ def _lock_free(
     newest: dict[int, str] = {}
     for machine_id, session_id in db.execute(
         select(MachineSession.machine_id, MachineSession.id)
-        .where(MachineSession.machine_id.in_(metering), MachineSession.ended_at.is_(None))
+        .where(one_of(db, MachineSession.machine_id, metering), MachineSession.ended_at.is_(None))
         .order_by(MachineSession.machine_id, MachineSession.started_at)
     ):
         newest[machine_id] = session_id
@@ -380,7 +381,7 @@ def _lock_free(
     if newest:
         for session in db.scalars(
             select(MachineSession)
-            .where(MachineSession.id.in_(sorted(newest.values())), MachineSession.ended_at.is_(None))
+            .where(one_of(db, MachineSession.id, sorted(newest.values())), MachineSession.ended_at.is_(None))
             .order_by(MachineSession.id)
             .with_for_update(skip_locked=True)
         ):
