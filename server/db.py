@@ -54,9 +54,10 @@ def one_of(db: Session, column: InstrumentedAttribute[T], values: Iterable[T]) -
 
     An ``IN`` list renders one parameter per value, so a statement over 500 devices is new text
     whenever the count changes, and past 50 parameters psycopg parses it again on every execution
-    (its statement cache stops there): a fifth of the telemetry writer's CPU at fleet scale
-    (docs/performance.md). One array parameter keeps the text the same for any count, so it is
-    parsed once and PostgreSQL may prepare it. SQLite has no arrays and keeps ``IN``.
+    (its statement cache stops there): about a fifth of the telemetry writer's busy samples under
+    a flood (docs/performance.md, "Telemetry"). One array parameter keeps the text the same for
+    any count, so it is parsed once and PostgreSQL may prepare it. SQLite has no arrays and keeps
+    ``IN``.
     """
     listed = list(values)
     if db.get_bind().dialect.name == "postgresql":
