@@ -948,19 +948,18 @@ class Bridge:
         gets no other for ``DECISION_ROW_WAIT_AGAIN_S``: the ingestion of every other device
         must not be slowed by one device's claims (docs/security.md)."""
         now = time.monotonic()
-        if now - self._waited_in_vain.get(device_id, -math.inf) >= DECISION_ROW_WAIT_AGAIN_S:
-            deadline = now + DECISION_ROW_WAIT_S
-            while True:
-                with self._bounded_session() as db:
-                    if device_claims.decision_for(db, session_id) is not None:
-                        self._undecided_starts.pop(event_id, None)
-                        return True
-                if time.monotonic() >= deadline or self._stop.wait(DECISION_ROW_POLL_S):
-                    break
-            self._waited_in_vain[device_id] = time.monotonic()
-            while len(self._waited_in_vain) > MAX_WAITING:
-                self._waited_in_vain.popitem(last=False)
-        return self._decision_recorded(event_id, session_id)
+        if now - self._waited_in_vain.get(device_id, -math.inf) < DECISION_ROW_WAIT_AGAIN_S:
+            return self._decision_recorded(event_id, session_id)
+        deadline = now + DECISION_ROW_WAIT_S
+        while not self._decided(event_id, session_id):
+            if time.monotonic() >= deadline or self._stop.wait(DECISION_ROW_POLL_S):
+                # Newest last, so that the bound drops the devices that waited longest ago.
+                self._waited_in_vain.pop(device_id, None)
+                self._waited_in_vain[device_id] = time.monotonic()
+                while len(self._waited_in_vain) > MAX_WAITING:
+                    self._waited_in_vain.popitem(last=False)
+                return self._undecided_start(event_id, session_id)
+        return True
 
     def _decision_recorded(self, event_id: str, session_id: str) -> bool:
         """Whether ``session_id``'s decision row is there, or has been waited for long enough.
@@ -971,10 +970,19 @@ class Bridge:
         start (``claim_mismatch``). So the start is left unacknowledged and the agent's outbox
         sends it again (after 2 s); once ``OTHER_BRIDGE_WAIT_S`` has passed since this bridge
         first saw it, it is taken as it is (the answering bridge died before it wrote the row)."""
+        return self._decided(event_id, session_id) or self._undecided_start(event_id, session_id)
+
+    def _decided(self, event_id: str, session_id: str) -> bool:
+        """Whether ``session_id``'s decision row is there (its start then waits no more)."""
         with self._bounded_session() as db:
-            if device_claims.decision_for(db, session_id) is not None:
-                self._undecided_starts.pop(event_id, None)
-                return True
+            if device_claims.decision_for(db, session_id) is None:
+                return False
+        self._undecided_starts.pop(event_id, None)
+        return True
+
+    def _undecided_start(self, event_id: str, session_id: str) -> bool:
+        """A start whose decision row is not there: taken once ``OTHER_BRIDGE_WAIT_S`` has passed
+        since this bridge first saw it, else left unacknowledged for now."""
         now = time.monotonic()
         first = self._undecided_starts.setdefault(event_id, now)
         while len(self._undecided_starts) > MAX_WAITING:
