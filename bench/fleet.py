@@ -28,9 +28,11 @@ Prints every figure with its target (met / not met) and the load average.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -80,44 +82,132 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- telemetry senders ------------------------------------------------------------------------
+def _remaining_length(n: int) -> bytes:
+    """MQTT's variable-length integer (3.1.1, 2.2.3)."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _mqtt_string(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+class RawPublisher:
+    """A bare MQTT 3.1.1 client that only publishes at QoS 0: CONNECT, then PUBLISH packets
+    written many to a ``sendall``, then DISCONNECT.
+
+    Why not paho here: the devices' telemetry costs the Pis, not the server, but this bench
+    makes it on the server's own two cores. paho spends about 20 us of CPU per message on
+    building and queueing a packet; this writer about a tenth of that, so what the bench measures
+    is the bridge and the broker, not its own load generator (``--sender paho`` keeps the old
+    way, for comparison: docs/performance.md, "The fleet bench's senders"). The broker sees the
+    same packets either way."""
+
+    def __init__(self, address: BrokerAddress, client_id: str) -> None:
+        if address.tls:
+            raise ValueError("the raw sender speaks plain MQTT only; use --sender paho for mqtts")
+        flags = 0x02  # clean session
+        payload = _mqtt_string(client_id)
+        if address.username:
+            flags |= 0x80
+            payload += _mqtt_string(address.username)
+            if address.password is not None:
+                flags |= 0x40
+                payload += _mqtt_string(address.password)
+        # Protocol name, level 4 (3.1.1), flags, keep-alive 0 (none: this client sends steadily).
+        variable = _mqtt_string("MQTT") + bytes([4, flags]) + (0).to_bytes(2, "big")
+        body = variable + payload
+        self.sock = socket.create_connection((address.host, address.port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
+        connack = self.sock.recv(4)
+        if len(connack) < 4 or connack[0] != 0x20 or connack[3] != 0:
+            raise ConnectionError(f"the broker refused the connection: {connack!r}")
+
+    @staticmethod
+    def prefix(topic_name: str) -> bytes:
+        """The topic's part of a PUBLISH packet, made once per topic."""
+        return _mqtt_string(topic_name)
+
+    @staticmethod
+    def packet(prefix: bytes, payload: bytes) -> bytes:
+        """One QoS 0 PUBLISH (no packet id at QoS 0)."""
+        return b"\x30" + _remaining_length(len(prefix) + len(payload)) + prefix + payload
+
+    def send(self, packets: list[bytes]) -> None:
+        self.sock.sendall(b"".join(packets))
+
+    def close(self) -> None:
+        """DISCONNECT, then close: the broker handles every packet before it."""
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"\xe0\x00")
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.recv(1)  # the broker closes its side after the DISCONNECT
+        self.sock.close()
+
+
+def _telemetry_payload(ts: str, power: float, energy: float) -> bytes:
+    return f'{{"v":1,"ts":"{ts}","running":true,"power_w":{power:.1f},"energy_wh":{energy:.3f}}}'.encode()
+
+
 def _telemetry_sender(
-    url: str, device_ids: list[str], hz: float, seconds: float, start_at: float, sent: Any
+    url: str, device_ids: list[str], hz: float, seconds: float, start_at: float, sent: Any, kind: str
 ) -> None:
     """In a process of its own: one telemetry per device every 1/hz s, for ``seconds``.
 
     Each device's power varies and its energy counter grows, so the bridge's meter works as
     for a real plug. ``sent`` gets the number of messages handed to the broker (written out
-    to the socket: the last publish is waited for)."""
+    to the socket: the last publish is waited for). ``kind``: "raw" (RawPublisher) or "paho"."""
     address = parse_mqtt_url(url)
-    client = make_client(f"fleet-telemetry-{os.getpid()}", address, clean_session=True)
-    client.max_queued_messages_set(0)
-    client.connect(address.host, address.port, keepalive=30)
-    client.loop_start()
+    name = f"fleet-telemetry-{os.getpid()}"
+    raw: RawPublisher | None = None
+    client: mqtt.Client | None = None
+    if kind == "raw":
+        raw = RawPublisher(address, name)
+    else:
+        client = make_client(name, address, clean_session=True)
+        client.max_queued_messages_set(0)
+        client.connect(address.host, address.port, keepalive=30)
+        client.loop_start()
     topics = [topic(d, Suffix.TELEMETRY) for d in device_ids]
+    prefixes = [RawPublisher.prefix(t) for t in topics]
     counters = [1000.0 * k for k in range(len(device_ids))]
     count = 0
     tick = 1.0 / hz
     time.sleep(max(0.0, start_at - time.time()))
-    next_round = time.monotonic()
-    end = next_round + seconds
+    start = time.monotonic()
     info: mqtt.MQTTMessageInfo | None = None
-    while next_round < end:
+    # A round count, not a deadline: summing ticks in floats gave one round too many now and then.
+    for n in range(round(seconds * hz)):
         ts = now_ts()
+        packets: list[bytes] = []
         for k, t in enumerate(topics):
             power = 100.0 + (count % 400)
             counters[k] += power * tick / 3600
-            payload = (
-                f'{{"v":1,"ts":"{ts}","running":true,"power_w":{power:.1f},"energy_wh":{counters[k]:.3f}}}'
-            ).encode()
-            info = client.publish(t, payload, qos=0)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            payload = _telemetry_payload(ts, power, counters[k])
+            if raw is not None:
+                packets.append(RawPublisher.packet(prefixes[k], payload))
                 count += 1
-        next_round += tick
-        time.sleep(max(0.0, next_round - time.monotonic()))
-    if info is not None:
-        info.wait_for_publish(30)
-    client.loop_stop()
-    client.disconnect()
+            else:
+                assert client is not None
+                info = client.publish(t, payload, qos=0)
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                    count += 1
+        if raw is not None:
+            raw.send(packets)
+        time.sleep(max(0.0, start + (n + 1) * tick - time.monotonic()))
+    if raw is not None:
+        raw.close()
+    if client is not None:
+        if info is not None:
+            info.wait_for_publish(30)
+        client.loop_stop()
+        client.disconnect()
     sent.value = count
 
 
@@ -135,16 +225,18 @@ class Senders:
         return [p.pid for p in self.procs if p.pid is not None]
 
 
-def send_telemetry(url: str, device_ids: list[str], rate: float, seconds: float, processes: int) -> Senders:
+def send_telemetry(
+    url: str, device_ids: list[str], rate: float, seconds: float, processes: int, kind: str
+) -> Senders:
     """``rate`` telemetry messages/s in all from ``processes`` processes, the devices split
-    between them."""
+    between them; ``kind`` as for ``_telemetry_sender``."""
     hz = rate / len(device_ids)
     start_at = time.time() + 0.5  # all senders start together
     procs, counts = [], []
     for k in range(processes):
         count = multiprocessing.Value("q", 0)
         proc = multiprocessing.Process(
-            target=_telemetry_sender, args=(url, device_ids[k::processes], hz, seconds, start_at, count)
+            target=_telemetry_sender, args=(url, device_ids[k::processes], hz, seconds, start_at, count, kind)
         )
         proc.start()
         procs.append(proc)
@@ -331,10 +423,11 @@ def measure_telemetry(
     rate: float,
     seconds: float,
     senders: int,
+    kind: str,
 ) -> TelemetryRun:
     before, dropped0, broker0 = fleet.ingested(), fleet.dropped(), broker.dropped()
     cpu0, busy0 = fleet.cpu(), machine_busy_seconds()
-    run = send_telemetry(url, device_ids, rate, seconds, senders)
+    run = send_telemetry(url, device_ids, rate, seconds, senders, kind)
     pids = run.pids()
     sender_cpu = 0.0
     # Sample the senders' CPU just before they exit.
@@ -442,7 +535,7 @@ def run_config(
         fleet = Fleet(bridges)
         time.sleep(1.0)
         telemetry = measure_telemetry(
-            fleet, broker, broker_url, lab.device_ids, args.rate, args.duration, args.senders
+            fleet, broker, broker_url, lab.device_ids, args.rate, args.duration, args.senders, args.sender
         )
         print(
             f"  telemetry: offered {telemetry.offered:,}, ingested {telemetry.ingested:,} "
@@ -468,7 +561,14 @@ def run_config(
             target=lambda: result.setdefault(
                 "run",
                 measure_telemetry(
-                    fleet, broker, broker_url, lab.device_ids, args.rate, args.duration + 1.0, args.senders
+                    fleet,
+                    broker,
+                    broker_url,
+                    lab.device_ids,
+                    args.rate,
+                    args.duration + 1.0,
+                    args.senders,
+                    args.sender,
                 ),
             )
         )
@@ -510,7 +610,8 @@ def report(args: argparse.Namespace, label: str, echo: Summary, results: list[Co
     print()
     print(
         f"Werkbank fleet bench: {args.devices} devices, {label}; telemetry offered at {args.rate:,.0f}/s "
-        f"for {args.duration:.0f} s; echo p50 {echo.p50:.3f} ms / p99 {echo.p99:.3f} ms (same run)"
+        f"for {args.duration:.0f} s by {args.senders} {args.sender} sender(s); "
+        f"echo p50 {echo.p50:.3f} ms / p99 {echo.p99:.3f} ms (same run)"
     )
     # Each `werkbank bridge`: one process, or its tap and ingest halves (docs/architecture.md).
     processes = os.environ.get("WERKBANK_BRIDGE_PROCESSES") or "0"
@@ -639,6 +740,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=10_000.0, help="telemetry messages/s offered in all")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--senders", type=int, default=2, help="telemetry sender processes")
+    parser.add_argument(
+        "--sender",
+        choices=("raw", "paho"),
+        default="raw",
+        help="how the senders publish: pre-built QoS 0 packets on a bare socket (raw, the default: "
+        "the devices' own cost kept off the server's cores) or through paho",
+    )
     parser.add_argument(
         "--bridges",
         type=lambda s: [int(x) for x in s.split(",")],
