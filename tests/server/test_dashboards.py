@@ -192,6 +192,34 @@ def test_dashboards_top_machine_types_most_used_first(database: Database, world:
     assert [(t.slug, t.unlocked_h, t.machines) for t in result.types] == [("fdm", 7.0, 1), ("laser", 4.0, 2)]
 
 
+def test_dashboards_machine_whose_type_changed_counts_once_and_under_each_type(
+    database: Database, world: World
+) -> None:
+    """Usage rows keep the machine's type at the time: a machine first used as a printer and
+    then as a laser is one row of the machine table with all its hours, and each type gets
+    the hours of its own time."""
+    with database.session() as s:
+        daily(
+            s, "laser-1", TODAY - timedelta(days=1), "", unlocked_h=3, run_h=2, sessions=2
+        ).machine_type_id = world.fdm
+        daily(s, "laser-1", TODAY, "", unlocked_h=2, run_h=1, sessions=1)
+        daily(s, "prusa-a", TODAY, "", unlocked_h=1, run_h=1, sessions=1)
+    with database.session() as s:
+        result = dashboards.utilisation(s, world.nord, None, None, TODAY - timedelta(days=1), TODAY)
+    by_slug = {row.slug: row.figures for row in result.machines}
+    assert (by_slug["laser-1"].sessions, by_slug["laser-1"].unlocked_h, by_slug["laser-1"].run_h) == (
+        3,
+        5.0,
+        3.0,
+    )
+    assert (by_slug["prusa-a"].sessions, by_slug["prusa-a"].unlocked_h) == (1, 1.0)
+    assert result.totals.unlocked_h == 6.0
+    assert [(t.slug, t.unlocked_h, t.run_h, t.machines) for t in result.types] == [
+        ("fdm", 4.0, 3.0, 2),
+        ("laser", 2.0, 1.0, 1),
+    ]
+
+
 def test_dashboards_live_tiles_show_state_and_device(database: Database, world: World) -> None:
     seen = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
     with database.session() as s:
