@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"web load bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {_loadavg()}")
     folder = Path(tempfile.mkdtemp(prefix="werkbank-webload-"))
     stack: Stack | None = None
+    failed = False
     try:
         url, said = _prepare(args.admin_url, args.fresh, args.database)
         print(said)
@@ -467,14 +468,20 @@ def main(argv: list[str] | None = None) -> int:
         stack.procs.alive()
         logged = stack.requests_since(offset)
     except Exception as exc:
+        failed = True
         print(f"run failed: {type(exc).__name__}: {exc}")
         if stack is not None:
             print(stack.procs.report())
+        # Kept for a look: nginx's error log is under host/var/log/nginx there, each process's
+        # output under logs (one run of many failed with "Connection refused" at the first
+        # login, both logs above empty).
+        print(f"the stack's folder is kept: {folder}")
         return 2
     finally:
         if stack is not None:
             stack.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        if not failed:
+            shutil.rmtree(folder, ignore_errors=True)
     print(f"test client, after the load: {args.n} requests per page, one at a time (load {_loadavg()})")
     try:
         after = _test_client(url, pages, args.n)
