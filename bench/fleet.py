@@ -40,6 +40,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,40 @@ def _telemetry_payload(ts: str, power: float, energy: float) -> bytes:
     return f'{{"v":1,"ts":"{ts}","running":true,"power_w":{power:.1f},"energy_wh":{energy:.3f}}}'.encode()
 
 
+def _round_sender(
+    kind: str, address: BrokerAddress, client_id: str, topics: list[str]
+) -> tuple[Callable[[list[bytes]], int], Callable[[], None]]:
+    """How a sender process publishes one round (a payload per topic, in order; the count handed
+    over comes back) and how it finishes: "raw" (RawPublisher, one write a round) or "paho"."""
+    if kind == "raw":
+        raw = RawPublisher(address, client_id)
+        prefixes = [RawPublisher.prefix(t) for t in topics]
+
+        def send_raw(payloads: list[bytes]) -> int:
+            raw.send([RawPublisher.packet(p, b) for p, b in zip(prefixes, payloads, strict=True)])
+            return len(payloads)
+
+        return send_raw, raw.close
+    client = make_client(client_id, address, clean_session=True)
+    client.max_queued_messages_set(0)
+    client.connect(address.host, address.port, keepalive=30)
+    client.loop_start()
+    last: list[mqtt.MQTTMessageInfo] = []
+
+    def send_paho(payloads: list[bytes]) -> int:
+        infos = [client.publish(t, b, qos=0) for t, b in zip(topics, payloads, strict=True)]
+        last[:] = infos[-1:]
+        return sum(info.rc == mqtt.MQTT_ERR_SUCCESS for info in infos)
+
+    def close_paho() -> None:
+        for info in last:  # written out to the socket before the count is told
+            info.wait_for_publish(30)
+        client.loop_stop()
+        client.disconnect()
+
+    return send_paho, close_paho
+
+
 def _telemetry_sender(
     url: str, device_ids: list[str], hz: float, seconds: float, start_at: float, sent: Any, kind: str
 ) -> None:
@@ -162,52 +197,25 @@ def _telemetry_sender(
 
     Each device's power varies and its energy counter grows, so the bridge's meter works as
     for a real plug. ``sent`` gets the number of messages handed to the broker (written out
-    to the socket: the last publish is waited for). ``kind``: "raw" (RawPublisher) or "paho"."""
-    address = parse_mqtt_url(url)
-    name = f"fleet-telemetry-{os.getpid()}"
-    raw: RawPublisher | None = None
-    client: mqtt.Client | None = None
-    if kind == "raw":
-        raw = RawPublisher(address, name)
-    else:
-        client = make_client(name, address, clean_session=True)
-        client.max_queued_messages_set(0)
-        client.connect(address.host, address.port, keepalive=30)
-        client.loop_start()
+    to the socket: the last publish is waited for). ``kind`` as for ``_round_sender``."""
     topics = [topic(d, Suffix.TELEMETRY) for d in device_ids]
-    prefixes = [RawPublisher.prefix(t) for t in topics]
+    send, finish = _round_sender(kind, parse_mqtt_url(url), f"fleet-telemetry-{os.getpid()}", topics)
     counters = [1000.0 * k for k in range(len(device_ids))]
     count = 0
     tick = 1.0 / hz
     time.sleep(max(0.0, start_at - time.time()))
     start = time.monotonic()
-    info: mqtt.MQTTMessageInfo | None = None
     # A round count, not a deadline: summing ticks in floats gave one round too many now and then.
     for n in range(round(seconds * hz)):
         ts = now_ts()
-        packets: list[bytes] = []
-        for k, t in enumerate(topics):
-            power = 100.0 + (count % 400)
+        payloads: list[bytes] = []
+        for k in range(len(topics)):
+            power = 100.0 + ((count + k) % 400)
             counters[k] += power * tick / 3600
-            payload = _telemetry_payload(ts, power, counters[k])
-            if raw is not None:
-                packets.append(RawPublisher.packet(prefixes[k], payload))
-                count += 1
-            else:
-                assert client is not None
-                info = client.publish(t, payload, qos=0)
-                if info.rc == mqtt.MQTT_ERR_SUCCESS:
-                    count += 1
-        if raw is not None:
-            raw.send(packets)
+            payloads.append(_telemetry_payload(ts, power, counters[k]))
+        count += send(payloads)
         time.sleep(max(0.0, start + (n + 1) * tick - time.monotonic()))
-    if raw is not None:
-        raw.close()
-    if client is not None:
-        if info is not None:
-            info.wait_for_publish(30)
-        client.loop_stop()
-        client.disconnect()
+    finish()
     sent.value = count
 
 

@@ -514,11 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = []
     for page in pages:
         times, base = served[page.name], before[page.name] + after[page.name]
-        b50, a50 = _percentile(before[page.name], 0.5), _percentile(after[page.name], 0.5)
         if not times:
             print(f"  {page.name:<22} no requests logged")
             ok = False
             continue
+        b50, a50 = _percentile(before[page.name], 0.5), _percentile(after[page.name], 0.5)
         p50, p95, worst = _percentile(times, 0.5), _percentile(times, 0.95), max(times)
         c50, c95 = _percentile(base, 0.5), _percentile(base, 0.95)
         ratio = p50 / c50 if c50 else float("inf")

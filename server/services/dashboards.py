@@ -196,7 +196,8 @@ def utilisation(
     # pass over the period's rows instead of two (PostgreSQL, one site's year: the type summary
     # cost 6.9 ms of the dashboard's 31 ms of SQL as a query of its own).
     use: dict[int, dict[str, float]] = {}
-    by_type: dict[int, tuple[float, float, set[int]]] = {}
+    # type id -> machine id -> (unlocked s, run s): one row of the query per pair.
+    by_type: dict[int, dict[int, tuple[float, float]]] = {}
     for row in db.execute(
         select(
             UsageDaily.machine_id,
@@ -217,17 +218,11 @@ def utilisation(
         .group_by(UsageDaily.machine_id, UsageDaily.machine_type_id)
     ).mappings():
         machine_id, type_id = row["machine_id"], row["machine_type_id"]
-        sums = use.setdefault(machine_id, {})
-        for key, value in row.items():
-            if key not in ("machine_id", "machine_type_id"):
-                sums[key] = sums.get(key, 0.0) + float(value or 0)
-        unlocked, run, machines_of_type = by_type.get(type_id, (0.0, 0.0, set()))
-        machines_of_type.add(machine_id)
-        by_type[type_id] = (
-            unlocked + float(row["unlocked_s"] or 0),
-            run + float(row["run_s"] or 0),
-            machines_of_type,
-        )
+        sums = {k: float(v or 0) for k, v in row.items() if k not in ("machine_id", "machine_type_id")}
+        machine_sums = use.setdefault(machine_id, dict.fromkeys(sums, 0.0))
+        for key, value in sums.items():
+            machine_sums[key] += value
+        by_type.setdefault(type_id, {})[machine_id] = (sums["unlocked_s"], sums["run_s"])
 
     stats: dict[int, tuple[float, float, float]] = {}
     for machine_id, open_s, maintenance_s, offline_s in db.execute(
@@ -299,19 +294,24 @@ def utilisation(
         weeks.append(WeekUsage(week, unlocked_h, run_h))
         week += timedelta(days=7)
 
-    names = {
-        type_id: (slug, name, name_de)
+    names: dict[int, tuple[str, str, str | None]] = {}
+    if by_type:  # an empty period asks nothing more
         for type_id, slug, name, name_de in db.execute(
             select(MachineType.id, MachineType.slug, MachineType.name, MachineType.name_de).where(
                 MachineType.id.in_(list(by_type))
             )
-        )
-    }
+        ):
+            names[type_id] = (slug, name, name_de)
     types = sorted(
         (
-            TypeUsage(type_id, *names[type_id], unlocked / HOUR, run / HOUR, len(machines_of_type))
-            for type_id, (unlocked, run, machines_of_type) in by_type.items()
-            if type_id in names
+            TypeUsage(
+                type_id,
+                *names[type_id],
+                sum(unlocked for unlocked, _run in per_machine.values()) / HOUR,
+                sum(run for _unlocked, run in per_machine.values()) / HOUR,
+                len(per_machine),
+            )
+            for type_id, per_machine in by_type.items()
         ),
         key=lambda t: (-t.unlocked_h, t.name),
     )
