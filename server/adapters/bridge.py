@@ -1039,6 +1039,10 @@ class Bridge:
         started = time.monotonic()
         reasons: list[str] = []  # of the taps decided in this batch
         fresh: dict[str, bytes] = {}  # request id -> answer decided in this batch
+        if any(req.mode == "certify" for _d, req in todo):
+            # A sign-off is filed under the trainer's session, which it may find only by the
+            # decision that handed it out (training.sign_off_at_machine): written first.
+            self.wait_for_decision_log()
         try:
             # A Core connection, not an ORM session: nothing here needs the ORM, and a tap waits
             # for every microsecond the ORM's bookkeeping would add.

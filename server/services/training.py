@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 
 from server.i18n import N_, CatalogText
 from server.models import (
+    AccessDecision,
     Competency,
     Level,
     Machine,
@@ -761,6 +762,39 @@ def expire_due(db: Session, now: datetime, today: date) -> list[Qualification]:
     return out
 
 
+def _trainer_session(db: Session, machine_id: int, trainer_id: int) -> str | None:
+    """The session the trainer has open at the machine. Its row comes from the device's
+    ``session_started``, which another thread or process stores a few milliseconds after the
+    answer went out, so a sign-off tapped right after the trainer's unlock may find none yet: then
+    the session this server handed the trainer there last, unless its row says it has ended."""
+    open_id = db.scalar(
+        select(MachineSession.id)
+        .where(
+            MachineSession.machine_id == machine_id,
+            MachineSession.person_id == trainer_id,
+            MachineSession.ended_at.is_(None),
+        )
+        .order_by(MachineSession.started_at.desc())
+        .limit(1)
+    )
+    if open_id is not None:
+        return open_id
+    handed_out = db.scalar(
+        select(AccessDecision.session_id)
+        .where(
+            AccessDecision.machine_id == machine_id,
+            AccessDecision.person_id == trainer_id,
+            AccessDecision.decision == "allow",
+            AccessDecision.session_id.is_not(None),
+        )
+        .order_by(AccessDecision.decided_at.desc())
+        .limit(1)
+    )
+    if handed_out is None or db.get(MachineSession, handed_out) is not None:
+        return None  # none handed out, or stored and (not being open) ended
+    return handed_out
+
+
 def sign_off_at_machine(
     db: Session,
     person: Person,
@@ -808,16 +842,7 @@ def sign_off_at_machine(
     except TrainingError as exc:
         audit_refusal(db, exc, source="machine")
         raise
-    session_id = db.scalar(
-        select(MachineSession.id)
-        .where(
-            MachineSession.machine_id == machine_id,
-            MachineSession.person_id == trainer.id,
-            MachineSession.ended_at.is_(None),
-        )
-        .order_by(MachineSession.started_at.desc())
-        .limit(1)
-    )
+    session_id = _trainer_session(db, machine_id, trainer.id)
     granted: list[Qualification] = []
     for _competency, step in due:
         _record, entry = record_step(

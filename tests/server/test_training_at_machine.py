@@ -29,7 +29,7 @@ from server.models import (
     StepRecord,
     TrainingStep,
 )
-from server.services import allowlists
+from server.services import allowlists, training
 from server.services.ingest import ingest_event
 from tests.conftest import BEA, PETE, TINA
 from werkbank_protocol import format_ts
@@ -56,13 +56,25 @@ def _certify(db: Database, device_id: str, badge: str, now: datetime, trainer: s
 
 def _supervise(db: Database, device_id: str, badge: str, trainer_badge: str, now: datetime) -> str:
     """An auth/req in mode supervise answered (allowed) by the bridge; the session id it handed out."""
+    return _unlock(db, device_id, badge, now, mode="supervise", trainer_badge=trainer_badge)
+
+
+def _unlock(
+    db: Database,
+    device_id: str,
+    badge: str,
+    now: datetime,
+    mode: str = "use",
+    trainer_badge: str | None = None,
+) -> str:
+    """An auth/req answered (allowed) by the bridge; the session id it handed out."""
     bridge = Bridge(db, "mqtt://127.0.0.1:9", clock=lambda: now)  # never connected: answers go nowhere
     request = AuthReq(
         v=1,
         id=str(uuid.uuid4()),
         ts=format_ts(now),
         badge=badge,
-        mode="supervise",
+        mode=mode,
         trainer_badge=trainer_badge,
     )
     bridge._answer_taps([(device_id, request)])
@@ -126,6 +138,43 @@ def test_training_certify_records_every_required_signoff(trainer_lab: Database, 
         assert list(levels) == [Level.INDEPENDENT, Level.INDEPENDENT]
         sources = set(s.scalars(select(StepRecord.source)))
         assert sources == {"machine"}
+
+
+def test_training_certify_right_after_the_unlock_is_filed_under_the_trainers_session(
+    trainer_lab: Database, clock
+) -> None:
+    """Tina unlocks and signs Bea off at once: the device's session_started is not stored yet
+    (the ingest half stores it a few milliseconds after the answer), and the sign-off is still
+    filed under the session the server handed Tina. Once that session has ended, it is not."""
+    now = clock()
+    tinas = _unlock(trainer_lab, "pi-printer-1", TINA, now)
+    _grant(trainer_lab, "Bea Briefed", "fdm-printing", Level.SUPERVISED)
+
+    answer = _certify(trainer_lab, "pi-printer-1", BEA, now + timedelta(seconds=2))
+    assert (answer["decision"], answer["reason"]) == ("allow", "ok")
+    with trainer_lab.session() as s:
+        assert s.scalar(select(StepRecord.session_id).where(StepRecord.source == "machine")) == tinas
+
+    for event in (
+        SessionStarted(v=1, id=str(uuid.uuid4()), ts=format_ts(now), session=tinas, badge=TINA),
+        SessionEnded(
+            v=1,
+            id=str(uuid.uuid4()),
+            ts=format_ts(now + timedelta(seconds=5)),
+            session=tinas,
+            reason="tap_out",
+            unlocked_s=5.0,
+        ),
+    ):
+        with trainer_lab.session() as s:
+            device = s.get(Device, "pi-printer-1")
+            assert device is not None
+            ingest_event(s, device, event, clock())
+    with trainer_lab.session() as s:
+        tina = s.scalar(select(Person.id).where(Person.name == "Tina Trainer"))
+        printer = s.scalar(select(Device.machine_id).where(Device.id == "pi-printer-1"))
+        assert tina is not None and printer is not None
+        assert training._trainer_session(s, printer, tina) is None
 
 
 def test_training_certify_refused_in_one_competency_records_none(trainer_lab: Database, clock) -> None:
