@@ -87,6 +87,14 @@ def _unlock(
         return row.session_id
 
 
+def _ingest(db: Database, device_id: str, event: SessionStarted | SessionEnded, now: datetime) -> None:
+    """A device's event, stored as the bridge's ingest half stores it."""
+    with db.session() as s:
+        device = s.get(Device, device_id)
+        assert device is not None
+        ingest_event(s, device, event, now)
+
+
 def _grant(db: Database, name: str, slug: str, level: Level) -> None:
     with db.session() as s:
         person = s.scalar(select(Person).where(Person.name == name))
@@ -166,10 +174,7 @@ def test_training_certify_right_after_the_unlock_is_filed_under_the_trainers_ses
             unlocked_s=5.0,
         ),
     ):
-        with trainer_lab.session() as s:
-            device = s.get(Device, "pi-printer-1")
-            assert device is not None
-            ingest_event(s, device, event, clock())
+        _ingest(trainer_lab, "pi-printer-1", event, clock())
     with trainer_lab.session() as s:
         tina = s.scalar(select(Person.id).where(Person.name == "Tina Trainer"))
         printer = s.scalar(select(Device.machine_id).where(Device.id == "pi-printer-1"))
@@ -229,14 +234,8 @@ def test_training_supervised_hours_count_in_any_event_order(trainer_lab: Databas
         mode="supervise",
         trainer_badge=TINA,
     )
-    with trainer_lab.session() as s:
-        device = s.get(Device, "pi-printer-1")
-        assert device is not None
-        ingest_event(s, device, ended, clock())
-    with trainer_lab.session() as s:
-        device = s.get(Device, "pi-printer-1")
-        assert device is not None
-        ingest_event(s, device, started, clock())
+    _ingest(trainer_lab, "pi-printer-1", ended, clock())
+    _ingest(trainer_lab, "pi-printer-1", started, clock())
     with trainer_lab.session() as s:
         bea = s.scalar(select(Person).where(Person.name == "Bea Briefed"))
         tina = s.scalar(select(Person).where(Person.name == "Tina Trainer"))
