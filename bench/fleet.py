@@ -614,6 +614,11 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT MET"
 
 
+def _figure(name: str, value: str) -> tuple[str, str, str, bool | None, bool]:
+    """A row with no target."""
+    return (name, value, "", None, False)
+
+
 def report(args: argparse.Namespace, label: str, echo: Summary, results: list[ConfigResult]) -> None:
     print()
     print(
@@ -628,74 +633,91 @@ def report(args: argparse.Namespace, label: str, echo: Summary, results: list[Co
         f"each bridge: WERKBANK_BRIDGE_PROCESSES={processes} (0: two on PostgreSQL, one on SQLite), "
         f"ingest half nice {nice}"
     )
+    # The fleet's speed targets are for PostgreSQL (a lab of hundreds of machines runs on it);
+    # on SQLite they are shown in brackets, and only what is lost or stored twice counts.
+    binding = args.database_url is not None
+    if not binding:
+        print("(SQLite: the speed targets are for PostgreSQL and shown in brackets; lost and")
+        print(" stored-once figures count on both)")
     for r in results:
         t, tl = r.telemetry, r.telemetry_loaded
         title = "one bridge" if r.bridges == 1 else f"{r.bridges} bridges, MQTT_SHARED_SUBSCRIPTIONS"
         la = " ".join(f"{x:.1f}" for x in r.load)
         print(f"\n{title} (load average at the end: {la})")
-        rows: list[tuple[str, str, str, bool | None]] = [
+        # (figure, value, target, met or None: no target, a speed target)
+        rows: list[tuple[str, str, str, bool | None, bool]] = [
             (
                 "telemetry ingested (msgs/s)",
                 f"{t.rate:,.0f}",
                 f">= {TARGET_TELEMETRY_RATE:,.0f}",
                 t.rate >= TARGET_TELEMETRY_RATE,
+                True,
             ),
             (
                 "telemetry lost (offered - ingested)",
                 f"{t.lost:,} of {t.offered:,}",
                 "0",
                 t.lost == 0,
+                False,
             ),
-            ("  dropped by the broker", f"{t.broker_dropped:,}", "", None),
-            ("  dropped by the bridge(s)", f"{t.bridge_dropped:,}", "", None),
-            ("bridge CPU per message (us)", f"{t.bridge_cpu_s / max(t.ingested, 1) * 1e6:.1f}", "", None),
-            ("sender CPU per message (us)", f"{t.sender_cpu_s / max(t.offered, 1) * 1e6:.1f}", "", None),
-            ("machine CPU per message (us)", f"{t.machine_cpu_s / max(t.ingested, 1) * 1e6:.1f}", "", None),
+            _figure("  dropped by the broker", f"{t.broker_dropped:,}"),
+            _figure("  dropped by the bridge(s)", f"{t.bridge_dropped:,}"),
+            _figure("bridge CPU per message (us)", f"{t.bridge_cpu_s / max(t.ingested, 1) * 1e6:.1f}"),
+            _figure("sender CPU per message (us)", f"{t.sender_cpu_s / max(t.offered, 1) * 1e6:.1f}"),
+            _figure("machine CPU per message (us)", f"{t.machine_cpu_s / max(t.ingested, 1) * 1e6:.1f}"),
             (
                 "decisions/s, 50 readers, alone",
                 f"{r.taps_alone.rate:,.0f}",
                 f">= {TARGET_DECISION_RATE:,.0f}",
                 r.taps_alone.rate >= TARGET_DECISION_RATE,
+                True,
             ),
             (
                 "  p50 / p99 (ms)",
                 f"{r.taps_alone.latency.p50:.1f} / {r.taps_alone.latency.p99:.1f}",
                 f"p99 <= {TARGET_P99_LOAD_MS:.0f}",
                 r.taps_alone.latency.p99 <= TARGET_P99_LOAD_MS,
+                True,
             ),
             (
                 "decisions/s, with the telemetry",
                 f"{r.taps_loaded.rate:,.0f}",
                 f">= {TARGET_DECISION_RATE:,.0f}",
                 r.taps_loaded.rate >= TARGET_DECISION_RATE,
+                True,
             ),
             (
                 "  p50 / p99 (ms)",
                 f"{r.taps_loaded.latency.p50:.1f} / {r.taps_loaded.latency.p99:.1f}",
                 f"p99 <= {TARGET_P99_LOAD_MS:.0f}",
                 r.taps_loaded.latency.p99 <= TARGET_P99_LOAD_MS,
+                True,
             ),
             (
                 "  telemetry meanwhile: ingested/s, lost",
                 f"{tl.rate:,.0f}, {tl.lost:,}",
                 "lost 0",
                 tl.lost == 0,
+                False,
             ),
             (
                 "taps lost (alone, loaded)",
                 f"{r.taps_alone.lost}, {r.taps_loaded.lost}",
                 "0",
                 r.taps_alone.lost == 0 and r.taps_loaded.lost == 0,
+                False,
             ),
             (
                 "events stored exactly once",
                 f"{r.events_stored} of {r.events_sent}",
                 "all",
                 r.events_stored == r.events_sent,
+                False,
             ),
         ]
-        for name, value, target, ok in rows:
-            print(f"  {name:40} {value:>18}  {target:>10}  {'' if ok is None else _met(ok)}")
+        for name, value, target, ok, speed in rows:
+            verdict = "" if ok is None else _met(ok) if binding or not speed else f"({_met(ok)})"
+            print(f"  {name:40} {value:>18}  {target:>10}  {verdict}")
         refused = {k: v for k, v in r.rejected.items() if v}
         if refused:
             print(f"  messages refused by reason: {refused}")
