@@ -385,8 +385,8 @@ class AgentConfig:
     """A checked config. Attributes are ``<section>_<key>``; paths are absolute.
 
     The fields are the keys the agent itself reads; a plug-in's keys (a monitor's, a switch's,
-    each declared in its module) are in ``options``: ``option("monitor_threshold_a")``, which
-    also reads as an attribute (``config.monitor_threshold_a``)."""
+    each declared in its module) are in ``options``: ``option("monitor_threshold_a")``. They are
+    not attributes, so that the type checker catches a misspelt field."""
 
     device_id: str
     device_machine: str
@@ -434,14 +434,6 @@ class AgentConfig:
     def value(self, attr: str) -> Any:
         """Any key's value by attribute name, a field's or a plug-in's."""
         return self.options[attr] if attr in self.options else getattr(self, attr)
-
-    def __getattr__(self, attr: str) -> Any:
-        # A plug-in's key reads like a field too (``config.monitor_threshold_a``), as it did when
-        # the older monitors' keys were fields. Only called for names that are not attributes.
-        options = self.__dict__.get("options", {})
-        if attr in options:
-            return options[attr]
-        raise AttributeError(f"{type(self).__name__} has no attribute or config key {attr!r}")
 
     def secret(self, attr: str) -> str | None:
         """A secret key's value, given inline (``attr``) or in a file (``attr`` + ``_file``, read now)."""

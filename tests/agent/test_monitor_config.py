@@ -22,8 +22,10 @@ def test_monitor_config_defaults_to_no_monitor(tmp_path: Path) -> None:
     config = parse_config(minimal(tmp_path))
     assert config.monitor_backend == "none" and config.monitor_poll_s == 2.0
     assert config.monitor_retry_max_s == 60.0 and config.monitor_lost_hold_s == 300.0
-    assert config.monitor_octoprint_url == "http://127.0.0.1:5000" and config.octoprint_api_key is None
-    assert (config.monitor_adc_device, config.monitor_threshold_a, config.monitor_release_a) == (1, 0.5, 0.3)
+    assert config.option("monitor_octoprint_url") == "http://127.0.0.1:5000"
+    assert config.octoprint_api_key is None
+    current = ("monitor_adc_device", "monitor_threshold_a", "monitor_release_a")
+    assert [config.option(k) for k in current] == [1, 0.5, 0.3]
     assert isinstance(create_monitor(config), NoMonitor)
 
 
@@ -84,8 +86,8 @@ def test_monitor_config_example_files_are_valid() -> None:
     assert printer.monitor_backend == "octoprint" and printer.octoprint_api_key
     assert printer.session_idle_timeout_s == 900
     laser = load_config(ROOT / "firmware_config" / "examples" / "laser-current.toml")
-    assert laser.monitor_backend == "current" and laser.monitor_adc_device == 1
-    assert laser.monitor_release_a < laser.monitor_threshold_a
+    assert laser.monitor_backend == "current" and laser.option("monitor_adc_device") == 1
+    assert laser.option("monitor_release_a") < laser.option("monitor_threshold_a")
 
 
 def test_monitor_config_smart_plug_and_printer_examples_are_valid() -> None:
