@@ -5,6 +5,8 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -63,3 +65,17 @@ class Peer:
         # disconnect first: it wakes the network thread, so loop_stop need not wait out select()
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@contextmanager
+def device_peer(url: str, devices: Sequence[str] = (), suffixes: Sequence[str] = ()) -> Iterator[Peer]:
+    """A peer that plays the devices: subscribed to each of ``suffixes`` (``"auth/resp"``, ``"ack"``,
+    …) under each of ``devices``' topic prefixes before it is handed out, closed afterwards."""
+    peer = Peer(url)
+    try:
+        for suffix in suffixes:
+            for prefix in devices:
+                peer.subscribe(f"{prefix}/{suffix}")
+        yield peer
+    finally:
+        peer.close()

@@ -28,7 +28,7 @@ from server.models import (
 )
 from tests.conftest import Clock
 from tests.hours_support import assert_totals_match
-from tests.mqtt_peer import Peer
+from tests.mqtt_peer import Peer, device_peer
 from werkbank_protocol import format_ts, parse_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
 from werkbank_protocol.messages import Ack, AuthResp, decode_as
@@ -48,12 +48,8 @@ def bridge(lab: Database, mqtt_url: str, clock) -> Iterator[Bridge]:  # type: ig
 
 @pytest.fixture
 def device(mqtt_url: str) -> Iterator[Peer]:
-    peer = Peer(mqtt_url)
-    for t in ("auth/resp", "ack", "allowlist"):
-        peer.subscribe(f"{PRINTER}/{t}")
-        peer.subscribe(f"{LASER}/{t}")
-    yield peer
-    peer.close()
+    with device_peer(mqtt_url, (PRINTER, LASER), ("auth/resp", "ack", "allowlist")) as peer:
+        yield peer
 
 
 def _req(badge: str, **extra: object) -> tuple[str, bytes]:

@@ -30,7 +30,7 @@ from server.models import (
     StoredEvent,
 )
 from server.services import notifications, training
-from tests.mqtt_peer import Peer
+from tests.mqtt_peer import Peer, device_peer
 from werkbank_protocol import format_ts
 from werkbank_protocol.allowlist import badge_hash, key_bytes, verify
 from werkbank_protocol.messages import Ack, AuthResp, Cmd, decode_as
@@ -53,12 +53,8 @@ def bridge(lab: Database, mqtt_url: str, clock) -> Iterator[Bridge]:  # type: ig
 
 @pytest.fixture
 def device(mqtt_url: str) -> Iterator[Peer]:
-    peer = Peer(mqtt_url)
-    for t in ("auth/resp", "ack", "cmd"):
-        peer.subscribe(f"{PRINTER}/{t}")
-        peer.subscribe(f"{LASER}/{t}")
-    yield peer
-    peer.close()
+    with device_peer(mqtt_url, (PRINTER, LASER), ("auth/resp", "ack", "cmd")) as peer:
+        yield peer
 
 
 def _req(badge: str, ts: datetime) -> tuple[str, bytes]:

@@ -25,7 +25,7 @@ from server.broker import free_port
 from server.db import Database
 from server.models import AccessDecision, Machine, MachineSession
 from tests.conftest import Clock
-from tests.mqtt_peer import Peer
+from tests.mqtt_peer import Peer, device_peer
 from tests.server.test_bridge import LASER, PRINTER, _decision_log_held, _event, _req, _telemetry
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import Ack, AuthResp, decode_as
@@ -36,12 +36,8 @@ QUINN = "04A224B2C35E80"  # qualified for the printer (tests/data/lab.yaml)
 
 @pytest.fixture
 def device(mqtt_url: str) -> Iterator[Peer]:
-    peer = Peer(mqtt_url)
-    for t in ("auth/resp", "ack"):
-        peer.subscribe(f"{PRINTER}/{t}")
-        peer.subscribe(f"{LASER}/{t}")
-    yield peer
-    peer.close()
+    with device_peer(mqtt_url, (PRINTER, LASER), ("auth/resp", "ack")) as peer:
+        yield peer
 
 
 # -- the two halves in one test process ------------------------------------------------------

@@ -17,7 +17,7 @@ from server.adapters.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import Device
 from tests.conftest import Clock
-from tests.mqtt_peer import Peer
+from tests.mqtt_peer import Peer, device_peer
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import MAX_HEALTH_AGE_S, MAX_OUTBOX_DEPTH
 
@@ -34,9 +34,8 @@ def bridge(lab: Database, mqtt_url: str, clock: Clock) -> Iterator[Bridge]:
 
 @pytest.fixture
 def device(mqtt_url: str) -> Iterator[Peer]:
-    peer = Peer(mqtt_url)
-    yield peer
-    peer.close()
+    with device_peer(mqtt_url) as peer:
+        yield peer
 
 
 def _status(ts: datetime, **fields: Any) -> bytes:

@@ -18,7 +18,7 @@ from server.db import Database
 from server.models import Machine, MachineSession, UsageDaily
 from server.services import dashboards, energy, reports, usage
 from tests.conftest import Clock
-from tests.mqtt_peer import Peer
+from tests.mqtt_peer import Peer, device_peer
 from werkbank_protocol import format_ts
 from werkbank_protocol.messages import Ack, decode_as
 
@@ -37,10 +37,8 @@ def bridge(lab: Database, mqtt_url: str, clock: Clock) -> Iterator[Bridge]:
 
 @pytest.fixture
 def device(mqtt_url: str) -> Iterator[Peer]:
-    peer = Peer(mqtt_url)
-    peer.subscribe(f"{PRINTER}/ack")
-    yield peer
-    peer.close()
+    with device_peer(mqtt_url, (PRINTER,), ("ack",)) as peer:
+        yield peer
 
 
 def _event(device: Peer, clock: Clock, etype: str, session: str, at: datetime, **fields: object) -> None:
