@@ -138,6 +138,19 @@ def lab(database: Database) -> Database:
     return database
 
 
+@pytest.fixture
+def real_clock_lab(lab: Database) -> Database:
+    """The lab without its opening hours, for tests whose bridge runs on the real clock: a tap is
+    allowed on any day at any hour (the lab is open 08:00-20:00 in Berlin, Monday to Friday)."""
+    from sqlalchemy import delete
+
+    from server.models import OpeningHours
+
+    with lab.session() as s:
+        s.execute(delete(OpeningHours))
+    return lab
+
+
 class Clock:
     """A clock tests move by hand: no sleeping."""
 

@@ -17,14 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
 from device_agent.agent import Agent
 from device_agent.config import load_config
 from server.adapters.bridge import Bridge, wait_until
 from server.config import Config
 from server.db import Database
-from server.models import MachineSession, OpeningHours
+from server.models import MachineSession
 from server.services.provisioning import provision_device
 from tests.deploy.mosquitto_layout import (
     BRIDGE,
@@ -293,11 +293,9 @@ def test_mosquitto_bridge_account_reads_device_topics_and_writes_server_topics(c
 
 
 @pytest.fixture
-def open_lab(lab: Database) -> Database:
-    # Real clocks on both sides: drop the lab's opening hours so the tap is allowed on any day.
-    with lab.session() as s:
-        s.execute(delete(OpeningHours))
-    return lab
+def open_lab(real_clock_lab: Database) -> Database:
+    # Real clocks everywhere: the lab without opening hours (tests/conftest.py).
+    return real_clock_lab
 
 
 def test_mosquitto_a_provisioned_agent_and_the_bridge_work_through_the_shipped_config(

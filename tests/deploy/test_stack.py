@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from server.adapters.bridge import wait_until
 from server.broker import free_port, wait_for_port
 from server.db import Database
-from server.models import Machine, OpeningHours
+from server.models import Machine
 from tests.deploy.mosquitto_layout import BRIDGE, DEPLOY, ROOT, ShippedBroker, compose_services, install
 from tests.deploy.test_mosquitto_config import DEVICE_PORT, SERVER_PORT, debian_host
 from tests.web.test_web_browser import CHROMIUM, CHROMIUM_ARGS
@@ -222,11 +222,9 @@ def werkbank(env: dict[str, str], *args: str) -> str:
 
 
 @pytest.fixture
-def open_lab(lab: Database) -> Database:
-    # Real clocks everywhere: drop the lab's opening hours so the tap is allowed on any day.
-    with lab.session() as s:
-        s.execute(delete(OpeningHours))
-    return lab
+def open_lab(real_clock_lab: Database) -> Database:
+    # Real clocks everywhere: the lab without opening hours (tests/conftest.py).
+    return real_clock_lab
 
 
 def test_stack_as_shipped_serves_a_tap_at_the_agent_to_the_browser_over_https(

@@ -12,25 +12,21 @@ from pathlib import Path
 import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
-from sqlalchemy import delete
 
 from device_agent.agent import Agent, Clock
 from device_agent.config import load_config
 from server.adapters.bridge import Bridge, wait_until
 from server.db import Database
 from server.models import Device as DeviceRow
-from server.models import OpeningHours
 from server.services.provisioning import agent_config
 
 RELAY_PINS = {"pi-printer-1": 17, "pi-laser-1": 27, "pi-printer-2": 22}
 
 
 @pytest.fixture
-def e2e_lab(lab: Database) -> Database:
-    # The e2e tests run on the real clock: drop the lab's opening hours so they pass on any day.
-    with lab.session() as s:
-        s.execute(delete(OpeningHours))
-    return lab
+def e2e_lab(real_clock_lab: Database) -> Database:
+    # The e2e tests run on the real clock: the lab without opening hours, so they pass on any day.
+    return real_clock_lab
 
 
 @pytest.fixture
@@ -101,10 +97,9 @@ class System:
 
 
 @pytest.fixture
-def e2e_trainer_lab(trainer_lab: Database) -> Database:
-    """The trainer lab (tests/conftest.py) without opening hours, like ``e2e_lab``."""
-    with trainer_lab.session() as s:
-        s.execute(delete(OpeningHours))
+def e2e_trainer_lab(trainer_lab: Database, real_clock_lab: Database) -> Database:
+    """The trainer lab (tests/conftest.py) without opening hours, like ``e2e_lab`` (both are the
+    one test database)."""
     return trainer_lab
 
 

@@ -248,7 +248,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def split(lab: Database, database_url: str, mqtt_url: str, tmp_path: Path) -> Iterator[BridgeCommand]:
+def split(
+    real_clock_lab: Database, database_url: str, mqtt_url: str, tmp_path: Path
+) -> Iterator[BridgeCommand]:
+    # The `werkbank bridge` command decides on the real clock: the lab open at any hour.
     command = BridgeCommand(database_url, mqtt_url, tmp_path, WERKBANK_BRIDGE_PROCESSES="2")
     try:
         assert wait_until(lambda: command.said("bridge connected to"), 60), command.log
