@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -42,11 +43,63 @@ def find_program(name: str) -> str | None:
     return None
 
 
-def free_port() -> int:
+# Ports free_port() draws from start here: above the usual services' (PostgreSQL 5432, Mosquitto
+# 1883, ...), below the kernel's ephemeral range.
+FIRST_FREE_PORT = 10_000
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+_draw = random.Random()  # its own: a test that seeds the module's generator does not pick our ports
+
+
+def _port_range() -> range:
+    """Where :func:`free_port` draws from: below the ephemeral range (Linux's
+    ``ip_local_port_range``; 32768 where it cannot be read), and within that a slice of its own
+    for each pytest-xdist worker."""
+    try:
+        ephemeral = int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32_768
+    ports = range(FIRST_FREE_PORT, max(FIRST_FREE_PORT, ephemeral))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit() and int(workers) > 0:
+        size = len(ports) // int(workers)
+        start = ports.start + int(worker[2:]) % int(workers) * size
+        ports = range(start, start + size)
+    return ports
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, for a server this process starts next.
+
+    Not the kernel's ``bind(0)``: that port comes from the ephemeral range, from which the kernel
+    also takes the local port of every outgoing connection, and one of those (to the database, the
+    broker, ...) can take it before the server binds it ("Address already in use", seen in the
+    tests). This one comes from below that range, is never handed out twice by one process, and
+    each test worker draws from a slice of its own."""
+    ports = _port_range()
+    if len(ports) < 100:  # an unusual ip_local_port_range: the kernel's choice after all
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            chosen: int = sock.getsockname()[1]
+            return chosen
+    with _ports_lock:
+        for _ in range(200):
+            port = ports[_draw.randrange(len(ports))]
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+    raise RuntimeError(f"no free port found in {ports.start}-{ports.stop - 1}")
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
