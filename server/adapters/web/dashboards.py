@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_skeleton, get_day_names
-from flask import Response, abort, g, render_template, request, url_for
+from flask import Response, abort, g, make_response, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
@@ -253,57 +254,96 @@ def _filter_args(site: Site, period: Period | None, **more: str | None) -> dict[
     return args
 
 
-# -- the utilisation dashboard ---------------------------------------------------------------------
+class _Named(Protocol):
+    """What a dashboard can be narrowed to (a machine type, a competency)."""
+
+    slug: str
+
+    def display_name(self, language: str) -> str: ...
 
 
-@bp.get("/usage")
-@staff_required
-def usage() -> ResponseReturnValue:
+N = TypeVar("N", bound=_Named)
+
+
+@dataclass(frozen=True)
+class _Filters(Generic[N]):
+    """A dashboard's filters read from the query string, and the page's context so far (the
+    filters, the period and its quick links)."""
+
+    site: Site
+    today: date
+    chosen: N | None
+    cohort: str | None
+    period: Period
+    context: dict[str, Any]
+
+
+def _filters(endpoint: str, narrowed: tuple[str, str, list[N]], unknown: Callable[[str], str]) -> _Filters[N]:
+    """The filters of the dashboard at ``endpoint``: the site, a period, a group and one of
+    ``narrowed`` (its query parameter, its list's name in the template, the choices; ``unknown``
+    says that a slug names none of them). A bad filter ends the request here: the page
+    (``dashboards/<the endpoint's name>.html``) again with the message and HTTP 400."""
     user = current()
     assert user is not None
-    db = get_db()
+    param, listed_as, choices = narrowed
     site, today, sites = _common(user)
-    types = list(db.scalars(select(MachineType).order_by(MachineType.name)))
-    cohorts = service.cohorts_of_site(db, site.id)
-    raw = {name: request.args.get(name, "")[:MAX_TEXT] for name in ("type", "cohort", "from", "to")}
+    cohorts = service.cohorts_of_site(get_db(), site.id)
+    raw = {name: request.args.get(name, "")[:MAX_TEXT] for name in (param, "cohort", "from", "to")}
     context: dict[str, Any] = {
         "site": site,
         "sites": sites,
-        "types": [(t.slug, t.display_name(current_language())) for t in types],
+        listed_as: [(c.slug, c.display_name(current_language())) for c in choices],
         "cohorts": cohorts,
         "raw": raw,
         "error": None,
         "data": None,
     }
     try:
-        type_slug = _text("type")
-        machine_type = next((t for t in types if t.slug == type_slug), None)
-        if type_slug is not None and machine_type is None:
-            raise FilterError(_("There is no machine type “%(value)s”.", value=type_slug))
+        slug = _text(param)
+        chosen = next((c for c in choices if c.slug == slug), None)
+        if slug is not None and chosen is None:
+            raise FilterError(unknown(slug))
         cohort = _cohort(cohorts)
         period = _period(today)
     except FilterError as error:
         context["error"] = str(error)
-        context["quick"] = quick_links("dashboards.usage", _filter_args(site, None), today, None)
-        return render_template("dashboards/usage.html", **context), 400
-
-    args = _filter_args(site, period, type=type_slug, cohort=NO_GROUP if cohort == "" else cohort)
-    data = service.utilisation(
-        db, site.id, machine_type.id if machine_type else None, cohort, period.start, period.end
-    )
-    tiles = service.live_tiles(db, site.id, machine_type.id if machine_type else None)
+        context["quick"] = quick_links(endpoint, _filter_args(site, None), today, None)
+        template = f"dashboards/{endpoint.rsplit('.', 1)[-1]}.html"
+        abort(make_response(render_template(template, **context), 400))
+    args = _filter_args(site, period, **{param: slug}, cohort=NO_GROUP if cohort == "" else cohort)
     context.update(
         period=period,
         period_label=_period_label(period),
         args=args,
-        quick=quick_links("dashboards.usage", args, today, period),
+        quick=quick_links(endpoint, args, today, period),
+    )
+    return _Filters(site, today, chosen, cohort, period, context)
+
+
+# -- the utilisation dashboard ---------------------------------------------------------------------
+
+
+@bp.get("/usage")
+@staff_required
+def usage() -> ResponseReturnValue:
+    db = get_db()
+    types = list(db.scalars(select(MachineType).order_by(MachineType.name)))
+    f = _filters(
+        "dashboards.usage",
+        ("type", "types", types),
+        lambda value: _("There is no machine type “%(value)s”.", value=value),
+    )
+    type_id = f.chosen.id if f.chosen else None
+    data = service.utilisation(db, f.site.id, type_id, f.cohort, f.period.start, f.period.end)
+    tiles = service.live_tiles(db, f.site.id, type_id)
+    f.context.update(
         data=data,
         view=_present_usage(data),
         tiles=[_present_tile(t) for t in tiles],
         updated_label=clock_label(_now()),
         weekdays=_weekday_names(),
     )
-    return render_template("dashboards/usage.html", **context)
+    return render_template("dashboards/usage.html", **f.context)
 
 
 def _present_usage(data: service.Utilisation) -> dict[str, Any]:
@@ -443,48 +483,22 @@ LEVEL_CHART: dict[Level, str] = {
 @bp.get("/learning")
 @staff_required
 def learning() -> ResponseReturnValue:
-    user = current()
-    assert user is not None
     db = get_db()
-    site, today, sites = _common(user)
     competencies = list(db.scalars(select(Competency).order_by(Competency.name)))
-    cohorts = service.cohorts_of_site(db, site.id)
-    raw = {name: request.args.get(name, "")[:MAX_TEXT] for name in ("competency", "cohort", "from", "to")}
-    context: dict[str, Any] = {
-        "site": site,
-        "sites": sites,
-        "competencies": [(c.slug, c.display_name(current_language())) for c in competencies],
-        "cohorts": cohorts,
-        "raw": raw,
-        "error": None,
-        "data": None,
-    }
-    try:
-        slug = _text("competency")
-        competency = next((c for c in competencies if c.slug == slug), None)
-        if slug is not None and competency is None:
-            raise FilterError(_("There is no competency “%(value)s”.", value=slug))
-        cohort = _cohort(cohorts)
-        period = _period(today)
-    except FilterError as error:
-        context["error"] = str(error)
-        context["quick"] = quick_links("dashboards.learning", _filter_args(site, None), today, None)
-        return render_template("dashboards/learning.html", **context), 400
-
-    args = _filter_args(site, period, competency=slug, cohort=NO_GROUP if cohort == "" else cohort)
-    data = service.learning(
-        db, site.id, cohort, competency.id if competency else None, period.start, period.end, today=today
+    f = _filters(
+        "dashboards.learning",
+        ("competency", "competencies", competencies),
+        lambda value: _("There is no competency “%(value)s”.", value=value),
     )
-    context.update(
-        period=period,
-        period_label=_period_label(period),
+    competency_id = f.chosen.id if f.chosen else None
+    period = f.period
+    data = service.learning(db, f.site.id, f.cohort, competency_id, period.start, period.end, today=f.today)
+    f.context.update(
         as_of_label=date_label(data.as_of),
-        args=args,
-        quick=quick_links("dashboards.learning", args, today, period),
         data=data,
         view=_present_learning(data),
     )
-    return render_template("dashboards/learning.html", **context)
+    return render_template("dashboards/learning.html", **f.context)
 
 
 def _level_label(level: Level | None) -> str:
