@@ -276,13 +276,15 @@ class _Filters(Generic[N]):
     cohort: str | None
     period: Period
     context: dict[str, Any]
+    template: str  # the page: dashboards/<the endpoint's name>.html
 
 
 def _filters(endpoint: str, narrowed: tuple[str, str, list[N]], unknown: Callable[[str], str]) -> _Filters[N]:
     """The filters of the dashboard at ``endpoint``: the site, a period, a group and one of
     ``narrowed`` (its query parameter, its list's name in the template, the choices; ``unknown``
-    says that a slug names none of them). A bad filter ends the request here: the page
-    (``dashboards/<the endpoint's name>.html``) again with the message and HTTP 400."""
+    says that a slug names none of them). A bad filter ends the request here: the page again
+    with the message and HTTP 400."""
+    template = f"dashboards/{endpoint.rsplit('.', 1)[-1]}.html"
     user = current()
     assert user is not None
     param, listed_as, choices = narrowed
@@ -308,7 +310,6 @@ def _filters(endpoint: str, narrowed: tuple[str, str, list[N]], unknown: Callabl
     except FilterError as error:
         context["error"] = str(error)
         context["quick"] = quick_links(endpoint, _filter_args(site, None), today, None)
-        template = f"dashboards/{endpoint.rsplit('.', 1)[-1]}.html"
         abort(make_response(render_template(template, **context), 400))
     args = _filter_args(site, period, **{param: slug}, cohort=NO_GROUP if cohort == "" else cohort)
     context.update(
@@ -317,7 +318,7 @@ def _filters(endpoint: str, narrowed: tuple[str, str, list[N]], unknown: Callabl
         args=args,
         quick=quick_links(endpoint, args, today, period),
     )
-    return _Filters(site, today, chosen, cohort, period, context)
+    return _Filters(site, today, chosen, cohort, period, context, template)
 
 
 # -- the utilisation dashboard ---------------------------------------------------------------------
@@ -343,7 +344,7 @@ def usage() -> ResponseReturnValue:
         updated_label=clock_label(_now()),
         weekdays=_weekday_names(),
     )
-    return render_template("dashboards/usage.html", **f.context)
+    return render_template(f.template, **f.context)
 
 
 def _present_usage(data: service.Utilisation) -> dict[str, Any]:
@@ -498,7 +499,7 @@ def learning() -> ResponseReturnValue:
         data=data,
         view=_present_learning(data),
     )
-    return render_template("dashboards/learning.html", **f.context)
+    return render_template(f.template, **f.context)
 
 
 def _level_label(level: Level | None) -> str:
